@@ -1,0 +1,20 @@
+//! The HTTP face of taskstream: the Task API, plus read-only views of the
+//! audit log and the notifications sent, and the OpenAPI document for all of
+//! it, generated from the handlers themselves.
+//!
+//! Errors are RFC 7807 problem documents ([`Problem`]). Every write goes
+//! through [`TaskService`], which stores the task and its event atomically.
+
+mod audit;
+mod body;
+mod health;
+mod notifications;
+mod problem;
+mod request_id;
+mod router;
+mod service;
+mod tasks;
+
+pub use problem::{FieldProblem, Problem};
+pub use router::{serve, ApiBuilder};
+pub use service::{ServiceError, TaskService};

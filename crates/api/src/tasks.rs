@@ -1,0 +1,435 @@
+//! `/tasks`: create, read, list, change, complete and delete tasks.
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use taskstream_domain::{
+    Assignee, Description, FieldError, NewTask, Priority, Task, TaskId, TaskPatch, TaskStatus,
+    TaskTitle, TransitionError,
+};
+use taskstream_store::TaskQuery;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::body::{double_option, JsonBody};
+use crate::request_id::RequestId;
+use crate::{FieldProblem, Problem, ServiceError, TaskService};
+
+/// Routes under `/tasks`.
+pub(crate) fn routes(service: TaskService) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(create_task, list_tasks))
+        .routes(routes!(get_task, update_task, delete_task))
+        .routes(routes!(complete_task))
+        .with_state(service)
+}
+
+/// The body of `POST /tasks`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateTaskRequest {
+    /// Required; 1 to 200 characters after trimming.
+    #[schema(min_length = 1, max_length = 200)]
+    title: Option<String>,
+    /// Up to 5000 characters.
+    description: Option<String>,
+    /// `low`, `medium` (the default) or `high`.
+    #[schema(value_type = Option<Priority>)]
+    priority: Option<String>,
+    /// When the task is due, RFC 3339 (`2026-12-01T17:00:00Z`).
+    #[schema(value_type = Option<DateTime<Utc>>)]
+    due_at: Option<String>,
+    /// Who the task is assigned to; 1 to 100 characters.
+    assignee: Option<String>,
+}
+
+/// The body of `PATCH /tasks/{id}`: only the fields present change; `null`
+/// clears an optional field.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpdateTaskRequest {
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 200)]
+    title: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>, nullable)]
+    description: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<Priority>)]
+    priority: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<DateTime<Utc>>, nullable)]
+    due_at: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>, nullable)]
+    assignee: Option<Option<String>>,
+}
+
+/// Query parameters of `GET /tasks`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListTasksParams {
+    /// `open`, `completed` or `deleted`; by default every task not deleted.
+    #[param(value_type = Option<TaskStatus>)]
+    status: Option<String>,
+    /// Page size, 1 to 200 (default 50).
+    limit: Option<u32>,
+    /// `next_cursor` from the previous page.
+    cursor: Option<String>,
+}
+
+/// A page of tasks, in creation order.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct TaskPage {
+    items: Vec<Task>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
+}
+
+struct Validator(Vec<FieldProblem>);
+
+impl Validator {
+    fn check<T>(&mut self, result: Result<T, FieldError>) -> Option<T> {
+        result
+            .map_err(|e| {
+                self.0.push(FieldProblem {
+                    field: e.field.to_owned(),
+                    message: e.message,
+                })
+            })
+            .ok()
+    }
+
+    fn fail(&mut self, field: &str, message: impl Into<String>) {
+        self.0.push(FieldProblem {
+            field: field.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    fn finish<T>(self, value: impl FnOnce() -> T) -> Result<T, Problem> {
+        if self.0.is_empty() {
+            Ok(value())
+        } else {
+            Err(Problem::validation(self.0))
+        }
+    }
+}
+
+fn parse_priority(raw: &str) -> Result<Priority, FieldError> {
+    Priority::parse(raw).ok_or_else(|| FieldError {
+        field: "priority",
+        message: format!("must be one of low, medium, high; got {raw:?}"),
+    })
+}
+
+fn parse_due_at(raw: &str) -> Result<DateTime<Utc>, FieldError> {
+    DateTime::parse_from_rfc3339(raw)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| FieldError {
+            field: "due_at",
+            message: format!(
+                "must be an RFC 3339 date-time such as 2026-12-01T17:00:00Z; got {raw:?}"
+            ),
+        })
+}
+
+impl CreateTaskRequest {
+    fn validate(self) -> Result<NewTask, Problem> {
+        let mut v = Validator(Vec::new());
+        let title = match self.title {
+            Some(raw) => v.check(TaskTitle::parse(&raw)),
+            None => {
+                v.fail("title", "is required");
+                None
+            }
+        };
+        let description = self.description.map(|d| v.check(Description::parse(&d)));
+        let priority = self.priority.map(|p| v.check(parse_priority(&p)));
+        let due_at = self.due_at.map(|d| v.check(parse_due_at(&d)));
+        let assignee = self.assignee.map(|a| v.check(Assignee::parse(&a)));
+        v.finish(|| NewTask {
+            title: title.expect("checked"),
+            description: description.flatten(),
+            priority: priority.flatten().unwrap_or_default(),
+            due_at: due_at.flatten(),
+            assignee: assignee.flatten(),
+        })
+    }
+}
+
+impl UpdateTaskRequest {
+    fn validate(self) -> Result<TaskPatch, Problem> {
+        let mut v = Validator(Vec::new());
+        let title = match self.title {
+            Some(Some(raw)) => v.check(TaskTitle::parse(&raw)),
+            Some(None) => {
+                v.fail("title", "cannot be null");
+                None
+            }
+            None => None,
+        };
+        let priority = match self.priority {
+            Some(Some(raw)) => v.check(parse_priority(&raw)),
+            Some(None) => {
+                v.fail("priority", "cannot be null");
+                None
+            }
+            None => None,
+        };
+        let description = self
+            .description
+            .map(|d| d.map(|d| v.check(Description::parse(&d))));
+        let due_at = self.due_at.map(|d| d.map(|d| v.check(parse_due_at(&d))));
+        let assignee = self
+            .assignee
+            .map(|a| a.map(|a| v.check(Assignee::parse(&a))));
+        v.finish(|| TaskPatch {
+            title,
+            description: description.map(Option::flatten),
+            priority,
+            due_at: due_at.map(Option::flatten),
+            assignee: assignee.map(Option::flatten),
+        })
+    }
+}
+
+fn task_id(path: Result<Path<String>, PathRejection>) -> Result<TaskId, Problem> {
+    let Path(raw) = path.map_err(|e| Problem::not_found(e.body_text()))?;
+    raw.parse()
+        .map_err(|_| Problem::not_found(format!("no task with id {raw:?}")))
+}
+
+/// Reads an `If-Match: "<version>"` precondition (`*` means any).
+fn if_match(headers: &HeaderMap) -> Result<Option<i64>, Problem> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let raw = value
+        .to_str()
+        .map_err(|_| Problem::bad_request("If-Match is not valid text"))?
+        .trim();
+    if raw == "*" {
+        return Ok(None);
+    }
+    raw.trim_start_matches("W/")
+        .trim_matches('"')
+        .parse()
+        .map(Some)
+        .map_err(|_| {
+            Problem::bad_request(format!(
+                "If-Match must be a task's ETag such as \"3\"; got {raw:?}"
+            ))
+        })
+}
+
+/// A task response with its `ETag` (the version).
+fn task_response(status: StatusCode, task: Task) -> Response {
+    let mut response = (status, Json(&task)).into_response();
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", task.version)) {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    if status == StatusCode::CREATED {
+        if let Ok(location) = HeaderValue::from_str(&format!("/tasks/{}", task.id)) {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+    }
+    response
+}
+
+impl From<ServiceError> for Problem {
+    fn from(error: ServiceError) -> Self {
+        match error {
+            ServiceError::NotFound(id) => Problem::not_found(format!("no task with id {id}")),
+            ServiceError::Transition(TransitionError::AlreadyCompleted) => {
+                Problem::conflict("the task is already completed")
+            }
+            ServiceError::Transition(TransitionError::Deleted) => {
+                Problem::conflict("the task is deleted")
+            }
+            e @ ServiceError::VersionMismatch { .. } => Problem::precondition_failed(e.to_string()),
+            e @ ServiceError::Contended => Problem::conflict(e.to_string()),
+            e @ (ServiceError::Codec(_) | ServiceError::Store(_)) => {
+                tracing::error!(error = &e as &dyn std::error::Error, "task command failed");
+                Problem::internal()
+            }
+        }
+    }
+}
+
+/// Create a task. Emits `task.created`.
+#[utoipa::path(
+    post, path = "/tasks", tag = "tasks",
+    request_body = CreateTaskRequest,
+    responses(
+        (status = 201, description = "The task was created", body = Task,
+            headers(("Location" = String, description = "The new task's URL"), ("ETag" = String))),
+        (status = 400, description = "Malformed JSON or a field of the wrong type", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field failed validation", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn create_task(
+    State(service): State<TaskService>,
+    RequestId(request_id): RequestId,
+    JsonBody(body): JsonBody<CreateTaskRequest>,
+) -> Result<Response, Problem> {
+    let new = body.validate()?;
+    let task = service.create(new, &request_id).await?;
+    Ok(task_response(StatusCode::CREATED, task))
+}
+
+/// List tasks, a page at a time.
+#[utoipa::path(
+    get, path = "/tasks", tag = "tasks",
+    params(ListTasksParams),
+    responses(
+        (status = 200, description = "A page of tasks", body = TaskPage),
+        (status = 400, description = "Malformed query", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A parameter failed validation", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn list_tasks(
+    State(service): State<TaskService>,
+    params: Result<Query<ListTasksParams>, QueryRejection>,
+) -> Result<Json<TaskPage>, Problem> {
+    let Query(params) = params.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let mut v = Validator(Vec::new());
+    let status = params.status.as_deref().and_then(|s| {
+        let parsed = TaskStatus::parse(s);
+        if parsed.is_none() {
+            v.fail(
+                "status",
+                format!("must be one of open, completed, deleted; got {s:?}"),
+            );
+        }
+        parsed
+    });
+    let limit = params.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        v.fail("limit", format!("must be between 1 and 200; got {limit}"));
+    }
+    let after = params.cursor.as_deref().and_then(|c| {
+        let parsed = c.parse::<TaskId>().ok();
+        if parsed.is_none() {
+            v.fail("cursor", "is not a cursor this API returned");
+        }
+        parsed
+    });
+    let query = v.finish(|| TaskQuery {
+        status,
+        after,
+        limit,
+    })?;
+    let items = service.list(&query).await?;
+    let next_cursor = (items.len() == limit as usize)
+        .then(|| items.last().map(|t| t.id.to_string()))
+        .flatten();
+    Ok(Json(TaskPage { items, next_cursor }))
+}
+
+/// Get one task (deleted tasks are returned with status `deleted`).
+#[utoipa::path(
+    get, path = "/tasks/{id}", tag = "tasks",
+    params(("id" = uuid::Uuid, Path, description = "Task id")),
+    responses(
+        (status = 200, description = "The task", body = Task, headers(("ETag" = String))),
+        (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn get_task(
+    State(service): State<TaskService>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, Problem> {
+    let task = service.get(task_id(path)?).await?;
+    Ok(task_response(StatusCode::OK, task))
+}
+
+/// Change some of a task's fields. Emits `task.updated` when anything changed.
+#[utoipa::path(
+    patch, path = "/tasks/{id}", tag = "tasks",
+    params(
+        ("id" = uuid::Uuid, Path, description = "Task id"),
+        ("If-Match" = Option<String>, Header, description = "Only apply if the task's ETag matches"),
+    ),
+    request_body = UpdateTaskRequest,
+    responses(
+        (status = 200, description = "The task after the change", body = Task, headers(("ETag" = String))),
+        (status = 400, description = "Malformed JSON or a field of the wrong type", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The task is deleted", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match did not match", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field failed validation", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn update_task(
+    State(service): State<TaskService>,
+    RequestId(request_id): RequestId,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<UpdateTaskRequest>,
+) -> Result<Response, Problem> {
+    let id = task_id(path)?;
+    let if_version = if_match(&headers)?;
+    let patch = body.validate()?;
+    let task = service.update(id, patch, if_version, &request_id).await?;
+    Ok(task_response(StatusCode::OK, task))
+}
+
+/// Mark a task completed. Emits `task.completed`.
+#[utoipa::path(
+    post, path = "/tasks/{id}/complete", tag = "tasks",
+    params(
+        ("id" = uuid::Uuid, Path, description = "Task id"),
+        ("If-Match" = Option<String>, Header, description = "Only apply if the task's ETag matches"),
+    ),
+    responses(
+        (status = 200, description = "The completed task", body = Task, headers(("ETag" = String))),
+        (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Already completed, or deleted", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match did not match", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn complete_task(
+    State(service): State<TaskService>,
+    RequestId(request_id): RequestId,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let id = task_id(path)?;
+    let task = service
+        .complete(id, if_match(&headers)?, &request_id)
+        .await?;
+    Ok(task_response(StatusCode::OK, task))
+}
+
+/// Delete a task; it remains readable with status `deleted`. Emits `task.deleted`.
+#[utoipa::path(
+    delete, path = "/tasks/{id}", tag = "tasks",
+    params(
+        ("id" = uuid::Uuid, Path, description = "Task id"),
+        ("If-Match" = Option<String>, Header, description = "Only apply if the task's ETag matches"),
+    ),
+    responses(
+        (status = 200, description = "The deleted task", body = Task),
+        (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Already deleted", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match did not match", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn delete_task(
+    State(service): State<TaskService>,
+    RequestId(request_id): RequestId,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let id = task_id(path)?;
+    let task = service.delete(id, if_match(&headers)?, &request_id).await?;
+    Ok(task_response(StatusCode::OK, task))
+}

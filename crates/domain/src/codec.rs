@@ -1,0 +1,92 @@
+//! The one seam through which events become bytes and back.
+
+use crate::EventEnvelope;
+
+/// Why an event could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("cannot encode event: {0}")]
+    Encode(String),
+    #[error("cannot decode event: {0}")]
+    Decode(String),
+}
+
+/// Turns envelopes into record values and back. The relay encodes, consumers
+/// decode; swapping the encoding (JSON today) touches only an implementation.
+pub trait EventCodec: Send + Sync + 'static {
+    /// The MIME type written to the `content-type` record header.
+    fn content_type(&self) -> &'static str;
+    /// Encodes one envelope as a record value.
+    fn encode(&self, event: &EventEnvelope) -> Result<Vec<u8>, CodecError>;
+    /// Decodes a record value; fails on bytes this codec did not produce.
+    fn decode(&self, bytes: &[u8]) -> Result<EventEnvelope, CodecError>;
+}
+
+/// Envelopes as UTF-8 JSON objects.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JsonCodec;
+
+impl EventCodec for JsonCodec {
+    fn content_type(&self) -> &'static str {
+        "application/json"
+    }
+
+    fn encode(&self, event: &EventEnvelope) -> Result<Vec<u8>, CodecError> {
+        serde_json::to_vec(event).map_err(|e| CodecError::Encode(e.to_string()))
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<EventEnvelope, CodecError> {
+        serde_json::from_slice(bytes).map_err(|e| CodecError::Decode(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{NewTask, Priority, Task, TaskTitle};
+
+    #[test]
+    fn json_round_trips_every_event_type() {
+        let now = chrono::Utc::now();
+        let new = NewTask {
+            title: TaskTitle::parse("write").unwrap(),
+            description: None,
+            priority: Priority::High,
+            due_at: Some(now),
+            assignee: None,
+        };
+        let created = Task::create(new, now, Some("c"));
+        let completed = created.task.complete(now, None).unwrap();
+        let deleted = completed.task.delete(now, None).unwrap();
+        for event in [created.event, completed.event, deleted.event] {
+            let bytes = JsonCodec.encode(&event).unwrap();
+            assert_eq!(JsonCodec.decode(&bytes).unwrap(), event);
+        }
+    }
+
+    #[test]
+    fn json_wire_names_are_stable() {
+        let new = NewTask {
+            title: TaskTitle::parse("t").unwrap(),
+            description: None,
+            priority: Priority::Low,
+            due_at: None,
+            assignee: None,
+        };
+        let event = Task::create(new, chrono::Utc::now(), None).event;
+        let value: serde_json::Value =
+            serde_json::from_slice(&JsonCodec.encode(&event).unwrap()).unwrap();
+        assert_eq!(value["type"], "task.created");
+        assert_eq!(value["data"]["task"]["priority"], "low");
+        assert_eq!(value["data"]["task"]["status"], "open");
+        assert_eq!(value["schema_version"], 1);
+    }
+
+    #[test]
+    fn garbage_is_a_decode_error() {
+        assert!(matches!(
+            JsonCodec.decode(b"\x00\x01garbage"),
+            Err(CodecError::Decode(_))
+        ));
+    }
+}

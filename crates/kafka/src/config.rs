@@ -1,0 +1,83 @@
+//! Connection settings shared by every client.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use rdkafka::ClientConfig;
+
+/// librdkafka properties whose values must never be logged.
+const SECRET_KEYS: &[&str] = &[
+    "sasl.password",
+    "ssl.key.password",
+    "ssl.keystore.password",
+    "sasl.oauthbearer.client.secret",
+];
+
+/// Where the Kafka cluster is, plus any extra librdkafka properties
+/// (`security.protocol`, `sasl.mechanism`, ...). `Debug` redacts secrets.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KafkaConfig {
+    pub bootstrap_servers: String,
+    pub properties: BTreeMap<String, String>,
+}
+
+impl KafkaConfig {
+    /// A plaintext connection to `bootstrap_servers`.
+    pub fn new(bootstrap_servers: impl Into<String>) -> Self {
+        Self {
+            bootstrap_servers: bootstrap_servers.into(),
+            properties: BTreeMap::new(),
+        }
+    }
+
+    /// Adds a librdkafka property.
+    pub fn with(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.properties.insert(key.into(), value.into());
+        self
+    }
+
+    pub(crate) fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.bootstrap_servers);
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        config
+    }
+}
+
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let props: BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(k, v)| {
+                let shown = if SECRET_KEYS.contains(&k.as_str()) {
+                    "<redacted>"
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("properties", &props)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_redacts_secrets() {
+        let config = KafkaConfig::new("k:9092")
+            .with("sasl.username", "relay")
+            .with("sasl.password", "hunter2");
+        let shown = format!("{config:?}");
+        assert!(shown.contains("relay"));
+        assert!(!shown.contains("hunter2"));
+    }
+}

@@ -1,0 +1,44 @@
+//! Errors from this crate, without leaking `rdkafka`'s types.
+
+/// Why a Kafka operation failed. `retriable` tells callers whether trying the
+/// same thing again later can succeed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KafkaError {
+    /// The client could not be created (bad configuration).
+    #[error("invalid Kafka client configuration: {0}")]
+    Config(String),
+    /// The broker did not acknowledge a record.
+    #[error("delivery to {topic} failed: {message}")]
+    Delivery {
+        topic: String,
+        message: String,
+        retriable: bool,
+    },
+    /// Receiving from the consumer group failed.
+    #[error("consume failed: {0}")]
+    Consume(String),
+    /// Committing or storing offsets failed.
+    #[error("offset commit failed: {0}")]
+    Commit(String),
+    /// An admin or metadata request failed.
+    #[error("{operation} failed: {message}")]
+    Admin {
+        operation: &'static str,
+        message: String,
+    },
+    /// The dev broker could not be started or changed.
+    #[error("dev broker: {0}")]
+    DevBroker(String),
+}
+
+impl KafkaError {
+    /// Whether the same operation may succeed if tried again later.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Self::Delivery { retriable, .. } => *retriable,
+            Self::Consume(_) | Self::Commit(_) | Self::Admin { .. } => true,
+            Self::Config(_) | Self::DevBroker(_) => false,
+        }
+    }
+}

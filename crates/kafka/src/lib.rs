@@ -1,0 +1,26 @@
+//! Everything taskstream says to Kafka goes through this crate; it is the only
+//! one that imports `rdkafka` (librdkafka, the client confluent-kafka-python
+//! wraps too).
+//!
+//! - [`KafkaConfig`]: where the cluster is and how to authenticate.
+//! - [`DevBroker`]: an in-process, Kafka-protocol broker for development and tests.
+//! - [`EventProducer`]: an idempotent producer (`acks=all`) with per-record delivery reports.
+//! - [`EventConsumer`]: a consumer-group member that commits only what the application acknowledged.
+//! - [`TopicSpec`] and [`apply_topics`]: topics declared in code, created with the admin API.
+
+mod admin;
+mod config;
+mod consumer;
+mod context;
+mod dev_broker;
+mod error;
+mod producer;
+mod topic;
+
+pub use admin::{apply_topics, TopicOutcome};
+pub use config::KafkaConfig;
+pub use consumer::{ConsumerSettings, EventConsumer, InboundRecord};
+pub use dev_broker::DevBroker;
+pub use error::KafkaError;
+pub use producer::{Delivery, DeliveryFuture, EventProducer, OutboundRecord, ProducerSettings};
+pub use topic::TopicSpec;

@@ -1,0 +1,55 @@
+//! The audit-log service: records every task event it consumes, once.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use taskstream_domain::EventEnvelope;
+use taskstream_kafka::InboundRecord;
+use taskstream_store::{AuditEntry, AuditStore};
+
+use crate::{EventHandler, HandlerError};
+
+/// The audit-log service's consumer group.
+pub const AUDITOR_GROUP: &str = "auditor";
+
+/// Appends each event, with the topic, partition and offset it was read
+/// from, to the audit log. A redelivered event is recognised by its id and
+/// not recorded again.
+pub struct AuditHandler {
+    store: Arc<dyn AuditStore>,
+}
+
+impl AuditHandler {
+    pub fn new(store: Arc<dyn AuditStore>) -> Self {
+        Self { store }
+    }
+}
+
+#[async_trait]
+impl EventHandler for AuditHandler {
+    async fn handle(
+        &self,
+        record: &InboundRecord,
+        event: &EventEnvelope,
+    ) -> Result<(), HandlerError> {
+        let entry = AuditEntry {
+            event_id: event.id.as_uuid(),
+            event_type: event.event_type.to_string(),
+            task_id: event.subject.clone(),
+            task_version: event.data.task.version,
+            event_time: event.time,
+            correlation_id: event.correlation_id.clone(),
+            topic: record.topic.clone(),
+            partition: record.partition,
+            offset: record.offset,
+            recorded_at: taskstream_domain::now(),
+            envelope: serde_json::to_string(event).map_err(|e| HandlerError(e.to_string()))?,
+        };
+        if self.store.append(&entry).await? {
+            tracing::info!(target: "audit", event_id = %event.id, event_type = %event.event_type, task_id = event.subject, partition = record.partition, offset = record.offset, "event recorded");
+        } else {
+            tracing::debug!(target: "audit", event_id = %event.id, "duplicate delivery ignored");
+        }
+        Ok(())
+    }
+}

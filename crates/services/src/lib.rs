@@ -1,0 +1,18 @@
+//! The components around the Task API: the outbox relay that publishes task
+//! events, and the two services that consume them independently, each in its
+//! own consumer group: the notification service and the audit-log service.
+
+mod auditor;
+mod backoff;
+mod consumer_service;
+mod notifier;
+mod relay;
+mod shutdown;
+pub mod topics;
+
+pub use auditor::{AuditHandler, AUDITOR_GROUP};
+pub use backoff::Backoff;
+pub use consumer_service::{ConsumerService, EventHandler, HandlerError};
+pub use notifier::{LogSink, NotificationHandler, NotificationSink, SinkError, NOTIFIER_GROUP};
+pub use relay::{OutboxRelay, RelayError, RelaySettings};
+pub use shutdown::{Shutdown, ShutdownTrigger};

@@ -1,0 +1,206 @@
+//! The outbox relay: publishes committed task events to Kafka, in commit
+//! order, and marks each one published only after the broker acknowledged it.
+//!
+//! It is woken right after every commit through a [`Notify`], and also polls
+//! on a slow timer so that writes made by another process are not missed.
+//! While the broker is unreachable it retries with backoff; rows stay pending,
+//! so nothing is dropped. A row that was published but not yet marked (a
+//! crash in between) is published again: consumers de-duplicate by event id.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use taskstream_kafka::{EventProducer, KafkaError, OutboundRecord};
+use taskstream_store::{OutboxStore, PendingMessage, StoreError};
+use tokio::sync::Notify;
+
+use crate::{Backoff, Shutdown};
+
+/// Relay tuning.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// Rows claimed and published per round.
+    pub batch_size: u32,
+    /// How often to look for rows even when not woken.
+    pub poll_interval: Duration,
+    /// Longest wait between retries while the broker is failing.
+    pub max_backoff: Duration,
+    /// How long shutdown may spend publishing what is still pending.
+    pub drain_timeout: Duration,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            poll_interval: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a relay round stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("outbox unavailable")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+}
+
+/// Publishes the outbox. See the module docs.
+pub struct OutboxRelay {
+    store: Arc<dyn OutboxStore>,
+    producer: EventProducer,
+    wake: Arc<Notify>,
+    settings: RelaySettings,
+}
+
+impl OutboxRelay {
+    /// `wake` is notified by writers after each commit.
+    pub fn new(
+        store: Arc<dyn OutboxStore>,
+        producer: EventProducer,
+        wake: Arc<Notify>,
+        settings: RelaySettings,
+    ) -> Self {
+        Self {
+            store,
+            producer,
+            wake,
+            settings,
+        }
+    }
+
+    /// Runs until `shutdown`, then publishes what is pending (for at most
+    /// `drain_timeout`) and flushes the producer.
+    pub async fn run(self, mut shutdown: Shutdown) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), self.settings.max_backoff);
+        loop {
+            let pause = match self.publish_pending().await {
+                Ok(n) if n == self.settings.batch_size as usize => {
+                    backoff.reset();
+                    continue;
+                }
+                Ok(_) => {
+                    backoff.reset();
+                    None
+                }
+                Err(error) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "outbox relay round failed; events stay pending");
+                    Some(delay)
+                }
+            };
+            tokio::select! {
+                _ = shutdown.wait() => break,
+                _ = self.wake.notified(), if pause.is_none() => {}
+                _ = tokio::time::sleep(pause.unwrap_or(self.settings.poll_interval)) => {}
+            }
+        }
+        self.drain().await;
+    }
+
+    async fn drain(&self) {
+        let deadline = tokio::time::Instant::now() + self.settings.drain_timeout;
+        let drained = tokio::time::timeout_at(deadline, async {
+            loop {
+                match self.publish_pending().await {
+                    Ok(0) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        })
+        .await;
+        match drained {
+            Ok(Ok(())) => tracing::info!("outbox relay drained"),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "outbox relay stopped with events pending; they are published on next start")
+            }
+            Err(_) => tracing::warn!(
+                "outbox relay drain timed out; pending events are published on next start"
+            ),
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if let Err(error) = self
+            .producer
+            .flush(left.max(Duration::from_millis(100)))
+            .await
+        {
+            tracing::warn!(%error, "producer flush incomplete");
+        }
+    }
+
+    /// Publishes one batch of pending rows; returns how many were published.
+    ///
+    /// Rows are handed to the producer in commit order, then their delivery
+    /// reports are awaited. Every acknowledged row is marked; after the first
+    /// failure, later rows stay pending even if acknowledged, so that the
+    /// retry starts at the failed row and republishes in order (duplicates
+    /// are harmless, reordering is not).
+    pub async fn publish_pending(&self) -> Result<usize, RelayError> {
+        let batch = self.store.pending(self.settings.batch_size).await?;
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let mut deliveries = Vec::with_capacity(batch.len());
+        let mut enqueue_error = None;
+        for row in &batch {
+            match self.enqueue(row).await {
+                Ok(delivery) => deliveries.push(delivery),
+                Err(error) => {
+                    enqueue_error = Some((row.seq, error));
+                    break;
+                }
+            }
+        }
+        let mut published = Vec::with_capacity(deliveries.len());
+        let mut failure = enqueue_error;
+        for (row, delivery) in batch.iter().zip(deliveries) {
+            match delivery.await {
+                Ok(_) if failure.is_none() => published.push(row.seq),
+                Ok(_) => {}
+                Err(error) if failure.is_none() => failure = Some((row.seq, error)),
+                Err(_) => {}
+            }
+        }
+        self.store
+            .mark_published(&published, taskstream_domain::now())
+            .await?;
+        if !published.is_empty() {
+            tracing::debug!(count = published.len(), "events published");
+        }
+        match failure {
+            None => Ok(published.len()),
+            Some((seq, error)) => {
+                self.store.record_failure(seq, &error.to_string()).await?;
+                Err(error.into())
+            }
+        }
+    }
+
+    async fn enqueue(
+        &self,
+        row: &PendingMessage,
+    ) -> Result<taskstream_kafka::DeliveryFuture, KafkaError> {
+        let m = &row.message;
+        let id = m.id.to_string();
+        // Header names match what Debezium's outbox event router writes
+        // (`id`), plus the event type, so consumers can route without decoding.
+        let headers: [(&str, &[u8]); 3] = [
+            ("id", id.as_bytes()),
+            ("type", m.event_type.as_bytes()),
+            ("content-type", m.content_type.as_bytes()),
+        ];
+        self.producer
+            .enqueue(OutboundRecord {
+                topic: &m.topic,
+                key: &m.aggregate_id,
+                payload: &m.payload,
+                headers: &headers,
+            })
+            .await
+    }
+}

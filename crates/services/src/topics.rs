@@ -1,0 +1,33 @@
+//! The topics taskstream uses, declared once. The dev broker, `taskstream
+//! topics apply` and `taskstream topics list` all read these declarations.
+
+use std::collections::BTreeMap;
+
+use taskstream_kafka::TopicSpec;
+
+/// Every task event, keyed by task id.
+pub const TASK_EVENTS: &str = "task-events";
+
+/// Partitions of the task-event topic: the most consumer instances per group
+/// that can share the work.
+pub const TASK_EVENTS_PARTITIONS: i32 = 6;
+
+/// Every topic taskstream declares, for a cluster with `replication_factor`
+/// brokers holding each partition (3 in production).
+pub fn declared_topics(replication_factor: i32) -> Vec<TopicSpec> {
+    let min_insync = replication_factor.clamp(1, 2);
+    vec![TopicSpec {
+        name: TASK_EVENTS.to_owned(),
+        partitions: TASK_EVENTS_PARTITIONS,
+        replication_factor,
+        configs: BTreeMap::from([
+            ("cleanup.policy".to_owned(), "delete".to_owned()),
+            ("min.insync.replicas".to_owned(), min_insync.to_string()),
+            // A week: long enough to replay after a consumer outage.
+            (
+                "retention.ms".to_owned(),
+                (7 * 24 * 3600 * 1000_i64).to_string(),
+            ),
+        ]),
+    }]
+}

@@ -1,0 +1,89 @@
+//! Rows the store reads and writes, other than tasks.
+
+use chrono::{DateTime, Utc};
+use taskstream_domain::{TaskId, TaskStatus};
+use uuid::Uuid;
+
+/// An event to be published, written in the same transaction as the change
+/// it records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxMessage {
+    /// The event id; travels as the `id` record header.
+    pub id: Uuid,
+    /// The kind of entity that changed (`task`).
+    pub aggregate_type: String,
+    /// The entity's id; becomes the record key, so one entity's events stay ordered.
+    pub aggregate_id: String,
+    /// The event type (`task.created`, ...); travels as the `type` header.
+    pub event_type: String,
+    /// The topic the relay publishes to.
+    pub topic: String,
+    /// The encoded event (the record value).
+    pub payload: Vec<u8>,
+    /// The payload's MIME type.
+    pub content_type: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An outbox row not yet published, with its position in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingMessage {
+    /// Commit order; the relay publishes in this order.
+    pub seq: i64,
+    /// Failed publish attempts so far.
+    pub attempts: i64,
+    pub message: OutboxMessage,
+}
+
+/// How far behind the relay is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OutboxStats {
+    /// Every message ever enqueued, published or not.
+    pub total: i64,
+    pub pending: i64,
+    pub oldest_pending_at: Option<DateTime<Utc>>,
+}
+
+/// A page request over tasks, ordered by id (creation order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskQuery {
+    /// Only tasks in this status; `None` means every task that is not deleted.
+    pub status: Option<TaskStatus>,
+    /// Only tasks with an id greater than this (the previous page's last id).
+    pub after: Option<TaskId>,
+    pub limit: u32,
+}
+
+/// One consumed event, as the audit-log service records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub task_id: String,
+    pub task_version: i64,
+    pub event_time: DateTime<Utc>,
+    pub correlation_id: Option<String>,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub recorded_at: DateTime<Utc>,
+    /// The whole envelope as JSON.
+    pub envelope: String,
+}
+
+/// One notification the notification service sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotificationRecord {
+    /// Stable per (event, kind): sinks can use it as an idempotency key.
+    pub id: Uuid,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub task_id: String,
+    /// What the notification says happened (`task_assigned`, `task_completed`).
+    pub kind: String,
+    pub recipient: String,
+    pub message: String,
+    /// The sink that delivered it (`log`, `webhook`).
+    pub channel: String,
+    pub sent_at: DateTime<Utc>,
+}

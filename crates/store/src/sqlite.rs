@@ -1,0 +1,726 @@
+//! SQLite implementation of every store trait.
+//!
+//! One process writes through a single connection (SQLite serialises writers
+//! anyway; one connection avoids lock upgrades and `SQLITE_BUSY` inside the
+//! process) and reads through a small pool, in WAL mode so reads never wait
+//! for the writer.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite};
+use taskstream_domain::{Assignee, Description, Priority, Task, TaskId, TaskStatus, TaskTitle};
+use uuid::Uuid;
+
+use crate::{
+    AuditEntry, AuditStore, NotificationRecord, NotificationStore, OutboxMessage, OutboxStats,
+    OutboxStore, PendingMessage, StoreError, TaskQuery, TaskStore,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// How hard SQLite works to make a commit durable.
+///
+/// In WAL mode `Normal` survives a crash of the process but may lose the last
+/// commits on power loss; `Full` also survives power loss, at one more
+/// `fsync` per commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    Normal,
+    #[default]
+    Full,
+}
+
+impl FromStr for Synchronous {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "normal" => Ok(Self::Normal),
+            "full" => Ok(Self::Full),
+            other => Err(format!("expected `normal` or `full`, got `{other}`")),
+        }
+    }
+}
+
+/// Settings for [`SqliteStore::open`].
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    pub synchronous: Synchronous,
+    /// How long a writer waits for another process's lock before failing.
+    pub busy_timeout: Duration,
+    pub read_connections: u32,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            synchronous: Synchronous::default(),
+            busy_timeout: Duration::from_secs(5),
+            read_connections: 4,
+        }
+    }
+}
+
+/// All taskstream state in one SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+    path: PathBuf,
+}
+
+fn ts(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn corrupt(table: &'static str, detail: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        table,
+        detail: detail.into(),
+    }
+}
+
+fn parse_ts(table: &'static str, raw: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(raw)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| corrupt(table, format!("bad timestamp {raw:?}: {e}")))
+}
+
+fn parse_opt_ts(
+    table: &'static str,
+    raw: Option<String>,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
+    raw.map(|r| parse_ts(table, &r)).transpose()
+}
+
+fn parse_uuid(table: &'static str, raw: &str) -> Result<Uuid, StoreError> {
+    Uuid::parse_str(raw).map_err(|e| corrupt(table, format!("bad id {raw:?}: {e}")))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and brings its schema
+    /// up to date.
+    pub async fn open(path: &Path, options: &SqliteOptions) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+                    path: path.display().to_string(),
+                    source: sqlx::Error::Io(e),
+                })?;
+            }
+        }
+        let connect = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(match options.synchronous {
+                Synchronous::Normal => SqliteSynchronous::Normal,
+                Synchronous::Full => SqliteSynchronous::Full,
+            })
+            .busy_timeout(options.busy_timeout)
+            .foreign_keys(true);
+        let open_err = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .connect_with(connect.clone())
+            .await
+            .map_err(open_err)?;
+        MIGRATOR.run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(options.read_connections.max(1))
+            .connect_with(connect.read_only(true))
+            .await
+            .map_err(open_err)?;
+        Ok(Self {
+            writer,
+            reader,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Checks the database answers; used by readiness probes.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    /// Closes both pools, waiting for in-flight statements.
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+}
+
+fn task_from_row(row: &SqliteRow) -> Result<Task, StoreError> {
+    const T: &str = "tasks";
+    let id: String = row.try_get("id")?;
+    let title: String = row.try_get("title")?;
+    let description: Option<String> = row.try_get("description")?;
+    let priority: String = row.try_get("priority")?;
+    let status: String = row.try_get("status")?;
+    let assignee: Option<String> = row.try_get("assignee")?;
+    Ok(Task {
+        id: TaskId::from_uuid(parse_uuid(T, &id)?),
+        title: TaskTitle::parse(&title).map_err(|e| corrupt(T, e.to_string()))?,
+        description: description
+            .map(|d| Description::parse(&d))
+            .transpose()
+            .map_err(|e| corrupt(T, e.to_string()))?,
+        priority: Priority::parse(&priority)
+            .ok_or_else(|| corrupt(T, format!("bad priority {priority:?}")))?,
+        status: TaskStatus::parse(&status)
+            .ok_or_else(|| corrupt(T, format!("bad status {status:?}")))?,
+        due_at: parse_opt_ts(T, row.try_get("due_at")?)?,
+        assignee: assignee
+            .map(|a| Assignee::parse(&a))
+            .transpose()
+            .map_err(|e| corrupt(T, e.to_string()))?,
+        version: row.try_get("version")?,
+        created_at: parse_ts(T, &row.try_get::<String, _>("created_at")?)?,
+        updated_at: parse_ts(T, &row.try_get::<String, _>("updated_at")?)?,
+        completed_at: parse_opt_ts(T, row.try_get("completed_at")?)?,
+    })
+}
+
+async fn enqueue(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    m: &OutboxMessage,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload, topic, content_type, created_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(m.id.to_string())
+    .bind(&m.aggregate_type)
+    .bind(&m.aggregate_id)
+    .bind(&m.event_type)
+    .bind(&m.payload)
+    .bind(&m.topic)
+    .bind(&m.content_type)
+    .bind(ts(&m.created_at))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl TaskStore for SqliteStore {
+    async fn insert_task(&self, task: &Task, event: &OutboxMessage) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "INSERT INTO tasks (id, title, description, priority, status, due_at, assignee, version, created_at, updated_at, completed_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(task.id.to_string())
+        .bind(task.title.as_str())
+        .bind(task.description.as_ref().map(|d| d.as_str()))
+        .bind(task.priority.as_str())
+        .bind(task.status.as_str())
+        .bind(task.due_at.as_ref().map(ts))
+        .bind(task.assignee.as_ref().map(|a| a.as_str()))
+        .bind(task.version)
+        .bind(ts(&task.created_at))
+        .bind(ts(&task.updated_at))
+        .bind(task.completed_at.as_ref().map(ts))
+        .execute(&mut *tx)
+        .await?;
+        enqueue(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn save_task(
+        &self,
+        task: &Task,
+        expected_version: i64,
+        event: &OutboxMessage,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE tasks SET title = ?, description = ?, priority = ?, status = ?, due_at = ?,
+                assignee = ?, version = ?, updated_at = ?, completed_at = ?
+             WHERE id = ? AND version = ?",
+        )
+        .bind(task.title.as_str())
+        .bind(task.description.as_ref().map(|d| d.as_str()))
+        .bind(task.priority.as_str())
+        .bind(task.status.as_str())
+        .bind(task.due_at.as_ref().map(ts))
+        .bind(task.assignee.as_ref().map(|a| a.as_str()))
+        .bind(task.version)
+        .bind(ts(&task.updated_at))
+        .bind(task.completed_at.as_ref().map(ts))
+        .bind(task.id.to_string())
+        .bind(expected_version)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() != 1 {
+            // Dropping `tx` rolls back: nothing is written.
+            return Err(StoreError::VersionConflict {
+                task_id: task.id.to_string(),
+                expected: expected_version,
+            });
+        }
+        enqueue(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn task(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
+        let row = sqlx::query("SELECT * FROM tasks WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(task_from_row).transpose()
+    }
+
+    async fn tasks(&self, query: &TaskQuery) -> Result<Vec<Task>, StoreError> {
+        let mut sql = QueryBuilder::<Sqlite>::new("SELECT * FROM tasks WHERE ");
+        match query.status {
+            Some(status) => sql.push("status = ").push_bind(status.as_str()),
+            None => sql.push("status <> 'deleted'"),
+        };
+        if let Some(after) = query.after {
+            sql.push(" AND id > ").push_bind(after.to_string());
+        }
+        sql.push(" ORDER BY id LIMIT ")
+            .push_bind(i64::from(query.limit));
+        let rows = sql.build().fetch_all(&self.reader).await?;
+        rows.iter().map(task_from_row).collect()
+    }
+}
+
+#[async_trait]
+impl OutboxStore for SqliteStore {
+    async fn pending(&self, limit: u32) -> Result<Vec<PendingMessage>, StoreError> {
+        const T: &str = "outbox";
+        // Read through the writer: the relay must never see an older snapshot
+        // than the commit that woke it.
+        let rows = sqlx::query(
+            "SELECT seq, attempts, id, aggregatetype, aggregateid, type, payload, topic, content_type, created_at
+             FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT ?",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.writer)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(PendingMessage {
+                    seq: row.try_get("seq")?,
+                    attempts: row.try_get("attempts")?,
+                    message: OutboxMessage {
+                        id: parse_uuid(T, &row.try_get::<String, _>("id")?)?,
+                        aggregate_type: row.try_get("aggregatetype")?,
+                        aggregate_id: row.try_get("aggregateid")?,
+                        event_type: row.try_get("type")?,
+                        topic: row.try_get("topic")?,
+                        payload: row.try_get("payload")?,
+                        content_type: row.try_get("content_type")?,
+                        created_at: parse_ts(T, &row.try_get::<String, _>("created_at")?)?,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    async fn mark_published(&self, seqs: &[i64], at: DateTime<Utc>) -> Result<(), StoreError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let mut sql = QueryBuilder::<Sqlite>::new("UPDATE outbox SET published_at = ");
+        sql.push_bind(ts(&at)).push(" WHERE seq IN (");
+        let mut list = sql.separated(", ");
+        for seq in seqs {
+            list.push_bind(*seq);
+        }
+        sql.push(")");
+        sql.build().execute(&self.writer).await?;
+        Ok(())
+    }
+
+    async fn record_failure(&self, seq: i64, error: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE seq = ?")
+            .bind(error)
+            .bind(seq)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM outbox) AS total,
+                    COUNT(*) AS pending, MIN(created_at) AS oldest
+             FROM outbox WHERE published_at IS NULL",
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(OutboxStats {
+            total: row.try_get("total")?,
+            pending: row.try_get("pending")?,
+            oldest_pending_at: parse_opt_ts("outbox", row.try_get("oldest")?)?,
+        })
+    }
+}
+
+#[async_trait]
+impl AuditStore for SqliteStore {
+    async fn append(&self, e: &AuditEntry) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            r#"INSERT INTO audit_log (event_id, event_type, task_id, task_version, event_time, correlation_id,
+                topic, partition, "offset", recorded_at, envelope)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (event_id) DO NOTHING"#,
+        )
+        .bind(e.event_id.to_string())
+        .bind(&e.event_type)
+        .bind(&e.task_id)
+        .bind(e.task_version)
+        .bind(ts(&e.event_time))
+        .bind(&e.correlation_id)
+        .bind(&e.topic)
+        .bind(e.partition)
+        .bind(e.offset)
+        .bind(ts(&e.recorded_at))
+        .bind(&e.envelope)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn audit_entries(
+        &self,
+        task_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        const T: &str = "audit_log";
+        let mut sql = QueryBuilder::<Sqlite>::new("SELECT * FROM audit_log");
+        if let Some(task_id) = task_id {
+            sql.push(" WHERE task_id = ").push_bind(task_id);
+        }
+        sql.push(" ORDER BY seq LIMIT ").push_bind(i64::from(limit));
+        let rows = sql.build().fetch_all(&self.reader).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AuditEntry {
+                    event_id: parse_uuid(T, &row.try_get::<String, _>("event_id")?)?,
+                    event_type: row.try_get("event_type")?,
+                    task_id: row.try_get("task_id")?,
+                    task_version: row.try_get("task_version")?,
+                    event_time: parse_ts(T, &row.try_get::<String, _>("event_time")?)?,
+                    correlation_id: row.try_get("correlation_id")?,
+                    topic: row.try_get("topic")?,
+                    partition: row.try_get("partition")?,
+                    offset: row.try_get("offset")?,
+                    recorded_at: parse_ts(T, &row.try_get::<String, _>("recorded_at")?)?,
+                    envelope: row.try_get("envelope")?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl NotificationStore for SqliteStore {
+    async fn is_processed(&self, consumer: &str, event_id: Uuid) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT 1 FROM processed_events WHERE consumer = ? AND event_id = ?")
+            .bind(consumer)
+            .bind(event_id.to_string())
+            .fetch_optional(&self.writer)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    async fn record_notifications(
+        &self,
+        consumer: &str,
+        event_id: Uuid,
+        sent: &[NotificationRecord],
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let marked = sqlx::query(
+            "INSERT INTO processed_events (consumer, event_id, processed_at) VALUES (?, ?, ?)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(consumer)
+        .bind(event_id.to_string())
+        .bind(ts(&taskstream_domain::now()))
+        .execute(&mut *tx)
+        .await?;
+        if marked.rows_affected() == 0 {
+            return Ok(false);
+        }
+        for n in sent {
+            sqlx::query(
+                "INSERT INTO notifications (id, event_id, event_type, task_id, kind, recipient, message, channel, sent_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(n.id.to_string())
+            .bind(n.event_id.to_string())
+            .bind(&n.event_type)
+            .bind(&n.task_id)
+            .bind(&n.kind)
+            .bind(&n.recipient)
+            .bind(&n.message)
+            .bind(&n.channel)
+            .bind(ts(&n.sent_at))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn notifications(
+        &self,
+        task_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<NotificationRecord>, StoreError> {
+        const T: &str = "notifications";
+        let mut sql = QueryBuilder::<Sqlite>::new("SELECT * FROM notifications");
+        if let Some(task_id) = task_id {
+            sql.push(" WHERE task_id = ").push_bind(task_id);
+        }
+        sql.push(" ORDER BY seq LIMIT ").push_bind(i64::from(limit));
+        let rows = sql.build().fetch_all(&self.reader).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(NotificationRecord {
+                    id: parse_uuid(T, &row.try_get::<String, _>("id")?)?,
+                    event_id: parse_uuid(T, &row.try_get::<String, _>("event_id")?)?,
+                    event_type: row.try_get("event_type")?,
+                    task_id: row.try_get("task_id")?,
+                    kind: row.try_get("kind")?,
+                    recipient: row.try_get("recipient")?,
+                    message: row.try_get("message")?,
+                    channel: row.try_get("channel")?,
+                    sent_at: parse_ts(T, &row.try_get::<String, _>("sent_at")?)?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use taskstream_domain::{EventCodec, JsonCodec, NewTask, TaskChange};
+
+    async fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db"), &SqliteOptions::default())
+            .await
+            .unwrap();
+        (dir, store)
+    }
+
+    fn message(change: &TaskChange) -> OutboxMessage {
+        OutboxMessage {
+            id: change.event.id.as_uuid(),
+            aggregate_type: "task".into(),
+            aggregate_id: change.task.id.to_string(),
+            event_type: change.event.event_type.to_string(),
+            topic: "task-events".into(),
+            payload: JsonCodec.encode(&change.event).unwrap(),
+            content_type: "application/json".into(),
+            created_at: change.event.time,
+        }
+    }
+
+    fn created(title: &str) -> TaskChange {
+        Task::create(
+            NewTask {
+                title: TaskTitle::parse(title).unwrap(),
+                description: None,
+                priority: Priority::High,
+                due_at: Some(taskstream_domain::now()),
+                assignee: Some(Assignee::parse("ana").unwrap()),
+            },
+            taskstream_domain::now(),
+            None,
+        )
+    }
+
+    #[tokio::test]
+    async fn task_round_trips_and_enqueues_its_event() {
+        let (_dir, store) = store().await;
+        let change = created("write");
+        store
+            .insert_task(&change.task, &message(&change))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.task(change.task.id).await.unwrap().unwrap(),
+            change.task
+        );
+        let pending = store.pending(10).await.unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].message, message(&change));
+    }
+
+    #[tokio::test]
+    async fn stale_version_writes_nothing() {
+        let (_dir, store) = store().await;
+        let change = created("write");
+        store
+            .insert_task(&change.task, &message(&change))
+            .await
+            .unwrap();
+        let done = change
+            .task
+            .complete(taskstream_domain::now(), None)
+            .unwrap();
+        let err = store
+            .save_task(&done.task, 7, &message(&done))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::VersionConflict { .. }));
+        assert_eq!(store.pending(10).await.unwrap().len(), 1);
+        assert_eq!(
+            store.task(change.task.id).await.unwrap().unwrap(),
+            change.task
+        );
+        store
+            .save_task(&done.task, 1, &message(&done))
+            .await
+            .unwrap();
+        assert_eq!(store.pending(10).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn published_messages_leave_the_pending_set() {
+        let (_dir, store) = store().await;
+        for i in 0..3 {
+            let change = created(&format!("t{i}"));
+            store
+                .insert_task(&change.task, &message(&change))
+                .await
+                .unwrap();
+        }
+        let pending = store.pending(10).await.unwrap();
+        assert!(pending.windows(2).all(|w| w[0].seq < w[1].seq));
+        store
+            .mark_published(&[pending[0].seq], taskstream_domain::now())
+            .await
+            .unwrap();
+        store
+            .record_failure(pending[1].seq, "broker down")
+            .await
+            .unwrap();
+        let left = store.pending(10).await.unwrap();
+        assert_eq!(left.len(), 2);
+        assert_eq!(left[0].attempts, 1);
+        let stats = store.outbox_stats().await.unwrap();
+        assert_eq!((stats.total, stats.pending), (3, 2));
+    }
+
+    #[tokio::test]
+    async fn tasks_page_by_id_and_hide_tombstones() {
+        let (_dir, store) = store().await;
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            let change = created(&format!("t{i}"));
+            store
+                .insert_task(&change.task, &message(&change))
+                .await
+                .unwrap();
+            ids.push(change.task);
+        }
+        let gone = ids[0].delete(taskstream_domain::now(), None).unwrap();
+        store
+            .save_task(&gone.task, 1, &message(&gone))
+            .await
+            .unwrap();
+        let page = |after, status| TaskQuery {
+            status,
+            after,
+            limit: 2,
+        };
+        let first = store.tasks(&page(None, None)).await.unwrap();
+        assert_eq!(
+            first.iter().map(|t| t.id).collect::<Vec<_>>(),
+            [ids[1].id, ids[2].id]
+        );
+        let second = store.tasks(&page(Some(ids[2].id), None)).await.unwrap();
+        assert_eq!(
+            second.iter().map(|t| t.id).collect::<Vec<_>>(),
+            [ids[3].id, ids[4].id]
+        );
+        let deleted = store
+            .tasks(&page(None, Some(TaskStatus::Deleted)))
+            .await
+            .unwrap();
+        assert_eq!(deleted.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn audit_append_is_idempotent_by_event_id() {
+        let (_dir, store) = store().await;
+        let entry = AuditEntry {
+            event_id: Uuid::now_v7(),
+            event_type: "task.created".into(),
+            task_id: "t".into(),
+            task_version: 1,
+            event_time: taskstream_domain::now(),
+            correlation_id: None,
+            topic: "task-events".into(),
+            partition: 0,
+            offset: 4,
+            recorded_at: taskstream_domain::now(),
+            envelope: "{}".into(),
+        };
+        assert!(store.append(&entry).await.unwrap());
+        assert!(!store
+            .append(&AuditEntry {
+                offset: 9,
+                ..entry.clone()
+            })
+            .await
+            .unwrap());
+        assert_eq!(store.audit_entries(Some("t"), 10).await.unwrap(), [entry]);
+    }
+
+    #[tokio::test]
+    async fn notifications_are_recorded_once_per_event() {
+        let (_dir, store) = store().await;
+        let event_id = Uuid::now_v7();
+        let n = NotificationRecord {
+            id: Uuid::now_v7(),
+            event_id,
+            event_type: "task.completed".into(),
+            task_id: "t".into(),
+            kind: "task_completed".into(),
+            recipient: "ana".into(),
+            message: "done".into(),
+            channel: "log".into(),
+            sent_at: taskstream_domain::now(),
+        };
+        assert!(!store.is_processed("notifier", event_id).await.unwrap());
+        assert!(store
+            .record_notifications("notifier", event_id, &[n.clone()])
+            .await
+            .unwrap());
+        assert!(store.is_processed("notifier", event_id).await.unwrap());
+        assert!(!store
+            .record_notifications("notifier", event_id, &[n.clone()])
+            .await
+            .unwrap());
+        assert_eq!(store.notifications(Some("t"), 10).await.unwrap(), [n]);
+    }
+}

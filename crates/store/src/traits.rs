@@ -1,0 +1,88 @@
+//! The seams between components and their storage.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use taskstream_domain::{Task, TaskId};
+use uuid::Uuid;
+
+use crate::{
+    AuditEntry, NotificationRecord, OutboxMessage, OutboxStats, PendingMessage, StoreError,
+    TaskQuery,
+};
+
+/// Tasks, written only together with the event that records the change.
+#[async_trait]
+pub trait TaskStore: Send + Sync + 'static {
+    /// Inserts a new task and its outbox message atomically.
+    async fn insert_task(&self, task: &Task, event: &OutboxMessage) -> Result<(), StoreError>;
+
+    /// Replaces a task whose stored version is `expected_version`, and enqueues
+    /// its outbox message, atomically. Fails with
+    /// [`StoreError::VersionConflict`] (writing nothing) if the version moved.
+    async fn save_task(
+        &self,
+        task: &Task,
+        expected_version: i64,
+        event: &OutboxMessage,
+    ) -> Result<(), StoreError>;
+
+    /// One task, tombstones included.
+    async fn task(&self, id: TaskId) -> Result<Option<Task>, StoreError>;
+
+    /// A page of tasks in id order.
+    async fn tasks(&self, query: &TaskQuery) -> Result<Vec<Task>, StoreError>;
+}
+
+/// The outbox, as the relay sees it.
+#[async_trait]
+pub trait OutboxStore: Send + Sync + 'static {
+    /// Up to `limit` unpublished messages, oldest first.
+    async fn pending(&self, limit: u32) -> Result<Vec<PendingMessage>, StoreError>;
+
+    /// Marks messages published; call only after the broker acknowledged them.
+    async fn mark_published(&self, seqs: &[i64], at: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// Counts a failed attempt and remembers why; the message stays pending.
+    async fn record_failure(&self, seq: i64, error: &str) -> Result<(), StoreError>;
+
+    /// Pending count and the age of the oldest pending message.
+    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError>;
+}
+
+/// The audit log: one entry per distinct event.
+#[async_trait]
+pub trait AuditStore: Send + Sync + 'static {
+    /// Appends an entry; returns `false` (writing nothing) if the event is
+    /// already recorded.
+    async fn append(&self, entry: &AuditEntry) -> Result<bool, StoreError>;
+
+    /// Entries in the order they were recorded, optionally for one task.
+    async fn audit_entries(
+        &self,
+        task_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
+}
+
+/// The notification service's memory.
+#[async_trait]
+pub trait NotificationStore: Send + Sync + 'static {
+    /// Whether `consumer` already fully handled `event_id`.
+    async fn is_processed(&self, consumer: &str, event_id: Uuid) -> Result<bool, StoreError>;
+
+    /// Records the notifications sent for an event and marks the event
+    /// processed, atomically. Returns `false` if it already was.
+    async fn record_notifications(
+        &self,
+        consumer: &str,
+        event_id: Uuid,
+        sent: &[NotificationRecord],
+    ) -> Result<bool, StoreError>;
+
+    /// Sent notifications in order, optionally for one task.
+    async fn notifications(
+        &self,
+        task_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<NotificationRecord>, StoreError>;
+}

@@ -1,0 +1,170 @@
+//! Starting and stopping each component. Every component runs as a tokio
+//! task with its own shutdown trigger, so a process (or a test) can run any
+//! subset of them and stop one without the others.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use taskstream_api::ApiBuilder;
+use taskstream_domain::{EventCodec, JsonCodec};
+use taskstream_kafka::{
+    ConsumerSettings, EventConsumer, EventProducer, KafkaConfig, ProducerSettings,
+};
+use taskstream_services::topics::TASK_EVENTS;
+use taskstream_services::{
+    AuditHandler, ConsumerService, EventHandler, LogSink, NotificationHandler, OutboxRelay,
+    RelaySettings, Shutdown, ShutdownTrigger, AUDITOR_GROUP, NOTIFIER_GROUP,
+};
+use taskstream_store::{SqliteOptions, SqliteStore};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+/// The database file inside a data directory.
+pub const DATABASE_FILE: &str = "taskstream.db";
+
+/// How long a component may take to stop before it is abandoned.
+pub const STOP_DEADLINE: Duration = Duration::from_secs(15);
+
+/// A running component.
+pub struct Component {
+    name: &'static str,
+    trigger: ShutdownTrigger,
+    task: JoinHandle<()>,
+}
+
+impl Component {
+    /// Runs `body` as a task that stops when this component is stopped.
+    pub fn spawn<F, Fut>(name: &'static str, body: F) -> Self
+    where
+        F: FnOnce(Shutdown) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (trigger, shutdown) = Shutdown::new();
+        let task = tokio::spawn(body(shutdown));
+        Self {
+            name,
+            trigger,
+            task,
+        }
+    }
+
+    /// The component's name (`api`, `relay`, ...).
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Signals the component to stop and waits for it to finish its in-flight
+    /// work, for at most [`STOP_DEADLINE`].
+    pub async fn stop(self) {
+        self.trigger.trigger();
+        let name = self.name;
+        let mut task = self.task;
+        match tokio::time::timeout(STOP_DEADLINE, &mut task).await {
+            Ok(Ok(())) => tracing::debug!(component = name, "stopped"),
+            Ok(Err(e)) => tracing::error!(component = name, error = %e, "component task failed"),
+            Err(_) => {
+                tracing::warn!(component = name, "did not stop in time; abandoning it");
+                task.abort();
+            }
+        }
+    }
+}
+
+/// Opens (creating and migrating) the store in `data_dir`.
+pub async fn open_store(
+    data_dir: &Path,
+    options: &SqliteOptions,
+) -> anyhow::Result<Arc<SqliteStore>> {
+    let path = data_dir.join(DATABASE_FILE);
+    let store = SqliteStore::open(&path, options)
+        .await
+        .with_context(|| format!("cannot open the store at {}", path.display()))?;
+    Ok(Arc::new(store))
+}
+
+/// The event encoding in use.
+pub fn codec() -> Arc<dyn EventCodec> {
+    Arc::new(JsonCodec)
+}
+
+/// Binds `addr` and serves `api` until stopped. Returns the bound address
+/// (useful with port 0).
+pub async fn http(addr: SocketAddr, api: ApiBuilder) -> anyhow::Result<(SocketAddr, Component)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let bound = listener.local_addr()?;
+    let router = api.build();
+    let component = Component::spawn("http", move |mut shutdown| async move {
+        let stop = async move { shutdown.wait().await };
+        if let Err(error) = taskstream_api::serve(listener, router, stop).await {
+            tracing::error!(%error, "HTTP server failed");
+        }
+    });
+    Ok((bound, component))
+}
+
+/// The Task API's routes over `store`; `relay_wake` is notified after each commit.
+pub fn task_api(store: Arc<SqliteStore>, relay_wake: Arc<Notify>) -> ApiBuilder {
+    let service = taskstream_api::TaskService::new(store, codec(), relay_wake, TASK_EVENTS);
+    ApiBuilder::new().tasks(service)
+}
+
+/// Starts the outbox relay.
+pub fn relay(
+    store: Arc<SqliteStore>,
+    kafka: &KafkaConfig,
+    wake: Arc<Notify>,
+    settings: RelaySettings,
+) -> anyhow::Result<Component> {
+    let producer = EventProducer::new(kafka, "relay", &ProducerSettings::default())
+        .context("cannot create the relay's Kafka producer")?;
+    let relay = OutboxRelay::new(store, producer, wake, settings);
+    Ok(Component::spawn("relay", move |shutdown| {
+        relay.run(shutdown)
+    }))
+}
+
+fn consumer<H: EventHandler>(
+    name: &'static str,
+    kafka: &KafkaConfig,
+    group: &str,
+    settings: &ConsumerSettings,
+    handler: H,
+) -> anyhow::Result<Component> {
+    let consumer = EventConsumer::subscribe(kafka, group, &[TASK_EVENTS], settings)
+        .with_context(|| format!("cannot join consumer group {group}"))?;
+    let service = ConsumerService::new(consumer, codec(), handler);
+    Ok(Component::spawn(name, move |shutdown| {
+        service.run(shutdown)
+    }))
+}
+
+/// Starts the audit-log service (consumer group `auditor`).
+pub fn auditor(
+    store: Arc<SqliteStore>,
+    kafka: &KafkaConfig,
+    settings: &ConsumerSettings,
+) -> anyhow::Result<Component> {
+    consumer(
+        "auditor",
+        kafka,
+        AUDITOR_GROUP,
+        settings,
+        AuditHandler::new(store),
+    )
+}
+
+/// Starts the notification service (consumer group `notifier`) with the log sink.
+pub fn notifier(
+    store: Arc<SqliteStore>,
+    kafka: &KafkaConfig,
+    settings: &ConsumerSettings,
+) -> anyhow::Result<Component> {
+    let handler = NotificationHandler::new(store, Arc::new(LogSink));
+    consumer("notifier", kafka, NOTIFIER_GROUP, settings, handler)
+}

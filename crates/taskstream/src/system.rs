@@ -1,0 +1,148 @@
+//! `taskstream up`: every component in one process, on embedded defaults.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use taskstream_kafka::{ConsumerSettings, DevBroker, KafkaConfig};
+use taskstream_services::topics::declared_topics;
+use taskstream_services::RelaySettings;
+use taskstream_store::{SqliteOptions, SqliteStore};
+use tokio::sync::Notify;
+
+use crate::components::{self, Component};
+
+/// What `taskstream up` runs with.
+#[derive(Debug, Clone)]
+pub struct SystemConfig {
+    /// Where the HTTP server listens; port 0 picks a free one.
+    pub http: SocketAddr,
+    pub data_dir: PathBuf,
+    /// A real cluster; `None` starts the embedded dev broker.
+    pub kafka: Option<KafkaConfig>,
+    pub sqlite: SqliteOptions,
+    pub relay: RelaySettings,
+    pub consumer: ConsumerSettings,
+}
+
+impl SystemConfig {
+    /// Defaults for `data_dir`, listening on `http`.
+    pub fn new(http: SocketAddr, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            http,
+            data_dir: data_dir.into(),
+            kafka: None,
+            sqlite: SqliteOptions::default(),
+            relay: RelaySettings::default(),
+            consumer: ConsumerSettings::default(),
+        }
+    }
+}
+
+/// A running system. Stop it with [`RunningSystem::shutdown`].
+pub struct RunningSystem {
+    http_addr: SocketAddr,
+    kafka_bootstrap: String,
+    store: Arc<SqliteStore>,
+    http: Component,
+    relay: Component,
+    consumers: Vec<Component>,
+    dev_broker: Option<DevBroker>,
+}
+
+/// The file, inside the data directory, that lists the endpoints.
+pub const ENDPOINTS_FILE: &str = "endpoints.json";
+
+impl RunningSystem {
+    /// Starts the dev broker (unless a cluster is configured), the store,
+    /// the relay, both consumers and the HTTP server, in that order.
+    pub async fn start(config: SystemConfig) -> anyhow::Result<Self> {
+        let dev_broker = match &config.kafka {
+            Some(_) => None,
+            None => {
+                Some(DevBroker::start(&declared_topics(1)).context("cannot start the dev broker")?)
+            }
+        };
+        let kafka = match (&config.kafka, &dev_broker) {
+            (Some(kafka), _) => kafka.clone(),
+            (None, Some(broker)) => KafkaConfig::new(broker.bootstrap_servers()),
+            (None, None) => unreachable!("a dev broker is started when no cluster is configured"),
+        };
+        let store = components::open_store(&config.data_dir, &config.sqlite).await?;
+        let wake = Arc::new(Notify::new());
+        let relay = components::relay(
+            Arc::clone(&store),
+            &kafka,
+            Arc::clone(&wake),
+            config.relay.clone(),
+        )?;
+        let consumers = vec![
+            components::auditor(Arc::clone(&store), &kafka, &config.consumer)?,
+            components::notifier(Arc::clone(&store), &kafka, &config.consumer)?,
+        ];
+        let api = components::task_api(Arc::clone(&store), wake)
+            .audit(store.clone())
+            .notifications(store.clone());
+        let (http_addr, http) = components::http(config.http, api).await?;
+        let system = Self {
+            http_addr,
+            kafka_bootstrap: kafka.bootstrap_servers.clone(),
+            store,
+            http,
+            relay,
+            consumers,
+            dev_broker,
+        };
+        let endpoints = serde_json::to_vec_pretty(&system.endpoints())?;
+        let path = config.data_dir.join(ENDPOINTS_FILE);
+        std::fs::write(&path, endpoints)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(system)
+    }
+
+    /// The HTTP server's bound address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The Kafka bootstrap servers in use.
+    pub fn kafka_bootstrap(&self) -> &str {
+        &self.kafka_bootstrap
+    }
+
+    /// The store all components share.
+    pub fn store(&self) -> &Arc<SqliteStore> {
+        &self.store
+    }
+
+    /// The dev broker, when one was started.
+    pub fn dev_broker(&self) -> Option<&DevBroker> {
+        self.dev_broker.as_ref()
+    }
+
+    /// Name → address, as printed at start-up and written to `endpoints.json`.
+    pub fn endpoints(&self) -> BTreeMap<&'static str, String> {
+        BTreeMap::from([
+            ("http", format!("http://{}", self.http_addr)),
+            ("kafka", self.kafka_bootstrap.clone()),
+        ])
+    }
+
+    /// Stops gracefully: no new requests, then the relay publishes what is
+    /// pending and flushes, then the consumers finish the event in hand and
+    /// commit, then the broker stops.
+    pub async fn shutdown(self) {
+        self.http.stop().await;
+        self.relay.stop().await;
+        for consumer in self.consumers {
+            consumer.stop().await;
+        }
+        self.store.close().await;
+        if let Some(broker) = self.dev_broker {
+            broker.shutdown(Duration::from_secs(1));
+        }
+    }
+}
