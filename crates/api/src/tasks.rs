@@ -322,15 +322,19 @@ async fn list_tasks(
         }
         parsed
     });
+    // One extra row tells whether another page follows.
     let query = v.finish(|| TaskQuery {
         status,
         after,
-        limit,
+        limit: limit + 1,
     })?;
-    let items = service.list(&query).await?;
-    let next_cursor = (items.len() == limit as usize)
-        .then(|| items.last().map(|t| t.id.to_string()))
-        .flatten();
+    let mut items = service.list(&query).await?;
+    let next_cursor = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(|t| t.id.to_string())
+    } else {
+        None
+    };
     Ok(Json(TaskPage { items, next_cursor }))
 }
 

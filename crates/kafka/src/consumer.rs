@@ -24,6 +24,22 @@ pub struct ConsumerSettings {
     pub commit_interval: Duration,
     /// Where a group with no committed offset starts (`auto.offset.reset`).
     pub start_from_earliest: bool,
+    /// How long the group waits for a silent member before reassigning its
+    /// partitions (`session.timeout.ms`); heartbeats go at a third of it.
+    pub session_timeout: Duration,
+}
+
+impl ConsumerSettings {
+    /// Settings for the dev broker. After a member leaves, the dev broker
+    /// holds the group's next rebalance for almost a session timeout (a real
+    /// broker does not), so a restarted consumer would wait ~45 s with the
+    /// default; a short session keeps restarts quick on one machine.
+    pub fn for_dev_broker() -> Self {
+        Self {
+            session_timeout: Duration::from_secs(3),
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for ConsumerSettings {
@@ -31,6 +47,7 @@ impl Default for ConsumerSettings {
         Self {
             commit_interval: Duration::from_millis(500),
             start_from_earliest: true,
+            session_timeout: Duration::from_secs(45),
         }
     }
 }
@@ -92,6 +109,16 @@ impl EventConsumer {
                 },
             )
             .set("partition.assignment.strategy", "cooperative-sticky")
+            .set(
+                "session.timeout.ms",
+                settings.session_timeout.as_millis().to_string(),
+            )
+            .set(
+                "heartbeat.interval.ms",
+                (settings.session_timeout.as_millis() / 3)
+                    .max(100)
+                    .to_string(),
+            )
             .set("fetch.wait.max.ms", "50");
         let inner: StreamConsumer<TracingContext> = rd
             .create_with_context(TracingContext {

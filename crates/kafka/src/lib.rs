@@ -6,6 +6,7 @@
 //! - [`DevBroker`]: an in-process, Kafka-protocol broker for development and tests.
 //! - [`EventProducer`]: an idempotent producer (`acks=all`) with per-record delivery reports.
 //! - [`EventConsumer`]: a consumer-group member that commits only what the application acknowledged.
+//! - [`group_offsets`]: a group's committed offsets beside the log end (lag).
 //! - [`TopicSpec`] and [`apply_topics`]: topics declared in code, created with the admin API.
 
 mod admin;
@@ -14,6 +15,7 @@ mod consumer;
 mod context;
 mod dev_broker;
 mod error;
+mod offsets;
 mod producer;
 mod topic;
 
@@ -22,5 +24,6 @@ pub use config::KafkaConfig;
 pub use consumer::{ConsumerSettings, EventConsumer, InboundRecord};
 pub use dev_broker::DevBroker;
 pub use error::KafkaError;
+pub use offsets::{group_offsets, PartitionOffsets};
 pub use producer::{Delivery, DeliveryFuture, EventProducer, OutboundRecord, ProducerSettings};
 pub use topic::TopicSpec;

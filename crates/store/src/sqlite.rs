@@ -713,12 +713,12 @@ mod tests {
         };
         assert!(!store.is_processed("notifier", event_id).await.unwrap());
         assert!(store
-            .record_notifications("notifier", event_id, &[n.clone()])
+            .record_notifications("notifier", event_id, std::slice::from_ref(&n))
             .await
             .unwrap());
         assert!(store.is_processed("notifier", event_id).await.unwrap());
         assert!(!store
-            .record_notifications("notifier", event_id, &[n.clone()])
+            .record_notifications("notifier", event_id, std::slice::from_ref(&n))
             .await
             .unwrap());
         assert_eq!(store.notifications(Some("t"), 10).await.unwrap(), [n]);

@@ -144,6 +144,10 @@ pub struct ConsumerArgs {
     /// Serve the read-only view (/audit or /notifications) and /healthz here.
     #[arg(long)]
     pub http: Option<SocketAddr>,
+    /// Consumer group to join (default: `auditor` or `notifier`). A new group
+    /// starts from the earliest event, which replays history harmlessly.
+    #[arg(long)]
+    pub group: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]
@@ -308,13 +312,14 @@ async fn consumer_process(which: &'static str, args: ConsumerArgs) -> anyhow::Re
     let kafka = args.kafka.require(which)?;
     let store = components::open_store(&args.store.data_dir, &args.store.options()).await?;
     let settings = ConsumerSettings::default();
+    let group = args.group.as_deref();
     let (consumer, api) = match which {
         "auditor" => (
-            components::auditor(Arc::clone(&store), &kafka, &settings)?,
+            components::auditor(Arc::clone(&store), &kafka, group, &settings)?,
             taskstream_api::ApiBuilder::new().audit(store.clone()),
         ),
         _ => (
-            components::notifier(Arc::clone(&store), &kafka, &settings)?,
+            components::notifier(Arc::clone(&store), &kafka, group, &settings)?,
             taskstream_api::ApiBuilder::new().notifications(store.clone()),
         ),
     };

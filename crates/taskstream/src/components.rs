@@ -29,11 +29,19 @@ pub const DATABASE_FILE: &str = "taskstream.db";
 /// How long a component may take to stop before it is abandoned.
 pub const STOP_DEADLINE: Duration = Duration::from_secs(15);
 
-/// A running component.
+/// A running component. Dropping it without [`Component::stop`] aborts it.
 pub struct Component {
     name: &'static str,
     trigger: ShutdownTrigger,
-    task: JoinHandle<()>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Drop for Component {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
 }
 
 impl Component {
@@ -44,7 +52,7 @@ impl Component {
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         let (trigger, shutdown) = Shutdown::new();
-        let task = tokio::spawn(body(shutdown));
+        let task = Some(tokio::spawn(body(shutdown)));
         Self {
             name,
             trigger,
@@ -59,10 +67,12 @@ impl Component {
 
     /// Signals the component to stop and waits for it to finish its in-flight
     /// work, for at most [`STOP_DEADLINE`].
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         self.trigger.trigger();
         let name = self.name;
-        let mut task = self.task;
+        let Some(mut task) = self.task.take() else {
+            return;
+        };
         match tokio::time::timeout(STOP_DEADLINE, &mut task).await {
             Ok(Ok(())) => tracing::debug!(component = name, "stopped"),
             Ok(Err(e)) => tracing::error!(component = name, error = %e, "component task failed"),
@@ -144,27 +154,25 @@ fn consumer<H: EventHandler>(
     }))
 }
 
-/// Starts the audit-log service (consumer group `auditor`).
+/// Starts the audit-log service in `group` (default `auditor`).
 pub fn auditor(
     store: Arc<SqliteStore>,
     kafka: &KafkaConfig,
+    group: Option<&str>,
     settings: &ConsumerSettings,
 ) -> anyhow::Result<Component> {
-    consumer(
-        "auditor",
-        kafka,
-        AUDITOR_GROUP,
-        settings,
-        AuditHandler::new(store),
-    )
+    let group = group.unwrap_or(AUDITOR_GROUP);
+    consumer("auditor", kafka, group, settings, AuditHandler::new(store))
 }
 
-/// Starts the notification service (consumer group `notifier`) with the log sink.
+/// Starts the notification service in `group` (default `notifier`) with the log sink.
 pub fn notifier(
     store: Arc<SqliteStore>,
     kafka: &KafkaConfig,
+    group: Option<&str>,
     settings: &ConsumerSettings,
 ) -> anyhow::Result<Component> {
+    let group = group.unwrap_or(NOTIFIER_GROUP);
     let handler = NotificationHandler::new(store, Arc::new(LogSink));
-    consumer("notifier", kafka, NOTIFIER_GROUP, settings, handler)
+    consumer("notifier", kafka, group, settings, handler)
 }

@@ -47,9 +47,8 @@ pub struct RunningSystem {
     http_addr: SocketAddr,
     kafka_bootstrap: String,
     store: Arc<SqliteStore>,
-    http: Component,
-    relay: Component,
-    consumers: Vec<Component>,
+    /// In shutdown order: HTTP, relay, consumers.
+    components: Vec<Component>,
     dev_broker: Option<DevBroker>,
 }
 
@@ -71,6 +70,13 @@ impl RunningSystem {
             (None, Some(broker)) => KafkaConfig::new(broker.bootstrap_servers()),
             (None, None) => unreachable!("a dev broker is started when no cluster is configured"),
         };
+        let consumer_settings = match &dev_broker {
+            Some(_) => ConsumerSettings {
+                session_timeout: ConsumerSettings::for_dev_broker().session_timeout,
+                ..config.consumer.clone()
+            },
+            None => config.consumer.clone(),
+        };
         let store = components::open_store(&config.data_dir, &config.sqlite).await?;
         let wake = Arc::new(Notify::new());
         let relay = components::relay(
@@ -79,10 +85,11 @@ impl RunningSystem {
             Arc::clone(&wake),
             config.relay.clone(),
         )?;
-        let consumers = vec![
-            components::auditor(Arc::clone(&store), &kafka, &config.consumer)?,
-            components::notifier(Arc::clone(&store), &kafka, &config.consumer)?,
-        ];
+        let mut running = vec![relay];
+        running.extend([
+            components::auditor(Arc::clone(&store), &kafka, None, &consumer_settings)?,
+            components::notifier(Arc::clone(&store), &kafka, None, &consumer_settings)?,
+        ]);
         let api = components::task_api(Arc::clone(&store), wake)
             .audit(store.clone())
             .notifications(store.clone());
@@ -91,9 +98,7 @@ impl RunningSystem {
             http_addr,
             kafka_bootstrap: kafka.bootstrap_servers.clone(),
             store,
-            http,
-            relay,
-            consumers,
+            components: std::iter::once(http).chain(running).collect(),
             dev_broker,
         };
         let endpoints = serde_json::to_vec_pretty(&system.endpoints())?;
@@ -134,15 +139,27 @@ impl RunningSystem {
     /// Stops gracefully: no new requests, then the relay publishes what is
     /// pending and flushes, then the consumers finish the event in hand and
     /// commit, then the broker stops.
-    pub async fn shutdown(self) {
-        self.http.stop().await;
-        self.relay.stop().await;
-        for consumer in self.consumers {
-            consumer.stop().await;
+    pub async fn shutdown(mut self) {
+        let broker = self.dev_broker.take();
+        for component in std::mem::take(&mut self.components) {
+            component.stop().await;
         }
         self.store.close().await;
-        if let Some(broker) = self.dev_broker {
+        if let Some(broker) = broker {
             broker.shutdown(Duration::from_secs(1));
+        }
+    }
+}
+
+impl Drop for RunningSystem {
+    /// Dropped without [`RunningSystem::shutdown`] (a panic, an early
+    /// return): the components are aborted, and their Kafka clients close
+    /// while the runtime winds down. The dev broker must outlive those
+    /// clients, or closing would wait on a broker that is gone, so it is
+    /// left running until the process exits.
+    fn drop(&mut self) {
+        if let Some(broker) = self.dev_broker.take() {
+            std::mem::forget(broker);
         }
     }
 }

@@ -1,0 +1,184 @@
+//! The real `taskstream` binary, as a user runs it.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::helpers::{client, eventually};
+
+const BIN: &str = env!("CARGO_BIN_EXE_taskstream");
+
+/// Kills the child if the test fails before it could stop it.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_prints_its_endpoints_serves_the_loop_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = ChildGuard(
+        Command::new(BIN)
+            .args(["up", "--http", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .take(2)
+            .map(Result::unwrap)
+            .collect::<Vec<_>>()
+    });
+    let lines = tokio::time::timeout(Duration::from_secs(30), lines)
+        .await
+        .expect("endpoints printed")
+        .unwrap();
+    let http = lines[0]
+        .strip_prefix("http: ")
+        .expect("first line names the HTTP endpoint")
+        .to_owned();
+    let kafka = lines[1]
+        .strip_prefix("kafka: ")
+        .expect("second line names the broker")
+        .to_owned();
+    assert!(http.starts_with("http://127.0.0.1:"));
+    assert!(kafka.starts_with("127.0.0.1:"));
+    let endpoints: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("endpoints.json")).unwrap()).unwrap();
+    assert_eq!(endpoints["http"], http.as_str());
+    assert_eq!(endpoints["kafka"], kafka.as_str());
+
+    let client = client();
+    assert_eq!(
+        client
+            .get(format!("{http}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let task: Value = client
+            .post(format!("{http}/tasks"))
+            .json(&serde_json::json!({ "title": format!("task {i}") }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.push(task["id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids[..10] {
+        let status = client
+            .post(format!("{http}/tasks/{id}/complete"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200);
+    }
+    let audit = eventually("30 audit items", Duration::from_secs(30), || async {
+        let body: Value = client
+            .get(format!("{http}/audit"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let items = body["items"].as_array()?.clone();
+        (items.len() >= 30).then_some(items)
+    })
+    .await;
+    let distinct: std::collections::HashSet<&str> = audit
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!((audit.len(), distinct.len()), (30, 30));
+
+    let pid = child.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::task::spawn_blocking(move || {
+        let status = child.0.wait();
+        (status, child)
+    });
+    let (status, _child) = tokio::time::timeout(Duration::from_secs(30), status)
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert!(status.unwrap().success(), "exit code 0 after SIGTERM");
+}
+
+#[test]
+fn components_without_kafka_fail_with_one_line_and_a_non_zero_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    for component in ["relay", "auditor", "notifier"] {
+        let out = Command::new(BIN)
+            .arg(component)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env_remove("KAFKA_BOOTSTRAP_SERVERS")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.starts_with("error: ") && stderr.contains("--kafka-bootstrap"),
+            "{stderr}"
+        );
+    }
+    let bad = Command::new(BIN)
+        .args(["up", "--http", "not-an-address"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--http"));
+    let bad = Command::new(BIN)
+        .args([
+            "relay",
+            "--kafka-bootstrap",
+            "x:1",
+            "--kafka-property",
+            "novalue",
+        ])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("KEY=VALUE"));
+}
+
+#[test]
+fn topics_list_json_prints_the_declared_topics() {
+    let out = Command::new(BIN)
+        .args(["topics", "list", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let topics: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let task_events = topics
+        .iter()
+        .find(|t| t["name"] == "task-events")
+        .expect("task-events declared");
+    assert_eq!(task_events["partitions"], 6);
+    assert_eq!(task_events["replication_factor"], 3);
+}

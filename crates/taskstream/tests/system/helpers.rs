@@ -1,0 +1,150 @@
+//! Starting the system for a test and talking to it.
+
+use std::future::Future;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use taskstream::system::{RunningSystem, SystemConfig};
+use tempfile::TempDir;
+
+/// A running system with a fresh data directory.
+pub struct TestApp {
+    pub system: RunningSystem,
+    pub base: String,
+    pub client: reqwest::Client,
+    /// Kept so the data directory lives as long as the app.
+    _dir: TempDir,
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// Sends the components' logs to the test's captured output (shown for
+/// failing tests); `RUST_LOG` filters them.
+pub fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,librdkafka=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+/// Starts every component in-process on the dev broker and a random port.
+pub async fn spawn_app() -> TestApp {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let config = SystemConfig::new("127.0.0.1:0".parse().unwrap(), dir.path());
+    let system = RunningSystem::start(config).await.expect("system starts");
+    let base = format!("http://{}", system.http_addr());
+    TestApp {
+        system,
+        base,
+        client: client(),
+        _dir: dir,
+    }
+}
+
+/// Polls `probe` until it returns `Some`, failing the test after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn create_task(&self, body: Value) -> reqwest::Response {
+        self.client
+            .post(self.url("/tasks"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Creates a task that must succeed, returning its JSON.
+    pub async fn created(&self, title: &str, assignee: Option<&str>) -> Value {
+        let mut body = json!({ "title": title });
+        if let Some(a) = assignee {
+            body["assignee"] = json!(a);
+        }
+        let response = self.create_task(body).await;
+        assert_eq!(response.status(), 201);
+        response.json().await.unwrap()
+    }
+
+    pub async fn complete(&self, id: &str) -> reqwest::Response {
+        self.client
+            .post(self.url(&format!("/tasks/{id}/complete")))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn delete(&self, id: &str) -> reqwest::Response {
+        self.client
+            .delete(self.url(&format!("/tasks/{id}")))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn items(&self, path: &str) -> Vec<Value> {
+        let response = self.client.get(self.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "GET {path}");
+        let body: Value = response.json().await.unwrap();
+        body["items"].as_array().expect("items array").clone()
+    }
+
+    /// Waits until `/audit` holds exactly `n` items and returns them.
+    pub async fn audit_when(&self, n: usize) -> Vec<Value> {
+        eventually(
+            &format!("{n} audit items"),
+            Duration::from_secs(30),
+            || async {
+                let items = self.items("/audit?limit=10000").await;
+                (items.len() >= n).then_some(items)
+            },
+        )
+        .await
+    }
+
+    /// Waits until `/notifications` holds at least `n` items and returns them.
+    pub async fn notifications_when(&self, n: usize) -> Vec<Value> {
+        eventually(
+            &format!("{n} notifications"),
+            Duration::from_secs(30),
+            || async {
+                let items = self.items("/notifications?limit=10000").await;
+                (items.len() >= n).then_some(items)
+            },
+        )
+        .await
+    }
+
+    pub async fn outbox_total(&self) -> i64 {
+        use taskstream_store::OutboxStore;
+        self.system.store().outbox_stats().await.unwrap().total
+    }
+}

@@ -1,0 +1,125 @@
+//! confluent-kafka-python, a client nobody on this team wrote, reads the
+//! task-event topic from the dev broker and sees what we claim to publish.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::helpers::spawn_app;
+
+/// The Python with confluent-kafka installed: `TASKSTREAM_PYTHON`, else the
+/// workspace's `.venv` (which `.ci/run` creates).
+fn python() -> Option<PathBuf> {
+    let candidate = std::env::var_os("TASKSTREAM_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python")
+        });
+    let ok = Command::new(&candidate)
+        .args(["-c", "import confluent_kafka"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    ok.then_some(candidate)
+}
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/read_task_events.py")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confluent_kafka_python_reads_keys_headers_and_event_types() {
+    let Some(python) = python() else {
+        assert!(
+            std::env::var_os("TASKSTREAM_REQUIRE_INTEROP").is_none(),
+            "TASKSTREAM_REQUIRE_INTEROP is set but confluent-kafka is not importable"
+        );
+        eprintln!(
+            "SKIPPED: confluent-kafka-python interop test — run `python3 -m venv .venv && .venv/bin/pip install confluent-kafka` (or .ci/run)"
+        );
+        return;
+    };
+    let app = spawn_app().await;
+    let a = app.created("read me", Some("ana")).await;
+    let b = app.created("and me", None).await;
+    let a_id = a["id"].as_str().unwrap().to_owned();
+    let b_id = b["id"].as_str().unwrap().to_owned();
+    assert_eq!(app.complete(&a_id).await.status(), 200);
+    assert_eq!(app.delete(&b_id).await.status(), 200);
+    let audit = app.audit_when(4).await;
+
+    let bootstrap = app.system.kafka_bootstrap().to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script())
+            .args([
+                "--bootstrap",
+                &bootstrap,
+                "--topic",
+                "task-events",
+                "--count",
+                "4",
+                "--timeout",
+                "30",
+            ])
+            .output()
+            .unwrap()
+    });
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 4);
+
+    for r in &records {
+        let value = &r["value"];
+        // Key = task id = envelope subject; headers carry id and type.
+        assert_eq!(r["key"], value["subject"]);
+        assert_eq!(r["headers"]["id"], value["id"]);
+        assert_eq!(r["headers"]["type"], value["type"]);
+        assert_eq!(r["headers"]["content-type"], "application/json");
+        // The audit service saw the same record at the same place.
+        let seen = audit
+            .iter()
+            .find(|e| e["event_id"] == value["id"])
+            .expect("audited");
+        assert_eq!(seen["partition"], r["partition"]);
+        assert_eq!(seen["offset"], r["offset"]);
+    }
+    let of = |id: &str| -> Vec<String> {
+        let mut v: Vec<(i64, String)> = records
+            .iter()
+            .filter(|r| r["key"] == id)
+            .map(|r| {
+                (
+                    r["offset"].as_i64().unwrap(),
+                    r["headers"]["type"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        v.sort();
+        v.into_iter().map(|(_, t)| t).collect()
+    };
+    assert_eq!(of(&a_id), ["task.created", "task.completed"]);
+    assert_eq!(of(&b_id), ["task.created", "task.deleted"]);
+    // One task's events share a partition.
+    let partitions: std::collections::HashSet<&Value> = records
+        .iter()
+        .filter(|r| r["key"] == a_id.as_str())
+        .map(|r| &r["partition"])
+        .collect();
+    assert_eq!(partitions.len(), 1);
+    app.system.shutdown().await;
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests: the whole system on random ports, driven over HTTP and
+//! read back through the read-only views, Kafka and the store.
+
+mod binary;
+mod core_loop;
+mod helpers;
+mod http_errors;
+mod interop;
+mod restart;

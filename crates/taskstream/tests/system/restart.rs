@@ -1,0 +1,139 @@
+//! Consumers stopped mid-stream and started again: no gaps, no second effect.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use taskstream::components;
+use taskstream_kafka::{group_offsets, ConsumerSettings, DevBroker, KafkaConfig};
+use taskstream_services::topics::{declared_topics, TASK_EVENTS};
+use taskstream_services::RelaySettings;
+use taskstream_store::{AuditStore, NotificationStore, SqliteOptions};
+use tokio::sync::Notify;
+
+use crate::helpers::{client, eventually};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_restarted_mid_stream_miss_nothing_and_repeat_nothing() {
+    crate::helpers::init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = DevBroker::start(&declared_topics(1)).unwrap();
+    let kafka = KafkaConfig::new(broker.bootstrap_servers());
+    let store = components::open_store(dir.path(), &SqliteOptions::default())
+        .await
+        .unwrap();
+    let wake = Arc::new(Notify::new());
+    let relay = components::relay(
+        store.clone(),
+        &kafka,
+        wake.clone(),
+        RelaySettings::default(),
+    )
+    .unwrap();
+    let (addr, http) = components::http(
+        "127.0.0.1:0".parse().unwrap(),
+        components::task_api(store.clone(), wake),
+    )
+    .await
+    .unwrap();
+    let settings = ConsumerSettings::for_dev_broker();
+    let start_consumers = || {
+        vec![
+            components::auditor(store.clone(), &kafka, None, &settings).unwrap(),
+            components::notifier(store.clone(), &kafka, None, &settings).unwrap(),
+        ]
+    };
+    let audit_count = || async { store.audit_entries(None, 100_000).await.unwrap().len() };
+
+    let consumers = start_consumers();
+    // A steady stream of task creations, all assigned (one notification each).
+    let base = format!("http://{addr}");
+    let writer = tokio::spawn(async move {
+        let client = client();
+        for i in 0..120 {
+            let response = client
+                .post(format!("{base}/tasks"))
+                .json(&serde_json::json!({ "title": format!("t{i}"), "assignee": "ana" }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 201);
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+    });
+
+    // Stop both consumers once some, but not all, events are handled.
+    eventually("the first events", Duration::from_secs(20), || async {
+        (audit_count().await >= 10).then_some(())
+    })
+    .await;
+    for c in consumers {
+        c.stop().await;
+    }
+    let at_stop = audit_count().await;
+    assert!(at_stop < 120, "stopped mid-stream ({at_stop} handled)");
+    writer.await.unwrap();
+
+    let consumers = start_consumers();
+    eventually("all 120 audit entries", Duration::from_secs(30), || async {
+        (audit_count().await >= 120).then_some(())
+    })
+    .await;
+    eventually("all 120 notifications", Duration::from_secs(30), || async {
+        (store.notifications(None, 100_000).await.unwrap().len() >= 120).then_some(())
+    })
+    .await;
+
+    // A brand-new group re-reads every event from the start into the same
+    // store: the handlers recognise each event id and add nothing.
+    let replays = vec![
+        components::auditor(store.clone(), &kafka, Some("auditor-replay"), &settings).unwrap(),
+        components::notifier(store.clone(), &kafka, Some("notifier-replay"), &settings).unwrap(),
+    ];
+    for group in ["auditor-replay", "notifier-replay"] {
+        eventually(
+            &format!("{group} to read everything"),
+            Duration::from_secs(30),
+            || async {
+                let offsets = group_offsets(&kafka, group, TASK_EVENTS, Duration::from_secs(5))
+                    .await
+                    .ok()?;
+                let done = offsets
+                    .iter()
+                    .all(|p| p.committed == Some(p.log_end) || (p.log_end == 0));
+                let total: i64 = offsets.iter().map(|p| p.log_end).sum();
+                (done && total >= 120).then_some(())
+            },
+        )
+        .await;
+    }
+    for c in replays.into_iter().chain(consumers) {
+        c.stop().await;
+    }
+
+    let audit = store.audit_entries(None, 100_000).await.unwrap();
+    assert_eq!(audit.len(), 120);
+    assert_eq!(
+        audit
+            .iter()
+            .map(|e| e.event_id)
+            .collect::<HashSet<_>>()
+            .len(),
+        120
+    );
+    let notes = store.notifications(None, 100_000).await.unwrap();
+    assert_eq!(notes.len(), 120);
+    assert_eq!(
+        notes
+            .iter()
+            .map(|n| n.event_id)
+            .collect::<HashSet<_>>()
+            .len(),
+        120
+    );
+
+    http.stop().await;
+    relay.stop().await;
+    store.close().await;
+    drop(broker);
+}
