@@ -27,16 +27,23 @@ pub struct ConsumerSettings {
     /// How long the group waits for a silent member before reassigning its
     /// partitions (`session.timeout.ms`); heartbeats go at a third of it.
     pub session_timeout: Duration,
+    /// The longest a fetch waits on the broker for new records
+    /// (`fetch.wait.max.ms`). A real broker answers as soon as a record
+    /// arrives, so this only bounds idle polling there.
+    pub fetch_wait: Duration,
 }
 
 impl ConsumerSettings {
     /// Settings for the dev broker. After a member leaves, the dev broker
     /// holds the group's next rebalance for almost a session timeout (a real
     /// broker does not), so a restarted consumer would wait ~45 s with the
-    /// default; a short session keeps restarts quick on one machine.
+    /// default; a short session keeps restarts quick on one machine. The dev
+    /// broker also holds every fetch for the full `fetch_wait` even when
+    /// records arrive, so a short wait is what keeps end-to-end latency low.
     pub fn for_dev_broker() -> Self {
         Self {
             session_timeout: Duration::from_secs(3),
+            fetch_wait: Duration::from_millis(5),
             ..Self::default()
         }
     }
@@ -48,6 +55,7 @@ impl Default for ConsumerSettings {
             commit_interval: Duration::from_millis(500),
             start_from_earliest: true,
             session_timeout: Duration::from_secs(45),
+            fetch_wait: Duration::from_millis(100),
         }
     }
 }
@@ -119,7 +127,10 @@ impl EventConsumer {
                     .max(100)
                     .to_string(),
             )
-            .set("fetch.wait.max.ms", "50");
+            .set(
+                "fetch.wait.max.ms",
+                settings.fetch_wait.as_millis().to_string(),
+            );
         let inner: StreamConsumer<TracingContext> = rd
             .create_with_context(TracingContext {
                 client: group.to_owned(),

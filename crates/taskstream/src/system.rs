@@ -71,10 +71,14 @@ impl RunningSystem {
             (None, None) => unreachable!("a dev broker is started when no cluster is configured"),
         };
         let consumer_settings = match &dev_broker {
-            Some(_) => ConsumerSettings {
-                session_timeout: ConsumerSettings::for_dev_broker().session_timeout,
-                ..config.consumer.clone()
-            },
+            Some(_) => {
+                let dev = ConsumerSettings::for_dev_broker();
+                ConsumerSettings {
+                    session_timeout: dev.session_timeout,
+                    fetch_wait: dev.fetch_wait,
+                    ..config.consumer.clone()
+                }
+            }
             None => config.consumer.clone(),
         };
         let store = components::open_store(&config.data_dir, &config.sqlite).await?;
