@@ -9,12 +9,15 @@ mod audit;
 mod body;
 mod health;
 mod notifications;
+mod observability;
 mod problem;
 mod request_id;
 mod router;
 mod service;
 mod tasks;
 
+pub use observability::ReadinessCheck;
 pub use problem::{FieldProblem, Problem};
+pub use request_id::RequestContext;
 pub use router::{serve, ApiBuilder};
 pub use service::{ServiceError, TaskService};

@@ -6,12 +6,14 @@ use std::sync::Arc;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use taskstream_store::{AuditStore, NotificationStore};
+use taskstream_store::{AuditStore, NotificationStore, OutboxStore};
+use taskstream_telemetry::Metrics;
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
+use crate::observability::{Observability, ReadinessCheck};
 use crate::{Problem, TaskService};
 
 #[derive(OpenApi)]
@@ -34,6 +36,7 @@ struct ApiDoc;
 /// `/healthz` and `/openapi.json` are always served.
 pub struct ApiBuilder {
     router: OpenApiRouter,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Default for ApiBuilder {
@@ -46,6 +49,7 @@ impl ApiBuilder {
     pub fn new() -> Self {
         Self {
             router: OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(crate::health::routes()),
+            metrics: None,
         }
     }
 
@@ -67,12 +71,30 @@ impl ApiBuilder {
         self
     }
 
+    /// Serves `/metrics` (with the outbox gauges when `outbox` is given) and
+    /// `/readyz` (running `checks`), and measures every request.
+    pub fn observability(
+        mut self,
+        metrics: Arc<Metrics>,
+        outbox: Option<Arc<dyn OutboxStore>>,
+        checks: Vec<Arc<dyn ReadinessCheck>>,
+    ) -> Self {
+        let state = Observability {
+            metrics: Arc::clone(&metrics),
+            outbox,
+            checks: Arc::new(checks),
+        };
+        self.router = self.router.merge(crate::observability::routes(state));
+        self.metrics = Some(metrics);
+        self
+    }
+
     /// The finished router, with the OpenAPI document of exactly the routes
     /// it serves at `/openapi.json`.
     pub fn build(self) -> Router {
         let (router, openapi) = self.router.split_for_parts();
         let openapi = Arc::new(openapi);
-        router
+        let router = router
             .route(
                 "/openapi.json",
                 get(move || {
@@ -82,8 +104,15 @@ impl ApiBuilder {
             )
             .fallback(|| async { Problem::not_found("no such resource") })
             .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
-            .layer(axum::middleware::from_fn(crate::request_id::assign))
-            .layer(TraceLayer::new_for_http())
+            .layer(axum::middleware::from_fn(crate::request_id::assign));
+        let router = match self.metrics {
+            Some(metrics) => router.layer(axum::middleware::from_fn_with_state(
+                metrics,
+                crate::observability::track,
+            )),
+            None => router,
+        };
+        router.layer(TraceLayer::new_for_http())
     }
 }
 

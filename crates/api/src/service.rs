@@ -9,6 +9,8 @@ use taskstream_domain::{
 use taskstream_store::{OutboxMessage, StoreError, TaskQuery, TaskStore};
 use tokio::sync::Notify;
 
+use crate::RequestContext;
+
 /// Why a command was refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -54,7 +56,11 @@ impl TaskService {
         }
     }
 
-    fn outbox_message(&self, change: &TaskChange) -> Result<OutboxMessage, ServiceError> {
+    fn outbox_message(
+        &self,
+        change: &TaskChange,
+        context: &RequestContext,
+    ) -> Result<OutboxMessage, ServiceError> {
         Ok(OutboxMessage {
             id: change.event.id.as_uuid(),
             aggregate_type: "task".to_owned(),
@@ -63,16 +69,26 @@ impl TaskService {
             topic: self.topic.clone(),
             payload: self.codec.encode(&change.event)?,
             content_type: self.codec.content_type().to_owned(),
+            traceparent: Some(context.trace.to_string()),
             created_at: change.event.time,
         })
     }
 
-    /// Creates a task; `correlation_id` is copied into its event.
-    pub async fn create(&self, new: NewTask, correlation_id: &str) -> Result<Task, ServiceError> {
-        let change = Task::create(new, taskstream_domain::now(), Some(correlation_id));
-        let message = self.outbox_message(&change)?;
+    /// Creates a task; the request's id and trace are copied into its event.
+    pub async fn create(
+        &self,
+        new: NewTask,
+        context: &RequestContext,
+    ) -> Result<Task, ServiceError> {
+        let change = Task::create(
+            new,
+            taskstream_domain::now(),
+            Some(context.request_id.as_str()),
+        );
+        let message = self.outbox_message(&change, context)?;
         self.store.insert_task(&change.task, &message).await?;
         self.relay_wake.notify_one();
+        log_change(&change);
         Ok(change.task)
     }
 
@@ -91,13 +107,13 @@ impl TaskService {
         id: TaskId,
         patch: TaskPatch,
         if_version: Option<i64>,
-        correlation_id: &str,
+        context: &RequestContext,
     ) -> Result<Task, ServiceError> {
-        self.modify(id, if_version, |task| {
+        self.modify(id, if_version, context, |task| {
             task.update(
                 patch.clone(),
                 taskstream_domain::now(),
-                Some(correlation_id),
+                Some(context.request_id.as_str()),
             )
         })
         .await
@@ -107,10 +123,10 @@ impl TaskService {
         &self,
         id: TaskId,
         if_version: Option<i64>,
-        correlation_id: &str,
+        context: &RequestContext,
     ) -> Result<Task, ServiceError> {
-        self.modify(id, if_version, |task| {
-            task.complete(taskstream_domain::now(), Some(correlation_id))
+        self.modify(id, if_version, context, |task| {
+            task.complete(taskstream_domain::now(), Some(context.request_id.as_str()))
                 .map(Some)
         })
         .await
@@ -120,10 +136,10 @@ impl TaskService {
         &self,
         id: TaskId,
         if_version: Option<i64>,
-        correlation_id: &str,
+        context: &RequestContext,
     ) -> Result<Task, ServiceError> {
-        self.modify(id, if_version, |task| {
-            task.delete(taskstream_domain::now(), Some(correlation_id))
+        self.modify(id, if_version, context, |task| {
+            task.delete(taskstream_domain::now(), Some(context.request_id.as_str()))
                 .map(Some)
         })
         .await
@@ -135,6 +151,7 @@ impl TaskService {
         &self,
         id: TaskId,
         if_version: Option<i64>,
+        context: &RequestContext,
         change: F,
     ) -> Result<Task, ServiceError>
     where
@@ -153,7 +170,7 @@ impl TaskService {
             let Some(next) = change(&current)? else {
                 return Ok(current);
             };
-            let message = self.outbox_message(&next)?;
+            let message = self.outbox_message(&next, context)?;
             match self
                 .store
                 .save_task(&next.task, current.version, &message)
@@ -161,6 +178,7 @@ impl TaskService {
             {
                 Ok(()) => {
                     self.relay_wake.notify_one();
+                    log_change(&next);
                     return Ok(next.task);
                 }
                 Err(StoreError::VersionConflict { .. }) => continue,
@@ -169,4 +187,13 @@ impl TaskService {
         }
         Err(ServiceError::Contended)
     }
+}
+
+fn log_change(change: &TaskChange) {
+    tracing::info!(
+        task_id = %change.task.id,
+        event_id = %change.event.id,
+        event_type = %change.event.event_type,
+        "task changed"
+    );
 }

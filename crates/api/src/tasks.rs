@@ -17,7 +17,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::body::{double_option, JsonBody};
-use crate::request_id::RequestId;
+use crate::request_id::RequestContext;
 use crate::{FieldProblem, Problem, ServiceError, TaskService};
 
 /// Routes under `/tasks`.
@@ -277,11 +277,11 @@ impl From<ServiceError> for Problem {
 )]
 async fn create_task(
     State(service): State<TaskService>,
-    RequestId(request_id): RequestId,
+    context: RequestContext,
     JsonBody(body): JsonBody<CreateTaskRequest>,
 ) -> Result<Response, Problem> {
     let new = body.validate()?;
-    let task = service.create(new, &request_id).await?;
+    let task = service.create(new, &context).await?;
     Ok(task_response(StatusCode::CREATED, task))
 }
 
@@ -374,7 +374,7 @@ async fn get_task(
 )]
 async fn update_task(
     State(service): State<TaskService>,
-    RequestId(request_id): RequestId,
+    context: RequestContext,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<UpdateTaskRequest>,
@@ -382,7 +382,7 @@ async fn update_task(
     let id = task_id(path)?;
     let if_version = if_match(&headers)?;
     let patch = body.validate()?;
-    let task = service.update(id, patch, if_version, &request_id).await?;
+    let task = service.update(id, patch, if_version, &context).await?;
     Ok(task_response(StatusCode::OK, task))
 }
 
@@ -402,14 +402,12 @@ async fn update_task(
 )]
 async fn complete_task(
     State(service): State<TaskService>,
-    RequestId(request_id): RequestId,
+    context: RequestContext,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let id = task_id(path)?;
-    let task = service
-        .complete(id, if_match(&headers)?, &request_id)
-        .await?;
+    let task = service.complete(id, if_match(&headers)?, &context).await?;
     Ok(task_response(StatusCode::OK, task))
 }
 
@@ -429,11 +427,11 @@ async fn complete_task(
 )]
 async fn delete_task(
     State(service): State<TaskService>,
-    RequestId(request_id): RequestId,
+    context: RequestContext,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let id = task_id(path)?;
-    let task = service.delete(id, if_match(&headers)?, &request_id).await?;
+    let task = service.delete(id, if_match(&headers)?, &context).await?;
     Ok(task_response(StatusCode::OK, task))
 }

@@ -23,9 +23,7 @@ pub async fn apply_topics(
 ) -> Result<Vec<(String, TopicOutcome)>, KafkaError> {
     let admin: AdminClient<TracingContext> = config
         .client_config()
-        .create_with_context(TracingContext {
-            client: "admin".into(),
-        })
+        .create_with_context(TracingContext::new("admin", None))
         .map_err(|e| KafkaError::Config(e.to_string()))?;
     let new_topics: Vec<NewTopic<'_>> = topics
         .iter()

@@ -2,8 +2,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
 
 use rdkafka::ClientConfig;
+
+use crate::StatsListener;
 
 /// librdkafka properties whose values must never be logged.
 const SECRET_KEYS: &[&str] = &[
@@ -15,10 +18,12 @@ const SECRET_KEYS: &[&str] = &[
 
 /// Where the Kafka cluster is, plus any extra librdkafka properties
 /// (`security.protocol`, `sasl.mechanism`, ...). `Debug` redacts secrets.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct KafkaConfig {
     pub bootstrap_servers: String,
     pub properties: BTreeMap<String, String>,
+    /// Receives every client's statistics, when set.
+    pub stats: Option<(StatsListener, Duration)>,
 }
 
 impl KafkaConfig {
@@ -27,7 +32,14 @@ impl KafkaConfig {
         Self {
             bootstrap_servers: bootstrap_servers.into(),
             properties: BTreeMap::new(),
+            stats: None,
         }
+    }
+
+    /// Sends each client's statistics to `listener` every `interval`.
+    pub fn with_stats(mut self, listener: StatsListener, interval: Duration) -> Self {
+        self.stats = Some((listener, interval));
+        self
     }
 
     /// Adds a librdkafka property.
@@ -41,6 +53,12 @@ impl KafkaConfig {
         config.set("bootstrap.servers", &self.bootstrap_servers);
         for (key, value) in &self.properties {
             config.set(key, value);
+        }
+        if let Some((_, interval)) = &self.stats {
+            config.set(
+                "statistics.interval.ms",
+                interval.as_millis().max(1).to_string(),
+            );
         }
         config
     }
@@ -63,6 +81,7 @@ impl fmt::Debug for KafkaConfig {
         f.debug_struct("KafkaConfig")
             .field("bootstrap_servers", &self.bootstrap_servers)
             .field("properties", &props)
+            .field("stats", &self.stats.as_ref().map(|(_, interval)| interval))
             .finish()
     }
 }

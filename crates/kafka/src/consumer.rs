@@ -1,26 +1,25 @@
 //! A consumer-group member with at-least-once offset handling.
 //!
-//! Offsets are *stored* only when the application calls [`EventConsumer::ack`]
-//! after its effect is durable (`enable.auto.offset.store=false`), and
-//! librdkafka commits stored offsets periodically, on rebalance and on close.
-//! A crash therefore redelivers at most the unacknowledged tail; handlers stay
-//! idempotent by event id.
+//! The application acknowledges a record with [`EventConsumer::ack`] only
+//! after its effect is durable; only acknowledged offsets are ever committed:
+//! every `commit_interval` (even when unchanged, so that lag evaluation can
+//! tell a live consumer from a stopped one), for partitions being revoked in
+//! a rebalance, and on close. A crash therefore redelivers at most the
+//! unacknowledged tail, which handlers absorb by being idempotent by event id.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
 
-use crate::context::TracingContext;
+use crate::context::{GroupState, TracingContext};
 use crate::{KafkaConfig, KafkaError};
 
 /// Consumer tuning.
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
-    /// How often stored offsets are committed (`auto.commit.interval.ms`).
+    /// How often acknowledged offsets are committed.
     pub commit_interval: Duration,
     /// Where a group with no committed offset starts (`auto.offset.reset`).
     pub start_from_earliest: bool,
@@ -87,8 +86,8 @@ impl InboundRecord {
 pub struct EventConsumer {
     inner: StreamConsumer<TracingContext>,
     group: String,
-    /// The next offset to commit per partition: what was acknowledged, plus one.
-    acked: Mutex<HashMap<(String, i32), i64>>,
+    state: Arc<Mutex<GroupState>>,
+    commit_interval: Duration,
 }
 
 impl EventConsumer {
@@ -102,12 +101,8 @@ impl EventConsumer {
         let mut rd = config.client_config();
         rd.set("group.id", group)
             .set("client.id", format!("taskstream-{group}"))
-            .set("enable.auto.commit", "true")
+            .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set(
-                "auto.commit.interval.ms",
-                settings.commit_interval.as_millis().to_string(),
-            )
             .set(
                 "auto.offset.reset",
                 if settings.start_from_earliest {
@@ -131,10 +126,11 @@ impl EventConsumer {
                 "fetch.wait.max.ms",
                 settings.fetch_wait.as_millis().to_string(),
             );
+        let state = Arc::new(Mutex::new(GroupState::default()));
+        let mut context = TracingContext::new(group, config.stats.as_ref().map(|(l, _)| l.clone()));
+        context.group = Some(Arc::clone(&state));
         let inner: StreamConsumer<TracingContext> = rd
-            .create_with_context(TracingContext {
-                client: group.to_owned(),
-            })
+            .create_with_context(context)
             .map_err(|e| KafkaError::Config(e.to_string()))?;
         inner
             .subscribe(topics)
@@ -142,13 +138,19 @@ impl EventConsumer {
         Ok(Self {
             inner,
             group: group.to_owned(),
-            acked: Mutex::new(HashMap::new()),
+            state,
+            commit_interval: settings.commit_interval,
         })
     }
 
     /// The consumer group's id.
     pub fn group(&self) -> &str {
         &self.group
+    }
+
+    /// How often [`EventConsumer::commit_acked`] should be called.
+    pub fn commit_interval(&self) -> Duration {
+        self.commit_interval
     }
 
     /// Waits for the next record.
@@ -184,38 +186,52 @@ impl EventConsumer {
 
     /// Marks `record` (and everything before it in its partition) as done, so
     /// the next commit moves past it. Call only once its effect is durable.
-    pub fn ack(&self, record: &InboundRecord) -> Result<(), KafkaError> {
-        self.inner
-            .store_offset(&record.topic, record.partition, record.offset)
-            .map_err(|e| KafkaError::Commit(e.to_string()))?;
-        self.acked
-            .lock()
-            .expect("ack map poisoned")
-            .insert((record.topic.clone(), record.partition), record.offset + 1);
-        Ok(())
+    /// Returns `false` if the partition was revoked meanwhile: its new owner
+    /// will see the record again.
+    pub fn ack(&self, record: &InboundRecord) -> bool {
+        let mut state = self.state.lock().expect("group state poisoned");
+        let key = (record.topic.clone(), record.partition);
+        if !state.assigned.contains(&key) {
+            return false;
+        }
+        state.acked.insert(key, record.offset + 1);
+        true
     }
 
-    /// Commits every acknowledged offset now and waits for the broker's answer.
-    pub async fn commit_acked(&self) -> Result<(), KafkaError> {
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), next) in self.acked.lock().expect("ack map poisoned").iter() {
-            tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))
-                .map_err(|e| KafkaError::Commit(e.to_string()))?;
-        }
+    /// Commits every acknowledged offset of the partitions this member owns,
+    /// stamped with the commit time. `wait` blocks until the broker answers.
+    pub async fn commit_acked(&self, wait: bool) -> Result<(), KafkaError> {
+        let tpl = self
+            .state
+            .lock()
+            .expect("group state poisoned")
+            .commit_list(None);
         if tpl.count() == 0 {
             return Ok(());
         }
+        let mode = if wait {
+            CommitMode::Sync
+        } else {
+            CommitMode::Async
+        };
         self.inner
-            .commit(&tpl, CommitMode::Sync)
+            .commit(&tpl, mode)
             .map_err(|e| KafkaError::Commit(e.to_string()))
     }
 
     /// Leaves the group cleanly: the acknowledged offsets are committed first
     /// so the partitions' next owner starts right after them.
     pub async fn close(self, timeout: Duration) -> Result<(), KafkaError> {
-        let result = tokio::time::timeout(timeout, self.commit_acked())
+        let result = tokio::time::timeout(timeout, self.commit_acked(true))
             .await
             .unwrap_or_else(|_| Err(KafkaError::Commit("timed out committing offsets".into())));
+        // Nothing is acknowledged after this point; the revoke that
+        // unsubscribing triggers has nothing left to commit.
+        self.state
+            .lock()
+            .expect("group state poisoned")
+            .acked
+            .clear();
         self.inner.unsubscribe();
         result
     }

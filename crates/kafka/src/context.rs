@@ -1,16 +1,76 @@
-//! Routes librdkafka's logs and rebalance callbacks into `tracing`.
+//! The context every taskstream client is created with: librdkafka's logs
+//! into `tracing`, statistics to a listener, and — for consumers — the
+//! bookkeeping that makes commits exact across rebalances.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
-use rdkafka::TopicPartitionList;
+use rdkafka::{Offset, Statistics, TopicPartitionList};
 
-/// The context every taskstream client is created with.
-#[derive(Debug, Clone, Default)]
+use crate::stats::{ClientStats, StatsListener};
+
+/// The prefix of the metadata taskstream commits with each offset; the rest
+/// is the commit time in milliseconds since the epoch. Lag evaluation reads
+/// it back to tell a consumer that stopped committing from one that commits
+/// without progress.
+pub(crate) const COMMIT_METADATA_PREFIX: &str = "taskstream:committed_at_ms=";
+
+/// Partitions a consumer owns and the next offset to commit for each.
+#[derive(Debug, Default)]
+pub(crate) struct GroupState {
+    pub(crate) assigned: HashSet<(String, i32)>,
+    pub(crate) acked: HashMap<(String, i32), i64>,
+}
+
+impl GroupState {
+    /// The acknowledged offsets of `partitions` (all owned ones when `None`),
+    /// stamped with the commit time.
+    pub(crate) fn commit_list(&self, only: Option<&HashSet<(String, i32)>>) -> TopicPartitionList {
+        let metadata = format!("{COMMIT_METADATA_PREFIX}{}", now_ms());
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), next) in &self.acked {
+            let wanted = only.map_or(self.assigned.contains(&(topic.clone(), *partition)), |o| {
+                o.contains(&(topic.clone(), *partition))
+            });
+            if wanted {
+                let mut elem = tpl.add_partition(topic, *partition);
+                if elem.set_offset(Offset::Offset(*next)).is_ok() {
+                    elem.set_metadata(metadata.as_str());
+                }
+            }
+        }
+        tpl
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[derive(Clone, Default)]
 pub(crate) struct TracingContext {
     /// Names the client in log lines (`relay`, `auditor`, ...).
     pub(crate) client: String,
+    pub(crate) stats: Option<StatsListener>,
+    /// Consumers only.
+    pub(crate) group: Option<Arc<Mutex<GroupState>>>,
+}
+
+impl TracingContext {
+    pub(crate) fn new(client: impl Into<String>, stats: Option<StatsListener>) -> Self {
+        Self {
+            client: client.into(),
+            stats,
+            group: None,
+        }
+    }
 }
 
 impl ClientContext for TracingContext {
@@ -40,6 +100,12 @@ impl ClientContext for TracingContext {
         // librdkafka; they are worth a warning, not an error.
         tracing::warn!(target: "librdkafka", client = self.client.as_str(), %error, "{reason}");
     }
+
+    fn stats(&self, statistics: Statistics) {
+        if let Some(listener) = &self.stats {
+            listener(&ClientStats::from_rdkafka(&self.client, &statistics));
+        }
+    }
 }
 
 fn describe(tpl: &TopicPartitionList) -> String {
@@ -50,18 +116,52 @@ fn describe(tpl: &TopicPartitionList) -> String {
         .join(", ")
 }
 
+fn keys(tpl: &TopicPartitionList) -> HashSet<(String, i32)> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect()
+}
+
 impl ConsumerContext for TracingContext {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let client = self.client.as_str();
         match rebalance {
             Rebalance::Revoke(tpl) => {
-                tracing::info!(client = self.client.as_str(), partitions = %describe(tpl), "partitions revoked")
+                tracing::info!(client, partitions = %describe(tpl), "partitions revoked");
+                let Some(group) = &self.group else { return };
+                // Commit exactly what was processed on the partitions we are
+                // losing, before their next owner starts reading them.
+                let revoked = keys(tpl);
+                let commit = {
+                    let mut state = group.lock().expect("group state poisoned");
+                    let commit = state.commit_list(Some(&revoked));
+                    for key in &revoked {
+                        state.assigned.remove(key);
+                        state.acked.remove(key);
+                    }
+                    commit
+                };
+                if commit.count() > 0 {
+                    if let Err(error) = consumer.commit(&commit, CommitMode::Sync) {
+                        tracing::warn!(client, %error, "commit on revoke failed; the next owner may see some events again");
+                    }
+                }
             }
             Rebalance::Assign(tpl) => {
-                tracing::info!(client = self.client.as_str(), partitions = %describe(tpl), "partitions assigned")
+                tracing::info!(client, partitions = %describe(tpl), "partitions assigned")
             }
-            Rebalance::Error(e) => {
-                tracing::warn!(client = self.client.as_str(), error = %e, "rebalance error")
-            }
+            Rebalance::Error(e) => tracing::warn!(client, error = %e, "rebalance error"),
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let (Rebalance::Assign(tpl), Some(group)) = (rebalance, &self.group) {
+            group
+                .lock()
+                .expect("group state poisoned")
+                .assigned
+                .extend(keys(tpl));
         }
     }
 

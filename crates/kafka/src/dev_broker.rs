@@ -29,9 +29,7 @@ impl DevBroker {
         let owner: BaseProducer<TracingContext> = ClientConfig::new()
             .set("test.mock.num.brokers", "1")
             .set("client.id", "taskstream-dev-broker")
-            .create_with_context(TracingContext {
-                client: "dev-broker".into(),
-            })
+            .create_with_context(TracingContext::new("dev-broker", None))
             .map_err(|e| KafkaError::DevBroker(e.to_string()))?;
         let broker = Self {
             bootstrap: String::new(),

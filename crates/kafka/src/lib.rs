@@ -17,6 +17,7 @@ mod dev_broker;
 mod error;
 mod offsets;
 mod producer;
+mod stats;
 mod topic;
 
 pub use admin::{apply_topics, TopicOutcome};
@@ -24,6 +25,7 @@ pub use config::KafkaConfig;
 pub use consumer::{ConsumerSettings, EventConsumer, InboundRecord};
 pub use dev_broker::DevBroker;
 pub use error::KafkaError;
-pub use offsets::{group_offsets, PartitionOffsets};
+pub use offsets::{group_offsets, list_groups, record_timestamps, PartitionOffsets};
 pub use producer::{Delivery, DeliveryFuture, EventProducer, OutboundRecord, ProducerSettings};
+pub use stats::{BrokerStats, ClientStats, PartitionLag, StatsListener};
 pub use topic::TopicSpec;

@@ -112,9 +112,10 @@ impl EventProducer {
             )
             .set("client.id", format!("taskstream-{client}"));
         let inner = rd
-            .create_with_context(TracingContext {
-                client: client.to_owned(),
-            })
+            .create_with_context(TracingContext::new(
+                client,
+                config.stats.as_ref().map(|(l, _)| l.clone()),
+            ))
             .map_err(|e| KafkaError::Config(e.to_string()))?;
         Ok(Self { inner })
     }

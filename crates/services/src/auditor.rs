@@ -7,7 +7,7 @@ use taskstream_domain::EventEnvelope;
 use taskstream_kafka::InboundRecord;
 use taskstream_store::{AuditEntry, AuditStore};
 
-use crate::{EventHandler, HandlerError};
+use crate::{EventHandler, Handled, HandlerError};
 
 /// The audit-log service's consumer group.
 pub const AUDITOR_GROUP: &str = "auditor";
@@ -31,7 +31,7 @@ impl EventHandler for AuditHandler {
         &self,
         record: &InboundRecord,
         event: &EventEnvelope,
-    ) -> Result<(), HandlerError> {
+    ) -> Result<Handled, HandlerError> {
         let entry = AuditEntry {
             event_id: event.id.as_uuid(),
             event_type: event.event_type.to_string(),
@@ -46,10 +46,11 @@ impl EventHandler for AuditHandler {
             envelope: serde_json::to_string(event).map_err(|e| HandlerError(e.to_string()))?,
         };
         if self.store.append(&entry).await? {
-            tracing::info!(target: "audit", event_id = %event.id, event_type = %event.event_type, task_id = event.subject, partition = record.partition, offset = record.offset, "event recorded");
+            tracing::info!(target: "audit", partition = record.partition, offset = record.offset, "event recorded");
+            Ok(Handled::Applied)
         } else {
-            tracing::debug!(target: "audit", event_id = %event.id, "duplicate delivery ignored");
+            tracing::debug!(target: "audit", "duplicate delivery ignored");
+            Ok(Handled::Duplicate)
         }
-        Ok(())
     }
 }

@@ -1,16 +1,20 @@
 //! Runs an [`EventHandler`] over a consumer group with at-least-once delivery.
 //!
 //! Each record is decoded, handed to the handler, and acknowledged only after
-//! the handler returns `Ok` — i.e. after its effect is durable. A handler
-//! failure is retried with backoff (the record is not skipped); handlers are
-//! idempotent by event id, so redelivery after a crash or rebalance is harmless.
+//! the handler returns — i.e. after its effect is durable. A handler failure
+//! is retried with backoff (the record is not skipped); handlers are
+//! idempotent by event id, so redelivery after a crash or rebalance is
+//! harmless. Acknowledged offsets are committed on a timer that runs beside
+//! the handler, so a slow or stuck handler still shows as alive-but-stuck.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use taskstream_domain::{EventCodec, EventEnvelope};
 use taskstream_kafka::{EventConsumer, InboundRecord};
+use taskstream_telemetry::{GroupLabels, Metrics, TraceParent};
+use tracing::Instrument;
 
 use crate::{Backoff, Shutdown};
 
@@ -25,6 +29,15 @@ impl From<taskstream_store::StoreError> for HandlerError {
     }
 }
 
+/// What a handler did with an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    /// The effect was applied now.
+    Applied,
+    /// The event had been handled before; nothing was done.
+    Duplicate,
+}
+
 /// Reacts to one event. Must be idempotent by `event.id`.
 #[async_trait]
 pub trait EventHandler: Send + Sync + 'static {
@@ -33,22 +46,29 @@ pub trait EventHandler: Send + Sync + 'static {
         &self,
         record: &InboundRecord,
         event: &EventEnvelope,
-    ) -> Result<(), HandlerError>;
+    ) -> Result<Handled, HandlerError>;
 }
 
 /// A consumer-group member driving one handler.
 pub struct ConsumerService<H> {
-    consumer: EventConsumer,
+    consumer: Arc<EventConsumer>,
     codec: Arc<dyn EventCodec>,
     handler: H,
+    metrics: Arc<Metrics>,
 }
 
 impl<H: EventHandler> ConsumerService<H> {
-    pub fn new(consumer: EventConsumer, codec: Arc<dyn EventCodec>, handler: H) -> Self {
+    pub fn new(
+        consumer: EventConsumer,
+        codec: Arc<dyn EventCodec>,
+        handler: H,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
-            consumer,
+            consumer: Arc::new(consumer),
             codec,
             handler,
+            metrics,
         }
     }
 
@@ -56,6 +76,10 @@ impl<H: EventHandler> ConsumerService<H> {
     /// acknowledged offsets are committed and the group is left.
     pub async fn run(self, mut shutdown: Shutdown) {
         let group = self.consumer.group().to_owned();
+        let committer = tokio::spawn(commit_periodically(
+            Arc::clone(&self.consumer),
+            shutdown.clone(),
+        ));
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         loop {
             let record = tokio::select! {
@@ -76,7 +100,12 @@ impl<H: EventHandler> ConsumerService<H> {
                 }
             }
         }
-        match self.consumer.close(Duration::from_secs(5)).await {
+        let _ = committer.await;
+        let Ok(consumer) = Arc::try_unwrap(self.consumer) else {
+            tracing::error!(group, "consumer still shared at shutdown; not committing");
+            return;
+        };
+        match consumer.close(Duration::from_secs(5)).await {
             Ok(()) => tracing::info!(group, "consumer stopped; offsets committed"),
             Err(error) => {
                 tracing::warn!(group, %error, "consumer stopped; final commit failed (unacknowledged events are redelivered)")
@@ -94,33 +123,83 @@ impl<H: EventHandler> ConsumerService<H> {
             .map(|bytes| self.codec.decode(bytes))
         {
             Some(Ok(event)) => event,
-            Some(Err(error)) => {
-                tracing::error!(group, topic = record.topic, partition = record.partition, offset = record.offset, %error, "skipping undecodable record");
-                self.ack(record);
-                return true;
-            }
-            None => {
+            failed => {
+                let error = match failed {
+                    Some(Err(e)) => e.to_string(),
+                    _ => "record has no value".to_owned(),
+                };
                 tracing::error!(
                     group,
                     topic = record.topic,
                     partition = record.partition,
                     offset = record.offset,
-                    "skipping record without a value"
+                    error,
+                    "skipping undecodable record"
                 );
-                self.ack(record);
+                self.metrics.handled(
+                    group,
+                    record.header_str("type").unwrap_or("unknown"),
+                    "undecodable",
+                );
+                self.consumer.ack(record);
                 return true;
             }
         };
+        let trace_id = record
+            .header_str("traceparent")
+            .and_then(TraceParent::parse)
+            .map(|tp| tp.trace_id)
+            .unwrap_or_default();
+        let span = tracing::info_span!(
+            "event",
+            group,
+            event_id = %event.id,
+            event_type = %event.event_type,
+            task_id = event.subject,
+            trace_id,
+            correlation_id = event.correlation_id.as_deref().unwrap_or(""),
+        );
+        self.handle_with_retries(record, &event, shutdown)
+            .instrument(span)
+            .await
+    }
+
+    async fn handle_with_retries(
+        &self,
+        record: &InboundRecord,
+        event: &EventEnvelope,
+        shutdown: &mut Shutdown,
+    ) -> bool {
+        let group = self.consumer.group();
+        let started = Instant::now();
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         loop {
-            match self.handler.handle(record, &event).await {
-                Ok(()) => {
-                    self.ack(record);
+            match self.handler.handle(record, event).await {
+                Ok(handled) => {
+                    let outcome = match handled {
+                        Handled::Applied => "ok",
+                        Handled::Duplicate => "duplicate",
+                    };
+                    self.metrics
+                        .handled(group, event.event_type.as_str(), outcome);
+                    self.metrics
+                        .handler_duration
+                        .get_or_create(&GroupLabels {
+                            group: group.to_owned(),
+                        })
+                        .observe(started.elapsed().as_secs_f64());
+                    if !self.consumer.ack(record) {
+                        // The partition was revoked meanwhile: its new owner
+                        // redelivers the record and idempotence absorbs it.
+                        tracing::debug!(group, "partition revoked before the ack");
+                    }
                     return true;
                 }
                 Err(error) => {
+                    self.metrics
+                        .handled(group, event.event_type.as_str(), "retried");
                     let delay = backoff.next_delay();
-                    tracing::warn!(group, event_id = %event.id, %error, retry_in_ms = delay.as_millis() as u64, "handler failed; retrying");
+                    tracing::warn!(group, %error, retry_in_ms = delay.as_millis() as u64, "handler failed; retrying");
                     tokio::select! {
                         _ = shutdown.wait() => return false,
                         _ = tokio::time::sleep(delay) => {}
@@ -129,12 +208,20 @@ impl<H: EventHandler> ConsumerService<H> {
             }
         }
     }
+}
 
-    fn ack(&self, record: &InboundRecord) {
-        if let Err(error) = self.consumer.ack(record) {
-            // The partition was revoked meanwhile: its new owner redelivers
-            // the record and the handler's idempotence absorbs it.
-            tracing::debug!(group = self.consumer.group(), %error, "could not store offset");
+/// Commits acknowledged offsets every commit interval until shutdown.
+async fn commit_periodically(consumer: Arc<EventConsumer>, mut shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(consumer.commit_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tick.tick() => {
+                if let Err(error) = consumer.commit_acked(false).await {
+                    tracing::debug!(group = consumer.group(), %error, "periodic commit failed");
+                }
+            }
         }
     }
 }

@@ -5,6 +5,7 @@
 mod auditor;
 mod backoff;
 mod consumer_service;
+pub mod lag;
 mod notifier;
 mod relay;
 mod shutdown;
@@ -12,7 +13,9 @@ pub mod topics;
 
 pub use auditor::{AuditHandler, AUDITOR_GROUP};
 pub use backoff::Backoff;
-pub use consumer_service::{ConsumerService, EventHandler, HandlerError};
-pub use notifier::{LogSink, NotificationHandler, NotificationSink, SinkError, NOTIFIER_GROUP};
+pub use consumer_service::{ConsumerService, EventHandler, Handled, HandlerError};
+pub use notifier::{
+    DelayedSink, LogSink, NotificationHandler, NotificationSink, SinkError, NOTIFIER_GROUP,
+};
 pub use relay::{OutboxRelay, RelayError, RelaySettings};
 pub use shutdown::{Shutdown, ShutdownTrigger};

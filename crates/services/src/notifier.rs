@@ -19,7 +19,7 @@ use taskstream_kafka::InboundRecord;
 use taskstream_store::{NotificationRecord, NotificationStore};
 use uuid::Uuid;
 
-use crate::{EventHandler, HandlerError};
+use crate::{EventHandler, Handled, HandlerError};
 
 /// The notification service's consumer group.
 pub const NOTIFIER_GROUP: &str = "notifier";
@@ -49,8 +49,37 @@ impl NotificationSink for LogSink {
     }
 
     async fn deliver(&self, n: &NotificationRecord) -> Result<(), SinkError> {
-        tracing::info!(target: "notifications", id = %n.id, kind = n.kind, recipient = n.recipient, task_id = n.task_id, "{}", n.message);
+        tracing::info!(
+            target: "notifications",
+            id = %n.id,
+            kind = n.kind,
+            recipient = n.recipient, "{}", n.message);
         Ok(())
+    }
+}
+
+/// Wraps a sink and waits before every delivery: a slow downstream on
+/// purpose, for watching consumer lag build up and drain.
+pub struct DelayedSink<S> {
+    inner: S,
+    delay: std::time::Duration,
+}
+
+impl<S: NotificationSink> DelayedSink<S> {
+    pub fn new(inner: S, delay: std::time::Duration) -> Self {
+        Self { inner, delay }
+    }
+}
+
+#[async_trait]
+impl<S: NotificationSink> NotificationSink for DelayedSink<S> {
+    fn channel(&self) -> &'static str {
+        self.inner.channel()
+    }
+
+    async fn deliver(&self, n: &NotificationRecord) -> Result<(), SinkError> {
+        tokio::time::sleep(self.delay).await;
+        self.inner.deliver(n).await
     }
 }
 
@@ -106,11 +135,11 @@ impl EventHandler for NotificationHandler {
         &self,
         _record: &InboundRecord,
         event: &EventEnvelope,
-    ) -> Result<(), HandlerError> {
+    ) -> Result<Handled, HandlerError> {
         let event_id = event.id.as_uuid();
         if self.store.is_processed(NOTIFIER_GROUP, event_id).await? {
-            tracing::debug!(target: "notifications", %event_id, "duplicate delivery ignored");
-            return Ok(());
+            tracing::debug!(target: "notifications", "duplicate delivery ignored");
+            return Ok(Handled::Duplicate);
         }
         let mut sent = Vec::new();
         for (kind, recipient, message) in Self::notifications_for(event) {
@@ -131,10 +160,15 @@ impl EventHandler for NotificationHandler {
                 .map_err(|e| HandlerError(format!("sink {}: {e}", self.sink.channel())))?;
             sent.push(n);
         }
-        self.store
+        if self
+            .store
             .record_notifications(NOTIFIER_GROUP, event_id, &sent)
-            .await?;
-        Ok(())
+            .await?
+        {
+            Ok(Handled::Applied)
+        } else {
+            Ok(Handled::Duplicate)
+        }
     }
 }
 

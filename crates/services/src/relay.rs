@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use taskstream_kafka::{EventProducer, KafkaError, OutboundRecord};
 use taskstream_store::{OutboxStore, PendingMessage, StoreError};
+use taskstream_telemetry::Metrics;
 use tokio::sync::Notify;
 
 use crate::{Backoff, Shutdown};
@@ -55,6 +56,7 @@ pub struct OutboxRelay {
     producer: EventProducer,
     wake: Arc<Notify>,
     settings: RelaySettings,
+    metrics: Arc<Metrics>,
 }
 
 impl OutboxRelay {
@@ -64,12 +66,14 @@ impl OutboxRelay {
         producer: EventProducer,
         wake: Arc<Notify>,
         settings: RelaySettings,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             store,
             producer,
             wake,
             settings,
+            metrics,
         }
     }
 
@@ -151,6 +155,7 @@ impl OutboxRelay {
             match self.enqueue(row).await {
                 Ok(delivery) => deliveries.push(delivery),
                 Err(error) => {
+                    self.metrics.relay_errors.inc();
                     enqueue_error = Some((row.seq, error));
                     break;
                 }
@@ -159,7 +164,20 @@ impl OutboxRelay {
         let mut published = Vec::with_capacity(deliveries.len());
         let mut failure = enqueue_error;
         for (row, delivery) in batch.iter().zip(deliveries) {
-            match delivery.await {
+            let result = delivery.await;
+            match &result {
+                Ok(_) => {
+                    self.metrics.relay_published.inc();
+                    let waited = taskstream_domain::now() - row.message.created_at;
+                    self.metrics
+                        .relay_latency
+                        .observe(waited.num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
+                }
+                Err(_) => {
+                    self.metrics.relay_errors.inc();
+                }
+            }
+            match result {
                 Ok(_) if failure.is_none() => published.push(row.seq),
                 Ok(_) => {}
                 Err(error) if failure.is_none() => failure = Some((row.seq, error)),
@@ -189,11 +207,14 @@ impl OutboxRelay {
         let id = m.id.to_string();
         // Header names match what Debezium's outbox event router writes
         // (`id`), plus the event type, so consumers can route without decoding.
-        let headers: [(&str, &[u8]); 3] = [
+        let mut headers: Vec<(&str, &[u8])> = vec![
             ("id", id.as_bytes()),
             ("type", m.event_type.as_bytes()),
             ("content-type", m.content_type.as_bytes()),
         ];
+        if let Some(traceparent) = &m.traceparent {
+            headers.push(("traceparent", traceparent.as_bytes()));
+        }
         self.producer
             .enqueue(OutboundRecord {
                 topic: &m.topic,

@@ -22,6 +22,8 @@ pub struct OutboxMessage {
     pub payload: Vec<u8>,
     /// The payload's MIME type.
     pub content_type: String,
+    /// The W3C `traceparent` of the request that caused the event.
+    pub traceparent: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 

@@ -203,8 +203,8 @@ async fn enqueue(
     m: &OutboxMessage,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload, topic, content_type, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload, topic, content_type, traceparent, created_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(m.id.to_string())
     .bind(&m.aggregate_type)
@@ -213,6 +213,7 @@ async fn enqueue(
     .bind(&m.payload)
     .bind(&m.topic)
     .bind(&m.content_type)
+    .bind(&m.traceparent)
     .bind(ts(&m.created_at))
     .execute(&mut **tx)
     .await?;
@@ -313,7 +314,7 @@ impl OutboxStore for SqliteStore {
         // Read through the writer: the relay must never see an older snapshot
         // than the commit that woke it.
         let rows = sqlx::query(
-            "SELECT seq, attempts, id, aggregatetype, aggregateid, type, payload, topic, content_type, created_at
+            "SELECT seq, attempts, id, aggregatetype, aggregateid, type, payload, topic, content_type, traceparent, created_at
              FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT ?",
         )
         .bind(i64::from(limit))
@@ -332,6 +333,7 @@ impl OutboxStore for SqliteStore {
                         topic: row.try_get("topic")?,
                         payload: row.try_get("payload")?,
                         content_type: row.try_get("content_type")?,
+                        traceparent: row.try_get("traceparent")?,
                         created_at: parse_ts(T, &row.try_get::<String, _>("created_at")?)?,
                     },
                 })
@@ -539,6 +541,7 @@ mod tests {
             topic: "task-events".into(),
             payload: JsonCodec.encode(&change.event).unwrap(),
             content_type: "application/json".into(),
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
             created_at: change.event.time,
         }
     }

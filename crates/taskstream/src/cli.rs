@@ -1,19 +1,23 @@
 //! The command line: one binary, a subcommand per component.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+use taskstream_api::{ApiBuilder, ReadinessCheck};
 use taskstream_kafka::{apply_topics, ConsumerSettings, DevBroker, KafkaConfig, TopicOutcome};
 use taskstream_services::topics::declared_topics;
 use taskstream_services::RelaySettings;
-use taskstream_store::{SqliteOptions, Synchronous};
+use taskstream_store::{SqliteOptions, SqliteStore, Synchronous};
+use taskstream_telemetry::Metrics;
 use tokio::sync::Notify;
 
-use crate::components::{self, Component};
-use crate::system::{RunningSystem, SystemConfig};
+use crate::components::{self, Component, KafkaCheck, OutboxAgeCheck, StoreCheck};
+use crate::lag::LagArgs;
+use crate::system::{RunningSystem, SystemConfig, ENDPOINTS_FILE, STATS_INTERVAL};
 use crate::telemetry::LogFormat;
 
 /// taskstream: an event-driven Task system on Kafka.
@@ -42,11 +46,13 @@ pub enum Command {
     /// Run the outbox relay alone (publishes the outbox to Kafka).
     Relay(RelayArgs),
     /// Run the notification service alone (consumer group `notifier`).
-    Notifier(ConsumerArgs),
+    Notifier(NotifierArgs),
     /// Run the audit-log service alone (consumer group `auditor`).
     Auditor(ConsumerArgs),
     /// Run the embedded Kafka-protocol dev broker alone and print its address.
     DevBroker,
+    /// Show consumer lag per partition, in events and seconds, with a health verdict.
+    Lag(LagArgs),
     /// Show or create the topics taskstream declares.
     #[command(subcommand)]
     Topics(TopicsCommand),
@@ -69,6 +75,10 @@ impl StoreArgs {
             ..SqliteOptions::default()
         }
     }
+
+    async fn open(&self) -> anyhow::Result<Arc<SqliteStore>> {
+        components::open_store(&self.data_dir, &self.options()).await
+    }
 }
 
 #[derive(Debug, Args)]
@@ -90,8 +100,23 @@ fn parse_property(raw: &str) -> Result<(String, String), String> {
     }
 }
 
+fn parse_millis(raw: &str) -> Result<Duration, String> {
+    raw.parse::<u64>()
+        .map(Duration::from_millis)
+        .map_err(|_| format!("expected a whole number of milliseconds, got {raw:?}"))
+}
+
+fn parse_seconds(raw: &str) -> Result<Duration, String> {
+    match raw.parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 => Ok(Duration::from_secs_f64(s)),
+        _ => Err(format!(
+            "expected a positive number of seconds, got {raw:?}"
+        )),
+    }
+}
+
 impl KafkaArgs {
-    fn config(&self) -> Option<KafkaConfig> {
+    pub(crate) fn config(&self) -> Option<KafkaConfig> {
         let bootstrap = self.kafka_bootstrap.as_deref()?.trim();
         let mut config = KafkaConfig::new(bootstrap);
         for (key, value) in &self.kafka_properties {
@@ -109,6 +134,44 @@ impl KafkaArgs {
             ),
         }
     }
+
+    /// The configured cluster, or the one a `taskstream up` in `data_dir`
+    /// announced in its endpoints file; `true` when that is the dev broker.
+    pub(crate) fn resolve(
+        &self,
+        data_dir: &Path,
+        what: &str,
+    ) -> anyhow::Result<(KafkaConfig, bool)> {
+        if let Some(config) = self.config().filter(|c| !c.bootstrap_servers.is_empty()) {
+            return Ok((config, false));
+        }
+        let path = data_dir.join(ENDPOINTS_FILE);
+        let endpoints: serde_json::Value = std::fs::read(&path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .with_context(|| {
+                format!(
+                    "the {what} needs Kafka: pass --kafka-bootstrap HOST:PORT or set KAFKA_BOOTSTRAP_SERVERS, \
+                     or give the --data-dir of a running `taskstream up` (no readable {})",
+                    path.display()
+                )
+            })?;
+        let bootstrap = endpoints["kafka"]
+            .as_str()
+            .with_context(|| format!("{} names no kafka endpoint", path.display()))?;
+        let mut config = KafkaConfig::new(bootstrap);
+        for (key, value) in &self.kafka_properties {
+            config = config.with(key, value);
+        }
+        Ok((config, endpoints["kafka_is_dev_broker"] == true))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ReadinessArgs {
+    /// /readyz fails when the oldest unpublished event is older than this many seconds.
+    #[arg(long, env = "TASKSTREAM_READY_MAX_OUTBOX_AGE", default_value = "30", value_parser = parse_seconds)]
+    pub ready_max_outbox_age: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -116,10 +179,15 @@ pub struct UpArgs {
     /// HTTP listen address; port 0 picks a free port.
     #[arg(long, env = "TASKSTREAM_HTTP", default_value = "127.0.0.1:8080")]
     pub http: SocketAddr,
+    /// Make the notifier wait this many milliseconds per notification (to watch lag build up).
+    #[arg(long, default_value = "0", value_parser = parse_millis)]
+    pub notifier_delay_ms: Duration,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]
     pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub readiness: ReadinessArgs,
 }
 
 #[derive(Debug, Args)]
@@ -129,19 +197,26 @@ pub struct ApiArgs {
     pub http: SocketAddr,
     #[command(flatten)]
     pub store: StoreArgs,
+    #[command(flatten)]
+    pub readiness: ReadinessArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct RelayArgs {
+    /// Serve /healthz, /readyz and /metrics here.
+    #[arg(long)]
+    pub http: Option<SocketAddr>,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]
     pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub readiness: ReadinessArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct ConsumerArgs {
-    /// Serve the read-only view (/audit or /notifications) and /healthz here.
+    /// Serve the read-only view (/audit or /notifications), /healthz, /readyz and /metrics here.
     #[arg(long)]
     pub http: Option<SocketAddr>,
     /// Consumer group to join (default: `auditor` or `notifier`). A new group
@@ -152,6 +227,15 @@ pub struct ConsumerArgs {
     pub store: StoreArgs,
     #[command(flatten)]
     pub kafka: KafkaArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct NotifierArgs {
+    #[command(flatten)]
+    pub consumer: ConsumerArgs,
+    /// Wait this many milliseconds per notification (a slow notifier on purpose).
+    #[arg(long, default_value = "0", value_parser = parse_millis)]
+    pub delay_ms: Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -198,16 +282,38 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown requested");
 }
 
+/// Prints `name: address` lines. A closed stdout (the reader went away) must
+/// not bring the service down, so write errors are ignored.
 fn print_endpoints(endpoints: &[(&str, String)]) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
     for (name, address) in endpoints {
-        println!("{name}: {address}");
+        let _ = writeln!(out, "{name}: {address}");
     }
+    let _ = out.flush();
 }
 
-async fn stop_all(components: Vec<Component>) {
-    for component in components {
+/// Waits for Ctrl-C or SIGTERM, then stops `running` in order and closes the store.
+async fn run_until_signal(running: Vec<Component>, store: &SqliteStore) {
+    shutdown_signal().await;
+    for component in running {
         component.stop().await;
     }
+    store.close().await;
+}
+
+/// Serves `api` (plus /metrics and /readyz) on `addr` and prints the address.
+async fn serve(
+    addr: SocketAddr,
+    api: ApiBuilder,
+    metrics: &Arc<Metrics>,
+    store: &Arc<SqliteStore>,
+    checks: Vec<Arc<dyn ReadinessCheck>>,
+) -> anyhow::Result<Component> {
+    let api = api.observability(Arc::clone(metrics), Some(store.clone()), checks);
+    let (bound, http) = components::http(addr, api).await?;
+    print_endpoints(&[("http", format!("http://{bound}"))]);
+    Ok(http)
 }
 
 /// Runs the parsed command to completion.
@@ -215,40 +321,60 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up(args) => up(args).await,
         Command::Api(args) => {
-            let store = components::open_store(&args.store.data_dir, &args.store.options()).await?;
+            let store = args.store.open().await?;
+            let metrics = Metrics::new();
             // A relay in another process finds new rows by polling.
             let api = components::task_api(Arc::clone(&store), Arc::new(Notify::new()));
-            let (addr, http) = components::http(args.http, api).await?;
-            print_endpoints(&[("http", format!("http://{addr}"))]);
-            shutdown_signal().await;
-            stop_all(vec![http]).await;
-            store.close().await;
+            let checks: Vec<Arc<dyn ReadinessCheck>> = vec![
+                Arc::new(StoreCheck(Arc::clone(&store))),
+                Arc::new(OutboxAgeCheck {
+                    store: Arc::clone(&store),
+                    max_age: args.readiness.ready_max_outbox_age,
+                }),
+            ];
+            let http = serve(args.http, api, &metrics, &store, checks).await?;
+            run_until_signal(vec![http], &store).await;
             Ok(())
         }
         Command::Relay(args) => {
-            let kafka = args.kafka.require("relay")?;
-            let store = components::open_store(&args.store.data_dir, &args.store.options()).await?;
+            let metrics = Metrics::new();
+            let (kafka, _) = args.kafka.resolve(&args.store.data_dir, "relay")?;
+            let kafka = kafka.with_stats(metrics.stats_listener(), STATS_INTERVAL);
+            let store = args.store.open().await?;
+            let mut running = Vec::new();
+            if let Some(addr) = args.http {
+                let checks: Vec<Arc<dyn ReadinessCheck>> = vec![
+                    Arc::new(StoreCheck(Arc::clone(&store))),
+                    Arc::new(KafkaCheck::new(&kafka)?),
+                    Arc::new(OutboxAgeCheck {
+                        store: Arc::clone(&store),
+                        max_age: args.readiness.ready_max_outbox_age,
+                    }),
+                ];
+                running.push(serve(addr, ApiBuilder::new(), &metrics, &store, checks).await?);
+            }
             let relay = components::relay(
                 Arc::clone(&store),
                 &kafka,
                 Arc::new(Notify::new()),
                 RelaySettings::default(),
+                &metrics,
             )?;
-            shutdown_signal().await;
-            stop_all(vec![relay]).await;
-            store.close().await;
+            running.push(relay);
+            run_until_signal(running, &store).await;
             Ok(())
         }
-        Command::Notifier(args) => consumer_process("notifier", args).await,
-        Command::Auditor(args) => consumer_process("auditor", args).await,
+        Command::Notifier(args) => consumer_process("notifier", args.consumer, args.delay_ms).await,
+        Command::Auditor(args) => consumer_process("auditor", args, Duration::ZERO).await,
         Command::DevBroker => {
             let broker =
                 DevBroker::start(&declared_topics(1)).context("cannot start the dev broker")?;
             print_endpoints(&[("kafka", broker.bootstrap_servers().to_owned())]);
             shutdown_signal().await;
-            broker.shutdown(std::time::Duration::from_secs(1));
+            broker.shutdown(Duration::from_secs(1));
             Ok(())
         }
+        Command::Lag(args) => crate::lag::run(args).await,
         Command::Topics(TopicsCommand::List {
             json,
             replication_factor,
@@ -298,7 +424,8 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let mut config = SystemConfig::new(args.http, &args.store.data_dir);
     config.sqlite = args.store.options();
     config.kafka = args.kafka.config();
-    config.consumer = ConsumerSettings::default();
+    config.ready_max_outbox_age = args.readiness.ready_max_outbox_age;
+    config.notifier_delay = args.notifier_delay_ms;
     let system = RunningSystem::start(config).await?;
     let endpoints: Vec<(&str, String)> = system.endpoints().into_iter().collect();
     print_endpoints(&endpoints);
@@ -308,29 +435,47 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn consumer_process(which: &'static str, args: ConsumerArgs) -> anyhow::Result<()> {
-    let kafka = args.kafka.require(which)?;
-    let store = components::open_store(&args.store.data_dir, &args.store.options()).await?;
-    let settings = ConsumerSettings::default();
+async fn consumer_process(
+    which: &'static str,
+    args: ConsumerArgs,
+    delay: Duration,
+) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let (kafka, dev_broker) = args.kafka.resolve(&args.store.data_dir, which)?;
+    let kafka = kafka.with_stats(metrics.stats_listener(), STATS_INTERVAL);
+    let store = args.store.open().await?;
+    let settings = if dev_broker {
+        ConsumerSettings::for_dev_broker()
+    } else {
+        ConsumerSettings::default()
+    };
     let group = args.group.as_deref();
     let (consumer, api) = match which {
         "auditor" => (
-            components::auditor(Arc::clone(&store), &kafka, group, &settings)?,
-            taskstream_api::ApiBuilder::new().audit(store.clone()),
+            components::auditor(Arc::clone(&store), &kafka, group, &settings, &metrics)?,
+            ApiBuilder::new().audit(store.clone()),
         ),
         _ => (
-            components::notifier(Arc::clone(&store), &kafka, group, &settings)?,
-            taskstream_api::ApiBuilder::new().notifications(store.clone()),
+            components::notifier(
+                Arc::clone(&store),
+                &kafka,
+                group,
+                &settings,
+                delay,
+                &metrics,
+            )?,
+            ApiBuilder::new().notifications(store.clone()),
         ),
     };
-    let mut running = vec![consumer];
+    let mut running = Vec::new();
     if let Some(addr) = args.http {
-        let (bound, http) = components::http(addr, api).await?;
-        print_endpoints(&[("http", format!("http://{bound}"))]);
-        running.insert(0, http);
+        let checks: Vec<Arc<dyn ReadinessCheck>> = vec![
+            Arc::new(StoreCheck(Arc::clone(&store))),
+            Arc::new(KafkaCheck::new(&kafka)?),
+        ];
+        running.push(serve(addr, api, &metrics, &store, checks).await?);
     }
-    shutdown_signal().await;
-    stop_all(running).await;
-    store.close().await;
+    running.push(consumer);
+    run_until_signal(running, &store).await;
     Ok(())
 }

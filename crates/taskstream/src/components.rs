@@ -8,17 +8,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use taskstream_api::ApiBuilder;
+use taskstream_api::{ApiBuilder, ReadinessCheck};
 use taskstream_domain::{EventCodec, JsonCodec};
 use taskstream_kafka::{
     ConsumerSettings, EventConsumer, EventProducer, KafkaConfig, ProducerSettings,
 };
 use taskstream_services::topics::TASK_EVENTS;
 use taskstream_services::{
-    AuditHandler, ConsumerService, EventHandler, LogSink, NotificationHandler, OutboxRelay,
-    RelaySettings, Shutdown, ShutdownTrigger, AUDITOR_GROUP, NOTIFIER_GROUP,
+    AuditHandler, ConsumerService, DelayedSink, EventHandler, LogSink, NotificationHandler,
+    NotificationSink, OutboxRelay, RelaySettings, Shutdown, ShutdownTrigger, AUDITOR_GROUP,
+    NOTIFIER_GROUP,
 };
-use taskstream_store::{SqliteOptions, SqliteStore};
+use taskstream_store::{OutboxStore, SqliteOptions, SqliteStore};
+use taskstream_telemetry::Metrics;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -130,10 +132,11 @@ pub fn relay(
     kafka: &KafkaConfig,
     wake: Arc<Notify>,
     settings: RelaySettings,
+    metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Component> {
     let producer = EventProducer::new(kafka, "relay", &ProducerSettings::default())
         .context("cannot create the relay's Kafka producer")?;
-    let relay = OutboxRelay::new(store, producer, wake, settings);
+    let relay = OutboxRelay::new(store, producer, wake, settings, Arc::clone(metrics));
     Ok(Component::spawn("relay", move |shutdown| {
         relay.run(shutdown)
     }))
@@ -145,10 +148,11 @@ fn consumer<H: EventHandler>(
     group: &str,
     settings: &ConsumerSettings,
     handler: H,
+    metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Component> {
     let consumer = EventConsumer::subscribe(kafka, group, &[TASK_EVENTS], settings)
         .with_context(|| format!("cannot join consumer group {group}"))?;
-    let service = ConsumerService::new(consumer, codec(), handler);
+    let service = ConsumerService::new(consumer, codec(), handler, Arc::clone(metrics));
     Ok(Component::spawn(name, move |shutdown| {
         service.run(shutdown)
     }))
@@ -160,19 +164,114 @@ pub fn auditor(
     kafka: &KafkaConfig,
     group: Option<&str>,
     settings: &ConsumerSettings,
+    metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Component> {
     let group = group.unwrap_or(AUDITOR_GROUP);
-    consumer("auditor", kafka, group, settings, AuditHandler::new(store))
+    consumer(
+        "auditor",
+        kafka,
+        group,
+        settings,
+        AuditHandler::new(store),
+        metrics,
+    )
 }
 
-/// Starts the notification service in `group` (default `notifier`) with the log sink.
+/// Starts the notification service in `group` (default `notifier`) with the
+/// log sink, waiting `delay` before each notification (zero in normal use;
+/// a slow notifier on purpose shows consumer lag building up).
 pub fn notifier(
     store: Arc<SqliteStore>,
     kafka: &KafkaConfig,
     group: Option<&str>,
     settings: &ConsumerSettings,
+    delay: Duration,
+    metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Component> {
     let group = group.unwrap_or(NOTIFIER_GROUP);
-    let handler = NotificationHandler::new(store, Arc::new(LogSink));
-    consumer("notifier", kafka, group, settings, handler)
+    let sink: Arc<dyn NotificationSink> = if delay.is_zero() {
+        Arc::new(LogSink)
+    } else {
+        Arc::new(DelayedSink::new(LogSink, delay))
+    };
+    let handler = NotificationHandler::new(store, sink);
+    consumer("notifier", kafka, group, settings, handler, metrics)
+}
+
+/// The store answers queries.
+pub struct StoreCheck(pub Arc<SqliteStore>);
+
+#[async_trait::async_trait]
+impl ReadinessCheck for StoreCheck {
+    fn name(&self) -> &'static str {
+        "store"
+    }
+
+    async fn check(&self) -> Result<String, String> {
+        self.0
+            .ping()
+            .await
+            .map(|()| format!("{} answers", self.0.path().display()))
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A Kafka broker answers a metadata request.
+pub struct KafkaCheck(EventProducer);
+
+impl KafkaCheck {
+    pub fn new(kafka: &KafkaConfig) -> anyhow::Result<Self> {
+        let client = EventProducer::new(kafka, "readiness", &ProducerSettings::default())
+            .context("cannot create the readiness check's Kafka client")?;
+        Ok(Self(client))
+    }
+}
+
+#[async_trait::async_trait]
+impl ReadinessCheck for KafkaCheck {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    async fn check(&self) -> Result<String, String> {
+        self.0
+            .check_connection(Duration::from_millis(1500))
+            .await
+            .map(|()| "a broker answered".to_owned())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The relay keeps up: the oldest unpublished event is younger than `max_age`.
+pub struct OutboxAgeCheck {
+    pub store: Arc<SqliteStore>,
+    pub max_age: Duration,
+}
+
+#[async_trait::async_trait]
+impl ReadinessCheck for OutboxAgeCheck {
+    fn name(&self) -> &'static str {
+        "outbox_age"
+    }
+
+    async fn check(&self) -> Result<String, String> {
+        let stats = self.store.outbox_stats().await.map_err(|e| e.to_string())?;
+        let Some(oldest) = stats.oldest_pending_at else {
+            return Ok("no events pending".to_owned());
+        };
+        let age = (taskstream_domain::now() - oldest)
+            .to_std()
+            .unwrap_or_default();
+        let detail = format!(
+            "{} pending, oldest {:.1} s old (limit {} s)",
+            stats.pending,
+            age.as_secs_f64(),
+            self.max_age.as_secs()
+        );
+        if age <= self.max_age {
+            Ok(detail)
+        } else {
+            Err(detail)
+        }
+    }
 }

@@ -5,5 +5,6 @@
 
 pub mod cli;
 pub mod components;
+pub mod lag;
 pub mod system;
 pub mod telemetry;

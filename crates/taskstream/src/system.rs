@@ -13,6 +13,9 @@ use taskstream_services::RelaySettings;
 use taskstream_store::{SqliteOptions, SqliteStore};
 use tokio::sync::Notify;
 
+use taskstream_api::ReadinessCheck;
+use taskstream_telemetry::Metrics;
+
 use crate::components::{self, Component};
 
 /// What `taskstream up` runs with.
@@ -26,6 +29,10 @@ pub struct SystemConfig {
     pub sqlite: SqliteOptions,
     pub relay: RelaySettings,
     pub consumer: ConsumerSettings,
+    /// `/readyz` fails when the oldest unpublished event is older than this.
+    pub ready_max_outbox_age: Duration,
+    /// Wait this long before each notification (a slow notifier on purpose).
+    pub notifier_delay: Duration,
 }
 
 impl SystemConfig {
@@ -38,6 +45,8 @@ impl SystemConfig {
             sqlite: SqliteOptions::default(),
             relay: RelaySettings::default(),
             consumer: ConsumerSettings::default(),
+            ready_max_outbox_age: Duration::from_secs(30),
+            notifier_delay: Duration::ZERO,
         }
     }
 }
@@ -47,10 +56,14 @@ pub struct RunningSystem {
     http_addr: SocketAddr,
     kafka_bootstrap: String,
     store: Arc<SqliteStore>,
+    metrics: Arc<Metrics>,
     /// In shutdown order: HTTP, relay, consumers.
     components: Vec<Component>,
     dev_broker: Option<DevBroker>,
 }
+
+/// How often Kafka clients report statistics (into `/metrics`).
+pub const STATS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The file, inside the data directory, that lists the endpoints.
 pub const ENDPOINTS_FILE: &str = "endpoints.json";
@@ -65,11 +78,13 @@ impl RunningSystem {
                 Some(DevBroker::start(&declared_topics(1)).context("cannot start the dev broker")?)
             }
         };
+        let metrics = Metrics::new();
         let kafka = match (&config.kafka, &dev_broker) {
             (Some(kafka), _) => kafka.clone(),
             (None, Some(broker)) => KafkaConfig::new(broker.bootstrap_servers()),
             (None, None) => unreachable!("a dev broker is started when no cluster is configured"),
-        };
+        }
+        .with_stats(metrics.stats_listener(), STATS_INTERVAL);
         let consumer_settings = match &dev_broker {
             Some(_) => {
                 let dev = ConsumerSettings::for_dev_broker();
@@ -88,24 +103,52 @@ impl RunningSystem {
             &kafka,
             Arc::clone(&wake),
             config.relay.clone(),
+            &metrics,
         )?;
         let mut running = vec![relay];
         running.extend([
-            components::auditor(Arc::clone(&store), &kafka, None, &consumer_settings)?,
-            components::notifier(Arc::clone(&store), &kafka, None, &consumer_settings)?,
+            components::auditor(
+                Arc::clone(&store),
+                &kafka,
+                None,
+                &consumer_settings,
+                &metrics,
+            )?,
+            components::notifier(
+                Arc::clone(&store),
+                &kafka,
+                None,
+                &consumer_settings,
+                config.notifier_delay,
+                &metrics,
+            )?,
         ]);
+        let checks: Vec<Arc<dyn ReadinessCheck>> = vec![
+            Arc::new(components::StoreCheck(Arc::clone(&store))),
+            Arc::new(components::KafkaCheck::new(&kafka)?),
+            Arc::new(components::OutboxAgeCheck {
+                store: Arc::clone(&store),
+                max_age: config.ready_max_outbox_age,
+            }),
+        ];
         let api = components::task_api(Arc::clone(&store), wake)
             .audit(store.clone())
-            .notifications(store.clone());
+            .notifications(store.clone())
+            .observability(Arc::clone(&metrics), Some(store.clone()), checks);
         let (http_addr, http) = components::http(config.http, api).await?;
         let system = Self {
             http_addr,
             kafka_bootstrap: kafka.bootstrap_servers.clone(),
             store,
+            metrics,
             components: std::iter::once(http).chain(running).collect(),
             dev_broker,
         };
-        let endpoints = serde_json::to_vec_pretty(&system.endpoints())?;
+        let mut endpoints = serde_json::to_value(system.endpoints())?;
+        // Lets `taskstream lag` and extra consumer instances started with the
+        // same --data-dir find the broker and use the dev broker's timings.
+        endpoints["kafka_is_dev_broker"] = serde_json::Value::Bool(system.dev_broker.is_some());
+        let endpoints = serde_json::to_vec_pretty(&endpoints)?;
         let path = config.data_dir.join(ENDPOINTS_FILE);
         std::fs::write(&path, endpoints)
             .with_context(|| format!("cannot write {}", path.display()))?;
@@ -125,6 +168,11 @@ impl RunningSystem {
     /// The store all components share.
     pub fn store(&self) -> &Arc<SqliteStore> {
         &self.store
+    }
+
+    /// The process's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The dev broker, when one was started.

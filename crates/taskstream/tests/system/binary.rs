@@ -11,7 +11,7 @@ use crate::helpers::{client, eventually};
 const BIN: &str = env!("CARGO_BIN_EXE_taskstream");
 
 /// Kills the child if the test fails before it could stop it.
-struct ChildGuard(std::process::Child);
+pub struct ChildGuard(pub std::process::Child);
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {

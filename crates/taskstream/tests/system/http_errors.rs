@@ -298,7 +298,9 @@ async fn the_openapi_document_describes_exactly_the_served_routes() {
             "DELETE /tasks/{id}",
             "GET /audit",
             "GET /healthz",
+            "GET /metrics",
             "GET /notifications",
+            "GET /readyz",
             "GET /tasks",
             "GET /tasks/{id}",
             "PATCH /tasks/{id}",
@@ -307,7 +309,14 @@ async fn the_openapi_document_describes_exactly_the_served_routes() {
         ]
     );
     // Every documented GET without path parameters answers.
-    for path in ["/audit", "/healthz", "/notifications", "/tasks"] {
+    for path in [
+        "/audit",
+        "/healthz",
+        "/metrics",
+        "/notifications",
+        "/readyz",
+        "/tasks",
+    ] {
         assert_eq!(
             app.client.get(app.url(path)).send().await.unwrap().status(),
             200,

@@ -11,7 +11,7 @@ use crate::helpers::spawn_app;
 
 /// The Python with confluent-kafka installed: `TASKSTREAM_PYTHON`, else the
 /// workspace's `.venv` (which `.ci/run` creates).
-fn python() -> Option<PathBuf> {
+pub fn python() -> Option<PathBuf> {
     let candidate = std::env::var_os("TASKSTREAM_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -25,6 +25,18 @@ fn python() -> Option<PathBuf> {
     ok.then_some(candidate)
 }
 
+/// Reports a check that needs confluent-kafka-python as skipped, loudly —
+/// or fails it when `TASKSTREAM_REQUIRE_INTEROP` says it must run (CI).
+pub fn skip_or_fail(what: &str) {
+    assert!(
+        std::env::var_os("TASKSTREAM_REQUIRE_INTEROP").is_none(),
+        "TASKSTREAM_REQUIRE_INTEROP is set but confluent-kafka is not importable"
+    );
+    eprintln!(
+        "SKIPPED: {what} — run `python3 -m venv .venv && .venv/bin/pip install -r crates/taskstream/tests/interop/requirements.txt` (or .ci/run)"
+    );
+}
+
 fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/read_task_events.py")
 }
@@ -32,13 +44,7 @@ fn script() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confluent_kafka_python_reads_keys_headers_and_event_types() {
     let Some(python) = python() else {
-        assert!(
-            std::env::var_os("TASKSTREAM_REQUIRE_INTEROP").is_none(),
-            "TASKSTREAM_REQUIRE_INTEROP is set but confluent-kafka is not importable"
-        );
-        eprintln!(
-            "SKIPPED: confluent-kafka-python interop test — run `python3 -m venv .venv && .venv/bin/pip install confluent-kafka` (or .ci/run)"
-        );
+        skip_or_fail("reading task events with confluent-kafka-python");
         return;
     };
     let app = spawn_app().await;

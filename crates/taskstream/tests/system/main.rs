@@ -6,4 +6,5 @@ mod core_loop;
 mod helpers;
 mod http_errors;
 mod interop;
+mod observability;
 mod restart;

@@ -9,6 +9,7 @@ use taskstream_kafka::{group_offsets, ConsumerSettings, DevBroker, KafkaConfig};
 use taskstream_services::topics::{declared_topics, TASK_EVENTS};
 use taskstream_services::RelaySettings;
 use taskstream_store::{AuditStore, NotificationStore, SqliteOptions};
+use taskstream_telemetry::Metrics;
 use tokio::sync::Notify;
 
 use crate::helpers::{client, eventually};
@@ -23,11 +24,13 @@ async fn consumers_restarted_mid_stream_miss_nothing_and_repeat_nothing() {
         .await
         .unwrap();
     let wake = Arc::new(Notify::new());
+    let metrics = Metrics::new();
     let relay = components::relay(
         store.clone(),
         &kafka,
         wake.clone(),
         RelaySettings::default(),
+        &metrics,
     )
     .unwrap();
     let (addr, http) = components::http(
@@ -39,8 +42,16 @@ async fn consumers_restarted_mid_stream_miss_nothing_and_repeat_nothing() {
     let settings = ConsumerSettings::for_dev_broker();
     let start_consumers = || {
         vec![
-            components::auditor(store.clone(), &kafka, None, &settings).unwrap(),
-            components::notifier(store.clone(), &kafka, None, &settings).unwrap(),
+            components::auditor(store.clone(), &kafka, None, &settings, &metrics).unwrap(),
+            components::notifier(
+                store.clone(),
+                &kafka,
+                None,
+                &settings,
+                Duration::ZERO,
+                &metrics,
+            )
+            .unwrap(),
         ]
     };
     let audit_count = || async { store.audit_entries(None, 100_000).await.unwrap().len() };
@@ -87,8 +98,23 @@ async fn consumers_restarted_mid_stream_miss_nothing_and_repeat_nothing() {
     // A brand-new group re-reads every event from the start into the same
     // store: the handlers recognise each event id and add nothing.
     let replays = vec![
-        components::auditor(store.clone(), &kafka, Some("auditor-replay"), &settings).unwrap(),
-        components::notifier(store.clone(), &kafka, Some("notifier-replay"), &settings).unwrap(),
+        components::auditor(
+            store.clone(),
+            &kafka,
+            Some("auditor-replay"),
+            &settings,
+            &metrics,
+        )
+        .unwrap(),
+        components::notifier(
+            store.clone(),
+            &kafka,
+            Some("notifier-replay"),
+            &settings,
+            Duration::ZERO,
+            &metrics,
+        )
+        .unwrap(),
     ];
     for group in ["auditor-replay", "notifier-replay"] {
         eventually(

@@ -1,0 +1,325 @@
+//! taskstream's Prometheus metrics: one [`Metrics`] per process, shared by
+//! every component in it and rendered at `/metrics` in the OpenMetrics text
+//! format. Names follow Prometheus conventions: a `taskstream_` prefix, base
+//! units (`_seconds`), and `_total` on counters.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+use taskstream_kafka::{ClientStats, StatsListener};
+
+mod trace_context;
+pub use trace_context::TraceParent;
+
+/// The media type of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: String,
+    /// The route template (`/tasks/:id`), never the raw path, to bound cardinality.
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub method: String,
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandledLabels {
+    pub group: String,
+    pub event_type: String,
+    /// `ok`, `duplicate`, `retried` or `undecodable`.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabels {
+    pub group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    pub group: String,
+    pub topic: String,
+    pub partition: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClientLabels {
+    pub client: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BrokerLabels {
+    pub client: String,
+    pub broker: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BrokerErrorLabels {
+    pub client: String,
+    pub broker: String,
+    /// `tx`, `rx` or `timeout`.
+    pub kind: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms to ~16 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// Every metric taskstream exports. Cloning a field clones a handle to the
+/// same series.
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub outbox_pending: Gauge,
+    pub outbox_oldest_age: Gauge<f64, AtomicU64>,
+    pub relay_published: Counter,
+    pub relay_errors: Counter,
+    pub relay_latency: Histogram,
+    pub events_handled: Family<HandledLabels, Counter>,
+    pub handler_duration: Family<GroupLabels, Histogram, fn() -> Histogram>,
+    pub consumer_lag: Family<PartitionLabels, Gauge>,
+    pub kafka_queue: Family<ClientLabels, Gauge>,
+    pub kafka_rtt: Family<BrokerLabels, Gauge<f64, AtomicU64>>,
+    pub kafka_errors: Family<BrokerErrorLabels, Counter>,
+    /// Last cumulative error counts per (client, broker), to turn
+    /// librdkafka's totals into counter increments.
+    broker_totals: Mutex<HashMap<(String, String), [u64; 3]>>,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("taskstream");
+        let http_requests = Family::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered",
+            http_requests.clone(),
+        );
+        let http_duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register_with_unit(
+            "http_request_duration",
+            "Time to answer an HTTP request",
+            Unit::Seconds,
+            http_duration.clone(),
+        );
+        let outbox_pending = Gauge::default();
+        registry.register(
+            "outbox_pending_events",
+            "Outbox rows not yet published",
+            outbox_pending.clone(),
+        );
+        let outbox_oldest_age = Gauge::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "outbox_oldest_pending_age",
+            "Age of the oldest unpublished outbox row (0 when none)",
+            Unit::Seconds,
+            outbox_oldest_age.clone(),
+        );
+        let relay_published = Counter::default();
+        registry.register(
+            "relay_events_published",
+            "Events the broker acknowledged",
+            relay_published.clone(),
+        );
+        let relay_errors = Counter::default();
+        registry.register(
+            "relay_publish_errors",
+            "Failed publish attempts",
+            relay_errors.clone(),
+        );
+        let relay_latency = latency_histogram();
+        registry.register_with_unit(
+            "relay_publish_latency",
+            "From the outbox commit to the broker's acknowledgement",
+            Unit::Seconds,
+            relay_latency.clone(),
+        );
+        let events_handled = Family::default();
+        registry.register(
+            "consumer_events",
+            "Events a consumer group handled, by outcome",
+            events_handled.clone(),
+        );
+        let handler_duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register_with_unit(
+            "consumer_handler_duration",
+            "Time a handler took for one event, retries included",
+            Unit::Seconds,
+            handler_duration.clone(),
+        );
+        let consumer_lag = Family::default();
+        registry.register(
+            "consumer_lag_events",
+            "Records not yet committed by the group, per partition (librdkafka statistics)",
+            consumer_lag.clone(),
+        );
+        let kafka_queue = Family::default();
+        registry.register(
+            "kafka_client_queue_messages",
+            "Messages waiting in a client's local queue",
+            kafka_queue.clone(),
+        );
+        let kafka_rtt = Family::<BrokerLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register_with_unit(
+            "kafka_broker_rtt",
+            "Average broker round-trip time over the last statistics interval",
+            Unit::Seconds,
+            kafka_rtt.clone(),
+        );
+        let kafka_errors = Family::default();
+        registry.register(
+            "kafka_broker_errors",
+            "Transmit, receive and timeout errors per broker connection",
+            kafka_errors.clone(),
+        );
+        Arc::new(Self {
+            registry,
+            http_requests,
+            http_duration,
+            outbox_pending,
+            outbox_oldest_age,
+            relay_published,
+            relay_errors,
+            relay_latency,
+            events_handled,
+            handler_duration,
+            consumer_lag,
+            kafka_queue,
+            kafka_rtt,
+            kafka_errors,
+            broker_totals: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Counts one handled event.
+    pub fn handled(&self, group: &str, event_type: &str, outcome: &str) {
+        self.events_handled
+            .get_or_create(&HandledLabels {
+                group: group.to_owned(),
+                event_type: event_type.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Every metric in the OpenMetrics text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// A listener that turns librdkafka statistics into metrics.
+    pub fn stats_listener(self: &Arc<Self>) -> StatsListener {
+        let metrics = Arc::clone(self);
+        Arc::new(move |stats: &ClientStats| metrics.record_stats(stats))
+    }
+
+    fn record_stats(&self, stats: &ClientStats) {
+        let client = stats.client.clone();
+        self.kafka_queue
+            .get_or_create(&ClientLabels {
+                client: client.clone(),
+            })
+            .set(stats.queue_messages as i64);
+        let mut totals = self.broker_totals.lock().expect("broker totals poisoned");
+        for b in &stats.brokers {
+            let labels = BrokerLabels {
+                client: client.clone(),
+                broker: b.name.clone(),
+            };
+            if let Some(rtt) = b.rtt_avg_micros {
+                self.kafka_rtt.get_or_create(&labels).set(rtt as f64 / 1e6);
+            }
+            let now = [b.tx_errors, b.rx_errors, b.request_timeouts];
+            let before = totals
+                .insert((client.clone(), b.name.clone()), now)
+                .unwrap_or([0; 3]);
+            for ((kind, now), before) in ["tx", "rx", "timeout"].iter().zip(now).zip(before) {
+                if now > before {
+                    self.kafka_errors
+                        .get_or_create(&BrokerErrorLabels {
+                            client: client.clone(),
+                            broker: b.name.clone(),
+                            kind: (*kind).to_owned(),
+                        })
+                        .inc_by(now - before);
+                }
+            }
+        }
+        for p in &stats.partitions {
+            self.consumer_lag
+                .get_or_create(&PartitionLabels {
+                    group: client.clone(),
+                    topic: p.topic.clone(),
+                    partition: p.partition.to_string(),
+                })
+                .set(p.lag);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use taskstream_kafka::{BrokerStats, PartitionLag};
+
+    #[test]
+    fn statistics_become_gauges_and_error_deltas() {
+        let metrics = Metrics::new();
+        let listener = metrics.stats_listener();
+        let mut stats = ClientStats {
+            client: "auditor".into(),
+            queue_messages: 3,
+            brokers: vec![BrokerStats {
+                name: "b:9092/1".into(),
+                rtt_avg_micros: Some(1500),
+                tx_errors: 2,
+                rx_errors: 0,
+                request_timeouts: 0,
+            }],
+            partitions: vec![PartitionLag {
+                topic: "t".into(),
+                partition: 0,
+                lag: 7,
+            }],
+        };
+        listener(&stats);
+        stats.brokers[0].tx_errors = 5;
+        listener(&stats);
+        let text = metrics.render();
+        assert!(text.contains(r#"taskstream_kafka_broker_errors_total{client="auditor",broker="b:9092/1",kind="tx"} 5"#), "{text}");
+        assert!(
+            text.contains(
+                r#"taskstream_consumer_lag_events{group="auditor",topic="t",partition="0"} 7"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"taskstream_kafka_broker_rtt_seconds{client="auditor",broker="b:9092/1"} 0.0015"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE taskstream_relay_events_published counter"),
+            "{text}"
+        );
+    }
+}
