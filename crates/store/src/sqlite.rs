@@ -160,6 +160,30 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Marks published events unpublished again when this database shows
+    /// that a consumer has not handled them yet: no audit-log entry, or not
+    /// processed by `notifier`. Returns how many were requeued.
+    ///
+    /// For `taskstream up` on the dev broker, whose memory dies with the
+    /// process: events published to it but not yet consumed would otherwise
+    /// never arrive. Both consumers keep their state in this same database
+    /// there, so the outbox can tell; the relay then publishes the events
+    /// again, in their original order, and the consumers' de-duplication by
+    /// event id absorbs any that were in fact handled.
+    pub async fn requeue_unhandled_events(&self, notifier: &str) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE outbox SET published_at = NULL
+             WHERE published_at IS NOT NULL
+               AND (NOT EXISTS (SELECT 1 FROM audit_log a WHERE a.event_id = outbox.id)
+                    OR NOT EXISTS (SELECT 1 FROM processed_events p
+                                   WHERE p.consumer = ? AND p.event_id = outbox.id))",
+        )
+        .bind(notifier)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Closes both pools, waiting for in-flight statements.
     pub async fn close(&self) {
         self.writer.close().await;
@@ -670,6 +694,64 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(deleted.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn published_events_that_a_consumer_missed_are_requeued() {
+        let (_dir, store) = store().await;
+        let mut changes = Vec::new();
+        for i in 0..3 {
+            let change = created(&format!("t{i}"));
+            store
+                .insert_task(&change.task, &message(&change))
+                .await
+                .unwrap();
+            changes.push(change);
+        }
+        let seqs: Vec<i64> = store
+            .pending(10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|p| p.seq)
+            .collect();
+        store
+            .mark_published(&seqs, taskstream_domain::now())
+            .await
+            .unwrap();
+        // Event 0: handled by both. Event 1: only audited. Event 2: by neither.
+        for change in &changes[..2] {
+            let entry = AuditEntry {
+                event_id: change.event.id.as_uuid(),
+                event_type: "task.created".into(),
+                task_id: change.task.id.to_string(),
+                task_version: 1,
+                event_time: change.event.time,
+                correlation_id: None,
+                topic: "task-events".into(),
+                partition: 0,
+                offset: 0,
+                recorded_at: change.event.time,
+                envelope: "{}".into(),
+            };
+            store.append(&entry).await.unwrap();
+        }
+        store
+            .record_notifications("notifier", changes[0].event.id.as_uuid(), &[])
+            .await
+            .unwrap();
+        assert_eq!(store.requeue_unhandled_events("notifier").await.unwrap(), 2);
+        let pending: Vec<Uuid> = store
+            .pending(10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|p| p.message.id)
+            .collect();
+        assert_eq!(
+            pending,
+            [changes[1].event.id.as_uuid(), changes[2].event.id.as_uuid()]
+        );
     }
 
     #[tokio::test]

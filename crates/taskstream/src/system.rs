@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use taskstream_kafka::{ConsumerSettings, DevBroker, KafkaConfig};
 use taskstream_services::topics::declared_topics;
-use taskstream_services::RelaySettings;
+use taskstream_services::{RelaySettings, NOTIFIER_GROUP};
 use taskstream_store::{SqliteOptions, SqliteStore};
 use tokio::sync::Notify;
 
@@ -97,6 +97,12 @@ impl RunningSystem {
             None => config.consumer.clone(),
         };
         let store = components::open_store(&config.data_dir, &config.sqlite).await?;
+        if dev_broker.is_some() {
+            let requeued = store.requeue_unhandled_events(NOTIFIER_GROUP).await?;
+            if requeued > 0 {
+                tracing::info!(requeued, "the dev broker starts empty; republishing events the consumers had not handled");
+            }
+        }
         let wake = Arc::new(Notify::new());
         let relay = components::relay(
             Arc::clone(&store),
