@@ -36,7 +36,17 @@ impl EventCodec for JsonCodec {
     }
 
     fn decode(&self, bytes: &[u8]) -> Result<EventEnvelope, CodecError> {
-        serde_json::from_slice(bytes).map_err(|e| CodecError::Decode(e.to_string()))
+        let event: EventEnvelope =
+            serde_json::from_slice(bytes).map_err(|e| CodecError::Decode(e.to_string()))?;
+        if event.schema_version > crate::EVENT_SCHEMA_VERSION {
+            return Err(CodecError::Decode(format!(
+                "event {} has schema version {}; this build reads up to {}",
+                event.id,
+                event.schema_version,
+                crate::EVENT_SCHEMA_VERSION
+            )));
+        }
+        Ok(event)
     }
 }
 
@@ -80,6 +90,22 @@ mod tests {
         assert_eq!(value["data"]["task"]["priority"], "low");
         assert_eq!(value["data"]["task"]["status"], "open");
         assert_eq!(value["schema_version"], 1);
+    }
+
+    #[test]
+    fn a_newer_schema_version_is_a_decode_error() {
+        let new = NewTask {
+            title: TaskTitle::parse("t").unwrap(),
+            description: None,
+            priority: Priority::Low,
+            due_at: None,
+            assignee: None,
+        };
+        let mut event = Task::create(new, chrono::Utc::now(), None).event;
+        event.schema_version = crate::EVENT_SCHEMA_VERSION + 1;
+        let bytes = JsonCodec.encode(&event).unwrap();
+        let err = JsonCodec.decode(&bytes).unwrap_err().to_string();
+        assert!(err.contains("schema version"), "{err}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod dev_broker;
 mod error;
 mod offsets;
 mod producer;
+mod reader;
 mod stats;
 mod topic;
 
@@ -27,5 +28,6 @@ pub use dev_broker::DevBroker;
 pub use error::KafkaError;
 pub use offsets::{group_offsets, list_groups, record_timestamps, PartitionOffsets};
 pub use producer::{Delivery, DeliveryFuture, EventProducer, OutboundRecord, ProducerSettings};
+pub use reader::read_topic;
 pub use stats::{BrokerStats, ClientStats, PartitionLag, StatsListener};
 pub use topic::TopicSpec;

@@ -37,7 +37,7 @@ impl Default for ProducerSettings {
 #[derive(Debug, Clone, Copy)]
 pub struct OutboundRecord<'a> {
     pub topic: &'a str,
-    pub key: &'a str,
+    pub key: &'a [u8],
     pub payload: &'a [u8],
     pub headers: &'a [(&'a str, &'a [u8])],
 }

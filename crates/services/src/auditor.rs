@@ -43,7 +43,8 @@ impl EventHandler for AuditHandler {
             partition: record.partition,
             offset: record.offset,
             recorded_at: taskstream_domain::now(),
-            envelope: serde_json::to_string(event).map_err(|e| HandlerError(e.to_string()))?,
+            envelope: serde_json::to_string(event)
+                .map_err(|e| HandlerError::permanent(e.to_string()))?,
         };
         if self.store.append(&entry).await? {
             tracing::info!(target: "audit", partition = record.partition, offset = record.offset, "event recorded");

@@ -1,11 +1,15 @@
 //! Runs an [`EventHandler`] over a consumer group with at-least-once delivery.
 //!
 //! Each record is decoded, handed to the handler, and acknowledged only after
-//! the handler returns — i.e. after its effect is durable. A handler failure
-//! is retried with backoff (the record is not skipped); handlers are
-//! idempotent by event id, so redelivery after a crash or rebalance is
-//! harmless. Acknowledged offsets are committed on a timer that runs beside
-//! the handler, so a slow or stuck handler still shows as alive-but-stuck.
+//! the handler returns — i.e. after its effect is durable — or after the
+//! record was parked on the dead-letter topic. Transient failures are retried
+//! with exponential backoff and jitter, a bounded number of times (by default
+//! about 10 s in all, far below `max.poll.interval.ms`, so the member keeps
+//! its place in the group); permanent failures, undecodable records and
+//! exhausted retries go to the dead-letter topic and the partition moves on.
+//! Handlers are idempotent by event id, so redelivery after a crash or
+//! rebalance is harmless. Acknowledged offsets are committed on a timer that
+//! runs beside the handler, so a slow or stuck handler shows as alive-but-stuck.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,16 +20,58 @@ use taskstream_kafka::{EventConsumer, InboundRecord};
 use taskstream_telemetry::{GroupLabels, Metrics, TraceParent};
 use tracing::Instrument;
 
+use crate::dead_letter::{DeadLetterPublisher, ErrorClass};
 use crate::{Backoff, Shutdown};
 
-/// Why a handler could not finish; the record will be offered again.
+/// Why a handler could not finish.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct HandlerError(pub String);
+#[error("{message}")]
+pub struct HandlerError {
+    pub message: String,
+    /// Retrying cannot help (the event itself is at fault).
+    pub permanent: bool,
+}
+
+impl HandlerError {
+    /// A failure that may pass (a database or downstream outage).
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            permanent: false,
+        }
+    }
+
+    /// A failure that will repeat on every attempt.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            permanent: true,
+        }
+    }
+}
 
 impl From<taskstream_store::StoreError> for HandlerError {
     fn from(e: taskstream_store::StoreError) -> Self {
-        Self(format!("store: {e}"))
+        Self::transient(format!("store: {e}"))
+    }
+}
+
+/// How often and how patiently a transient failure is retried.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 6,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(5),
+        }
     }
 }
 
@@ -55,6 +101,8 @@ pub struct ConsumerService<H> {
     codec: Arc<dyn EventCodec>,
     handler: H,
     metrics: Arc<Metrics>,
+    dead_letters: DeadLetterPublisher,
+    retry: RetryPolicy,
 }
 
 impl<H: EventHandler> ConsumerService<H> {
@@ -63,12 +111,16 @@ impl<H: EventHandler> ConsumerService<H> {
         codec: Arc<dyn EventCodec>,
         handler: H,
         metrics: Arc<Metrics>,
+        dead_letters: DeadLetterPublisher,
+        retry: RetryPolicy,
     ) -> Self {
         Self {
             consumer: Arc::new(consumer),
             codec,
             handler,
             metrics,
+            dead_letters,
+            retry,
         }
     }
 
@@ -113,8 +165,9 @@ impl<H: EventHandler> ConsumerService<H> {
         }
     }
 
-    /// Handles one record until it succeeds; returns `false` if shutdown
-    /// interrupted the retries (the record stays unacknowledged).
+    /// Handles one record: applied, or parked on the dead-letter topic.
+    /// Returns `false` if shutdown came first (the record stays
+    /// unacknowledged and is redelivered).
     async fn process(&self, record: &InboundRecord, shutdown: &mut Shutdown) -> bool {
         let group = self.consumer.group();
         let event = match record
@@ -128,21 +181,25 @@ impl<H: EventHandler> ConsumerService<H> {
                     Some(Err(e)) => e.to_string(),
                     _ => "record has no value".to_owned(),
                 };
+                let event_type = record.header_str("type").unwrap_or("unknown").to_owned();
                 tracing::error!(
                     group,
                     topic = record.topic,
                     partition = record.partition,
                     offset = record.offset,
                     error,
-                    "skipping undecodable record"
+                    "undecodable record"
                 );
-                self.metrics.handled(
-                    group,
-                    record.header_str("type").unwrap_or("unknown"),
-                    "undecodable",
-                );
-                self.consumer.ack(record);
-                return true;
+                return self
+                    .dead_letter(
+                        record,
+                        &event_type,
+                        ErrorClass::Undecodable,
+                        &error,
+                        1,
+                        shutdown,
+                    )
+                    .await;
             }
         };
         let trace_id = record
@@ -171,8 +228,10 @@ impl<H: EventHandler> ConsumerService<H> {
         shutdown: &mut Shutdown,
     ) -> bool {
         let group = self.consumer.group();
+        let event_type = event.event_type.as_str();
         let started = Instant::now();
-        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+        let mut backoff = Backoff::new(self.retry.initial_backoff, self.retry.max_backoff);
+        let mut attempt = 1;
         loop {
             match self.handler.handle(record, event).await {
                 Ok(handled) => {
@@ -180,32 +239,107 @@ impl<H: EventHandler> ConsumerService<H> {
                         Handled::Applied => "ok",
                         Handled::Duplicate => "duplicate",
                     };
-                    self.metrics
-                        .handled(group, event.event_type.as_str(), outcome);
+                    self.metrics.handled(group, event_type, outcome);
                     self.metrics
                         .handler_duration
                         .get_or_create(&GroupLabels {
                             group: group.to_owned(),
                         })
                         .observe(started.elapsed().as_secs_f64());
-                    if !self.consumer.ack(record) {
-                        // The partition was revoked meanwhile: its new owner
-                        // redelivers the record and idempotence absorbs it.
-                        tracing::debug!(group, "partition revoked before the ack");
-                    }
+                    self.ack(record);
                     return true;
                 }
+                Err(error) if error.permanent => {
+                    tracing::error!(group, %error, "handler failed permanently");
+                    return self
+                        .dead_letter(
+                            record,
+                            event_type,
+                            ErrorClass::Permanent,
+                            &error.message,
+                            attempt,
+                            shutdown,
+                        )
+                        .await;
+                }
+                Err(error) if attempt >= self.retry.max_attempts => {
+                    tracing::error!(group, %error, attempts = attempt, "handler kept failing; giving up on the event");
+                    return self
+                        .dead_letter(
+                            record,
+                            event_type,
+                            ErrorClass::RetriesExhausted,
+                            &error.message,
+                            attempt,
+                            shutdown,
+                        )
+                        .await;
+                }
                 Err(error) => {
-                    self.metrics
-                        .handled(group, event.event_type.as_str(), "retried");
+                    self.metrics.handled(group, event_type, "retried");
                     let delay = backoff.next_delay();
-                    tracing::warn!(group, %error, retry_in_ms = delay.as_millis() as u64, "handler failed; retrying");
+                    tracing::warn!(group, %error, attempt, retry_in_ms = delay.as_millis() as u64, "handler failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.wait() => return false,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// Parks `record` on the dead-letter topic, retrying until the broker
+    /// takes it (nothing is acknowledged before), then acknowledges it.
+    async fn dead_letter(
+        &self,
+        record: &InboundRecord,
+        event_type: &str,
+        class: ErrorClass,
+        error: &str,
+        attempts: u32,
+        shutdown: &mut Shutdown,
+    ) -> bool {
+        let group = self.consumer.group();
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            match self
+                .dead_letters
+                .publish(record, group, class, error, attempts)
+                .await
+            {
+                Ok(()) => {
+                    self.metrics.handled(group, event_type, "dead_lettered");
+                    tracing::warn!(
+                        group,
+                        class = class.as_str(),
+                        partition = record.partition,
+                        offset = record.offset,
+                        "record sent to the dead-letter topic"
+                    );
+                    self.ack(record);
+                    return true;
+                }
+                Err(publish_error) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(group, error = %publish_error, "cannot publish a dead letter; retrying");
                     tokio::select! {
                         _ = shutdown.wait() => return false,
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }
             }
+        }
+    }
+
+    fn ack(&self, record: &InboundRecord) {
+        if !self.consumer.ack(record) {
+            // The partition was revoked meanwhile: its new owner redelivers
+            // the record and idempotence absorbs it.
+            tracing::debug!(
+                group = self.consumer.group(),
+                "partition revoked before the ack"
+            );
         }
     }
 }

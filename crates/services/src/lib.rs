@@ -5,6 +5,7 @@
 mod auditor;
 mod backoff;
 mod consumer_service;
+pub mod dead_letter;
 pub mod lag;
 mod notifier;
 mod relay;
@@ -13,7 +14,8 @@ pub mod topics;
 
 pub use auditor::{AuditHandler, AUDITOR_GROUP};
 pub use backoff::Backoff;
-pub use consumer_service::{ConsumerService, EventHandler, Handled, HandlerError};
+pub use consumer_service::{ConsumerService, EventHandler, Handled, HandlerError, RetryPolicy};
+pub use dead_letter::{dead_letter_topic, DeadLetterPublisher, ErrorClass};
 pub use notifier::{
     DelayedSink, LogSink, NotificationHandler, NotificationSink, SinkError, NOTIFIER_GROUP,
 };

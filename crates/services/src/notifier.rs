@@ -154,10 +154,9 @@ impl EventHandler for NotificationHandler {
                 channel: self.sink.channel().to_owned(),
                 sent_at: taskstream_domain::now(),
             };
-            self.sink
-                .deliver(&n)
-                .await
-                .map_err(|e| HandlerError(format!("sink {}: {e}", self.sink.channel())))?;
+            self.sink.deliver(&n).await.map_err(|e| {
+                HandlerError::transient(format!("sink {}: {e}", self.sink.channel()))
+            })?;
             sent.push(n);
         }
         if self

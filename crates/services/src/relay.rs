@@ -218,7 +218,7 @@ impl OutboxRelay {
         self.producer
             .enqueue(OutboundRecord {
                 topic: &m.topic,
-                key: &m.aggregate_id,
+                key: m.aggregate_id.as_bytes(),
                 payload: &m.payload,
                 headers: &headers,
             })

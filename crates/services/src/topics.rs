@@ -16,18 +16,34 @@ pub const TASK_EVENTS_PARTITIONS: i32 = 6;
 /// brokers holding each partition (3 in production).
 pub fn declared_topics(replication_factor: i32) -> Vec<TopicSpec> {
     let min_insync = replication_factor.clamp(1, 2);
-    vec![TopicSpec {
-        name: TASK_EVENTS.to_owned(),
-        partitions: TASK_EVENTS_PARTITIONS,
-        replication_factor,
-        configs: BTreeMap::from([
-            ("cleanup.policy".to_owned(), "delete".to_owned()),
-            ("min.insync.replicas".to_owned(), min_insync.to_string()),
-            // A week: long enough to replay after a consumer outage.
-            (
-                "retention.ms".to_owned(),
-                (7 * 24 * 3600 * 1000_i64).to_string(),
-            ),
-        ]),
-    }]
+    vec![
+        TopicSpec {
+            name: TASK_EVENTS.to_owned(),
+            partitions: TASK_EVENTS_PARTITIONS,
+            replication_factor,
+            configs: BTreeMap::from([
+                ("cleanup.policy".to_owned(), "delete".to_owned()),
+                ("min.insync.replicas".to_owned(), min_insync.to_string()),
+                // A week: long enough to replay after a consumer outage.
+                (
+                    "retention.ms".to_owned(),
+                    (7 * 24 * 3600 * 1000_i64).to_string(),
+                ),
+            ]),
+        },
+        TopicSpec {
+            name: crate::dead_letter_topic(TASK_EVENTS),
+            partitions: 1,
+            replication_factor,
+            configs: BTreeMap::from([
+                ("cleanup.policy".to_owned(), "delete".to_owned()),
+                ("min.insync.replicas".to_owned(), min_insync.to_string()),
+                // A month: dead letters wait for a person.
+                (
+                    "retention.ms".to_owned(),
+                    (30 * 24 * 3600 * 1000_i64).to_string(),
+                ),
+            ]),
+        },
+    ]
 }

@@ -8,14 +8,15 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use taskstream_api::{ApiBuilder, ReadinessCheck};
-use taskstream_kafka::{apply_topics, ConsumerSettings, DevBroker, KafkaConfig, TopicOutcome};
+use taskstream_kafka::{apply_topics, DevBroker, KafkaConfig, TopicOutcome};
 use taskstream_services::topics::declared_topics;
 use taskstream_services::RelaySettings;
 use taskstream_store::{SqliteOptions, SqliteStore, Synchronous};
 use taskstream_telemetry::Metrics;
 use tokio::sync::Notify;
 
-use crate::components::{self, Component, KafkaCheck, OutboxAgeCheck, StoreCheck};
+use crate::components::{self, Component, ConsumerOptions, KafkaCheck, OutboxAgeCheck, StoreCheck};
+use crate::dlq::DlqCommand;
 use crate::lag::LagArgs;
 use crate::system::{RunningSystem, SystemConfig, ENDPOINTS_FILE, STATS_INTERVAL};
 use crate::telemetry::LogFormat;
@@ -53,6 +54,9 @@ pub enum Command {
     DevBroker,
     /// Show consumer lag per partition, in events and seconds, with a health verdict.
     Lag(LagArgs),
+    /// Inspect and replay dead letters (records a consumer group gave up on).
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// Show or create the topics taskstream declares.
     #[command(subcommand)]
     Topics(TopicsCommand),
@@ -375,6 +379,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Lag(args) => crate::lag::run(args).await,
+        Command::Dlq(command) => crate::dlq::run(command).await,
         Command::Topics(TopicsCommand::List {
             json,
             replication_factor,
@@ -444,26 +449,19 @@ async fn consumer_process(
     let (kafka, dev_broker) = args.kafka.resolve(&args.store.data_dir, which)?;
     let kafka = kafka.with_stats(metrics.stats_listener(), STATS_INTERVAL);
     let store = args.store.open().await?;
-    let settings = if dev_broker {
-        ConsumerSettings::for_dev_broker()
+    let options = if dev_broker {
+        ConsumerOptions::for_dev_broker()
     } else {
-        ConsumerSettings::default()
+        ConsumerOptions::default()
     };
     let group = args.group.as_deref();
     let (consumer, api) = match which {
         "auditor" => (
-            components::auditor(Arc::clone(&store), &kafka, group, &settings, &metrics)?,
+            components::auditor(Arc::clone(&store), &kafka, group, &options, &metrics)?,
             ApiBuilder::new().audit(store.clone()),
         ),
         _ => (
-            components::notifier(
-                Arc::clone(&store),
-                &kafka,
-                group,
-                &settings,
-                delay,
-                &metrics,
-            )?,
+            components::notifier(Arc::clone(&store), &kafka, group, &options, delay, &metrics)?,
             ApiBuilder::new().notifications(store.clone()),
         ),
     };

@@ -15,9 +15,9 @@ use taskstream_kafka::{
 };
 use taskstream_services::topics::TASK_EVENTS;
 use taskstream_services::{
-    AuditHandler, ConsumerService, DelayedSink, EventHandler, LogSink, NotificationHandler,
-    NotificationSink, OutboxRelay, RelaySettings, Shutdown, ShutdownTrigger, AUDITOR_GROUP,
-    NOTIFIER_GROUP,
+    AuditHandler, ConsumerService, DeadLetterPublisher, DelayedSink, EventHandler, LogSink,
+    NotificationHandler, NotificationSink, OutboxRelay, RelaySettings, RetryPolicy, Shutdown,
+    ShutdownTrigger, AUDITOR_GROUP, NOTIFIER_GROUP,
 };
 use taskstream_store::{OutboxStore, SqliteOptions, SqliteStore};
 use taskstream_telemetry::Metrics;
@@ -142,17 +142,43 @@ pub fn relay(
     }))
 }
 
+/// How a consumer service talks to its group and treats failures.
+#[derive(Debug, Clone, Default)]
+pub struct ConsumerOptions {
+    pub kafka: ConsumerSettings,
+    pub retry: RetryPolicy,
+}
+
+impl ConsumerOptions {
+    /// Defaults tuned for the dev broker (see [`ConsumerSettings::for_dev_broker`]).
+    pub fn for_dev_broker() -> Self {
+        Self {
+            kafka: ConsumerSettings::for_dev_broker(),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
 fn consumer<H: EventHandler>(
     name: &'static str,
     kafka: &KafkaConfig,
     group: &str,
-    settings: &ConsumerSettings,
+    options: &ConsumerOptions,
     handler: H,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Component> {
-    let consumer = EventConsumer::subscribe(kafka, group, &[TASK_EVENTS], settings)
+    let consumer = EventConsumer::subscribe(kafka, group, &[TASK_EVENTS], &options.kafka)
         .with_context(|| format!("cannot join consumer group {group}"))?;
-    let service = ConsumerService::new(consumer, codec(), handler, Arc::clone(metrics));
+    let producer = EventProducer::new(kafka, &format!("{group}-dlq"), &ProducerSettings::default())
+        .context("cannot create the dead-letter producer")?;
+    let service = ConsumerService::new(
+        consumer,
+        codec(),
+        handler,
+        Arc::clone(metrics),
+        DeadLetterPublisher::new(producer),
+        options.retry.clone(),
+    );
     Ok(Component::spawn(name, move |shutdown| {
         service.run(shutdown)
     }))
@@ -163,7 +189,7 @@ pub fn auditor(
     store: Arc<SqliteStore>,
     kafka: &KafkaConfig,
     group: Option<&str>,
-    settings: &ConsumerSettings,
+    options: &ConsumerOptions,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Component> {
     let group = group.unwrap_or(AUDITOR_GROUP);
@@ -171,7 +197,7 @@ pub fn auditor(
         "auditor",
         kafka,
         group,
-        settings,
+        options,
         AuditHandler::new(store),
         metrics,
     )
@@ -184,7 +210,7 @@ pub fn notifier(
     store: Arc<SqliteStore>,
     kafka: &KafkaConfig,
     group: Option<&str>,
-    settings: &ConsumerSettings,
+    options: &ConsumerOptions,
     delay: Duration,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Component> {
@@ -195,7 +221,7 @@ pub fn notifier(
         Arc::new(DelayedSink::new(LogSink, delay))
     };
     let handler = NotificationHandler::new(store, sink);
-    consumer("notifier", kafka, group, settings, handler, metrics)
+    consumer("notifier", kafka, group, options, handler, metrics)
 }
 
 /// The store answers queries.

@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod components;
+pub mod dlq;
 pub mod lag;
 pub mod system;
 pub mod telemetry;

@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use taskstream_api::ReadinessCheck;
 use taskstream_telemetry::Metrics;
 
-use crate::components::{self, Component};
+use crate::components::{self, Component, ConsumerOptions};
 
 /// What `taskstream up` runs with.
 #[derive(Debug, Clone)]
@@ -28,7 +28,7 @@ pub struct SystemConfig {
     pub kafka: Option<KafkaConfig>,
     pub sqlite: SqliteOptions,
     pub relay: RelaySettings,
-    pub consumer: ConsumerSettings,
+    pub consumer: ConsumerOptions,
     /// `/readyz` fails when the oldest unpublished event is older than this.
     pub ready_max_outbox_age: Duration,
     /// Wait this long before each notification (a slow notifier on purpose).
@@ -44,7 +44,7 @@ impl SystemConfig {
             kafka: None,
             sqlite: SqliteOptions::default(),
             relay: RelaySettings::default(),
-            consumer: ConsumerSettings::default(),
+            consumer: ConsumerOptions::default(),
             ready_max_outbox_age: Duration::from_secs(30),
             notifier_delay: Duration::ZERO,
         }
@@ -85,13 +85,16 @@ impl RunningSystem {
             (None, None) => unreachable!("a dev broker is started when no cluster is configured"),
         }
         .with_stats(metrics.stats_listener(), STATS_INTERVAL);
-        let consumer_settings = match &dev_broker {
+        let consumer_options = match &dev_broker {
             Some(_) => {
                 let dev = ConsumerSettings::for_dev_broker();
-                ConsumerSettings {
-                    session_timeout: dev.session_timeout,
-                    fetch_wait: dev.fetch_wait,
-                    ..config.consumer.clone()
+                ConsumerOptions {
+                    kafka: ConsumerSettings {
+                        session_timeout: dev.session_timeout,
+                        fetch_wait: dev.fetch_wait,
+                        ..config.consumer.kafka.clone()
+                    },
+                    retry: config.consumer.retry.clone(),
                 }
             }
             None => config.consumer.clone(),
@@ -117,14 +120,14 @@ impl RunningSystem {
                 Arc::clone(&store),
                 &kafka,
                 None,
-                &consumer_settings,
+                &consumer_options,
                 &metrics,
             )?,
             components::notifier(
                 Arc::clone(&store),
                 &kafka,
                 None,
-                &consumer_settings,
+                &consumer_options,
                 config.notifier_delay,
                 &metrics,
             )?,

@@ -3,6 +3,7 @@
 
 mod binary;
 mod core_loop;
+mod dead_letters;
 mod helpers;
 mod http_errors;
 mod interop;

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use taskstream::components;
-use taskstream_kafka::{group_offsets, ConsumerSettings, DevBroker, KafkaConfig};
+use taskstream::components::{self, ConsumerOptions};
+use taskstream_kafka::{group_offsets, DevBroker, KafkaConfig};
 use taskstream_services::topics::{declared_topics, TASK_EVENTS};
 use taskstream_services::RelaySettings;
 use taskstream_store::{AuditStore, SqliteOptions};
@@ -44,7 +44,7 @@ async fn lag_agrees_with_confluent_kafka_python_and_flags_a_stopped_group() {
     )
     .await
     .unwrap();
-    let settings = ConsumerSettings::for_dev_broker();
+    let settings = ConsumerOptions::for_dev_broker();
     let auditor = components::auditor(store.clone(), &kafka, None, &settings, &metrics).unwrap();
     let client = client();
     let create = |i: usize| {

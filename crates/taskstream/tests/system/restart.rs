@@ -4,8 +4,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use taskstream::components;
-use taskstream_kafka::{group_offsets, ConsumerSettings, DevBroker, KafkaConfig};
+use taskstream::components::{self, ConsumerOptions};
+use taskstream_kafka::{group_offsets, DevBroker, KafkaConfig};
 use taskstream_services::topics::{declared_topics, TASK_EVENTS};
 use taskstream_services::RelaySettings;
 use taskstream_store::{AuditStore, NotificationStore, SqliteOptions};
@@ -39,7 +39,7 @@ async fn consumers_restarted_mid_stream_miss_nothing_and_repeat_nothing() {
     )
     .await
     .unwrap();
-    let settings = ConsumerSettings::for_dev_broker();
+    let settings = ConsumerOptions::for_dev_broker();
     let start_consumers = || {
         vec![
             components::auditor(store.clone(), &kafka, None, &settings, &metrics).unwrap(),

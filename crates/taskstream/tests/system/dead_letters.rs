@@ -1,0 +1,298 @@
+//! Poison records and exhausted retries go to the dead-letter topic; the
+//! partition moves on; a replay after the fix is handled exactly once.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sqlx::Connection;
+use taskstream::components::{self, ConsumerOptions};
+use taskstream_kafka::{
+    group_offsets, DevBroker, EventProducer, KafkaConfig, OutboundRecord, ProducerSettings,
+};
+use taskstream_services::topics::{declared_topics, TASK_EVENTS};
+use taskstream_services::{RelaySettings, RetryPolicy};
+use taskstream_store::{AuditStore, NotificationStore, OutboxStore, SqliteOptions};
+use taskstream_telemetry::Metrics;
+use tokio::sync::Notify;
+
+use crate::helpers::{client, eventually, spawn_app};
+
+const BIN: &str = env!("CARGO_BIN_EXE_taskstream");
+
+/// `taskstream dlq list --json` against `bootstrap`.
+async fn dead_letters(bootstrap: &str) -> Vec<Value> {
+    let bootstrap = bootstrap.to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["dlq", "list", "--json", "--kafka-bootstrap", &bootstrap])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+async fn produce(kafka: &KafkaConfig, key: &str, payload: &[u8], event_type: &str) -> (i32, i64) {
+    let producer = EventProducer::new(kafka, "test-poison", &ProducerSettings::default()).unwrap();
+    let headers: [(&str, &[u8]); 1] = [("type", event_type.as_bytes())];
+    let delivery = producer
+        .enqueue(OutboundRecord {
+            topic: TASK_EVENTS,
+            key: key.as_bytes(),
+            payload,
+            headers: &headers,
+        })
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    (delivery.partition, delivery.offset)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_records_are_dead_lettered_with_their_story_and_later_events_are_processed() {
+    let app = spawn_app().await;
+    let kafka = KafkaConfig::new(app.system.kafka_bootstrap());
+    // A valid event from a newer producer, and one of a type nobody knows.
+    let template: Value = {
+        let task = app.created("template", None).await;
+        app.audit_when(1).await;
+        let audit = app
+            .items(&format!("/audit?task_id={}", task["id"].as_str().unwrap()))
+            .await;
+        let envelope: Value = serde_json::from_str(
+            &app.system.store().audit_entries(None, 10).await.unwrap()[0].envelope,
+        )
+        .unwrap();
+        assert_eq!(audit.len(), 1);
+        envelope
+    };
+    let mut newer = template.clone();
+    newer["id"] = json!(uuid::Uuid::now_v7());
+    newer["schema_version"] = json!(99);
+    let mut unknown = template.clone();
+    unknown["id"] = json!(uuid::Uuid::now_v7());
+    unknown["type"] = json!("task.exploded");
+    let poison = [
+        (
+            "poison-garbage",
+            b"\x00\x01\x02 not json".to_vec(),
+            "task.created",
+        ),
+        (
+            "poison-newer",
+            serde_json::to_vec(&newer).unwrap(),
+            "task.created",
+        ),
+        (
+            "poison-unknown",
+            serde_json::to_vec(&unknown).unwrap(),
+            "task.exploded",
+        ),
+    ];
+    let mut places = Vec::new();
+    for (key, payload, event_type) in &poison {
+        places.push(produce(&kafka, key, payload, event_type).await);
+    }
+    for i in 0..5 {
+        app.created(&format!("after {i}"), Some("ana")).await;
+    }
+    // Valid events after the poison are processed...
+    app.audit_when(6).await;
+    app.notifications_when(5).await;
+    // ...and every poison record is parked once per group, with its story.
+    let letters = eventually("six dead letters", Duration::from_secs(20), || async {
+        let letters = dead_letters(app.system.kafka_bootstrap()).await;
+        (letters.len() >= 6).then_some(letters)
+    })
+    .await;
+    assert_eq!(letters.len(), 6);
+    for ((key, _, event_type), (partition, offset)) in poison.iter().zip(&places) {
+        let mine: Vec<&Value> = letters.iter().filter(|l| l["key"] == *key).collect();
+        let mut groups: Vec<&str> = mine.iter().map(|l| l["group"].as_str().unwrap()).collect();
+        groups.sort();
+        assert_eq!(groups, ["auditor", "notifier"], "{key}");
+        for l in mine {
+            assert_eq!(l["class"], "undecodable");
+            assert_eq!(l["original_topic"], TASK_EVENTS);
+            assert_eq!(l["original_partition"], *partition);
+            assert_eq!(l["original_offset"], *offset);
+            assert_eq!(l["attempts"], 1);
+            assert_eq!(l["event_type"], *event_type, "original headers are kept");
+            assert!(l["failed_at"].as_str().unwrap().contains('T'));
+            assert!(!l["error"].as_str().unwrap().is_empty());
+        }
+    }
+    let newer_error = letters.iter().find(|l| l["key"] == "poison-newer").unwrap()["error"]
+        .as_str()
+        .unwrap();
+    assert!(newer_error.contains("schema version 99"), "{newer_error}");
+    // Both groups moved past the poison: nothing is left to read.
+    for group in ["auditor", "notifier"] {
+        eventually(
+            &format!("{group} fully committed"),
+            Duration::from_secs(20),
+            || async {
+                let offsets = group_offsets(&kafka, group, TASK_EVENTS, Duration::from_secs(5))
+                    .await
+                    .ok()?;
+                offsets.iter().all(|p| p.lag() == 0).then_some(())
+            },
+        )
+        .await;
+    }
+    app.system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_exhausts_retries_into_the_dlq_and_a_replay_is_handled_exactly_once() {
+    crate::helpers::init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = DevBroker::start(&declared_topics(1)).unwrap();
+    let kafka = KafkaConfig::new(broker.bootstrap_servers());
+    let options = SqliteOptions {
+        busy_timeout: Duration::from_millis(100),
+        ..SqliteOptions::default()
+    };
+    let store = components::open_store(dir.path(), &options).await.unwrap();
+    let metrics = Metrics::new();
+    let wake = Arc::new(Notify::new());
+    let relay = components::relay(
+        store.clone(),
+        &kafka,
+        wake.clone(),
+        RelaySettings::default(),
+        &metrics,
+    )
+    .unwrap();
+    let (addr, http) = components::http(
+        "127.0.0.1:0".parse().unwrap(),
+        components::task_api(store.clone(), wake),
+    )
+    .await
+    .unwrap();
+    let response = client()
+        .post(format!("http://{addr}/tasks"))
+        .json(&json!({ "title": "during the outage", "assignee": "ana" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    eventually("the event published", Duration::from_secs(20), || async {
+        (store.outbox_stats().await.ok()?.pending == 0).then_some(())
+    })
+    .await;
+
+    // Another process holds the database's write lock: every write fails.
+    let mut locker =
+        sqlx::SqliteConnection::connect(&format!("sqlite://{}", store.path().display()))
+            .await
+            .unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let consumer_options = ConsumerOptions {
+        retry: RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(50),
+        },
+        ..ConsumerOptions::for_dev_broker()
+    };
+    let consumers = [
+        components::auditor(store.clone(), &kafka, None, &consumer_options, &metrics).unwrap(),
+        components::notifier(
+            store.clone(),
+            &kafka,
+            None,
+            &consumer_options,
+            Duration::ZERO,
+            &metrics,
+        )
+        .unwrap(),
+    ];
+    let letters = eventually(
+        "both groups to give up",
+        Duration::from_secs(30),
+        || async {
+            let letters = dead_letters(broker.bootstrap_servers()).await;
+            (letters.len() >= 2).then_some(letters)
+        },
+    )
+    .await;
+    assert_eq!(letters.len(), 2);
+    for l in &letters {
+        assert_eq!(l["class"], "retries-exhausted");
+        assert_eq!(l["attempts"], 3);
+        assert!(l["error"].as_str().unwrap().contains("store"), "{l}");
+    }
+    assert!(store.audit_entries(None, 10).await.unwrap().is_empty());
+
+    // The outage ends; an operator re-drives the dead letters.
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    let replay = |bootstrap: String| {
+        tokio::task::spawn_blocking(move || {
+            Command::new(BIN)
+                .args(["dlq", "replay", "--all", "--kafka-bootstrap", &bootstrap])
+                .output()
+                .unwrap()
+        })
+    };
+    let out = replay(broker.bootstrap_servers().to_owned()).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains("1 dead letter(s) replayed"),
+        "one original record, dead-lettered by two groups: {stdout}"
+    );
+    eventually(
+        "the replayed event handled",
+        Duration::from_secs(20),
+        || async {
+            let audited = store.audit_entries(None, 10).await.ok()?.len();
+            let notified = store.notifications(None, 10).await.ok()?.len();
+            (audited == 1 && notified == 1).then_some(())
+        },
+    )
+    .await;
+    // Replaying again changes nothing: the handlers know the event.
+    let out = replay(broker.bootstrap_servers().to_owned()).await.unwrap();
+    assert!(out.status.success());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for group in ["auditor", "notifier"] {
+        eventually(
+            &format!("{group} caught up"),
+            Duration::from_secs(20),
+            || async {
+                let offsets = group_offsets(&kafka, group, TASK_EVENTS, Duration::from_secs(5))
+                    .await
+                    .ok()?;
+                offsets.iter().all(|p| p.lag() == 0).then_some(())
+            },
+        )
+        .await;
+    }
+    assert_eq!(store.audit_entries(None, 10).await.unwrap().len(), 1);
+    assert_eq!(store.notifications(None, 10).await.unwrap().len(), 1);
+
+    for c in consumers {
+        c.stop().await;
+    }
+    http.stop().await;
+    relay.stop().await;
+    store.close().await;
+    drop(broker);
+}
