@@ -16,6 +16,26 @@ use rdkafka::ClientConfig;
 use crate::context::TracingContext;
 use crate::{KafkaError, TopicSpec};
 
+/// Kafka APIs whose requests [`DevBroker::inject_errors`] can fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i16)]
+pub enum KafkaApi {
+    Produce = 0,
+    Fetch = 1,
+    OffsetCommit = 8,
+    OffsetFetch = 9,
+    Heartbeat = 12,
+}
+
+/// Retriable broker errors to inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InjectedError {
+    NotLeaderForPartition,
+    RequestTimedOut,
+    NotCoordinator,
+    BrokerNotAvailable,
+}
+
 /// A running dev broker. Dropping it stops the broker.
 pub struct DevBroker {
     /// The client that owns the mock cluster; the cluster lives as long as it.
@@ -101,6 +121,35 @@ impl DevBroker {
             unsafe { rdsys::rd_kafka_mock_broker_set_up(self.cluster()?, id) },
             "broker up",
         )
+    }
+
+    /// Makes the broker answer the next `count` requests of `api` with
+    /// `error`, as a real broker does during leader elections or overload.
+    /// Clients are expected to retry; for failure tests.
+    pub fn inject_errors(
+        &self,
+        api: KafkaApi,
+        error: InjectedError,
+        count: usize,
+    ) -> Result<(), KafkaError> {
+        use rdsys::rd_kafka_resp_err_t as E;
+        let code = match error {
+            InjectedError::NotLeaderForPartition => E::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+            InjectedError::RequestTimedOut => E::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+            InjectedError::NotCoordinator => E::RD_KAFKA_RESP_ERR_NOT_COORDINATOR,
+            InjectedError::BrokerNotAvailable => E::RD_KAFKA_RESP_ERR_BROKER_NOT_AVAILABLE,
+        };
+        let errors = vec![code; count];
+        // SAFETY: valid cluster pointer; librdkafka copies the array.
+        unsafe {
+            rdsys::rd_kafka_mock_push_request_errors_array(
+                self.cluster()?,
+                api as i16,
+                errors.len(),
+                errors.as_ptr(),
+            )
+        };
+        Ok(())
     }
 
     /// Waits for the broker's own client to settle, then stops the broker.

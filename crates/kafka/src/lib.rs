@@ -24,7 +24,7 @@ mod topic;
 pub use admin::{apply_topics, TopicOutcome};
 pub use config::KafkaConfig;
 pub use consumer::{ConsumerSettings, EventConsumer, InboundRecord};
-pub use dev_broker::DevBroker;
+pub use dev_broker::{DevBroker, InjectedError, KafkaApi};
 pub use error::KafkaError;
 pub use offsets::{group_offsets, list_groups, record_timestamps, PartitionOffsets};
 pub use producer::{Delivery, DeliveryFuture, EventProducer, OutboundRecord, ProducerSettings};

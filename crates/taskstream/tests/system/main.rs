@@ -4,6 +4,7 @@
 mod binary;
 mod core_loop;
 mod dead_letters;
+mod faults;
 mod helpers;
 mod http_errors;
 mod interop;

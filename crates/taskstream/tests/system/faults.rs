@@ -1,0 +1,142 @@
+//! Failures injected on the dev broker: it goes down while events are
+//! produced and consumed, and it answers requests with retriable errors.
+//! Every event must still arrive, and every effect happen exactly once.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use serde_json::json;
+use taskstream_kafka::{InjectedError, KafkaApi};
+use taskstream_store::{AuditStore, NotificationStore, OutboxStore};
+
+use crate::helpers::{client, eventually, spawn_app, TestApp};
+
+/// Waits for `events` audit entries and `notifications` notifications, then
+/// checks there are no more, no duplicates, and each task's events are in
+/// version order.
+async fn assert_exactly_once(app: &TestApp, events: usize, notifications: usize) {
+    let store = app.system.store().clone();
+    eventually(
+        &format!("{events} audited, {notifications} notified"),
+        Duration::from_secs(60),
+        || async {
+            let audited = store.audit_entries(None, 100_000).await.ok()?.len();
+            let notified = store.notifications(None, 100_000).await.ok()?.len();
+            (audited >= events && notified >= notifications).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let audit = store.audit_entries(None, 100_000).await.unwrap();
+    assert_eq!(audit.len(), events, "no event lost or recorded twice");
+    let ids: HashSet<_> = audit.iter().map(|e| e.event_id).collect();
+    assert_eq!(ids.len(), events);
+    let mut versions: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    for e in &audit {
+        versions
+            .entry(e.task_id.as_str())
+            .or_default()
+            .push(e.task_version);
+    }
+    for (task, v) in versions {
+        assert!(
+            v.windows(2).all(|w| w[1] == w[0] + 1) && v[0] == 1,
+            "task {task} events out of order: {v:?}"
+        );
+    }
+    let notes = store.notifications(None, 100_000).await.unwrap();
+    assert_eq!(notes.len(), notifications, "each notification sent once");
+    let keys: HashSet<_> = notes.iter().map(|n| (n.event_id, n.kind.clone())).collect();
+    assert_eq!(keys.len(), notifications);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_during_production_and_consumption_loses_and_doubles_nothing() {
+    let app = spawn_app().await;
+    let broker = app.system.dev_broker().unwrap();
+    let base = app.url("");
+    // A steady writer: 60 assigned tasks, every third one completed.
+    let writer = tokio::spawn(async move {
+        let client = client();
+        for i in 0..60 {
+            let response = client
+                .post(format!("{base}/tasks"))
+                .json(&json!({ "title": format!("t{i}"), "assignee": "ana" }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                response.status(),
+                201,
+                "the API takes writes while Kafka is down"
+            );
+            if i % 3 == 0 {
+                let id = response.json::<serde_json::Value>().await.unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+                let done = client
+                    .post(format!("{base}/tasks/{id}/complete"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(done.status(), 200);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    broker.broker_down(1).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let waiting = app.system.store().outbox_stats().await.unwrap().pending;
+    assert!(
+        waiting > 0,
+        "events wait in the outbox while the broker is down"
+    );
+    broker.broker_up(1).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    broker.broker_down(1).unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    broker.broker_up(1).unwrap();
+    writer.await.unwrap();
+    assert_exactly_once(&app, 60 + 20, 60 + 20).await;
+    app.system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retriable_produce_fetch_and_commit_errors_are_absorbed() {
+    let app = spawn_app().await;
+    let broker = app.system.dev_broker().unwrap();
+    // Warm up so the consumers have joined and fetch.
+    app.created("warm-up", None).await;
+    app.audit_when(1).await;
+    broker
+        .inject_errors(KafkaApi::Produce, InjectedError::NotLeaderForPartition, 4)
+        .unwrap();
+    broker
+        .inject_errors(KafkaApi::Produce, InjectedError::RequestTimedOut, 3)
+        .unwrap();
+    broker
+        .inject_errors(KafkaApi::Fetch, InjectedError::NotLeaderForPartition, 6)
+        .unwrap();
+    broker
+        .inject_errors(KafkaApi::OffsetCommit, InjectedError::NotCoordinator, 4)
+        .unwrap();
+    broker
+        .inject_errors(KafkaApi::OffsetCommit, InjectedError::RequestTimedOut, 4)
+        .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        ids.push(
+            app.created(&format!("t{i}"), Some("bo")).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    for id in &ids[..20] {
+        assert_eq!(app.complete(id).await.status(), 200);
+    }
+    assert_exactly_once(&app, 1 + 40 + 20, 40 + 20).await;
+    app.system.shutdown().await;
+}
