@@ -7,15 +7,14 @@ use std::time::Duration;
 
 use serde_json::json;
 use taskstream_kafka::{InjectedError, KafkaApi};
-use taskstream_store::{AuditStore, NotificationStore, OutboxStore};
+use taskstream_store::{AuditStore, NotificationStore, OutboxStore, SqliteStore};
 
-use crate::helpers::{client, eventually, spawn_app, TestApp};
+use crate::helpers::{client, eventually, spawn_app};
 
 /// Waits for `events` audit entries and `notifications` notifications, then
 /// checks there are no more, no duplicates, and each task's events are in
 /// version order.
-async fn assert_exactly_once(app: &TestApp, events: usize, notifications: usize) {
-    let store = app.system.store().clone();
+pub async fn assert_exactly_once(store: &SqliteStore, events: usize, notifications: usize) {
     eventually(
         &format!("{events} audited, {notifications} notified"),
         Duration::from_secs(60),
@@ -99,7 +98,7 @@ async fn a_broker_outage_during_production_and_consumption_loses_and_doubles_not
     tokio::time::sleep(Duration::from_millis(1000)).await;
     broker.broker_up(1).unwrap();
     writer.await.unwrap();
-    assert_exactly_once(&app, 60 + 20, 60 + 20).await;
+    assert_exactly_once(app.system.store(), 60 + 20, 60 + 20).await;
     app.system.shutdown().await;
 }
 
@@ -137,6 +136,6 @@ async fn retriable_produce_fetch_and_commit_errors_are_absorbed() {
     for id in &ids[..20] {
         assert_eq!(app.complete(id).await.status(), 200);
     }
-    assert_exactly_once(&app, 1 + 40 + 20, 40 + 20).await;
+    assert_exactly_once(app.system.store(), 1 + 40 + 20, 40 + 20).await;
     app.system.shutdown().await;
 }

@@ -3,10 +3,12 @@
 
 mod binary;
 mod core_loop;
+mod crash;
 mod dead_letters;
 mod faults;
 mod helpers;
 mod http_errors;
 mod interop;
 mod observability;
+mod rebalance;
 mod restart;
