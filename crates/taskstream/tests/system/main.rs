@@ -8,6 +8,7 @@ mod dead_letters;
 mod faults;
 mod helpers;
 mod http_errors;
+mod http_fuzz;
 mod interop;
 mod observability;
 mod rebalance;
