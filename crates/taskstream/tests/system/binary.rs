@@ -182,3 +182,130 @@ fn topics_list_json_prints_the_declared_topics() {
     assert_eq!(task_events["partitions"], 6);
     assert_eq!(task_events["replication_factor"], 3);
 }
+
+/// Starts `args` and returns the child and the first line it prints.
+fn spawn_printing(args: &[&str], dir: &std::path::Path) -> (ChildGuard, String) {
+    let mut child = ChildGuard(
+        Command::new(BIN)
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, first)
+}
+
+fn terminate(child: &mut ChildGuard) -> std::process::ExitStatus {
+    let pid = child.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    child.0.wait().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_component_runs_alone_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = ChildGuard(
+        Command::new(BIN)
+            .arg("dev-broker")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(broker.0.stdout.take().unwrap()).lines();
+    let kafka = lines
+        .next()
+        .unwrap()
+        .unwrap()
+        .strip_prefix("kafka: ")
+        .unwrap()
+        .to_owned();
+    std::thread::spawn(move || lines.for_each(drop));
+
+    let (mut api, http) = spawn_printing(&["api", "--http", "127.0.0.1:0"], dir.path());
+    let api_url = http.strip_prefix("http: ").unwrap().to_owned();
+    let (mut relay, relay_http) = spawn_printing(
+        &[
+            "relay",
+            "--http",
+            "127.0.0.1:0",
+            "--kafka-bootstrap",
+            &kafka,
+        ],
+        dir.path(),
+    );
+    let (mut auditor, audit_http) = spawn_printing(
+        &[
+            "auditor",
+            "--http",
+            "127.0.0.1:0",
+            "--kafka-bootstrap",
+            &kafka,
+        ],
+        dir.path(),
+    );
+    let audit_url = audit_http.strip_prefix("http: ").unwrap().to_owned();
+
+    let client = client();
+    let task: Value = client
+        .post(format!("{api_url}/tasks"))
+        .json(&serde_json::json!({ "title": "across processes" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = task["id"].as_str().unwrap().to_owned();
+    // The relay polls the shared database; the auditor reads the topic.
+    eventually(
+        "the auditor in its own process to record the event",
+        Duration::from_secs(30),
+        || async {
+            let body: Value = client
+                .get(format!("{audit_url}/audit?task_id={id}"))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (body["items"].as_array()?.len() == 1).then_some(())
+        },
+    )
+    .await;
+    let relay_url = relay_http.strip_prefix("http: ").unwrap().to_owned();
+    let ready = client
+        .get(format!("{relay_url}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let metrics = client
+        .get(format!("{relay_url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("taskstream_relay_events_published_total 1"),
+        "{metrics}"
+    );
+
+    for child in [&mut api, &mut relay, &mut auditor, &mut broker] {
+        assert!(terminate(child).success());
+    }
+}
