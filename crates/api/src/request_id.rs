@@ -25,6 +25,8 @@ pub struct RequestContext {
     /// This request's span within the caller's trace; events made while
     /// serving it name it as their parent.
     pub trace: TraceParent,
+    /// `trace`, formatted as a header value.
+    pub traceparent: String,
 }
 
 fn acceptable(id: &str) -> bool {
@@ -60,6 +62,7 @@ pub(crate) async fn assign(mut request: Request, next: Next) -> Response {
     );
     let context = RequestContext {
         request_id: request_id.clone(),
+        traceparent: trace.to_string(),
         trace: trace.clone(),
     };
     request.extensions_mut().insert(context);
@@ -73,6 +76,16 @@ pub(crate) async fn assign(mut request: Request, next: Next) -> Response {
     response
 }
 
+impl RequestContext {
+    /// The request as the cause of the events it leads to.
+    pub fn cause(&self) -> taskstream_domain::Cause<'_> {
+        taskstream_domain::Cause {
+            correlation_id: Some(&self.request_id),
+            traceparent: Some(&self.traceparent),
+        }
+    }
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
     type Rejection = std::convert::Infallible;
 
@@ -81,9 +94,13 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
             .extensions
             .get::<RequestContext>()
             .cloned()
-            .unwrap_or_else(|| RequestContext {
-                request_id: uuid::Uuid::now_v7().to_string(),
-                trace: TraceParent::generate(),
+            .unwrap_or_else(|| {
+                let trace = TraceParent::generate();
+                RequestContext {
+                    request_id: uuid::Uuid::now_v7().to_string(),
+                    traceparent: trace.to_string(),
+                    trace,
+                }
             }))
     }
 }

@@ -69,7 +69,7 @@ impl TaskService {
             topic: self.topic.clone(),
             payload: self.codec.encode(&change.event)?,
             content_type: self.codec.content_type().to_owned(),
-            traceparent: Some(context.trace.to_string()),
+            traceparent: Some(context.traceparent.clone()),
             created_at: change.event.time,
         })
     }
@@ -80,11 +80,7 @@ impl TaskService {
         new: NewTask,
         context: &RequestContext,
     ) -> Result<Task, ServiceError> {
-        let change = Task::create(
-            new,
-            taskstream_domain::now(),
-            Some(context.request_id.as_str()),
-        );
+        let change = Task::create(new, taskstream_domain::now(), context.cause());
         let message = self.outbox_message(&change, context)?;
         self.store.insert_task(&change.task, &message).await?;
         self.relay_wake.notify_one();
@@ -110,11 +106,7 @@ impl TaskService {
         context: &RequestContext,
     ) -> Result<Task, ServiceError> {
         self.modify(id, if_version, context, |task| {
-            task.update(
-                patch.clone(),
-                taskstream_domain::now(),
-                Some(context.request_id.as_str()),
-            )
+            task.update(patch.clone(), taskstream_domain::now(), context.cause())
         })
         .await
     }
@@ -126,7 +118,7 @@ impl TaskService {
         context: &RequestContext,
     ) -> Result<Task, ServiceError> {
         self.modify(id, if_version, context, |task| {
-            task.complete(taskstream_domain::now(), Some(context.request_id.as_str()))
+            task.complete(taskstream_domain::now(), context.cause())
                 .map(Some)
         })
         .await
@@ -139,7 +131,7 @@ impl TaskService {
         context: &RequestContext,
     ) -> Result<Task, ServiceError> {
         self.modify(id, if_version, context, |task| {
-            task.delete(taskstream_domain::now(), Some(context.request_id.as_str()))
+            task.delete(taskstream_domain::now(), context.cause())
                 .map(Some)
         })
         .await

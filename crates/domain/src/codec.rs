@@ -65,9 +65,16 @@ mod tests {
             due_at: Some(now),
             assignee: None,
         };
-        let created = Task::create(new, now, Some("c"));
-        let completed = created.task.complete(now, None).unwrap();
-        let deleted = completed.task.delete(now, None).unwrap();
+        let created = Task::create(
+            new,
+            now,
+            crate::Cause {
+                correlation_id: Some("c"),
+                traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            },
+        );
+        let completed = created.task.complete(now, crate::Cause::default()).unwrap();
+        let deleted = completed.task.delete(now, crate::Cause::default()).unwrap();
         for event in [created.event, completed.event, deleted.event] {
             let bytes = JsonCodec.encode(&event).unwrap();
             assert_eq!(JsonCodec.decode(&bytes).unwrap(), event);
@@ -83,7 +90,7 @@ mod tests {
             due_at: None,
             assignee: None,
         };
-        let event = Task::create(new, chrono::Utc::now(), None).event;
+        let event = Task::create(new, chrono::Utc::now(), crate::Cause::default()).event;
         let value: serde_json::Value =
             serde_json::from_slice(&JsonCodec.encode(&event).unwrap()).unwrap();
         assert_eq!(value["type"], "task.created");
@@ -101,7 +108,7 @@ mod tests {
             due_at: None,
             assignee: None,
         };
-        let mut event = Task::create(new, chrono::Utc::now(), None).event;
+        let mut event = Task::create(new, chrono::Utc::now(), crate::Cause::default()).event;
         event.schema_version = crate::EVENT_SCHEMA_VERSION + 1;
         let bytes = JsonCodec.encode(&event).unwrap();
         let err = JsonCodec.decode(&bytes).unwrap_err().to_string();

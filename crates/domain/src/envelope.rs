@@ -77,4 +77,8 @@ pub struct EventEnvelope {
     pub causation_id: Option<String>,
     pub schema_version: u32,
     pub data: TaskEventData,
+    /// The W3C trace context of the request that caused the event (also sent
+    /// as a record header); absent in events from older producers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }

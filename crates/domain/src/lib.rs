@@ -15,6 +15,6 @@ pub use codec::{CodecError, EventCodec, JsonCodec};
 pub use envelope::{EventEnvelope, EventId, EVENT_SCHEMA_VERSION, EVENT_SOURCE};
 pub use event::{EventType, TaskEventData, UnknownEventType};
 pub use task::{
-    Assignee, Description, FieldError, NewTask, Priority, Task, TaskChange, TaskId, TaskPatch,
-    TaskStatus, TaskTitle, TransitionError,
+    Assignee, Cause, Description, FieldError, NewTask, Priority, Task, TaskChange, TaskId,
+    TaskPatch, TaskStatus, TaskTitle, TransitionError,
 };

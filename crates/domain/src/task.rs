@@ -270,18 +270,20 @@ pub struct TaskChange {
     pub event: EventEnvelope,
 }
 
-/// Where the command that caused an event came from, copied into its envelope.
-#[derive(Debug, Clone, Default)]
-struct Trace<'a> {
-    correlation_id: Option<&'a str>,
-    causation_id: Option<&'a str>,
+/// What caused a change, copied into the envelope of the event that records it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cause<'a> {
+    /// Ties together everything caused by one request (its `X-Request-Id`).
+    pub correlation_id: Option<&'a str>,
+    /// The W3C `traceparent` of the request.
+    pub traceparent: Option<&'a str>,
 }
 
 impl Task {
     /// Creates a task and its `task.created` event.
     ///
-    /// `correlation_id` ties the event to the request that caused it.
-    pub fn create(new: NewTask, now: DateTime<Utc>, correlation_id: Option<&str>) -> TaskChange {
+    /// `cause` ties the event to the request that caused it.
+    pub fn create(new: NewTask, now: DateTime<Utc>, cause: Cause<'_>) -> TaskChange {
         let task = Task {
             id: TaskId::new(),
             title: new.title,
@@ -295,11 +297,7 @@ impl Task {
             updated_at: now,
             completed_at: None,
         };
-        let trace = Trace {
-            correlation_id,
-            causation_id: correlation_id,
-        };
-        task.changed(EventType::TaskCreated, Vec::new(), trace)
+        task.changed(EventType::TaskCreated, Vec::new(), cause)
     }
 
     /// Applies a partial update. Returns `Ok(None)` when nothing would change,
@@ -308,7 +306,7 @@ impl Task {
         &self,
         patch: TaskPatch,
         now: DateTime<Utc>,
-        correlation_id: Option<&str>,
+        cause: Cause<'_>,
     ) -> Result<Option<TaskChange>, TransitionError> {
         if self.status == TaskStatus::Deleted {
             return Err(TransitionError::Deleted);
@@ -349,18 +347,14 @@ impl Task {
             return Ok(None);
         }
         next.touch(now);
-        let trace = Trace {
-            correlation_id,
-            causation_id: correlation_id,
-        };
-        Ok(Some(next.changed(EventType::TaskUpdated, changed, trace)))
+        Ok(Some(next.changed(EventType::TaskUpdated, changed, cause)))
     }
 
     /// Marks an open task completed.
     pub fn complete(
         &self,
         now: DateTime<Utc>,
-        correlation_id: Option<&str>,
+        cause: Cause<'_>,
     ) -> Result<TaskChange, TransitionError> {
         match self.status {
             TaskStatus::Completed => return Err(TransitionError::AlreadyCompleted),
@@ -371,11 +365,7 @@ impl Task {
         next.status = TaskStatus::Completed;
         next.completed_at = Some(now);
         next.touch(now);
-        let trace = Trace {
-            correlation_id,
-            causation_id: correlation_id,
-        };
-        Ok(next.changed(EventType::TaskCompleted, vec!["status".to_owned()], trace))
+        Ok(next.changed(EventType::TaskCompleted, vec!["status".to_owned()], cause))
     }
 
     /// Deletes a task. The row stays as a tombstone (status `deleted`) so that
@@ -383,7 +373,7 @@ impl Task {
     pub fn delete(
         &self,
         now: DateTime<Utc>,
-        correlation_id: Option<&str>,
+        cause: Cause<'_>,
     ) -> Result<TaskChange, TransitionError> {
         if self.status == TaskStatus::Deleted {
             return Err(TransitionError::Deleted);
@@ -391,11 +381,7 @@ impl Task {
         let mut next = self.clone();
         next.status = TaskStatus::Deleted;
         next.touch(now);
-        let trace = Trace {
-            correlation_id,
-            causation_id: correlation_id,
-        };
-        Ok(next.changed(EventType::TaskDeleted, vec!["status".to_owned()], trace))
+        Ok(next.changed(EventType::TaskDeleted, vec!["status".to_owned()], cause))
     }
 
     fn touch(&mut self, now: DateTime<Utc>) {
@@ -408,7 +394,7 @@ impl Task {
         self,
         event_type: EventType,
         changed_fields: Vec<String>,
-        trace: Trace,
+        cause: Cause<'_>,
     ) -> TaskChange {
         let event = EventEnvelope {
             id: EventId::new(),
@@ -416,13 +402,15 @@ impl Task {
             source: crate::EVENT_SOURCE.to_owned(),
             time: self.updated_at,
             subject: self.id.to_string(),
-            correlation_id: trace.correlation_id.map(str::to_owned),
-            causation_id: trace.causation_id.map(str::to_owned),
+            correlation_id: cause.correlation_id.map(str::to_owned),
+            // The request is the command that caused the change.
+            causation_id: cause.correlation_id.map(str::to_owned),
             schema_version: crate::EVENT_SCHEMA_VERSION,
             data: TaskEventData {
                 task: self.clone(),
                 changed_fields,
             },
+            traceparent: cause.traceparent.map(str::to_owned),
         };
         TaskChange { task: self, event }
     }
@@ -458,7 +446,14 @@ mod tests {
 
     #[test]
     fn create_emits_created_event_for_the_new_task() {
-        let change = Task::create(new_task("a"), Utc::now(), Some("req-1"));
+        let change = Task::create(
+            new_task("a"),
+            Utc::now(),
+            Cause {
+                correlation_id: Some("req-1"),
+                traceparent: None,
+            },
+        );
         assert_eq!(change.task.version, 1);
         assert_eq!(change.task.status, TaskStatus::Open);
         assert_eq!(change.event.event_type, EventType::TaskCreated);
@@ -469,47 +464,53 @@ mod tests {
 
     #[test]
     fn update_without_changes_emits_nothing() {
-        let created = Task::create(new_task("a"), Utc::now(), None).task;
+        let created = Task::create(new_task("a"), Utc::now(), Cause::default()).task;
         let patch = TaskPatch {
             title: Some(TaskTitle::parse("a").unwrap()),
             ..TaskPatch::default()
         };
-        assert!(created.update(patch, Utc::now(), None).unwrap().is_none());
+        assert!(created
+            .update(patch, Utc::now(), Cause::default())
+            .unwrap()
+            .is_none());
     }
 
     #[test]
     fn update_lists_changed_fields_and_bumps_version() {
-        let created = Task::create(new_task("a"), Utc::now(), None).task;
+        let created = Task::create(new_task("a"), Utc::now(), Cause::default()).task;
         let patch = TaskPatch {
             title: Some(TaskTitle::parse("b").unwrap()),
             assignee: Some(Some(Assignee::parse("ana").unwrap())),
             ..TaskPatch::default()
         };
-        let change = created.update(patch, Utc::now(), None).unwrap().unwrap();
+        let change = created
+            .update(patch, Utc::now(), Cause::default())
+            .unwrap()
+            .unwrap();
         assert_eq!(change.task.version, 2);
         assert_eq!(change.event.data.changed_fields, ["title", "assignee"]);
     }
 
     #[test]
     fn completed_and_deleted_tasks_refuse_completion() {
-        let created = Task::create(new_task("a"), Utc::now(), None).task;
-        let done = created.complete(Utc::now(), None).unwrap().task;
+        let created = Task::create(new_task("a"), Utc::now(), Cause::default()).task;
+        let done = created.complete(Utc::now(), Cause::default()).unwrap().task;
         assert_eq!(
-            done.complete(Utc::now(), None).unwrap_err(),
+            done.complete(Utc::now(), Cause::default()).unwrap_err(),
             TransitionError::AlreadyCompleted
         );
-        let deleted = done.delete(Utc::now(), None).unwrap().task;
+        let deleted = done.delete(Utc::now(), Cause::default()).unwrap().task;
         assert_eq!(
-            deleted.complete(Utc::now(), None).unwrap_err(),
+            deleted.complete(Utc::now(), Cause::default()).unwrap_err(),
             TransitionError::Deleted
         );
         assert_eq!(
-            deleted.delete(Utc::now(), None).unwrap_err(),
+            deleted.delete(Utc::now(), Cause::default()).unwrap_err(),
             TransitionError::Deleted
         );
         assert_eq!(
             deleted
-                .update(TaskPatch::default(), Utc::now(), None)
+                .update(TaskPatch::default(), Utc::now(), Cause::default())
                 .unwrap_err(),
             TransitionError::Deleted
         );
@@ -518,9 +519,9 @@ mod tests {
     #[test]
     fn timestamps_never_go_backwards() {
         let now = Utc::now();
-        let created = Task::create(new_task("a"), now, None).task;
+        let created = Task::create(new_task("a"), now, Cause::default()).task;
         let earlier = now - chrono::Duration::seconds(5);
-        let done = created.complete(earlier, None).unwrap().task;
+        let done = created.complete(earlier, Cause::default()).unwrap().task;
         assert_eq!(done.updated_at, now);
     }
 }

@@ -174,7 +174,7 @@ impl EventHandler for NotificationHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use taskstream_domain::{Assignee, NewTask, Priority, Task, TaskPatch, TaskTitle};
+    use taskstream_domain::{Assignee, Cause, NewTask, Priority, Task, TaskPatch, TaskTitle};
 
     fn new_task(assignee: Option<&str>) -> NewTask {
         NewTask {
@@ -189,10 +189,10 @@ mod tests {
     #[test]
     fn rules_cover_assignment_and_completion() {
         let now = taskstream_domain::now();
-        let unassigned = Task::create(new_task(None), now, None);
+        let unassigned = Task::create(new_task(None), now, Cause::default());
         assert!(NotificationHandler::notifications_for(&unassigned.event).is_empty());
 
-        let assigned = Task::create(new_task(Some("ana")), now, None);
+        let assigned = Task::create(new_task(Some("ana")), now, Cause::default());
         let rules = NotificationHandler::notifications_for(&assigned.event);
         assert_eq!(rules.len(), 1);
         assert_eq!((rules[0].0, rules[0].1.as_str()), ("task_assigned", "ana"));
@@ -205,7 +205,7 @@ mod tests {
                     ..Default::default()
                 },
                 now,
-                None,
+                Cause::default(),
             )
             .unwrap()
             .unwrap();
@@ -219,7 +219,7 @@ mod tests {
                     ..Default::default()
                 },
                 now,
-                None,
+                Cause::default(),
             )
             .unwrap()
             .unwrap();
@@ -228,18 +228,18 @@ mod tests {
             "bo"
         );
 
-        let done = reassigned.task.complete(now, None).unwrap();
+        let done = reassigned.task.complete(now, Cause::default()).unwrap();
         assert_eq!(
             NotificationHandler::notifications_for(&done.event)[0].0,
             "task_completed"
         );
-        let unassigned_done = unassigned.task.complete(now, None).unwrap();
+        let unassigned_done = unassigned.task.complete(now, Cause::default()).unwrap();
         assert_eq!(
             NotificationHandler::notifications_for(&unassigned_done.event)[0].1,
             "team"
         );
         assert!(NotificationHandler::notifications_for(
-            &done.task.delete(now, None).unwrap().event
+            &done.task.delete(now, Cause::default()).unwrap().event
         )
         .is_empty());
     }

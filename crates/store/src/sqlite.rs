@@ -580,7 +580,7 @@ mod tests {
                 assignee: Some(Assignee::parse("ana").unwrap()),
             },
             taskstream_domain::now(),
-            None,
+            taskstream_domain::Cause::default(),
         )
     }
 
@@ -611,7 +611,10 @@ mod tests {
             .unwrap();
         let done = change
             .task
-            .complete(taskstream_domain::now(), None)
+            .complete(
+                taskstream_domain::now(),
+                taskstream_domain::Cause::default(),
+            )
             .unwrap();
         let err = store
             .save_task(&done.task, 7, &message(&done))
@@ -669,7 +672,12 @@ mod tests {
                 .unwrap();
             ids.push(change.task);
         }
-        let gone = ids[0].delete(taskstream_domain::now(), None).unwrap();
+        let gone = ids[0]
+            .delete(
+                taskstream_domain::now(),
+                taskstream_domain::Cause::default(),
+            )
+            .unwrap();
         store
             .save_task(&gone.task, 1, &message(&gone))
             .await
