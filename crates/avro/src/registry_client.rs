@@ -178,6 +178,13 @@ impl RegistryClient {
         Ok(parsed)
     }
 
+    /// Checks the registry answers (`GET /subjects`).
+    pub async fn ping(&self) -> Result<(), RegistryError> {
+        self.call::<serde_json::Value>(self.http.get(format!("{}/subjects", self.base)))
+            .await
+            .map(|_| ())
+    }
+
     /// Whether `schema` may be registered under `subject` next, as the
     /// registry's configured compatibility level judges it; the reasons when
     /// it may not. A subject that does not exist yet accepts anything.

@@ -15,13 +15,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use taskstream_domain::{EventCodec, EventEnvelope};
+use taskstream_domain::EventEnvelope;
 use taskstream_kafka::{EventConsumer, InboundRecord};
 use taskstream_telemetry::{GroupLabels, Metrics, TraceParent};
 use tracing::Instrument;
 
 use crate::dead_letter::{DeadLetterPublisher, ErrorClass};
-use crate::{Backoff, Shutdown};
+use crate::{Backoff, EncodingError, EventDecoder, Shutdown};
 
 /// Why a handler could not finish.
 #[derive(Debug, thiserror::Error)]
@@ -95,10 +95,19 @@ pub trait EventHandler: Send + Sync + 'static {
     ) -> Result<Handled, HandlerError>;
 }
 
+/// What became of a record's bytes.
+enum Decoded {
+    Event(EventEnvelope),
+    /// Undecodable; parked on the dead-letter topic.
+    DeadLettered,
+    /// Shutdown came first; the record stays unacknowledged.
+    Interrupted,
+}
+
 /// A consumer-group member driving one handler.
 pub struct ConsumerService<H> {
     consumer: Arc<EventConsumer>,
-    codec: Arc<dyn EventCodec>,
+    decoder: Arc<EventDecoder>,
     handler: H,
     metrics: Arc<Metrics>,
     dead_letters: DeadLetterPublisher,
@@ -108,7 +117,7 @@ pub struct ConsumerService<H> {
 impl<H: EventHandler> ConsumerService<H> {
     pub fn new(
         consumer: EventConsumer,
-        codec: Arc<dyn EventCodec>,
+        decoder: Arc<EventDecoder>,
         handler: H,
         metrics: Arc<Metrics>,
         dead_letters: DeadLetterPublisher,
@@ -116,7 +125,7 @@ impl<H: EventHandler> ConsumerService<H> {
     ) -> Self {
         Self {
             consumer: Arc::new(consumer),
-            codec,
+            decoder,
             handler,
             metrics,
             dead_letters,
@@ -170,37 +179,10 @@ impl<H: EventHandler> ConsumerService<H> {
     /// unacknowledged and is redelivered).
     async fn process(&self, record: &InboundRecord, shutdown: &mut Shutdown) -> bool {
         let group = self.consumer.group();
-        let event = match record
-            .payload
-            .as_deref()
-            .map(|bytes| self.codec.decode(bytes))
-        {
-            Some(Ok(event)) => event,
-            failed => {
-                let error = match failed {
-                    Some(Err(e)) => e.to_string(),
-                    _ => "record has no value".to_owned(),
-                };
-                let event_type = record.header_str("type").unwrap_or("unknown").to_owned();
-                tracing::error!(
-                    group,
-                    topic = record.topic,
-                    partition = record.partition,
-                    offset = record.offset,
-                    error,
-                    "undecodable record"
-                );
-                return self
-                    .dead_letter(
-                        record,
-                        &event_type,
-                        ErrorClass::Undecodable,
-                        &error,
-                        1,
-                        shutdown,
-                    )
-                    .await;
-            }
+        let event = match self.decode(record, shutdown).await {
+            Decoded::Event(event) => event,
+            Decoded::DeadLettered => return true,
+            Decoded::Interrupted => return false,
         };
         let trace_id = record
             .header_str("traceparent")
@@ -219,6 +201,59 @@ impl<H: EventHandler> ConsumerService<H> {
         self.handle_with_retries(record, &event, shutdown)
             .instrument(span)
             .await
+    }
+
+    /// Decodes a record, retrying while the schema registry is unreachable;
+    /// an undecodable record is dead-lettered.
+    async fn decode(&self, record: &InboundRecord, shutdown: &mut Shutdown) -> Decoded {
+        let group = self.consumer.group();
+        let mut backoff = Backoff::new(self.retry.initial_backoff, self.retry.max_backoff);
+        let mut attempt = 1;
+        loop {
+            let outcome = match record.payload.as_deref() {
+                Some(bytes) => self.decoder.decode(bytes).await,
+                None => Err(EncodingError {
+                    message: "record has no value".to_owned(),
+                    retriable: false,
+                }),
+            };
+            let error = match outcome {
+                Ok(event) => return Decoded::Event(event),
+                Err(error) => error,
+            };
+            let event_type = record.header_str("type").unwrap_or("unknown").to_owned();
+            if error.retriable && attempt < self.retry.max_attempts {
+                self.metrics.handled(group, &event_type, "retried");
+                let delay = backoff.next_delay();
+                tracing::warn!(group, %error, attempt, "cannot decode the record yet; retrying");
+                tokio::select! {
+                    _ = shutdown.wait() => return Decoded::Interrupted,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                attempt += 1;
+                continue;
+            }
+            let class = if error.retriable {
+                ErrorClass::RetriesExhausted
+            } else {
+                ErrorClass::Undecodable
+            };
+            tracing::error!(group, topic = record.topic, partition = record.partition, offset = record.offset, %error, "undecodable record");
+            return match self
+                .dead_letter(
+                    record,
+                    &event_type,
+                    class,
+                    &error.message,
+                    attempt,
+                    shutdown,
+                )
+                .await
+            {
+                true => Decoded::DeadLettered,
+                false => Decoded::Interrupted,
+            };
+        }
     }
 
     async fn handle_with_retries(

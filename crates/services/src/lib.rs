@@ -6,6 +6,7 @@ mod auditor;
 mod backoff;
 mod consumer_service;
 pub mod dead_letter;
+mod encoding;
 pub mod lag;
 mod notifier;
 mod relay;
@@ -16,6 +17,7 @@ pub use auditor::{AuditHandler, AUDITOR_GROUP};
 pub use backoff::Backoff;
 pub use consumer_service::{ConsumerService, EventHandler, Handled, HandlerError, RetryPolicy};
 pub use dead_letter::{dead_letter_topic, DeadLetterPublisher, ErrorClass};
+pub use encoding::{EncodingError, EventDecoder, EventEncoding};
 pub use notifier::{
     DelayedSink, LogSink, NotificationHandler, NotificationSink, SinkError, NOTIFIER_GROUP,
 };

@@ -15,7 +15,7 @@ use taskstream_store::{OutboxStore, PendingMessage, StoreError};
 use taskstream_telemetry::Metrics;
 use tokio::sync::Notify;
 
-use crate::{Backoff, Shutdown};
+use crate::{Backoff, EncodingError, EventEncoding, Shutdown};
 
 /// Relay tuning.
 #[derive(Debug, Clone)]
@@ -48,6 +48,10 @@ pub enum RelayError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Kafka(#[from] KafkaError),
+    /// The event could not be encoded (for Avro: the registry was down or
+    /// refused the schema); it stays pending.
+    #[error("cannot encode the event: {0}")]
+    Encoding(#[from] EncodingError),
 }
 
 /// Publishes the outbox. See the module docs.
@@ -57,6 +61,7 @@ pub struct OutboxRelay {
     wake: Arc<Notify>,
     settings: RelaySettings,
     metrics: Arc<Metrics>,
+    encoding: EventEncoding,
 }
 
 impl OutboxRelay {
@@ -67,6 +72,7 @@ impl OutboxRelay {
         wake: Arc<Notify>,
         settings: RelaySettings,
         metrics: Arc<Metrics>,
+        encoding: EventEncoding,
     ) -> Self {
         Self {
             store,
@@ -74,6 +80,7 @@ impl OutboxRelay {
             wake,
             settings,
             metrics,
+            encoding,
         }
     }
 
@@ -180,7 +187,9 @@ impl OutboxRelay {
             match result {
                 Ok(_) if failure.is_none() => published.push(row.seq),
                 Ok(_) => {}
-                Err(error) if failure.is_none() => failure = Some((row.seq, error)),
+                Err(error) if failure.is_none() => {
+                    failure = Some((row.seq, RelayError::from(error)))
+                }
                 Err(_) => {}
             }
         }
@@ -194,7 +203,7 @@ impl OutboxRelay {
             None => Ok(published.len()),
             Some((seq, error)) => {
                 self.store.record_failure(seq, &error.to_string()).await?;
-                Err(error.into())
+                Err(error)
             }
         }
     }
@@ -202,26 +211,28 @@ impl OutboxRelay {
     async fn enqueue(
         &self,
         row: &PendingMessage,
-    ) -> Result<taskstream_kafka::DeliveryFuture, KafkaError> {
+    ) -> Result<taskstream_kafka::DeliveryFuture, RelayError> {
         let m = &row.message;
+        let (payload, content_type) = self.encoding.encode(m).await?;
         let id = m.id.to_string();
         // Header names match what Debezium's outbox event router writes
         // (`id`), plus the event type, so consumers can route without decoding.
         let mut headers: Vec<(&str, &[u8])> = vec![
             ("id", id.as_bytes()),
             ("type", m.event_type.as_bytes()),
-            ("content-type", m.content_type.as_bytes()),
+            ("content-type", content_type.as_bytes()),
         ];
         if let Some(traceparent) = &m.traceparent {
             headers.push(("traceparent", traceparent.as_bytes()));
         }
-        self.producer
+        Ok(self
+            .producer
             .enqueue(OutboundRecord {
                 topic: &m.topic,
                 key: m.aggregate_id.as_bytes(),
-                payload: &m.payload,
+                payload: &payload,
                 headers: &headers,
             })
-            .await
+            .await?)
     }
 }

@@ -8,17 +8,22 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use taskstream_api::{ApiBuilder, ReadinessCheck};
+use taskstream_avro::RegistryClient;
 use taskstream_kafka::{apply_topics, DevBroker, KafkaConfig, TopicOutcome};
 use taskstream_services::topics::declared_topics;
-use taskstream_services::RelaySettings;
+use taskstream_services::topics::TASK_EVENTS;
+use taskstream_services::{EventEncoding, RelaySettings};
 use taskstream_store::{SqliteOptions, SqliteStore, Synchronous};
 use taskstream_telemetry::Metrics;
 use tokio::sync::Notify;
 
-use crate::components::{self, Component, ConsumerOptions, KafkaCheck, OutboxAgeCheck, StoreCheck};
+use crate::components::{
+    self, Component, ConsumerOptions, KafkaCheck, OutboxAgeCheck, RegistryCheck, StoreCheck,
+};
 use crate::dlq::DlqCommand;
 use crate::lag::LagArgs;
-use crate::system::{RunningSystem, SystemConfig, ENDPOINTS_FILE, STATS_INTERVAL};
+use crate::schema::SchemaCommand;
+use crate::system::{RegistrySetting, RunningSystem, SystemConfig, ENDPOINTS_FILE, STATS_INTERVAL};
 use crate::telemetry::LogFormat;
 
 /// taskstream: an event-driven Task system on Kafka.
@@ -60,6 +65,65 @@ pub enum Command {
     /// Show or create the topics taskstream declares.
     #[command(subcommand)]
     Topics(TopicsCommand),
+    /// Run the embedded, Confluent-compatible schema registry alone.
+    Registry(RegistryServerArgs),
+    /// Work with the event schemas in `schemas/`.
+    #[command(subcommand)]
+    Schema(SchemaCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
+    /// An external schema registry (Confluent-compatible) instead of the embedded one.
+    #[arg(long, env = "SCHEMA_REGISTRY_URL", value_parser = parse_registry_url)]
+    pub schema_registry: Option<String>,
+}
+
+fn parse_registry_url(raw: &str) -> Result<String, String> {
+    let url = raw.trim().trim_end_matches('/');
+    match url.split_once("://") {
+        Some(("http", rest)) if !rest.is_empty() => Ok(url.to_owned()),
+        Some(("https", _)) => Err(
+            "https registries are not supported yet; use http:// (e.g. inside the cluster)".into(),
+        ),
+        _ => Err(format!(
+            "expected a URL such as http://127.0.0.1:8081, got {raw:?}"
+        )),
+    }
+}
+
+impl RegistryArgs {
+    /// The configured registry, or the one a `taskstream up` in `data_dir` announced.
+    pub(crate) fn resolve(&self, data_dir: &Path) -> Option<String> {
+        self.schema_registry.clone().or_else(|| {
+            let bytes = std::fs::read(data_dir.join(ENDPOINTS_FILE)).ok()?;
+            let endpoints: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+            endpoints["schema-registry"].as_str().map(str::to_owned)
+        })
+    }
+}
+
+/// How the relay writes events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EventFormat {
+    /// Avro in the Confluent wire format, schemas in the registry.
+    Avro,
+    /// The JSON envelope, as stored in the outbox.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct RegistryServerArgs {
+    /// Listen address; port 0 picks a free port.
+    #[arg(
+        long,
+        env = "TASKSTREAM_REGISTRY_HTTP",
+        default_value = "127.0.0.1:8081"
+    )]
+    pub http: SocketAddr,
+    /// Directory for the registry's database.
+    #[arg(long, env = "TASKSTREAM_DATA_DIR", default_value = ".taskstream")]
+    pub data_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -183,6 +247,18 @@ pub struct UpArgs {
     /// HTTP listen address; port 0 picks a free port.
     #[arg(long, env = "TASKSTREAM_HTTP", default_value = "127.0.0.1:8080")]
     pub http: SocketAddr,
+    /// Where the embedded schema registry listens (unless --schema-registry names another).
+    #[arg(
+        long,
+        env = "TASKSTREAM_REGISTRY_HTTP",
+        default_value = "127.0.0.1:8081"
+    )]
+    pub registry_http: SocketAddr,
+    /// How events are written to Kafka.
+    #[arg(long, value_enum, default_value = "avro")]
+    pub event_format: EventFormat,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// Make the notifier wait this many milliseconds per notification (to watch lag build up).
     #[arg(long, default_value = "0", value_parser = parse_millis)]
     pub notifier_delay_ms: Duration,
@@ -210,6 +286,11 @@ pub struct RelayArgs {
     /// Serve /healthz, /readyz and /metrics here.
     #[arg(long)]
     pub http: Option<SocketAddr>,
+    /// How events are written to Kafka (Avro needs a schema registry).
+    #[arg(long, value_enum, default_value = "avro")]
+    pub event_format: EventFormat,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]
@@ -227,6 +308,8 @@ pub struct ConsumerArgs {
     /// starts from the earliest event, which replays history harmlessly.
     #[arg(long)]
     pub group: Option<String>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]
@@ -344,10 +427,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let metrics = Metrics::new();
             let (kafka, _) = args.kafka.resolve(&args.store.data_dir, "relay")?;
             let kafka = kafka.with_stats(metrics.stats_listener(), STATS_INTERVAL);
+            let registry = match args.event_format {
+                EventFormat::Json => None,
+                EventFormat::Avro => Some(Arc::new(RegistryClient::new(
+                    &args.registry.resolve(&args.store.data_dir).context(
+                        "Avro events need a schema registry: pass --schema-registry URL or set SCHEMA_REGISTRY_URL \
+                         (or --event-format json)",
+                    )?,
+                ))),
+            };
             let store = args.store.open().await?;
             let mut running = Vec::new();
             if let Some(addr) = args.http {
-                let checks: Vec<Arc<dyn ReadinessCheck>> = vec![
+                let mut checks: Vec<Arc<dyn ReadinessCheck>> = vec![
                     Arc::new(StoreCheck(Arc::clone(&store))),
                     Arc::new(KafkaCheck::new(&kafka)?),
                     Arc::new(OutboxAgeCheck {
@@ -355,6 +447,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         max_age: args.readiness.ready_max_outbox_age,
                     }),
                 ];
+                checks.extend(
+                    registry
+                        .iter()
+                        .map(|r| Arc::new(RegistryCheck(Arc::clone(r))) as Arc<dyn ReadinessCheck>),
+                );
                 running.push(serve(addr, ApiBuilder::new(), &metrics, &store, checks).await?);
             }
             let relay = components::relay(
@@ -362,6 +459,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 &kafka,
                 Arc::new(Notify::new()),
                 RelaySettings::default(),
+                match &registry {
+                    Some(client) => EventEncoding::avro(Arc::clone(client), TASK_EVENTS),
+                    None => EventEncoding::Json,
+                },
                 &metrics,
             )?;
             running.push(relay);
@@ -379,6 +480,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Lag(args) => crate::lag::run(args).await,
+        Command::Registry(args) => {
+            let (bound, registry) = components::registry(args.http, &args.data_dir).await?;
+            print_endpoints(&[("schema-registry", format!("http://{bound}"))]);
+            shutdown_signal().await;
+            registry.stop().await;
+            Ok(())
+        }
+        Command::Schema(command) => crate::schema::run(command).await,
         Command::Dlq(command) => crate::dlq::run(command).await,
         Command::Topics(TopicsCommand::List {
             json,
@@ -431,6 +540,11 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     config.kafka = args.kafka.config();
     config.ready_max_outbox_age = args.readiness.ready_max_outbox_age;
     config.notifier_delay = args.notifier_delay_ms;
+    config.registry = match (args.event_format, args.registry.schema_registry) {
+        (EventFormat::Json, _) => RegistrySetting::Disabled,
+        (EventFormat::Avro, Some(url)) => RegistrySetting::External(url),
+        (EventFormat::Avro, None) => RegistrySetting::Embedded(args.registry_http),
+    };
     let system = RunningSystem::start(config).await?;
     let endpoints: Vec<(&str, String)> = system.endpoints().into_iter().collect();
     print_endpoints(&endpoints);
@@ -449,10 +563,19 @@ async fn consumer_process(
     let (kafka, dev_broker) = args.kafka.resolve(&args.store.data_dir, which)?;
     let kafka = kafka.with_stats(metrics.stats_listener(), STATS_INTERVAL);
     let store = args.store.open().await?;
-    let options = if dev_broker {
+    let base = if dev_broker {
         ConsumerOptions::for_dev_broker()
     } else {
         ConsumerOptions::default()
+    };
+    let registry = args.registry.resolve(&args.store.data_dir);
+    if registry.is_none() {
+        tracing::warn!("no schema registry configured: Avro records will be dead-lettered (pass --schema-registry URL)");
+    }
+    let registry = registry.map(|url| Arc::new(RegistryClient::new(&url)));
+    let options = ConsumerOptions {
+        registry: registry.clone(),
+        ..base
     };
     let group = args.group.as_deref();
     let (consumer, api) = match which {
@@ -467,10 +590,15 @@ async fn consumer_process(
     };
     let mut running = Vec::new();
     if let Some(addr) = args.http {
-        let checks: Vec<Arc<dyn ReadinessCheck>> = vec![
+        let mut checks: Vec<Arc<dyn ReadinessCheck>> = vec![
             Arc::new(StoreCheck(Arc::clone(&store))),
             Arc::new(KafkaCheck::new(&kafka)?),
         ];
+        checks.extend(
+            registry
+                .iter()
+                .map(|r| Arc::new(RegistryCheck(Arc::clone(r))) as Arc<dyn ReadinessCheck>),
+        );
         running.push(serve(addr, api, &metrics, &store, checks).await?);
     }
     running.push(consumer);

@@ -9,15 +9,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use taskstream_api::{ApiBuilder, ReadinessCheck};
+use taskstream_avro::RegistryClient;
 use taskstream_domain::{EventCodec, JsonCodec};
 use taskstream_kafka::{
     ConsumerSettings, EventConsumer, EventProducer, KafkaConfig, ProducerSettings,
 };
 use taskstream_services::topics::TASK_EVENTS;
 use taskstream_services::{
-    AuditHandler, ConsumerService, DeadLetterPublisher, DelayedSink, EventHandler, LogSink,
-    NotificationHandler, NotificationSink, OutboxRelay, RelaySettings, RetryPolicy, Shutdown,
-    ShutdownTrigger, AUDITOR_GROUP, NOTIFIER_GROUP,
+    AuditHandler, ConsumerService, DeadLetterPublisher, DelayedSink, EventDecoder, EventEncoding,
+    EventHandler, LogSink, NotificationHandler, NotificationSink, OutboxRelay, RelaySettings,
+    RetryPolicy, Shutdown, ShutdownTrigger, AUDITOR_GROUP, NOTIFIER_GROUP,
 };
 use taskstream_store::{OutboxStore, SqliteOptions, SqliteStore};
 use taskstream_telemetry::Metrics;
@@ -132,11 +133,19 @@ pub fn relay(
     kafka: &KafkaConfig,
     wake: Arc<Notify>,
     settings: RelaySettings,
+    encoding: EventEncoding,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Component> {
     let producer = EventProducer::new(kafka, "relay", &ProducerSettings::default())
         .context("cannot create the relay's Kafka producer")?;
-    let relay = OutboxRelay::new(store, producer, wake, settings, Arc::clone(metrics));
+    let relay = OutboxRelay::new(
+        store,
+        producer,
+        wake,
+        settings,
+        Arc::clone(metrics),
+        encoding,
+    );
     Ok(Component::spawn("relay", move |shutdown| {
         relay.run(shutdown)
     }))
@@ -147,6 +156,8 @@ pub fn relay(
 pub struct ConsumerOptions {
     pub kafka: ConsumerSettings,
     pub retry: RetryPolicy,
+    /// Resolves the schema ids of Avro records; without it only JSON is read.
+    pub registry: Option<Arc<RegistryClient>>,
 }
 
 impl ConsumerOptions {
@@ -154,7 +165,7 @@ impl ConsumerOptions {
     pub fn for_dev_broker() -> Self {
         Self {
             kafka: ConsumerSettings::for_dev_broker(),
-            retry: RetryPolicy::default(),
+            ..Self::default()
         }
     }
 }
@@ -173,7 +184,7 @@ fn consumer<H: EventHandler>(
         .context("cannot create the dead-letter producer")?;
     let service = ConsumerService::new(
         consumer,
-        codec(),
+        Arc::new(EventDecoder::new(options.registry.clone())),
         handler,
         Arc::clone(metrics),
         DeadLetterPublisher::new(producer),
@@ -299,5 +310,55 @@ impl ReadinessCheck for OutboxAgeCheck {
         } else {
             Err(detail)
         }
+    }
+}
+
+/// Serves the embedded schema registry, its state in `data_dir`.
+pub async fn registry(
+    addr: SocketAddr,
+    data_dir: &Path,
+) -> anyhow::Result<(SocketAddr, Component)> {
+    let path = data_dir.join(REGISTRY_FILE);
+    let store = taskstream_registry::RegistryStore::open(&path)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the schema registry's database at {}",
+                path.display()
+            )
+        })?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for the schema registry"))?;
+    let bound = listener.local_addr()?;
+    let router = taskstream_registry::router(store.clone());
+    let component = Component::spawn("schema-registry", move |mut shutdown| async move {
+        let stop = async move { shutdown.wait().await };
+        if let Err(error) = taskstream_api::serve(listener, router, stop).await {
+            tracing::error!(%error, "schema registry failed");
+        }
+        store.close().await;
+    });
+    Ok((bound, component))
+}
+
+/// The schema registry's database file inside a data directory.
+pub const REGISTRY_FILE: &str = "registry.db";
+
+/// The schema registry answers.
+pub struct RegistryCheck(pub Arc<RegistryClient>);
+
+#[async_trait::async_trait]
+impl ReadinessCheck for RegistryCheck {
+    fn name(&self) -> &'static str {
+        "schema_registry"
+    }
+
+    async fn check(&self) -> Result<String, String> {
+        self.0
+            .ping()
+            .await
+            .map(|()| format!("{} answers", self.0.url()))
+            .map_err(|e| e.to_string())
     }
 }

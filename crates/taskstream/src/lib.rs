@@ -7,5 +7,6 @@ pub mod cli;
 pub mod components;
 pub mod dlq;
 pub mod lag;
+pub mod schema;
 pub mod system;
 pub mod telemetry;

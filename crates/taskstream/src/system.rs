@@ -14,6 +14,9 @@ use taskstream_store::{SqliteOptions, SqliteStore};
 use tokio::sync::Notify;
 
 use taskstream_api::ReadinessCheck;
+use taskstream_avro::RegistryClient;
+use taskstream_services::topics::TASK_EVENTS;
+use taskstream_services::EventEncoding;
 use taskstream_telemetry::Metrics;
 
 use crate::components::{self, Component, ConsumerOptions};
@@ -33,6 +36,19 @@ pub struct SystemConfig {
     pub ready_max_outbox_age: Duration,
     /// Wait this long before each notification (a slow notifier on purpose).
     pub notifier_delay: Duration,
+    /// Where event schemas are registered.
+    pub registry: RegistrySetting,
+}
+
+/// Where event schemas live, and so how events are encoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistrySetting {
+    /// Serve the embedded registry on this address; events are Avro.
+    Embedded(SocketAddr),
+    /// Use the registry at this URL; events are Avro.
+    External(String),
+    /// No registry; events are JSON.
+    Disabled,
 }
 
 impl SystemConfig {
@@ -47,6 +63,7 @@ impl SystemConfig {
             consumer: ConsumerOptions::default(),
             ready_max_outbox_age: Duration::from_secs(30),
             notifier_delay: Duration::ZERO,
+            registry: RegistrySetting::Embedded(SocketAddr::from(([127, 0, 0, 1], 0))),
         }
     }
 }
@@ -55,6 +72,7 @@ impl SystemConfig {
 pub struct RunningSystem {
     http_addr: SocketAddr,
     kafka_bootstrap: String,
+    registry_url: Option<String>,
     store: Arc<SqliteStore>,
     metrics: Arc<Metrics>,
     /// In shutdown order: HTTP, relay, consumers.
@@ -94,10 +112,29 @@ impl RunningSystem {
                         fetch_wait: dev.fetch_wait,
                         ..config.consumer.kafka.clone()
                     },
-                    retry: config.consumer.retry.clone(),
+                    ..config.consumer.clone()
                 }
             }
             None => config.consumer.clone(),
+        };
+        let (registry_url, registry_component) = match &config.registry {
+            RegistrySetting::Embedded(addr) => {
+                let (bound, component) = components::registry(*addr, &config.data_dir).await?;
+                (Some(format!("http://{bound}")), Some(component))
+            }
+            RegistrySetting::External(url) => (Some(url.clone()), None),
+            RegistrySetting::Disabled => (None, None),
+        };
+        let registry = registry_url
+            .as_deref()
+            .map(|url| Arc::new(RegistryClient::new(url)));
+        let consumer_options = ConsumerOptions {
+            registry: registry.clone(),
+            ..consumer_options
+        };
+        let encoding = match &registry {
+            Some(client) => EventEncoding::avro(Arc::clone(client), TASK_EVENTS),
+            None => EventEncoding::Json,
         };
         let store = components::open_store(&config.data_dir, &config.sqlite).await?;
         if dev_broker.is_some() {
@@ -112,6 +149,7 @@ impl RunningSystem {
             &kafka,
             Arc::clone(&wake),
             config.relay.clone(),
+            encoding,
             &metrics,
         )?;
         let mut running = vec![relay];
@@ -132,7 +170,7 @@ impl RunningSystem {
                 &metrics,
             )?,
         ]);
-        let checks: Vec<Arc<dyn ReadinessCheck>> = vec![
+        let mut checks: Vec<Arc<dyn ReadinessCheck>> = vec![
             Arc::new(components::StoreCheck(Arc::clone(&store))),
             Arc::new(components::KafkaCheck::new(&kafka)?),
             Arc::new(components::OutboxAgeCheck {
@@ -140,6 +178,9 @@ impl RunningSystem {
                 max_age: config.ready_max_outbox_age,
             }),
         ];
+        if let Some(client) = &registry {
+            checks.push(Arc::new(components::RegistryCheck(Arc::clone(client))));
+        }
         let api = components::task_api(Arc::clone(&store), wake)
             .audit(store.clone())
             .notifications(store.clone())
@@ -148,9 +189,14 @@ impl RunningSystem {
         let system = Self {
             http_addr,
             kafka_bootstrap: kafka.bootstrap_servers.clone(),
+            registry_url,
             store,
             metrics,
-            components: std::iter::once(http).chain(running).collect(),
+            // The registry stops last: the relay and consumers may need it to the end.
+            components: std::iter::once(http)
+                .chain(running)
+                .chain(registry_component)
+                .collect(),
             dev_broker,
         };
         let mut endpoints = serde_json::to_value(system.endpoints())?;
@@ -174,6 +220,11 @@ impl RunningSystem {
         &self.kafka_bootstrap
     }
 
+    /// The schema registry in use, if any.
+    pub fn registry_url(&self) -> Option<&str> {
+        self.registry_url.as_deref()
+    }
+
     /// The store all components share.
     pub fn store(&self) -> &Arc<SqliteStore> {
         &self.store
@@ -191,10 +242,14 @@ impl RunningSystem {
 
     /// Name → address, as printed at start-up and written to `endpoints.json`.
     pub fn endpoints(&self) -> BTreeMap<&'static str, String> {
-        BTreeMap::from([
+        let mut endpoints = BTreeMap::from([
             ("http", format!("http://{}", self.http_addr)),
             ("kafka", self.kafka_bootstrap.clone()),
-        ])
+        ]);
+        if let Some(url) = &self.registry_url {
+            endpoints.insert("schema-registry", url.clone());
+        }
+        endpoints
     }
 
     /// Stops gracefully: no new requests, then the relay publishes what is

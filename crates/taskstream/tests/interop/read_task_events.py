@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Reads task events with confluent-kafka-python and prints one JSON object
-per record: key, headers, partition, offset and the decoded JSON value.
+per record: key, headers, partition, offset, the wire-format header (magic
+byte and schema id) and the value decoded by confluent-kafka's own
+SchemaRegistryClient and AvroDeserializer (or as JSON without --registry).
 
-Used by the interop test to check what taskstream publishes with a client
+Used by the interop tests to check what taskstream publishes with a client
 that taskstream did not write."""
 
 import argparse
@@ -12,6 +14,9 @@ import time
 import uuid
 
 from confluent_kafka import Consumer, KafkaException
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer
+from confluent_kafka.serialization import MessageField, SerializationContext
 
 
 def main() -> int:
@@ -20,7 +25,11 @@ def main() -> int:
     parser.add_argument("--topic", default="task-events")
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument("--registry", help="schema registry URL; values are Avro")
     args = parser.parse_args()
+    deserialize = None
+    if args.registry:
+        deserialize = AvroDeserializer(SchemaRegistryClient({"url": args.registry}))
 
     consumer = Consumer(
         {
@@ -41,6 +50,11 @@ def main() -> int:
             if msg.error():
                 raise KafkaException(msg.error())
             headers = {k: v.decode() for k, v in (msg.headers() or [])}
+            raw = msg.value()
+            if deserialize:
+                value = deserialize(raw, SerializationContext(msg.topic(), MessageField.VALUE))
+            else:
+                value = json.loads(raw)
             print(
                 json.dumps(
                     {
@@ -48,8 +62,11 @@ def main() -> int:
                         "headers": headers,
                         "partition": msg.partition(),
                         "offset": msg.offset(),
-                        "value": json.loads(msg.value()),
-                    }
+                        "magic": raw[0],
+                        "schema_id": int.from_bytes(raw[1:5], "big"),
+                        "value": value,
+                    },
+                    default=str,
                 ),
                 flush=True,
             )

@@ -233,6 +233,12 @@ async fn each_component_runs_alone_and_stops_cleanly_on_sigterm() {
         .to_owned();
     std::thread::spawn(move || lines.for_each(drop));
 
+    let (mut registry, registry_line) =
+        spawn_printing(&["registry", "--http", "127.0.0.1:0"], dir.path());
+    let registry_url = registry_line
+        .strip_prefix("schema-registry: ")
+        .unwrap()
+        .to_owned();
     let (mut api, http) = spawn_printing(&["api", "--http", "127.0.0.1:0"], dir.path());
     let api_url = http.strip_prefix("http: ").unwrap().to_owned();
     let (mut relay, relay_http) = spawn_printing(
@@ -242,6 +248,8 @@ async fn each_component_runs_alone_and_stops_cleanly_on_sigterm() {
             "127.0.0.1:0",
             "--kafka-bootstrap",
             &kafka,
+            "--schema-registry",
+            &registry_url,
         ],
         dir.path(),
     );
@@ -252,6 +260,8 @@ async fn each_component_runs_alone_and_stops_cleanly_on_sigterm() {
             "127.0.0.1:0",
             "--kafka-bootstrap",
             &kafka,
+            "--schema-registry",
+            &registry_url,
         ],
         dir.path(),
     );
@@ -305,7 +315,26 @@ async fn each_component_runs_alone_and_stops_cleanly_on_sigterm() {
         "{metrics}"
     );
 
-    for child in [&mut api, &mut relay, &mut auditor, &mut broker] {
+    // The events went through the standalone registry, as Avro.
+    let subjects: Value = client
+        .get(format!("{registry_url}/subjects"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        subjects,
+        serde_json::json!(["task-events-taskstream.events.TaskCreated"])
+    );
+    for child in [
+        &mut api,
+        &mut relay,
+        &mut auditor,
+        &mut registry,
+        &mut broker,
+    ] {
         assert!(terminate(child).success());
     }
 }

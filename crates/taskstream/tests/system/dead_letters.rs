@@ -12,7 +12,7 @@ use taskstream_kafka::{
     group_offsets, DevBroker, EventProducer, KafkaConfig, OutboundRecord, ProducerSettings,
 };
 use taskstream_services::topics::{declared_topics, TASK_EVENTS};
-use taskstream_services::{RelaySettings, RetryPolicy};
+use taskstream_services::{EventEncoding, RelaySettings, RetryPolicy};
 use taskstream_store::{AuditStore, NotificationStore, OutboxStore, SqliteOptions};
 use taskstream_telemetry::Metrics;
 use tokio::sync::Notify;
@@ -170,6 +170,7 @@ async fn a_store_outage_exhausts_retries_into_the_dlq_and_a_replay_is_handled_ex
         &kafka,
         wake.clone(),
         RelaySettings::default(),
+        EventEncoding::Json,
         &metrics,
     )
     .unwrap();

@@ -1,5 +1,7 @@
 //! confluent-kafka-python, a client nobody on this team wrote, reads the
-//! task-event topic from the dev broker and sees what we claim to publish.
+//! task-event topic from the dev broker — decoding the Avro values with its
+//! own SchemaRegistryClient and AvroDeserializer against our embedded
+//! registry — and sees what we claim to publish.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -57,9 +59,15 @@ async fn confluent_kafka_python_reads_keys_headers_and_event_types() {
     let audit = app.audit_when(4).await;
 
     let bootstrap = app.system.kafka_bootstrap().to_owned();
+    let registry = app
+        .system
+        .registry_url()
+        .expect("up serves a registry")
+        .to_owned();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(python)
             .arg(script())
+            .args(["--registry", &registry])
             .args([
                 "--bootstrap",
                 &bootstrap,
@@ -95,7 +103,32 @@ async fn confluent_kafka_python_reads_keys_headers_and_event_types() {
         assert_eq!(r["key"], value["subject"]);
         assert_eq!(r["headers"]["id"], value["id"]);
         assert_eq!(r["headers"]["type"], value["type"]);
-        assert_eq!(r["headers"]["content-type"], "application/json");
+        assert_eq!(
+            r["headers"]["content-type"],
+            "application/vnd.taskstream.avro"
+        );
+        // The Confluent wire format: magic byte 0, then the id of the schema
+        // registered for the event's record.
+        assert_eq!(r["magic"], 0);
+        let record = match r["headers"]["type"].as_str().unwrap() {
+            "task.created" => "TaskCreated",
+            "task.completed" => "TaskCompleted",
+            "task.deleted" => "TaskDeleted",
+            other => panic!("unexpected {other}"),
+        };
+        let subject = format!("task-events-taskstream.events.{record}");
+        let latest: Value = crate::helpers::client()
+            .get(format!(
+                "{}/subjects/{subject}/versions/latest",
+                app.system.registry_url().unwrap()
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r["schema_id"], latest["id"], "{subject}");
         // The audit service saw the same record at the same place.
         let seen = audit
             .iter()

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use taskstream::components::{self, ConsumerOptions};
 use taskstream_kafka::{group_offsets, DevBroker, KafkaConfig};
 use taskstream_services::topics::{declared_topics, TASK_EVENTS};
-use taskstream_services::RelaySettings;
+use taskstream_services::{EventEncoding, RelaySettings};
 use taskstream_store::{AuditStore, SqliteOptions};
 use taskstream_telemetry::Metrics;
 use tokio::sync::Notify;
@@ -35,6 +35,7 @@ async fn lag_agrees_with_confluent_kafka_python_and_flags_a_stopped_group() {
         &kafka,
         wake.clone(),
         RelaySettings::default(),
+        EventEncoding::Json,
         &metrics,
     )
     .unwrap();
@@ -317,7 +318,7 @@ async fn metrics_count_a_known_workload_and_readiness_names_each_check() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["store", "kafka", "outbox_age"]);
+    assert_eq!(names, ["store", "kafka", "outbox_age", "schema_registry"]);
 
     // With the broker down the API still takes writes, and readiness says why it is degraded.
     app.system.dev_broker().unwrap().broker_down(1).unwrap();

@@ -8,7 +8,7 @@ use serde_json::json;
 use taskstream::components::{self, ConsumerOptions};
 use taskstream_kafka::{DevBroker, KafkaConfig};
 use taskstream_services::topics::declared_topics;
-use taskstream_services::RelaySettings;
+use taskstream_services::{EventEncoding, RelaySettings};
 use taskstream_store::SqliteOptions;
 use taskstream_telemetry::Metrics;
 use tokio::sync::Notify;
@@ -32,6 +32,7 @@ async fn members_joining_and_leaving_under_load_lose_nothing() {
         &kafka,
         wake.clone(),
         RelaySettings::default(),
+        EventEncoding::Json,
         &metrics,
     )
     .unwrap();

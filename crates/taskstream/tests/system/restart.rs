@@ -7,7 +7,7 @@ use std::time::Duration;
 use taskstream::components::{self, ConsumerOptions};
 use taskstream_kafka::{group_offsets, DevBroker, KafkaConfig};
 use taskstream_services::topics::{declared_topics, TASK_EVENTS};
-use taskstream_services::RelaySettings;
+use taskstream_services::{EventEncoding, RelaySettings};
 use taskstream_store::{AuditStore, NotificationStore, SqliteOptions};
 use taskstream_telemetry::Metrics;
 use tokio::sync::Notify;
@@ -30,6 +30,7 @@ async fn consumers_restarted_mid_stream_miss_nothing_and_repeat_nothing() {
         &kafka,
         wake.clone(),
         RelaySettings::default(),
+        EventEncoding::Json,
         &metrics,
     )
     .unwrap();
