@@ -97,7 +97,7 @@ pub trait EventHandler: Send + Sync + 'static {
 
 /// What became of a record's bytes.
 enum Decoded {
-    Event(EventEnvelope),
+    Event(Box<EventEnvelope>),
     /// Undecodable; parked on the dead-letter topic.
     DeadLettered,
     /// Shutdown came first; the record stays unacknowledged.
@@ -180,7 +180,7 @@ impl<H: EventHandler> ConsumerService<H> {
     async fn process(&self, record: &InboundRecord, shutdown: &mut Shutdown) -> bool {
         let group = self.consumer.group();
         let event = match self.decode(record, shutdown).await {
-            Decoded::Event(event) => event,
+            Decoded::Event(event) => *event,
             Decoded::DeadLettered => return true,
             Decoded::Interrupted => return false,
         };
@@ -218,7 +218,7 @@ impl<H: EventHandler> ConsumerService<H> {
                 }),
             };
             let error = match outcome {
-                Ok(event) => return Decoded::Event(event),
+                Ok(event) => return Decoded::Event(Box::new(event)),
                 Err(error) => error,
             };
             let event_type = record.header_str("type").unwrap_or("unknown").to_owned();
