@@ -196,8 +196,8 @@ mod tests {
     fn a_new_field_without_default_breaks_backward_and_names_the_field() {
         let v1 = record(r#"{"name":"a","type":"string"}"#);
         let v2 = record(r#"{"name":"a","type":"string"},{"name":"b","type":"int"}"#);
-        let err =
-            check_compatibility(CompatibilityLevel::Backward, &v2, &[v1.clone()]).unwrap_err();
+        let err = check_compatibility(CompatibilityLevel::Backward, &v2, std::slice::from_ref(&v1))
+            .unwrap_err();
         assert!(err.reason.contains("'b'"), "{err}");
         // Forward only needs old readers to ignore the new field.
         assert!(check_compatibility(CompatibilityLevel::Forward, &v2, &[v1]).is_ok());
