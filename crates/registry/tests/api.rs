@@ -42,7 +42,10 @@ impl Registry {
         let response = request.send().await.unwrap();
         let status = response.status().as_u16();
         assert!(
-            response.headers()["content-type"].to_str().unwrap().starts_with("application/vnd.schemaregistry.v1+json"),
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/vnd.schemaregistry.v1+json"),
             "{path}"
         );
         (status, response.json().await.unwrap())
@@ -65,7 +68,11 @@ impl Registry {
     }
 
     async fn register(&self, subject: &str, schema: &Value) -> (u16, Value) {
-        self.post(&format!("/subjects/{subject}/versions"), json!({ "schema": schema.to_string() })).await
+        self.post(
+            &format!("/subjects/{subject}/versions"),
+            json!({ "schema": schema.to_string() }),
+        )
+        .await
     }
 }
 
@@ -81,13 +88,20 @@ fn error_code(body: &Value) -> i64 {
 async fn subjects_versions_ids_lookup_and_errors_behave_like_confluents() {
     let r = spawn().await;
     let v1 = record(json!([{ "name": "a", "type": "string" }]));
-    let v2 = record(json!([{ "name": "a", "type": "string" }, { "name": "b", "type": "int", "default": 0 }]));
+    let v2 = record(
+        json!([{ "name": "a", "type": "string" }, { "name": "b", "type": "int", "default": 0 }]),
+    );
 
     let (status, body) = r.register("things-value", &v1).await;
     assert_eq!((status, body["id"].as_i64()), (200, Some(1)));
     // The same schema again, even laid out differently, keeps its id.
     let pretty = serde_json::to_string_pretty(&v1).unwrap();
-    let (_, again) = r.post("/subjects/things-value/versions", json!({ "schema": pretty })).await;
+    let (_, again) = r
+        .post(
+            "/subjects/things-value/versions",
+            json!({ "schema": pretty }),
+        )
+        .await;
     assert_eq!(again["id"], 1);
     let (_, body) = r.register("things-value", &v2).await;
     assert_eq!(body["id"], 2);
@@ -95,39 +109,108 @@ async fn subjects_versions_ids_lookup_and_errors_behave_like_confluents() {
     let (_, other) = r.register("other-value", &v1).await;
     assert_eq!(other["id"], 1);
 
-    assert_eq!(r.get("/subjects").await.1, json!(["other-value", "things-value"]));
-    assert_eq!(r.get("/subjects/things-value/versions").await.1, json!([1, 2]));
+    assert_eq!(
+        r.get("/subjects").await.1,
+        json!(["other-value", "things-value"])
+    );
+    assert_eq!(
+        r.get("/subjects/things-value/versions").await.1,
+        json!([1, 2])
+    );
     let (_, latest) = r.get("/subjects/things-value/versions/latest").await;
-    assert_eq!((latest["version"].as_i64(), latest["id"].as_i64()), (Some(2), Some(2)));
+    assert_eq!(
+        (latest["version"].as_i64(), latest["id"].as_i64()),
+        (Some(2), Some(2))
+    );
     assert_eq!(latest["subject"], "things-value");
     let (_, first) = r.get("/subjects/things-value/versions/1").await;
-    assert_eq!(serde_json::from_str::<Value>(first["schema"].as_str().unwrap()).unwrap(), v1);
+    assert_eq!(
+        serde_json::from_str::<Value>(first["schema"].as_str().unwrap()).unwrap(),
+        v1
+    );
     let (_, by_id) = r.get("/schemas/ids/2").await;
-    assert_eq!(serde_json::from_str::<Value>(by_id["schema"].as_str().unwrap()).unwrap(), v2);
-    assert_eq!(r.get("/schemas/ids/1/versions").await.1, json!([
-        { "subject": "other-value", "version": 1 },
-        { "subject": "things-value", "version": 1 }
-    ]));
-    let (status, found) = r.post("/subjects/things-value", json!({ "schema": v2.to_string() })).await;
-    assert_eq!((status, found["version"].as_i64(), found["id"].as_i64()), (200, Some(2), Some(2)));
+    assert_eq!(
+        serde_json::from_str::<Value>(by_id["schema"].as_str().unwrap()).unwrap(),
+        v2
+    );
+    assert_eq!(
+        r.get("/schemas/ids/1/versions").await.1,
+        json!([
+            { "subject": "other-value", "version": 1 },
+            { "subject": "things-value", "version": 1 }
+        ])
+    );
+    let (status, found) = r
+        .post(
+            "/subjects/things-value",
+            json!({ "schema": v2.to_string() }),
+        )
+        .await;
+    assert_eq!(
+        (status, found["version"].as_i64(), found["id"].as_i64()),
+        (200, Some(2), Some(2))
+    );
 
     // Confluent's error codes.
     let unknown = record(json!([{ "name": "z", "type": "long" }]));
     let cases = [
         (r.get("/subjects/nope/versions").await, 404, 40401),
         (r.get("/subjects/things-value/versions/9").await, 404, 40402),
-        (r.get("/subjects/things-value/versions/abc").await, 422, 42202),
+        (
+            r.get("/subjects/things-value/versions/abc").await,
+            422,
+            42202,
+        ),
         (r.get("/schemas/ids/99").await, 404, 40403),
-        (r.post("/subjects/things-value", json!({ "schema": unknown.to_string() })).await, 404, 40403),
-        (r.post("/subjects/nope", json!({ "schema": v1.to_string() })).await, 404, 40401),
-        (r.post("/subjects/x/versions", json!({ "schema": "{\"type\": \"recrod\"}" })).await, 422, 42201),
-        (r.post("/subjects/x/versions", json!({ "schema": "not json" })).await, 422, 42201),
-        (r.put("/config", json!({ "compatibility": "SIDEWAYS" })).await, 422, 42203),
+        (
+            r.post(
+                "/subjects/things-value",
+                json!({ "schema": unknown.to_string() }),
+            )
+            .await,
+            404,
+            40403,
+        ),
+        (
+            r.post("/subjects/nope", json!({ "schema": v1.to_string() }))
+                .await,
+            404,
+            40401,
+        ),
+        (
+            r.post(
+                "/subjects/x/versions",
+                json!({ "schema": "{\"type\": \"recrod\"}" }),
+            )
+            .await,
+            422,
+            42201,
+        ),
+        (
+            r.post("/subjects/x/versions", json!({ "schema": "not json" }))
+                .await,
+            422,
+            42201,
+        ),
+        (
+            r.put("/config", json!({ "compatibility": "SIDEWAYS" }))
+                .await,
+            422,
+            42203,
+        ),
         (r.get("/config/things-value").await, 404, 40408),
-        (r.delete("/subjects/things-value?permanent=true").await, 404, 40405),
+        (
+            r.delete("/subjects/things-value?permanent=true").await,
+            404,
+            40405,
+        ),
     ];
     for ((status, body), want_status, want_code) in cases {
-        assert_eq!((status, error_code(&body)), (want_status, want_code), "{body}");
+        assert_eq!(
+            (status, error_code(&body)),
+            (want_status, want_code),
+            "{body}"
+        );
         assert!(body["message"].is_string());
     }
 }
@@ -141,7 +224,10 @@ async fn deletes_are_soft_first_then_permanent() {
     assert_eq!(r.get("/subjects").await.1, json!([]));
     assert_eq!(r.get("/subjects?deleted=true").await.1, json!(["s"]));
     assert_eq!(error_code(&r.get("/subjects/s/versions").await.1), 40401);
-    assert_eq!(r.delete("/subjects/s?permanent=true").await, (200, json!([1])));
+    assert_eq!(
+        r.delete("/subjects/s?permanent=true").await,
+        (200, json!([1]))
+    );
     assert_eq!(r.get("/subjects?deleted=true").await.1, json!([]));
     // The schema keeps its id for anyone who still holds records written with it.
     assert_eq!(r.get("/schemas/ids/1").await.0, 200);
@@ -154,19 +240,46 @@ async fn config_is_global_with_per_subject_overrides_and_state_survives_a_restar
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("registry.db");
     let r = spawn_at(&path).await;
-    assert_eq!(r.get("/config").await.1, json!({ "compatibilityLevel": "BACKWARD" }));
-    assert_eq!(r.put("/config", json!({ "compatibility": "full" })).await.1, json!({ "compatibility": "FULL" }));
-    assert_eq!(r.put("/config/s", json!({ "compatibility": "NONE" })).await.1, json!({ "compatibility": "NONE" }));
-    assert_eq!(r.get("/config/s").await.1, json!({ "compatibilityLevel": "NONE" }));
-    assert_eq!(r.get("/config/t?defaultToGlobal=true").await.1, json!({ "compatibilityLevel": "FULL" }));
-    r.register("s", &record(json!([{ "name": "a", "type": "string" }]))).await;
-    assert_eq!(r.delete("/config/s").await.1, json!({ "compatibilityLevel": "NONE" }));
+    assert_eq!(
+        r.get("/config").await.1,
+        json!({ "compatibilityLevel": "BACKWARD" })
+    );
+    assert_eq!(
+        r.put("/config", json!({ "compatibility": "full" })).await.1,
+        json!({ "compatibility": "FULL" })
+    );
+    assert_eq!(
+        r.put("/config/s", json!({ "compatibility": "NONE" }))
+            .await
+            .1,
+        json!({ "compatibility": "NONE" })
+    );
+    assert_eq!(
+        r.get("/config/s").await.1,
+        json!({ "compatibilityLevel": "NONE" })
+    );
+    assert_eq!(
+        r.get("/config/t?defaultToGlobal=true").await.1,
+        json!({ "compatibilityLevel": "FULL" })
+    );
+    r.register("s", &record(json!([{ "name": "a", "type": "string" }])))
+        .await;
+    assert_eq!(
+        r.delete("/config/s").await.1,
+        json!({ "compatibilityLevel": "NONE" })
+    );
     r.put("/config/s", json!({ "compatibility": "NONE" })).await;
 
     // A second server on the same database sees everything.
     let again = spawn_at(&path).await;
-    assert_eq!(again.get("/config").await.1, json!({ "compatibilityLevel": "FULL" }));
-    assert_eq!(again.get("/config/s").await.1, json!({ "compatibilityLevel": "NONE" }));
+    assert_eq!(
+        again.get("/config").await.1,
+        json!({ "compatibilityLevel": "FULL" })
+    );
+    assert_eq!(
+        again.get("/config/s").await.1,
+        json!({ "compatibilityLevel": "NONE" })
+    );
     assert_eq!(again.get("/subjects").await.1, json!(["s"]));
     assert_eq!(again.get("/schemas/ids/1").await.0, 200);
 }
@@ -214,9 +327,18 @@ fn matrix() -> Vec<Case> {
                 record(json!([f("a", "string")])),
                 record(json!([fd("b", "string", json!("x"))])),
             ],
-            compatible: record(json!([fd("b", "string", json!("x")), fd("c", "int", json!(0))])),
+            compatible: record(json!([
+                fd("b", "string", json!("x")),
+                fd("c", "int", json!(0))
+            ])),
             // Fine against the latest version, not against the first.
-            incompatible: Some((record(json!([fd("b", "string", json!("x")), fd("a", "int", json!(0))])), "a")),
+            incompatible: Some((
+                record(json!([
+                    fd("b", "string", json!("x")),
+                    fd("a", "int", json!(0))
+                ])),
+                "a",
+            )),
         },
         Case {
             level: "FORWARD_TRANSITIVE",
@@ -224,7 +346,10 @@ fn matrix() -> Vec<Case> {
                 record(json!([f("a", "string")])),
                 record(json!([fd("a", "string", json!("d"))])),
             ],
-            compatible: record(json!([fd("a", "string", json!("d")), fd("c", "int", json!(0))])),
+            compatible: record(json!([
+                fd("a", "string", json!("d")),
+                fd("c", "int", json!(0))
+            ])),
             incompatible: Some((record(json!([fd("c", "int", json!(0))])), "a")),
         },
         Case {
@@ -244,24 +369,52 @@ async fn every_compatibility_level_accepts_a_compatible_change_and_refuses_an_in
     let r = spawn().await;
     for case in matrix() {
         let subject = format!("matrix-{}", case.level.to_lowercase());
-        r.put(&format!("/config/{subject}"), json!({ "compatibility": case.level })).await;
+        r.put(
+            &format!("/config/{subject}"),
+            json!({ "compatibility": case.level }),
+        )
+        .await;
         for schema in &case.earlier {
             let (status, body) = r.register(&subject, schema).await;
-            assert_eq!(status, 200, "{}: earlier version refused: {body}", case.level);
+            assert_eq!(
+                status, 200,
+                "{}: earlier version refused: {body}",
+                case.level
+            );
         }
         if let Some((bad, field)) = &case.incompatible {
             let check = format!("/compatibility/subjects/{subject}/versions/latest?verbose=true");
             let (status, verdict) = r.post(&check, json!({ "schema": bad.to_string() })).await;
-            assert_eq!((status, &verdict["is_compatible"]), (200, &json!(false)), "{}", case.level);
+            assert_eq!(
+                (status, &verdict["is_compatible"]),
+                (200, &json!(false)),
+                "{}",
+                case.level
+            );
             let (status, body) = r.register(&subject, bad).await;
-            assert_eq!((status, error_code(&body)), (409, 40901), "{}: {body}", case.level);
+            assert_eq!(
+                (status, error_code(&body)),
+                (409, 40901),
+                "{}: {body}",
+                case.level
+            );
             let message = body["message"].as_str().unwrap();
-            assert!(message.contains(&format!("'{field}'")), "{}: the refusal names `{field}`: {message}", case.level);
+            assert!(
+                message.contains(&format!("'{field}'")),
+                "{}: the refusal names `{field}`: {message}",
+                case.level
+            );
         }
         let check = format!("/compatibility/subjects/{subject}/versions/latest");
-        let (_, verdict) = r.post(&check, json!({ "schema": case.compatible.to_string() })).await;
+        let (_, verdict) = r
+            .post(&check, json!({ "schema": case.compatible.to_string() }))
+            .await;
         assert_eq!(verdict["is_compatible"], true, "{}", case.level);
         let (status, body) = r.register(&subject, &case.compatible).await;
-        assert_eq!(status, 200, "{}: compatible change refused: {body}", case.level);
+        assert_eq!(
+            status, 200,
+            "{}: compatible change refused: {body}",
+            case.level
+        );
     }
 }

@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
+use taskstream_store::AuditStore;
 
 use crate::helpers::spawn_app;
 
@@ -160,5 +161,82 @@ async fn confluent_kafka_python_reads_keys_headers_and_event_types() {
         .map(|r| &r["partition"])
         .collect();
     assert_eq!(partitions.len(), 1);
+    app.system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confluent_kafka_python_avro_serializer_registers_and_produces_what_our_consumers_read() {
+    let Some(python) = python() else {
+        skip_or_fail("producing Avro with confluent-kafka-python's AvroSerializer");
+        return;
+    };
+    let app = spawn_app().await;
+    // Our relay registers TaskCreated v2 first...
+    app.created("ours", Some("ana")).await;
+    app.audit_when(1).await;
+    // ...then Python registers v1 of the same record and produces with it.
+    let bootstrap = app.system.kafka_bootstrap().to_owned();
+    let registry = app.system.registry_url().unwrap().to_owned();
+    let schema =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../schemas/history/TaskCreated/v1.avsc");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/produce_avro.py");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script)
+            .args(["--bootstrap", &bootstrap, "--registry", &registry])
+            .arg("--schema")
+            .arg(schema)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let produced: Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    // The registry holds both versions of the subject now.
+    let client = crate::helpers::client();
+    let subject = "task-events-taskstream.events.TaskCreated";
+    let versions: Value = client
+        .get(format!(
+            "{}/subjects/{subject}/versions",
+            app.system.registry_url().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(versions, serde_json::json!([1, 2]));
+
+    // Our consumers read the v1 record: the audit log has it, with the
+    // field v1 lacks left at its default, and the notifier acted on it.
+    let audit = app.audit_when(2).await;
+    let entry = audit
+        .iter()
+        .find(|e| e["event_id"] == produced["event_id"])
+        .expect("audited");
+    assert_eq!(entry["correlation_id"], "from-python");
+    let stored = app
+        .system
+        .store()
+        .audit_entries(produced["task_id"].as_str(), 10)
+        .await
+        .unwrap();
+    let envelope: Value = serde_json::from_str(&stored[0].envelope).unwrap();
+    assert_eq!(envelope["source"], "python/confluent-kafka");
+    assert!(
+        envelope.get("traceparent").is_none(),
+        "v1 has no traceparent; the v2 reader sees the default"
+    );
+    let notes = app.notifications_when(2).await;
+    assert!(notes
+        .iter()
+        .any(|n| n["task_id"] == produced["task_id"] && n["recipient"] == "py"));
     app.system.shutdown().await;
 }

@@ -13,3 +13,4 @@ mod interop;
 mod observability;
 mod rebalance;
 mod restart;
+mod schema_registry;

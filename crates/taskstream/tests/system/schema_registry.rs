@@ -1,0 +1,248 @@
+//! Avro and the schema registry: outages, and the schema check that guards
+//! the `schemas/` folder.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use taskstream::components::{self, ConsumerOptions};
+use taskstream_avro::RegistryClient;
+use taskstream_kafka::{read_topic, DevBroker, KafkaConfig};
+use taskstream_services::topics::{declared_topics, TASK_EVENTS};
+use taskstream_services::{dead_letter_topic, EventEncoding, RelaySettings};
+use taskstream_store::{AuditStore, OutboxStore, SqliteOptions};
+use taskstream_telemetry::Metrics;
+use tokio::sync::Notify;
+
+use crate::helpers::{client, eventually, spawn_app};
+
+const BIN: &str = env!("CARGO_BIN_EXE_taskstream");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_registry_down_known_schemas_flow_and_new_ones_wait_in_the_outbox() {
+    crate::helpers::init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = DevBroker::start(&declared_topics(1)).unwrap();
+    let kafka = KafkaConfig::new(broker.bootstrap_servers());
+    let store = components::open_store(dir.path(), &SqliteOptions::default())
+        .await
+        .unwrap();
+    let (registry_addr, registry) =
+        components::registry("127.0.0.1:0".parse().unwrap(), dir.path())
+            .await
+            .unwrap();
+    let registry_client = Arc::new(RegistryClient::new(&format!("http://{registry_addr}")));
+    let metrics = Metrics::new();
+    let wake = Arc::new(Notify::new());
+    let relay = components::relay(
+        store.clone(),
+        &kafka,
+        wake.clone(),
+        RelaySettings::default(),
+        EventEncoding::avro(Arc::clone(&registry_client), TASK_EVENTS),
+        &metrics,
+    )
+    .unwrap();
+    let options = ConsumerOptions {
+        registry: Some(Arc::clone(&registry_client)),
+        ..ConsumerOptions::for_dev_broker()
+    };
+    let auditor = components::auditor(store.clone(), &kafka, None, &options, &metrics).unwrap();
+    let (addr, http) = components::http(
+        "127.0.0.1:0".parse().unwrap(),
+        components::task_api(store.clone(), wake),
+    )
+    .await
+    .unwrap();
+    let client = client();
+    let create = || async {
+        let task: Value = client
+            .post(format!("http://{addr}/tasks"))
+            .json(&json!({ "title": "t" }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        task["id"].as_str().unwrap().to_owned()
+    };
+    let audited = || async { store.audit_entries(None, 100).await.unwrap().len() };
+
+    let first = create().await;
+    eventually("the first event", Duration::from_secs(20), || async {
+        (audited().await == 1).then_some(())
+    })
+    .await;
+
+    registry.stop().await;
+    // TaskCreated's schema id is known to the relay and the auditor: it flows.
+    create().await;
+    eventually(
+        "a second task.created without the registry",
+        Duration::from_secs(20),
+        || async { (audited().await == 2).then_some(()) },
+    )
+    .await;
+    // TaskCompleted was never registered: the relay cannot encode it, and keeps it.
+    let done = client
+        .post(format!("http://{addr}/tasks/{first}/complete"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 200, "the API takes the write");
+    let waiting = eventually(
+        "the relay to try and fail",
+        Duration::from_secs(20),
+        || async {
+            let pending = store.pending(10).await.ok()?;
+            (pending.len() == 1 && pending[0].attempts > 0).then_some(pending)
+        },
+    )
+    .await;
+    assert_eq!(waiting[0].message.event_type, "task.completed");
+    let stats = store.outbox_stats().await.unwrap();
+    assert_eq!(stats.pending, 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(audited().await, 2, "nothing undecodable was published");
+
+    // The registry comes back where it was: the event goes out and is read.
+    let (_, registry) = components::registry(registry_addr, dir.path())
+        .await
+        .unwrap();
+    eventually(
+        "the pending event published and audited",
+        Duration::from_secs(30),
+        || async { (audited().await == 3).then_some(()) },
+    )
+    .await;
+    let dead = read_topic(
+        &kafka,
+        &dead_letter_topic(TASK_EVENTS),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    assert!(dead.is_empty(), "nothing was dead-lettered");
+
+    for c in [http, relay, auditor, registry] {
+        c.stop().await;
+    }
+    store.close().await;
+    drop(broker);
+}
+
+fn copy_schemas(to: &Path) {
+    let from = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../schemas");
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(&from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Adds a field to `task_created.avsc`'s top level.
+fn add_field(schemas: &Path, field: Value) {
+    let path = schemas.join("task_created.avsc");
+    let mut schema: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    schema["fields"].as_array_mut().unwrap().push(field);
+    std::fs::write(&path, serde_json::to_string_pretty(&schema).unwrap()).unwrap();
+}
+
+fn schema_check(dir: &Path, extra: &[&str]) -> (bool, String) {
+    let out = Command::new(BIN)
+        .args(["schema", "check", "--dir"])
+        .arg(dir)
+        .args(extra)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn schema_check_passes_the_repository_and_refuses_a_required_field_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_schemas(tmp.path());
+    let schemas = tmp.path().join("schemas");
+    let (ok, text) = schema_check(&schemas, &[]);
+    assert!(ok, "{text}");
+    assert!(text.contains("TaskCreated: BACKWARD with v1, v2"), "{text}");
+
+    // A new optional field with a default is a compatible change...
+    add_field(
+        &schemas,
+        json!({ "name": "labels", "type": { "type": "array", "items": "string" }, "default": [] }),
+    );
+    let (ok, text) = schema_check(&schemas, &[]);
+    assert!(ok, "{text}");
+    // ...a new required field is not, and the message names it.
+    add_field(
+        &schemas,
+        json!({ "name": "priority_reason", "type": "string" }),
+    );
+    let (ok, text) = schema_check(&schemas, &[]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("FAIL") && text.contains("'priority_reason'"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .last()
+            .unwrap()
+            .starts_with("error: 1 schema(s) incompatible"),
+        "{text}"
+    );
+    // NONE accepts anything.
+    let (ok, text) = schema_check(&schemas, &["--level", "NONE"]);
+    assert!(ok, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_check_asks_the_registry_when_given_one() {
+    let app = spawn_app().await;
+    // Events of every type register every schema.
+    let id = app.created("t", None).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.client
+        .patch(app.url(&format!("/tasks/{id}")))
+        .json(&json!({ "title": "u" }))
+        .send()
+        .await
+        .unwrap();
+    app.complete(&id).await;
+    app.delete(&id).await;
+    app.audit_when(4).await;
+    let registry = app.system.registry_url().unwrap().to_owned();
+
+    let tmp = tempfile::tempdir().unwrap();
+    copy_schemas(tmp.path());
+    let schemas = tmp.path().join("schemas");
+    let (ok, text) = tokio::task::spawn_blocking({
+        let (schemas, registry) = (schemas.clone(), registry.clone());
+        move || schema_check(&schemas, &["--schema-registry", &registry])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{text}");
+    add_field(
+        &schemas,
+        json!({ "name": "priority_reason", "type": "string" }),
+    );
+    let (ok, text) = tokio::task::spawn_blocking(move || {
+        schema_check(&schemas, &["--schema-registry", &registry])
+    })
+    .await
+    .unwrap();
+    assert!(!ok, "{text}");
+    assert!(text.contains("'priority_reason'"), "{text}");
+    app.system.shutdown().await;
+}
