@@ -184,6 +184,33 @@ impl SqliteStore {
         Ok(done.rows_affected())
     }
 
+    /// When `consumer` finished each event it processed.
+    pub async fn processed_times(&self, consumer: &str) -> Result<Vec<(Uuid, DateTime<Utc>)>, StoreError> {
+        const T: &str = "processed_events";
+        let rows = sqlx::query("SELECT event_id, processed_at FROM processed_events WHERE consumer = ?")
+            .bind(consumer)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    parse_uuid(T, &r.try_get::<String, _>("event_id")?)?,
+                    parse_ts(T, &r.try_get::<String, _>("processed_at")?)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// When each published outbox row was acknowledged by the broker, in order.
+    pub async fn published_times(&self) -> Result<Vec<DateTime<Utc>>, StoreError> {
+        let rows = sqlx::query("SELECT published_at FROM outbox WHERE published_at IS NOT NULL ORDER BY published_at")
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|r| parse_ts("outbox", &r.try_get::<String, _>("published_at")?))
+            .collect()
+    }
+
     /// Closes both pools, waiting for in-flight statements.
     pub async fn close(&self) {
         self.writer.close().await;

@@ -67,6 +67,8 @@ pub enum Command {
     Topics(TopicsCommand),
     /// Run the embedded, Confluent-compatible schema registry alone.
     Registry(RegistryServerArgs),
+    /// Measure the system under load against this machine's own ceilings.
+    Bench(crate::bench::BenchArgs),
     /// Work with the event schemas in `schemas/`.
     #[command(subcommand)]
     Schema(SchemaCommand),
@@ -488,6 +490,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Schema(command) => crate::schema::run(command).await,
+        Command::Bench(args) => crate::bench::run(args).await,
         Command::Dlq(command) => crate::dlq::run(command).await,
         Command::Topics(TopicsCommand::List {
             json,

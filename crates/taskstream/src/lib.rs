@@ -3,6 +3,7 @@
 //! command line that chooses between them ([`cli`]). Tests drive the same
 //! functions the binary calls.
 
+pub mod bench;
 pub mod cli;
 pub mod components;
 pub mod dlq;

@@ -1,0 +1,614 @@
+//! `taskstream bench`: the whole system under load, measured against the
+//! ceilings of the same machine in the same run.
+//!
+//! The run starts `taskstream up` in-process on a fresh data directory (or
+//! drives one given with `--url`, API figures only), sends a mix of task
+//! creations, updates and completions from `--concurrency` keep-alive
+//! clients, and then measures, on the same broker, store and HTTP stack:
+//! a raw producer sending as many records of the same size, a raw store
+//! commit loop with the same durability, and a no-op route under the same
+//! load generator. Each of our figures is reported as a ratio of its ceiling.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use chrono::{DateTime, Utc};
+use clap::Args;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use serde_json::{json, Value};
+use taskstream_kafka::{EventProducer, KafkaConfig, OutboundRecord, ProducerSettings, TopicSpec};
+use taskstream_services::NOTIFIER_GROUP;
+use taskstream_store::{AuditStore, OutboxMessage, SqliteOptions, SqliteStore, Synchronous, TaskStore};
+
+use crate::system::{RunningSystem, SystemConfig};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Requests in the measured phase.
+    #[arg(long, default_value_t = 20_000)]
+    pub requests: usize,
+    /// Concurrent HTTP clients (keep-alive connections).
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Send at this many requests per second instead of as fast as possible.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Out of every 10 requests, how many update a task (the rest create or complete).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=5))]
+    pub updates: u8,
+    /// Out of every 10 requests, how many complete a task.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=5))]
+    pub completions: u8,
+    /// Drive an already running API instead (only API figures are measured).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// A small run (1,000 requests, 8 clients) for smoke tests.
+    #[arg(long)]
+    pub quick: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Where to write the end-to-end latency plot (SVG).
+    #[arg(long, default_value = "bench-latency.svg")]
+    pub plot: PathBuf,
+    /// SQLite durability for the run (the store ceiling uses the same).
+    #[arg(long, default_value = "full")]
+    pub sqlite_synchronous: Synchronous,
+}
+
+/// Latency percentiles, in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Percentiles {
+    fn of(h: &Histogram<u64>) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Self {
+            count: h.len(),
+            p50_ms: ms(h.value_at_quantile(0.50)),
+            p90_ms: ms(h.value_at_quantile(0.90)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            max_ms: ms(h.max()),
+        }
+    }
+}
+
+/// One rate next to its ceiling.
+#[derive(Debug, Clone, Serialize)]
+pub struct Versus {
+    pub ours_per_s: f64,
+    pub ceiling_per_s: f64,
+    pub ratio: f64,
+}
+
+impl Versus {
+    fn new(ours: f64, ceiling: f64) -> Self {
+        Self {
+            ours_per_s: ours,
+            ceiling_per_s: ceiling,
+            ratio: if ceiling > 0.0 { ours / ceiling } else { 0.0 },
+        }
+    }
+}
+
+/// Everything a run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub requests: usize,
+    pub concurrency: usize,
+    pub rate_limit_per_s: Option<f64>,
+    pub sqlite_synchronous: String,
+    pub api_per_s: f64,
+    pub api_latency: Percentiles,
+    pub http_errors: usize,
+    /// Changes the API acknowledged in the measured phase.
+    pub acknowledged_changes: usize,
+    /// API acknowledgement to the effect stored, per consumer group.
+    pub end_to_end: HashMap<String, Percentiles>,
+    pub relay_per_s: Option<f64>,
+    pub consumer_per_s: HashMap<String, f64>,
+    pub noop_http_latency: Option<Percentiles>,
+    /// Ours vs the machine's ceilings, measured in the same run.
+    pub api_vs_noop_http: Option<Versus>,
+    pub api_vs_store_commits: Option<Versus>,
+    pub relay_vs_raw_producer: Option<Versus>,
+    pub event_bytes: usize,
+    pub plot: Option<String>,
+}
+
+fn client(concurrency: usize) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(concurrency)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("an HTTP client builds")
+}
+
+/// What one request changed, as acknowledged.
+#[derive(Clone)]
+struct Ack {
+    task_id: String,
+    version: i64,
+    at: DateTime<Utc>,
+}
+
+struct LoadResult {
+    latency: Histogram<u64>,
+    acks: Vec<Ack>,
+    errors: usize,
+    elapsed: Duration,
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Sends `total` requests from `concurrency` clients; `request(i)` builds the i-th.
+async fn drive(
+    base: &str,
+    total: usize,
+    concurrency: usize,
+    rate: Option<f64>,
+    mix: Option<(u8, u8)>,
+    quiet: bool,
+) -> LoadResult {
+    let http = client(concurrency);
+    let next = Arc::new(AtomicUsize::new(0));
+    let open: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
+    let started = Instant::now();
+    let interval = rate.map(|r| Duration::from_secs_f64(1.0 / r));
+    let progress = {
+        let next = Arc::clone(&next);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let done = next.load(Ordering::Relaxed).min(total);
+                if !quiet {
+                    eprintln!("  {done}/{total} requests");
+                }
+                if done >= total {
+                    return;
+                }
+            }
+        })
+    };
+    let workers = (0..concurrency).map(|_| {
+        let (http, next, open, base) = (http.clone(), Arc::clone(&next), Arc::clone(&open), base.to_owned());
+        tokio::spawn(async move {
+            let mut latency = new_histogram();
+            let mut acks = Vec::new();
+            let mut errors = 0;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                if let Some(interval) = interval {
+                    tokio::time::sleep_until((started + interval.mul_f64(i as f64)).into()).await;
+                }
+                let request = match mix {
+                    None => http.get(format!("{base}/healthz")),
+                    Some((updates, completions)) => {
+                        let slot = (i % 10) as u8;
+                        let existing = if slot < updates + completions {
+                            let mut open = open.lock().expect("open tasks poisoned");
+                            let len = open.len();
+                            (len > 0).then(|| {
+                                let pick = i.wrapping_mul(2_654_435_761) % len;
+                                if slot < updates {
+                                    open[pick].clone()
+                                } else {
+                                    open.swap_remove(pick)
+                                }
+                            })
+                        } else {
+                            None
+                        };
+                        match existing {
+                            Some(id) if slot < updates => http
+                                .patch(format!("{base}/tasks/{id}"))
+                                .json(&json!({ "title": format!("updated {i}") })),
+                            Some(id) => http.post(format!("{base}/tasks/{id}/complete")),
+                            None => {
+                                let assignee = (i % 2 == 0).then(|| format!("user{}", i % 50));
+                                http.post(format!("{base}/tasks"))
+                                    .json(&json!({ "title": format!("bench task {i}"), "assignee": assignee }))
+                            }
+                        }
+                    }
+                };
+                let sent = Instant::now();
+                let response = request.send().await;
+                let at = Utc::now();
+                let elapsed = sent.elapsed().as_micros() as u64;
+                match response {
+                    Ok(r) if r.status().is_success() => {
+                        let _ = latency.record(elapsed.max(1));
+                        if mix.is_some() {
+                            if let Ok(task) = r.json::<Value>().await {
+                                if let (Some(id), Some(version)) = (task["id"].as_str(), task["version"].as_i64()) {
+                                    if version == 1 {
+                                        open.lock().expect("open tasks poisoned").push(id.to_owned());
+                                    }
+                                    acks.push(Ack {
+                                        task_id: id.to_owned(),
+                                        version,
+                                        at,
+                                    });
+                                }
+                            }
+                        } else {
+                            let _ = r.bytes().await;
+                        }
+                    }
+                    _ => errors += 1,
+                }
+            }
+            (latency, acks, errors)
+        })
+    });
+    let mut result = LoadResult {
+        latency: new_histogram(),
+        acks: Vec::new(),
+        errors: 0,
+        elapsed: Duration::ZERO,
+    };
+    for worker in futures::future::join_all(workers).await {
+        let (latency, acks, errors) = worker.expect("load worker panicked");
+        let _ = result.latency.add(latency);
+        result.acks.extend(acks);
+        result.errors += errors;
+    }
+    result.elapsed = started.elapsed();
+    progress.abort();
+    result
+}
+
+/// The raw producer ceiling: `count` records of `size` bytes, same settings as the relay.
+async fn raw_producer(kafka: &KafkaConfig, count: usize, size: usize) -> anyhow::Result<f64> {
+    let producer = EventProducer::new(kafka, "bench-ceiling", &ProducerSettings::default())?;
+    let payload = vec![b'x'; size];
+    let started = Instant::now();
+    let mut deliveries = Vec::with_capacity(count);
+    for i in 0..count {
+        let key = format!("key-{}", i % 1000);
+        deliveries.push(
+            producer
+                .enqueue(OutboundRecord {
+                    topic: CEILING_TOPIC,
+                    key: key.as_bytes(),
+                    payload: &payload,
+                    headers: &[],
+                })
+                .await?,
+        );
+    }
+    for d in deliveries {
+        d.await?;
+    }
+    Ok(count as f64 / started.elapsed().as_secs_f64())
+}
+
+const CEILING_TOPIC: &str = "bench-ceiling";
+
+/// The store ceiling: `count` task + outbox commits from `concurrency` writers.
+async fn store_commits(count: usize, concurrency: usize, synchronous: Synchronous, event_bytes: usize) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let options = SqliteOptions {
+        synchronous,
+        ..SqliteOptions::default()
+    };
+    let store = Arc::new(SqliteStore::open(&dir.path().join("ceiling.db"), &options).await?);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let writers = (0..concurrency).map(|_| {
+        let (store, next) = (Arc::clone(&store), Arc::clone(&next));
+        tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < count {
+                let change = taskstream_domain::Task::create(
+                    taskstream_domain::NewTask {
+                        title: taskstream_domain::TaskTitle::parse("ceiling").expect("valid title"),
+                        description: None,
+                        priority: taskstream_domain::Priority::Medium,
+                        due_at: None,
+                        assignee: None,
+                    },
+                    taskstream_domain::now(),
+                    taskstream_domain::Cause::default(),
+                );
+                let message = OutboxMessage {
+                    id: change.event.id.as_uuid(),
+                    aggregate_type: "task".into(),
+                    aggregate_id: change.task.id.to_string(),
+                    event_type: change.event.event_type.to_string(),
+                    topic: "task-events".into(),
+                    payload: vec![b'x'; event_bytes],
+                    content_type: "application/json".into(),
+                    traceparent: None,
+                    created_at: change.event.time,
+                };
+                store.insert_task(&change.task, &message).await?;
+            }
+            anyhow::Ok(())
+        })
+    });
+    for w in futures::future::join_all(writers).await {
+        w??;
+    }
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    store.close().await;
+    Ok(rate)
+}
+
+/// Writes a latency distribution plot: the share of events handled within each latency.
+fn plot(path: &PathBuf, series: &[(String, Vec<f64>)]) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(path, (900, 520)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let max = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .fold(1.0_f64, f64::max);
+    let mut chart = ChartBuilder::on(&root)
+        .caption("End-to-end latency: API acknowledgement to effect stored", ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0.0..max * 1.05, 0.0..100.0)?;
+    chart
+        .configure_mesh()
+        .x_desc("latency (ms)")
+        .y_desc("events handled within (%)")
+        .draw()?;
+    let colors = [BLUE, RED, GREEN];
+    for ((name, values), color) in series.iter().zip(colors) {
+        let mut sorted = values.clone();
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len().max(1) as f64;
+        let points: Vec<(f64, f64)> = sorted.iter().enumerate().map(|(i, v)| (*v, (i + 1) as f64 * 100.0 / n)).collect();
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))?
+            .label(name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+fn micros_between(from: DateTime<Utc>, to: DateTime<Utc>) -> u64 {
+    (to - from).num_microseconds().unwrap_or(0).max(1) as u64
+}
+
+/// Runs the benchmark and prints its report.
+pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
+    if args.quick {
+        args.requests = args.requests.min(1_000);
+        args.concurrency = args.concurrency.min(8);
+    }
+    if args.requests == 0 || args.concurrency == 0 {
+        bail!("--requests and --concurrency must be positive");
+    }
+    let quiet = args.json;
+    let mix = Some((args.updates, args.completions));
+    let say = |msg: &str| {
+        if !quiet {
+            eprintln!("{msg}");
+        }
+    };
+    let mut report = Report {
+        requests: args.requests,
+        concurrency: args.concurrency,
+        rate_limit_per_s: args.rate,
+        sqlite_synchronous: format!("{:?}", args.sqlite_synchronous).to_lowercase(),
+        api_per_s: 0.0,
+        api_latency: Percentiles::of(&new_histogram()),
+        http_errors: 0,
+        acknowledged_changes: 0,
+        end_to_end: HashMap::new(),
+        relay_per_s: None,
+        consumer_per_s: HashMap::new(),
+        noop_http_latency: None,
+        api_vs_noop_http: None,
+        api_vs_store_commits: None,
+        relay_vs_raw_producer: None,
+        event_bytes: 0,
+        plot: None,
+    };
+
+    if let Some(url) = &args.url {
+        say(&format!("driving {url}: {} requests from {} clients", args.requests, args.concurrency));
+        let load = drive(url, args.requests, args.concurrency, args.rate, mix, quiet).await;
+        report.api_per_s = (args.requests - load.errors) as f64 / load.elapsed.as_secs_f64();
+        report.api_latency = Percentiles::of(&load.latency);
+        report.http_errors = load.errors;
+        let noop = drive(url, args.requests, args.concurrency, args.rate, None, true).await;
+        report.noop_http_latency = Some(Percentiles::of(&noop.latency));
+        let noop_rate = (args.requests - noop.errors) as f64 / noop.elapsed.as_secs_f64();
+        report.api_vs_noop_http = Some(Versus::new(report.api_per_s, noop_rate));
+        return print(&report, args.json);
+    }
+
+    let dir = tempfile::tempdir()?;
+    let mut config = SystemConfig::new("127.0.0.1:0".parse()?, dir.path());
+    config.sqlite.synchronous = args.sqlite_synchronous;
+    let system = RunningSystem::start(config).await.context("cannot start the system under test")?;
+    let base = format!("http://{}", system.http_addr());
+    // Warm up: consumers join, schemas register, connections open.
+    say("warming up");
+    let warm = drive(&base, 200.min(args.requests), args.concurrency.min(8), None, mix, true).await;
+    wait_for_audit(&system, warm.acks.len(), Duration::from_secs(60)).await?;
+    let before = system.store().audit_entries(None, u32::MAX).await?.len();
+
+    say(&format!("measuring: {} requests from {} clients", args.requests, args.concurrency));
+    let load = drive(&base, args.requests, args.concurrency, args.rate, mix, quiet).await;
+    report.api_per_s = (args.requests - load.errors) as f64 / load.elapsed.as_secs_f64();
+    report.api_latency = Percentiles::of(&load.latency);
+    report.http_errors = load.errors;
+    report.acknowledged_changes = load.acks.len();
+
+    say("waiting for every event to be handled");
+    wait_for_audit(&system, before + load.acks.len(), Duration::from_secs(300)).await?;
+    let acked: HashMap<(String, i64), DateTime<Utc>> =
+        load.acks.iter().map(|a| ((a.task_id.clone(), a.version), a.at)).collect();
+    let audit = system.store().audit_entries(None, u32::MAX).await?;
+    let mut audit_latency = new_histogram();
+    let mut audit_ms = Vec::new();
+    let mut by_event = HashMap::new();
+    let mut audit_times = Vec::new();
+    for e in &audit {
+        if let Some(at) = acked.get(&(e.task_id.clone(), e.task_version)) {
+            let us = micros_between(*at, e.recorded_at);
+            let _ = audit_latency.record(us);
+            audit_ms.push(us as f64 / 1000.0);
+            by_event.insert(e.event_id, *at);
+            audit_times.push(e.recorded_at);
+        }
+    }
+    // The notifier marks each event processed once it is handled.
+    let mut notifier_latency = new_histogram();
+    let mut notifier_ms = Vec::new();
+    let mut notifier_times = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let processed = system.store().processed_times(NOTIFIER_GROUP).await?;
+        let ours: Vec<_> = processed.iter().filter(|(id, _)| by_event.contains_key(id)).collect();
+        if ours.len() >= by_event.len() || Instant::now() > deadline {
+            for (id, at) in ours {
+                let us = micros_between(by_event[id], *at);
+                let _ = notifier_latency.record(us);
+                notifier_ms.push(us as f64 / 1000.0);
+                notifier_times.push(*at);
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    report.end_to_end.insert("auditor".into(), Percentiles::of(&audit_latency));
+    report.end_to_end.insert("notifier".into(), Percentiles::of(&notifier_latency));
+    let span_rate = |times: &mut Vec<DateTime<Utc>>| {
+        times.sort();
+        match (times.first(), times.last()) {
+            (Some(a), Some(b)) if b > a => Some(times.len() as f64 / ((*b - *a).num_microseconds()? as f64 / 1e6)),
+            _ => None,
+        }
+    };
+    if let Some(r) = span_rate(&mut audit_times) {
+        report.consumer_per_s.insert("auditor".into(), r);
+    }
+    if let Some(r) = span_rate(&mut notifier_times) {
+        report.consumer_per_s.insert("notifier".into(), r);
+    }
+    let mut published = system.store().published_times().await?;
+    let published_in_run = published.split_off(published.len().saturating_sub(load.acks.len()));
+    report.relay_per_s = span_rate(&mut published_in_run.clone());
+
+    // The same machine's ceilings, in the same run.
+    say("measuring the ceilings: raw producer, store commits, no-op HTTP");
+    report.event_bytes = average_event_bytes(&system).await.unwrap_or(400);
+    if let Some(broker) = system.dev_broker() {
+        broker.create_topic(&TopicSpec {
+            name: CEILING_TOPIC.into(),
+            partitions: 6,
+            replication_factor: 1,
+            configs: Default::default(),
+        })?;
+    }
+    let kafka = KafkaConfig::new(system.kafka_bootstrap());
+    let producer_rate = raw_producer(&kafka, load.acks.len().max(1000), report.event_bytes).await?;
+    if let Some(relay) = report.relay_per_s {
+        report.relay_vs_raw_producer = Some(Versus::new(relay, producer_rate));
+    }
+    let commit_rate = store_commits(args.requests, args.concurrency, args.sqlite_synchronous, report.event_bytes).await?;
+    report.api_vs_store_commits = Some(Versus::new(report.api_per_s, commit_rate));
+    let noop = drive(&base, args.requests, args.concurrency, args.rate, None, true).await;
+    report.noop_http_latency = Some(Percentiles::of(&noop.latency));
+    let noop_rate = (args.requests - noop.errors) as f64 / noop.elapsed.as_secs_f64();
+    report.api_vs_noop_http = Some(Versus::new(report.api_per_s, noop_rate));
+
+    plot(&args.plot, &[("auditor".into(), audit_ms), ("notifier".into(), notifier_ms)])
+        .with_context(|| format!("cannot write the plot to {}", args.plot.display()))?;
+    report.plot = Some(args.plot.display().to_string());
+    system.shutdown().await;
+    print(&report, args.json)
+}
+
+async fn wait_for_audit(system: &RunningSystem, count: usize, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let have = system.store().audit_entries(None, u32::MAX).await?.len();
+        if have >= count {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {have} of {count} events were audited within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The average size of the events published in the run, from the audit log's envelopes.
+async fn average_event_bytes(system: &RunningSystem) -> Option<usize> {
+    let entries = system.store().audit_entries(None, 200).await.ok()?;
+    let total: usize = entries.iter().map(|e| e.envelope.len()).sum();
+    (!entries.is_empty()).then(|| total / entries.len())
+}
+
+fn print(report: &Report, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+        return Ok(());
+    }
+    let p = |l: &Percentiles| format!("p50 {:>7.2}  p90 {:>7.2}  p99 {:>7.2}  max {:>8.2} ms", l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms);
+    let v = |v: &Option<Versus>| {
+        v.as_ref()
+            .map_or_else(|| "-".to_owned(), |v| format!("{:>9.0}/s of {:>9.0}/s = {:>5.1}%", v.ours_per_s, v.ceiling_per_s, v.ratio * 100.0))
+    };
+    println!(
+        "taskstream bench: {} requests, {} clients{}, sqlite synchronous={}",
+        report.requests,
+        report.concurrency,
+        report.rate_limit_per_s.map_or(String::new(), |r| format!(", {r}/s")),
+        report.sqlite_synchronous
+    );
+    println!("  API                {:>9.0} req/s   {}   errors {}", report.api_per_s, p(&report.api_latency), report.http_errors);
+    for group in ["auditor", "notifier"] {
+        if let Some(l) = report.end_to_end.get(group) {
+            println!("  end-to-end {group:<8}  {:>6} events   {}", l.count, p(l));
+        }
+    }
+    if let Some(r) = report.relay_per_s {
+        println!("  relay              {r:>9.0} events/s");
+    }
+    for (group, r) in &report.consumer_per_s {
+        println!("  consumer {group:<9} {r:>9.0} events/s");
+    }
+    if let Some(l) = &report.noop_http_latency {
+        println!("  no-op HTTP                          {}", p(l));
+    }
+    println!("  ratios to the ceilings measured in this run:");
+    println!("    API / no-op HTTP        {}", v(&report.api_vs_noop_http));
+    println!("    API / store commits     {}", v(&report.api_vs_store_commits));
+    println!("    relay / raw producer    {}", v(&report.relay_vs_raw_producer));
+    if let Some(plot) = &report.plot {
+        println!("  latency plot: {plot}");
+    }
+    Ok(())
+}
