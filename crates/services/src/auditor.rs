@@ -7,7 +7,7 @@ use taskstream_domain::EventEnvelope;
 use taskstream_kafka::InboundRecord;
 use taskstream_store::{AuditEntry, AuditStore};
 
-use crate::{EventHandler, Handled, HandlerError};
+use crate::{Delivery, EventHandler, Handled, HandlerError};
 
 /// The audit-log service's consumer group.
 pub const AUDITOR_GROUP: &str = "auditor";
@@ -25,6 +25,33 @@ impl AuditHandler {
     }
 }
 
+fn entry(record: &InboundRecord, event: &EventEnvelope) -> Result<AuditEntry, HandlerError> {
+    Ok(AuditEntry {
+        event_id: event.id.as_uuid(),
+        event_type: event.event_type.to_string(),
+        task_id: event.subject.clone(),
+        task_version: event.data.task.version,
+        event_time: event.time,
+        correlation_id: event.correlation_id.clone(),
+        topic: record.topic.clone(),
+        partition: record.partition,
+        offset: record.offset,
+        recorded_at: taskstream_domain::now(),
+        envelope: serde_json::to_string(event)
+            .map_err(|e| HandlerError::permanent(e.to_string()))?,
+    })
+}
+
+fn log(record: &InboundRecord, fresh: bool) -> Handled {
+    if fresh {
+        tracing::info!(target: "audit", partition = record.partition, offset = record.offset, "event recorded");
+        Handled::Applied
+    } else {
+        tracing::debug!(target: "audit", "duplicate delivery ignored");
+        Handled::Duplicate
+    }
+}
+
 #[async_trait]
 impl EventHandler for AuditHandler {
     async fn handle(
@@ -32,26 +59,20 @@ impl EventHandler for AuditHandler {
         record: &InboundRecord,
         event: &EventEnvelope,
     ) -> Result<Handled, HandlerError> {
-        let entry = AuditEntry {
-            event_id: event.id.as_uuid(),
-            event_type: event.event_type.to_string(),
-            task_id: event.subject.clone(),
-            task_version: event.data.task.version,
-            event_time: event.time,
-            correlation_id: event.correlation_id.clone(),
-            topic: record.topic.clone(),
-            partition: record.partition,
-            offset: record.offset,
-            recorded_at: taskstream_domain::now(),
-            envelope: serde_json::to_string(event)
-                .map_err(|e| HandlerError::permanent(e.to_string()))?,
-        };
-        if self.store.append(&entry).await? {
-            tracing::info!(target: "audit", partition = record.partition, offset = record.offset, "event recorded");
-            Ok(Handled::Applied)
-        } else {
-            tracing::debug!(target: "audit", "duplicate delivery ignored");
-            Ok(Handled::Duplicate)
-        }
+        let fresh = self.store.append(&entry(record, event)?).await?;
+        Ok(log(record, fresh))
+    }
+
+    async fn handle_batch(&self, batch: &[Delivery<'_>]) -> Result<Vec<Handled>, HandlerError> {
+        let entries = batch
+            .iter()
+            .map(|d| entry(d.record, d.event))
+            .collect::<Result<Vec<_>, _>>()?;
+        let fresh = self.store.append_batch(&entries).await?;
+        Ok(batch
+            .iter()
+            .zip(fresh)
+            .map(|(d, fresh)| d.span.in_scope(|| log(d.record, fresh)))
+            .collect())
     }
 }

@@ -84,7 +84,15 @@ pub enum Handled {
     Duplicate,
 }
 
-/// Reacts to one event. Must be idempotent by `event.id`.
+/// One decoded record on its way to a handler, with the span its logs belong to.
+pub struct Delivery<'a> {
+    pub record: &'a InboundRecord,
+    pub event: &'a EventEnvelope,
+    /// Carries the event's id, type and trace id.
+    pub span: tracing::Span,
+}
+
+/// Reacts to events. Must be idempotent by event id.
 #[async_trait]
 pub trait EventHandler: Send + Sync + 'static {
     /// Applies the event's effect durably; `record` says where it came from.
@@ -93,7 +101,25 @@ pub trait EventHandler: Send + Sync + 'static {
         record: &InboundRecord,
         event: &EventEnvelope,
     ) -> Result<Handled, HandlerError>;
+
+    /// Applies several events (in order) at once — one transaction instead of
+    /// one per event, where the handler can. All or nothing: on error, the
+    /// caller falls back to [`EventHandler::handle`] one event at a time.
+    async fn handle_batch(&self, batch: &[Delivery<'_>]) -> Result<Vec<Handled>, HandlerError> {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for d in batch {
+            outcomes.push(
+                self.handle(d.record, d.event)
+                    .instrument(d.span.clone())
+                    .await?,
+            );
+        }
+        Ok(outcomes)
+    }
 }
+
+/// The most records handled together.
+const MAX_BATCH: usize = 256;
 
 /// What became of a record's bytes.
 enum Decoded {
@@ -150,7 +176,15 @@ impl<H: EventHandler> ConsumerService<H> {
             match record {
                 Ok(record) => {
                     backoff.reset();
-                    if !self.process(&record, &mut shutdown).await {
+                    // Whatever else is already waiting joins this batch.
+                    let mut batch = vec![record];
+                    while batch.len() < MAX_BATCH {
+                        match tokio::time::timeout(Duration::ZERO, self.consumer.recv()).await {
+                            Ok(Ok(next)) => batch.push(next),
+                            _ => break,
+                        }
+                    }
+                    if !self.process_batch(&batch, &mut shutdown).await {
                         break;
                     }
                 }
@@ -174,6 +208,67 @@ impl<H: EventHandler> ConsumerService<H> {
         }
     }
 
+    /// Handles records received together. When every one decodes, the
+    /// handler applies them as one batch; otherwise, or if the batch fails,
+    /// each is processed on its own (retries, dead letters), in order.
+    async fn process_batch(&self, batch: &[InboundRecord], shutdown: &mut Shutdown) -> bool {
+        let mut events = Vec::with_capacity(batch.len());
+        if batch.len() > 1 {
+            for record in batch {
+                match record.payload.as_deref() {
+                    Some(bytes) => match self.decoder.decode(bytes).await {
+                        Ok(event) => events.push(event),
+                        Err(_) => break,
+                    },
+                    None => break,
+                }
+            }
+        }
+        if events.len() == batch.len() {
+            let group = self.consumer.group();
+            let deliveries: Vec<Delivery<'_>> = batch
+                .iter()
+                .zip(&events)
+                .map(|(record, event)| Delivery {
+                    record,
+                    event,
+                    span: event_span(group, record, event),
+                })
+                .collect();
+            let started = Instant::now();
+            if let Ok(outcomes) = self.handler.handle_batch(&deliveries).await {
+                let each = started.elapsed().as_secs_f64() / batch.len() as f64;
+                for (d, handled) in deliveries.iter().zip(outcomes) {
+                    self.record_outcome(d.event, handled, each);
+                    self.ack(d.record);
+                }
+                return true;
+            }
+        }
+        for record in batch {
+            if !self.process(record, shutdown).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn record_outcome(&self, event: &EventEnvelope, handled: Handled, seconds: f64) {
+        let group = self.consumer.group();
+        let outcome = match handled {
+            Handled::Applied => "ok",
+            Handled::Duplicate => "duplicate",
+        };
+        self.metrics
+            .handled(group, event.event_type.as_str(), outcome);
+        self.metrics
+            .handler_duration
+            .get_or_create(&GroupLabels {
+                group: group.to_owned(),
+            })
+            .observe(seconds);
+    }
+
     /// Handles one record: applied, or parked on the dead-letter topic.
     /// Returns `false` if shutdown came first (the record stays
     /// unacknowledged and is redelivered).
@@ -184,20 +279,7 @@ impl<H: EventHandler> ConsumerService<H> {
             Decoded::DeadLettered => return true,
             Decoded::Interrupted => return false,
         };
-        let trace_id = record
-            .header_str("traceparent")
-            .and_then(TraceParent::parse)
-            .map(|tp| tp.trace_id)
-            .unwrap_or_default();
-        let span = tracing::info_span!(
-            "event",
-            group,
-            event_id = %event.id,
-            event_type = %event.event_type,
-            task_id = event.subject,
-            trace_id,
-            correlation_id = event.correlation_id.as_deref().unwrap_or(""),
-        );
+        let span = event_span(group, record, &event);
         self.handle_with_retries(record, &event, shutdown)
             .instrument(span)
             .await
@@ -270,17 +352,7 @@ impl<H: EventHandler> ConsumerService<H> {
         loop {
             match self.handler.handle(record, event).await {
                 Ok(handled) => {
-                    let outcome = match handled {
-                        Handled::Applied => "ok",
-                        Handled::Duplicate => "duplicate",
-                    };
-                    self.metrics.handled(group, event_type, outcome);
-                    self.metrics
-                        .handler_duration
-                        .get_or_create(&GroupLabels {
-                            group: group.to_owned(),
-                        })
-                        .observe(started.elapsed().as_secs_f64());
+                    self.record_outcome(event, handled, started.elapsed().as_secs_f64());
                     self.ack(record);
                     return true;
                 }
@@ -377,6 +449,24 @@ impl<H: EventHandler> ConsumerService<H> {
             );
         }
     }
+}
+
+/// The span an event is handled in: its ids, type and trace id.
+fn event_span(group: &str, record: &InboundRecord, event: &EventEnvelope) -> tracing::Span {
+    let trace_id = record
+        .header_str("traceparent")
+        .and_then(TraceParent::parse)
+        .map(|tp| tp.trace_id)
+        .unwrap_or_default();
+    tracing::info_span!(
+        "event",
+        group,
+        event_id = %event.id,
+        event_type = %event.event_type,
+        task_id = event.subject,
+        trace_id,
+        correlation_id = event.correlation_id.as_deref().unwrap_or(""),
+    )
 }
 
 /// Commits acknowledged offsets every commit interval until shutdown.

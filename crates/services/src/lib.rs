@@ -15,7 +15,9 @@ pub mod topics;
 
 pub use auditor::{AuditHandler, AUDITOR_GROUP};
 pub use backoff::Backoff;
-pub use consumer_service::{ConsumerService, EventHandler, Handled, HandlerError, RetryPolicy};
+pub use consumer_service::{
+    ConsumerService, Delivery, EventHandler, Handled, HandlerError, RetryPolicy,
+};
 pub use dead_letter::{dead_letter_topic, DeadLetterPublisher, ErrorClass};
 pub use encoding::{EncodingError, EventDecoder, EventEncoding};
 pub use notifier::{

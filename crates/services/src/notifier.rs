@@ -19,7 +19,8 @@ use taskstream_kafka::InboundRecord;
 use taskstream_store::{NotificationRecord, NotificationStore};
 use uuid::Uuid;
 
-use crate::{EventHandler, Handled, HandlerError};
+use crate::{Delivery, EventHandler, Handled, HandlerError};
+use tracing::Instrument;
 
 /// The notification service's consumer group.
 pub const NOTIFIER_GROUP: &str = "notifier";
@@ -129,17 +130,17 @@ impl NotificationHandler {
     }
 }
 
-#[async_trait]
-impl EventHandler for NotificationHandler {
-    async fn handle(
+impl NotificationHandler {
+    /// Sends the notifications `event` calls for, unless it was handled
+    /// before; `None` for a duplicate.
+    async fn send(
         &self,
-        _record: &InboundRecord,
         event: &EventEnvelope,
-    ) -> Result<Handled, HandlerError> {
+    ) -> Result<Option<Vec<NotificationRecord>>, HandlerError> {
         let event_id = event.id.as_uuid();
         if self.store.is_processed(NOTIFIER_GROUP, event_id).await? {
             tracing::debug!(target: "notifications", "duplicate delivery ignored");
-            return Ok(Handled::Duplicate);
+            return Ok(None);
         }
         let mut sent = Vec::new();
         for (kind, recipient, message) in Self::notifications_for(event) {
@@ -159,15 +160,55 @@ impl EventHandler for NotificationHandler {
             })?;
             sent.push(n);
         }
-        if self
+        Ok(Some(sent))
+    }
+}
+
+fn outcome(fresh: bool) -> Handled {
+    if fresh {
+        Handled::Applied
+    } else {
+        Handled::Duplicate
+    }
+}
+
+#[async_trait]
+impl EventHandler for NotificationHandler {
+    async fn handle(
+        &self,
+        _record: &InboundRecord,
+        event: &EventEnvelope,
+    ) -> Result<Handled, HandlerError> {
+        let Some(sent) = self.send(event).await? else {
+            return Ok(Handled::Duplicate);
+        };
+        let fresh = self
             .store
-            .record_notifications(NOTIFIER_GROUP, event_id, &sent)
-            .await?
-        {
-            Ok(Handled::Applied)
-        } else {
-            Ok(Handled::Duplicate)
+            .record_notifications(NOTIFIER_GROUP, event.id.as_uuid(), &sent)
+            .await?;
+        Ok(outcome(fresh))
+    }
+
+    async fn handle_batch(&self, batch: &[Delivery<'_>]) -> Result<Vec<Handled>, HandlerError> {
+        let mut to_record = Vec::new();
+        let mut slots = Vec::with_capacity(batch.len());
+        for d in batch {
+            match self.send(d.event).instrument(d.span.clone()).await? {
+                Some(sent) => {
+                    slots.push(Some(to_record.len()));
+                    to_record.push((d.event.id.as_uuid(), sent));
+                }
+                None => slots.push(None),
+            }
         }
+        let fresh = self
+            .store
+            .record_notifications_batch(NOTIFIER_GROUP, &to_record)
+            .await?;
+        Ok(slots
+            .into_iter()
+            .map(|slot| slot.map_or(Handled::Duplicate, |i| outcome(fresh[i])))
+            .collect())
     }
 }
 

@@ -17,6 +17,9 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    /// The transaction holding the write did not commit; nothing was written.
+    #[error("commit failed: {0}")]
+    CommitFailed(String),
     #[error("database migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database error")]

@@ -17,6 +17,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
 use taskstream_domain::{Assignee, Description, Priority, Task, TaskId, TaskStatus, TaskTitle};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::{
@@ -74,6 +75,8 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     path: PathBuf,
+    /// Task writes, committed in groups by a background task.
+    task_writes: mpsc::Sender<QueuedWrite>,
 }
 
 fn ts(t: &DateTime<Utc>) -> String {
@@ -142,10 +145,13 @@ impl SqliteStore {
             .connect_with(connect.read_only(true))
             .await
             .map_err(open_err)?;
+        let (task_writes, queue) = mpsc::channel(4 * MAX_GROUP);
+        tokio::spawn(group_commit_loop(writer.clone(), queue));
         Ok(Self {
             writer,
             reader,
             path: path.to_owned(),
+            task_writes,
         })
     }
 
@@ -185,12 +191,16 @@ impl SqliteStore {
     }
 
     /// When `consumer` finished each event it processed.
-    pub async fn processed_times(&self, consumer: &str) -> Result<Vec<(Uuid, DateTime<Utc>)>, StoreError> {
+    pub async fn processed_times(
+        &self,
+        consumer: &str,
+    ) -> Result<Vec<(Uuid, DateTime<Utc>)>, StoreError> {
         const T: &str = "processed_events";
-        let rows = sqlx::query("SELECT event_id, processed_at FROM processed_events WHERE consumer = ?")
-            .bind(consumer)
-            .fetch_all(&self.reader)
-            .await?;
+        let rows =
+            sqlx::query("SELECT event_id, processed_at FROM processed_events WHERE consumer = ?")
+                .bind(consumer)
+                .fetch_all(&self.reader)
+                .await?;
         rows.iter()
             .map(|r| {
                 Ok((
@@ -203,9 +213,11 @@ impl SqliteStore {
 
     /// When each published outbox row was acknowledged by the broker, in order.
     pub async fn published_times(&self) -> Result<Vec<DateTime<Utc>>, StoreError> {
-        let rows = sqlx::query("SELECT published_at FROM outbox WHERE published_at IS NOT NULL ORDER BY published_at")
-            .fetch_all(&self.reader)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT published_at FROM outbox WHERE published_at IS NOT NULL ORDER BY published_at",
+        )
+        .fetch_all(&self.reader)
+        .await?;
         rows.iter()
             .map(|r| parse_ts("outbox", &r.try_get::<String, _>("published_at")?))
             .collect()
@@ -271,30 +283,163 @@ async fn enqueue(
     Ok(())
 }
 
+/// A task change waiting for the next group commit.
+enum TaskWrite {
+    Insert {
+        task: Task,
+        event: OutboxMessage,
+    },
+    Save {
+        task: Task,
+        expected_version: i64,
+        event: OutboxMessage,
+    },
+}
+
+/// A write and the caller waiting for its commit.
+struct QueuedWrite {
+    write: TaskWrite,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// The most task writes one transaction commits together.
+const MAX_GROUP: usize = 256;
+
+/// Writes one task change and its outbox row inside `tx`.
+async fn apply(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    write: &TaskWrite,
+) -> Result<(), StoreError> {
+    match write {
+        TaskWrite::Insert { task, event } => {
+            sqlx::query(
+                "INSERT INTO tasks (id, title, description, priority, status, due_at, assignee, version, created_at, updated_at, completed_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(task.id.to_string())
+            .bind(task.title.as_str())
+            .bind(task.description.as_ref().map(|d| d.as_str()))
+            .bind(task.priority.as_str())
+            .bind(task.status.as_str())
+            .bind(task.due_at.as_ref().map(ts))
+            .bind(task.assignee.as_ref().map(|a| a.as_str()))
+            .bind(task.version)
+            .bind(ts(&task.created_at))
+            .bind(ts(&task.updated_at))
+            .bind(task.completed_at.as_ref().map(ts))
+            .execute(&mut **tx)
+            .await?;
+            enqueue(tx, event).await
+        }
+        TaskWrite::Save {
+            task,
+            expected_version,
+            event,
+        } => {
+            let updated = sqlx::query(
+                "UPDATE tasks SET title = ?, description = ?, priority = ?, status = ?, due_at = ?,
+                    assignee = ?, version = ?, updated_at = ?, completed_at = ?
+                 WHERE id = ? AND version = ?",
+            )
+            .bind(task.title.as_str())
+            .bind(task.description.as_ref().map(|d| d.as_str()))
+            .bind(task.priority.as_str())
+            .bind(task.status.as_str())
+            .bind(task.due_at.as_ref().map(ts))
+            .bind(task.assignee.as_ref().map(|a| a.as_str()))
+            .bind(task.version)
+            .bind(ts(&task.updated_at))
+            .bind(task.completed_at.as_ref().map(ts))
+            .bind(task.id.to_string())
+            .bind(expected_version)
+            .execute(&mut **tx)
+            .await?;
+            if updated.rows_affected() != 1 {
+                return Err(StoreError::VersionConflict {
+                    task_id: task.id.to_string(),
+                    expected: *expected_version,
+                });
+            }
+            enqueue(tx, event).await
+        }
+    }
+}
+
+/// Commits task writes in groups: while one transaction commits (and
+/// fsyncs), the writes that arrive queue up and go together in the next,
+/// each under its own savepoint so that one refused write (a version
+/// conflict) leaves the others in. A caller is answered only after the
+/// transaction holding its write committed, so an acknowledged write is as
+/// durable as with one transaction per write, at a fraction of the syncs.
+async fn group_commit_loop(pool: SqlitePool, mut queue: mpsc::Receiver<QueuedWrite>) {
+    while let Some(first) = queue.recv().await {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        let outcomes = commit_group(&pool, &group).await;
+        for (queued, outcome) in group.into_iter().zip(outcomes) {
+            // The caller may have gone away (request cancelled); the write stands.
+            let _ = queued.done.send(outcome);
+        }
+    }
+}
+
+async fn commit_group(pool: &SqlitePool, group: &[QueuedWrite]) -> Vec<Result<(), StoreError>> {
+    let failed_all = |e: &dyn std::fmt::Display| {
+        group
+            .iter()
+            .map(|_| Err(StoreError::CommitFailed(e.to_string())))
+            .collect()
+    };
+    let mut tx = match pool.begin().await {
+        Ok(tx) => tx,
+        Err(e) => return failed_all(&e),
+    };
+    let mut outcomes = Vec::with_capacity(group.len());
+    for queued in group {
+        let mut savepoint = match sqlx::Connection::begin(&mut *tx).await {
+            Ok(sp) => sp,
+            Err(e) => return failed_all(&e),
+        };
+        let outcome = apply(&mut savepoint, &queued.write).await;
+        let outcome = match outcome {
+            Ok(()) => savepoint.commit().await.map_err(StoreError::from),
+            // Dropping the savepoint rolls this write back alone.
+            Err(e) => Err(e),
+        };
+        outcomes.push(outcome);
+    }
+    match tx.commit().await {
+        Ok(()) => outcomes,
+        Err(e) => failed_all(&e),
+    }
+}
+
+impl SqliteStore {
+    async fn group_commit(&self, write: TaskWrite) -> Result<(), StoreError> {
+        let (done, answer) = oneshot::channel();
+        self.task_writes
+            .send(QueuedWrite { write, done })
+            .await
+            .map_err(|_| StoreError::CommitFailed("the store is closed".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::CommitFailed("the store closed before the commit".into()))?
+    }
+}
+
 #[async_trait]
 impl TaskStore for SqliteStore {
     async fn insert_task(&self, task: &Task, event: &OutboxMessage) -> Result<(), StoreError> {
-        let mut tx = self.writer.begin().await?;
-        sqlx::query(
-            "INSERT INTO tasks (id, title, description, priority, status, due_at, assignee, version, created_at, updated_at, completed_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(task.id.to_string())
-        .bind(task.title.as_str())
-        .bind(task.description.as_ref().map(|d| d.as_str()))
-        .bind(task.priority.as_str())
-        .bind(task.status.as_str())
-        .bind(task.due_at.as_ref().map(ts))
-        .bind(task.assignee.as_ref().map(|a| a.as_str()))
-        .bind(task.version)
-        .bind(ts(&task.created_at))
-        .bind(ts(&task.updated_at))
-        .bind(task.completed_at.as_ref().map(ts))
-        .execute(&mut *tx)
-        .await?;
-        enqueue(&mut tx, event).await?;
-        tx.commit().await?;
-        Ok(())
+        self.group_commit(TaskWrite::Insert {
+            task: task.clone(),
+            event: event.clone(),
+        })
+        .await
     }
 
     async fn save_task(
@@ -303,35 +448,12 @@ impl TaskStore for SqliteStore {
         expected_version: i64,
         event: &OutboxMessage,
     ) -> Result<(), StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let updated = sqlx::query(
-            "UPDATE tasks SET title = ?, description = ?, priority = ?, status = ?, due_at = ?,
-                assignee = ?, version = ?, updated_at = ?, completed_at = ?
-             WHERE id = ? AND version = ?",
-        )
-        .bind(task.title.as_str())
-        .bind(task.description.as_ref().map(|d| d.as_str()))
-        .bind(task.priority.as_str())
-        .bind(task.status.as_str())
-        .bind(task.due_at.as_ref().map(ts))
-        .bind(task.assignee.as_ref().map(|a| a.as_str()))
-        .bind(task.version)
-        .bind(ts(&task.updated_at))
-        .bind(task.completed_at.as_ref().map(ts))
-        .bind(task.id.to_string())
-        .bind(expected_version)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() != 1 {
-            // Dropping `tx` rolls back: nothing is written.
-            return Err(StoreError::VersionConflict {
-                task_id: task.id.to_string(),
-                expected: expected_version,
-            });
-        }
-        enqueue(&mut tx, event).await?;
-        tx.commit().await?;
-        Ok(())
+        self.group_commit(TaskWrite::Save {
+            task: task.clone(),
+            expected_version,
+            event: event.clone(),
+        })
+        .await
     }
 
     async fn task(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
@@ -432,29 +554,87 @@ impl OutboxStore for SqliteStore {
     }
 }
 
+async fn append_entry(
+    conn: &mut sqlx::SqliteConnection,
+    e: &AuditEntry,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        r#"INSERT INTO audit_log (event_id, event_type, task_id, task_version, event_time, correlation_id,
+            topic, partition, "offset", recorded_at, envelope)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (event_id) DO NOTHING"#,
+    )
+    .bind(e.event_id.to_string())
+    .bind(&e.event_type)
+    .bind(&e.task_id)
+    .bind(e.task_version)
+    .bind(ts(&e.event_time))
+    .bind(&e.correlation_id)
+    .bind(&e.topic)
+    .bind(e.partition)
+    .bind(e.offset)
+    .bind(ts(&e.recorded_at))
+    .bind(&e.envelope)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Marks `event_id` processed by `consumer` and stores its notifications;
+/// `false` (writing nothing) if it was processed already.
+async fn record_event(
+    conn: &mut sqlx::SqliteConnection,
+    consumer: &str,
+    event_id: Uuid,
+    sent: &[NotificationRecord],
+) -> Result<bool, StoreError> {
+    let marked = sqlx::query(
+        "INSERT INTO processed_events (consumer, event_id, processed_at) VALUES (?, ?, ?)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(consumer)
+    .bind(event_id.to_string())
+    .bind(ts(&taskstream_domain::now()))
+    .execute(&mut *conn)
+    .await?;
+    if marked.rows_affected() == 0 {
+        return Ok(false);
+    }
+    for n in sent {
+        sqlx::query(
+            "INSERT INTO notifications (id, event_id, event_type, task_id, kind, recipient, message, channel, sent_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(n.id.to_string())
+        .bind(n.event_id.to_string())
+        .bind(&n.event_type)
+        .bind(&n.task_id)
+        .bind(&n.kind)
+        .bind(&n.recipient)
+        .bind(&n.message)
+        .bind(&n.channel)
+        .bind(ts(&n.sent_at))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(true)
+}
+
 #[async_trait]
 impl AuditStore for SqliteStore {
     async fn append(&self, e: &AuditEntry) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            r#"INSERT INTO audit_log (event_id, event_type, task_id, task_version, event_time, correlation_id,
-                topic, partition, "offset", recorded_at, envelope)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (event_id) DO NOTHING"#,
-        )
-        .bind(e.event_id.to_string())
-        .bind(&e.event_type)
-        .bind(&e.task_id)
-        .bind(e.task_version)
-        .bind(ts(&e.event_time))
-        .bind(&e.correlation_id)
-        .bind(&e.topic)
-        .bind(e.partition)
-        .bind(e.offset)
-        .bind(ts(&e.recorded_at))
-        .bind(&e.envelope)
-        .execute(&self.writer)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        let mut conn = self.writer.acquire().await?;
+        append_entry(&mut conn, e).await
+    }
+
+    async fn append_batch(&self, entries: &[AuditEntry]) -> Result<Vec<bool>, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let mut fresh = Vec::with_capacity(entries.len());
+        for e in entries {
+            fresh.push(append_entry(&mut tx, e).await?);
+        }
+        tx.commit().await?;
+        Ok(fresh)
     }
 
     async fn audit_entries(
@@ -507,37 +687,23 @@ impl NotificationStore for SqliteStore {
         sent: &[NotificationRecord],
     ) -> Result<bool, StoreError> {
         let mut tx = self.writer.begin().await?;
-        let marked = sqlx::query(
-            "INSERT INTO processed_events (consumer, event_id, processed_at) VALUES (?, ?, ?)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(consumer)
-        .bind(event_id.to_string())
-        .bind(ts(&taskstream_domain::now()))
-        .execute(&mut *tx)
-        .await?;
-        if marked.rows_affected() == 0 {
-            return Ok(false);
-        }
-        for n in sent {
-            sqlx::query(
-                "INSERT INTO notifications (id, event_id, event_type, task_id, kind, recipient, message, channel, sent_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(n.id.to_string())
-            .bind(n.event_id.to_string())
-            .bind(&n.event_type)
-            .bind(&n.task_id)
-            .bind(&n.kind)
-            .bind(&n.recipient)
-            .bind(&n.message)
-            .bind(&n.channel)
-            .bind(ts(&n.sent_at))
-            .execute(&mut *tx)
-            .await?;
+        let fresh = record_event(&mut tx, consumer, event_id, sent).await?;
+        tx.commit().await?;
+        Ok(fresh)
+    }
+
+    async fn record_notifications_batch(
+        &self,
+        consumer: &str,
+        events: &[(Uuid, Vec<NotificationRecord>)],
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let mut fresh = Vec::with_capacity(events.len());
+        for (event_id, sent) in events {
+            fresh.push(record_event(&mut tx, consumer, *event_id, sent).await?);
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(fresh)
     }
 
     async fn notifications(
@@ -685,6 +851,48 @@ mod tests {
         assert_eq!(left[0].attempts, 1);
         let stats = store.outbox_stats().await.unwrap();
         assert_eq!((stats.total, stats.pending), (3, 2));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_commit_together_and_a_conflict_fails_alone() {
+        let (_dir, store) = store().await;
+        let store = std::sync::Arc::new(store);
+        let first = created("first");
+        store
+            .insert_task(&first.task, &message(&first))
+            .await
+            .unwrap();
+        let done = first
+            .task
+            .complete(
+                taskstream_domain::now(),
+                taskstream_domain::Cause::default(),
+            )
+            .unwrap();
+        let mut writers = Vec::new();
+        for i in 0..100 {
+            let store = std::sync::Arc::clone(&store);
+            let change = created(&format!("t{i}"));
+            writers.push(tokio::spawn(async move {
+                store.insert_task(&change.task, &message(&change)).await
+            }));
+        }
+        // A stale version among them: refused, without taking the others down.
+        let stale = {
+            let store = std::sync::Arc::clone(&store);
+            let done = done.clone();
+            tokio::spawn(async move { store.save_task(&done.task, 5, &message(&done)).await })
+        };
+        for w in writers {
+            w.await.unwrap().unwrap();
+        }
+        assert!(matches!(
+            stale.await.unwrap(),
+            Err(StoreError::VersionConflict { .. })
+        ));
+        let stats = store.outbox_stats().await.unwrap();
+        assert_eq!(stats.total, 101);
+        assert_eq!(store.task(first.task.id).await.unwrap().unwrap().version, 1);
     }
 
     #[tokio::test]

@@ -56,6 +56,9 @@ pub trait AuditStore: Send + Sync + 'static {
     /// already recorded.
     async fn append(&self, entry: &AuditEntry) -> Result<bool, StoreError>;
 
+    /// Appends several entries in one transaction; for each, whether it was new.
+    async fn append_batch(&self, entries: &[AuditEntry]) -> Result<Vec<bool>, StoreError>;
+
     /// Entries in the order they were recorded, optionally for one task.
     async fn audit_entries(
         &self,
@@ -78,6 +81,14 @@ pub trait NotificationStore: Send + Sync + 'static {
         event_id: Uuid,
         sent: &[NotificationRecord],
     ) -> Result<bool, StoreError>;
+
+    /// [`NotificationStore::record_notifications`] for several events in one
+    /// transaction; for each, whether it was new.
+    async fn record_notifications_batch(
+        &self,
+        consumer: &str,
+        events: &[(Uuid, Vec<NotificationRecord>)],
+    ) -> Result<Vec<bool>, StoreError>;
 
     /// Sent notifications in order, optionally for one task.
     async fn notifications(

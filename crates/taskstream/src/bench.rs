@@ -23,7 +23,9 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use taskstream_kafka::{EventProducer, KafkaConfig, OutboundRecord, ProducerSettings, TopicSpec};
 use taskstream_services::NOTIFIER_GROUP;
-use taskstream_store::{AuditStore, OutboxMessage, SqliteOptions, SqliteStore, Synchronous, TaskStore};
+use taskstream_store::{
+    AuditStore, OutboxMessage, SqliteOptions, SqliteStore, Synchronous, TaskStore,
+};
 
 use crate::system::{RunningSystem, SystemConfig};
 
@@ -304,7 +306,12 @@ async fn raw_producer(kafka: &KafkaConfig, count: usize, size: usize) -> anyhow:
 const CEILING_TOPIC: &str = "bench-ceiling";
 
 /// The store ceiling: `count` task + outbox commits from `concurrency` writers.
-async fn store_commits(count: usize, concurrency: usize, synchronous: Synchronous, event_bytes: usize) -> anyhow::Result<f64> {
+async fn store_commits(
+    count: usize,
+    concurrency: usize,
+    synchronous: Synchronous,
+    event_bytes: usize,
+) -> anyhow::Result<f64> {
     let dir = tempfile::tempdir()?;
     let options = SqliteOptions {
         synchronous,
@@ -362,7 +369,10 @@ fn plot(path: &PathBuf, series: &[(String, Vec<f64>)]) -> anyhow::Result<()> {
         .flat_map(|(_, v)| v.iter().copied())
         .fold(1.0_f64, f64::max);
     let mut chart = ChartBuilder::on(&root)
-        .caption("End-to-end latency: API acknowledgement to effect stored", ("sans-serif", 20))
+        .caption(
+            "End-to-end latency: API acknowledgement to effect stored",
+            ("sans-serif", 20),
+        )
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(55)
@@ -377,7 +387,11 @@ fn plot(path: &PathBuf, series: &[(String, Vec<f64>)]) -> anyhow::Result<()> {
         let mut sorted = values.clone();
         sorted.sort_by(f64::total_cmp);
         let n = sorted.len().max(1) as f64;
-        let points: Vec<(f64, f64)> = sorted.iter().enumerate().map(|(i, v)| (*v, (i + 1) as f64 * 100.0 / n)).collect();
+        let points: Vec<(f64, f64)> = sorted
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (*v, (i + 1) as f64 * 100.0 / n))
+            .collect();
         chart
             .draw_series(LineSeries::new(points, color.stroke_width(2)))?
             .label(name.clone())
@@ -434,7 +448,10 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     };
 
     if let Some(url) = &args.url {
-        say(&format!("driving {url}: {} requests from {} clients", args.requests, args.concurrency));
+        say(&format!(
+            "driving {url}: {} requests from {} clients",
+            args.requests, args.concurrency
+        ));
         let load = drive(url, args.requests, args.concurrency, args.rate, mix, quiet).await;
         report.api_per_s = (args.requests - load.errors) as f64 / load.elapsed.as_secs_f64();
         report.api_latency = Percentiles::of(&load.latency);
@@ -449,16 +466,37 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut config = SystemConfig::new("127.0.0.1:0".parse()?, dir.path());
     config.sqlite.synchronous = args.sqlite_synchronous;
-    let system = RunningSystem::start(config).await.context("cannot start the system under test")?;
+    let system = RunningSystem::start(config)
+        .await
+        .context("cannot start the system under test")?;
     let base = format!("http://{}", system.http_addr());
     // Warm up: consumers join, schemas register, connections open.
     say("warming up");
-    let warm = drive(&base, 200.min(args.requests), args.concurrency.min(8), None, mix, true).await;
+    let warm = drive(
+        &base,
+        200.min(args.requests),
+        args.concurrency.min(8),
+        None,
+        mix,
+        true,
+    )
+    .await;
     wait_for_audit(&system, warm.acks.len(), Duration::from_secs(60)).await?;
     let before = system.store().audit_entries(None, u32::MAX).await?.len();
 
-    say(&format!("measuring: {} requests from {} clients", args.requests, args.concurrency));
-    let load = drive(&base, args.requests, args.concurrency, args.rate, mix, quiet).await;
+    say(&format!(
+        "measuring: {} requests from {} clients",
+        args.requests, args.concurrency
+    ));
+    let load = drive(
+        &base,
+        args.requests,
+        args.concurrency,
+        args.rate,
+        mix,
+        quiet,
+    )
+    .await;
     report.api_per_s = (args.requests - load.errors) as f64 / load.elapsed.as_secs_f64();
     report.api_latency = Percentiles::of(&load.latency);
     report.http_errors = load.errors;
@@ -466,8 +504,11 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
 
     say("waiting for every event to be handled");
     wait_for_audit(&system, before + load.acks.len(), Duration::from_secs(300)).await?;
-    let acked: HashMap<(String, i64), DateTime<Utc>> =
-        load.acks.iter().map(|a| ((a.task_id.clone(), a.version), a.at)).collect();
+    let acked: HashMap<(String, i64), DateTime<Utc>> = load
+        .acks
+        .iter()
+        .map(|a| ((a.task_id.clone(), a.version), a.at))
+        .collect();
     let audit = system.store().audit_entries(None, u32::MAX).await?;
     let mut audit_latency = new_histogram();
     let mut audit_ms = Vec::new();
@@ -489,7 +530,10 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let processed = system.store().processed_times(NOTIFIER_GROUP).await?;
-        let ours: Vec<_> = processed.iter().filter(|(id, _)| by_event.contains_key(id)).collect();
+        let ours: Vec<_> = processed
+            .iter()
+            .filter(|(id, _)| by_event.contains_key(id))
+            .collect();
         if ours.len() >= by_event.len() || Instant::now() > deadline {
             for (id, at) in ours {
                 let us = micros_between(by_event[id], *at);
@@ -501,12 +545,18 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    report.end_to_end.insert("auditor".into(), Percentiles::of(&audit_latency));
-    report.end_to_end.insert("notifier".into(), Percentiles::of(&notifier_latency));
+    report
+        .end_to_end
+        .insert("auditor".into(), Percentiles::of(&audit_latency));
+    report
+        .end_to_end
+        .insert("notifier".into(), Percentiles::of(&notifier_latency));
     let span_rate = |times: &mut Vec<DateTime<Utc>>| {
         times.sort();
         match (times.first(), times.last()) {
-            (Some(a), Some(b)) if b > a => Some(times.len() as f64 / ((*b - *a).num_microseconds()? as f64 / 1e6)),
+            (Some(a), Some(b)) if b > a => {
+                Some(times.len() as f64 / ((*b - *a).num_microseconds()? as f64 / 1e6))
+            }
             _ => None,
         }
     };
@@ -536,21 +586,45 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     if let Some(relay) = report.relay_per_s {
         report.relay_vs_raw_producer = Some(Versus::new(relay, producer_rate));
     }
-    let commit_rate = store_commits(args.requests, args.concurrency, args.sqlite_synchronous, report.event_bytes).await?;
+    let commit_rate = store_commits(
+        args.requests,
+        args.concurrency,
+        args.sqlite_synchronous,
+        report.event_bytes,
+    )
+    .await?;
     report.api_vs_store_commits = Some(Versus::new(report.api_per_s, commit_rate));
-    let noop = drive(&base, args.requests, args.concurrency, args.rate, None, true).await;
+    let noop = drive(
+        &base,
+        args.requests,
+        args.concurrency,
+        args.rate,
+        None,
+        true,
+    )
+    .await;
     report.noop_http_latency = Some(Percentiles::of(&noop.latency));
     let noop_rate = (args.requests - noop.errors) as f64 / noop.elapsed.as_secs_f64();
     report.api_vs_noop_http = Some(Versus::new(report.api_per_s, noop_rate));
 
-    plot(&args.plot, &[("auditor".into(), audit_ms), ("notifier".into(), notifier_ms)])
-        .with_context(|| format!("cannot write the plot to {}", args.plot.display()))?;
+    plot(
+        &args.plot,
+        &[
+            ("auditor".into(), audit_ms),
+            ("notifier".into(), notifier_ms),
+        ],
+    )
+    .with_context(|| format!("cannot write the plot to {}", args.plot.display()))?;
     report.plot = Some(args.plot.display().to_string());
     system.shutdown().await;
     print(&report, args.json)
 }
 
-async fn wait_for_audit(system: &RunningSystem, count: usize, timeout: Duration) -> anyhow::Result<()> {
+async fn wait_for_audit(
+    system: &RunningSystem,
+    count: usize,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         let have = system.store().audit_entries(None, u32::MAX).await?.len();
@@ -576,19 +650,40 @@ fn print(report: &Report, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(report)?);
         return Ok(());
     }
-    let p = |l: &Percentiles| format!("p50 {:>7.2}  p90 {:>7.2}  p99 {:>7.2}  max {:>8.2} ms", l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms);
+    let p = |l: &Percentiles| {
+        format!(
+            "p50 {:>7.2}  p90 {:>7.2}  p99 {:>7.2}  max {:>8.2} ms",
+            l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms
+        )
+    };
     let v = |v: &Option<Versus>| {
-        v.as_ref()
-            .map_or_else(|| "-".to_owned(), |v| format!("{:>9.0}/s of {:>9.0}/s = {:>5.1}%", v.ours_per_s, v.ceiling_per_s, v.ratio * 100.0))
+        v.as_ref().map_or_else(
+            || "-".to_owned(),
+            |v| {
+                format!(
+                    "{:>9.0}/s of {:>9.0}/s = {:>5.1}%",
+                    v.ours_per_s,
+                    v.ceiling_per_s,
+                    v.ratio * 100.0
+                )
+            },
+        )
     };
     println!(
         "taskstream bench: {} requests, {} clients{}, sqlite synchronous={}",
         report.requests,
         report.concurrency,
-        report.rate_limit_per_s.map_or(String::new(), |r| format!(", {r}/s")),
+        report
+            .rate_limit_per_s
+            .map_or(String::new(), |r| format!(", {r}/s")),
         report.sqlite_synchronous
     );
-    println!("  API                {:>9.0} req/s   {}   errors {}", report.api_per_s, p(&report.api_latency), report.http_errors);
+    println!(
+        "  API                {:>9.0} req/s   {}   errors {}",
+        report.api_per_s,
+        p(&report.api_latency),
+        report.http_errors
+    );
     for group in ["auditor", "notifier"] {
         if let Some(l) = report.end_to_end.get(group) {
             println!("  end-to-end {group:<8}  {:>6} events   {}", l.count, p(l));
@@ -604,9 +699,18 @@ fn print(report: &Report, json: bool) -> anyhow::Result<()> {
         println!("  no-op HTTP                          {}", p(l));
     }
     println!("  ratios to the ceilings measured in this run:");
-    println!("    API / no-op HTTP        {}", v(&report.api_vs_noop_http));
-    println!("    API / store commits     {}", v(&report.api_vs_store_commits));
-    println!("    relay / raw producer    {}", v(&report.relay_vs_raw_producer));
+    println!(
+        "    API / no-op HTTP        {}",
+        v(&report.api_vs_noop_http)
+    );
+    println!(
+        "    API / store commits     {}",
+        v(&report.api_vs_store_commits)
+    );
+    println!(
+        "    relay / raw producer    {}",
+        v(&report.relay_vs_raw_producer)
+    );
     if let Some(plot) = &report.plot {
         println!("  latency plot: {plot}");
     }
