@@ -22,5 +22,5 @@ pub use registry_client::{RegistryClient, RegistryError};
 pub use schemas::{subject, EventSchema, EventSchemas, SchemaFileError};
 pub use wire::{frame, unframe, WireError, MAGIC_BYTE};
 
-/// Re-exported so callers can hold parsed schemas.
-pub use apache_avro::Schema;
+/// Re-exported so callers can hold parsed schemas and encode values.
+pub use apache_avro::{to_avro_datum, types::Value, Schema};

@@ -388,6 +388,49 @@ async fn group_commit_loop(pool: SqlitePool, mut queue: mpsc::Receiver<QueuedWri
     }
 }
 
+/// Inserts every new task of the group, and their outbox rows, with one
+/// statement per table: SQLite work per statement is small, but each
+/// statement is a round trip to the database thread.
+async fn insert_all(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    inserts: &[(&Task, &OutboxMessage)],
+) -> Result<(), StoreError> {
+    let mut tasks = QueryBuilder::<Sqlite>::new(
+        "INSERT INTO tasks (id, title, description, priority, status, due_at, assignee, version, created_at, updated_at, completed_at) ",
+    );
+    tasks.push_values(inserts, |mut row, (task, _)| {
+        row.push_bind(task.id.to_string())
+            .push_bind(task.title.as_str())
+            .push_bind(task.description.as_ref().map(|d| d.as_str()))
+            .push_bind(task.priority.as_str())
+            .push_bind(task.status.as_str())
+            .push_bind(task.due_at.as_ref().map(ts))
+            .push_bind(task.assignee.as_ref().map(|a| a.as_str()))
+            .push_bind(task.version)
+            .push_bind(ts(&task.created_at))
+            .push_bind(ts(&task.updated_at))
+            .push_bind(task.completed_at.as_ref().map(ts));
+    });
+    tasks.build().execute(&mut **tx).await?;
+    let mut outbox = QueryBuilder::<Sqlite>::new(
+        "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload, topic, content_type, traceparent, created_at) ",
+    );
+    // Rows keep the group's order, so `seq` follows it.
+    outbox.push_values(inserts, |mut row, (_, m)| {
+        row.push_bind(m.id.to_string())
+            .push_bind(&m.aggregate_type)
+            .push_bind(&m.aggregate_id)
+            .push_bind(&m.event_type)
+            .push_bind(&m.payload)
+            .push_bind(&m.topic)
+            .push_bind(&m.content_type)
+            .push_bind(&m.traceparent)
+            .push_bind(ts(&m.created_at));
+    });
+    outbox.build().execute(&mut **tx).await?;
+    Ok(())
+}
+
 async fn commit_group(pool: &SqlitePool, group: &[QueuedWrite]) -> Vec<Result<(), StoreError>> {
     let failed_all = |e: &dyn std::fmt::Display| {
         group
@@ -399,22 +442,49 @@ async fn commit_group(pool: &SqlitePool, group: &[QueuedWrite]) -> Vec<Result<()
         Ok(tx) => tx,
         Err(e) => return failed_all(&e),
     };
-    let mut outcomes = Vec::with_capacity(group.len());
-    for queued in group {
+    let mut outcomes: Vec<Option<Result<(), StoreError>>> = group.iter().map(|_| None).collect();
+    // New tasks, all at once under one savepoint; if that fails (it should
+    // not: ids are fresh), they are retried one by one below.
+    let inserts: Vec<(usize, (&Task, &OutboxMessage))> = group
+        .iter()
+        .enumerate()
+        .filter_map(|(i, q)| match &q.write {
+            TaskWrite::Insert { task, event } => Some((i, (task, event))),
+            TaskWrite::Save { .. } => None,
+        })
+        .collect();
+    if inserts.len() > 1 {
         let mut savepoint = match sqlx::Connection::begin(&mut *tx).await {
             Ok(sp) => sp,
             Err(e) => return failed_all(&e),
         };
-        let outcome = apply(&mut savepoint, &queued.write).await;
-        let outcome = match outcome {
+        let rows: Vec<(&Task, &OutboxMessage)> = inserts.iter().map(|(_, row)| *row).collect();
+        if insert_all(&mut savepoint, &rows).await.is_ok() && savepoint.commit().await.is_ok() {
+            for (i, _) in &inserts {
+                outcomes[*i] = Some(Ok(()));
+            }
+        }
+    }
+    for (queued, outcome) in group.iter().zip(outcomes.iter_mut()) {
+        if outcome.is_some() {
+            continue;
+        }
+        let mut savepoint = match sqlx::Connection::begin(&mut *tx).await {
+            Ok(sp) => sp,
+            Err(e) => return failed_all(&e),
+        };
+        let result = match apply(&mut savepoint, &queued.write).await {
             Ok(()) => savepoint.commit().await.map_err(StoreError::from),
             // Dropping the savepoint rolls this write back alone.
             Err(e) => Err(e),
         };
-        outcomes.push(outcome);
+        *outcome = Some(result);
     }
     match tx.commit().await {
-        Ok(()) => outcomes,
+        Ok(()) => outcomes
+            .into_iter()
+            .map(|o| o.expect("every write has an outcome"))
+            .collect(),
         Err(e) => failed_all(&e),
     }
 }
@@ -672,10 +742,12 @@ impl AuditStore for SqliteStore {
 #[async_trait]
 impl NotificationStore for SqliteStore {
     async fn is_processed(&self, consumer: &str, event_id: Uuid) -> Result<bool, StoreError> {
+        // A read connection: a commit racing this check is caught by the
+        // primary key when the event is recorded.
         let row = sqlx::query("SELECT 1 FROM processed_events WHERE consumer = ? AND event_id = ?")
             .bind(consumer)
             .bind(event_id.to_string())
-            .fetch_optional(&self.writer)
+            .fetch_optional(&self.reader)
             .await?;
         Ok(row.is_some())
     }
@@ -893,6 +965,27 @@ mod tests {
         let stats = store.outbox_stats().await.unwrap();
         assert_eq!(stats.total, 101);
         assert_eq!(store.task(first.task.id).await.unwrap().unwrap().version, 1);
+    }
+
+    #[tokio::test]
+    async fn a_failing_insert_in_a_group_falls_back_to_one_by_one_and_fails_alone() {
+        let (_dir, store) = store().await;
+        let a = created("a");
+        let b = created("b");
+        let queued = |change: &TaskChange| QueuedWrite {
+            write: TaskWrite::Insert {
+                task: change.task.clone(),
+                event: message(change),
+            },
+            done: oneshot::channel().0,
+        };
+        // `a` twice: the multi-row insert fails on the primary key.
+        let group = [queued(&a), queued(&b), queued(&a)];
+        let outcomes = commit_group(&store.writer, &group).await;
+        assert!(outcomes[0].is_ok() && outcomes[1].is_ok(), "{outcomes:?}");
+        assert!(outcomes[2].is_err());
+        assert_eq!(store.outbox_stats().await.unwrap().total, 2);
+        assert!(store.task(b.task.id).await.unwrap().is_some());
     }
 
     #[tokio::test]

@@ -118,7 +118,10 @@ pub struct Report {
     pub acknowledged_changes: usize,
     /// API acknowledgement to the effect stored, per consumer group.
     pub end_to_end: HashMap<String, Percentiles>,
+    /// The relay's rate during the load (bounded by the API's).
     pub relay_per_s: Option<f64>,
+    /// The relay draining a backlog: its own capacity.
+    pub relay_drain_per_s: Option<f64>,
     pub consumer_per_s: HashMap<String, f64>,
     pub noop_http_latency: Option<Percentiles>,
     /// Ours vs the machine's ceilings, measured in the same run.
@@ -282,6 +285,17 @@ async fn drive(
 async fn raw_producer(kafka: &KafkaConfig, count: usize, size: usize) -> anyhow::Result<f64> {
     let producer = EventProducer::new(kafka, "bench-ceiling", &ProducerSettings::default())?;
     let payload = vec![b'x'; size];
+    // Connect and initialise the idempotent producer before timing.
+    let warm: [(&str, &[u8]); 0] = [];
+    producer
+        .enqueue(OutboundRecord {
+            topic: CEILING_TOPIC,
+            key: b"warm-up",
+            payload: &payload,
+            headers: &warm,
+        })
+        .await?
+        .await?;
     let started = Instant::now();
     let mut deliveries = Vec::with_capacity(count);
     for i in 0..count {
@@ -304,6 +318,87 @@ async fn raw_producer(kafka: &KafkaConfig, count: usize, size: usize) -> anyhow:
 }
 
 const CEILING_TOPIC: &str = "bench-ceiling";
+
+/// The relay's capacity: a fresh relay draining `count` events queued
+/// before it starts, with the same encoding and broker as the system.
+async fn relay_drain(
+    kafka: &KafkaConfig,
+    registry: Option<&str>,
+    count: usize,
+    synchronous: Synchronous,
+) -> anyhow::Result<f64> {
+    use taskstream_domain::EventCodec;
+    use taskstream_store::OutboxStore;
+    let dir = tempfile::tempdir()?;
+    let options = SqliteOptions {
+        synchronous,
+        ..SqliteOptions::default()
+    };
+    let store = Arc::new(SqliteStore::open(&dir.path().join("drain.db"), &options).await?);
+    let writers = (0..16).map(|w| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            for _ in (w..count).step_by(16) {
+                let change = taskstream_domain::Task::create(
+                    taskstream_domain::NewTask {
+                        title: taskstream_domain::TaskTitle::parse("drain").expect("valid title"),
+                        description: None,
+                        priority: taskstream_domain::Priority::Medium,
+                        due_at: None,
+                        assignee: Some(
+                            taskstream_domain::Assignee::parse("ana").expect("valid assignee"),
+                        ),
+                    },
+                    taskstream_domain::now(),
+                    taskstream_domain::Cause::default(),
+                );
+                let message = OutboxMessage {
+                    id: change.event.id.as_uuid(),
+                    aggregate_type: "task".into(),
+                    aggregate_id: change.task.id.to_string(),
+                    event_type: change.event.event_type.to_string(),
+                    topic: CEILING_TOPIC.into(),
+                    payload: taskstream_domain::JsonCodec.encode(&change.event)?,
+                    content_type: "application/json".into(),
+                    traceparent: None,
+                    created_at: change.event.time,
+                };
+                store.insert_task(&change.task, &message).await?;
+            }
+            anyhow::Ok(())
+        })
+    });
+    for w in futures::future::join_all(writers).await {
+        w??;
+    }
+    let encoding = match registry {
+        Some(url) => taskstream_services::EventEncoding::avro(
+            Arc::new(taskstream_avro::RegistryClient::new(url)),
+            CEILING_TOPIC,
+        ),
+        None => taskstream_services::EventEncoding::Json,
+    };
+    let metrics = taskstream_telemetry::Metrics::new();
+    let started = Instant::now();
+    let relay = crate::components::relay(
+        Arc::clone(&store),
+        kafka,
+        Arc::new(tokio::sync::Notify::new()),
+        taskstream_services::RelaySettings::default(),
+        encoding,
+        &metrics,
+    )?;
+    while store.outbox_stats().await?.pending > 0 {
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("the relay did not drain {count} events in two minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    relay.stop().await;
+    store.close().await;
+    Ok(rate)
+}
 
 /// The store ceiling: `count` task + outbox commits from `concurrency` writers.
 async fn store_commits(
@@ -387,9 +482,12 @@ fn plot(path: &PathBuf, series: &[(String, Vec<f64>)]) -> anyhow::Result<()> {
         let mut sorted = values.clone();
         sorted.sort_by(f64::total_cmp);
         let n = sorted.len().max(1) as f64;
+        // At most ~1,000 points per curve keeps the SVG small.
+        let step = (sorted.len() / 1000).max(1);
         let points: Vec<(f64, f64)> = sorted
             .iter()
             .enumerate()
+            .filter(|(i, _)| i % step == 0 || *i + 1 == sorted.len())
             .map(|(i, v)| (*v, (i + 1) as f64 * 100.0 / n))
             .collect();
         chart
@@ -438,6 +536,7 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         acknowledged_changes: 0,
         end_to_end: HashMap::new(),
         relay_per_s: None,
+        relay_drain_per_s: None,
         consumer_per_s: HashMap::new(),
         noop_http_latency: None,
         api_vs_noop_http: None,
@@ -456,7 +555,7 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         report.api_per_s = (args.requests - load.errors) as f64 / load.elapsed.as_secs_f64();
         report.api_latency = Percentiles::of(&load.latency);
         report.http_errors = load.errors;
-        let noop = drive(url, args.requests, args.concurrency, args.rate, None, true).await;
+        let noop = drive(url, args.requests, args.concurrency, None, None, true).await;
         report.noop_http_latency = Some(Percentiles::of(&noop.latency));
         let noop_rate = (args.requests - noop.errors) as f64 / noop.elapsed.as_secs_f64();
         report.api_vs_noop_http = Some(Versus::new(report.api_per_s, noop_rate));
@@ -582,10 +681,17 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         })?;
     }
     let kafka = KafkaConfig::new(system.kafka_bootstrap());
-    let producer_rate = raw_producer(&kafka, load.acks.len().max(1000), report.event_bytes).await?;
-    if let Some(relay) = report.relay_per_s {
-        report.relay_vs_raw_producer = Some(Versus::new(relay, producer_rate));
-    }
+    let ceiling_records = load.acks.len().max(10_000);
+    let producer_rate = raw_producer(&kafka, ceiling_records, report.event_bytes).await?;
+    let drain = relay_drain(
+        &kafka,
+        system.registry_url(),
+        ceiling_records,
+        args.sqlite_synchronous,
+    )
+    .await?;
+    report.relay_drain_per_s = Some(drain);
+    report.relay_vs_raw_producer = Some(Versus::new(drain, producer_rate));
     let commit_rate = store_commits(
         args.requests,
         args.concurrency,
@@ -594,15 +700,8 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     )
     .await?;
     report.api_vs_store_commits = Some(Versus::new(report.api_per_s, commit_rate));
-    let noop = drive(
-        &base,
-        args.requests,
-        args.concurrency,
-        args.rate,
-        None,
-        true,
-    )
-    .await;
+    // The ceiling is the stack's maximum, so it runs unthrottled even under --rate.
+    let noop = drive(&base, args.requests, args.concurrency, None, None, true).await;
     report.noop_http_latency = Some(Percentiles::of(&noop.latency));
     let noop_rate = (args.requests - noop.errors) as f64 / noop.elapsed.as_secs_f64();
     report.api_vs_noop_http = Some(Versus::new(report.api_per_s, noop_rate));
@@ -638,11 +737,34 @@ async fn wait_for_audit(
     }
 }
 
-/// The average size of the events published in the run, from the audit log's envelopes.
+/// The average size of the records published in the run: the audit log's
+/// envelopes, encoded as the relay encodes them (Avro with its 5-byte
+/// header when a registry is in use, JSON otherwise).
 async fn average_event_bytes(system: &RunningSystem) -> Option<usize> {
     let entries = system.store().audit_entries(None, 200).await.ok()?;
-    let total: usize = entries.iter().map(|e| e.envelope.len()).sum();
-    (!entries.is_empty()).then(|| total / entries.len())
+    let schemas = taskstream_avro::EventSchemas::embedded();
+    let sizes: Vec<usize> = entries
+        .iter()
+        .filter_map(|e| {
+            if system.registry_url().is_none() {
+                return Some(e.envelope.len());
+            }
+            let event: taskstream_domain::EventEnvelope = serde_json::from_str(&e.envelope).ok()?;
+            let schema = &schemas.for_type(event.event_type).schema;
+            let value = taskstream_avro::to_avro(&event, schema).ok()?;
+            Some(5 + apache_avro_datum_len(schema, value)?)
+        })
+        .collect();
+    (!sizes.is_empty()).then(|| sizes.iter().sum::<usize>() / sizes.len())
+}
+
+fn apache_avro_datum_len(
+    schema: &taskstream_avro::Schema,
+    value: taskstream_avro::Value,
+) -> Option<usize> {
+    taskstream_avro::to_avro_datum(schema, value)
+        .ok()
+        .map(|d| d.len())
 }
 
 fn print(report: &Report, json: bool) -> anyhow::Result<()> {
@@ -690,7 +812,10 @@ fn print(report: &Report, json: bool) -> anyhow::Result<()> {
         }
     }
     if let Some(r) = report.relay_per_s {
-        println!("  relay              {r:>9.0} events/s");
+        println!("  relay under load   {r:>9.0} events/s");
+    }
+    if let Some(r) = report.relay_drain_per_s {
+        println!("  relay draining     {r:>9.0} events/s");
     }
     for (group, r) in &report.consumer_per_s {
         println!("  consumer {group:<9} {r:>9.0} events/s");
@@ -708,7 +833,7 @@ fn print(report: &Report, json: bool) -> anyhow::Result<()> {
         v(&report.api_vs_store_commits)
     );
     println!(
-        "    relay / raw producer    {}",
+        "    relay draining / raw producer {}",
         v(&report.relay_vs_raw_producer)
     );
     if let Some(plot) = &report.plot {
