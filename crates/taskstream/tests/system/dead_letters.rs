@@ -2,20 +2,17 @@
 //! partition moves on; a replay after the fix is handled exactly once.
 
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use sqlx::Connection;
 use taskstream::components::{self, ConsumerOptions};
 use taskstream_kafka::{
-    group_offsets, DevBroker, EventProducer, KafkaConfig, OutboundRecord, ProducerSettings,
+    group_offsets, EventProducer, KafkaConfig, OutboundRecord, ProducerSettings,
 };
-use taskstream_services::topics::{declared_topics, TASK_EVENTS};
-use taskstream_services::{EventEncoding, RelaySettings, RetryPolicy};
+use taskstream_services::topics::TASK_EVENTS;
+use taskstream_services::RetryPolicy;
 use taskstream_store::{AuditStore, NotificationStore, OutboxStore, SqliteOptions};
-use taskstream_telemetry::Metrics;
-use tokio::sync::Notify;
 
 use crate::helpers::{client, eventually, spawn_app};
 
@@ -155,31 +152,14 @@ async fn poison_records_are_dead_lettered_with_their_story_and_later_events_are_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_outage_exhausts_retries_into_the_dlq_and_a_replay_is_handled_exactly_once() {
     crate::helpers::init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let broker = DevBroker::start(&declared_topics(1)).unwrap();
-    let kafka = KafkaConfig::new(broker.bootstrap_servers());
     let options = SqliteOptions {
         busy_timeout: Duration::from_millis(100),
         ..SqliteOptions::default()
     };
-    let store = components::open_store(dir.path(), &options).await.unwrap();
-    let metrics = Metrics::new();
-    let wake = Arc::new(Notify::new());
-    let relay = components::relay(
-        store.clone(),
-        &kafka,
-        wake.clone(),
-        RelaySettings::default(),
-        EventEncoding::Json,
-        &metrics,
-    )
-    .unwrap();
-    let (addr, http) = components::http(
-        "127.0.0.1:0".parse().unwrap(),
-        components::task_api(store.clone(), wake),
-    )
-    .await
-    .unwrap();
+    let p = crate::helpers::Pipeline::start(options).await;
+    let (kafka, store, metrics, addr) =
+        (p.kafka.clone(), p.store.clone(), p.metrics.clone(), p.addr);
+    let broker = &p.broker;
     let response = client()
         .post(format!("http://{addr}/tasks"))
         .json(&json!({ "title": "during the outage", "assignee": "ana" }))
@@ -292,8 +272,5 @@ async fn a_store_outage_exhausts_retries_into_the_dlq_and_a_replay_is_handled_ex
     for c in consumers {
         c.stop().await;
     }
-    http.stop().await;
-    relay.stop().await;
-    store.close().await;
-    drop(broker);
+    p.stop().await;
 }

@@ -148,3 +148,66 @@ impl TestApp {
         self.system.store().outbox_stats().await.unwrap().total
     }
 }
+
+/// The producing half of the system, started from its parts so a test can
+/// add, stop and restart consumers at will: the dev broker, the store, the
+/// relay (JSON events) and the Task API on a random port.
+pub struct Pipeline {
+    pub broker: taskstream_kafka::DevBroker,
+    pub kafka: taskstream_kafka::KafkaConfig,
+    pub store: std::sync::Arc<taskstream_store::SqliteStore>,
+    pub metrics: std::sync::Arc<taskstream_telemetry::Metrics>,
+    /// The Task API's address.
+    pub addr: std::net::SocketAddr,
+    relay: taskstream::components::Component,
+    http: taskstream::components::Component,
+    _dir: TempDir,
+}
+
+impl Pipeline {
+    pub async fn start(sqlite: taskstream_store::SqliteOptions) -> Self {
+        use std::sync::Arc;
+        use taskstream::components;
+        init_logs();
+        let dir = tempfile::tempdir().unwrap();
+        let broker =
+            taskstream_kafka::DevBroker::start(&taskstream_services::topics::declared_topics(1))
+                .unwrap();
+        let kafka = taskstream_kafka::KafkaConfig::new(broker.bootstrap_servers());
+        let store = components::open_store(dir.path(), &sqlite).await.unwrap();
+        let metrics = taskstream_telemetry::Metrics::new();
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let relay = components::relay(
+            store.clone(),
+            &kafka,
+            wake.clone(),
+            taskstream_services::RelaySettings::default(),
+            taskstream_services::EventEncoding::Json,
+            &metrics,
+        )
+        .unwrap();
+        let (addr, http) = components::http(
+            "127.0.0.1:0".parse().unwrap(),
+            components::task_api(store.clone(), wake),
+        )
+        .await
+        .unwrap();
+        Self {
+            broker,
+            kafka,
+            store,
+            metrics,
+            addr,
+            relay,
+            http,
+            _dir: dir,
+        }
+    }
+
+    /// Stops the API, then the relay, then the store and the broker.
+    pub async fn stop(self) {
+        self.http.stop().await;
+        self.relay.stop().await;
+        self.store.close().await;
+    }
+}

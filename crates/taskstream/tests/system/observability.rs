@@ -3,17 +3,13 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use taskstream::components::{self, ConsumerOptions};
-use taskstream_kafka::{group_offsets, DevBroker, KafkaConfig};
-use taskstream_services::topics::{declared_topics, TASK_EVENTS};
-use taskstream_services::{EventEncoding, RelaySettings};
-use taskstream_store::{AuditStore, SqliteOptions};
-use taskstream_telemetry::Metrics;
-use tokio::sync::Notify;
+use taskstream_kafka::group_offsets;
+use taskstream_services::topics::TASK_EVENTS;
+use taskstream_store::AuditStore;
 
 use crate::helpers::{client, eventually, spawn_app};
 use crate::interop::python;
@@ -22,29 +18,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_taskstream");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_agrees_with_confluent_kafka_python_and_flags_a_stopped_group() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = DevBroker::start(&declared_topics(1)).unwrap();
-    let kafka = KafkaConfig::new(broker.bootstrap_servers());
-    let store = components::open_store(dir.path(), &SqliteOptions::default())
-        .await
-        .unwrap();
-    let metrics = Metrics::new();
-    let wake = Arc::new(Notify::new());
-    let relay = components::relay(
-        store.clone(),
-        &kafka,
-        wake.clone(),
-        RelaySettings::default(),
-        EventEncoding::Json,
-        &metrics,
-    )
-    .unwrap();
-    let (addr, http) = components::http(
-        "127.0.0.1:0".parse().unwrap(),
-        components::task_api(store.clone(), wake),
-    )
-    .await
-    .unwrap();
+    let p = crate::helpers::Pipeline::start(taskstream_store::SqliteOptions::default()).await;
+    let (kafka, store, metrics, addr) =
+        (p.kafka.clone(), p.store.clone(), p.metrics.clone(), p.addr);
+    let broker = &p.broker;
     let settings = ConsumerOptions::for_dev_broker();
     let auditor = components::auditor(store.clone(), &kafka, None, &settings, &metrics).unwrap();
     let client = client();
@@ -168,10 +145,7 @@ async fn lag_agrees_with_confluent_kafka_python_and_flags_a_stopped_group() {
         );
     }
 
-    http.stop().await;
-    relay.stop().await;
-    store.close().await;
-    drop(broker);
+    p.stop().await;
 }
 
 fn sample(metrics: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {

@@ -1,47 +1,19 @@
 //! Consumers join and leave their groups under load: partitions move,
 //! nothing is lost, and redeliveries are absorbed.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
 use taskstream::components::{self, ConsumerOptions};
-use taskstream_kafka::{DevBroker, KafkaConfig};
-use taskstream_services::topics::declared_topics;
-use taskstream_services::{EventEncoding, RelaySettings};
-use taskstream_store::SqliteOptions;
-use taskstream_telemetry::Metrics;
-use tokio::sync::Notify;
 
 use crate::faults::assert_exactly_once;
 use crate::helpers::client;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_joining_and_leaving_under_load_lose_nothing() {
-    crate::helpers::init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let broker = DevBroker::start(&declared_topics(1)).unwrap();
-    let kafka = KafkaConfig::new(broker.bootstrap_servers());
-    let store = components::open_store(dir.path(), &SqliteOptions::default())
-        .await
-        .unwrap();
-    let metrics = Metrics::new();
-    let wake = Arc::new(Notify::new());
-    let relay = components::relay(
-        store.clone(),
-        &kafka,
-        wake.clone(),
-        RelaySettings::default(),
-        EventEncoding::Json,
-        &metrics,
-    )
-    .unwrap();
-    let (addr, http) = components::http(
-        "127.0.0.1:0".parse().unwrap(),
-        components::task_api(store.clone(), wake),
-    )
-    .await
-    .unwrap();
+    let p = crate::helpers::Pipeline::start(taskstream_store::SqliteOptions::default()).await;
+    let (kafka, store, metrics, addr) =
+        (p.kafka.clone(), p.store.clone(), p.metrics.clone(), p.addr);
     let options = ConsumerOptions::for_dev_broker();
     let pair = || {
         [
@@ -88,8 +60,5 @@ async fn members_joining_and_leaving_under_load_lose_nothing() {
     for c in second.into_iter().chain(third) {
         c.stop().await;
     }
-    http.stop().await;
-    relay.stop().await;
-    store.close().await;
-    drop(broker);
+    p.stop().await;
 }

@@ -1,45 +1,20 @@
 //! Consumers stopped mid-stream and started again: no gaps, no second effect.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use taskstream::components::{self, ConsumerOptions};
-use taskstream_kafka::{group_offsets, DevBroker, KafkaConfig};
-use taskstream_services::topics::{declared_topics, TASK_EVENTS};
-use taskstream_services::{EventEncoding, RelaySettings};
-use taskstream_store::{AuditStore, NotificationStore, SqliteOptions};
-use taskstream_telemetry::Metrics;
-use tokio::sync::Notify;
+use taskstream_kafka::group_offsets;
+use taskstream_services::topics::TASK_EVENTS;
+use taskstream_store::{AuditStore, NotificationStore};
 
 use crate::helpers::{client, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumers_restarted_mid_stream_miss_nothing_and_repeat_nothing() {
-    crate::helpers::init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let broker = DevBroker::start(&declared_topics(1)).unwrap();
-    let kafka = KafkaConfig::new(broker.bootstrap_servers());
-    let store = components::open_store(dir.path(), &SqliteOptions::default())
-        .await
-        .unwrap();
-    let wake = Arc::new(Notify::new());
-    let metrics = Metrics::new();
-    let relay = components::relay(
-        store.clone(),
-        &kafka,
-        wake.clone(),
-        RelaySettings::default(),
-        EventEncoding::Json,
-        &metrics,
-    )
-    .unwrap();
-    let (addr, http) = components::http(
-        "127.0.0.1:0".parse().unwrap(),
-        components::task_api(store.clone(), wake),
-    )
-    .await
-    .unwrap();
+    let p = crate::helpers::Pipeline::start(taskstream_store::SqliteOptions::default()).await;
+    let (kafka, store, metrics, addr) =
+        (p.kafka.clone(), p.store.clone(), p.metrics.clone(), p.addr);
     let settings = ConsumerOptions::for_dev_broker();
     let start_consumers = || {
         vec![
@@ -159,8 +134,5 @@ async fn consumers_restarted_mid_stream_miss_nothing_and_repeat_nothing() {
         120
     );
 
-    http.stop().await;
-    relay.stop().await;
-    store.close().await;
-    drop(broker);
+    p.stop().await;
 }
