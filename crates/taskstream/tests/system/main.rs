@@ -10,6 +10,7 @@ mod helpers;
 mod http_errors;
 mod http_fuzz;
 mod interop;
+mod manifests;
 mod observability;
 mod rebalance;
 mod restart;
