@@ -116,7 +116,8 @@ impl RegistryClient {
             return serde_json::from_slice(&body)
                 .map_err(|e| unavailable(format!("unexpected answer: {e}")));
         }
-        if status.is_server_error() {
+        // Timeouts and rate limits pass; so do server errors.
+        if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
             return Err(unavailable(format!(
                 "{status}: {}",
                 String::from_utf8_lossy(&body)

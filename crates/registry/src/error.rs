@@ -14,6 +14,8 @@ pub enum RegistryApiError {
     SchemaNotFound(String),
     #[error("Subject '{0}' was not deleted first before being permanently deleted")]
     NotSoftDeleted(String),
+    #[error("Version {0} was not deleted first before being permanently deleted")]
+    VersionNotSoftDeleted(i64),
     #[error("Subject '{0}' does not have subject-level compatibility configured")]
     NoSubjectConfig(String),
     #[error("{0}")]
@@ -40,6 +42,7 @@ impl RegistryApiError {
             Self::VersionNotFound(_) => (StatusCode::NOT_FOUND, 40402),
             Self::SchemaNotFound(_) => (StatusCode::NOT_FOUND, 40403),
             Self::NotSoftDeleted(_) => (StatusCode::NOT_FOUND, 40405),
+            Self::VersionNotSoftDeleted(_) => (StatusCode::NOT_FOUND, 40407),
             Self::NoSubjectConfig(_) => (StatusCode::NOT_FOUND, 40408),
             Self::Incompatible(_) => (StatusCode::CONFLICT, 40901),
             Self::InvalidSchema(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42201),

@@ -28,6 +28,9 @@ pub struct SubjectVersion {
 #[derive(Debug, Clone)]
 pub struct RegistryStore {
     pool: SqlitePool,
+    /// Registrations and deletes run one at a time: each reads the
+    /// subject's versions, checks, then writes, and must not interleave.
+    changes: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Parses a schema the registry is asked to store, and its identity.
@@ -64,7 +67,10 @@ impl RegistryStore {
             .run(&pool)
             .await
             .map_err(|e| sqlx::Error::Migrate(Box::new(e)))?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            changes: Default::default(),
+        })
     }
 
     /// The level for `subject`: its own, else the global one.
@@ -224,6 +230,7 @@ impl RegistryStore {
     /// Registers `schema` under `subject`, or returns the id it already has there.
     pub async fn register(&self, subject: &str, schema: &str) -> Result<i64, RegistryApiError> {
         let (parsed, canonical) = parse(schema)?;
+        let _one_at_a_time = self.changes.lock().await;
         let live = self.versions(subject, false).await?;
         for v in &live {
             if parse(&v.schema)
@@ -283,6 +290,7 @@ impl RegistryStore {
         version: Option<i64>,
         permanent: bool,
     ) -> Result<Vec<i64>, RegistryApiError> {
+        let _one_at_a_time = self.changes.lock().await;
         let all = self.versions(subject, true).await?;
         if all.is_empty() {
             return Err(RegistryApiError::SubjectNotFound(subject.to_owned()));
@@ -306,7 +314,10 @@ impl RegistryStore {
             });
         }
         if permanent && targets.iter().any(|v| live.contains(v)) {
-            return Err(RegistryApiError::NotSoftDeleted(subject.to_owned()));
+            return Err(match version {
+                Some(v) => RegistryApiError::VersionNotSoftDeleted(v),
+                None => RegistryApiError::NotSoftDeleted(subject.to_owned()),
+            });
         }
         let mut tx = self.pool.begin().await?;
         for v in &targets {

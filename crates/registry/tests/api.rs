@@ -220,6 +220,9 @@ async fn deletes_are_soft_first_then_permanent() {
     let r = spawn().await;
     let v1 = record(json!([{ "name": "a", "type": "string" }]));
     r.register("s", &v1).await;
+    // A version must be soft-deleted before it can be deleted for good.
+    let (status, body) = r.delete("/subjects/s/versions/1?permanent=true").await;
+    assert_eq!((status, error_code(&body)), (404, 40407), "{body}");
     assert_eq!(r.delete("/subjects/s").await, (200, json!([1])));
     assert_eq!(r.get("/subjects").await.1, json!([]));
     assert_eq!(r.get("/subjects?deleted=true").await.1, json!(["s"]));

@@ -169,7 +169,8 @@ impl OutboxRelay {
             }
         }
         let mut published = Vec::with_capacity(deliveries.len());
-        let mut failure = enqueue_error;
+        // Rows enqueued before a failed enqueue still count: they precede it.
+        let mut failure = None;
         for (row, delivery) in batch.iter().zip(deliveries) {
             let result = delivery.await;
             match &result {
@@ -193,6 +194,7 @@ impl OutboxRelay {
                 Err(_) => {}
             }
         }
+        let failure = failure.or(enqueue_error);
         self.store
             .mark_published(&published, taskstream_domain::now())
             .await?;

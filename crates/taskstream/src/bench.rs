@@ -38,7 +38,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
     /// Send at this many requests per second instead of as fast as possible.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_rate)]
     pub rate: Option<f64>,
     /// Out of every 10 requests, how many update a task (the rest create or complete).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=5))]
@@ -61,6 +61,15 @@ pub struct BenchArgs {
     /// SQLite durability for the run (the store ceiling uses the same).
     #[arg(long, default_value = "full")]
     pub sqlite_synchronous: Synchronous,
+}
+
+fn parse_rate(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(r) if r.is_finite() && (0.01..=1_000_000.0).contains(&r) => Ok(r),
+        _ => Err(format!(
+            "expected requests per second between 0.01 and 1000000, got {raw:?}"
+        )),
+    }
 }
 
 /// Latency percentiles, in milliseconds.

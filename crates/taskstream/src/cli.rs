@@ -178,7 +178,9 @@ fn parse_millis(raw: &str) -> Result<Duration, String> {
 
 fn parse_seconds(raw: &str) -> Result<Duration, String> {
     match raw.parse::<f64>() {
-        Ok(s) if s.is_finite() && s > 0.0 => Ok(Duration::from_secs_f64(s)),
+        Ok(s) if s > 0.0 => {
+            Duration::try_from_secs_f64(s).map_err(|_| format!("{raw:?} seconds is out of range"))
+        }
         _ => Err(format!(
             "expected a positive number of seconds, got {raw:?}"
         )),
