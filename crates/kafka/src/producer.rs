@@ -19,9 +19,21 @@ pub struct ProducerSettings {
     /// How long librdkafka may wait to fill a batch (`linger.ms`).
     pub linger: Duration,
     /// How long a record may wait for acknowledgement, retries included,
-    /// before its delivery fails (`message.timeout.ms`). The relay retries
-    /// failed records itself, so this bounds one attempt, not the outage.
+    /// before its delivery fails (`message.timeout.ms`); zero waits forever.
     pub message_timeout: Duration,
+}
+
+impl ProducerSettings {
+    /// For a producer that must never give up on one record while a later
+    /// one of the same partition succeeds: librdkafka's idempotence keeps a
+    /// partition in order only while no record fails, so records wait (and
+    /// are retried) as long as the broker is away.
+    pub fn ordered() -> Self {
+        Self {
+            message_timeout: Duration::ZERO,
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for ProducerSettings {

@@ -3,8 +3,12 @@
 //!
 //! It is woken right after every commit through a [`Notify`], and also polls
 //! on a slow timer so that writes made by another process are not missed.
-//! While the broker is unreachable it retries with backoff; rows stay pending,
-//! so nothing is dropped. A row that was published but not yet marked (a
+//! While the broker is unreachable, records wait in the producer, which
+//! retries them without a deadline (a record giving up while a later one of
+//! the same task got through would be republished after it); rows stay
+//! pending meanwhile, so nothing is dropped. Failures that do surface (an
+//! event that cannot be encoded yet, a producer error) are retried with
+//! backoff. A row that was published but not yet marked (a
 //! crash in between) is published again: consumers de-duplicate by event id.
 
 use std::sync::Arc;

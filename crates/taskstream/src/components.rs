@@ -136,7 +136,9 @@ pub fn relay(
     encoding: EventEncoding,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Component> {
-    let producer = EventProducer::new(kafka, "relay", &ProducerSettings::default())
+    // A record that timed out while a later one of the same task got through
+    // would be published after it on retry: the relay's records never time out.
+    let producer = EventProducer::new(kafka, "relay", &ProducerSettings::ordered())
         .context("cannot create the relay's Kafka producer")?;
     let relay = OutboxRelay::new(
         store,
