@@ -328,29 +328,38 @@ async fn raw_producer(kafka: &KafkaConfig, count: usize, size: usize) -> anyhow:
 
 const CEILING_TOPIC: &str = "bench-ceiling";
 
-/// The relay's capacity: a fresh relay draining `count` events queued
-/// before it starts, with the same encoding and broker as the system.
-async fn relay_drain(
-    kafka: &KafkaConfig,
-    registry: Option<&str>,
-    count: usize,
+/// A fresh store in a temporary directory, with the run's durability.
+async fn scratch_store(
     synchronous: Synchronous,
-) -> anyhow::Result<f64> {
-    use taskstream_domain::EventCodec;
-    use taskstream_store::OutboxStore;
+) -> anyhow::Result<(tempfile::TempDir, Arc<SqliteStore>)> {
     let dir = tempfile::tempdir()?;
     let options = SqliteOptions {
         synchronous,
         ..SqliteOptions::default()
     };
-    let store = Arc::new(SqliteStore::open(&dir.path().join("drain.db"), &options).await?);
-    let writers = (0..16).map(|w| {
-        let store = Arc::clone(&store);
+    let store = Arc::new(SqliteStore::open(&dir.path().join("scratch.db"), &options).await?);
+    Ok((dir, store))
+}
+
+/// Writes `count` new tasks and their outbox rows, as the API does, from
+/// `writers` concurrent writers. The payload is the event's JSON, or
+/// `payload_bytes` filler bytes when given.
+async fn write_tasks(
+    store: &Arc<SqliteStore>,
+    count: usize,
+    writers: usize,
+    topic: &'static str,
+    payload_bytes: Option<usize>,
+) -> anyhow::Result<()> {
+    use taskstream_domain::EventCodec;
+    let next = Arc::new(AtomicUsize::new(0));
+    let tasks = (0..writers).map(|_| {
+        let (store, next) = (Arc::clone(store), Arc::clone(&next));
         tokio::spawn(async move {
-            for _ in (w..count).step_by(16) {
+            while next.fetch_add(1, Ordering::Relaxed) < count {
                 let change = taskstream_domain::Task::create(
                     taskstream_domain::NewTask {
-                        title: taskstream_domain::TaskTitle::parse("drain").expect("valid title"),
+                        title: taskstream_domain::TaskTitle::parse("bench").expect("valid title"),
                         description: None,
                         priority: taskstream_domain::Priority::Medium,
                         due_at: None,
@@ -361,13 +370,17 @@ async fn relay_drain(
                     taskstream_domain::now(),
                     taskstream_domain::Cause::default(),
                 );
+                let payload = match payload_bytes {
+                    Some(n) => vec![b'x'; n],
+                    None => taskstream_domain::JsonCodec.encode(&change.event)?,
+                };
                 let message = OutboxMessage {
                     id: change.event.id.as_uuid(),
                     aggregate_type: "task".into(),
                     aggregate_id: change.task.id.to_string(),
                     event_type: change.event.event_type.to_string(),
-                    topic: CEILING_TOPIC.into(),
-                    payload: taskstream_domain::JsonCodec.encode(&change.event)?,
+                    topic: topic.into(),
+                    payload,
                     content_type: "application/json".into(),
                     traceparent: None,
                     created_at: change.event.time,
@@ -377,9 +390,23 @@ async fn relay_drain(
             anyhow::Ok(())
         })
     });
-    for w in futures::future::join_all(writers).await {
-        w??;
+    for task in futures::future::join_all(tasks).await {
+        task??;
     }
+    Ok(())
+}
+
+/// The relay's capacity: a fresh relay draining `count` events queued
+/// before it starts, with the same encoding and broker as the system.
+async fn relay_drain(
+    kafka: &KafkaConfig,
+    registry: Option<&str>,
+    count: usize,
+    synchronous: Synchronous,
+) -> anyhow::Result<f64> {
+    use taskstream_store::OutboxStore;
+    let (_dir, store) = scratch_store(synchronous).await?;
+    write_tasks(&store, count, 16, CEILING_TOPIC, None).await?;
     let encoding = match registry {
         Some(url) => taskstream_services::EventEncoding::avro(
             Arc::new(taskstream_avro::RegistryClient::new(url)),
@@ -416,48 +443,9 @@ async fn store_commits(
     synchronous: Synchronous,
     event_bytes: usize,
 ) -> anyhow::Result<f64> {
-    let dir = tempfile::tempdir()?;
-    let options = SqliteOptions {
-        synchronous,
-        ..SqliteOptions::default()
-    };
-    let store = Arc::new(SqliteStore::open(&dir.path().join("ceiling.db"), &options).await?);
-    let next = Arc::new(AtomicUsize::new(0));
+    let (_dir, store) = scratch_store(synchronous).await?;
     let started = Instant::now();
-    let writers = (0..concurrency).map(|_| {
-        let (store, next) = (Arc::clone(&store), Arc::clone(&next));
-        tokio::spawn(async move {
-            while next.fetch_add(1, Ordering::Relaxed) < count {
-                let change = taskstream_domain::Task::create(
-                    taskstream_domain::NewTask {
-                        title: taskstream_domain::TaskTitle::parse("ceiling").expect("valid title"),
-                        description: None,
-                        priority: taskstream_domain::Priority::Medium,
-                        due_at: None,
-                        assignee: None,
-                    },
-                    taskstream_domain::now(),
-                    taskstream_domain::Cause::default(),
-                );
-                let message = OutboxMessage {
-                    id: change.event.id.as_uuid(),
-                    aggregate_type: "task".into(),
-                    aggregate_id: change.task.id.to_string(),
-                    event_type: change.event.event_type.to_string(),
-                    topic: "task-events".into(),
-                    payload: vec![b'x'; event_bytes],
-                    content_type: "application/json".into(),
-                    traceparent: None,
-                    created_at: change.event.time,
-                };
-                store.insert_task(&change.task, &message).await?;
-            }
-            anyhow::Ok(())
-        })
-    });
-    for w in futures::future::join_all(writers).await {
-        w??;
-    }
+    write_tasks(&store, count, concurrency, "task-events", Some(event_bytes)).await?;
     let rate = count as f64 / started.elapsed().as_secs_f64();
     store.close().await;
     Ok(rate)
