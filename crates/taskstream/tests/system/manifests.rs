@@ -36,11 +36,11 @@ fn committed_topic_manifests_equal_what_the_code_declares() {
     }
 }
 
-/// Strimzi's CRDs: `TASKSTREAM_STRIMZI_CRDS`, else the shared folder beside the repository.
+/// Strimzi's CRDs: `TASKSTREAM_STRIMZI_CRDS`, else the copies in `deploy/strimzi/crds/`.
 fn crds() -> Option<PathBuf> {
     let dir = std::env::var_os("TASKSTREAM_STRIMZI_CRDS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("../shared/k8s/strimzi-crds"));
+        .unwrap_or_else(|| repo().join("deploy/strimzi/crds"));
     dir.is_dir().then_some(dir)
 }
 
