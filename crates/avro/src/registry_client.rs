@@ -187,8 +187,9 @@ impl RegistryClient {
     }
 
     /// Whether `schema` may be registered under `subject` next, as the
-    /// registry's configured compatibility level judges it; the reasons when
-    /// it may not. A subject that does not exist yet accepts anything.
+    /// registry's configured compatibility level judges it (against all the
+    /// versions the level covers); the reasons when it may not. A subject
+    /// that does not exist yet accepts anything.
     pub async fn check(
         &self,
         subject: &str,
@@ -200,8 +201,9 @@ impl RegistryClient {
             #[serde(default)]
             messages: Vec<String>,
         }
+        // Every version the subject's level covers, as registering would check.
         let url = format!(
-            "{}/compatibility/subjects/{}/versions/latest?verbose=true",
+            "{}/compatibility/subjects/{}/versions?verbose=true",
             self.base,
             encode_segment(subject)
         );

@@ -57,6 +57,10 @@ pub fn router(store: RegistryStore) -> Router {
         .route("/schemas/ids/{id}/schema", get(get_schema_text))
         .route("/schemas/ids/{id}/versions", get(get_schema_versions))
         .route(
+            "/compatibility/subjects/{subject}/versions",
+            post(check_all),
+        )
+        .route(
             "/compatibility/subjects/{subject}/versions/{version}",
             post(check),
         )
@@ -254,43 +258,67 @@ async fn get_schema_versions(
     Ok(ok(json!(usages)))
 }
 
+/// The schema in a compatibility-check request.
+fn schema_to_check(body: &Bytes) -> Result<Schema> {
+    let request = schema_request(body)?;
+    let json: Value = serde_json::from_str(&request.schema)
+        .map_err(|e| RegistryApiError::InvalidSchema(e.to_string()))?;
+    Schema::parse(&json).map_err(|e| RegistryApiError::InvalidSchema(e.to_string()))
+}
+
+fn verdict(reasons: Vec<String>, params: &HashMap<String, String>) -> Response {
+    let mut body = json!({ "is_compatible": reasons.is_empty() });
+    if flag(params, "verbose") {
+        body["messages"] = json!(reasons);
+    }
+    ok(body)
+}
+
+/// Against one version (`latest` or a number), in the direction(s) the
+/// subject's level names, as Confluent's registry checks it.
 async fn check(
     State(store): State<RegistryStore>,
     Path((subject, version)): Path<(String, String)>,
     Query(params): Params,
     body: Bytes,
 ) -> Result<Response> {
-    let request = schema_request(&body)?;
-    let json: Value = serde_json::from_str(&request.schema)
-        .map_err(|e| RegistryApiError::InvalidSchema(e.to_string()))?;
-    let schema =
-        Schema::parse(&json).map_err(|e| RegistryApiError::InvalidSchema(e.to_string()))?;
+    let schema = schema_to_check(&body)?;
     let versions = store.versions(&subject, false).await?;
     let chosen = pick(&versions, &subject, &version)?;
-    let level = store.level(Some(&subject)).await?;
-    let reasons = if version == "latest" || version == "-1" {
-        // Everything the level asks for, as registering would check it.
-        store
-            .incompatibilities(&subject, &schema, &versions, Some(level))
-            .await?
-    } else {
-        // Against that one version, in the level's direction(s).
-        let one = std::slice::from_ref(chosen);
-        let non_transitive = match level {
-            CompatibilityLevel::BackwardTransitive => CompatibilityLevel::Backward,
-            CompatibilityLevel::ForwardTransitive => CompatibilityLevel::Forward,
-            CompatibilityLevel::FullTransitive => CompatibilityLevel::Full,
-            other => other,
-        };
-        store
-            .incompatibilities(&subject, &schema, one, Some(non_transitive))
-            .await?
+    let non_transitive = match store.level(Some(&subject)).await? {
+        CompatibilityLevel::BackwardTransitive => CompatibilityLevel::Backward,
+        CompatibilityLevel::ForwardTransitive => CompatibilityLevel::Forward,
+        CompatibilityLevel::FullTransitive => CompatibilityLevel::Full,
+        other => other,
     };
-    let mut body = json!({ "is_compatible": reasons.is_empty() });
-    if flag(&params, "verbose") {
-        body["messages"] = json!(reasons);
+    let reasons = store
+        .incompatibilities(
+            &subject,
+            &schema,
+            std::slice::from_ref(chosen),
+            Some(non_transitive),
+        )
+        .await?;
+    Ok(verdict(reasons, &params))
+}
+
+/// Against every version the subject's level covers (all of them for the
+/// transitive levels, the latest otherwise): what registering would check.
+async fn check_all(
+    State(store): State<RegistryStore>,
+    Path(subject): Path<String>,
+    Query(params): Params,
+    body: Bytes,
+) -> Result<Response> {
+    let schema = schema_to_check(&body)?;
+    let versions = store.versions(&subject, false).await?;
+    if versions.is_empty() {
+        return Err(RegistryApiError::SubjectNotFound(subject));
     }
-    Ok(ok(body))
+    let reasons = store
+        .incompatibilities(&subject, &schema, &versions, None)
+        .await?;
+    Ok(verdict(reasons, &params))
 }
 
 #[derive(Deserialize)]

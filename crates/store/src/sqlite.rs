@@ -431,6 +431,17 @@ async fn insert_all(
     Ok(())
 }
 
+/// Whether a write's error leaves the surrounding transaction intact.
+fn fails_alone(error: &StoreError) -> bool {
+    match error {
+        StoreError::VersionConflict { .. } => true,
+        StoreError::Database(sqlx::Error::Database(db)) => {
+            !matches!(db.kind(), sqlx::error::ErrorKind::Other)
+        }
+        _ => false,
+    }
+}
+
 async fn commit_group(pool: &SqlitePool, group: &[QueuedWrite]) -> Vec<Result<(), StoreError>> {
     let failed_all = |e: &dyn std::fmt::Display| {
         group
@@ -475,8 +486,15 @@ async fn commit_group(pool: &SqlitePool, group: &[QueuedWrite]) -> Vec<Result<()
         };
         let result = match apply(&mut savepoint, &queued.write).await {
             Ok(()) => savepoint.commit().await.map_err(StoreError::from),
-            // Dropping the savepoint rolls this write back alone.
-            Err(e) => Err(e),
+            // A version conflict or a violated constraint is this write's
+            // alone (SQLite undoes just the statement): dropping the
+            // savepoint rolls the write back and the group goes on.
+            Err(e) if fails_alone(&e) => Err(e),
+            // Anything else may have ended the whole transaction (SQLite
+            // rolls back by itself on a full disk or an I/O error), and
+            // statements after it would run outside it: stop here, roll
+            // back, and fail the group.
+            Err(e) => return failed_all(&e),
         };
         *outcome = Some(result);
     }
