@@ -219,14 +219,21 @@ fn schema_id(raw: &str) -> Result<i64> {
         .map_err(|_| RegistryApiError::SchemaNotFound(raw.to_owned()))
 }
 
+/// The id in a path and the schema stored under it.
+async fn stored_schema(store: &RegistryStore, raw: String) -> Result<(i64, String)> {
+    let id = schema_id(&raw)?;
+    let schema = store
+        .schema(id)
+        .await?
+        .ok_or(RegistryApiError::SchemaNotFound(raw))?;
+    Ok((id, schema))
+}
+
 async fn get_schema(
     State(store): State<RegistryStore>,
     Path(id): Path<String>,
 ) -> Result<Response> {
-    let schema = store
-        .schema(schema_id(&id)?)
-        .await?
-        .ok_or(RegistryApiError::SchemaNotFound(id))?;
+    let (_, schema) = stored_schema(&store, id).await?;
     Ok(ok(json!({ "schema": schema })))
 }
 
@@ -234,10 +241,7 @@ async fn get_schema_text(
     State(store): State<RegistryStore>,
     Path(id): Path<String>,
 ) -> Result<Response> {
-    let schema = store
-        .schema(schema_id(&id)?)
-        .await?
-        .ok_or(RegistryApiError::SchemaNotFound(id))?;
+    let (_, schema) = stored_schema(&store, id).await?;
     Ok(ok(serde_json::from_str(&schema).unwrap_or(Value::Null)))
 }
 
@@ -245,10 +249,7 @@ async fn get_schema_versions(
     State(store): State<RegistryStore>,
     Path(id): Path<String>,
 ) -> Result<Response> {
-    let id = schema_id(&id)?;
-    if store.schema(id).await?.is_none() {
-        return Err(RegistryApiError::SchemaNotFound(id.to_string()));
-    }
+    let (id, _) = stored_schema(&store, id).await?;
     let usages: Vec<Value> = store
         .usages(id)
         .await?

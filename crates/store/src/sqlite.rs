@@ -1075,19 +1075,7 @@ mod tests {
             .unwrap();
         // Event 0: handled by both. Event 1: only audited. Event 2: by neither.
         for change in &changes[..2] {
-            let entry = AuditEntry {
-                event_id: change.event.id.as_uuid(),
-                event_type: "task.created".into(),
-                task_id: change.task.id.to_string(),
-                task_version: 1,
-                event_time: change.event.time,
-                correlation_id: None,
-                topic: "task-events".into(),
-                partition: 0,
-                offset: 0,
-                recorded_at: change.event.time,
-                envelope: "{}".into(),
-            };
+            let entry = audit_entry(change.event.id.as_uuid(), &change.task.id.to_string());
             store.append(&entry).await.unwrap();
         }
         store
@@ -1108,21 +1096,29 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn audit_append_is_idempotent_by_event_id() {
-        let (_dir, store) = store().await;
-        let entry = AuditEntry {
-            event_id: Uuid::now_v7(),
+    /// A `task.created` audit entry for `event_id` about `task_id`.
+    fn audit_entry(event_id: Uuid, task_id: &str) -> AuditEntry {
+        AuditEntry {
+            event_id,
             event_type: "task.created".into(),
-            task_id: "t".into(),
+            task_id: task_id.into(),
             task_version: 1,
             event_time: taskstream_domain::now(),
             correlation_id: None,
             topic: "task-events".into(),
             partition: 0,
-            offset: 4,
+            offset: 0,
             recorded_at: taskstream_domain::now(),
             envelope: "{}".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn audit_append_is_idempotent_by_event_id() {
+        let (_dir, store) = store().await;
+        let entry = AuditEntry {
+            offset: 4,
+            ..audit_entry(Uuid::now_v7(), "t")
         };
         assert!(store.append(&entry).await.unwrap());
         assert!(!store

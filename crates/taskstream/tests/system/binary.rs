@@ -184,15 +184,16 @@ fn topics_list_json_prints_the_declared_topics() {
 }
 
 /// Starts `args` and returns the child and the first line it prints.
-fn spawn_printing(args: &[&str], dir: &std::path::Path) -> (ChildGuard, String) {
+/// Starts the binary with `args` and returns it with the first line it
+/// prints on stdout; the rest of its stdout is drained, so the pipe neither
+/// fills up nor closes under it. Standard error goes to `stderr`.
+pub fn launch(args: &[&str], rust_log: &str, stderr: Stdio) -> (ChildGuard, String) {
     let mut child = ChildGuard(
         Command::new(BIN)
             .args(args)
-            .arg("--data-dir")
-            .arg(dir)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", rust_log)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap(),
     );
@@ -200,6 +201,13 @@ fn spawn_printing(args: &[&str], dir: &std::path::Path) -> (ChildGuard, String) 
     let first = lines.next().unwrap().unwrap();
     std::thread::spawn(move || lines.for_each(drop));
     (child, first)
+}
+
+/// [`launch`] with `--data-dir dir`, logging warnings to the test's stderr.
+fn spawn_printing(args: &[&str], dir: &std::path::Path) -> (ChildGuard, String) {
+    let dir = dir.to_str().unwrap();
+    let args: Vec<&str> = args.iter().copied().chain(["--data-dir", dir]).collect();
+    launch(&args, "warn", Stdio::inherit())
 }
 
 fn terminate(child: &mut ChildGuard) -> std::process::ExitStatus {
@@ -215,23 +223,8 @@ fn terminate(child: &mut ChildGuard) -> std::process::ExitStatus {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_component_runs_alone_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let mut broker = ChildGuard(
-        Command::new(BIN)
-            .arg("dev-broker")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let mut lines = BufReader::new(broker.0.stdout.take().unwrap()).lines();
-    let kafka = lines
-        .next()
-        .unwrap()
-        .unwrap()
-        .strip_prefix("kafka: ")
-        .unwrap()
-        .to_owned();
-    std::thread::spawn(move || lines.for_each(drop));
+    let (mut broker, line) = launch(&["dev-broker"], "warn", Stdio::null());
+    let kafka = line.strip_prefix("kafka: ").unwrap().to_owned();
 
     let (mut registry, registry_line) =
         spawn_printing(&["registry", "--http", "127.0.0.1:0"], dir.path());

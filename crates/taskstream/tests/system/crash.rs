@@ -7,16 +7,13 @@
 //! `TASKSTREAM_CRASH_KILLS` (default 4); it prints a summary line.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::binary::ChildGuard;
+use crate::binary::{launch, ChildGuard};
 use crate::helpers::{client, eventually};
-
-const BIN: &str = env!("CARGO_BIN_EXE_taskstream");
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -39,27 +36,15 @@ impl Rng {
 }
 
 fn start(dir: &std::path::Path) -> (ChildGuard, String) {
-    let mut child = ChildGuard(
-        Command::new(BIN)
-            .args(["up", "--http", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
-            .env("RUST_LOG", "warn,librdkafka=off")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
-    let http = lines
-        .next()
-        .unwrap()
-        .unwrap()
-        .strip_prefix("http: ")
-        .unwrap()
-        .to_owned();
-    // Keep the pipe open (and drained) for the child's lifetime.
-    std::thread::spawn(move || lines.for_each(drop));
-    (child, http)
+    let args = [
+        "up",
+        "--http",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.to_str().unwrap(),
+    ];
+    let (child, line) = launch(&args, "warn,librdkafka=off", Stdio::null());
+    (child, line.strip_prefix("http: ").unwrap().to_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -328,24 +328,16 @@ async fn metrics_count_a_known_workload_and_readiness_names_each_check() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_requests_traceparent_reaches_every_consumers_log_records() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = crate::binary::ChildGuard(
-        Command::new(BIN)
-            .args([
-                "up",
-                "--log-format",
-                "json",
-                "--http",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
-            .arg(dir.path())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let stdout = child.0.stdout.take().unwrap();
+    let args = [
+        "up",
+        "--log-format",
+        "json",
+        "--http",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ];
+    let (mut child, first) = crate::binary::launch(&args, "info", Stdio::piped());
     let stderr = child.0.stderr.take().unwrap();
     let logs = std::thread::spawn(move || {
         BufReader::new(stderr)
@@ -353,18 +345,7 @@ async fn a_requests_traceparent_reaches_every_consumers_log_records() {
             .map_while(Result::ok)
             .collect::<Vec<_>>()
     });
-    let first = tokio::task::spawn_blocking(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        let http = lines.next().unwrap().unwrap();
-        // Keep reading (and so keep the pipe open) until the process exits.
-        std::thread::spawn(move || lines.for_each(drop));
-        http
-    });
-    let http = tokio::time::timeout(Duration::from_secs(30), first)
-        .await
-        .unwrap()
-        .unwrap();
-    let http = http.strip_prefix("http: ").unwrap().to_owned();
+    let http = first.strip_prefix("http: ").unwrap().to_owned();
 
     let trace_id = "0af7651916cd43dd8448eb211c80319c";
     let client = client();
