@@ -94,13 +94,19 @@ fn parse_registry_url(raw: &str) -> Result<String, String> {
     }
 }
 
+/// The endpoints a `taskstream up` in `data_dir` announced, if it did.
+fn read_endpoints(data_dir: &Path) -> Option<serde_json::Value> {
+    let bytes = std::fs::read(data_dir.join(ENDPOINTS_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
 impl RegistryArgs {
     /// The configured registry, or the one a `taskstream up` in `data_dir` announced.
     pub(crate) fn resolve(&self, data_dir: &Path) -> Option<String> {
         self.schema_registry.clone().or_else(|| {
-            let bytes = std::fs::read(data_dir.join(ENDPOINTS_FILE)).ok()?;
-            let endpoints: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-            endpoints["schema-registry"].as_str().map(str::to_owned)
+            read_endpoints(data_dir)?["schema-registry"]
+                .as_str()
+                .map(str::to_owned)
         })
     }
 }
@@ -218,10 +224,7 @@ impl KafkaArgs {
             return Ok((config, false));
         }
         let path = data_dir.join(ENDPOINTS_FILE);
-        let endpoints: serde_json::Value = std::fs::read(&path)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .with_context(|| {
+        let endpoints = read_endpoints(data_dir).with_context(|| {
                 format!(
                     "the {what} needs Kafka: pass --kafka-bootstrap HOST:PORT or set KAFKA_BOOTSTRAP_SERVERS, \
                      or give the --data-dir of a running `taskstream up` (no readable {})",

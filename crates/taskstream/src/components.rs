@@ -104,21 +104,32 @@ pub fn codec() -> Arc<dyn EventCodec> {
     Arc::new(JsonCodec)
 }
 
+/// Binds `addr` and serves `router` as component `name` until stopped, then
+/// runs `after`. Returns the bound address (useful with port 0).
+async fn serve(
+    name: &'static str,
+    addr: SocketAddr,
+    router: axum::Router,
+    after: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<(SocketAddr, Component)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({name})"))?;
+    let bound = listener.local_addr()?;
+    let component = Component::spawn(name, move |mut shutdown| async move {
+        let stop = async move { shutdown.wait().await };
+        if let Err(error) = taskstream_api::serve(listener, router, stop).await {
+            tracing::error!(component = name, %error, "server failed");
+        }
+        after.await;
+    });
+    Ok((bound, component))
+}
+
 /// Binds `addr` and serves `api` until stopped. Returns the bound address
 /// (useful with port 0).
 pub async fn http(addr: SocketAddr, api: ApiBuilder) -> anyhow::Result<(SocketAddr, Component)> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
-    let bound = listener.local_addr()?;
-    let router = api.build();
-    let component = Component::spawn("http", move |mut shutdown| async move {
-        let stop = async move { shutdown.wait().await };
-        if let Err(error) = taskstream_api::serve(listener, router, stop).await {
-            tracing::error!(%error, "HTTP server failed");
-        }
-    });
-    Ok((bound, component))
+    serve("http", addr, api.build(), async {}).await
 }
 
 /// The Task API's routes over `store`; `relay_wake` is notified after each commit.
@@ -329,19 +340,11 @@ pub async fn registry(
                 path.display()
             )
         })?;
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} for the schema registry"))?;
-    let bound = listener.local_addr()?;
     let router = taskstream_registry::router(store.clone());
-    let component = Component::spawn("schema-registry", move |mut shutdown| async move {
-        let stop = async move { shutdown.wait().await };
-        if let Err(error) = taskstream_api::serve(listener, router, stop).await {
-            tracing::error!(%error, "schema registry failed");
-        }
-        store.close().await;
-    });
-    Ok((bound, component))
+    serve("schema-registry", addr, router, async move {
+        store.close().await
+    })
+    .await
 }
 
 /// The schema registry's database file inside a data directory.
