@@ -26,8 +26,10 @@ pub use config::KafkaConfig;
 pub use consumer::{ConsumerSettings, EventConsumer, InboundRecord};
 pub use dev_broker::{DevBroker, InjectedError, KafkaApi};
 pub use error::KafkaError;
-pub use offsets::{group_offsets, list_groups, record_timestamps, PartitionOffsets};
+pub use offsets::{
+    group_offsets, list_groups, record_timestamps, PartitionOffsets, LAG_PROBE_GROUP,
+};
 pub use producer::{Delivery, DeliveryFuture, EventProducer, OutboundRecord, ProducerSettings};
-pub use reader::read_topic;
+pub use reader::{read_topic, TOPIC_READER_GROUP};
 pub use stats::{BrokerStats, ClientStats, PartitionLag, StatsListener};
 pub use topic::TopicSpec;

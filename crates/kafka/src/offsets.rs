@@ -61,6 +61,10 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| KafkaError::Consume(e.to_string()))?
 }
 
+/// The group id the lag probe's consumer carries (librdkafka needs one for a
+/// manual assignment); it never joins the group or commits.
+pub const LAG_PROBE_GROUP: &str = "taskstream-lag-probe";
+
 /// The committed and log-end offsets of every partition of `topic` for
 /// `group`.
 pub async fn group_offsets(
@@ -136,7 +140,7 @@ pub async fn record_timestamps(
         return Ok(HashMap::new());
     }
     // librdkafka needs a group id even for a manual assignment; nothing is committed.
-    let consumer = client(config, "lag-probe".to_owned(), Some("taskstream-lag-probe"))?;
+    let consumer = client(config, "lag-probe".to_owned(), Some(LAG_PROBE_GROUP))?;
     let topic = topic.to_owned();
     let positions = positions.to_vec();
     blocking(move || {

@@ -18,6 +18,9 @@ fn err(operation: &'static str) -> impl Fn(rdkafka::error::KafkaError) -> KafkaE
     }
 }
 
+/// The group id [`read_topic`]'s consumer carries; it never joins or commits.
+pub const TOPIC_READER_GROUP: &str = "taskstream-topic-reader";
+
 /// Every record of `topic` that exists now, in partition and offset order.
 pub async fn read_topic(
     config: &KafkaConfig,
@@ -26,7 +29,7 @@ pub async fn read_topic(
 ) -> Result<Vec<InboundRecord>, KafkaError> {
     let mut rd = config.client_config();
     // A group id is required for assignment; nothing is ever committed.
-    rd.set("group.id", "taskstream-topic-reader")
+    rd.set("group.id", TOPIC_READER_GROUP)
         .set("enable.auto.commit", "false");
     let consumer: BaseConsumer<TracingContext> = rd
         .create_with_context(TracingContext::new("topic-reader", None))

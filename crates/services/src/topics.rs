@@ -12,6 +12,31 @@ pub const TASK_EVENTS: &str = "task-events";
 /// that can share the work.
 pub const TASK_EVENTS_PARTITIONS: i32 = 6;
 
+/// The topic a Confluent Schema Registry keeps its schemas in (`kafkastore.topic`).
+pub const SCHEMA_REGISTRY_TOPIC: &str = "_schemas";
+
+/// The group id a Confluent Schema Registry is configured with, for leader
+/// election (`schema.registry.group.id`) and its store reader (`kafkastore.group.id`).
+pub const SCHEMA_REGISTRY_GROUP: &str = "schema-registry";
+
+/// The schema registry's topic, for a cluster where it must be created ahead
+/// of time (its user is not allowed to create topics): one partition,
+/// compacted, as the registry requires.
+pub fn schema_registry_topic(replication_factor: i32) -> TopicSpec {
+    TopicSpec {
+        name: SCHEMA_REGISTRY_TOPIC.to_owned(),
+        partitions: 1,
+        replication_factor,
+        configs: BTreeMap::from([
+            ("cleanup.policy".to_owned(), "compact".to_owned()),
+            (
+                "min.insync.replicas".to_owned(),
+                replication_factor.clamp(1, 2).to_string(),
+            ),
+        ]),
+    }
+}
+
 /// Every topic taskstream declares, for a cluster with `replication_factor`
 /// brokers holding each partition (3 in production).
 pub fn declared_topics(replication_factor: i32) -> Vec<TopicSpec> {

@@ -5,14 +5,19 @@
 //! ([`TaskStore`]); the relay drains the outbox ([`OutboxStore`]); the
 //! consumers record their effects together with the id of the event that
 //! caused them ([`AuditStore`], [`NotificationStore`]), which is what makes
-//! redelivery harmless. [`SqliteStore`] implements all four.
+//! redelivery harmless. [`SqliteStore`] (one machine) and [`PgStore`] (separate
+//! processes sharing a database) implement all four; [`Store`] is either.
 
+mod any;
 mod error;
+mod postgres;
 mod records;
 mod sqlite;
 mod traits;
 
+pub use any::{Database, Store};
 pub use error::StoreError;
+pub use postgres::{redact_url, PgOptions, PgStore, OUTBOX_CHANNEL};
 pub use records::{
     AuditEntry, NotificationRecord, OutboxMessage, OutboxStats, PendingMessage, TaskQuery,
 };

@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use taskstream_kafka::{EventProducer, KafkaConfig, OutboundRecord, ProducerSettings, TopicSpec};
 use taskstream_services::NOTIFIER_GROUP;
 use taskstream_store::{
-    AuditStore, OutboxMessage, SqliteOptions, SqliteStore, Synchronous, TaskStore,
+    AuditStore, OutboxMessage, SqliteOptions, SqliteStore, Store, Synchronous, TaskStore,
 };
 
 use crate::system::{RunningSystem, SystemConfig};
@@ -331,13 +331,15 @@ const CEILING_TOPIC: &str = "bench-ceiling";
 /// A fresh store in a temporary directory, with the run's durability.
 async fn scratch_store(
     synchronous: Synchronous,
-) -> anyhow::Result<(tempfile::TempDir, Arc<SqliteStore>)> {
+) -> anyhow::Result<(tempfile::TempDir, Arc<Store>)> {
     let dir = tempfile::tempdir()?;
     let options = SqliteOptions {
         synchronous,
         ..SqliteOptions::default()
     };
-    let store = Arc::new(SqliteStore::open(&dir.path().join("scratch.db"), &options).await?);
+    let store = Arc::new(Store::Sqlite(
+        SqliteStore::open(&dir.path().join("scratch.db"), &options).await?,
+    ));
     Ok((dir, store))
 }
 
@@ -345,7 +347,7 @@ async fn scratch_store(
 /// `writers` concurrent writers. The payload is the event's JSON, or
 /// `payload_bytes` filler bytes when given.
 async fn write_tasks(
-    store: &Arc<SqliteStore>,
+    store: &Arc<Store>,
     count: usize,
     writers: usize,
     topic: &'static str,

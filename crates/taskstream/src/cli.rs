@@ -10,10 +10,10 @@ use clap::{Args, Parser, Subcommand};
 use taskstream_api::{ApiBuilder, ReadinessCheck};
 use taskstream_avro::RegistryClient;
 use taskstream_kafka::{apply_topics, DevBroker, KafkaConfig, TopicOutcome};
-use taskstream_services::topics::declared_topics;
 use taskstream_services::topics::TASK_EVENTS;
+use taskstream_services::topics::{declared_topics, schema_registry_topic};
 use taskstream_services::{EventEncoding, RelaySettings};
-use taskstream_store::{SqliteOptions, SqliteStore, Synchronous};
+use taskstream_store::{Database, SqliteOptions, Store, Synchronous};
 use taskstream_telemetry::Metrics;
 use tokio::sync::Notify;
 
@@ -65,6 +65,9 @@ pub enum Command {
     /// Show or create the topics taskstream declares.
     #[command(subcommand)]
     Topics(TopicsCommand),
+    /// Show each component's Kafka user and exactly what it may do (its ACLs).
+    #[command(subcommand)]
+    Users(UsersCommand),
     /// Run the embedded, Confluent-compatible schema registry alone.
     Registry(RegistryServerArgs),
     /// Measure the system under load against this machine's own ceilings.
@@ -139,6 +142,10 @@ pub struct StoreArgs {
     /// Directory for the database and endpoints.json.
     #[arg(long, env = "TASKSTREAM_DATA_DIR", default_value = ".taskstream")]
     pub data_dir: PathBuf,
+    /// The database: postgres://USER:PASSWORD@HOST:PORT/DB (components in
+    /// separate processes or pods share it) or sqlite:PATH. Default: SQLite in --data-dir.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<Database>,
     /// SQLite durability: `full` survives power loss, `normal` only a process crash.
     #[arg(long, env = "TASKSTREAM_SQLITE_SYNCHRONOUS", default_value = "full")]
     pub sqlite_synchronous: Synchronous,
@@ -152,8 +159,8 @@ impl StoreArgs {
         }
     }
 
-    async fn open(&self) -> anyhow::Result<Arc<SqliteStore>> {
-        components::open_store(&self.data_dir, &self.options()).await
+    async fn open(&self) -> anyhow::Result<Arc<Store>> {
+        components::open_store(&self.data_dir, self.database_url.as_ref(), &self.options()).await
     }
 }
 
@@ -162,9 +169,114 @@ pub struct KafkaArgs {
     /// Kafka bootstrap servers (host:port,...). `up` starts a dev broker when absent.
     #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS")]
     pub kafka_bootstrap: Option<String>,
-    /// Extra librdkafka property, KEY=VALUE (repeatable), e.g. security.protocol=SASL_SSL.
+    /// How to reach the brokers: plaintext, ssl (TLS), sasl_plaintext or sasl_ssl (SASL over TLS).
+    #[arg(
+        long,
+        env = "KAFKA_SECURITY_PROTOCOL",
+        value_enum,
+        ignore_case = true,
+        default_value = "plaintext"
+    )]
+    pub kafka_security_protocol: SecurityProtocol,
+    /// SASL mechanism, for the sasl_* protocols (Strimzi's KafkaUsers use SCRAM-SHA-512).
+    #[arg(
+        long,
+        env = "KAFKA_SASL_MECHANISM",
+        value_enum,
+        ignore_case = true,
+        default_value = "SCRAM-SHA-512"
+    )]
+    pub kafka_sasl_mechanism: SaslMechanism,
+    /// SASL user name, for the sasl_* protocols.
+    #[arg(long, env = "KAFKA_SASL_USERNAME")]
+    pub kafka_sasl_username: Option<String>,
+    /// SASL password; prefer the environment variable, which stays out of `ps`.
+    #[arg(long, env = "KAFKA_SASL_PASSWORD", hide_env_values = true)]
+    pub kafka_sasl_password: Option<Secret>,
+    /// PEM file with the CA certificate(s) that signed the brokers' certificates
+    /// (Strimzi: the `ca.crt` of the `<cluster>-cluster-ca-cert` secret).
+    #[arg(long, env = "KAFKA_SSL_CA_LOCATION")]
+    pub kafka_ssl_ca_location: Option<PathBuf>,
+    /// Extra librdkafka property, KEY=VALUE (repeatable), e.g. client.rack=zone-a.
     #[arg(long = "kafka-property", value_name = "KEY=VALUE", value_parser = parse_property)]
     pub kafka_properties: Vec<(String, String)>,
+}
+
+/// A value that must never be printed: `Debug` shows `<redacted>`.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// `security.protocol`, as librdkafka names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SecurityProtocol {
+    #[value(name = "plaintext")]
+    Plaintext,
+    #[value(name = "ssl")]
+    Ssl,
+    #[value(name = "sasl_plaintext")]
+    SaslPlaintext,
+    #[value(name = "sasl_ssl")]
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    fn as_librdkafka(self) -> &'static str {
+        match self {
+            Self::Plaintext => "plaintext",
+            Self::Ssl => "ssl",
+            Self::SaslPlaintext => "sasl_plaintext",
+            Self::SaslSsl => "sasl_ssl",
+        }
+    }
+
+    fn uses_sasl(self) -> bool {
+        matches!(self, Self::SaslPlaintext | Self::SaslSsl)
+    }
+
+    fn uses_tls(self) -> bool {
+        matches!(self, Self::Ssl | Self::SaslSsl)
+    }
+}
+
+/// `sasl.mechanism`, as librdkafka names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SaslMechanism {
+    #[value(name = "SCRAM-SHA-512")]
+    ScramSha512,
+    #[value(name = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[value(name = "PLAIN")]
+    Plain,
+}
+
+impl SaslMechanism {
+    fn as_librdkafka(self) -> &'static str {
+        match self {
+            Self::ScramSha512 => "SCRAM-SHA-512",
+            Self::ScramSha256 => "SCRAM-SHA-256",
+            Self::Plain => "PLAIN",
+        }
+    }
 }
 
 fn parse_property(raw: &str) -> Result<(String, String), String> {
@@ -194,19 +306,69 @@ fn parse_seconds(raw: &str) -> Result<Duration, String> {
 }
 
 impl KafkaArgs {
-    pub(crate) fn config(&self) -> Option<KafkaConfig> {
-        let bootstrap = self.kafka_bootstrap.as_deref()?.trim();
-        let mut config = KafkaConfig::new(bootstrap);
+    /// The client configuration for `bootstrap`: security settings checked
+    /// for consistency, then the extra properties on top.
+    fn build(&self, bootstrap: &str) -> anyhow::Result<KafkaConfig> {
+        let protocol = self.kafka_security_protocol;
+        let mut config =
+            KafkaConfig::new(bootstrap.trim()).with("security.protocol", protocol.as_librdkafka());
+        if protocol.uses_sasl() {
+            let (Some(user), Some(password)) = (
+                self.kafka_sasl_username
+                    .as_deref()
+                    .filter(|u| !u.is_empty()),
+                self.kafka_sasl_password
+                    .as_ref()
+                    .map(Secret::expose)
+                    .filter(|p| !p.is_empty()),
+            ) else {
+                bail!(
+                    "--kafka-security-protocol {} needs a user name and a password: set KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD",
+                    protocol.as_librdkafka()
+                );
+            };
+            config = config
+                .with("sasl.mechanism", self.kafka_sasl_mechanism.as_librdkafka())
+                .with("sasl.username", user)
+                .with("sasl.password", password);
+        } else if self.kafka_sasl_username.is_some() || self.kafka_sasl_password.is_some() {
+            bail!(
+                "a SASL user name or password is set but --kafka-security-protocol is {}; use sasl_ssl (or sasl_plaintext)",
+                protocol.as_librdkafka()
+            );
+        }
+        if let Some(ca) = &self.kafka_ssl_ca_location {
+            if !protocol.uses_tls() {
+                bail!(
+                    "--kafka-ssl-ca-location is set but --kafka-security-protocol is {}; use ssl or sasl_ssl",
+                    protocol.as_librdkafka()
+                );
+            }
+            let pem = std::fs::read_to_string(ca)
+                .with_context(|| format!("cannot read the Kafka CA file {}", ca.display()))?;
+            if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                bail!("{} holds no PEM certificate", ca.display());
+            }
+            config = config.with("ssl.ca.location", ca.display().to_string());
+        }
         for (key, value) in &self.kafka_properties {
             config = config.with(key, value);
         }
-        Some(config)
+        Ok(config)
+    }
+
+    /// The configured cluster, if a bootstrap address was given.
+    pub(crate) fn config(&self) -> anyhow::Result<Option<KafkaConfig>> {
+        match self.kafka_bootstrap.as_deref().map(str::trim) {
+            Some(bootstrap) if !bootstrap.is_empty() => self.build(bootstrap).map(Some),
+            _ => Ok(None),
+        }
     }
 
     fn require(&self, component: &str) -> anyhow::Result<KafkaConfig> {
-        match self.config() {
-            Some(config) if !config.bootstrap_servers.is_empty() => Ok(config),
-            _ => bail!(
+        match self.config()? {
+            Some(config) => Ok(config),
+            None => bail!(
                 "the {component} needs Kafka: pass --kafka-bootstrap HOST:PORT or set KAFKA_BOOTSTRAP_SERVERS \
                  (`taskstream dev-broker` starts a local one)"
             ),
@@ -220,7 +382,7 @@ impl KafkaArgs {
         data_dir: &Path,
         what: &str,
     ) -> anyhow::Result<(KafkaConfig, bool)> {
-        if let Some(config) = self.config().filter(|c| !c.bootstrap_servers.is_empty()) {
+        if let Some(config) = self.config()? {
             return Ok((config, false));
         }
         let path = data_dir.join(ENDPOINTS_FILE);
@@ -234,11 +396,10 @@ impl KafkaArgs {
         let bootstrap = endpoints["kafka"]
             .as_str()
             .with_context(|| format!("{} names no kafka endpoint", path.display()))?;
-        let mut config = KafkaConfig::new(bootstrap);
-        for (key, value) in &self.kafka_properties {
-            config = config.with(key, value);
-        }
-        Ok((config, endpoints["kafka_is_dev_broker"] == true))
+        Ok((
+            self.build(bootstrap)?,
+            endpoints["kafka_is_dev_broker"] == true,
+        ))
     }
 }
 
@@ -284,14 +445,12 @@ pub struct ApiArgs {
     pub http: SocketAddr,
     #[command(flatten)]
     pub store: StoreArgs,
-    #[command(flatten)]
-    pub readiness: ReadinessArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct RelayArgs {
     /// Serve /healthz, /readyz and /metrics here.
-    #[arg(long)]
+    #[arg(long, env = "TASKSTREAM_HTTP")]
     pub http: Option<SocketAddr>,
     /// How events are written to Kafka (Avro needs a schema registry).
     #[arg(long, value_enum, default_value = "avro")]
@@ -309,11 +468,11 @@ pub struct RelayArgs {
 #[derive(Debug, Args)]
 pub struct ConsumerArgs {
     /// Serve the read-only view (/audit or /notifications), /healthz, /readyz and /metrics here.
-    #[arg(long)]
+    #[arg(long, env = "TASKSTREAM_HTTP")]
     pub http: Option<SocketAddr>,
     /// Consumer group to join (default: `auditor` or `notifier`). A new group
     /// starts from the earliest event, which replays history harmlessly.
-    #[arg(long)]
+    #[arg(long, env = "TASKSTREAM_GROUP")]
     pub group: Option<String>,
     #[command(flatten)]
     pub registry: RegistryArgs,
@@ -365,11 +524,82 @@ pub enum TopicsCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Print every component with its Kafka user, ACLs and HTTP paths.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the Kafka users as Strimzi `KafkaUser` resources (SCRAM-SHA-512, least-privilege ACLs).
+    Render {
+        /// The Strimzi `Kafka` cluster the users belong to.
+        #[arg(long, default_value = "taskstream")]
+        cluster: String,
+    },
+}
+
+/// Writes a command's report to stdout. A reader that went away early
+/// (`| head`) ends the output quietly instead of a panic.
+fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+fn run_users(command: UsersCommand) -> anyhow::Result<()> {
+    use std::fmt::Write;
+    use taskstream_services::access::{components, render_strimzi_users};
+    let text = match command {
+        UsersCommand::Render { cluster } => render_strimzi_users(&cluster),
+        UsersCommand::List { json: true } => {
+            let doc = serde_json::json!({ "components": components() });
+            serde_json::to_string_pretty(&doc)? + "\n"
+        }
+        UsersCommand::List { json: false } => {
+            let mut text = String::new();
+            for c in components() {
+                writeln!(text, "{}: {}", c.name, c.description)?;
+                let user = c.kafka_user.unwrap_or("(none: no Kafka access)");
+                writeln!(text, "  kafka user: {user}")?;
+                for acl in &c.acls {
+                    writeln!(
+                        text,
+                        "  {:<6} {:<28} {}",
+                        acl.resource.kind,
+                        acl.resource.name,
+                        acl.operations.join(", ")
+                    )?;
+                }
+                if let Some(max) = c.max_replicas {
+                    writeln!(text, "  replicas: at most {max}")?;
+                }
+            }
+            text
+        }
+    };
+    emit(&text)
+}
+
 /// Formats `topics render` can write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum RenderFormat {
     /// Strimzi `KafkaTopic` resources (YAML).
     Strimzi,
+}
+
+/// A topic name as a Kubernetes object name (lower case, `-` for `_`, no
+/// leading or trailing punctuation); `spec.topicName` keeps the real one.
+fn kubernetes_name(topic: &str) -> String {
+    topic
+        .to_ascii_lowercase()
+        .replace('_', "-")
+        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_owned()
 }
 
 /// The declared topics as Strimzi `KafkaTopic` resources, one YAML document each.
@@ -383,7 +613,7 @@ pub fn render_strimzi_topics(topics: &[taskstream_kafka::TopicSpec], cluster: &s
         out.push_str("apiVersion: kafka.strimzi.io/v1\n");
         out.push_str("kind: KafkaTopic\n");
         out.push_str("metadata:\n");
-        out.push_str(&format!("  name: {}\n", t.name));
+        out.push_str(&format!("  name: {}\n", kubernetes_name(&t.name)));
         out.push_str("  labels:\n");
         out.push_str(&format!("    strimzi.io/cluster: {cluster}\n"));
         out.push_str("spec:\n");
@@ -435,7 +665,7 @@ fn print_endpoints(endpoints: &[(&str, String)]) {
 }
 
 /// Waits for Ctrl-C or SIGTERM, then stops `running` in order and closes the store.
-async fn run_until_signal(running: Vec<Component>, store: &SqliteStore) {
+async fn run_until_signal(running: Vec<Component>, store: &Store) {
     shutdown_signal().await;
     for component in running {
         component.stop().await;
@@ -448,7 +678,7 @@ async fn serve(
     addr: SocketAddr,
     api: ApiBuilder,
     metrics: &Arc<Metrics>,
-    store: &Arc<SqliteStore>,
+    store: &Arc<Store>,
     checks: Vec<Arc<dyn ReadinessCheck>>,
 ) -> anyhow::Result<Component> {
     let api = api.observability(Arc::clone(metrics), Some(store.clone()), checks);
@@ -465,14 +695,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let store = args.store.open().await?;
             let metrics = Metrics::new();
             // A relay in another process finds new rows by polling.
-            let api = components::task_api(Arc::clone(&store), Arc::new(Notify::new()));
-            let checks: Vec<Arc<dyn ReadinessCheck>> = vec![
-                Arc::new(StoreCheck(Arc::clone(&store))),
-                Arc::new(OutboxAgeCheck {
-                    store: Arc::clone(&store),
-                    max_age: args.readiness.ready_max_outbox_age,
-                }),
-            ];
+            let api = components::task_api(Arc::clone(&store), Arc::new(Notify::new()))
+                .audit(store.clone())
+                .notifications(store.clone());
+            // Ready while it can take writes: a lagging relay is the relay's
+            // readiness problem, and the outbox keeps the writes meanwhile.
+            let checks: Vec<Arc<dyn ReadinessCheck>> =
+                vec![Arc::new(StoreCheck(Arc::clone(&store)))];
             let http = serve(args.http, api, &metrics, &store, checks).await?;
             run_until_signal(vec![http], &store).await;
             Ok(())
@@ -508,10 +737,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
                 running.push(serve(addr, ApiBuilder::new(), &metrics, &store, checks).await?);
             }
+            let wake = Arc::new(Notify::new());
+            running.extend(components::outbox_listener(&store, Arc::clone(&wake)));
             let relay = components::relay(
                 Arc::clone(&store),
                 &kafka,
-                Arc::new(Notify::new()),
+                wake,
                 RelaySettings::default(),
                 match &registry {
                     Some(client) => EventEncoding::avro(Arc::clone(client), TASK_EVENTS),
@@ -542,45 +773,52 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Schema(command) => crate::schema::run(command).await,
+        Command::Users(command) => run_users(command),
         Command::Bench(args) => crate::bench::run(args).await,
         Command::Dlq(command) => crate::dlq::run(command).await,
         Command::Topics(TopicsCommand::List {
             json,
             replication_factor,
         }) => {
+            use std::fmt::Write;
             let topics = declared_topics(replication_factor);
+            let mut text = String::new();
             if json {
-                println!("{}", serde_json::to_string_pretty(&topics)?);
+                text = serde_json::to_string_pretty(&topics)? + "\n";
             } else {
-                println!(
+                let header = ("topic", "partitions", "replication");
+                writeln!(
+                    text,
                     "{:<24} {:>10} {:>12}  configs",
-                    "topic", "partitions", "replication"
-                );
+                    header.0, header.1, header.2
+                )?;
                 for t in &topics {
                     let configs: Vec<String> =
                         t.configs.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                    println!(
+                    writeln!(
+                        text,
                         "{:<24} {:>10} {:>12}  {}",
                         t.name,
                         t.partitions,
                         t.replication_factor,
                         configs.join(" ")
-                    );
+                    )?;
                 }
             }
-            Ok(())
+            emit(&text)
         }
         Command::Topics(TopicsCommand::Render {
             format: RenderFormat::Strimzi,
             cluster,
             replication_factor,
-        }) => {
-            print!(
-                "{}",
-                render_strimzi_topics(&declared_topics(replication_factor), &cluster)
-            );
-            Ok(())
-        }
+        }) => emit(&render_strimzi_topics(
+            &[
+                declared_topics(replication_factor),
+                vec![schema_registry_topic(replication_factor)],
+            ]
+            .concat(),
+            &cluster,
+        )),
         Command::Topics(TopicsCommand::Apply {
             kafka,
             replication_factor,
@@ -603,7 +841,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn up(args: UpArgs) -> anyhow::Result<()> {
     let mut config = SystemConfig::new(args.http, &args.store.data_dir);
     config.sqlite = args.store.options();
-    config.kafka = args.kafka.config();
+    config.database = args.store.database_url.clone();
+    config.kafka = args.kafka.config()?;
     config.ready_max_outbox_age = args.readiness.ready_max_outbox_age;
     config.notifier_delay = args.notifier_delay_ms;
     config.registry = match (args.event_format, args.registry.schema_registry) {

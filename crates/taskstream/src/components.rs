@@ -20,7 +20,7 @@ use taskstream_services::{
     EventHandler, LogSink, NotificationHandler, NotificationSink, OutboxRelay, RelaySettings,
     RetryPolicy, Shutdown, ShutdownTrigger, AUDITOR_GROUP, NOTIFIER_GROUP,
 };
-use taskstream_store::{OutboxStore, SqliteOptions, SqliteStore};
+use taskstream_store::{Database, OutboxStore, PgOptions, SqliteOptions, Store};
 use taskstream_telemetry::Metrics;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -87,16 +87,55 @@ impl Component {
     }
 }
 
-/// Opens (creating and migrating) the store in `data_dir`.
+/// Opens (creating and migrating) the store: `database` when given, else
+/// the SQLite file in `data_dir`.
 pub async fn open_store(
     data_dir: &Path,
+    database: Option<&Database>,
     options: &SqliteOptions,
-) -> anyhow::Result<Arc<SqliteStore>> {
-    let path = data_dir.join(DATABASE_FILE);
-    let store = SqliteStore::open(&path, options)
+) -> anyhow::Result<Arc<Store>> {
+    let database = database
+        .cloned()
+        .unwrap_or_else(|| Database::Sqlite(data_dir.join(DATABASE_FILE)));
+    let store = Store::open(&database, options, &PgOptions::default())
         .await
-        .with_context(|| format!("cannot open the store at {}", path.display()))?;
+        .with_context(|| format!("cannot open the store at {database}"))?;
     Ok(Arc::new(store))
+}
+
+/// With PostgreSQL, wakes the relay whenever another process commits an
+/// event (`LISTEN`), instead of waiting for its next poll. Reconnects after
+/// a lost connection; the relay's poll covers the gap.
+pub fn outbox_listener(store: &Arc<Store>, wake: Arc<Notify>) -> Option<Component> {
+    let Store::Postgres(_) = &**store else {
+        return None;
+    };
+    let store = Arc::clone(store);
+    Some(Component::spawn(
+        "outbox-listener",
+        move |mut shutdown| async move {
+            let mut backoff = taskstream_services::Backoff::new(
+                Duration::from_millis(200),
+                Duration::from_secs(10),
+            );
+            loop {
+                let listened = store
+                    .postgres()
+                    .expect("checked above")
+                    .listen_for_commits(&wake);
+                tokio::select! {
+                    _ = shutdown.wait() => return,
+                    Err(error) = listened => {
+                        tracing::warn!(%error, "lost the outbox notification channel; reconnecting");
+                    }
+                }
+                tokio::select! {
+                    _ = shutdown.wait() => return,
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                }
+            }
+        },
+    ))
 }
 
 /// The event encoding in use.
@@ -133,14 +172,14 @@ pub async fn http(addr: SocketAddr, api: ApiBuilder) -> anyhow::Result<(SocketAd
 }
 
 /// The Task API's routes over `store`; `relay_wake` is notified after each commit.
-pub fn task_api(store: Arc<SqliteStore>, relay_wake: Arc<Notify>) -> ApiBuilder {
+pub fn task_api(store: Arc<Store>, relay_wake: Arc<Notify>) -> ApiBuilder {
     let service = taskstream_api::TaskService::new(store, codec(), relay_wake, TASK_EVENTS);
     ApiBuilder::new().tasks(service)
 }
 
 /// Starts the outbox relay.
 pub fn relay(
-    store: Arc<SqliteStore>,
+    store: Arc<Store>,
     kafka: &KafkaConfig,
     wake: Arc<Notify>,
     settings: RelaySettings,
@@ -210,7 +249,7 @@ fn consumer<H: EventHandler>(
 
 /// Starts the audit-log service in `group` (default `auditor`).
 pub fn auditor(
-    store: Arc<SqliteStore>,
+    store: Arc<Store>,
     kafka: &KafkaConfig,
     group: Option<&str>,
     options: &ConsumerOptions,
@@ -231,7 +270,7 @@ pub fn auditor(
 /// log sink, waiting `delay` before each notification (zero in normal use;
 /// a slow notifier on purpose shows consumer lag building up).
 pub fn notifier(
-    store: Arc<SqliteStore>,
+    store: Arc<Store>,
     kafka: &KafkaConfig,
     group: Option<&str>,
     options: &ConsumerOptions,
@@ -249,7 +288,7 @@ pub fn notifier(
 }
 
 /// The store answers queries.
-pub struct StoreCheck(pub Arc<SqliteStore>);
+pub struct StoreCheck(pub Arc<Store>);
 
 #[async_trait::async_trait]
 impl ReadinessCheck for StoreCheck {
@@ -261,7 +300,7 @@ impl ReadinessCheck for StoreCheck {
         self.0
             .ping()
             .await
-            .map(|()| format!("{} answers", self.0.path().display()))
+            .map(|()| format!("{} answers", self.0.describe()))
             .map_err(|e| e.to_string())
     }
 }
@@ -294,7 +333,7 @@ impl ReadinessCheck for KafkaCheck {
 
 /// The relay keeps up: the oldest unpublished event is younger than `max_age`.
 pub struct OutboxAgeCheck {
-    pub store: Arc<SqliteStore>,
+    pub store: Arc<Store>,
     pub max_age: Duration,
 }
 

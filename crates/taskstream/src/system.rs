@@ -10,7 +10,7 @@ use anyhow::Context;
 use taskstream_kafka::{ConsumerSettings, DevBroker, KafkaConfig};
 use taskstream_services::topics::declared_topics;
 use taskstream_services::{RelaySettings, NOTIFIER_GROUP};
-use taskstream_store::{SqliteOptions, SqliteStore};
+use taskstream_store::{Database, SqliteOptions, Store};
 use tokio::sync::Notify;
 
 use taskstream_api::ReadinessCheck;
@@ -29,6 +29,8 @@ pub struct SystemConfig {
     pub data_dir: PathBuf,
     /// A real cluster; `None` starts the embedded dev broker.
     pub kafka: Option<KafkaConfig>,
+    /// The database; `None` keeps SQLite in `data_dir`.
+    pub database: Option<Database>,
     pub sqlite: SqliteOptions,
     pub relay: RelaySettings,
     pub consumer: ConsumerOptions,
@@ -58,6 +60,7 @@ impl SystemConfig {
             http,
             data_dir: data_dir.into(),
             kafka: None,
+            database: None,
             sqlite: SqliteOptions::default(),
             relay: RelaySettings::default(),
             consumer: ConsumerOptions::default(),
@@ -73,7 +76,7 @@ pub struct RunningSystem {
     http_addr: SocketAddr,
     kafka_bootstrap: String,
     registry_url: Option<String>,
-    store: Arc<SqliteStore>,
+    store: Arc<Store>,
     metrics: Arc<Metrics>,
     /// In shutdown order: HTTP, relay, consumers.
     components: Vec<Component>,
@@ -136,7 +139,9 @@ impl RunningSystem {
             Some(client) => EventEncoding::avro(Arc::clone(client), TASK_EVENTS),
             None => EventEncoding::Json,
         };
-        let store = components::open_store(&config.data_dir, &config.sqlite).await?;
+        let store =
+            components::open_store(&config.data_dir, config.database.as_ref(), &config.sqlite)
+                .await?;
         if dev_broker.is_some() {
             let requeued = store.requeue_unhandled_events(NOTIFIER_GROUP).await?;
             if requeued > 0 {
@@ -226,7 +231,7 @@ impl RunningSystem {
     }
 
     /// The store all components share.
-    pub fn store(&self) -> &Arc<SqliteStore> {
+    pub fn store(&self) -> &Arc<Store> {
         &self.store
     }
 

@@ -173,10 +173,12 @@ async fn a_store_outage_exhausts_retries_into_the_dlq_and_a_replay_is_handled_ex
     .await;
 
     // Another process holds the database's write lock: every write fails.
-    let mut locker =
-        sqlx::SqliteConnection::connect(&format!("sqlite://{}", store.path().display()))
-            .await
-            .unwrap();
+    let mut locker = sqlx::SqliteConnection::connect(&format!(
+        "sqlite://{}",
+        store.sqlite().unwrap().path().display()
+    ))
+    .await
+    .unwrap();
     sqlx::query("BEGIN EXCLUSIVE")
         .execute(&mut locker)
         .await

@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use serde_json::json;
 use taskstream_kafka::{InjectedError, KafkaApi};
-use taskstream_store::{AuditStore, NotificationStore, OutboxStore, SqliteStore};
+use taskstream_store::{AuditStore, NotificationStore, OutboxStore, Store};
 
 use crate::helpers::{client, eventually, spawn_app};
 
 /// Waits for `events` audit entries and `notifications` notifications, then
 /// checks there are no more, no duplicates, and each task's events are in
 /// version order.
-pub async fn assert_exactly_once(store: &SqliteStore, events: usize, notifications: usize) {
+pub async fn assert_exactly_once(store: &Store, events: usize, notifications: usize) {
     eventually(
         &format!("{events} audited, {notifications} notified"),
         Duration::from_secs(60),

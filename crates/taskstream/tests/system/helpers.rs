@@ -155,7 +155,7 @@ impl TestApp {
 pub struct Pipeline {
     pub broker: taskstream_kafka::DevBroker,
     pub kafka: taskstream_kafka::KafkaConfig,
-    pub store: std::sync::Arc<taskstream_store::SqliteStore>,
+    pub store: std::sync::Arc<taskstream_store::Store>,
     pub metrics: std::sync::Arc<taskstream_telemetry::Metrics>,
     /// The Task API's address.
     pub addr: std::net::SocketAddr,
@@ -174,7 +174,9 @@ impl Pipeline {
             taskstream_kafka::DevBroker::start(&taskstream_services::topics::declared_topics(1))
                 .unwrap();
         let kafka = taskstream_kafka::KafkaConfig::new(broker.bootstrap_servers());
-        let store = components::open_store(dir.path(), &sqlite).await.unwrap();
+        let store = components::open_store(dir.path(), None, &sqlite)
+            .await
+            .unwrap();
         let metrics = taskstream_telemetry::Metrics::new();
         let wake = Arc::new(tokio::sync::Notify::new());
         let relay = components::relay(

@@ -1,6 +1,7 @@
 //! End-to-end tests: the whole system on random ports, driven over HTTP and
 //! read back through the read-only views, Kafka and the store.
 
+mod at_scale;
 mod binary;
 mod core_loop;
 mod crash;
@@ -10,6 +11,7 @@ mod helpers;
 mod http_errors;
 mod http_fuzz;
 mod interop;
+mod kafka_security;
 mod manifests;
 mod observability;
 mod rebalance;

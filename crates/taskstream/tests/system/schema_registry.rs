@@ -26,7 +26,7 @@ async fn with_the_registry_down_known_schemas_flow_and_new_ones_wait_in_the_outb
     let dir = tempfile::tempdir().unwrap();
     let broker = DevBroker::start(&declared_topics(1)).unwrap();
     let kafka = KafkaConfig::new(broker.bootstrap_servers());
-    let store = components::open_store(dir.path(), &SqliteOptions::default())
+    let store = components::open_store(dir.path(), None, &SqliteOptions::default())
         .await
         .unwrap();
     let (registry_addr, registry) =

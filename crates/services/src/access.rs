@@ -1,0 +1,235 @@
+//! What each component may do on the cluster, declared once: the Kafka user
+//! it authenticates as and exactly the topics, groups and transactional ids it
+//! touches. `taskstream users render` turns this into Strimzi `KafkaUser`
+//! resources; the deployment checks compare the Helm chart against it.
+//!
+//! Operations follow Kafka's ACL model, where Read, Write, Delete and Alter
+//! each imply Describe, so a grant lists only the strongest operation needed.
+//! Idempotent producers need no cluster-level `IdempotentWrite` grant since
+//! Kafka 3.0 (KIP-679): Write on the topic is enough.
+
+use serde::Serialize;
+use taskstream_kafka::{LAG_PROBE_GROUP, TOPIC_READER_GROUP};
+
+use crate::topics::{
+    SCHEMA_REGISTRY_GROUP, SCHEMA_REGISTRY_TOPIC, TASK_EVENTS, TASK_EVENTS_PARTITIONS,
+};
+use crate::{dead_letter_topic, AUDITOR_GROUP, NOTIFIER_GROUP};
+
+/// A Kafka resource an ACL names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AclResource {
+    /// `topic`, `group`, `cluster` or `transactionalId` (Strimzi's spelling).
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub name: String,
+    /// Always `literal`: no component is granted a prefix.
+    pub pattern_type: &'static str,
+}
+
+/// One `simple` authorization rule of a Strimzi `KafkaUser`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Acl {
+    pub resource: AclResource,
+    /// Strimzi's spelling: `Read`, `Write`, `Describe`, `DescribeConfigs`, ...
+    pub operations: Vec<&'static str>,
+}
+
+impl Acl {
+    fn literal(kind: &'static str, name: impl Into<String>, operations: &[&'static str]) -> Self {
+        Self {
+            resource: AclResource {
+                kind,
+                name: name.into(),
+                pattern_type: "literal",
+            },
+            operations: operations.to_vec(),
+        }
+    }
+}
+
+/// A component and its footprint on the cluster.
+#[derive(Debug, Clone, Serialize)]
+pub struct ComponentAccess {
+    pub name: &'static str,
+    pub description: &'static str,
+    /// The Kafka user it authenticates as; `None` if it never talks to Kafka.
+    pub kafka_user: Option<&'static str>,
+    /// Exactly what the user may do.
+    pub acls: Vec<Acl>,
+    /// HTTP paths it serves on its listener (probes, metrics, its API).
+    pub http_paths: Vec<&'static str>,
+    /// The most replicas that can do useful work at once, when there is a cap.
+    pub max_replicas: Option<i32>,
+}
+
+/// Paths every taskstream component serves on its `--http` listener.
+pub const OPERATIONAL_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+/// Every component that runs in a deployment, taskstream's and the schema
+/// registry it relies on.
+pub fn components() -> Vec<ComponentAccess> {
+    let dlq = dead_letter_topic(TASK_EVENTS);
+    let consumer = |name, user, description, group: &str, view| ComponentAccess {
+        name,
+        description,
+        kafka_user: Some(user),
+        acls: vec![
+            Acl::literal("topic", TASK_EVENTS, &["Read"]),
+            Acl::literal("group", group, &["Read"]),
+            // Records it gives up on go to the dead-letter topic.
+            Acl::literal("topic", dlq.clone(), &["Write"]),
+        ],
+        http_paths: [&OPERATIONAL_PATHS[..], &[view]].concat(),
+        max_replicas: Some(TASK_EVENTS_PARTITIONS),
+    };
+    vec![
+        ComponentAccess {
+            name: "api",
+            description:
+                "the Task API; writes tasks and their events to the outbox, never to Kafka",
+            kafka_user: None,
+            acls: vec![],
+            http_paths: [
+                &OPERATIONAL_PATHS[..],
+                &["/tasks", "/audit", "/notifications", "/openapi.json"],
+            ]
+            .concat(),
+            max_replicas: None,
+        },
+        ComponentAccess {
+            name: "relay",
+            description: "publishes the outbox to the task-event topic",
+            kafka_user: Some("taskstream-relay"),
+            acls: vec![Acl::literal("topic", TASK_EVENTS, &["Write"])],
+            http_paths: OPERATIONAL_PATHS.to_vec(),
+            // One publisher keeps the outbox's order on the topic.
+            max_replicas: Some(1),
+        },
+        consumer(
+            "notifier",
+            "taskstream-notifier",
+            "the notification service (consumer group notifier)",
+            NOTIFIER_GROUP,
+            "/notifications",
+        ),
+        consumer(
+            "auditor",
+            "taskstream-auditor",
+            "the audit-log service (consumer group auditor)",
+            AUDITOR_GROUP,
+            "/audit",
+        ),
+        ComponentAccess {
+            name: "ops",
+            description: "an operator running `taskstream lag` and `taskstream dlq list|replay`",
+            kafka_user: Some("taskstream-ops"),
+            acls: vec![
+                // lag reads the oldest unconsumed record's timestamp; replay re-publishes.
+                Acl::literal("topic", TASK_EVENTS, &["Read", "Write"]),
+                Acl::literal("topic", dlq, &["Read"]),
+                // Committed offsets of the groups it watches (OffsetFetch).
+                Acl::literal("group", NOTIFIER_GROUP, &["Describe"]),
+                Acl::literal("group", AUDITOR_GROUP, &["Describe"]),
+                // The group ids its manually assigned readers carry.
+                Acl::literal("group", LAG_PROBE_GROUP, &["Read"]),
+                Acl::literal("group", TOPIC_READER_GROUP, &["Read"]),
+            ],
+            http_paths: vec![],
+            max_replicas: None,
+        },
+        ComponentAccess {
+            name: "schema-registry",
+            description: "Confluent Schema Registry, storing schemas in its Kafka topic",
+            kafka_user: Some("taskstream-schema-registry"),
+            acls: vec![
+                Acl::literal(
+                    "topic",
+                    SCHEMA_REGISTRY_TOPIC,
+                    &["Read", "Write", "DescribeConfigs"],
+                ),
+                // Leader election and the store reader share one group id.
+                Acl::literal("group", SCHEMA_REGISTRY_GROUP, &["Read"]),
+            ],
+            http_paths: vec!["/subjects", "/schemas/ids/{id}", "/config"],
+            max_replicas: None,
+        },
+    ]
+}
+
+/// The components as Strimzi `KafkaUser` resources (SCRAM-SHA-512, `simple`
+/// authorization), one YAML document each.
+pub fn render_strimzi_users(cluster: &str) -> String {
+    let mut out = String::from(
+        "# Generated by `taskstream users render`; do not edit.\n\
+         # Each component's access is declared in crates/services/src/access.rs.\n",
+    );
+    for c in components() {
+        let Some(user) = c.kafka_user else { continue };
+        out.push_str("---\n");
+        out.push_str("apiVersion: kafka.strimzi.io/v1\n");
+        out.push_str("kind: KafkaUser\n");
+        out.push_str("metadata:\n");
+        out.push_str(&format!("  name: {user}\n"));
+        out.push_str("  labels:\n");
+        out.push_str(&format!("    strimzi.io/cluster: {cluster}\n"));
+        out.push_str(&format!("    app.kubernetes.io/component: {}\n", c.name));
+        out.push_str("spec:\n");
+        out.push_str("  authentication:\n");
+        out.push_str("    type: scram-sha-512\n");
+        out.push_str("  authorization:\n");
+        out.push_str("    type: simple\n");
+        out.push_str("    acls:\n");
+        for acl in &c.acls {
+            out.push_str("      - resource:\n");
+            out.push_str(&format!("          type: {}\n", acl.resource.kind));
+            out.push_str(&format!("          name: {}\n", acl.resource.name));
+            out.push_str(&format!(
+                "          patternType: {}\n",
+                acl.resource.pattern_type
+            ));
+            out.push_str(&format!(
+                "        operations: [{}]\n",
+                acl.operations.join(", ")
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_are_unique_and_grant_only_literal_resources() {
+        let comps = components();
+        let mut users: Vec<_> = comps.iter().filter_map(|c| c.kafka_user).collect();
+        let n = users.len();
+        users.sort_unstable();
+        users.dedup();
+        assert_eq!(users.len(), n, "two components share a Kafka user");
+        for c in &comps {
+            for acl in &c.acls {
+                assert_eq!(acl.resource.pattern_type, "literal");
+                assert!(!acl.operations.is_empty(), "{}: empty grant", c.name);
+                assert!(
+                    !acl.operations.contains(&"All"),
+                    "{}: All is never least privilege",
+                    c.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn consumers_are_capped_at_the_partition_count() {
+        for c in components()
+            .iter()
+            .filter(|c| ["notifier", "auditor"].contains(&c.name))
+        {
+            assert_eq!(c.max_replicas, Some(TASK_EVENTS_PARTITIONS), "{}", c.name);
+        }
+    }
+}

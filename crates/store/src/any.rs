@@ -1,0 +1,256 @@
+//! One type for whichever database a deployment uses: SQLite on one machine,
+//! PostgreSQL when components run as separate processes.
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use taskstream_domain::{Task, TaskId};
+use uuid::Uuid;
+
+use crate::{
+    AuditEntry, AuditStore, NotificationRecord, NotificationStore, OutboxMessage, OutboxStats,
+    OutboxStore, PendingMessage, PgOptions, PgStore, SqliteOptions, SqliteStore, StoreError,
+    TaskQuery, TaskStore,
+};
+
+/// Where the state lives.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Database {
+    /// A SQLite file (created if missing).
+    Sqlite(PathBuf),
+    /// A PostgreSQL connection URL (`postgres://user:password@host/db`).
+    Postgres(String),
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_string())
+    }
+}
+
+impl std::fmt::Display for Database {
+    /// The location with any password left out.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
+            Self::Postgres(url) => f.write_str(&crate::postgres::redact_url(url)),
+        }
+    }
+}
+
+impl std::str::FromStr for Database {
+    type Err = String;
+
+    /// `postgres://...` / `postgresql://...`, or `sqlite:PATH` / `sqlite://PATH`.
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        let raw = raw.trim();
+        if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            return Ok(Self::Postgres(raw.to_owned()));
+        }
+        if let Some(path) = raw
+            .strip_prefix("sqlite://")
+            .or_else(|| raw.strip_prefix("sqlite:"))
+        {
+            if path.is_empty() {
+                return Err(
+                    "a sqlite: URL needs a file path, e.g. sqlite:.taskstream/taskstream.db".into(),
+                );
+            }
+            return Ok(Self::Sqlite(PathBuf::from(path)));
+        }
+        Err(format!(
+            "expected postgres://USER:PASSWORD@HOST:PORT/DATABASE or sqlite:PATH, got {:?}",
+            crate::postgres::redact_url(raw)
+        ))
+    }
+}
+
+/// The store of either kind; every component takes this.
+#[derive(Debug)]
+pub enum Store {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+macro_rules! each {
+    ($self:ident, $s:ident => $body:expr) => {
+        match $self {
+            Store::Sqlite($s) => $body,
+            Store::Postgres($s) => $body,
+        }
+    };
+}
+
+impl Store {
+    /// Opens (creating or migrating as needed) the database.
+    pub async fn open(
+        database: &Database,
+        sqlite: &SqliteOptions,
+        postgres: &PgOptions,
+    ) -> Result<Self, StoreError> {
+        Ok(match database {
+            Database::Sqlite(path) => Self::Sqlite(SqliteStore::open(path, sqlite).await?),
+            Database::Postgres(url) => Self::Postgres(PgStore::connect(url, postgres).await?),
+        })
+    }
+
+    /// The SQLite store, if that is what this is.
+    pub fn sqlite(&self) -> Option<&SqliteStore> {
+        match self {
+            Self::Sqlite(s) => Some(s),
+            Self::Postgres(_) => None,
+        }
+    }
+
+    /// The PostgreSQL store, if that is what this is.
+    pub fn postgres(&self) -> Option<&PgStore> {
+        match self {
+            Self::Postgres(pg) => Some(pg),
+            Self::Sqlite(_) => None,
+        }
+    }
+
+    /// Where the data lives, password left out.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Sqlite(s) => format!("sqlite:{}", s.path().display()),
+            Self::Postgres(p) => p.display().to_owned(),
+        }
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        each!(self, s => s.ping().await)
+    }
+
+    pub async fn requeue_unhandled_events(&self, notifier: &str) -> Result<u64, StoreError> {
+        each!(self, s => s.requeue_unhandled_events(notifier).await)
+    }
+
+    pub async fn processed_times(
+        &self,
+        consumer: &str,
+    ) -> Result<Vec<(Uuid, DateTime<Utc>)>, StoreError> {
+        each!(self, s => s.processed_times(consumer).await)
+    }
+
+    pub async fn published_times(&self) -> Result<Vec<DateTime<Utc>>, StoreError> {
+        each!(self, s => s.published_times().await)
+    }
+
+    pub async fn close(&self) {
+        each!(self, s => s.close().await)
+    }
+}
+
+#[async_trait]
+impl TaskStore for Store {
+    async fn insert_task(&self, task: &Task, event: &OutboxMessage) -> Result<(), StoreError> {
+        each!(self, s => s.insert_task(task, event).await)
+    }
+
+    async fn save_task(
+        &self,
+        task: &Task,
+        expected_version: i64,
+        event: &OutboxMessage,
+    ) -> Result<(), StoreError> {
+        each!(self, s => s.save_task(task, expected_version, event).await)
+    }
+
+    async fn task(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
+        each!(self, s => s.task(id).await)
+    }
+
+    async fn tasks(&self, query: &TaskQuery) -> Result<Vec<Task>, StoreError> {
+        each!(self, s => s.tasks(query).await)
+    }
+}
+
+#[async_trait]
+impl OutboxStore for Store {
+    async fn pending(&self, limit: u32) -> Result<Vec<PendingMessage>, StoreError> {
+        each!(self, s => s.pending(limit).await)
+    }
+
+    async fn mark_published(&self, seqs: &[i64], at: DateTime<Utc>) -> Result<(), StoreError> {
+        each!(self, s => s.mark_published(seqs, at).await)
+    }
+
+    async fn record_failure(&self, seq: i64, error: &str) -> Result<(), StoreError> {
+        each!(self, s => s.record_failure(seq, error).await)
+    }
+
+    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        each!(self, s => s.outbox_stats().await)
+    }
+}
+
+#[async_trait]
+impl AuditStore for Store {
+    async fn append(&self, entry: &AuditEntry) -> Result<bool, StoreError> {
+        each!(self, s => s.append(entry).await)
+    }
+
+    async fn append_batch(&self, entries: &[AuditEntry]) -> Result<Vec<bool>, StoreError> {
+        each!(self, s => s.append_batch(entries).await)
+    }
+
+    async fn audit_entries(
+        &self,
+        task_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        each!(self, s => s.audit_entries(task_id, limit).await)
+    }
+}
+
+#[async_trait]
+impl NotificationStore for Store {
+    async fn is_processed(&self, consumer: &str, event_id: Uuid) -> Result<bool, StoreError> {
+        each!(self, s => s.is_processed(consumer, event_id).await)
+    }
+
+    async fn record_notifications(
+        &self,
+        consumer: &str,
+        event_id: Uuid,
+        sent: &[NotificationRecord],
+    ) -> Result<bool, StoreError> {
+        each!(self, s => s.record_notifications(consumer, event_id, sent).await)
+    }
+
+    async fn record_notifications_batch(
+        &self,
+        consumer: &str,
+        events: &[(Uuid, Vec<NotificationRecord>)],
+    ) -> Result<Vec<bool>, StoreError> {
+        each!(self, s => s.record_notifications_batch(consumer, events).await)
+    }
+
+    async fn notifications(
+        &self,
+        task_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<NotificationRecord>, StoreError> {
+        each!(self, s => s.notifications(task_id, limit).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Database;
+
+    #[test]
+    fn database_urls_parse_and_print_without_passwords() {
+        let pg: Database = "postgres://app:hunter2@db:5432/tasks".parse().unwrap();
+        assert_eq!(pg.to_string(), "postgres://app:<redacted>@db:5432/tasks");
+        assert!(!format!("{pg:?}").contains("hunter2"));
+        assert_eq!(
+            "sqlite:data/t.db".parse::<Database>().unwrap(),
+            Database::Sqlite("data/t.db".into())
+        );
+        let err = "mysql://root:pw@db/x".parse::<Database>().unwrap_err();
+        assert!(err.contains("postgres://") && !err.contains("pw@"), "{err}");
+    }
+}

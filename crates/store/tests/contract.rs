@@ -1,0 +1,369 @@
+//! The store contract, run against each backend: SQLite in a temporary
+//! directory, and PostgreSQL on a real server, where each test gets a
+//! database of its own on the server named by `TASKSTREAM_TEST_POSTGRES`
+//! (default `postgres://postgres@127.0.0.1:5432/postgres`). Without a server
+//! the PostgreSQL runs skip loudly, or fail when `TASKSTREAM_REQUIRE_POSTGRES=1`.
+//! The relay election and `LISTEN` are PostgreSQL's alone.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::Connection;
+use taskstream_domain::{
+    Assignee, Cause, EventCodec, JsonCodec, NewTask, Priority, Task, TaskChange, TaskTitle,
+};
+use taskstream_store::{
+    AuditEntry, AuditStore, NotificationRecord, NotificationStore, OutboxMessage, OutboxStore,
+    PgOptions, PgStore, SqliteOptions, SqliteStore, Store, StoreError, TaskQuery, TaskStore,
+};
+use uuid::Uuid;
+
+/// A database created for one test and dropped afterwards.
+struct Scratch {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl Scratch {
+    async fn new() -> Option<Self> {
+        let admin = std::env::var("TASKSTREAM_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let mut conn = match sqlx::PgConnection::connect(&admin).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                let why = format!(
+                    "no PostgreSQL at {}: {e}",
+                    taskstream_store::redact_url(&admin)
+                );
+                if std::env::var("TASKSTREAM_REQUIRE_POSTGRES").as_deref() == Ok("1") {
+                    panic!("{why} (TASKSTREAM_REQUIRE_POSTGRES=1)");
+                }
+                eprintln!("SKIPPED: {why}");
+                return None;
+            }
+        };
+        let name = format!("taskstream_test_{}", Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+        let url = format!("{base}/{name}");
+        Some(Self { admin, name, url })
+    }
+
+    async fn store(&self) -> PgStore {
+        PgStore::connect(&self.url, &PgOptions::default())
+            .await
+            .unwrap()
+    }
+
+    async fn drop_database(self) {
+        let mut conn = sqlx::PgConnection::connect(&self.admin).await.unwrap();
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+}
+
+/// One backend's store, and what to clean up after it.
+struct Backend {
+    store: Store,
+    _dir: Option<tempfile::TempDir>,
+    scratch: Option<Scratch>,
+}
+
+impl Backend {
+    async fn finish(self) {
+        self.store.close().await;
+        if let Some(scratch) = self.scratch {
+            scratch.drop_database().await;
+        }
+    }
+}
+
+/// A fresh store of each kind available.
+async fn backends() -> Vec<Backend> {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteStore::open(&dir.path().join("t.db"), &SqliteOptions::default())
+        .await
+        .unwrap();
+    let mut all = vec![Backend {
+        store: Store::Sqlite(sqlite),
+        _dir: Some(dir),
+        scratch: None,
+    }];
+    if let Some(scratch) = Scratch::new().await {
+        all.push(Backend {
+            store: Store::Postgres(scratch.store().await),
+            _dir: None,
+            scratch: Some(scratch),
+        });
+    }
+    all
+}
+
+fn created(title: &str) -> TaskChange {
+    Task::create(
+        NewTask {
+            title: TaskTitle::parse(title).unwrap(),
+            description: None,
+            priority: Priority::High,
+            due_at: Some(taskstream_domain::now()),
+            assignee: Some(Assignee::parse("ana").unwrap()),
+        },
+        taskstream_domain::now(),
+        Cause::default(),
+    )
+}
+
+fn message(change: &TaskChange) -> OutboxMessage {
+    OutboxMessage {
+        id: change.event.id.as_uuid(),
+        aggregate_type: "task".into(),
+        aggregate_id: change.task.id.to_string(),
+        event_type: change.event.event_type.to_string(),
+        topic: "task-events".into(),
+        payload: JsonCodec.encode(&change.event).unwrap(),
+        content_type: "application/json".into(),
+        traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+        created_at: change.event.time,
+    }
+}
+
+#[tokio::test]
+async fn tasks_round_trip_with_their_events_and_stale_writes_change_nothing() {
+    for backend in backends().await {
+        let store = &backend.store;
+        let change = created("write");
+        store
+            .insert_task(&change.task, &message(&change))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.task(change.task.id).await.unwrap().unwrap(),
+            change.task
+        );
+        let pending = store.pending(10).await.unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].message, message(&change));
+
+        let done = change
+            .task
+            .complete(taskstream_domain::now(), Cause::default())
+            .unwrap();
+        store
+            .save_task(&done.task, 1, &message(&done))
+            .await
+            .unwrap();
+        // A second writer that read version 1 loses, and writes nothing.
+        let stale = change
+            .task
+            .complete(taskstream_domain::now(), Cause::default())
+            .unwrap();
+        let err = store
+            .save_task(&stale.task, 1, &message(&stale))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::VersionConflict { .. }), "{err:?}");
+        assert_eq!(
+            store.task(change.task.id).await.unwrap().unwrap(),
+            done.task
+        );
+        let pending = store.pending(10).await.unwrap();
+        assert_eq!(
+            pending.iter().map(|p| p.message.id).collect::<Vec<_>>(),
+            vec![message(&change).id, message(&done).id],
+            "one event per accepted write, in commit order"
+        );
+        // The database enforces the outbox id's uniqueness, as Debezium expects.
+        let again = created("again");
+        let mut dup = message(&again);
+        dup.id = message(&change).id;
+        assert!(store.insert_task(&again.task, &dup).await.is_err());
+        assert!(
+            store.task(again.task.id).await.unwrap().is_none(),
+            "rolled back with its event"
+        );
+
+        backend.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn pages_follow_ids_and_hide_tombstones() {
+    for backend in backends().await {
+        let store = &backend.store;
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            let c = created(&format!("task {i}"));
+            store.insert_task(&c.task, &message(&c)).await.unwrap();
+            ids.push(c.task.id);
+        }
+        let gone = store.task(ids[2]).await.unwrap().unwrap();
+        let deleted = gone
+            .delete(taskstream_domain::now(), Cause::default())
+            .unwrap();
+        store
+            .save_task(&deleted.task, 1, &message(&deleted))
+            .await
+            .unwrap();
+        let first = store
+            .tasks(&TaskQuery {
+                status: None,
+                after: None,
+                limit: 2,
+            })
+            .await
+            .unwrap();
+        let rest = store
+            .tasks(&TaskQuery {
+                status: None,
+                after: Some(first[1].id),
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        let seen: Vec<_> = first.iter().chain(&rest).map(|t| t.id).collect();
+        let expected: Vec<_> = ids.iter().copied().filter(|id| *id != ids[2]).collect();
+        assert_eq!(seen, expected);
+        backend.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn one_relay_publishes_at_a_time_and_another_takes_over_when_it_ends() {
+    let Some(db) = Scratch::new().await else {
+        return;
+    };
+    let first = db.store().await;
+    let second = db.store().await;
+    let c = created("publish me");
+    first.insert_task(&c.task, &message(&c)).await.unwrap();
+
+    assert_eq!(first.pending(10).await.unwrap().len(), 1);
+    assert!(first.is_publishing_relay().await.unwrap());
+    assert!(
+        second.pending(10).await.unwrap().is_empty(),
+        "the standby sees nothing"
+    );
+    assert!(!second.is_publishing_relay().await.unwrap());
+
+    first.close().await;
+    let took_over = async {
+        loop {
+            if !second.pending(10).await.unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), took_over)
+        .await
+        .expect("the standby relay took over");
+    let seq = second.pending(10).await.unwrap()[0].seq;
+    second
+        .mark_published(&[seq], taskstream_domain::now())
+        .await
+        .unwrap();
+    assert!(second.pending(10).await.unwrap().is_empty());
+    let stats = second.outbox_stats().await.unwrap();
+    assert_eq!((stats.total, stats.pending), (1, 0));
+    second.close().await;
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_commit_in_another_process_wakes_the_relay() {
+    let Some(db) = Scratch::new().await else {
+        return;
+    };
+    let relay = Arc::new(db.store().await);
+    let api = db.store().await;
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let listening = {
+        let (relay, wake) = (Arc::clone(&relay), Arc::clone(&wake));
+        tokio::spawn(async move { relay.listen_for_commits(&wake).await })
+    };
+    // The listener looks once when it connects.
+    tokio::time::timeout(Duration::from_secs(10), wake.notified())
+        .await
+        .unwrap();
+    let c = created("wake up");
+    api.insert_task(&c.task, &message(&c)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), wake.notified())
+        .await
+        .expect("the commit was announced");
+    listening.abort();
+    relay.close().await;
+    api.close().await;
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn consumer_effects_happen_once_per_event() {
+    for backend in backends().await {
+        let store = &backend.store;
+        let event_id = Uuid::now_v7();
+        let entry = AuditEntry {
+            event_id,
+            event_type: "task.created".into(),
+            task_id: "t1".into(),
+            task_version: 1,
+            event_time: taskstream_domain::now(),
+            correlation_id: Some("req-1".into()),
+            topic: "task-events".into(),
+            partition: 3,
+            offset: 42,
+            recorded_at: taskstream_domain::now(),
+            envelope: "{}".into(),
+        };
+        assert_eq!(
+            store
+                .append_batch(&[entry.clone(), entry.clone()])
+                .await
+                .unwrap(),
+            vec![true, false]
+        );
+        assert!(!store.append(&entry).await.unwrap());
+        assert_eq!(
+            store.audit_entries(Some("t1"), 10).await.unwrap(),
+            vec![entry]
+        );
+
+        let sent = NotificationRecord {
+            id: Uuid::new_v4(),
+            event_id,
+            event_type: "task.completed".into(),
+            task_id: "t1".into(),
+            kind: "task_completed".into(),
+            recipient: "ana".into(),
+            message: "done".into(),
+            channel: "log".into(),
+            sent_at: taskstream_domain::now(),
+        };
+        assert!(!store.is_processed("notifier", event_id).await.unwrap());
+        let batch = vec![(event_id, vec![sent.clone()])];
+        assert_eq!(
+            store
+                .record_notifications_batch("notifier", &batch)
+                .await
+                .unwrap(),
+            vec![true]
+        );
+        assert!(!store
+            .record_notifications("notifier", event_id, std::slice::from_ref(&sent))
+            .await
+            .unwrap());
+        assert!(store.is_processed("notifier", event_id).await.unwrap());
+        assert!(!store.is_processed("other-group", event_id).await.unwrap());
+        assert_eq!(store.notifications(None, 10).await.unwrap(), vec![sent]);
+        assert_eq!(store.processed_times("notifier").await.unwrap().len(), 1);
+        backend.finish().await;
+    }
+}
