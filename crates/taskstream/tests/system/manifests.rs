@@ -1,88 +1,201 @@
-//! The Strimzi manifests in `deploy/strimzi/`: topics generated from the
-//! declarations in code, everything valid against Strimzi's CRDs.
+//! What taskstream ships for Kubernetes, checked without a cluster: the
+//! Strimzi resources in `deploy/strimzi/` (topics and users generated from the
+//! declarations in code, everything valid against Strimzi's CRDs), the Helm
+//! chart in `deploy/helm/taskstream/` (lint, strict validation of what it
+//! renders, refused values, agreement with the binary) and the Dockerfile.
+//!
+//! The tools come from `.ci/run`: Python with `deploy/requirements.txt` in
+//! `.venv`, and helm from `deploy/install_k8s_tools.py`. Without them these
+//! tests print `SKIPPED`, unless `TASKSTREAM_REQUIRE_INTEROP` says they must run.
 
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
-use crate::interop::{python, skip_or_fail};
+use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_taskstream");
+
+/// The two environments the chart is rendered for: name and values files.
+const ENVIRONMENTS: [(&str, &[&str]); 2] = [
+    ("dev", &["values.yaml"]),
+    ("production", &["values.yaml", "values-production.yaml"]),
+];
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-#[test]
-fn committed_topic_manifests_equal_what_the_code_declares() {
-    for (file, replicas) in [("topics-dev.yaml", "1"), ("topics-prod.yaml", "3")] {
-        let out = Command::new(BIN)
-            .args([
-                "topics",
-                "render",
-                "--format",
-                "strimzi",
-                "--replication-factor",
-                replicas,
-            ])
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        let committed = std::fs::read_to_string(repo().join("deploy/strimzi").join(file)).unwrap();
-        assert_eq!(
-            String::from_utf8(out.stdout).unwrap(),
-            committed,
-            "deploy/strimzi/{file} is stale: regenerate it with `taskstream topics render --replication-factor {replicas}`"
-        );
-    }
+fn chart() -> PathBuf {
+    repo().join("deploy/helm/taskstream")
 }
 
-/// Strimzi's CRDs: `TASKSTREAM_STRIMZI_CRDS`, else the copies in `deploy/strimzi/crds/`.
-fn crds() -> Option<PathBuf> {
-    let dir = std::env::var_os("TASKSTREAM_STRIMZI_CRDS")
+/// Reports a check whose tool is missing as skipped, loudly — or fails it
+/// when `TASKSTREAM_REQUIRE_INTEROP` says every check must run (CI).
+fn skip_or_fail(what: &str, how: &str) {
+    assert!(
+        std::env::var_os("TASKSTREAM_REQUIRE_INTEROP").is_none(),
+        "TASKSTREAM_REQUIRE_INTEROP is set but {what} cannot run: {how}"
+    );
+    eprintln!("SKIPPED: {what} — {how} (or run .ci/run)");
+}
+
+/// `TASKSTREAM_<VAR>` if set, else `.venv/bin/<name>` in the workspace,
+/// provided it runs with `probe`.
+fn tool(var: &str, name: &str, probe: &[&str]) -> Option<PathBuf> {
+    let candidate = std::env::var_os(var)
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("deploy/strimzi/crds"));
-    dir.is_dir().then_some(dir)
+        .unwrap_or_else(|| repo().join(".venv/bin").join(name));
+    let ok = Command::new(&candidate)
+        .args(probe)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    ok.then_some(candidate)
 }
 
-fn validate(python: &PathBuf, crds: &PathBuf, files: &[PathBuf]) -> (bool, String) {
+/// Python with `deploy/requirements.txt` installed: `TASKSTREAM_PYTHON`, else `.venv`.
+fn deploy_python() -> Option<PathBuf> {
+    tool(
+        "TASKSTREAM_PYTHON",
+        "python",
+        &["-c", "import jsonschema, yaml, kubernetes_validate"],
+    )
+}
+
+/// helm v4: `TASKSTREAM_HELM`, else `.venv/bin/helm` (from `deploy/install_k8s_tools.py`).
+fn helm() -> Option<PathBuf> {
+    tool("TASKSTREAM_HELM", "helm", &["version", "--short"])
+}
+
+const PYTHON_HOW: &str =
+    "python3 -m venv .venv && .venv/bin/pip install -r deploy/requirements.txt";
+const HELM_HOW: &str =
+    "install helm v4 (.venv/bin/python deploy/install_k8s_tools.py .venv) or set TASKSTREAM_HELM";
+
+fn text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// `helm template` of the chart with `values` (file names in the chart) and `extra` arguments.
+fn render(helm: &Path, values: &[&str], extra: &[&str]) -> Output {
+    let mut cmd = Command::new(helm);
+    cmd.args(["template", "taskstream"]).arg(chart()).args([
+        "--namespace",
+        "taskstream",
+        "--kube-version",
+        "1.30.0",
+    ]);
+    for v in values {
+        cmd.arg("-f").arg(chart().join(v));
+    }
+    cmd.args(extra).output().unwrap()
+}
+
+/// Renders the chart for one environment into `dir`, failing the test if helm does.
+fn render_to(helm: &Path, dir: &Path, env: &str, values: &[&str]) -> PathBuf {
+    let out = render(helm, values, &[]);
+    assert!(
+        out.status.success(),
+        "helm template ({env}): {}",
+        text(&out)
+    );
+    let path = dir.join(format!("{env}.yaml"));
+    std::fs::write(&path, &out.stdout).unwrap();
+    path
+}
+
+fn validate(python: &Path, crds: &Path, files: &[PathBuf]) -> (bool, String) {
     let out = Command::new(python)
         .arg(repo().join("deploy/validate_manifests.py"))
         .arg(crds)
         .args(files)
         .output()
         .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
+    (out.status.success(), text(&out))
 }
 
-#[test]
-fn strimzi_manifests_validate_against_the_crds_and_a_typo_fails_the_check() {
-    let (Some(python), Some(crds)) = (python(), crds()) else {
-        skip_or_fail("validating the Strimzi manifests (needs the Strimzi CRDs and the .venv)");
-        return;
-    };
-    let ready = Command::new(&python)
-        .args(["-c", "import jsonschema, yaml"])
-        .status()
-        .unwrap()
-        .success();
-    if !ready {
-        skip_or_fail("validating the Strimzi manifests (pip install -r deploy/requirements.txt)");
-        return;
-    }
-    let manifests: Vec<PathBuf> = std::fs::read_dir(repo().join("deploy/strimzi"))
+/// Strimzi's CRDs: `TASKSTREAM_STRIMZI_CRDS`, else the copies in `deploy/strimzi/crds/`.
+fn crds() -> PathBuf {
+    std::env::var_os("TASKSTREAM_STRIMZI_CRDS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("deploy/strimzi/crds"))
+}
+
+fn strimzi_manifests() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("deploy/strimzi"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .collect();
+    files.sort();
+    files
+}
+
+/// Output of the binary for `args`, which must succeed.
+fn taskstream(args: &[&str]) -> String {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "`taskstream {}` failed: {}",
+        args.join(" "),
+        text(&out)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn committed_topic_manifests_equal_what_the_code_declares() {
+    for (file, replicas) in [("topics-dev.yaml", "1"), ("topics-prod.yaml", "3")] {
+        let rendered = taskstream(&[
+            "topics",
+            "render",
+            "--format",
+            "strimzi",
+            "--replication-factor",
+            replicas,
+        ]);
+        let committed = std::fs::read_to_string(repo().join("deploy/strimzi").join(file)).unwrap();
+        assert_eq!(
+            rendered, committed,
+            "deploy/strimzi/{file} is stale: regenerate it with `taskstream topics render --replication-factor {replicas}`"
+        );
+    }
+}
+
+#[test]
+fn committed_users_manifest_equals_what_the_code_declares() {
+    let rendered = taskstream(&["users", "render", "--cluster", "taskstream"]);
+    let committed = std::fs::read_to_string(repo().join("deploy/strimzi/users.yaml"))
+        .expect("deploy/strimzi/users.yaml: generate it with `taskstream users render --cluster taskstream`");
+    assert_eq!(
+        rendered, committed,
+        "deploy/strimzi/users.yaml is stale: regenerate it with `taskstream users render --cluster taskstream`"
+    );
+}
+
+#[test]
+fn strimzi_manifests_validate_against_the_crds_and_a_typo_fails_the_check() {
+    let Some(python) = deploy_python() else {
+        skip_or_fail("validating the Strimzi manifests", PYTHON_HOW);
+        return;
+    };
+    let manifests = strimzi_manifests();
     assert!(manifests.len() >= 4);
-    let (ok, text) = validate(&python, &crds, &manifests);
+    let resources: usize = manifests
+        .iter()
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .matches("apiVersion: kafka.strimzi.io/")
+                .count()
+        })
+        .sum();
+    let (ok, text) = validate(&python, &crds(), &manifests);
     assert!(ok, "{text}");
     assert!(
-        text.contains("9 Strimzi resource(s) checked, 0 problem(s)"),
+        text.contains(&format!("{resources} Strimzi resource(s) checked")),
         "{text}"
     );
+    assert!(text.contains("0 problem(s)"), "{text}");
 
     // A misspelled field is an error, not something the API server would quietly drop.
     let dir = tempfile::tempdir().unwrap();
@@ -93,7 +206,425 @@ fn strimzi_manifests_validate_against_the_crds_and_a_typo_fails_the_check() {
         committed.replace("deleteClaim: false", "deleteClam: false"),
     )
     .unwrap();
-    let (ok, text) = validate(&python, &crds, &[typo]);
+    let (ok, text) = validate(&python, &crds(), &[typo]);
     assert!(!ok, "{text}");
     assert!(text.contains("'deleteClam' was unexpected"), "{text}");
+}
+
+#[test]
+fn helm_lint_passes_with_default_and_production_values() {
+    let Some(helm) = helm() else {
+        skip_or_fail("helm lint", HELM_HOW);
+        return;
+    };
+    for (env, values) in ENVIRONMENTS {
+        let mut cmd = Command::new(&helm);
+        cmd.args(["lint", "--strict"]).arg(chart());
+        for v in values {
+            cmd.arg("-f").arg(chart().join(v));
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "helm lint ({env}): {}", text(&out));
+        assert!(
+            text(&out).contains("0 chart(s) failed"),
+            "{env}: {}",
+            text(&out)
+        );
+    }
+}
+
+#[test]
+fn the_rendered_chart_and_the_strimzi_resources_validate_strictly_for_dev_and_production() {
+    let (Some(helm), Some(python)) = (helm(), deploy_python()) else {
+        skip_or_fail(
+            "validating the rendered chart",
+            &format!("{HELM_HOW}; {PYTHON_HOW}"),
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for ((env, values), (kafka, topics)) in ENVIRONMENTS.into_iter().zip([
+        ("kafka-dev.yaml", "topics-dev.yaml"),
+        ("kafka-prod.yaml", "topics-prod.yaml"),
+    ]) {
+        let rendered = render_to(&helm, dir.path(), env, values);
+        let manifest = std::fs::read_to_string(&rendered).unwrap();
+        for kind in [
+            "kind: Deployment",
+            "kind: Service",
+            "kind: ConfigMap",
+            "kind: PodDisruptionBudget",
+        ] {
+            assert!(manifest.contains(kind), "{env}: no {kind}");
+        }
+        let strimzi = repo().join("deploy/strimzi");
+        let mut files = vec![strimzi.join(kafka), strimzi.join(topics)];
+        if strimzi.join("users.yaml").exists() {
+            files.push(strimzi.join("users.yaml"));
+        }
+        files.push(rendered);
+        let (ok, text) = validate(&python, &crds(), &files);
+        assert!(ok, "{env}: {text}");
+        assert!(
+            text.contains("Kubernetes resource(s) checked strictly against the 1.30"),
+            "{env}: {text}"
+        );
+        assert!(text.contains("0 problem(s)"), "{env}: {text}");
+        if env == "production" {
+            // values-production.yaml turns the ServiceMonitors on.
+            assert!(
+                text.contains("4 ServiceMonitor(s) checked structurally"),
+                "{text}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_misspelled_field_in_a_rendered_deployment_fails_validation() {
+    let (Some(helm), Some(python)) = (helm(), deploy_python()) else {
+        skip_or_fail(
+            "validating the rendered chart",
+            &format!("{HELM_HOW}; {PYTHON_HOW}"),
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let rendered =
+        std::fs::read_to_string(render_to(&helm, dir.path(), "dev", &["values.yaml"])).unwrap();
+    for (from, to, complaint) in [
+        (
+            "      containers:",
+            "      contianers:",
+            "'contianers' was unexpected",
+        ),
+        (
+            "          imagePullPolicy: IfNotPresent",
+            "          imagePullPolicyy: IfNotPresent",
+            "'imagePullPolicyy' was unexpected",
+        ),
+        (
+            "              containerPort: 8080",
+            "              containerPort: \"8080\"",
+            "'8080' is not of type 'integer'",
+        ),
+    ] {
+        assert!(
+            rendered.contains(from),
+            "the rendered chart has no {from:?}"
+        );
+        let typo = dir.path().join("typo.yaml");
+        std::fs::write(&typo, rendered.replacen(from, to, 1)).unwrap();
+        let (ok, text) = validate(&python, &crds(), &[typo]);
+        assert!(!ok, "{to:?} passed validation: {text}");
+        assert!(text.contains(complaint), "{to:?}: {text}");
+        assert!(text.contains("Deployment/taskstream-"), "{to:?}: {text}");
+    }
+}
+
+#[test]
+fn more_consumers_than_partitions_and_other_bad_values_fail_to_render() {
+    let Some(helm) = helm() else {
+        skip_or_fail("rendering the chart", HELM_HOW);
+        return;
+    };
+    for (set, message) in [
+        (
+            "notifier.replicas=7",
+            "notifier.replicas (7) exceeds kafka.taskEventsPartitions (6)",
+        ),
+        (
+            "auditor.replicas=12",
+            "auditor.replicas (12) exceeds kafka.taskEventsPartitions (6)",
+        ),
+        (
+            "kafka.securityProtocol=SASL_SSL",
+            "kafka.securityProtocol must be plaintext, ssl, sasl_plaintext or sasl_ssl",
+        ),
+        (
+            "postgresql.enabled=false",
+            "database.existingSecret (a Secret holding the PostgreSQL URL) is required",
+        ),
+        (
+            "relay.eventFormat=protobuf",
+            "relay.eventFormat must be avro or json",
+        ),
+    ] {
+        let out = render(&helm, &["values.yaml"], &["--set", set]);
+        assert!(!out.status.success(), "--set {set} rendered");
+        assert!(text(&out).contains(message), "--set {set}: {}", text(&out));
+    }
+    // Production values with a user left out fail too.
+    let out = render(
+        &helm,
+        &["values.yaml", "values-production.yaml"],
+        &["--set", "relay.kafkaUser="],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("relay.kafkaUser is required with kafka.securityProtocol sasl_ssl"),
+        "{}",
+        text(&out)
+    );
+    // Six consumers, one per partition, are fine.
+    let out = render(&helm, &["values.yaml"], &["--set", "notifier.replicas=6"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn every_key_in_the_values_files_has_a_comment_above_it() {
+    for file in ["values.yaml", "values-production.yaml"] {
+        let text = std::fs::read_to_string(chart().join(file)).unwrap();
+        let mut previous = "";
+        for (n, line) in text.lines().enumerate() {
+            let trimmed = line.trim_start();
+            let is_key = trimmed.split_once(':').is_some_and(|(key, _)| {
+                !key.is_empty()
+                    && !trimmed.starts_with('#')
+                    && !trimmed.starts_with('-')
+                    && key
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            });
+            if is_key {
+                assert!(
+                    previous.trim_start().starts_with('#'),
+                    "{file}:{}: `{}` has no comment above it",
+                    n + 1,
+                    trimmed
+                );
+            }
+            if !trimmed.is_empty() {
+                previous = line;
+            }
+        }
+    }
+}
+
+/// `deploy/check_deploy.py` with `args`, asking the real binary.
+fn check_deploy(python: &Path, helm: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(python)
+        .arg(repo().join("deploy/check_deploy.py"))
+        .arg("--helm")
+        .arg(helm)
+        .args(["--taskstream", BIN])
+        .args(args)
+        .output()
+        .unwrap();
+    (out.status.success(), text(&out))
+}
+
+/// `taskstream users list --json`: the components, their users, ACLs, paths and caps.
+fn declared_components() -> Value {
+    serde_json::from_str(&taskstream(&["users", "list", "--json"]))
+        .expect("`taskstream users list --json` prints JSON")
+}
+
+#[test]
+fn the_chart_and_the_strimzi_resources_agree_with_what_the_binary_declares() {
+    let (Some(helm), Some(python)) = (helm(), deploy_python()) else {
+        skip_or_fail(
+            "checking the deployment against the binary",
+            &format!("{HELM_HOW}; {PYTHON_HOW}"),
+        );
+        return;
+    };
+    let (ok, text) = check_deploy(&python, &helm, &[]);
+    assert!(ok, "{text}");
+    for check in ["(a)", "(b)", "(c)", "(d)", "(e)", "(f)", "(g)"] {
+        for env in ["[dev]", "[production]"] {
+            assert!(
+                text.contains(&format!("ok   {env} {check}")),
+                "{env} {check} did not pass: {text}"
+            );
+        }
+    }
+    assert!(text.contains("0 failing"), "{text}");
+}
+
+#[test]
+fn the_deployment_check_catches_drifted_acls_caps_paths_and_users() {
+    let (Some(helm), Some(python)) = (helm(), deploy_python()) else {
+        skip_or_fail(
+            "checking the deployment against the binary",
+            &format!("{HELM_HOW}; {PYTHON_HOW}"),
+        );
+        return;
+    };
+    let declared = declared_components();
+    let dir = tempfile::tempdir().unwrap();
+    let with = |name: &str, change: &dyn Fn(&mut Value)| -> PathBuf {
+        let mut doc = declared.clone();
+        let components = doc["components"].as_array_mut().unwrap();
+        let component = components
+            .iter_mut()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("users list declares no {name}"));
+        change(component);
+        let path = dir.path().join(format!("{name}.json"));
+        std::fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
+        path
+    };
+
+    // The relay no longer needs its grant: users.yaml now grants more than it uses.
+    let fewer_acls = with("relay", &|c| c["acls"] = Value::Array(vec![]));
+    let (ok, text) = check_deploy(
+        &python,
+        &helm,
+        &["--components", fewer_acls.to_str().unwrap()],
+    );
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("KafkaUser taskstream-relay grants")
+            && text.contains("which relay does not use"),
+        "{text}"
+    );
+
+    // A consumer allowed more replicas than its topic has partitions.
+    let too_many = with("notifier", &|c| c["max_replicas"] = 8.into());
+    let (ok, text) = check_deploy(
+        &python,
+        &helm,
+        &["--components", too_many.to_str().unwrap()],
+    );
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("notifier allows 8 replicas, but reads a topic with 6 partitions"),
+        "{text}"
+    );
+
+    // A readiness probe on a path the binary does not serve.
+    let no_readyz = with("auditor", &|c| {
+        c["http_paths"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|p| p != "/readyz")
+    });
+    let (ok, text) = check_deploy(
+        &python,
+        &helm,
+        &["--components", no_readyz.to_str().unwrap()],
+    );
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(
+            "taskstream-auditor/auditor: readinessProbe path '/readyz' is not served by auditor"
+        ),
+        "{text}"
+    );
+
+    // A component authenticating as another component's user.
+    let (ok, text) = check_deploy(
+        &python,
+        &helm,
+        &["--set", "notifier.kafkaUser=taskstream-auditor"],
+    );
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("notifier must authenticate as taskstream-notifier, not taskstream-auditor"),
+        "{text}"
+    );
+}
+
+/// The Dockerfile's instructions, continuation lines joined, comments dropped.
+fn dockerfile_instructions() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('#') || (trimmed.is_empty() && current.is_empty()) {
+            continue;
+        }
+        match trimmed.strip_suffix('\\') {
+            Some(part) => {
+                current.push_str(part);
+                current.push(' ');
+            }
+            None => {
+                current.push_str(trimmed);
+                let (op, rest) = current.split_once(' ').unwrap_or((&current, ""));
+                out.push((op.to_uppercase(), rest.trim().to_owned()));
+                current.clear();
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_dockerfile_builds_in_its_own_stage_and_runs_the_binary_as_a_numeric_non_root_user() {
+    let instructions = dockerfile_instructions();
+    let stages: Vec<&str> = instructions
+        .iter()
+        .filter(|(op, _)| op == "FROM")
+        .map(|(_, rest)| rest.as_str())
+        .collect();
+    assert!(stages.len() >= 2, "not a multi-stage build: {stages:?}");
+    for image in &stages {
+        let image = image.split_whitespace().next().unwrap();
+        let tag = image.rsplit_once(':').map(|(_, t)| t);
+        assert!(
+            tag.is_some_and(|t| t != "latest"),
+            "base image {image} is not pinned to a tag"
+        );
+    }
+    assert!(stages[0].starts_with("rust:") && stages[0].ends_with("AS builder"));
+    assert!(stages.last().unwrap().starts_with("debian:bookworm-slim"));
+
+    // Everything after the last FROM is the image that ships.
+    let last_from = instructions
+        .iter()
+        .rposition(|(op, _)| op == "FROM")
+        .unwrap();
+    let runtime = &instructions[last_from..];
+    let user = runtime
+        .iter()
+        .rev()
+        .find(|(op, _)| op == "USER")
+        .map(|(_, u)| u.as_str())
+        .expect("the runtime stage sets USER");
+    let uid: u32 = user
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap_or_else(|_| panic!("USER {user} is not numeric (runAsNonRoot needs a uid)"));
+    assert_ne!(uid, 0, "the image runs as root");
+    assert_eq!(uid, 65532);
+    let entrypoint = runtime
+        .iter()
+        .find(|(op, _)| op == "ENTRYPOINT")
+        .map(|(_, e)| e.as_str())
+        .expect("an ENTRYPOINT");
+    assert_eq!(entrypoint, r#"["taskstream"]"#);
+    assert!(runtime
+        .iter()
+        .any(|(op, rest)| op == "COPY" && rest.contains("/usr/local/bin/taskstream")));
+    assert!(instructions
+        .iter()
+        .any(|(op, rest)| op == "RUN"
+            && rest.contains("cargo build --release --locked -p taskstream")));
+
+    let ignored = std::fs::read_to_string(repo().join(".dockerignore")).unwrap();
+    for path in ["target/", ".venv/", ".git/", ".taskstream/"] {
+        assert!(
+            ignored.lines().any(|l| l.trim() == path),
+            ".dockerignore does not exclude {path}"
+        );
+    }
+}
+
+#[test]
+fn hadolint_accepts_the_dockerfile() {
+    let Some(hadolint) = tool("TASKSTREAM_HADOLINT", "hadolint", &["--version"]) else {
+        skip_or_fail("linting the Dockerfile", PYTHON_HOW);
+        return;
+    };
+    let out = Command::new(hadolint)
+        .args(["--no-color"])
+        .arg(repo().join("Dockerfile"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "hadolint: {}", text(&out));
 }
