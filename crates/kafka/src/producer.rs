@@ -177,6 +177,32 @@ impl EventProducer {
             })
     }
 
+    /// The fatal error that ended this producer, if one did. After a fatal
+    /// error (with an idempotent producer: a broken sequence the broker
+    /// cannot reconcile; with a transactional one: fencing) every record
+    /// fails; only a new producer can publish again.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.inner
+            .client()
+            .fatal_error()
+            .map(|(code, reason)| format!("{code}: {reason}"))
+    }
+
+    /// Raises a fatal error on this producer, as librdkafka would on a
+    /// broken idempotence sequence; for fault-injection tests.
+    pub fn inject_fatal_error(&self, reason: &str) {
+        let reason = std::ffi::CString::new(reason.replace('\0', " ")).expect("no NUL left");
+        // SAFETY: the client pointer is valid for the life of `self.inner`;
+        // librdkafka copies the reason string.
+        unsafe {
+            rdkafka::bindings::rd_kafka_test_fatal_error(
+                self.inner.client().native_ptr(),
+                rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                reason.as_ptr(),
+            );
+        }
+    }
+
     /// Asks the cluster for metadata; fails if no broker answers in `timeout`.
     pub async fn check_connection(&self, timeout: Duration) -> Result<(), KafkaError> {
         let inner = self.inner.clone();

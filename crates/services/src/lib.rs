@@ -24,5 +24,5 @@ pub use encoding::{EncodingError, EventDecoder, EventEncoding};
 pub use notifier::{
     DelayedSink, LogSink, NotificationHandler, NotificationSink, SinkError, NOTIFIER_GROUP,
 };
-pub use relay::{OutboxRelay, RelayError, RelaySettings};
+pub use relay::{OutboxRelay, ProducerFactory, RelayError, RelaySettings};
 pub use shutdown::{Shutdown, ShutdownTrigger};

@@ -10,6 +10,8 @@
 //! event that cannot be encoded yet, a producer error) are retried with
 //! backoff. A row that was published but not yet marked (a
 //! crash in between) is published again: consumers de-duplicate by event id.
+//! A producer that hit a fatal error can never publish again, so the relay
+//! replaces it with a new one and carries on from the first unmarked row.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,10 +60,14 @@ pub enum RelayError {
     Encoding(#[from] EncodingError),
 }
 
+/// Makes the relay's producer: once at start, and again after a fatal error.
+pub type ProducerFactory = Arc<dyn Fn() -> Result<EventProducer, KafkaError> + Send + Sync>;
+
 /// Publishes the outbox. See the module docs.
 pub struct OutboxRelay {
     store: Arc<dyn OutboxStore>,
-    producer: EventProducer,
+    producer: std::sync::Mutex<EventProducer>,
+    new_producer: ProducerFactory,
     wake: Arc<Notify>,
     settings: RelaySettings,
     metrics: Arc<Metrics>,
@@ -69,22 +75,48 @@ pub struct OutboxRelay {
 }
 
 impl OutboxRelay {
-    /// `wake` is notified by writers after each commit.
+    /// `wake` is notified by writers after each commit; `new_producer`
+    /// makes the producer now, and its replacement after a fatal error.
     pub fn new(
         store: Arc<dyn OutboxStore>,
-        producer: EventProducer,
+        new_producer: ProducerFactory,
         wake: Arc<Notify>,
         settings: RelaySettings,
         metrics: Arc<Metrics>,
         encoding: EventEncoding,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, KafkaError> {
+        Ok(Self {
             store,
-            producer,
+            producer: std::sync::Mutex::new(new_producer()?),
+            new_producer,
             wake,
             settings,
             metrics,
             encoding,
+        })
+    }
+
+    /// The producer in use.
+    fn producer(&self) -> EventProducer {
+        self.producer.lock().expect("never poisoned").clone()
+    }
+
+    /// Replaces the producer if a fatal error ended it; `true` if it did.
+    fn replace_dead_producer(&self) -> bool {
+        let Some(reason) = self.producer().fatal_error() else {
+            return false;
+        };
+        match (self.new_producer)() {
+            Ok(fresh) => {
+                tracing::error!(%reason, "the relay's producer hit a fatal error; replaced it, unmarked events are published again");
+                self.metrics.relay_producer_restarts.inc();
+                *self.producer.lock().expect("never poisoned") = fresh;
+                true
+            }
+            Err(error) => {
+                tracing::error!(%reason, %error, "the relay's producer hit a fatal error and a new one cannot be made yet");
+                false
+            }
         }
     }
 
@@ -103,6 +135,9 @@ impl OutboxRelay {
                     None
                 }
                 Err(error) => {
+                    if self.replace_dead_producer() {
+                        backoff.reset();
+                    }
                     let delay = backoff.next_delay();
                     tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "outbox relay round failed; events stay pending");
                     Some(delay)
@@ -140,7 +175,7 @@ impl OutboxRelay {
         }
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         if let Err(error) = self
-            .producer
+            .producer()
             .flush(left.max(Duration::from_millis(100)))
             .await
         {
@@ -160,10 +195,11 @@ impl OutboxRelay {
         if batch.is_empty() {
             return Ok(0);
         }
+        let producer = self.producer();
         let mut deliveries = Vec::with_capacity(batch.len());
         let mut enqueue_error = None;
         for row in &batch {
-            match self.enqueue(row).await {
+            match self.enqueue(&producer, row).await {
                 Ok(delivery) => deliveries.push(delivery),
                 Err(error) => {
                     self.metrics.relay_errors.inc();
@@ -216,6 +252,7 @@ impl OutboxRelay {
 
     async fn enqueue(
         &self,
+        producer: &EventProducer,
         row: &PendingMessage,
     ) -> Result<taskstream_kafka::DeliveryFuture, RelayError> {
         let m = &row.message;
@@ -231,8 +268,7 @@ impl OutboxRelay {
         if let Some(traceparent) = &m.traceparent {
             headers.push(("traceparent", traceparent.as_bytes()));
         }
-        Ok(self
-            .producer
+        Ok(producer
             .enqueue(OutboundRecord {
                 topic: &m.topic,
                 key: m.aggregate_id.as_bytes(),

@@ -13,7 +13,7 @@ use taskstream_kafka::{apply_topics, DevBroker, KafkaConfig, TopicOutcome};
 use taskstream_services::topics::TASK_EVENTS;
 use taskstream_services::topics::{declared_topics, schema_registry_topic};
 use taskstream_services::{EventEncoding, RelaySettings};
-use taskstream_store::{Database, SqliteOptions, Store, Synchronous};
+use taskstream_store::{Database, PgOptions, SqliteOptions, Store, Synchronous};
 use taskstream_telemetry::Metrics;
 use tokio::sync::Notify;
 
@@ -146,6 +146,9 @@ pub struct StoreArgs {
     /// separate processes or pods share it) or sqlite:PATH. Default: SQLite in --data-dir.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<Database>,
+    /// Most PostgreSQL connections this process opens (its pool's size).
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(2..=1000))]
+    pub database_max_connections: u32,
     /// SQLite durability: `full` survives power loss, `normal` only a process crash.
     #[arg(long, env = "TASKSTREAM_SQLITE_SYNCHRONOUS", default_value = "full")]
     pub sqlite_synchronous: Synchronous,
@@ -159,8 +162,21 @@ impl StoreArgs {
         }
     }
 
+    fn postgres_options(&self) -> PgOptions {
+        PgOptions {
+            max_connections: self.database_max_connections,
+            ..PgOptions::default()
+        }
+    }
+
     async fn open(&self) -> anyhow::Result<Arc<Store>> {
-        components::open_store(&self.data_dir, self.database_url.as_ref(), &self.options()).await
+        components::open_store(
+            &self.data_dir,
+            self.database_url.as_ref(),
+            &self.options(),
+            &self.postgres_options(),
+        )
+        .await
     }
 }
 
@@ -842,6 +858,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let mut config = SystemConfig::new(args.http, &args.store.data_dir);
     config.sqlite = args.store.options();
     config.database = args.store.database_url.clone();
+    config.postgres = args.store.postgres_options();
     config.kafka = args.kafka.config()?;
     config.ready_max_outbox_age = args.readiness.ready_max_outbox_age;
     config.notifier_delay = args.notifier_delay_ms;

@@ -17,8 +17,8 @@ use taskstream_kafka::{
 use taskstream_services::topics::TASK_EVENTS;
 use taskstream_services::{
     AuditHandler, ConsumerService, DeadLetterPublisher, DelayedSink, EventDecoder, EventEncoding,
-    EventHandler, LogSink, NotificationHandler, NotificationSink, OutboxRelay, RelaySettings,
-    RetryPolicy, Shutdown, ShutdownTrigger, AUDITOR_GROUP, NOTIFIER_GROUP,
+    EventHandler, LogSink, NotificationHandler, NotificationSink, OutboxRelay, ProducerFactory,
+    RelaySettings, RetryPolicy, Shutdown, ShutdownTrigger, AUDITOR_GROUP, NOTIFIER_GROUP,
 };
 use taskstream_store::{Database, OutboxStore, PgOptions, SqliteOptions, Store};
 use taskstream_telemetry::Metrics;
@@ -92,12 +92,13 @@ impl Component {
 pub async fn open_store(
     data_dir: &Path,
     database: Option<&Database>,
-    options: &SqliteOptions,
+    sqlite: &SqliteOptions,
+    postgres: &PgOptions,
 ) -> anyhow::Result<Arc<Store>> {
     let database = database
         .cloned()
         .unwrap_or_else(|| Database::Sqlite(data_dir.join(DATABASE_FILE)));
-    let store = Store::open(&database, options, &PgOptions::default())
+    let store = Store::open(&database, sqlite, postgres)
         .await
         .with_context(|| format!("cannot open the store at {database}"))?;
     Ok(Arc::new(store))
@@ -188,16 +189,18 @@ pub fn relay(
 ) -> anyhow::Result<Component> {
     // A record that timed out while a later one of the same task got through
     // would be published after it on retry: the relay's records never time out.
-    let producer = EventProducer::new(kafka, "relay", &ProducerSettings::ordered())
-        .context("cannot create the relay's Kafka producer")?;
+    let kafka = kafka.clone();
+    let new_producer: ProducerFactory =
+        Arc::new(move || EventProducer::new(&kafka, "relay", &ProducerSettings::ordered()));
     let relay = OutboxRelay::new(
         store,
-        producer,
+        new_producer,
         wake,
         settings,
         Arc::clone(metrics),
         encoding,
-    );
+    )
+    .context("cannot create the relay's Kafka producer")?;
     Ok(Component::spawn("relay", move |shutdown| {
         relay.run(shutdown)
     }))

@@ -10,7 +10,7 @@ use anyhow::Context;
 use taskstream_kafka::{ConsumerSettings, DevBroker, KafkaConfig};
 use taskstream_services::topics::declared_topics;
 use taskstream_services::{RelaySettings, NOTIFIER_GROUP};
-use taskstream_store::{Database, SqliteOptions, Store};
+use taskstream_store::{Database, PgOptions, SqliteOptions, Store};
 use tokio::sync::Notify;
 
 use taskstream_api::ReadinessCheck;
@@ -32,6 +32,7 @@ pub struct SystemConfig {
     /// The database; `None` keeps SQLite in `data_dir`.
     pub database: Option<Database>,
     pub sqlite: SqliteOptions,
+    pub postgres: PgOptions,
     pub relay: RelaySettings,
     pub consumer: ConsumerOptions,
     /// `/readyz` fails when the oldest unpublished event is older than this.
@@ -62,6 +63,7 @@ impl SystemConfig {
             kafka: None,
             database: None,
             sqlite: SqliteOptions::default(),
+            postgres: PgOptions::default(),
             relay: RelaySettings::default(),
             consumer: ConsumerOptions::default(),
             ready_max_outbox_age: Duration::from_secs(30),
@@ -139,9 +141,13 @@ impl RunningSystem {
             Some(client) => EventEncoding::avro(Arc::clone(client), TASK_EVENTS),
             None => EventEncoding::Json,
         };
-        let store =
-            components::open_store(&config.data_dir, config.database.as_ref(), &config.sqlite)
-                .await?;
+        let store = components::open_store(
+            &config.data_dir,
+            config.database.as_ref(),
+            &config.sqlite,
+            &config.postgres,
+        )
+        .await?;
         if dev_broker.is_some() {
             let requeued = store.requeue_unhandled_events(NOTIFIER_GROUP).await?;
             if requeued > 0 {

@@ -89,6 +89,7 @@ pub struct Metrics {
     pub outbox_oldest_age: Gauge<f64, AtomicU64>,
     pub relay_published: Counter,
     pub relay_errors: Counter,
+    pub relay_producer_restarts: Counter,
     pub relay_latency: Histogram,
     pub events_handled: Family<HandledLabels, Counter>,
     pub handler_duration: Family<GroupLabels, Histogram, fn() -> Histogram>,
@@ -141,6 +142,12 @@ impl Metrics {
             "relay_publish_errors",
             "Failed publish attempts",
             relay_errors.clone(),
+        );
+        let relay_producer_restarts = Counter::default();
+        registry.register(
+            "relay_producer_restarts",
+            "Producers replaced after a fatal error",
+            relay_producer_restarts.clone(),
         );
         let relay_latency = latency_histogram();
         registry.register_with_unit(
@@ -195,6 +202,7 @@ impl Metrics {
             outbox_oldest_age,
             relay_published,
             relay_errors,
+            relay_producer_restarts,
             relay_latency,
             events_handled,
             handler_duration,

@@ -139,3 +139,125 @@ async fn retriable_produce_fetch_and_commit_errors_are_absorbed() {
     assert_exactly_once(app.system.store(), 1 + 40 + 20, 40 + 20).await;
     app.system.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_replaces_a_producer_ended_by_a_fatal_error_and_loses_nothing() {
+    use std::sync::{Arc, Mutex};
+
+    use taskstream_domain::{Cause, EventCodec, JsonCodec, NewTask, Priority, Task, TaskTitle};
+    use taskstream_kafka::{read_topic, DevBroker, EventProducer, KafkaConfig, ProducerSettings};
+    use taskstream_services::topics::{declared_topics, TASK_EVENTS};
+    use taskstream_services::{
+        EventEncoding, OutboxRelay, ProducerFactory, RelaySettings, Shutdown,
+    };
+    use taskstream_store::{OutboxMessage, SqliteOptions, SqliteStore, TaskStore};
+
+    let broker = DevBroker::start(&declared_topics(1)).unwrap();
+    let kafka = KafkaConfig::new(broker.bootstrap_servers());
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::Sqlite(
+        SqliteStore::open(&dir.path().join("t.db"), &SqliteOptions::default())
+            .await
+            .unwrap(),
+    ));
+    // Every producer the relay makes, so the test can end the first one.
+    let made: Arc<Mutex<Vec<EventProducer>>> = Arc::default();
+    let factory: ProducerFactory = {
+        let (made, kafka) = (Arc::clone(&made), kafka.clone());
+        Arc::new(move || {
+            let producer = EventProducer::new(&kafka, "relay", &ProducerSettings::ordered())?;
+            made.lock().unwrap().push(producer.clone());
+            Ok(producer)
+        })
+    };
+    let metrics = taskstream_telemetry::Metrics::new();
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let relay = OutboxRelay::new(
+        Arc::clone(&store) as Arc<dyn OutboxStore>,
+        factory,
+        Arc::clone(&wake),
+        RelaySettings::default(),
+        Arc::clone(&metrics),
+        EventEncoding::Json,
+    )
+    .unwrap();
+    let (stop, shutdown) = Shutdown::new();
+    let running = tokio::spawn(relay.run(shutdown));
+
+    let mut ids = Vec::new();
+    let write = |title: String| {
+        let store = Arc::clone(&store);
+        let wake = Arc::clone(&wake);
+        async move {
+            let change = Task::create(
+                NewTask {
+                    title: TaskTitle::parse(&title).unwrap(),
+                    description: None,
+                    priority: Priority::Low,
+                    due_at: None,
+                    assignee: None,
+                },
+                taskstream_domain::now(),
+                Cause::default(),
+            );
+            let message = OutboxMessage {
+                id: change.event.id.as_uuid(),
+                aggregate_type: "task".into(),
+                aggregate_id: change.task.id.to_string(),
+                event_type: change.event.event_type.to_string(),
+                topic: TASK_EVENTS.into(),
+                payload: JsonCodec.encode(&change.event).unwrap(),
+                content_type: "application/json".into(),
+                traceparent: None,
+                created_at: change.event.time,
+            };
+            store.insert_task(&change.task, &message).await.unwrap();
+            wake.notify_one();
+            message.id
+        }
+    };
+    let published = || async { (store.outbox_stats().await.ok()?.pending == 0).then_some(()) };
+    for i in 0..5 {
+        ids.push(write(format!("before {i}")).await);
+    }
+    eventually(
+        "the first events published",
+        Duration::from_secs(20),
+        published,
+    )
+    .await;
+
+    made.lock().unwrap()[0].inject_fatal_error("injected by the test");
+    for i in 0..5 {
+        ids.push(write(format!("after {i}")).await);
+    }
+    eventually(
+        "the events after the fatal error published",
+        Duration::from_secs(30),
+        published,
+    )
+    .await;
+    assert_eq!(made.lock().unwrap().len(), 2, "one replacement producer");
+    assert!(made.lock().unwrap()[0].fatal_error().is_some());
+    let scraped = metrics.render();
+    assert!(
+        scraped.contains("taskstream_relay_producer_restarts_total 1"),
+        "{scraped}"
+    );
+
+    let records = read_topic(&kafka, TASK_EVENTS, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let on_topic: HashSet<String> = records
+        .iter()
+        .filter_map(|r| r.header_str("id").map(str::to_owned))
+        .collect();
+    for id in &ids {
+        assert!(
+            on_topic.contains(&id.to_string()),
+            "event {id} never reached the topic"
+        );
+    }
+    stop.trigger();
+    running.await.unwrap();
+}

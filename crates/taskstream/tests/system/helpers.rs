@@ -174,7 +174,7 @@ impl Pipeline {
             taskstream_kafka::DevBroker::start(&taskstream_services::topics::declared_topics(1))
                 .unwrap();
         let kafka = taskstream_kafka::KafkaConfig::new(broker.bootstrap_servers());
-        let store = components::open_store(dir.path(), None, &sqlite)
+        let store = components::open_store(dir.path(), None, &sqlite, &Default::default())
             .await
             .unwrap();
         let metrics = taskstream_telemetry::Metrics::new();

@@ -26,9 +26,14 @@ async fn with_the_registry_down_known_schemas_flow_and_new_ones_wait_in_the_outb
     let dir = tempfile::tempdir().unwrap();
     let broker = DevBroker::start(&declared_topics(1)).unwrap();
     let kafka = KafkaConfig::new(broker.bootstrap_servers());
-    let store = components::open_store(dir.path(), None, &SqliteOptions::default())
-        .await
-        .unwrap();
+    let store = components::open_store(
+        dir.path(),
+        None,
+        &SqliteOptions::default(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     let (registry_addr, registry) =
         components::registry("127.0.0.1:0".parse().unwrap(), dir.path())
             .await
