@@ -13,6 +13,7 @@ mod notifier;
 mod relay;
 mod shutdown;
 pub mod topics;
+mod webhook;
 
 pub use auditor::{AuditHandler, AUDITOR_GROUP};
 pub use backoff::Backoff;
@@ -26,3 +27,4 @@ pub use notifier::{
 };
 pub use relay::{OutboxRelay, ProducerFactory, RelayError, RelaySettings};
 pub use shutdown::{Shutdown, ShutdownTrigger};
+pub use webhook::WebhookSink;

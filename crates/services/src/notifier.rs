@@ -27,8 +27,30 @@ pub const NOTIFIER_GROUP: &str = "notifier";
 
 /// Why a sink could not deliver.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct SinkError(pub String);
+#[error("{message}")]
+pub struct SinkError {
+    pub message: String,
+    /// Trying again cannot help (the receiver refused the notification).
+    pub permanent: bool,
+}
+
+impl SinkError {
+    /// A failure that may pass (the receiver is down or overloaded).
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            permanent: false,
+        }
+    }
+
+    /// A refusal that retrying cannot change.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            permanent: true,
+        }
+    }
+}
 
 /// Where notifications go (a log, a webhook, e-mail...).
 #[async_trait]
@@ -156,7 +178,12 @@ impl NotificationHandler {
                 sent_at: taskstream_domain::now(),
             };
             self.sink.deliver(&n).await.map_err(|e| {
-                HandlerError::transient(format!("sink {}: {e}", self.sink.channel()))
+                let message = format!("sink {}: {e}", self.sink.channel());
+                if e.permanent {
+                    HandlerError::permanent(message)
+                } else {
+                    HandlerError::transient(message)
+                }
             })?;
             sent.push(n);
         }

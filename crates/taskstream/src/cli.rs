@@ -304,6 +304,11 @@ fn parse_property(raw: &str) -> Result<(String, String), String> {
     }
 }
 
+fn parse_webhook_url(raw: &str) -> Result<String, String> {
+    taskstream_services::WebhookSink::new(raw, Duration::from_secs(1))?;
+    Ok(raw.trim().to_owned())
+}
+
 fn parse_millis(raw: &str) -> Result<Duration, String> {
     raw.parse::<u64>()
         .map(Duration::from_millis)
@@ -446,6 +451,9 @@ pub struct UpArgs {
     /// Make the notifier wait this many milliseconds per notification (to watch lag build up).
     #[arg(long, default_value = "0", value_parser = parse_millis)]
     pub notifier_delay_ms: Duration,
+    /// POST every notification to this http URL (JSON, with an Idempotency-Key header) instead of logging it.
+    #[arg(long, env = "TASKSTREAM_NOTIFIER_WEBHOOK_URL", value_parser = parse_webhook_url)]
+    pub notifier_webhook_url: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]
@@ -505,6 +513,9 @@ pub struct NotifierArgs {
     /// Wait this many milliseconds per notification (a slow notifier on purpose).
     #[arg(long, default_value = "0", value_parser = parse_millis)]
     pub delay_ms: Duration,
+    /// POST every notification to this http URL (JSON, with an Idempotency-Key header) instead of logging it.
+    #[arg(long, env = "TASKSTREAM_NOTIFIER_WEBHOOK_URL", value_parser = parse_webhook_url)]
+    pub webhook_url: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -770,8 +781,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             run_until_signal(running, &store).await;
             Ok(())
         }
-        Command::Notifier(args) => consumer_process("notifier", args.consumer, args.delay_ms).await,
-        Command::Auditor(args) => consumer_process("auditor", args, Duration::ZERO).await,
+        Command::Notifier(args) => {
+            let sink = components::NotifierSink {
+                webhook: args.webhook_url,
+                delay: args.delay_ms,
+            };
+            consumer_process("notifier", args.consumer, sink).await
+        }
+        Command::Auditor(args) => consumer_process("auditor", args, Default::default()).await,
         Command::DevBroker => {
             let broker =
                 DevBroker::start(&declared_topics(1)).context("cannot start the dev broker")?;
@@ -862,6 +879,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     config.kafka = args.kafka.config()?;
     config.ready_max_outbox_age = args.readiness.ready_max_outbox_age;
     config.notifier_delay = args.notifier_delay_ms;
+    config.notifier_webhook = args.notifier_webhook_url.clone();
     config.registry = match (args.event_format, args.registry.schema_registry) {
         (EventFormat::Json, _) => RegistrySetting::Disabled,
         (EventFormat::Avro, Some(url)) => RegistrySetting::External(url),
@@ -879,7 +897,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
 async fn consumer_process(
     which: &'static str,
     args: ConsumerArgs,
-    delay: Duration,
+    sink: components::NotifierSink,
 ) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let (kafka, dev_broker) = args.kafka.resolve(&args.store.data_dir, which)?;
@@ -906,7 +924,7 @@ async fn consumer_process(
             ApiBuilder::new().audit(store.clone()),
         ),
         _ => (
-            components::notifier(Arc::clone(&store), &kafka, group, &options, delay, &metrics)?,
+            components::notifier(Arc::clone(&store), &kafka, group, &options, &sink, &metrics)?,
             ApiBuilder::new().notifications(store.clone()),
         ),
     };

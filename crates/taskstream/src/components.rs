@@ -18,7 +18,8 @@ use taskstream_services::topics::TASK_EVENTS;
 use taskstream_services::{
     AuditHandler, ConsumerService, DeadLetterPublisher, DelayedSink, EventDecoder, EventEncoding,
     EventHandler, LogSink, NotificationHandler, NotificationSink, OutboxRelay, ProducerFactory,
-    RelaySettings, RetryPolicy, Shutdown, ShutdownTrigger, AUDITOR_GROUP, NOTIFIER_GROUP,
+    RelaySettings, RetryPolicy, Shutdown, ShutdownTrigger, WebhookSink, AUDITOR_GROUP,
+    NOTIFIER_GROUP,
 };
 use taskstream_store::{Database, OutboxStore, PgOptions, SqliteOptions, Store};
 use taskstream_telemetry::Metrics;
@@ -277,17 +278,39 @@ pub fn notifier(
     kafka: &KafkaConfig,
     group: Option<&str>,
     options: &ConsumerOptions,
-    delay: Duration,
+    sink: &NotifierSink,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Component> {
     let group = group.unwrap_or(NOTIFIER_GROUP);
-    let sink: Arc<dyn NotificationSink> = if delay.is_zero() {
-        Arc::new(LogSink)
-    } else {
-        Arc::new(DelayedSink::new(LogSink, delay))
+    fn slowed<S: NotificationSink>(sink: S, delay: Duration) -> Arc<dyn NotificationSink> {
+        if delay.is_zero() {
+            Arc::new(sink)
+        } else {
+            Arc::new(DelayedSink::new(sink, delay))
+        }
+    }
+    let sink = match &sink.webhook {
+        Some(url) => slowed(
+            WebhookSink::new(url, WEBHOOK_TIMEOUT).map_err(anyhow::Error::msg)?,
+            sink.delay,
+        ),
+        None => slowed(LogSink, sink.delay),
     };
     let handler = NotificationHandler::new(store, sink);
     consumer("notifier", kafka, group, options, handler, metrics)
+}
+
+/// How long the notifier waits for a webhook to answer (a slower one is
+/// retried, then dead-lettered).
+const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the notifier sends notifications.
+#[derive(Debug, Clone, Default)]
+pub struct NotifierSink {
+    /// POST each notification here (http); `None` logs them.
+    pub webhook: Option<String>,
+    /// Wait this long before each one (a slow notifier on purpose).
+    pub delay: Duration,
 }
 
 /// The store answers queries.

@@ -39,6 +39,8 @@ pub struct SystemConfig {
     pub ready_max_outbox_age: Duration,
     /// Wait this long before each notification (a slow notifier on purpose).
     pub notifier_delay: Duration,
+    /// POST notifications to this URL instead of logging them.
+    pub notifier_webhook: Option<String>,
     /// Where event schemas are registered.
     pub registry: RegistrySetting,
 }
@@ -68,6 +70,7 @@ impl SystemConfig {
             consumer: ConsumerOptions::default(),
             ready_max_outbox_age: Duration::from_secs(30),
             notifier_delay: Duration::ZERO,
+            notifier_webhook: None,
             registry: RegistrySetting::Embedded(SocketAddr::from(([127, 0, 0, 1], 0))),
         }
     }
@@ -177,7 +180,10 @@ impl RunningSystem {
                 &kafka,
                 None,
                 &consumer_options,
-                config.notifier_delay,
+                &components::NotifierSink {
+                    webhook: config.notifier_webhook.clone(),
+                    delay: config.notifier_delay,
+                },
                 &metrics,
             )?,
         ]);

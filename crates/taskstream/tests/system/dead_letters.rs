@@ -198,7 +198,7 @@ async fn a_store_outage_exhausts_retries_into_the_dlq_and_a_replay_is_handled_ex
             &kafka,
             None,
             &consumer_options,
-            Duration::ZERO,
+            &Default::default(),
             &metrics,
         )
         .unwrap(),

@@ -37,9 +37,15 @@ pub fn init_logs() {
 
 /// Starts every component in-process on the dev broker and a random port.
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// [`spawn_app`], with the configuration adjusted by `configure` first.
+pub async fn spawn_app_with(configure: impl FnOnce(&mut SystemConfig)) -> TestApp {
     init_logs();
     let dir = tempfile::tempdir().unwrap();
-    let config = SystemConfig::new("127.0.0.1:0".parse().unwrap(), dir.path());
+    let mut config = SystemConfig::new("127.0.0.1:0".parse().unwrap(), dir.path());
+    configure(&mut config);
     let system = RunningSystem::start(config).await.expect("system starts");
     let base = format!("http://{}", system.http_addr());
     TestApp {

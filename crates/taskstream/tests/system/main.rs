@@ -17,3 +17,4 @@ mod observability;
 mod rebalance;
 mod restart;
 mod schema_registry;
+mod webhook;

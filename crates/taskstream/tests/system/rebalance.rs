@@ -23,7 +23,7 @@ async fn members_joining_and_leaving_under_load_lose_nothing() {
                 &kafka,
                 None,
                 &options,
-                Duration::ZERO,
+                &Default::default(),
                 &metrics,
             )
             .unwrap(),

@@ -24,7 +24,7 @@ async fn consumers_restarted_mid_stream_miss_nothing_and_repeat_nothing() {
                 &kafka,
                 None,
                 &settings,
-                Duration::ZERO,
+                &Default::default(),
                 &metrics,
             )
             .unwrap(),
@@ -87,7 +87,7 @@ async fn consumers_restarted_mid_stream_miss_nothing_and_repeat_nothing() {
             &kafka,
             Some("notifier-replay"),
             &settings,
-            Duration::ZERO,
+            &Default::default(),
             &metrics,
         )
         .unwrap(),
