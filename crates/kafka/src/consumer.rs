@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::context::{GroupState, TracingContext};
 use crate::{KafkaConfig, KafkaError};
@@ -196,6 +197,58 @@ impl EventConsumer {
         }
         state.acked.insert(key, record.offset + 1);
         true
+    }
+
+    /// Holds a partition at `offset`: fetching stops, and when it is resumed
+    /// ([`EventConsumer::resume`]) the partition starts again at `offset`,
+    /// so that record is delivered again and nothing after it is skipped.
+    /// Records of the partition already received after it are discarded by
+    /// the caller (they come again too). A partition no longer
+    /// owned is left alone: its new owner starts at the committed offset.
+    pub fn hold_at(&self, topic: &str, partition: i32, offset: i64) -> Result<(), KafkaError> {
+        let key = (topic.to_owned(), partition);
+        if !self
+            .state
+            .lock()
+            .expect("group state poisoned")
+            .assigned
+            .contains(&key)
+        {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, partition);
+        self.inner
+            .pause(&tpl)
+            .map_err(|e| KafkaError::Consume(format!("pause: {e}")))?;
+        self.inner
+            .seek(
+                topic,
+                partition,
+                Offset::Offset(offset),
+                Duration::from_secs(5),
+            )
+            .map_err(|e| KafkaError::Consume(format!("seek: {e}")))
+    }
+
+    /// Fetches a partition held by [`EventConsumer::hold_at`] again; a
+    /// partition no longer owned is ignored.
+    pub fn resume(&self, topic: &str, partition: i32) -> Result<(), KafkaError> {
+        let key = (topic.to_owned(), partition);
+        if !self
+            .state
+            .lock()
+            .expect("group state poisoned")
+            .assigned
+            .contains(&key)
+        {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, partition);
+        self.inner
+            .resume(&tpl)
+            .map_err(|e| KafkaError::Consume(format!("resume: {e}")))
     }
 
     /// Commits every acknowledged offset of the partitions this member owns,

@@ -2,16 +2,23 @@
 //!
 //! Each record is decoded, handed to the handler, and acknowledged only after
 //! the handler returns — i.e. after its effect is durable — or after the
-//! record was parked on the dead-letter topic. Transient failures are retried
-//! with exponential backoff and jitter, a bounded number of times (by default
-//! about 10 s in all, far below `max.poll.interval.ms`, so the member keeps
-//! its place in the group); permanent failures, undecodable records and
-//! exhausted retries go to the dead-letter topic and the partition moves on.
+//! record was parked on the dead-letter topic. A transient failure (a
+//! database, registry or webhook outage) is retried a few times at once, with
+//! exponential backoff and jitter; if it persists, the record's partition is
+//! *held*: paused and rewound to the record, which comes again after a
+//! growing delay, while the other partitions flow and the member keeps
+//! polling (so it keeps its place in the group and takes part in
+//! rebalances). Nothing behind the record is handled before it, so one
+//! task's events keep their order through an outage. Only a failure that
+//! lasts longer than [`RetryPolicy::give_up_after`] sends the record to the
+//! dead-letter topic; permanent failures and undecodable records go there at
+//! once, and the partition moves on.
 //! Handlers are idempotent by event id, so redelivery after a crash or
 //! rebalance is harmless. Acknowledged offsets are committed on a timer that
 //! runs beside the handler, so a slow or stuck handler shows as alive-but-stuck.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -59,18 +66,23 @@ impl From<taskstream_store::StoreError> for HandlerError {
 /// How often and how patiently a transient failure is retried.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
-    /// Attempts in all, the first included.
+    /// Attempts made in a row, the first included, before the partition is held.
     pub max_attempts: u32,
     pub initial_backoff: Duration,
+    /// The longest wait between attempts, in a row or while held.
     pub max_backoff: Duration,
+    /// How long a transient failure may last, from its first attempt,
+    /// before the record is dead-lettered (zero: after the attempts in a row).
+    pub give_up_after: Duration,
 }
 
 impl Default for RetryPolicy {
     fn default() -> Self {
         Self {
-            max_attempts: 6,
+            max_attempts: 3,
             initial_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(10),
+            give_up_after: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -124,10 +136,8 @@ const MAX_BATCH: usize = 256;
 /// What became of a record's bytes.
 enum Decoded {
     Event(Box<EventEnvelope>),
-    /// Undecodable; parked on the dead-letter topic.
-    DeadLettered,
-    /// Shutdown came first; the record stays unacknowledged.
-    Interrupted,
+    /// Not decoded: dead-lettered, held, or interrupted.
+    Done(Step),
 }
 
 /// A consumer-group member driving one handler.
@@ -138,6 +148,30 @@ pub struct ConsumerService<H> {
     metrics: Arc<Metrics>,
     dead_letters: DeadLetterPublisher,
     retry: RetryPolicy,
+    /// Partitions held at a failing record, by (topic, partition).
+    held: Mutex<HashMap<(String, i32), Held>>,
+}
+
+/// A partition waiting to redeliver the record whose handling keeps failing.
+struct Held {
+    offset: i64,
+    /// The first failed attempt at this record.
+    since: Instant,
+    /// When to fetch again; `None` once resumed.
+    resume_at: Option<Instant>,
+    backoff: Backoff,
+    /// Attempts at this record so far, across redeliveries.
+    attempts: u32,
+}
+
+/// Where a record's processing ended.
+enum Step {
+    /// Applied, a duplicate, or dead-lettered: acknowledged.
+    Done,
+    /// A transient failure persists: the partition is held at the record.
+    Held,
+    /// Shutdown came first; the record stays unacknowledged.
+    Interrupted,
 }
 
 impl<H: EventHandler> ConsumerService<H> {
@@ -156,6 +190,7 @@ impl<H: EventHandler> ConsumerService<H> {
             metrics,
             dead_letters,
             retry,
+            held: Mutex::new(HashMap::new()),
         }
     }
 
@@ -169,8 +204,13 @@ impl<H: EventHandler> ConsumerService<H> {
         ));
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         loop {
+            let resume_at = self.next_resume();
             let record = tokio::select! {
                 _ = shutdown.wait() => break,
+                _ = tokio::time::sleep_until(resume_at.unwrap_or_else(Instant::now).into()), if resume_at.is_some() => {
+                    self.resume_due();
+                    continue;
+                }
                 received = self.consumer.recv() => received,
             };
             match record {
@@ -184,7 +224,8 @@ impl<H: EventHandler> ConsumerService<H> {
                             _ => break,
                         }
                     }
-                    if !self.process_batch(&batch, &mut shutdown).await {
+                    batch.retain(|record| !self.is_held(record));
+                    if !batch.is_empty() && !self.process_batch(&batch, &mut shutdown).await {
                         break;
                     }
                 }
@@ -241,16 +282,130 @@ impl<H: EventHandler> ConsumerService<H> {
                 for (d, handled) in deliveries.iter().zip(outcomes) {
                     self.record_outcome(d.event, handled, each);
                     self.ack(d.record);
+                    self.release(d.record);
                 }
                 return true;
             }
         }
+        // Once a record holds its partition, the records behind it wait too.
+        let mut held = HashSet::new();
         for record in batch {
-            if !self.process(record, shutdown).await {
-                return false;
+            let partition = (record.topic.as_str(), record.partition);
+            if held.contains(&partition) {
+                continue;
+            }
+            match self.process(record, shutdown).await {
+                Step::Done => {}
+                Step::Held => {
+                    held.insert(partition);
+                }
+                Step::Interrupted => return false,
             }
         }
         true
+    }
+
+    /// The earliest time a held partition is due to fetch again.
+    fn next_resume(&self) -> Option<Instant> {
+        let held = self.held.lock().expect("never poisoned");
+        held.values().filter_map(|h| h.resume_at).min()
+    }
+
+    /// Resumes every held partition whose wait is over.
+    fn resume_due(&self) {
+        let now = Instant::now();
+        let mut held = self.held.lock().expect("never poisoned");
+        for ((topic, partition), h) in held.iter_mut() {
+            if h.resume_at.is_some_and(|at| at <= now) {
+                h.resume_at = None;
+                if let Err(error) = self.consumer.resume(topic, *partition) {
+                    tracing::warn!(group = self.consumer.group(), %error, topic, partition, "cannot resume a held partition; retrying");
+                    h.resume_at = Some(now + Duration::from_millis(500));
+                }
+            }
+        }
+    }
+
+    /// Whether `record` arrived while its partition is held (it will come
+    /// again, from the held record on). Should the pause not have stopped
+    /// the partition, it is rewound to the held record again.
+    fn is_held(&self, record: &InboundRecord) -> bool {
+        let held = self.held.lock().expect("never poisoned");
+        let key = (record.topic.clone(), record.partition);
+        match held.get(&key) {
+            Some(h) if h.resume_at.is_some() => {
+                if let Err(error) = self
+                    .consumer
+                    .hold_at(&record.topic, record.partition, h.offset)
+                {
+                    tracing::warn!(group = self.consumer.group(), %error, "cannot rewind a held partition");
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// After a transient failure of `record` outlasted `attempts` in a row:
+    /// holds its partition at the record and returns [`Step::Held`], or,
+    /// once the failure has lasted `give_up_after`, the attempts made in all
+    /// (the caller dead-letters the record).
+    fn hold(&self, record: &InboundRecord, error: &str, attempts: u32) -> Result<Step, u32> {
+        let group = self.consumer.group();
+        let key = (record.topic.clone(), record.partition);
+        let mut held = self.held.lock().expect("never poisoned");
+        let entry = held.entry(key).or_insert_with(|| Held {
+            offset: record.offset,
+            since: Instant::now(),
+            resume_at: None,
+            backoff: Backoff::new(self.retry.initial_backoff, self.retry.max_backoff),
+            attempts: 0,
+        });
+        if entry.offset != record.offset {
+            // Another record of the partition: a new failure.
+            entry.offset = record.offset;
+            entry.since = Instant::now();
+            entry.backoff.reset();
+            entry.attempts = 0;
+        }
+        entry.attempts += attempts;
+        let total = entry.attempts;
+        let failing_for = entry.since.elapsed();
+        if failing_for >= self.retry.give_up_after {
+            held.remove(&(record.topic.clone(), record.partition));
+            return Err(total);
+        }
+        if let Err(hold_error) =
+            self.consumer
+                .hold_at(&record.topic, record.partition, record.offset)
+        {
+            // Without the rewind the record would be skipped: give up on it
+            // the visible way instead.
+            tracing::error!(group, error = %hold_error, "cannot hold the partition");
+            held.remove(&(record.topic.clone(), record.partition));
+            return Err(total);
+        }
+        let delay = entry.backoff.next_delay();
+        entry.resume_at = Some(Instant::now() + delay);
+        tracing::warn!(
+            group,
+            error,
+            partition = record.partition,
+            offset = record.offset,
+            failing_for_s = failing_for.as_secs(),
+            retry_in_ms = delay.as_millis() as u64,
+            "still failing; holding the partition at this record"
+        );
+        Ok(Step::Held)
+    }
+
+    /// The record was handled: its partition is no longer held.
+    fn release(&self, record: &InboundRecord) {
+        let mut held = self.held.lock().expect("never poisoned");
+        let key = (record.topic.clone(), record.partition);
+        if held.get(&key).is_some_and(|h| h.offset <= record.offset) {
+            held.remove(&key);
+        }
     }
 
     fn record_outcome(&self, event: &EventEnvelope, handled: Handled, seconds: f64) {
@@ -269,24 +424,26 @@ impl<H: EventHandler> ConsumerService<H> {
             .observe(seconds);
     }
 
-    /// Handles one record: applied, or parked on the dead-letter topic.
-    /// Returns `false` if shutdown came first (the record stays
-    /// unacknowledged and is redelivered).
-    async fn process(&self, record: &InboundRecord, shutdown: &mut Shutdown) -> bool {
+    /// Handles one record: applied, dead-lettered, or its partition held.
+    async fn process(&self, record: &InboundRecord, shutdown: &mut Shutdown) -> Step {
         let group = self.consumer.group();
         let event = match self.decode(record, shutdown).await {
             Decoded::Event(event) => *event,
-            Decoded::DeadLettered => return true,
-            Decoded::Interrupted => return false,
+            Decoded::Done(step) => return step,
         };
         let span = event_span(group, record, &event);
-        self.handle_with_retries(record, &event, shutdown)
+        let step = self
+            .handle_with_retries(record, &event, shutdown)
             .instrument(span)
-            .await
+            .await;
+        if matches!(step, Step::Done) {
+            self.release(record);
+        }
+        step
     }
 
-    /// Decodes a record, retrying while the schema registry is unreachable;
-    /// an undecodable record is dead-lettered.
+    /// Decodes a record, retrying while the schema registry is unreachable
+    /// (then holding the partition); an undecodable record is dead-lettered.
     async fn decode(&self, record: &InboundRecord, shutdown: &mut Shutdown) -> Decoded {
         let group = self.consumer.group();
         let mut backoff = Backoff::new(self.retry.initial_backoff, self.retry.max_backoff);
@@ -304,16 +461,22 @@ impl<H: EventHandler> ConsumerService<H> {
                 Err(error) => error,
             };
             let event_type = record.header_str("type").unwrap_or("unknown").to_owned();
-            if error.retriable && attempt < self.retry.max_attempts {
+            if error.retriable {
                 self.metrics.handled(group, &event_type, "retried");
-                let delay = backoff.next_delay();
-                tracing::warn!(group, %error, attempt, "cannot decode the record yet; retrying");
-                tokio::select! {
-                    _ = shutdown.wait() => return Decoded::Interrupted,
-                    _ = tokio::time::sleep(delay) => {}
+                if attempt < self.retry.max_attempts {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(group, %error, attempt, "cannot decode the record yet; retrying");
+                    tokio::select! {
+                        _ = shutdown.wait() => return Decoded::Done(Step::Interrupted),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    attempt += 1;
+                    continue;
                 }
-                attempt += 1;
-                continue;
+                match self.hold(record, &error.message, attempt) {
+                    Ok(step) => return Decoded::Done(step),
+                    Err(attempts) => attempt = attempts,
+                }
             }
             let class = if error.retriable {
                 ErrorClass::RetriesExhausted
@@ -321,7 +484,7 @@ impl<H: EventHandler> ConsumerService<H> {
                 ErrorClass::Undecodable
             };
             tracing::error!(group, topic = record.topic, partition = record.partition, offset = record.offset, %error, "undecodable record");
-            return match self
+            let step = self
                 .dead_letter(
                     record,
                     &event_type,
@@ -330,11 +493,8 @@ impl<H: EventHandler> ConsumerService<H> {
                     attempt,
                     shutdown,
                 )
-                .await
-            {
-                true => Decoded::DeadLettered,
-                false => Decoded::Interrupted,
-            };
+                .await;
+            return Decoded::Done(step);
         }
     }
 
@@ -343,56 +503,60 @@ impl<H: EventHandler> ConsumerService<H> {
         record: &InboundRecord,
         event: &EventEnvelope,
         shutdown: &mut Shutdown,
-    ) -> bool {
+    ) -> Step {
         let group = self.consumer.group();
         let event_type = event.event_type.as_str();
         let started = Instant::now();
         let mut backoff = Backoff::new(self.retry.initial_backoff, self.retry.max_backoff);
         let mut attempt = 1;
         loop {
-            match self.handler.handle(record, event).await {
+            let error = match self.handler.handle(record, event).await {
                 Ok(handled) => {
                     self.record_outcome(event, handled, started.elapsed().as_secs_f64());
                     self.ack(record);
-                    return true;
+                    return Step::Done;
                 }
-                Err(error) if error.permanent => {
-                    tracing::error!(group, %error, "handler failed permanently");
-                    return self
-                        .dead_letter(
-                            record,
-                            event_type,
-                            ErrorClass::Permanent,
-                            &error.message,
-                            attempt,
-                            shutdown,
-                        )
-                        .await;
-                }
-                Err(error) if attempt >= self.retry.max_attempts => {
-                    tracing::error!(group, %error, attempts = attempt, "handler kept failing; giving up on the event");
-                    return self
-                        .dead_letter(
-                            record,
-                            event_type,
-                            ErrorClass::RetriesExhausted,
-                            &error.message,
-                            attempt,
-                            shutdown,
-                        )
-                        .await;
-                }
-                Err(error) => {
-                    self.metrics.handled(group, event_type, "retried");
-                    let delay = backoff.next_delay();
-                    tracing::warn!(group, %error, attempt, retry_in_ms = delay.as_millis() as u64, "handler failed; retrying");
-                    tokio::select! {
-                        _ = shutdown.wait() => return false,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                    attempt += 1;
-                }
+                Err(error) => error,
+            };
+            if error.permanent {
+                tracing::error!(group, %error, "handler failed permanently");
+                return self
+                    .dead_letter(
+                        record,
+                        event_type,
+                        ErrorClass::Permanent,
+                        &error.message,
+                        attempt,
+                        shutdown,
+                    )
+                    .await;
             }
+            self.metrics.handled(group, event_type, "retried");
+            if attempt < self.retry.max_attempts {
+                let delay = backoff.next_delay();
+                tracing::warn!(group, %error, attempt, retry_in_ms = delay.as_millis() as u64, "handler failed; retrying");
+                tokio::select! {
+                    _ = shutdown.wait() => return Step::Interrupted,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                attempt += 1;
+                continue;
+            }
+            return match self.hold(record, &error.message, attempt) {
+                Ok(step) => step,
+                Err(attempts) => {
+                    tracing::error!(group, %error, attempts, "handler kept failing; giving up on the event");
+                    self.dead_letter(
+                        record,
+                        event_type,
+                        ErrorClass::RetriesExhausted,
+                        &error.message,
+                        attempts,
+                        shutdown,
+                    )
+                    .await
+                }
+            };
         }
     }
 
@@ -406,7 +570,7 @@ impl<H: EventHandler> ConsumerService<H> {
         error: &str,
         attempts: u32,
         shutdown: &mut Shutdown,
-    ) -> bool {
+    ) -> Step {
         let group = self.consumer.group();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
@@ -425,13 +589,14 @@ impl<H: EventHandler> ConsumerService<H> {
                         "record sent to the dead-letter topic"
                     );
                     self.ack(record);
-                    return true;
+                    self.release(record);
+                    return Step::Done;
                 }
                 Err(publish_error) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(group, error = %publish_error, "cannot publish a dead letter; retrying");
                     tokio::select! {
-                        _ = shutdown.wait() => return false,
+                        _ = shutdown.wait() => return Step::Interrupted,
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }

@@ -12,7 +12,7 @@ use taskstream_avro::RegistryClient;
 use taskstream_kafka::{apply_topics, DevBroker, KafkaConfig, TopicOutcome};
 use taskstream_services::topics::TASK_EVENTS;
 use taskstream_services::topics::{declared_topics, schema_registry_topic};
-use taskstream_services::{EventEncoding, RelaySettings};
+use taskstream_services::{EventEncoding, RelaySettings, RetryPolicy};
 use taskstream_store::{Database, PgOptions, SqliteOptions, Store, Synchronous};
 use taskstream_telemetry::Metrics;
 use tokio::sync::Notify;
@@ -454,6 +454,10 @@ pub struct UpArgs {
     /// POST every notification to this http URL (JSON, with an Idempotency-Key header) instead of logging it.
     #[arg(long, env = "TASKSTREAM_NOTIFIER_WEBHOOK_URL", value_parser = parse_webhook_url)]
     pub notifier_webhook_url: Option<String>,
+    /// Dead-letter an event whose transient failure lasts this many seconds
+    /// (until then its partition is held, in order).
+    #[arg(long, env = "TASKSTREAM_RETRY_GIVE_UP_AFTER", default_value = "900", value_parser = parse_seconds)]
+    pub give_up_after: Duration,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]
@@ -498,6 +502,11 @@ pub struct ConsumerArgs {
     /// starts from the earliest event, which replays history harmlessly.
     #[arg(long, env = "TASKSTREAM_GROUP")]
     pub group: Option<String>,
+    /// Dead-letter an event whose transient failure (database, registry or
+    /// webhook outage) lasts this many seconds; until then its partition is
+    /// held, in order.
+    #[arg(long, env = "TASKSTREAM_RETRY_GIVE_UP_AFTER", default_value = "900", value_parser = parse_seconds)]
+    pub give_up_after: Duration,
     #[command(flatten)]
     pub registry: RegistryArgs,
     #[command(flatten)]
@@ -880,6 +889,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     config.ready_max_outbox_age = args.readiness.ready_max_outbox_age;
     config.notifier_delay = args.notifier_delay_ms;
     config.notifier_webhook = args.notifier_webhook_url.clone();
+    config.consumer.retry.give_up_after = args.give_up_after;
     config.registry = match (args.event_format, args.registry.schema_registry) {
         (EventFormat::Json, _) => RegistrySetting::Disabled,
         (EventFormat::Avro, Some(url)) => RegistrySetting::External(url),
@@ -915,6 +925,10 @@ async fn consumer_process(
     let registry = registry.map(|url| Arc::new(RegistryClient::new(&url)));
     let options = ConsumerOptions {
         registry: registry.clone(),
+        retry: RetryPolicy {
+            give_up_after: args.give_up_after,
+            ..base.retry.clone()
+        },
         ..base
     };
     let group = args.group.as_deref();

@@ -188,6 +188,9 @@ async fn a_store_outage_exhausts_retries_into_the_dlq_and_a_replay_is_handled_ex
             max_attempts: 3,
             initial_backoff: Duration::from_millis(20),
             max_backoff: Duration::from_millis(50),
+            // Give up after the attempts in a row: this test is about the
+            // dead-letter path, not about riding the outage out.
+            give_up_after: Duration::ZERO,
         },
         ..ConsumerOptions::for_dev_broker()
     };
@@ -271,6 +274,113 @@ async fn a_store_outage_exhausts_retries_into_the_dlq_and_a_replay_is_handled_ex
     assert_eq!(store.audit_entries(None, 10).await.unwrap().len(), 1);
     assert_eq!(store.notifications(None, 10).await.unwrap().len(), 1);
 
+    for c in consumers {
+        c.stop().await;
+    }
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_longer_than_the_retries_holds_partitions_and_loses_no_order() {
+    crate::helpers::init_logs();
+    let options = SqliteOptions {
+        busy_timeout: Duration::from_millis(50),
+        ..SqliteOptions::default()
+    };
+    let p = crate::helpers::Pipeline::start(options).await;
+    let (kafka, store, metrics, addr) =
+        (p.kafka.clone(), p.store.clone(), p.metrics.clone(), p.addr);
+    // Three events per task (created, updated, completed), for six tasks.
+    let client = client();
+    for i in 0..6 {
+        let task: Value = client
+            .post(format!("http://{addr}/tasks"))
+            .json(&json!({ "title": format!("task {i}"), "assignee": "ana" }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = task["id"].as_str().unwrap();
+        let updated = client
+            .patch(format!("http://{addr}/tasks/{id}"))
+            .json(&json!({ "title": format!("task {i}, renamed") }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(updated.status(), 200);
+        let done = client
+            .post(format!("http://{addr}/tasks/{id}/complete"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(done.status(), 200);
+    }
+    eventually("the events published", Duration::from_secs(20), || async {
+        (store.outbox_stats().await.ok()?.pending == 0).then_some(())
+    })
+    .await;
+
+    // The database refuses every write for several seconds: far longer than
+    // the attempts in a row (two, 20 ms apart), well within give_up_after.
+    let mut locker = sqlx::SqliteConnection::connect(&format!(
+        "sqlite://{}",
+        store.sqlite().unwrap().path().display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let consumer_options = ConsumerOptions {
+        retry: RetryPolicy {
+            max_attempts: 2,
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(300),
+            give_up_after: Duration::from_secs(120),
+        },
+        ..ConsumerOptions::for_dev_broker()
+    };
+    let consumers = [
+        components::auditor(store.clone(), &kafka, None, &consumer_options, &metrics).unwrap(),
+        components::notifier(
+            store.clone(),
+            &kafka,
+            None,
+            &consumer_options,
+            &Default::default(),
+            &metrics,
+        )
+        .unwrap(),
+    ];
+    eventually(
+        "both groups to retry while held",
+        Duration::from_secs(30),
+        || async {
+            let scraped = metrics.render();
+            let retried = |group: &str| {
+                scraped.lines().any(|l| {
+                    l.contains("outcome=\"retried\"")
+                        && l.contains(&format!("group=\"{group}\""))
+                        && !l.ends_with(" 0")
+                })
+            };
+            (retried("auditor") && retried("notifier")).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        dead_letters(p.broker.bootstrap_servers()).await.is_empty(),
+        "a transient outage dead-letters nothing"
+    );
+
+    // The outage ends: every event is applied once, each task's in order.
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    crate::faults::assert_exactly_once(&store, 18, 12).await;
+    assert!(dead_letters(p.broker.bootstrap_servers()).await.is_empty());
     for c in consumers {
         c.stop().await;
     }
