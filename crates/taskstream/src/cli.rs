@@ -507,6 +507,11 @@ pub struct ConsumerArgs {
     /// held, in order.
     #[arg(long, env = "TASKSTREAM_RETRY_GIVE_UP_AFTER", default_value = "900", value_parser = parse_seconds)]
     pub give_up_after: Duration,
+    /// Seconds without a heartbeat before the group hands a member's
+    /// partitions to the others (`session.timeout.ms`): a crashed replica's
+    /// partitions wait this long. Default: 45 (3 on the dev broker).
+    #[arg(long, env = "TASKSTREAM_SESSION_TIMEOUT", value_parser = parse_seconds)]
+    pub session_timeout: Option<Duration>,
     #[command(flatten)]
     pub registry: RegistryArgs,
     #[command(flatten)]
@@ -923,6 +928,10 @@ async fn consumer_process(
         tracing::warn!("no schema registry configured: Avro records will be dead-lettered (pass --schema-registry URL)");
     }
     let registry = registry.map(|url| Arc::new(RegistryClient::new(&url)));
+    let mut base = base;
+    if let Some(timeout) = args.session_timeout {
+        base.kafka.session_timeout = timeout;
+    }
     let options = ConsumerOptions {
         registry: registry.clone(),
         retry: RetryPolicy {

@@ -14,7 +14,7 @@ use crate::helpers::{client, eventually};
 /// A fresh database on the server named by `TASKSTREAM_TEST_POSTGRES`
 /// (default: the local one), dropped at the end; `None` (skipped loudly)
 /// when there is no server, unless `TASKSTREAM_REQUIRE_POSTGRES=1`.
-async fn scratch_database() -> Option<(String, String)> {
+pub(crate) async fn scratch_database() -> Option<(String, String)> {
     let admin = std::env::var("TASKSTREAM_TEST_POSTGRES")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let mut conn = match sqlx::PgConnection::connect(&admin).await {
@@ -37,7 +37,7 @@ async fn scratch_database() -> Option<(String, String)> {
     Some((admin.clone(), format!("{base}/{name}")))
 }
 
-async fn drop_database(admin: &str, url: &str) {
+pub(crate) async fn drop_database(admin: &str, url: &str) {
     let name = url.rsplit_once('/').unwrap().1;
     let mut conn = sqlx::PgConnection::connect(admin).await.unwrap();
     sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
@@ -48,7 +48,7 @@ async fn drop_database(admin: &str, url: &str) {
 
 /// Starts `component` against the shared database and its own empty data
 /// directory; returns it with the address it serves.
-fn start(
+pub(crate) fn start(
     component: &str,
     extra: &[&str],
     database: &str,

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use crate::binary::{launch, ChildGuard};
 use crate::helpers::{client, eventually};
 
-fn env_or(name: &str, default: usize) -> usize {
+pub fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
@@ -24,10 +24,10 @@ fn env_or(name: &str, default: usize) -> usize {
 
 /// A small deterministic generator (xorshift), seeded per run and printed,
 /// so a failing schedule can be replayed with `TASKSTREAM_CRASH_SEED`.
-struct Rng(u64);
+pub struct Rng(pub u64);
 
 impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
+    pub fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -198,48 +198,11 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged_and_doubles_no_eff
             )
         };
 
-        let mut per_change: HashMap<(String, i64), usize> = HashMap::new();
-        let mut per_task: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-        for e in &audit {
-            let key = (
-                e["task_id"].as_str().unwrap().to_owned(),
-                e["task_version"].as_i64().unwrap(),
-            );
-            *per_change.entry(key.clone()).or_default() += 1;
-            per_task.entry(key.0).or_default().push(key.1);
-        }
-        let mut per_notification: HashMap<(String, String), usize> = HashMap::new();
-        for n in &notes {
-            *per_notification
-                .entry((
-                    n["task_id"].as_str().unwrap().to_owned(),
-                    n["kind"].as_str().unwrap().to_owned(),
-                ))
-                .or_default() += 1;
-        }
-        let lost_events = acknowledged
-            .iter()
-            .filter(|k| !per_change.contains_key(*k))
-            .count();
-        // Every audited change calls for exactly one notification.
-        let lost_notifications = per_change
-            .keys()
-            .filter(|(task, version)| {
-                let kind = if *version == 1 {
-                    "task_assigned"
-                } else {
-                    "task_completed"
-                };
-                !per_notification.contains_key(&(task.clone(), kind.to_owned()))
-            })
-            .count();
-        let duplicate_effects = per_change.values().filter(|n| **n > 1).count()
-            + per_notification.values().filter(|n| **n > 1).count();
-        let out_of_order = per_task
-            .values()
-            .filter(|v| !v.windows(2).all(|w| w[0] < w[1]))
-            .count();
-        let lost = lost_events + lost_notifications;
+        let Verdict {
+            lost,
+            duplicate_effects,
+            out_of_order,
+        } = verdict(&acknowledged, &audit, &notes);
         println!(
             "tasks={created} kills={kills} acknowledged_changes={} audited={} notifications={} lost={lost} duplicate_effects={duplicate_effects} out_of_order={out_of_order}",
             acknowledged.len(),
@@ -261,5 +224,69 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged_and_doubles_no_eff
             .success());
         let status = child.0.wait().unwrap();
         assert!(status.success(), "clean exit after the last run");
+    }
+}
+
+/// What a crash run did to the acknowledged changes.
+pub struct Verdict {
+    /// Acknowledged changes missing from the audit log, plus audited changes without their notification.
+    pub lost: usize,
+    /// Changes audited, or notifications sent, more than once.
+    pub duplicate_effects: usize,
+    /// Tasks whose changes were audited out of version order.
+    pub out_of_order: usize,
+}
+
+/// Judges the audit log and the notifications (as `/audit` and
+/// `/notifications` list them) against the changes the API acknowledged.
+/// Every change is an assigned task's creation (version 1, `task_assigned`)
+/// or its completion (`task_completed`).
+pub fn verdict(acknowledged: &HashSet<(String, i64)>, audit: &[Value], notes: &[Value]) -> Verdict {
+    let mut per_change: HashMap<(String, i64), usize> = HashMap::new();
+    let mut per_task: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for e in audit {
+        let key = (
+            e["task_id"].as_str().unwrap().to_owned(),
+            e["task_version"].as_i64().unwrap(),
+        );
+        *per_change.entry(key.clone()).or_default() += 1;
+        per_task.entry(key.0).or_default().push(key.1);
+    }
+    let mut per_notification: HashMap<(String, String), usize> = HashMap::new();
+    for n in notes {
+        *per_notification
+            .entry((
+                n["task_id"].as_str().unwrap().to_owned(),
+                n["kind"].as_str().unwrap().to_owned(),
+            ))
+            .or_default() += 1;
+    }
+    let lost_events = acknowledged
+        .iter()
+        .filter(|k| !per_change.contains_key(*k))
+        .count();
+    // Every audited change calls for exactly one notification.
+    let lost_notifications = per_change
+        .keys()
+        .filter(|(task, version)| {
+            let kind = if *version == 1 {
+                "task_assigned"
+            } else {
+                "task_completed"
+            };
+            !per_notification.contains_key(&(task.clone(), kind.to_owned()))
+        })
+        .count();
+    let duplicate_effects = per_change.values().filter(|n| **n > 1).count()
+        + per_notification.values().filter(|n| **n > 1).count();
+    let out_of_order = per_task
+        .values()
+        .filter(|v| !v.windows(2).all(|w| w[0] < w[1]))
+        .count();
+    let lost = lost_events + lost_notifications;
+    Verdict {
+        lost,
+        duplicate_effects,
+        out_of_order,
     }
 }

@@ -5,6 +5,7 @@ mod at_scale;
 mod binary;
 mod core_loop;
 mod crash;
+mod crash_at_scale;
 mod dead_letters;
 mod faults;
 mod helpers;
