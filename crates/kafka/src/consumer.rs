@@ -199,28 +199,32 @@ impl EventConsumer {
         true
     }
 
-    /// Holds a partition at `offset`: fetching stops, and when it is resumed
-    /// ([`EventConsumer::resume`]) the partition starts again at `offset`,
-    /// so that record is delivered again and nothing after it is skipped.
-    /// Records of the partition already received after it are discarded by
-    /// the caller (they come again too). A partition no longer
-    /// owned is left alone: its new owner starts at the committed offset.
-    pub fn hold_at(&self, topic: &str, partition: i32, offset: i64) -> Result<(), KafkaError> {
-        let key = (topic.to_owned(), partition);
-        if !self
-            .state
+    /// Which assignment of the partition this member holds now (a number
+    /// that changes whenever the partition is lost and assigned again), or
+    /// `None` if it does not own it.
+    pub fn ownership(&self, topic: &str, partition: i32) -> Option<u64> {
+        self.state
             .lock()
             .expect("group state poisoned")
-            .assigned
-            .contains(&key)
-        {
-            return Ok(());
-        }
+            .assignment
+            .get(&(topic.to_owned(), partition))
+            .copied()
+    }
+
+    /// Stops fetching a partition (records already received are the
+    /// caller's to drop). Resume it with [`EventConsumer::resume_at`].
+    pub fn pause(&self, topic: &str, partition: i32) -> Result<(), KafkaError> {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(topic, partition);
         self.inner
             .pause(&tpl)
-            .map_err(|e| KafkaError::Consume(format!("pause: {e}")))?;
+            .map_err(|e| KafkaError::Consume(format!("pause {topic}[{partition}]: {e}")))
+    }
+
+    /// Moves a paused partition to `offset` and fetches it again from there,
+    /// so the record at `offset` is delivered again and nothing after it is
+    /// skipped. On error the partition stays paused; call again.
+    pub fn resume_at(&self, topic: &str, partition: i32, offset: i64) -> Result<(), KafkaError> {
         self.inner
             .seek(
                 topic,
@@ -228,27 +232,12 @@ impl EventConsumer {
                 Offset::Offset(offset),
                 Duration::from_secs(5),
             )
-            .map_err(|e| KafkaError::Consume(format!("seek: {e}")))
-    }
-
-    /// Fetches a partition held by [`EventConsumer::hold_at`] again; a
-    /// partition no longer owned is ignored.
-    pub fn resume(&self, topic: &str, partition: i32) -> Result<(), KafkaError> {
-        let key = (topic.to_owned(), partition);
-        if !self
-            .state
-            .lock()
-            .expect("group state poisoned")
-            .assigned
-            .contains(&key)
-        {
-            return Ok(());
-        }
+            .map_err(|e| KafkaError::Consume(format!("seek {topic}[{partition}]: {e}")))?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(topic, partition);
         self.inner
             .resume(&tpl)
-            .map_err(|e| KafkaError::Consume(format!("resume: {e}")))
+            .map_err(|e| KafkaError::Consume(format!("resume {topic}[{partition}]: {e}")))
     }
 
     /// Commits every acknowledged offset of the partitions this member owns,

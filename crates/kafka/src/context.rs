@@ -24,6 +24,11 @@ pub(crate) const COMMIT_METADATA_PREFIX: &str = "taskstream:committed_at_ms=";
 pub(crate) struct GroupState {
     pub(crate) assigned: HashSet<(String, i32)>,
     pub(crate) acked: HashMap<(String, i32), i64>,
+    /// Which assignment each owned partition came with: a partition lost
+    /// and assigned again gets a new number, so state kept about the old
+    /// ownership can be told apart.
+    pub(crate) assignment: HashMap<(String, i32), u64>,
+    assignments: u64,
 }
 
 impl GroupState {
@@ -139,6 +144,7 @@ impl ConsumerContext for TracingContext {
                     for key in &revoked {
                         state.assigned.remove(key);
                         state.acked.remove(key);
+                        state.assignment.remove(key);
                     }
                     commit
                 };
@@ -155,13 +161,24 @@ impl ConsumerContext for TracingContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let (Rebalance::Assign(tpl), Some(group)) = (rebalance, &self.group) {
-            group
-                .lock()
-                .expect("group state poisoned")
-                .assigned
-                .extend(keys(tpl));
+            {
+                let mut state = group.lock().expect("group state poisoned");
+                for key in keys(tpl) {
+                    state.assignments += 1;
+                    let n = state.assignments;
+                    state.assignment.insert(key.clone(), n);
+                    state.assigned.insert(key);
+                }
+            }
+            // librdkafka remembers an application pause across losing and
+            // regaining a partition; a new assignment starts unpaused.
+            if tpl.count() > 0 {
+                if let Err(error) = consumer.resume(tpl) {
+                    tracing::warn!(client = self.client.as_str(), %error, "cannot resume newly assigned partitions");
+                }
+            }
         }
     }
 

@@ -154,6 +154,9 @@ pub struct ConsumerService<H> {
 
 /// A partition waiting to redeliver the record whose handling keeps failing.
 struct Held {
+    /// The consumer's ownership of the partition when it was held; another
+    /// value means it was lost (and maybe assigned again) meanwhile.
+    ownership: u64,
     offset: i64,
     /// The first failed attempt at this record.
     since: Instant,
@@ -311,38 +314,60 @@ impl<H: EventHandler> ConsumerService<H> {
         held.values().filter_map(|h| h.resume_at).min()
     }
 
-    /// Resumes every held partition whose wait is over.
+    /// Resumes every held partition whose wait is over, rewound to its
+    /// held record. Entries of partitions lost meanwhile are dropped (a new
+    /// assignment starts unpaused, from the committed offset).
     fn resume_due(&self) {
         let now = Instant::now();
         let mut held = self.held.lock().expect("never poisoned");
-        for ((topic, partition), h) in held.iter_mut() {
+        held.retain(|(topic, partition), h| {
+            if self.consumer.ownership(topic, *partition) != Some(h.ownership) {
+                return false;
+            }
             if h.resume_at.is_some_and(|at| at <= now) {
-                h.resume_at = None;
-                if let Err(error) = self.consumer.resume(topic, *partition) {
-                    tracing::warn!(group = self.consumer.group(), %error, topic, partition, "cannot resume a held partition; retrying");
-                    h.resume_at = Some(now + Duration::from_millis(500));
+                match self.consumer.resume_at(topic, *partition, h.offset) {
+                    Ok(()) => h.resume_at = None,
+                    Err(error) => {
+                        tracing::warn!(group = self.consumer.group(), %error, "cannot resume a held partition; trying again");
+                        h.resume_at = Some(now + Duration::from_millis(500));
+                    }
                 }
             }
-        }
+            true
+        });
     }
 
     /// Whether `record` arrived while its partition is held (it will come
-    /// again, from the held record on). Should the pause not have stopped
-    /// the partition, it is rewound to the held record again.
+    /// again: resuming rewinds to the held record). The partition is paused
+    /// again, should the pause not have stopped it.
     fn is_held(&self, record: &InboundRecord) -> bool {
+        let mut held = self.held.lock().expect("never poisoned");
+        let key = (record.topic.clone(), record.partition);
+        let Some(h) = held.get(&key) else {
+            return false;
+        };
+        if self.consumer.ownership(&record.topic, record.partition) != Some(h.ownership) {
+            // Lost and assigned again since: the hold is over.
+            held.remove(&key);
+            return false;
+        }
+        if h.resume_at.is_none() {
+            return false;
+        }
+        if let Err(error) = self.consumer.pause(&record.topic, record.partition) {
+            tracing::warn!(group = self.consumer.group(), %error, "cannot pause a held partition");
+        }
+        true
+    }
+
+    /// Attempts to make in a row at `record`: the policy's, or one when it
+    /// is a held record coming back (its partition waits between rounds).
+    fn attempts_in_row(&self, record: &InboundRecord) -> u32 {
         let held = self.held.lock().expect("never poisoned");
         let key = (record.topic.clone(), record.partition);
         match held.get(&key) {
-            Some(h) if h.resume_at.is_some() => {
-                if let Err(error) = self
-                    .consumer
-                    .hold_at(&record.topic, record.partition, h.offset)
-                {
-                    tracing::warn!(group = self.consumer.group(), %error, "cannot rewind a held partition");
-                }
-                true
-            }
-            _ => false,
+            Some(h) if h.offset == record.offset => 1,
+            _ => self.retry.max_attempts.max(1),
         }
     }
 
@@ -353,37 +378,43 @@ impl<H: EventHandler> ConsumerService<H> {
     fn hold(&self, record: &InboundRecord, error: &str, attempts: u32) -> Result<Step, u32> {
         let group = self.consumer.group();
         let key = (record.topic.clone(), record.partition);
+        let Some(ownership) = self.consumer.ownership(&record.topic, record.partition) else {
+            // Not ours any more: its new owner starts at the committed
+            // offset, before this record. Nothing behind it is handled here.
+            return Ok(Step::Held);
+        };
         let mut held = self.held.lock().expect("never poisoned");
-        let entry = held.entry(key).or_insert_with(|| Held {
+        let entry = held.entry(key.clone()).or_insert_with(|| Held {
+            ownership,
             offset: record.offset,
             since: Instant::now(),
             resume_at: None,
             backoff: Backoff::new(self.retry.initial_backoff, self.retry.max_backoff),
             attempts: 0,
         });
-        if entry.offset != record.offset {
-            // Another record of the partition: a new failure.
-            entry.offset = record.offset;
-            entry.since = Instant::now();
-            entry.backoff.reset();
-            entry.attempts = 0;
+        if entry.offset != record.offset || entry.ownership != ownership {
+            // Another record, or another assignment: a new failure.
+            *entry = Held {
+                ownership,
+                offset: record.offset,
+                since: Instant::now(),
+                resume_at: None,
+                backoff: Backoff::new(self.retry.initial_backoff, self.retry.max_backoff),
+                attempts: 0,
+            };
         }
         entry.attempts += attempts;
         let total = entry.attempts;
         let failing_for = entry.since.elapsed();
         if failing_for >= self.retry.give_up_after {
-            held.remove(&(record.topic.clone(), record.partition));
+            // The partition is not paused (this record was just delivered).
+            held.remove(&key);
             return Err(total);
         }
-        if let Err(hold_error) =
-            self.consumer
-                .hold_at(&record.topic, record.partition, record.offset)
-        {
-            // Without the rewind the record would be skipped: give up on it
-            // the visible way instead.
-            tracing::error!(group, error = %hold_error, "cannot hold the partition");
-            held.remove(&(record.topic.clone(), record.partition));
-            return Err(total);
+        // Should pausing fail, records behind arrive and are dropped (and
+        // the pause tried again) until the resume rewinds to this record.
+        if let Err(pause_error) = self.consumer.pause(&record.topic, record.partition) {
+            tracing::warn!(group, error = %pause_error, "cannot pause the partition");
         }
         let delay = entry.backoff.next_delay();
         entry.resume_at = Some(Instant::now() + delay);
@@ -463,7 +494,7 @@ impl<H: EventHandler> ConsumerService<H> {
             let event_type = record.header_str("type").unwrap_or("unknown").to_owned();
             if error.retriable {
                 self.metrics.handled(group, &event_type, "retried");
-                if attempt < self.retry.max_attempts {
+                if attempt < self.attempts_in_row(record) {
                     let delay = backoff.next_delay();
                     tracing::warn!(group, %error, attempt, "cannot decode the record yet; retrying");
                     tokio::select! {
@@ -532,7 +563,7 @@ impl<H: EventHandler> ConsumerService<H> {
                     .await;
             }
             self.metrics.handled(group, event_type, "retried");
-            if attempt < self.retry.max_attempts {
+            if attempt < self.attempts_in_row(record) {
                 let delay = backoff.next_delay();
                 tracing::warn!(group, %error, attempt, retry_in_ms = delay.as_millis() as u64, "handler failed; retrying");
                 tokio::select! {

@@ -11,11 +11,43 @@ use taskstream_store::NotificationRecord;
 use crate::{NotificationSink, SinkError};
 
 /// POSTs each notification to one URL.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WebhookSink {
     client: reqwest::Client,
     url: String,
+    /// The URL without user information or query (which may carry a
+    /// token), for logs, errors and dead-letter headers.
+    shown: String,
 }
+
+impl std::fmt::Debug for WebhookSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookSink")
+            .field("url", &self.shown)
+            .finish()
+    }
+}
+
+/// `url` without user information, query or fragment.
+fn shown_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let rest = match rest.split_once('/') {
+        Some((authority, path)) => {
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            format!("{host}/{path}")
+        }
+        None => rest.rsplit_once('@').map_or(rest, |(_, h)| h).to_owned(),
+    };
+    format!("{scheme}://{rest}")
+}
+
+/// Statuses that say the notification itself is unacceptable: sending it
+/// again cannot help. Everything else — 5xx, 408, 429, but also 401, 403,
+/// 404, 409 (a retry racing its first attempt under an idempotency key) and
+/// redirects, which a receiver's deployment or configuration can fix — is
+/// retried, holding the partition.
+const REFUSALS: [u16; 8] = [400, 405, 410, 411, 413, 414, 415, 422];
 
 impl WebhookSink {
     /// A sink for `url` (http only), giving up on a request after `timeout`.
@@ -29,15 +61,23 @@ impl WebhookSink {
                         .into(),
                 )
             }
-            _ => return Err(format!("expected a webhook URL such as http://127.0.0.1:9000/notify, got {url:?}")),
+            _ => {
+                return Err(format!(
+                    "expected a webhook URL such as http://127.0.0.1:9000/notify, got {:?}",
+                    shown_url(url)
+                ))
+            }
         }
         let client = reqwest::Client::builder()
             .timeout(timeout)
+            // A redirected POST becomes a GET without a body: never follow.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("cannot build the webhook client: {e}"))?;
         Ok(Self {
             client,
             url: url.to_owned(),
+            shown: shown_url(url),
         })
     }
 }
@@ -66,20 +106,18 @@ impl NotificationSink for WebhookSink {
             .json(&body)
             .send()
             .await
-            .map_err(|e| SinkError::transient(format!("POST {}: {e}", self.url)))?;
+            .map_err(|e| {
+                SinkError::transient(format!("POST {}: {}", self.shown, e.without_url()))
+            })?;
         let status = response.status();
         if status.is_success() {
             return Ok(());
         }
-        let message = format!("POST {} answered {status}", self.url);
-        // Overload and server trouble pass; any other refusal will not.
-        if status.is_server_error()
-            || status == reqwest::StatusCode::REQUEST_TIMEOUT
-            || status == reqwest::StatusCode::TOO_MANY_REQUESTS
-        {
-            Err(SinkError::transient(message))
-        } else {
+        let message = format!("POST {} answered {status}", self.shown);
+        if REFUSALS.contains(&status.as_u16()) {
             Err(SinkError::permanent(message))
+        } else {
+            Err(SinkError::transient(message))
         }
     }
 }
@@ -98,5 +136,19 @@ mod tests {
         assert!(WebhookSink::new("example.com/notify", timeout)
             .unwrap_err()
             .contains("expected a webhook URL"));
+    }
+
+    #[test]
+    fn tokens_in_the_url_stay_out_of_messages() {
+        assert_eq!(
+            shown_url("http://user:secret@hooks:9000/notify?token=abc#x"),
+            "http://hooks:9000/notify"
+        );
+        assert_eq!(
+            shown_url("http://hooks:9000?token=abc"),
+            "http://hooks:9000"
+        );
+        let sink = WebhookSink::new("http://hooks/n?token=abc", Duration::from_secs(1)).unwrap();
+        assert!(!format!("{sink:?}").contains("abc"));
     }
 }

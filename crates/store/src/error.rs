@@ -20,6 +20,9 @@ pub enum StoreError {
     /// The transaction holding the write did not commit; nothing was written.
     #[error("commit failed: {0}")]
     CommitFailed(String),
+    /// The database did not answer in time; the connection was given up.
+    #[error("the database did not answer in time ({0})")]
+    Timeout(&'static str),
     #[error("database migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database error")]

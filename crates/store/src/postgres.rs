@@ -17,9 +17,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Postgres, QueryBuilder, Row};
+use sqlx::{Connection, PgConnection, Postgres, QueryBuilder, Row};
 use taskstream_domain::{Assignee, Description, Priority, Task, TaskId, TaskStatus, TaskTitle};
 use tokio::sync::Mutex;
 use uuid::Uuid;
@@ -33,6 +32,14 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations_postgres
 
 /// The advisory lock key that elects the publishing relay ("taskstream" in ASCII, truncated).
 const RELAY_LOCK_KEY: i64 = 0x7461_736b_7374_7265;
+
+/// The fewest pooled connections a process runs with.
+pub const MIN_CONNECTIONS: u32 = 4;
+
+/// How long the relay's own session may take to answer before it is
+/// given up (and the lock with it): a half-open connection must not hang
+/// the relay for the kernel's retransmission timeout.
+const RELAY_QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The channel the API notifies after each commit that enqueued events.
 pub const OUTBOX_CHANNEL: &str = "taskstream_outbox";
@@ -60,25 +67,43 @@ pub struct PgStore {
     pool: PgPool,
     /// Where the database is, with the password left out (for messages).
     display: String,
-    /// The relay's connection while it holds the publishing lock.
-    relay: Mutex<Option<PoolConnection<Postgres>>>,
+    /// The relay's connection while it holds the publishing lock: taken
+    /// out of the pool for good, so a session holding the lock can never be
+    /// handed to other work (closing it releases the lock).
+    relay: Mutex<Option<PgConnection>>,
 }
 
-/// `url` with any password replaced, for logs and errors.
+/// `url` with any password replaced, for logs and errors: the one in the
+/// user information and a `password` query parameter.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
     };
-    match rest.rsplit_once('@') {
-        Some((credentials, host)) => {
-            let user = credentials.split(':').next().unwrap_or_default();
-            if credentials.contains(':') {
-                format!("{scheme}://{user}:<redacted>@{host}")
-            } else {
-                format!("{scheme}://{user}@{host}")
-            }
+    let base = match base.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((credentials, host)) => match credentials.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
+                None => format!("{scheme}://{credentials}@{host}"),
+            },
+            None => base.to_owned(),
+        },
+        None => base.to_owned(),
+    };
+    match query {
+        None => base,
+        Some(query) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|p| match p.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => {
+                        format!("{key}=<redacted>")
+                    }
+                    _ => p.to_owned(),
+                })
+                .collect();
+            format!("{base}?{}", params.join("&"))
         }
-        None => url.to_owned(),
     }
 }
 
@@ -99,8 +124,17 @@ impl PgStore {
             source,
         };
         let connect: PgConnectOptions = url.parse().map_err(open_err)?;
+        // The server probes idle sessions, so a client that vanished (a
+        // killed node, a lost network) ends its session — and releases the
+        // relay lock — within about a minute, not the kernel's two hours.
+        let connect = connect.options([
+            ("tcp_keepalives_idle", "30"),
+            ("tcp_keepalives_interval", "10"),
+            ("tcp_keepalives_count", "3"),
+        ]);
         let pool = PgPoolOptions::new()
-            .max_connections(options.max_connections.max(2))
+            // The relay keeps one connection for LISTEN; the rest serve work.
+            .max_connections(options.max_connections.max(MIN_CONNECTIONS))
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect)
             .await
@@ -198,14 +232,20 @@ impl PgStore {
     /// lock is free; `None` while another relay holds it.
     async fn relay_connection<'a>(
         &self,
-        slot: &'a mut Option<PoolConnection<Postgres>>,
-    ) -> Result<Option<&'a mut PoolConnection<Postgres>>, StoreError> {
+        slot: &'a mut Option<PgConnection>,
+    ) -> Result<Option<&'a mut PgConnection>, StoreError> {
         if slot.is_none() {
-            let mut conn = self.pool.acquire().await?;
-            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(RELAY_LOCK_KEY)
-                .fetch_one(&mut *conn)
-                .await?;
+            // Detached at once: if this future is dropped mid-query, the
+            // connection closes instead of returning to the pool locked.
+            let mut conn = self.pool.acquire().await?.detach();
+            let locked = tokio::time::timeout(
+                RELAY_QUERY_TIMEOUT,
+                sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
+                    .bind(RELAY_LOCK_KEY)
+                    .fetch_one(&mut conn),
+            )
+            .await
+            .map_err(|_| StoreError::Timeout("the relay's lock request"))??;
             if !locked {
                 return Ok(None);
             }
@@ -218,7 +258,7 @@ impl PgStore {
     /// Closes the pool (ending the relay's session releases its lock).
     pub async fn close(&self) {
         if let Some(conn) = self.relay.lock().await.take() {
-            drop(conn.detach());
+            let _ = conn.close().await;
         }
         self.pool.close().await;
     }
@@ -395,22 +435,26 @@ impl OutboxStore for PgStore {
         let Some(conn) = self.relay_connection(&mut slot).await? else {
             return Ok(Vec::new());
         };
-        let rows = sqlx::query(
-            "SELECT seq, attempts, id, aggregatetype, aggregateid, type, payload, topic, content_type, traceparent, created_at
-             FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1",
+        let rows = tokio::time::timeout(
+            RELAY_QUERY_TIMEOUT,
+            sqlx::query(
+                "SELECT seq, attempts, id, aggregatetype, aggregateid, type, payload, topic, content_type, traceparent, created_at
+                 FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1",
+            )
+            .bind(i64::from(limit))
+            .fetch_all(&mut *conn),
         )
-        .bind(i64::from(limit))
-        .fetch_all(&mut **conn)
         .await;
         match rows {
-            Ok(rows) => rows.iter().map(pending_from_row).collect(),
-            Err(e) => {
-                // The session may be gone, and the lock with it: win it again
-                // next time, and never return this session to the pool.
-                if let Some(conn) = slot.take() {
-                    drop(conn.detach());
-                }
-                Err(e.into())
+            Ok(Ok(rows)) => rows.iter().map(pending_from_row).collect(),
+            failed => {
+                // The session may be gone, and the lock with it: drop it and
+                // win the lock again next time.
+                *slot = None;
+                Err(match failed {
+                    Ok(Err(e)) => e.into(),
+                    _ => StoreError::Timeout("the relay's outbox query"),
+                })
             }
         }
     }

@@ -367,3 +367,31 @@ async fn consumer_effects_happen_once_per_event() {
         backend.finish().await;
     }
 }
+
+#[tokio::test]
+async fn sslmode_require_connects_over_tls() {
+    let Some(db) = Scratch::new().await else {
+        return;
+    };
+    let plain = db.store().await;
+    let ssl: String = sqlx::query_scalar("SHOW ssl")
+        .fetch_one(plain.pool())
+        .await
+        .unwrap();
+    plain.close().await;
+    if ssl != "on" {
+        eprintln!("SKIPPED: this PostgreSQL server has ssl = {ssl}");
+        db.drop_database().await;
+        return;
+    }
+    let url = format!("{}?sslmode=require", db.url);
+    let store = PgStore::connect(&url, &PgOptions::default()).await.unwrap();
+    let encrypted: bool =
+        sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert!(encrypted, "the session is not encrypted");
+    store.close().await;
+    db.drop_database().await;
+}

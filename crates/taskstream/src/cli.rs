@@ -144,10 +144,10 @@ pub struct StoreArgs {
     pub data_dir: PathBuf,
     /// The database: postgres://USER:PASSWORD@HOST:PORT/DB (components in
     /// separate processes or pods share it) or sqlite:PATH. Default: SQLite in --data-dir.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<Database>,
+    #[arg(long, env = "TASKSTREAM_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<Secret>,
     /// Most PostgreSQL connections this process opens (its pool's size).
-    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(2..=1000))]
+    #[arg(long, env = "TASKSTREAM_DATABASE_MAX_CONNECTIONS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(4..=1000))]
     pub database_max_connections: u32,
     /// SQLite durability: `full` survives power loss, `normal` only a process crash.
     #[arg(long, env = "TASKSTREAM_SQLITE_SYNCHRONOUS", default_value = "full")]
@@ -162,6 +162,16 @@ impl StoreArgs {
         }
     }
 
+    /// The configured database; the value never appears in an error (it
+    /// may hold a password).
+    fn database(&self) -> anyhow::Result<Option<Database>> {
+        self.database_url
+            .as_ref()
+            .map(|url| url.expose().parse::<Database>().map_err(anyhow::Error::msg))
+            .transpose()
+            .context("invalid --database-url / TASKSTREAM_DATABASE_URL")
+    }
+
     fn postgres_options(&self) -> PgOptions {
         PgOptions {
             max_connections: self.database_max_connections,
@@ -172,7 +182,7 @@ impl StoreArgs {
     async fn open(&self) -> anyhow::Result<Arc<Store>> {
         components::open_store(
             &self.data_dir,
-            self.database_url.as_ref(),
+            self.database()?.as_ref(),
             &self.options(),
             &self.postgres_options(),
         )
@@ -302,11 +312,6 @@ fn parse_property(raw: &str) -> Result<(String, String), String> {
         }
         _ => Err(format!("expected KEY=VALUE, got {raw:?}")),
     }
-}
-
-fn parse_webhook_url(raw: &str) -> Result<String, String> {
-    taskstream_services::WebhookSink::new(raw, Duration::from_secs(1))?;
-    Ok(raw.trim().to_owned())
 }
 
 fn parse_millis(raw: &str) -> Result<Duration, String> {
@@ -452,7 +457,7 @@ pub struct UpArgs {
     #[arg(long, default_value = "0", value_parser = parse_millis)]
     pub notifier_delay_ms: Duration,
     /// POST every notification to this http URL (JSON, with an Idempotency-Key header) instead of logging it.
-    #[arg(long, env = "TASKSTREAM_NOTIFIER_WEBHOOK_URL", value_parser = parse_webhook_url)]
+    #[arg(long, env = "TASKSTREAM_NOTIFIER_WEBHOOK_URL", hide_env_values = true)]
     pub notifier_webhook_url: Option<String>,
     /// Dead-letter an event whose transient failure lasts this many seconds
     /// (until then its partition is held, in order).
@@ -528,7 +533,7 @@ pub struct NotifierArgs {
     #[arg(long, default_value = "0", value_parser = parse_millis)]
     pub delay_ms: Duration,
     /// POST every notification to this http URL (JSON, with an Idempotency-Key header) instead of logging it.
-    #[arg(long, env = "TASKSTREAM_NOTIFIER_WEBHOOK_URL", value_parser = parse_webhook_url)]
+    #[arg(long, env = "TASKSTREAM_NOTIFIER_WEBHOOK_URL", hide_env_values = true)]
     pub webhook_url: Option<String>,
 }
 
@@ -888,7 +893,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn up(args: UpArgs) -> anyhow::Result<()> {
     let mut config = SystemConfig::new(args.http, &args.store.data_dir);
     config.sqlite = args.store.options();
-    config.database = args.store.database_url.clone();
+    config.database = args.store.database()?;
     config.postgres = args.store.postgres_options();
     config.kafka = args.kafka.config()?;
     config.ready_max_outbox_age = args.readiness.ready_max_outbox_age;

@@ -326,7 +326,7 @@ impl ReadinessCheck for StoreCheck {
         self.0
             .ping()
             .await
-            .map(|()| format!("{} answers", self.0.describe()))
+            .map(|()| "the database answers".to_owned())
             .map_err(|e| e.to_string())
     }
 }
