@@ -386,3 +386,120 @@ async fn a_store_outage_longer_than_the_retries_holds_partitions_and_loses_no_or
     }
     p.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_partitions_that_move_away_and_back_during_an_outage_resume_and_lose_nothing() {
+    // A partition left paused would stall the run rather than fail it: bound it.
+    tokio::time::timeout(Duration::from_secs(180), moved_partitions_resume())
+        .await
+        .expect("the run finished in time (a partition left paused stalls it)");
+}
+
+async fn moved_partitions_resume() {
+    crate::helpers::init_logs();
+    let options = SqliteOptions {
+        busy_timeout: Duration::from_millis(50),
+        ..SqliteOptions::default()
+    };
+    let p = crate::helpers::Pipeline::start(options).await;
+    let (kafka, store, metrics, addr) =
+        (p.kafka.clone(), p.store.clone(), p.metrics.clone(), p.addr);
+    let client = client();
+    for i in 0..12 {
+        let created = client
+            .post(format!("http://{addr}/tasks"))
+            .json(&json!({ "title": format!("task {i}") }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+    }
+    eventually("the events published", Duration::from_secs(20), || async {
+        (store.outbox_stats().await.ok()?.pending == 0).then_some(())
+    })
+    .await;
+
+    let mut locker = sqlx::SqliteConnection::connect(&format!(
+        "sqlite://{}",
+        store.sqlite().unwrap().path().display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let consumer_options = ConsumerOptions {
+        retry: RetryPolicy {
+            max_attempts: 2,
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(300),
+            give_up_after: Duration::from_secs(120),
+        },
+        ..ConsumerOptions::for_dev_broker()
+    };
+    let first =
+        components::auditor(store.clone(), &kafka, None, &consumer_options, &metrics).unwrap();
+    let held = |n: usize| {
+        let metrics = metrics.clone();
+        async move {
+            let scraped = metrics.render();
+            let retried: f64 = scraped
+                .lines()
+                .filter(|l| l.contains("outcome=\"retried\"") && l.contains("group=\"auditor\""))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            (retried >= n as f64).then_some(())
+        }
+    };
+    eventually(
+        "the first member to hold its partitions",
+        Duration::from_secs(30),
+        || held(6),
+    )
+    .await;
+
+    // A second member joins: some held partitions move to it (and are held
+    // there), then it leaves and they come back to the first member.
+    let second =
+        components::auditor(store.clone(), &kafka, None, &consumer_options, &metrics).unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    second.stop().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    eventually(
+        "every event audited once the outage ends",
+        Duration::from_secs(60),
+        || async { (store.audit_entries(None, 100).await.ok()?.len() >= 12).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(store.audit_entries(None, 100).await.unwrap().len(), 12);
+    assert!(dead_letters(p.broker.bootstrap_servers()).await.is_empty());
+    // Every partition is consumed again: nothing stayed paused.
+    let more = client
+        .post(format!("http://{addr}/tasks"))
+        .json(&json!({ "title": "after the outage" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(more.status(), 201);
+    eventually("a new event audited", Duration::from_secs(20), || async {
+        (store.audit_entries(None, 100).await.ok()?.len() == 13).then_some(())
+    })
+    .await;
+    eventually(
+        "the group caught up on every partition",
+        Duration::from_secs(20),
+        || async {
+            let offsets = group_offsets(&kafka, "auditor", TASK_EVENTS, Duration::from_secs(5))
+                .await
+                .ok()?;
+            offsets.iter().all(|p| p.lag() == 0).then_some(())
+        },
+    )
+    .await;
+    first.stop().await;
+    p.stop().await;
+}
