@@ -442,15 +442,13 @@ fn the_chart_and_the_strimzi_resources_agree_with_what_the_binary_declares() {
     assert!(text.contains("0 failing"), "{text}");
 
     // Optional settings render variables the binary reads too.
-    let (ok, text) = check_deploy(
-        &python,
-        &helm,
-        &[
-            "--set",
-            "notifier.webhookUrl=http://hooks.example:9000/notify",
-        ],
-    );
-    assert!(ok, "{text}");
+    for set in [
+        "notifier.webhookUrl=http://hooks.example:9000/notify",
+        "notifier.webhookSecret.name=notifier-webhook",
+    ] {
+        let (ok, text) = check_deploy(&python, &helm, &["--set", set]);
+        assert!(ok, "--set {set}: {text}");
+    }
 }
 
 #[test]
