@@ -220,7 +220,25 @@ impl EventHandler for NotificationHandler {
         let mut to_record = Vec::new();
         let mut slots = Vec::with_capacity(batch.len());
         for d in batch {
-            match self.send(d.event).instrument(d.span.clone()).await? {
+            let sent = match self.send(d.event).instrument(d.span.clone()).await {
+                Ok(sent) => sent,
+                Err(error) => {
+                    // The batch fails and its events are handled again one
+                    // by one: record what was already sent, so it is not
+                    // sent twice (if the store is down too, it will be).
+                    if !to_record.is_empty() {
+                        if let Err(record_error) = self
+                            .store
+                            .record_notifications_batch(NOTIFIER_GROUP, &to_record)
+                            .await
+                        {
+                            tracing::debug!(target: "notifications", error = %record_error, "cannot record the notifications sent before a failure");
+                        }
+                    }
+                    return Err(error);
+                }
+            };
+            match sent {
                 Some(sent) => {
                     slots.push(Some(to_record.len()));
                     to_record.push((d.event.id.as_uuid(), sent));

@@ -104,4 +104,19 @@ async fn webhook_notifications_are_retried_with_one_idempotency_key_and_refusals
         .map(|(key, _)| key.clone())
         .collect();
     assert_eq!(refused_keys.len(), 1);
+    // A notification the receiver accepted is never POSTed again, not even
+    // when a later one in the same batch was refused.
+    let posts = seen.lock().unwrap().clone();
+    let accepted: Vec<&String> = posts
+        .iter()
+        .enumerate()
+        .filter(|(i, (_, body))| *i > 0 && body["recipient"] != "nobody")
+        .map(|(_, (key, _))| key)
+        .collect();
+    let distinct: std::collections::HashSet<&String> = accepted.iter().copied().collect();
+    assert_eq!(
+        accepted.len(),
+        distinct.len(),
+        "an accepted notification was sent again: {posts:?}"
+    );
 }
