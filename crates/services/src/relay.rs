@@ -34,6 +34,11 @@ pub struct RelaySettings {
     pub max_backoff: Duration,
     /// How long shutdown may spend publishing what is still pending.
     pub drain_timeout: Duration,
+    /// Published messages older than this are deleted from the outbox (the
+    /// topic keeps them); `None` keeps them forever.
+    pub retention: Option<Duration>,
+    /// How often expired messages are looked for.
+    pub prune_interval: Duration,
 }
 
 impl Default for RelaySettings {
@@ -43,6 +48,9 @@ impl Default for RelaySettings {
             poll_interval: Duration::from_millis(500),
             max_backoff: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(5),
+            // As long as the task-event topic keeps them.
+            retention: Some(Duration::from_secs(7 * 24 * 3600)),
+            prune_interval: Duration::from_secs(600),
         }
     }
 }
@@ -59,6 +67,9 @@ pub enum RelayError {
     #[error("cannot encode the event: {0}")]
     Encoding(#[from] EncodingError),
 }
+
+/// Published messages deleted per statement when pruning.
+const PRUNE_BATCH: u32 = 1000;
 
 /// Makes the relay's producer: once at start, and again after a fatal error.
 pub type ProducerFactory = Arc<dyn Fn() -> Result<EventProducer, KafkaError> + Send + Sync>;
@@ -124,7 +135,14 @@ impl OutboxRelay {
     /// `drain_timeout`) and flushes the producer.
     pub async fn run(self, mut shutdown: Shutdown) {
         let mut backoff = Backoff::new(Duration::from_millis(100), self.settings.max_backoff);
+        let mut next_prune = tokio::time::Instant::now();
         loop {
+            if tokio::time::Instant::now() >= next_prune {
+                next_prune = tokio::time::Instant::now() + self.settings.prune_interval;
+                if let Err(error) = self.prune_expired().await {
+                    tracing::warn!(%error, "cannot prune the outbox; trying again later");
+                }
+            }
             let pause = match self.publish_pending().await {
                 Ok(n) if n == self.settings.batch_size as usize => {
                     backoff.reset();
@@ -181,6 +199,30 @@ impl OutboxRelay {
         {
             tracing::warn!(%error, "producer flush incomplete");
         }
+    }
+
+    /// Deletes published messages older than the retention, a thousand at a
+    /// time (short transactions); returns how many.
+    pub async fn prune_expired(&self) -> Result<u64, RelayError> {
+        let Some(retention) = self.settings.retention else {
+            return Ok(0);
+        };
+        let Ok(retention) = chrono::Duration::from_std(retention) else {
+            return Ok(0);
+        };
+        let before = taskstream_domain::now() - retention;
+        let mut pruned = 0;
+        loop {
+            let n = self.store.prune_published(before, PRUNE_BATCH).await?;
+            pruned += n;
+            if n < u64::from(PRUNE_BATCH) {
+                break;
+            }
+        }
+        if pruned > 0 {
+            tracing::info!(pruned, "deleted published events past the outbox retention");
+        }
+        Ok(pruned)
     }
 
     /// Publishes one batch of pending rows; returns how many were published.

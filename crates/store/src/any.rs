@@ -182,6 +182,10 @@ impl OutboxStore for Store {
     async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
         each!(self, s => s.outbox_stats().await)
     }
+
+    async fn prune_published(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
+        each!(self, s => s.prune_published(before, limit).await)
+    }
 }
 
 #[async_trait]

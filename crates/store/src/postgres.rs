@@ -483,6 +483,20 @@ impl OutboxStore for PgStore {
         Ok(())
     }
 
+    async fn prune_published(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM outbox WHERE seq IN (
+                 SELECT seq FROM outbox
+                 WHERE published_at IS NOT NULL AND published_at < $1
+                 ORDER BY seq LIMIT $2)",
+        )
+        .bind(before)
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
         let row = sqlx::query(
             "SELECT (SELECT COUNT(*) FROM outbox) AS total,

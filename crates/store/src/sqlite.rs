@@ -626,6 +626,20 @@ impl OutboxStore for SqliteStore {
         Ok(())
     }
 
+    async fn prune_published(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM outbox WHERE seq IN (
+                 SELECT seq FROM outbox
+                 WHERE published_at IS NOT NULL AND published_at < ?
+                 ORDER BY seq LIMIT ?)",
+        )
+        .bind(ts(&before))
+        .bind(i64::from(limit))
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
         let row = sqlx::query(
             "SELECT (SELECT COUNT(*) FROM outbox) AS total,

@@ -47,6 +47,10 @@ pub trait OutboxStore: Send + Sync + 'static {
 
     /// Pending count and the age of the oldest pending message.
     async fn outbox_stats(&self) -> Result<OutboxStats, StoreError>;
+
+    /// Deletes up to `limit` messages published before `before`, oldest
+    /// first; returns how many. Pending messages are never deleted.
+    async fn prune_published(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError>;
 }
 
 /// The audit log: one entry per distinct event.

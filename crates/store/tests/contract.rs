@@ -395,3 +395,42 @@ async fn sslmode_require_connects_over_tls() {
     store.close().await;
     db.drop_database().await;
 }
+
+#[tokio::test]
+async fn pruning_deletes_only_published_messages_older_than_the_cutoff() {
+    for backend in backends().await {
+        let store = &backend.store;
+        for i in 0..4 {
+            let c = created(&format!("task {i}"));
+            store.insert_task(&c.task, &message(&c)).await.unwrap();
+        }
+        let seqs: Vec<i64> = store
+            .pending(10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|p| p.seq)
+            .collect();
+        let now = taskstream_domain::now();
+        let long_ago = now - chrono::Duration::days(10);
+        store.mark_published(&seqs[..2], long_ago).await.unwrap();
+        store.mark_published(&seqs[2..3], now).await.unwrap();
+        let cutoff = now - chrono::Duration::days(7);
+
+        assert_eq!(
+            store.prune_published(cutoff, 1).await.unwrap(),
+            1,
+            "the limit holds"
+        );
+        assert_eq!(store.prune_published(cutoff, 100).await.unwrap(), 1);
+        assert_eq!(store.prune_published(cutoff, 100).await.unwrap(), 0);
+        let stats = store.outbox_stats().await.unwrap();
+        assert_eq!(
+            (stats.total, stats.pending),
+            (2, 1),
+            "recent and pending ones stay"
+        );
+        assert_eq!(store.pending(10).await.unwrap()[0].seq, seqs[3]);
+        backend.finish().await;
+    }
+}

@@ -430,6 +430,24 @@ impl KafkaArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct OutboxArgs {
+    /// Hours a published event stays in the outbox before it is deleted (the
+    /// topic keeps it); 0 keeps every event forever.
+    #[arg(long, env = "TASKSTREAM_OUTBOX_RETENTION_HOURS", default_value_t = 168)]
+    pub outbox_retention_hours: u64,
+}
+
+impl OutboxArgs {
+    fn relay_settings(&self) -> RelaySettings {
+        RelaySettings {
+            retention: (self.outbox_retention_hours > 0)
+                .then(|| Duration::from_secs(self.outbox_retention_hours.saturating_mul(3600))),
+            ..RelaySettings::default()
+        }
+    }
+}
+
+#[derive(Debug, Args)]
 pub struct ReadinessArgs {
     /// /readyz fails when the oldest unpublished event is older than this many seconds.
     #[arg(long, env = "TASKSTREAM_READY_MAX_OUTBOX_AGE", default_value = "30", value_parser = parse_seconds)]
@@ -469,6 +487,8 @@ pub struct UpArgs {
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub readiness: ReadinessArgs,
+    #[command(flatten)]
+    pub outbox: OutboxArgs,
 }
 
 #[derive(Debug, Args)]
@@ -496,6 +516,8 @@ pub struct RelayArgs {
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub readiness: ReadinessArgs,
+    #[command(flatten)]
+    pub outbox: OutboxArgs,
 }
 
 #[derive(Debug, Args)]
@@ -789,7 +811,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Arc::clone(&store),
                 &kafka,
                 wake,
-                RelaySettings::default(),
+                args.outbox.relay_settings(),
                 match &registry {
                     Some(client) => EventEncoding::avro(Arc::clone(client), TASK_EVENTS),
                     None => EventEncoding::Json,
@@ -899,6 +921,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     config.ready_max_outbox_age = args.readiness.ready_max_outbox_age;
     config.notifier_delay = args.notifier_delay_ms;
     config.notifier_webhook = args.notifier_webhook_url.clone();
+    config.relay = args.outbox.relay_settings();
     config.consumer.retry.give_up_after = args.give_up_after;
     config.registry = match (args.event_format, args.registry.schema_registry) {
         (EventFormat::Json, _) => RegistrySetting::Disabled,
