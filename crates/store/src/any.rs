@@ -109,14 +109,6 @@ impl Store {
         }
     }
 
-    /// Where the data lives, password left out.
-    pub fn describe(&self) -> String {
-        match self {
-            Self::Sqlite(s) => format!("sqlite:{}", s.path().display()),
-            Self::Postgres(p) => p.display().to_owned(),
-        }
-    }
-
     pub async fn ping(&self) -> Result<(), StoreError> {
         each!(self, s => s.ping().await)
     }

@@ -147,11 +147,6 @@ impl PgStore {
         })
     }
 
-    /// The database, password left out.
-    pub fn display(&self) -> &str {
-        &self.display
-    }
-
     /// The connection pool (for `LISTEN`).
     pub fn pool(&self) -> &PgPool {
         &self.pool
