@@ -26,6 +26,134 @@ pub fn env_or(name: &str, default: usize) -> usize {
 /// so a failing schedule can be replayed with `TASKSTREAM_CRASH_SEED`.
 pub struct Rng(pub u64);
 
+/// `TASKSTREAM_CRASH_SEED`, or one taken from the clock.
+pub fn seed() -> u64 {
+    std::env::var("TASKSTREAM_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        })
+}
+
+/// The harness's load: rounds of four concurrent requests — creations of
+/// assigned tasks (each notifies) and completions of open ones — until
+/// every task exists and is completed, with every change an API
+/// acknowledged. A request cut off by a kill is simply not acknowledged.
+pub struct Load {
+    tasks: usize,
+    pub created: usize,
+    open: Vec<String>,
+    /// (task id, version) of every change an API acknowledged.
+    pub acknowledged: HashSet<(String, i64)>,
+    sent: usize,
+}
+
+impl Load {
+    pub fn new(tasks: usize) -> Self {
+        Self {
+            tasks,
+            created: 0,
+            open: Vec::new(),
+            acknowledged: HashSet::new(),
+            sent: 0,
+        }
+    }
+
+    /// Every task exists and is completed.
+    pub fn done(&self) -> bool {
+        self.created >= self.tasks && self.open.is_empty()
+    }
+
+    /// Sends one round, spreading its requests over `apis` in turn.
+    pub async fn round(&mut self, client: &reqwest::Client, rng: &mut Rng, apis: &[&str]) {
+        let mut batch = Vec::new();
+        for _ in 0..4 {
+            let complete =
+                !self.open.is_empty() && (self.created >= self.tasks || rng.below(3) == 0);
+            if !complete && self.created >= self.tasks {
+                break;
+            }
+            self.sent += 1;
+            let api = apis[self.sent % apis.len()];
+            let request = if complete {
+                let id = self
+                    .open
+                    .swap_remove(rng.below(self.open.len() as u64) as usize);
+                client.post(format!("{api}/tasks/{id}/complete"))
+            } else {
+                client
+                    .post(format!("{api}/tasks"))
+                    .json(&json!({ "title": "crash test", "assignee": "ana" }))
+            };
+            batch.push(async move { request.send().await.ok()?.json::<Value>().await.ok() });
+        }
+        for task in futures::future::join_all(batch).await.into_iter().flatten() {
+            let (Some(id), Some(version)) = (task["id"].as_str(), task["version"].as_i64()) else {
+                continue;
+            };
+            if version == 1 {
+                self.created += 1;
+                self.open.push(id.to_owned());
+            }
+            self.acknowledged.insert((id.to_owned(), version));
+        }
+    }
+}
+
+impl Load {
+    /// Waits (up to `timeout`) until `api` shows every acknowledged change
+    /// audited and at least as many notifications, lets what is still in
+    /// flight land, and returns the audit log and the notifications.
+    pub async fn settled(
+        &self,
+        client: &reqwest::Client,
+        api: &str,
+        timeout: Duration,
+    ) -> (Vec<Value>, Vec<Value>) {
+        let read = |path: &'static str| {
+            let url = format!("{api}{path}");
+            async move {
+                let body: Value = client.get(url).send().await.ok()?.json().await.ok()?;
+                body["items"].as_array().cloned()
+            }
+        };
+        let (audit, notes) = eventually(
+            "every acknowledged change audited and notified",
+            timeout,
+            || async {
+                let audit = read("/audit?limit=10000").await?;
+                let notes = read("/notifications?limit=10000").await?;
+                let seen: HashSet<(String, i64)> = audit
+                    .iter()
+                    .map(|e| {
+                        (
+                            e["task_id"].as_str().unwrap().to_owned(),
+                            e["task_version"].as_i64().unwrap(),
+                        )
+                    })
+                    .collect();
+                (self.acknowledged.is_subset(&seen) && notes.len() >= audit.len())
+                    .then_some((audit, notes))
+            },
+        )
+        .await;
+        // Let anything still in flight land, then read again.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        match (
+            read("/audit?limit=10000").await,
+            read("/notifications?limit=10000").await,
+        ) {
+            (Some(audit), Some(notes)) => (audit, notes),
+            _ => (audit, notes),
+        }
+    }
+}
+
 impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 << 13;
@@ -51,25 +179,13 @@ fn start(dir: &std::path::Path) -> (ChildGuard, String) {
 async fn sigkill_at_random_moments_loses_nothing_acknowledged_and_doubles_no_effect() {
     let tasks = env_or("TASKSTREAM_CRASH_TASKS", 400);
     let kills = env_or("TASKSTREAM_CRASH_KILLS", 4);
-    let seed = std::env::var("TASKSTREAM_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
+    let seed = seed();
     eprintln!("crash harness: seed={seed}");
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();
     let client = client();
 
-    // (task id, version) of every change the API acknowledged.
-    let mut acknowledged: HashSet<(String, i64)> = HashSet::new();
-    let mut open: Vec<String> = Vec::new();
-    let mut created = 0;
+    let mut load = Load::new(tasks);
     for round in 0..=kills {
         let (mut child, http) = tokio::task::spawn_blocking({
             let dir = dir.path().to_owned();
@@ -92,40 +208,9 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged_and_doubles_no_eff
             })
         });
         let mut pace = tokio::time::interval(Duration::from_millis(20));
-        loop {
-            if deadline.is_some_and(|d| Instant::now() >= d)
-                || (created >= tasks && open.is_empty())
-            {
-                break;
-            }
+        while deadline.is_none_or(|d| Instant::now() < d) && !load.done() {
             pace.tick().await;
-            let mut batch = Vec::new();
-            for _ in 0..4 {
-                let complete = !open.is_empty() && (created >= tasks || rng.below(3) == 0);
-                if !complete && created >= tasks {
-                    break;
-                }
-                let request = if complete {
-                    let id = open.swap_remove(rng.below(open.len() as u64) as usize);
-                    client.post(format!("{http}/tasks/{id}/complete"))
-                } else {
-                    client
-                        .post(format!("{http}/tasks"))
-                        .json(&json!({ "title": "crash test", "assignee": "ana" }))
-                };
-                batch.push(async move { request.send().await.ok()?.json::<Value>().await.ok() });
-            }
-            for task in futures::future::join_all(batch).await.into_iter().flatten() {
-                let (Some(id), Some(version)) = (task["id"].as_str(), task["version"].as_i64())
-                else {
-                    continue;
-                };
-                if version == 1 {
-                    created += 1;
-                    open.push(id.to_owned());
-                }
-                acknowledged.insert((id.to_owned(), version));
-            }
+            load.round(&client, &mut rng, &[http.as_str()]).await;
         }
         if let Some(killer) = killer {
             killer.await.unwrap();
@@ -133,85 +218,24 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged_and_doubles_no_eff
             continue;
         }
         // The last run: wait until every acknowledged change was handled.
-        let audit = eventually(
-            "every acknowledged change audited and notified",
-            Duration::from_secs(90),
-            || async {
-                let audit: Value = client
-                    .get(format!("{http}/audit?limit=10000"))
-                    .send()
-                    .await
-                    .ok()?
-                    .json()
-                    .await
-                    .ok()?;
-                let notes: Value = client
-                    .get(format!("{http}/notifications?limit=10000"))
-                    .send()
-                    .await
-                    .ok()?
-                    .json()
-                    .await
-                    .ok()?;
-                let audit = audit["items"].as_array()?.clone();
-                let seen: HashSet<(String, i64)> = audit
-                    .iter()
-                    .map(|e| {
-                        (
-                            e["task_id"].as_str().unwrap().to_owned(),
-                            e["task_version"].as_i64().unwrap(),
-                        )
-                    })
-                    .collect();
-                let notes = notes["items"].as_array()?.clone();
-                (acknowledged.is_subset(&seen) && notes.len() >= audit.len())
-                    .then_some((audit, notes))
-            },
-        )
-        .await;
-        let (audit, notes) = audit;
-        // Let anything still in flight land, then read again.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let read = |path: &'static str| {
-            let client = client.clone();
-            let url = format!("{http}{path}");
-            async move {
-                client
-                    .get(url)
-                    .send()
-                    .await
-                    .unwrap()
-                    .json::<Value>()
-                    .await
-                    .unwrap()["items"]
-                    .as_array()
-                    .unwrap()
-                    .clone()
-            }
-        };
-        let (audit, notes) = if audit.len() == read("/audit?limit=10000").await.len() {
-            (audit, notes)
-        } else {
-            (
-                read("/audit?limit=10000").await,
-                read("/notifications?limit=10000").await,
-            )
-        };
+        let (audit, notes) = load.settled(&client, &http, Duration::from_secs(90)).await;
 
         let Verdict {
             lost,
             duplicate_effects,
             out_of_order,
-        } = verdict(&acknowledged, &audit, &notes);
+        } = verdict(&load.acknowledged, &audit, &notes);
         println!(
-            "tasks={created} kills={kills} acknowledged_changes={} audited={} notifications={} lost={lost} duplicate_effects={duplicate_effects} out_of_order={out_of_order}",
-            acknowledged.len(),
+            "tasks={} kills={kills} acknowledged_changes={} audited={} notifications={} lost={lost} duplicate_effects={duplicate_effects} out_of_order={out_of_order}",
+            load.created,
+            load.acknowledged.len(),
             audit.len(),
             notes.len()
         );
         eprintln!(
-            "tasks={created} kills={kills} acknowledged_changes={} audited={} notifications={} lost={lost} duplicate_effects={duplicate_effects} out_of_order={out_of_order} seed={seed}",
-            acknowledged.len(),
+            "tasks={} kills={kills} acknowledged_changes={} audited={} notifications={} lost={lost} duplicate_effects={duplicate_effects} out_of_order={out_of_order} seed={seed}",
+            load.created,
+            load.acknowledged.len(),
             audit.len(),
             notes.len()
         );

@@ -9,16 +9,13 @@
 //! `TASKSTREAM_CRASH_KILLS` (default 6); replay a schedule with
 //! `TASKSTREAM_CRASH_SEED`. Prints a summary line.
 
-use std::collections::HashSet;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-
 use crate::at_scale::{drop_database, scratch_database, start};
 use crate::binary::{launch, ChildGuard};
-use crate::crash::{env_or, verdict, Rng, Verdict};
-use crate::helpers::{client, eventually};
+use crate::crash::{env_or, seed, verdict, Load, Rng, Verdict};
+use crate::helpers::client;
 
 /// The components, in the order they are started.
 const REPLICAS: [&str; 8] = [
@@ -32,16 +29,7 @@ async fn sigkill_of_any_replica_under_load_loses_nothing_and_doubles_no_effect()
     };
     let tasks = env_or("TASKSTREAM_CRASH_TASKS", 300);
     let kills = env_or("TASKSTREAM_CRASH_KILLS", 6);
-    let seed = std::env::var("TASKSTREAM_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
+    let seed = seed();
     eprintln!("crash harness (separate processes): seed={seed}");
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();
@@ -80,14 +68,11 @@ async fn sigkill_of_any_replica_under_load_loses_nothing_and_doubles_no_effect()
     let mut replicas: Vec<(ChildGuard, String)> = (0..REPLICAS.len()).map(launch_replica).collect();
 
     let client = client();
-    let mut acknowledged: HashSet<(String, i64)> = HashSet::new();
-    let mut open: Vec<String> = Vec::new();
-    let mut created = 0;
+    let mut load = Load::new(tasks);
     let mut killed = Vec::new();
     let mut next_kill = Instant::now() + Duration::from_millis(200 + rng.below(500));
     let mut pace = tokio::time::interval(Duration::from_millis(20));
-    let mut turn = 0;
-    while created < tasks || !open.is_empty() {
+    while !load.done() {
         if killed.len() < kills && Instant::now() >= next_kill {
             let victim = rng.below(REPLICAS.len() as u64) as usize;
             let pid = replicas[victim].0 .0.id().to_string();
@@ -98,84 +83,25 @@ async fn sigkill_of_any_replica_under_load_loses_nothing_and_doubles_no_effect()
             next_kill = Instant::now() + Duration::from_millis(200 + rng.below(500));
         }
         pace.tick().await;
-        let mut batch = Vec::new();
-        for _ in 0..4 {
-            let complete = !open.is_empty() && (created >= tasks || rng.below(3) == 0);
-            if !complete && created >= tasks {
-                break;
-            }
-            // Both APIs take writes, in turn.
-            turn += 1;
-            let api = &replicas[turn % 2].1;
-            let request = if complete {
-                let id = open.swap_remove(rng.below(open.len() as u64) as usize);
-                client.post(format!("{api}/tasks/{id}/complete"))
-            } else {
-                client
-                    .post(format!("{api}/tasks"))
-                    .json(&json!({ "title": "crash test", "assignee": "ana" }))
-            };
-            batch.push(async move { request.send().await.ok()?.json::<Value>().await.ok() });
-        }
-        for task in futures::future::join_all(batch).await.into_iter().flatten() {
-            let (Some(id), Some(version)) = (task["id"].as_str(), task["version"].as_i64()) else {
-                continue;
-            };
-            if version == 1 {
-                created += 1;
-                open.push(id.to_owned());
-            }
-            acknowledged.insert((id.to_owned(), version));
-        }
+        // Both APIs take writes, in turn.
+        let apis = [replicas[0].1.as_str(), replicas[1].1.as_str()];
+        load.round(&client, &mut rng, &apis).await;
     }
 
-    let api = replicas[0].1.clone();
-    let read = |path: &str| {
-        let url = format!("{api}{path}");
-        let client = client.clone();
-        async move {
-            let body: Value = client.get(url).send().await.ok()?.json().await.ok()?;
-            body["items"].as_array().cloned()
-        }
-    };
-    let (audit, notes) = eventually(
-        "every acknowledged change audited and notified",
-        Duration::from_secs(120),
-        || async {
-            let audit = read("/audit?limit=10000").await?;
-            let notes = read("/notifications?limit=10000").await?;
-            let seen: HashSet<(String, i64)> = audit
-                .iter()
-                .map(|e| {
-                    (
-                        e["task_id"].as_str().unwrap().to_owned(),
-                        e["task_version"].as_i64().unwrap(),
-                    )
-                })
-                .collect();
-            (acknowledged.is_subset(&seen) && notes.len() >= audit.len()).then_some((audit, notes))
-        },
-    )
-    .await;
-    // Let anything still in flight land, then judge what is stored.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (audit, notes) = match (
-        read("/audit?limit=10000").await,
-        read("/notifications?limit=10000").await,
-    ) {
-        (Some(a), Some(n)) => (a, n),
-        _ => (audit, notes),
-    };
+    let (audit, notes) = load
+        .settled(&client, &replicas[0].1, Duration::from_secs(120))
+        .await;
     let Verdict {
         lost,
         duplicate_effects,
         out_of_order,
-    } = verdict(&acknowledged, &audit, &notes);
+    } = verdict(&load.acknowledged, &audit, &notes);
     let summary = format!(
-        "tasks={created} kills={} ({}) acknowledged_changes={} audited={} notifications={} lost={lost} duplicate_effects={duplicate_effects} out_of_order={out_of_order}",
+        "tasks={} kills={} ({}) acknowledged_changes={} audited={} notifications={} lost={lost} duplicate_effects={duplicate_effects} out_of_order={out_of_order}",
+        load.created,
         killed.len(),
         killed.join(","),
-        acknowledged.len(),
+        load.acknowledged.len(),
         audit.len(),
         notes.len()
     );

@@ -12,7 +12,7 @@ use taskstream_kafka::{
 };
 use taskstream_services::topics::TASK_EVENTS;
 use taskstream_services::RetryPolicy;
-use taskstream_store::{AuditStore, NotificationStore, OutboxStore, SqliteOptions};
+use taskstream_store::{AuditStore, NotificationStore, OutboxStore, SqliteOptions, Store};
 
 use crate::helpers::{client, eventually, spawn_app};
 
@@ -35,6 +35,42 @@ async fn dead_letters(bootstrap: &str) -> Vec<Value> {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Waits until the relay has published every event in the outbox.
+async fn all_published(store: &Store) {
+    eventually("the events published", Duration::from_secs(20), || async {
+        (store.outbox_stats().await.ok()?.pending == 0).then_some(())
+    })
+    .await;
+}
+
+/// Another connection holds SQLite's write lock until it rolls back: every
+/// write of the store fails meanwhile.
+async fn lock_writes(store: &Store) -> sqlx::SqliteConnection {
+    let path = store.sqlite().unwrap().path().display().to_string();
+    let mut locker = sqlx::SqliteConnection::connect(&format!("sqlite://{path}"))
+        .await
+        .unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    locker
+}
+
+/// Consumers that give up on an attempt quickly (two in a row, 20 ms
+/// apart) and hold partitions through an outage for up to two minutes.
+fn holding_through_outages() -> ConsumerOptions {
+    ConsumerOptions {
+        retry: RetryPolicy {
+            max_attempts: 2,
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(300),
+            give_up_after: Duration::from_secs(120),
+        },
+        ..ConsumerOptions::for_dev_broker()
+    }
 }
 
 async fn produce(kafka: &KafkaConfig, key: &str, payload: &[u8], event_type: &str) -> (i32, i64) {
@@ -167,22 +203,10 @@ async fn a_store_outage_exhausts_retries_into_the_dlq_and_a_replay_is_handled_ex
         .await
         .unwrap();
     assert_eq!(response.status(), 201);
-    eventually("the event published", Duration::from_secs(20), || async {
-        (store.outbox_stats().await.ok()?.pending == 0).then_some(())
-    })
-    .await;
+    all_published(&store).await;
 
     // Another process holds the database's write lock: every write fails.
-    let mut locker = sqlx::SqliteConnection::connect(&format!(
-        "sqlite://{}",
-        store.sqlite().unwrap().path().display()
-    ))
-    .await
-    .unwrap();
-    sqlx::query("BEGIN EXCLUSIVE")
-        .execute(&mut locker)
-        .await
-        .unwrap();
+    let mut locker = lock_writes(&store).await;
     let consumer_options = ConsumerOptions {
         retry: RetryPolicy {
             max_attempts: 3,
@@ -317,32 +341,12 @@ async fn a_store_outage_longer_than_the_retries_holds_partitions_and_loses_no_or
             .unwrap();
         assert_eq!(done.status(), 200);
     }
-    eventually("the events published", Duration::from_secs(20), || async {
-        (store.outbox_stats().await.ok()?.pending == 0).then_some(())
-    })
-    .await;
+    all_published(&store).await;
 
     // The database refuses every write for several seconds: far longer than
     // the attempts in a row (two, 20 ms apart), well within give_up_after.
-    let mut locker = sqlx::SqliteConnection::connect(&format!(
-        "sqlite://{}",
-        store.sqlite().unwrap().path().display()
-    ))
-    .await
-    .unwrap();
-    sqlx::query("BEGIN EXCLUSIVE")
-        .execute(&mut locker)
-        .await
-        .unwrap();
-    let consumer_options = ConsumerOptions {
-        retry: RetryPolicy {
-            max_attempts: 2,
-            initial_backoff: Duration::from_millis(20),
-            max_backoff: Duration::from_millis(300),
-            give_up_after: Duration::from_secs(120),
-        },
-        ..ConsumerOptions::for_dev_broker()
-    };
+    let mut locker = lock_writes(&store).await;
+    let consumer_options = holding_through_outages();
     let consumers = [
         components::auditor(store.clone(), &kafka, None, &consumer_options, &metrics).unwrap(),
         components::notifier(
@@ -414,30 +418,10 @@ async fn moved_partitions_resume() {
             .unwrap();
         assert_eq!(created.status(), 201);
     }
-    eventually("the events published", Duration::from_secs(20), || async {
-        (store.outbox_stats().await.ok()?.pending == 0).then_some(())
-    })
-    .await;
+    all_published(&store).await;
 
-    let mut locker = sqlx::SqliteConnection::connect(&format!(
-        "sqlite://{}",
-        store.sqlite().unwrap().path().display()
-    ))
-    .await
-    .unwrap();
-    sqlx::query("BEGIN EXCLUSIVE")
-        .execute(&mut locker)
-        .await
-        .unwrap();
-    let consumer_options = ConsumerOptions {
-        retry: RetryPolicy {
-            max_attempts: 2,
-            initial_backoff: Duration::from_millis(20),
-            max_backoff: Duration::from_millis(300),
-            give_up_after: Duration::from_secs(120),
-        },
-        ..ConsumerOptions::for_dev_broker()
-    };
+    let mut locker = lock_writes(&store).await;
+    let consumer_options = holding_through_outages();
     let first =
         components::auditor(store.clone(), &kafka, None, &consumer_options, &metrics).unwrap();
     let held = |n: usize| {

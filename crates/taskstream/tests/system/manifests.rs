@@ -71,6 +71,18 @@ const PYTHON_HOW: &str =
 const HELM_HOW: &str =
     "install helm v4 (.venv/bin/python deploy/install_k8s_tools.py .venv) or set TASKSTREAM_HELM";
 
+/// helm and the deployment checkers' Python, or `None` after reporting
+/// `what` as skipped (or failing it, where CI requires the tools).
+fn helm_and_python(what: &str) -> Option<(PathBuf, PathBuf)> {
+    match (helm(), deploy_python()) {
+        (Some(helm), Some(python)) => Some((helm, python)),
+        _ => {
+            skip_or_fail(what, &format!("{HELM_HOW}; {PYTHON_HOW}"));
+            None
+        }
+    }
+}
+
 fn text(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
@@ -235,11 +247,7 @@ fn helm_lint_passes_with_default_and_production_values() {
 
 #[test]
 fn the_rendered_chart_and_the_strimzi_resources_validate_strictly_for_dev_and_production() {
-    let (Some(helm), Some(python)) = (helm(), deploy_python()) else {
-        skip_or_fail(
-            "validating the rendered chart",
-            &format!("{HELM_HOW}; {PYTHON_HOW}"),
-        );
+    let Some((helm, python)) = helm_and_python("validating the rendered chart") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -282,11 +290,7 @@ fn the_rendered_chart_and_the_strimzi_resources_validate_strictly_for_dev_and_pr
 
 #[test]
 fn a_misspelled_field_in_a_rendered_deployment_fails_validation() {
-    let (Some(helm), Some(python)) = (helm(), deploy_python()) else {
-        skip_or_fail(
-            "validating the rendered chart",
-            &format!("{HELM_HOW}; {PYTHON_HOW}"),
-        );
+    let Some((helm, python)) = helm_and_python("validating the rendered chart") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -422,11 +426,7 @@ fn declared_components() -> Value {
 
 #[test]
 fn the_chart_and_the_strimzi_resources_agree_with_what_the_binary_declares() {
-    let (Some(helm), Some(python)) = (helm(), deploy_python()) else {
-        skip_or_fail(
-            "checking the deployment against the binary",
-            &format!("{HELM_HOW}; {PYTHON_HOW}"),
-        );
+    let Some((helm, python)) = helm_and_python("checking the deployment against the binary") else {
         return;
     };
     let (ok, text) = check_deploy(&python, &helm, &[]);
@@ -453,11 +453,7 @@ fn the_chart_and_the_strimzi_resources_agree_with_what_the_binary_declares() {
 
 #[test]
 fn the_deployment_check_catches_drifted_acls_caps_paths_and_users() {
-    let (Some(helm), Some(python)) = (helm(), deploy_python()) else {
-        skip_or_fail(
-            "checking the deployment against the binary",
-            &format!("{HELM_HOW}; {PYTHON_HOW}"),
-        );
+    let Some((helm, python)) = helm_and_python("checking the deployment against the binary") else {
         return;
     };
     let declared = declared_components();
