@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::{
     AuditEntry, AuditStore, NotificationRecord, NotificationStore, OutboxMessage, OutboxStats,
     OutboxStore, PendingMessage, PgOptions, PgStore, SqliteOptions, SqliteStore, StoreError,
-    TaskQuery, TaskStore,
+    TaskQuery, TaskStore, WriteHealth,
 };
 
 /// Where the state lives.
@@ -111,6 +111,18 @@ impl Store {
 
     pub async fn ping(&self) -> Result<(), StoreError> {
         each!(self, s => s.ping().await)
+    }
+
+    /// The outcome of the latest task write: failing while the database
+    /// refuses writes (full, unreachable), clear once one commits again.
+    pub fn write_health(&self) -> &WriteHealth {
+        each!(self, s => s.write_health())
+    }
+
+    /// Tries a small write that needs fresh space and records the outcome
+    /// in [`Store::write_health`].
+    pub async fn probe_write(&self) -> Result<(), StoreError> {
+        each!(self, s => s.probe_write().await)
     }
 
     pub async fn requeue_unhandled_events(&self, notifier: &str) -> Result<u64, StoreError> {

@@ -10,6 +10,7 @@
 
 mod any;
 mod error;
+mod health;
 mod postgres;
 mod records;
 mod sqlite;
@@ -17,6 +18,7 @@ mod traits;
 
 pub use any::{Database, Store};
 pub use error::StoreError;
+pub use health::{WriteFailure, WriteHealth};
 pub use postgres::{redact_url, PgOptions, PgStore, OUTBOX_CHANNEL};
 pub use records::{
     AuditEntry, NotificationRecord, OutboxMessage, OutboxStats, PendingMessage, TaskQuery,

@@ -23,6 +23,7 @@ use taskstream_domain::{Assignee, Description, Priority, Task, TaskId, TaskStatu
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
+use crate::health::WriteHealth;
 use crate::{
     AuditEntry, AuditStore, NotificationRecord, NotificationStore, OutboxMessage, OutboxStats,
     OutboxStore, PendingMessage, StoreError, TaskQuery, TaskStore,
@@ -71,6 +72,8 @@ pub struct PgStore {
     /// out of the pool for good, so a session holding the lock can never be
     /// handed to other work (closing it releases the lock).
     relay: Mutex<Option<PgConnection>>,
+    /// The outcome of the latest task write, for readiness.
+    health: WriteHealth,
 }
 
 /// `url` with any password replaced, for logs and errors: the one in the
@@ -144,6 +147,7 @@ impl PgStore {
             pool,
             display,
             relay: Mutex::new(None),
+            health: WriteHealth::default(),
         })
     }
 
@@ -317,13 +321,67 @@ async fn enqueue(
     Ok(())
 }
 
-#[async_trait]
-impl TaskStore for PgStore {
-    async fn insert_task(&self, task: &Task, event: &OutboxMessage) -> Result<(), StoreError> {
+/// How long a commit whose connection failed may stay "in progress" on the
+/// server before its outcome is declared unknown.
+const IN_DOUBT_WAIT: Duration = Duration::from_secs(10);
+
+impl PgStore {
+    /// Commits a task write's transaction, whose id is `xid`
+    /// (`pg_current_xact_id()`, taken by its first statement).
+    ///
+    /// A `COMMIT` can fail after the server made it durable (the connection
+    /// dropped before the answer arrived) or while the server is still
+    /// finishing it. Reporting such a write as failed would be a lie either
+    /// way, so the outcome is asked of the server on another connection
+    /// (`pg_xact_status`), waiting while the transaction is still in
+    /// progress; only when that is impossible is it
+    /// [`StoreError::OutcomeUnknown`].
+    async fn commit_task_write(
+        &self,
+        tx: sqlx::Transaction<'_, Postgres>,
+        xid: &str,
+    ) -> Result<(), StoreError> {
+        let Err(error) = tx.commit().await else {
+            return Ok(());
+        };
+        let error = StoreError::from(error);
+        let deadline = tokio::time::Instant::now() + IN_DOUBT_WAIT;
+        loop {
+            let status: Result<Option<String>, sqlx::Error> =
+                sqlx::query_scalar("SELECT pg_xact_status($1::text::xid8)")
+                    .bind(xid)
+                    .fetch_one(&self.pool)
+                    .await;
+            match status.as_ref().map(|s| s.as_deref()) {
+                Ok(Some("committed")) => {
+                    tracing::warn!(%error, "the commit reported an error but took effect");
+                    return Ok(());
+                }
+                Ok(Some("aborted")) => return Err(error),
+                Ok(Some(_)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                other => {
+                    let seen = match other {
+                        Ok(status) => format!("the server says {status:?}"),
+                        Err(check) => format!("checking failed: {check}"),
+                    };
+                    tracing::error!(%error, seen, "a commit failed and its outcome cannot be checked");
+                    return Err(StoreError::OutcomeUnknown(format!("{error}; {seen}")));
+                }
+            }
+        }
+    }
+
+    async fn insert_task_once(&self, task: &Task, event: &OutboxMessage) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        let xid: String = sqlx::query_scalar(
             "INSERT INTO tasks (id, title, description, priority, status, due_at, assignee, version, created_at, updated_at, completed_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+             RETURNING pg_current_xact_id()::text",
         )
         .bind(task.id.as_uuid())
         .bind(task.title.as_str())
@@ -336,24 +394,24 @@ impl TaskStore for PgStore {
         .bind(task.created_at)
         .bind(task.updated_at)
         .bind(task.completed_at)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
         enqueue(&mut tx, event).await?;
-        tx.commit().await?;
-        Ok(())
+        self.commit_task_write(tx, &xid).await
     }
 
-    async fn save_task(
+    async fn save_task_once(
         &self,
         task: &Task,
         expected_version: i64,
         event: &OutboxMessage,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        let updated = sqlx::query(
+        let xid: Option<String> = sqlx::query_scalar(
             "UPDATE tasks SET title = $1, description = $2, priority = $3, status = $4, due_at = $5,
                 assignee = $6, version = $7, updated_at = $8, completed_at = $9
-             WHERE id = $10 AND version = $11",
+             WHERE id = $10 AND version = $11
+             RETURNING pg_current_xact_id()::text",
         )
         .bind(task.title.as_str())
         .bind(task.description.as_ref().map(|d| d.as_str()))
@@ -366,18 +424,58 @@ impl TaskStore for PgStore {
         .bind(task.completed_at)
         .bind(task.id.as_uuid())
         .bind(expected_version)
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
-        if updated.rows_affected() != 1 {
+        let Some(xid) = xid else {
             // Dropping the transaction rolls it back.
             return Err(StoreError::VersionConflict {
                 task_id: task.id.to_string(),
                 expected: expected_version,
             });
-        }
+        };
         enqueue(&mut tx, event).await?;
-        tx.commit().await?;
-        Ok(())
+        self.commit_task_write(tx, &xid).await
+    }
+
+    /// The outcome of the latest task write.
+    pub fn write_health(&self) -> &WriteHealth {
+        &self.health
+    }
+
+    /// Tries a small write and records its outcome in
+    /// [`PgStore::write_health`]: readiness calls it while task writes are
+    /// failing, to notice when the database takes writes again.
+    pub async fn probe_write(&self) -> Result<(), StoreError> {
+        let outcome = sqlx::query(
+            "INSERT INTO write_probe (id, probed_at) VALUES (1, now())
+             ON CONFLICT (id) DO UPDATE SET probed_at = excluded.probed_at",
+        )
+        .execute(&self.pool)
+        .await
+        .map(drop)
+        .map_err(StoreError::from);
+        self.health.record(&outcome);
+        outcome
+    }
+}
+
+#[async_trait]
+impl TaskStore for PgStore {
+    async fn insert_task(&self, task: &Task, event: &OutboxMessage) -> Result<(), StoreError> {
+        let outcome = self.insert_task_once(task, event).await;
+        self.health.record(&outcome);
+        outcome
+    }
+
+    async fn save_task(
+        &self,
+        task: &Task,
+        expected_version: i64,
+        event: &OutboxMessage,
+    ) -> Result<(), StoreError> {
+        let outcome = self.save_task_once(task, expected_version, event).await;
+        self.health.record(&outcome);
+        outcome
     }
 
     async fn task(&self, id: TaskId) -> Result<Option<Task>, StoreError> {

@@ -7,6 +7,8 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -20,6 +22,7 @@ use taskstream_domain::{Assignee, Description, Priority, Task, TaskId, TaskStatu
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use crate::health::WriteHealth;
 use crate::{
     AuditEntry, AuditStore, NotificationRecord, NotificationStore, OutboxMessage, OutboxStats,
     OutboxStore, PendingMessage, StoreError, TaskQuery, TaskStore,
@@ -57,6 +60,10 @@ pub struct SqliteOptions {
     /// How long a writer waits for another process's lock before failing.
     pub busy_timeout: Duration,
     pub read_connections: u32,
+    /// Caps the database at this many pages (SQLite's `max_page_count`):
+    /// a write that would grow the file further fails exactly as on a full
+    /// disk. `None` (the default) leaves the size to the file system.
+    pub max_page_count: Option<u32>,
 }
 
 impl Default for SqliteOptions {
@@ -65,6 +72,7 @@ impl Default for SqliteOptions {
             synchronous: Synchronous::default(),
             busy_timeout: Duration::from_secs(5),
             read_connections: 4,
+            max_page_count: None,
         }
     }
 }
@@ -77,6 +85,11 @@ pub struct SqliteStore {
     path: PathBuf,
     /// Task writes, committed in groups by a background task.
     task_writes: mpsc::Sender<QueuedWrite>,
+    /// The cap on the file's size in pages (0: none), applied to every
+    /// writer connection.
+    size_limit: Arc<AtomicU32>,
+    /// The outcome of the latest task write, for readiness.
+    health: WriteHealth,
 }
 
 fn ts(t: &DateTime<Utc>) -> String {
@@ -133,9 +146,38 @@ impl SqliteStore {
             path: path.display().to_string(),
             source,
         };
+        let size_limit = Arc::new(AtomicU32::new(options.max_page_count.unwrap_or(0)));
+        let limit = Arc::clone(&size_limit);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
+            .after_connect(move |conn, _| {
+                let pages = limit.load(Ordering::Acquire);
+                Box::pin(async move {
+                    if pages != 0 {
+                        apply_page_limit(conn, pages).await?;
+                    }
+                    Ok(())
+                })
+            })
+            // A writer connection goes back to the pool only when it is
+            // outside any transaction, as sqlx's bookkeeping sees it after
+            // every queued command (the rollback of a dropped transaction
+            // included) has run. A rollback that failed because SQLite had
+            // already ended the transaction leaves that bookkeeping wrong,
+            // and the next `begin` would silently open a savepoint inside a
+            // transaction that never commits; such a connection is closed and
+            // replaced instead.
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    sqlx::Connection::ping(&mut *conn).await?;
+                    let clean = !sqlx::Connection::is_in_transaction(&*conn);
+                    if !clean {
+                        tracing::warn!("closing a database connection left inside a transaction");
+                    }
+                    Ok(clean)
+                })
+            })
             .connect_with(connect.clone())
             .await
             .map_err(open_err)?;
@@ -146,13 +188,64 @@ impl SqliteStore {
             .await
             .map_err(open_err)?;
         let (task_writes, queue) = mpsc::channel(4 * MAX_GROUP);
-        tokio::spawn(group_commit_loop(writer.clone(), queue));
+        tokio::spawn(group_commit_loop(writer.clone(), reader.clone(), queue));
         Ok(Self {
             writer,
             reader,
             path: path.to_owned(),
             task_writes,
+            size_limit,
+            health: WriteHealth::default(),
         })
+    }
+
+    /// The outcome of the latest task write.
+    pub fn write_health(&self) -> &WriteHealth {
+        &self.health
+    }
+
+    /// Tries a small write that needs fresh space (a few pages of ballast,
+    /// cleared in the same transaction) and records its outcome in
+    /// [`SqliteStore::write_health`]: readiness calls it while task writes
+    /// are failing, to notice when the database takes writes again.
+    pub async fn probe_write(&self) -> Result<(), StoreError> {
+        let outcome = async {
+            let mut tx = self.writer.begin().await?;
+            sqlx::query(
+                "INSERT INTO write_probe (id, probed_at, ballast) VALUES (1, ?, zeroblob(16384))
+                 ON CONFLICT (id) DO UPDATE SET probed_at = excluded.probed_at, ballast = excluded.ballast",
+            )
+            .bind(ts(&taskstream_domain::now()))
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE write_probe SET ballast = NULL WHERE id = 1")
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok::<(), StoreError>(())
+        }
+        .await;
+        self.health.record(&outcome);
+        outcome
+    }
+
+    /// Caps the database at `pages` pages from now on (`None` lifts the
+    /// cap): writes that would grow it further fail with
+    /// [`StoreError::StorageFull`], as on a full disk. Lets tests and drills
+    /// fill the "disk" on demand, and free it again, without special mounts.
+    pub async fn limit_size(&self, pages: Option<u32>) -> Result<(), StoreError> {
+        self.size_limit.store(pages.unwrap_or(0), Ordering::Release);
+        let mut conn = self.writer.acquire().await?;
+        apply_page_limit(&mut conn, pages.unwrap_or(u32::MAX)).await?;
+        Ok(())
+    }
+
+    /// How many pages the database file has now.
+    pub async fn page_count(&self) -> Result<u32, StoreError> {
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(u32::try_from(pages).unwrap_or(u32::MAX))
     }
 
     /// The database file.
@@ -230,6 +323,18 @@ impl SqliteStore {
     }
 }
 
+/// Sets `max_page_count` on one connection (SQLite keeps it per connection;
+/// a value above its ceiling is clamped to the ceiling).
+async fn apply_page_limit(
+    conn: &mut sqlx::SqliteConnection,
+    pages: u32,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!("PRAGMA max_page_count = {pages}"))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 fn task_from_row(row: &SqliteRow) -> Result<Task, StoreError> {
     const T: &str = "tasks";
     let id: String = row.try_get("id")?;
@@ -294,6 +399,15 @@ enum TaskWrite {
         expected_version: i64,
         event: OutboxMessage,
     },
+}
+
+impl TaskWrite {
+    /// The event the write enqueues.
+    fn event(&self) -> &OutboxMessage {
+        match self {
+            Self::Insert { event, .. } | Self::Save { event, .. } => event,
+        }
+    }
 }
 
 /// A write and the caller waiting for its commit.
@@ -371,7 +485,11 @@ async fn apply(
 /// conflict) leaves the others in. A caller is answered only after the
 /// transaction holding its write committed, so an acknowledged write is as
 /// durable as with one transaction per write, at a fraction of the syncs.
-async fn group_commit_loop(pool: SqlitePool, mut queue: mpsc::Receiver<QueuedWrite>) {
+async fn group_commit_loop(
+    writer: SqlitePool,
+    reader: SqlitePool,
+    mut queue: mpsc::Receiver<QueuedWrite>,
+) {
     while let Some(first) = queue.recv().await {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -380,7 +498,7 @@ async fn group_commit_loop(pool: SqlitePool, mut queue: mpsc::Receiver<QueuedWri
                 Err(_) => break,
             }
         }
-        let outcomes = commit_group(&pool, &group).await;
+        let outcomes = commit_group(&writer, &reader, &group).await;
         for (queued, outcome) in group.into_iter().zip(outcomes) {
             // The caller may have gone away (request cancelled); the write stands.
             let _ = queued.done.send(outcome);
@@ -442,20 +560,80 @@ fn fails_alone(error: &StoreError) -> bool {
     }
 }
 
-async fn commit_group(pool: &SqlitePool, group: &[QueuedWrite]) -> Vec<Result<(), StoreError>> {
-    let failed_all = |e: &dyn std::fmt::Display| {
-        group
-            .iter()
-            .map(|_| Err(StoreError::CommitFailed(e.to_string())))
-            .collect()
+/// The error each write of a failed group is answered with: the same kind
+/// as the group's, so a full disk reads as a full disk to every caller.
+fn group_failure(error: &StoreError) -> StoreError {
+    match error {
+        StoreError::StorageFull(detail) => StoreError::StorageFull(detail.clone()),
+        StoreError::Unavailable(detail) => StoreError::Unavailable(detail.clone()),
+        StoreError::OutcomeUnknown(detail) => StoreError::OutcomeUnknown(detail.clone()),
+        other => StoreError::CommitFailed(other.to_string()),
+    }
+}
+
+/// How a group's transaction ended.
+enum GroupEnd {
+    /// It committed; each write's own outcome (a conflict fails alone).
+    Committed(Vec<Result<(), StoreError>>),
+    /// It failed before the commit was attempted: nothing was written.
+    Refused(StoreError),
+    /// The commit itself failed. SQLite then normally leaves nothing
+    /// written, but an I/O error during the commit leaves it in doubt, so
+    /// the outcomes the commit would have given are kept for the check.
+    CommitFailed {
+        error: StoreError,
+        if_committed: Vec<Result<(), StoreError>>,
+    },
+}
+
+/// Commits one group and answers every write in it.
+///
+/// Any failure other than a write's own conflict may have ended the
+/// transaction behind sqlx's back (SQLite rolls back by itself on a full
+/// disk or an I/O error, after which sqlx's own rollback fails and its
+/// transaction bookkeeping no longer matches the connection). Such a
+/// connection is never reused: it is closed, and the next group gets a
+/// fresh one from the pool. Without that, later groups ran inside a
+/// transaction that never committed while their writes were acknowledged.
+async fn commit_group(
+    writer: &SqlitePool,
+    reader: &SqlitePool,
+    group: &[QueuedWrite],
+) -> Vec<Result<(), StoreError>> {
+    let failed_all = |error: &StoreError| group.iter().map(|_| Err(group_failure(error))).collect();
+    let mut conn = match writer.acquire().await {
+        Ok(conn) => conn,
+        Err(e) => return failed_all(&e.into()),
     };
-    let mut tx = match pool.begin().await {
+    let end = run_group(&mut conn, group).await;
+    match end {
+        GroupEnd::Committed(outcomes) => outcomes,
+        GroupEnd::Refused(error) => {
+            conn.close_on_drop();
+            tracing::warn!(%error, writes = group.len(), "a group of task writes failed; none was stored");
+            failed_all(&error)
+        }
+        GroupEnd::CommitFailed {
+            error,
+            if_committed,
+        } => {
+            conn.close_on_drop();
+            drop(conn);
+            resolve_failed_commit(reader, group, error, if_committed).await
+        }
+    }
+}
+
+/// Runs the group's transaction on `conn`.
+async fn run_group(conn: &mut sqlx::SqliteConnection, group: &[QueuedWrite]) -> GroupEnd {
+    let mut tx = match sqlx::Connection::begin(&mut *conn).await {
         Ok(tx) => tx,
-        Err(e) => return failed_all(&e),
+        Err(e) => return GroupEnd::Refused(e.into()),
     };
     let mut outcomes: Vec<Option<Result<(), StoreError>>> = group.iter().map(|_| None).collect();
-    // New tasks, all at once under one savepoint; if that fails (it should
-    // not: ids are fresh), they are retried one by one below.
+    // New tasks, all at once under one savepoint; if that fails with a
+    // write's own error (it should not: ids are fresh), they are retried one
+    // by one below.
     let inserts: Vec<(usize, (&Task, &OutboxMessage))> = group
         .iter()
         .enumerate()
@@ -467,13 +645,20 @@ async fn commit_group(pool: &SqlitePool, group: &[QueuedWrite]) -> Vec<Result<()
     if inserts.len() > 1 {
         let mut savepoint = match sqlx::Connection::begin(&mut *tx).await {
             Ok(sp) => sp,
-            Err(e) => return failed_all(&e),
+            Err(e) => return GroupEnd::Refused(e.into()),
         };
         let rows: Vec<(&Task, &OutboxMessage)> = inserts.iter().map(|(_, row)| *row).collect();
-        if insert_all(&mut savepoint, &rows).await.is_ok() && savepoint.commit().await.is_ok() {
-            for (i, _) in &inserts {
-                outcomes[*i] = Some(Ok(()));
-            }
+        match insert_all(&mut savepoint, &rows).await {
+            Ok(()) => match savepoint.commit().await {
+                Ok(()) => {
+                    for (i, _) in &inserts {
+                        outcomes[*i] = Some(Ok(()));
+                    }
+                }
+                Err(e) => return GroupEnd::Refused(e.into()),
+            },
+            Err(e) if fails_alone(&e) => {}
+            Err(e) => return GroupEnd::Refused(e),
         }
     }
     for (queued, outcome) in group.iter().zip(outcomes.iter_mut()) {
@@ -482,28 +667,81 @@ async fn commit_group(pool: &SqlitePool, group: &[QueuedWrite]) -> Vec<Result<()
         }
         let mut savepoint = match sqlx::Connection::begin(&mut *tx).await {
             Ok(sp) => sp,
-            Err(e) => return failed_all(&e),
+            Err(e) => return GroupEnd::Refused(e.into()),
         };
         let result = match apply(&mut savepoint, &queued.write).await {
-            Ok(()) => savepoint.commit().await.map_err(StoreError::from),
+            Ok(()) => match savepoint.commit().await {
+                Ok(()) => Ok(()),
+                Err(e) => return GroupEnd::Refused(e.into()),
+            },
             // A version conflict or a violated constraint is this write's
             // alone (SQLite undoes just the statement): dropping the
             // savepoint rolls the write back and the group goes on.
             Err(e) if fails_alone(&e) => Err(e),
             // Anything else may have ended the whole transaction (SQLite
             // rolls back by itself on a full disk or an I/O error), and
-            // statements after it would run outside it: stop here, roll
-            // back, and fail the group.
-            Err(e) => return failed_all(&e),
+            // statements after it would run outside it: stop here and fail
+            // the group.
+            Err(e) => return GroupEnd::Refused(e),
         };
         *outcome = Some(result);
     }
+    let outcomes: Vec<Result<(), StoreError>> = outcomes
+        .into_iter()
+        .map(|o| o.expect("every write has an outcome"))
+        .collect();
     match tx.commit().await {
-        Ok(()) => outcomes
-            .into_iter()
-            .map(|o| o.expect("every write has an outcome"))
-            .collect(),
-        Err(e) => failed_all(&e),
+        Ok(()) => GroupEnd::Committed(outcomes),
+        Err(e) => GroupEnd::CommitFailed {
+            error: e.into(),
+            if_committed: outcomes,
+        },
+    }
+}
+
+/// After a failed `COMMIT`, finds out from the database whether the group
+/// is there: a commit is atomic, so one of its outbox rows decides for all.
+/// Answers the group's outcomes if it is, its failure if it is not, and
+/// [`StoreError::OutcomeUnknown`] when the database cannot tell.
+async fn resolve_failed_commit(
+    reader: &SqlitePool,
+    group: &[QueuedWrite],
+    error: StoreError,
+    if_committed: Vec<Result<(), StoreError>>,
+) -> Vec<Result<(), StoreError>> {
+    let probe = group
+        .iter()
+        .zip(&if_committed)
+        .find(|(_, outcome)| outcome.is_ok())
+        .map(|(queued, _)| queued.write.event().id);
+    let Some(event_id) = probe else {
+        // Every write had failed on its own; nothing was to be committed.
+        return if_committed;
+    };
+    let committed = sqlx::query("SELECT 1 FROM outbox WHERE id = ?")
+        .bind(event_id.to_string())
+        .fetch_optional(reader)
+        .await;
+    match committed {
+        Ok(Some(_)) => {
+            tracing::warn!(%error, "the commit reported an error but took effect");
+            if_committed
+        }
+        Ok(None) => {
+            tracing::warn!(%error, writes = group.len(), "a group of task writes failed to commit; none was stored");
+            if_committed
+                .into_iter()
+                .map(|outcome| outcome.and(Err(group_failure(&error))))
+                .collect()
+        }
+        Err(check) => {
+            tracing::error!(%error, %check, "a commit failed and its outcome cannot be checked");
+            let unknown = StoreError::OutcomeUnknown(format!("{error}; checking failed: {check}"));
+            if_committed
+                .into_iter()
+                .map(|outcome| outcome.and(Err(group_failure(&unknown))))
+                .collect()
+        }
     }
 }
 
@@ -514,9 +752,11 @@ impl SqliteStore {
             .send(QueuedWrite { write, done })
             .await
             .map_err(|_| StoreError::CommitFailed("the store is closed".into()))?;
-        answer
+        let outcome = answer
             .await
-            .map_err(|_| StoreError::CommitFailed("the store closed before the commit".into()))?
+            .map_err(|_| StoreError::CommitFailed("the store closed before the commit".into()))?;
+        self.health.record(&outcome);
+        outcome
     }
 }
 
@@ -1013,7 +1253,7 @@ mod tests {
         };
         // `a` twice: the multi-row insert fails on the primary key.
         let group = [queued(&a), queued(&b), queued(&a)];
-        let outcomes = commit_group(&store.writer, &group).await;
+        let outcomes = commit_group(&store.writer, &store.reader, &group).await;
         assert!(outcomes[0].is_ok() && outcomes[1].is_ok(), "{outcomes:?}");
         assert!(outcomes[2].is_err());
         assert_eq!(store.outbox_stats().await.unwrap().total, 2);

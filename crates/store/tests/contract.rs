@@ -8,68 +8,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::Connection;
-use taskstream_domain::{
-    Assignee, Cause, EventCodec, JsonCodec, NewTask, Priority, Task, TaskChange, TaskTitle,
-};
+use taskstream_domain::Cause;
 use taskstream_store::{
-    AuditEntry, AuditStore, NotificationRecord, NotificationStore, OutboxMessage, OutboxStore,
-    PgOptions, PgStore, SqliteOptions, SqliteStore, Store, StoreError, TaskQuery, TaskStore,
+    AuditEntry, AuditStore, NotificationRecord, NotificationStore, OutboxStore, PgOptions, PgStore,
+    SqliteOptions, SqliteStore, Store, StoreError, TaskQuery, TaskStore,
 };
 use uuid::Uuid;
 
-/// A database created for one test and dropped afterwards.
-struct Scratch {
-    admin: String,
-    name: String,
-    url: String,
-}
-
-impl Scratch {
-    async fn new() -> Option<Self> {
-        let admin = std::env::var("TASKSTREAM_TEST_POSTGRES")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let mut conn = match sqlx::PgConnection::connect(&admin).await {
-            Ok(conn) => conn,
-            Err(e) => {
-                let why = format!(
-                    "no PostgreSQL at {}: {e}",
-                    taskstream_store::redact_url(&admin)
-                );
-                if std::env::var("TASKSTREAM_REQUIRE_POSTGRES").as_deref() == Ok("1") {
-                    panic!("{why} (TASKSTREAM_REQUIRE_POSTGRES=1)");
-                }
-                eprintln!("SKIPPED: {why}");
-                return None;
-            }
-        };
-        let name = format!("taskstream_test_{}", Uuid::new_v4().simple());
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
-        let url = format!("{base}/{name}");
-        Some(Self { admin, name, url })
-    }
-
-    async fn store(&self) -> PgStore {
-        PgStore::connect(&self.url, &PgOptions::default())
-            .await
-            .unwrap()
-    }
-
-    async fn drop_database(self) {
-        let mut conn = sqlx::PgConnection::connect(&self.admin).await.unwrap();
-        sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    }
-}
+mod common;
+use common::{created, message, Scratch};
 
 /// One backend's store, and what to clean up after it.
 struct Backend {
@@ -106,34 +53,6 @@ async fn backends() -> Vec<Backend> {
         });
     }
     all
-}
-
-fn created(title: &str) -> TaskChange {
-    Task::create(
-        NewTask {
-            title: TaskTitle::parse(title).unwrap(),
-            description: None,
-            priority: Priority::High,
-            due_at: Some(taskstream_domain::now()),
-            assignee: Some(Assignee::parse("ana").unwrap()),
-        },
-        taskstream_domain::now(),
-        Cause::default(),
-    )
-}
-
-fn message(change: &TaskChange) -> OutboxMessage {
-    OutboxMessage {
-        id: change.event.id.as_uuid(),
-        aggregate_type: "task".into(),
-        aggregate_id: change.task.id.to_string(),
-        event_type: change.event.event_type.to_string(),
-        topic: "task-events".into(),
-        payload: JsonCodec.encode(&change.event).unwrap(),
-        content_type: "application/json".into(),
-        traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
-        created_at: change.event.time,
-    }
 }
 
 #[tokio::test]
