@@ -3,6 +3,8 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use taskstream_domain::TaskId;
+use taskstream_store::StoreError;
 use utoipa::ToSchema;
 
 /// One field that failed validation.
@@ -20,22 +22,27 @@ pub struct Problem {
     #[serde(rename = "type")]
     pub problem_type: String,
     /// A short summary of the kind of problem.
-    pub title: String,
+    pub title: &'static str,
     pub status: u16,
     /// What went wrong this time, for a person.
     pub detail: String,
+    /// The resource the problem concerns, when the client may need it (the
+    /// task whose change has an unknown outcome).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
     /// Present on validation problems: every field that failed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldProblem>,
 }
 
 impl Problem {
-    fn new(status: StatusCode, kind: &str, title: &str, detail: impl Into<String>) -> Self {
+    fn new(status: StatusCode, kind: &str, title: &'static str, detail: impl Into<String>) -> Self {
         Self {
             problem_type: format!("urn:taskstream:problem:{kind}"),
-            title: title.to_owned(),
+            title,
             status: status.as_u16(),
             detail: detail.into(),
+            instance: None,
             errors: Vec::new(),
         }
     }
@@ -128,6 +135,40 @@ impl Problem {
         )
     }
 
+    /// 507 when the database is out of space, else 503: the store refused a
+    /// write for a reason of its own condition, and stored nothing. The
+    /// detail says why without naming the database.
+    pub fn from_store(error: &StoreError) -> Self {
+        match error {
+            StoreError::StorageFull(_) => Self::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient-storage",
+                "Insufficient storage",
+                "the database has no space left; nothing was stored. Writes succeed again once space is freed",
+            ),
+            _ => Self::unavailable(
+                "the database did not take the write; nothing was stored. Try again shortly",
+            ),
+        }
+    }
+
+    /// 503 for a change that may or may not have been stored: the store
+    /// lost its connection during the commit and could not check. `instance`
+    /// names the task to read back before trying again.
+    pub fn outcome_unknown(id: TaskId) -> Self {
+        Self {
+            instance: Some(format!("/tasks/{id}")),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "outcome-unknown",
+                "Outcome unknown",
+                format!(
+                    "the database failed while committing the change to task {id}; it may or may not have been stored. Read /tasks/{id} before trying again"
+                ),
+            )
+        }
+    }
+
     /// 503: a dependency is unavailable; retrying later may work.
     pub fn unavailable(detail: impl Into<String>) -> Self {
         Self::new(
@@ -148,6 +189,15 @@ impl IntoResponse for Problem {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if matches!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::INSUFFICIENT_STORAGE
+        ) {
+            // A hint for clients and proxies that the condition may pass.
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         response
     }
 }

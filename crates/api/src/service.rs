@@ -22,6 +22,10 @@ pub enum ServiceError {
     VersionMismatch { expected: i64, actual: i64 },
     #[error("the task kept changing concurrently; try again")]
     Contended,
+    /// The store lost its connection while committing task `0`'s change and
+    /// could not find out whether it took effect.
+    #[error("the outcome of the change to task {0} is unknown")]
+    OutcomeUnknown(TaskId),
     #[error(transparent)]
     Codec(#[from] taskstream_domain::CodecError),
     #[error(transparent)]
@@ -82,7 +86,10 @@ impl TaskService {
     ) -> Result<Task, ServiceError> {
         let change = Task::create(new, taskstream_domain::now(), context.cause());
         let message = self.outbox_message(&change, context)?;
-        self.store.insert_task(&change.task, &message).await?;
+        self.store
+            .insert_task(&change.task, &message)
+            .await
+            .map_err(|e| store_failure(e, change.task.id))?;
         self.relay_wake.notify_one();
         log_change(&change);
         Ok(change.task)
@@ -174,10 +181,22 @@ impl TaskService {
                     return Ok(next.task);
                 }
                 Err(StoreError::VersionConflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(store_failure(e, id)),
             }
         }
         Err(ServiceError::Contended)
+    }
+}
+
+/// A store failure while writing task `id`'s change, with an unknown
+/// outcome named as such (the client must read the task back).
+fn store_failure(error: StoreError, id: TaskId) -> ServiceError {
+    match error {
+        StoreError::OutcomeUnknown(detail) => {
+            tracing::error!(task_id = %id, detail, "a task change may or may not have been stored");
+            ServiceError::OutcomeUnknown(id)
+        }
+        other => other.into(),
     }
 }
 

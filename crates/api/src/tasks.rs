@@ -255,6 +255,11 @@ impl From<ServiceError> for Problem {
             }
             e @ ServiceError::VersionMismatch { .. } => Problem::precondition_failed(e.to_string()),
             e @ ServiceError::Contended => Problem::conflict(e.to_string()),
+            ServiceError::OutcomeUnknown(id) => Problem::outcome_unknown(id),
+            ServiceError::Store(e) if e.is_transient() => {
+                tracing::warn!(error = &e as &dyn std::error::Error, "task write refused");
+                Problem::from_store(&e)
+            }
             e @ (ServiceError::Codec(_) | ServiceError::Store(_)) => {
                 tracing::error!(error = &e as &dyn std::error::Error, "task command failed");
                 Problem::internal()
@@ -273,6 +278,8 @@ impl From<ServiceError> for Problem {
         (status = 400, description = "Malformed JSON or a field of the wrong type", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field failed validation", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database did not take the write (unreachable, locked, timed out), or the outcome of its commit is unknown; nothing was stored unless the outcome is unknown", body = Problem, content_type = "application/problem+json"),
+        (status = 507, description = "The database is out of space; nothing was stored", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn create_task(
@@ -370,6 +377,8 @@ async fn get_task(
         (status = 409, description = "The task is deleted", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "If-Match did not match", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field failed validation", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database did not take the write (unreachable, locked, timed out), or the outcome of its commit is unknown; nothing was stored unless the outcome is unknown", body = Problem, content_type = "application/problem+json"),
+        (status = 507, description = "The database is out of space; nothing was stored", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn update_task(
@@ -398,6 +407,8 @@ async fn update_task(
         (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Already completed, or deleted", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "If-Match did not match", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database did not take the write (unreachable, locked, timed out), or the outcome of its commit is unknown; nothing was stored unless the outcome is unknown", body = Problem, content_type = "application/problem+json"),
+        (status = 507, description = "The database is out of space; nothing was stored", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn complete_task(
@@ -423,6 +434,8 @@ async fn complete_task(
         (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Already deleted", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "If-Match did not match", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database did not take the write (unreachable, locked, timed out), or the outcome of its commit is unknown; nothing was stored unless the outcome is unknown", body = Problem, content_type = "application/problem+json"),
+        (status = 507, description = "The database is out of space; nothing was stored", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn delete_task(

@@ -769,7 +769,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             // Ready while it can take writes: a lagging relay is the relay's
             // readiness problem, and the outbox keeps the writes meanwhile.
             let checks: Vec<Arc<dyn ReadinessCheck>> =
-                vec![Arc::new(StoreCheck(Arc::clone(&store)))];
+                vec![Arc::new(StoreCheck::new(Arc::clone(&store)))];
             let http = serve(args.http, api, &metrics, &store, checks).await?;
             run_until_signal(vec![http], &store).await;
             Ok(())
@@ -791,7 +791,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut running = Vec::new();
             if let Some(addr) = args.http {
                 let mut checks: Vec<Arc<dyn ReadinessCheck>> = vec![
-                    Arc::new(StoreCheck(Arc::clone(&store))),
+                    Arc::new(StoreCheck::new(Arc::clone(&store))),
                     Arc::new(KafkaCheck::new(&kafka)?),
                     Arc::new(OutboxAgeCheck {
                         store: Arc::clone(&store),
@@ -982,7 +982,7 @@ async fn consumer_process(
     let mut running = Vec::new();
     if let Some(addr) = args.http {
         let mut checks: Vec<Arc<dyn ReadinessCheck>> = vec![
-            Arc::new(StoreCheck(Arc::clone(&store))),
+            Arc::new(StoreCheck::new(Arc::clone(&store))),
             Arc::new(KafkaCheck::new(&kafka)?),
         ];
         checks.extend(

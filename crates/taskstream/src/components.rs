@@ -313,8 +313,28 @@ pub struct NotifierSink {
     pub delay: Duration,
 }
 
-/// The store answers queries.
-pub struct StoreCheck(pub Arc<Store>);
+/// The store answers queries and takes writes.
+///
+/// While task writes are failing (a full disk, a lost database), the check
+/// fails and says why; it then tries a small write of its own at most once
+/// a second, so readiness comes back by itself once the database takes
+/// writes again, even when no client is writing.
+pub struct StoreCheck {
+    store: Arc<Store>,
+    last_probe: tokio::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl StoreCheck {
+    pub fn new(store: Arc<Store>) -> Self {
+        Self {
+            store,
+            last_probe: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+/// How often readiness may write to find out whether writes work again.
+const WRITE_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 #[async_trait::async_trait]
 impl ReadinessCheck for StoreCheck {
@@ -323,11 +343,24 @@ impl ReadinessCheck for StoreCheck {
     }
 
     async fn check(&self) -> Result<String, String> {
-        self.0
-            .ping()
-            .await
-            .map(|()| "the database answers".to_owned())
-            .map_err(|e| e.to_string())
+        self.store.ping().await.map_err(|e| e.to_string())?;
+        if self.store.write_health().failing().is_some() {
+            let mut last = self.last_probe.lock().await;
+            if last.is_none_or(|at| at.elapsed() >= WRITE_PROBE_INTERVAL) {
+                *last = Some(tokio::time::Instant::now());
+                let _ = self.store.probe_write().await;
+            }
+        }
+        match self.store.write_health().failing() {
+            None => Ok("the database answers and takes writes".to_owned()),
+            Some(failure) => Err(format!(
+                "writes have failed since {}: {}",
+                failure
+                    .since
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                failure.error
+            )),
+        }
     }
 }
 

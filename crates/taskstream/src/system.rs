@@ -188,7 +188,7 @@ impl RunningSystem {
             )?,
         ]);
         let mut checks: Vec<Arc<dyn ReadinessCheck>> = vec![
-            Arc::new(components::StoreCheck(Arc::clone(&store))),
+            Arc::new(components::StoreCheck::new(Arc::clone(&store))),
             Arc::new(components::KafkaCheck::new(&kafka)?),
             Arc::new(components::OutboxAgeCheck {
                 store: Arc::clone(&store),

@@ -7,6 +7,7 @@ mod core_loop;
 mod crash;
 mod crash_at_scale;
 mod dead_letters;
+mod disk_full;
 mod faults;
 mod helpers;
 mod http_errors;
