@@ -698,8 +698,11 @@ pub fn render_strimzi_topics(topics: &[taskstream_kafka::TopicSpec], cluster: &s
     out
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
+/// Resolves on Ctrl-C or SIGTERM. From the first call on, the process stops
+/// gracefully on the first signal, within
+/// [`crate::shutdown_guard::SHUTDOWN_BOUND`]; a second signal ends it at once.
 pub async fn shutdown_signal() {
+    crate::shutdown_guard::handle_signals_gracefully();
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -735,9 +738,7 @@ fn print_endpoints(endpoints: &[(&str, String)]) {
 /// Waits for Ctrl-C or SIGTERM, then stops `running` in order and closes the store.
 async fn run_until_signal(running: Vec<Component>, store: &Store) {
     shutdown_signal().await;
-    for component in running {
-        component.stop().await;
-    }
+    components::stop_all(running).await;
     store.close().await;
 }
 

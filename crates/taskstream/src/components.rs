@@ -71,13 +71,24 @@ impl Component {
 
     /// Signals the component to stop and waits for it to finish its in-flight
     /// work, for at most [`STOP_DEADLINE`].
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
+        self.stop_by(tokio::time::Instant::now() + STOP_DEADLINE)
+            .await;
+    }
+
+    /// Signals the component to stop and waits for it to finish its
+    /// in-flight work until `deadline` (at most [`STOP_DEADLINE`] from now),
+    /// then abandons it: a process stopping several components gives them
+    /// one deadline, so its shutdown stays within
+    /// [`crate::shutdown_guard::SHUTDOWN_BOUND`].
+    pub async fn stop_by(mut self, deadline: tokio::time::Instant) {
         self.trigger.trigger();
         let name = self.name;
         let Some(mut task) = self.task.take() else {
             return;
         };
-        match tokio::time::timeout(STOP_DEADLINE, &mut task).await {
+        let deadline = deadline.min(tokio::time::Instant::now() + STOP_DEADLINE);
+        match tokio::time::timeout_at(deadline, &mut task).await {
             Ok(Ok(())) => tracing::debug!(component = name, "stopped"),
             Ok(Err(e)) => tracing::error!(component = name, error = %e, "component task failed"),
             Err(_) => {
@@ -85,6 +96,19 @@ impl Component {
                 task.abort();
             }
         }
+    }
+}
+
+/// How long a process's components together may take to stop gracefully;
+/// the rest of [`crate::shutdown_guard::SHUTDOWN_BOUND`] is left for closing
+/// the store and the runtime.
+pub const GRACEFUL_STOP_BUDGET: Duration = Duration::from_secs(8);
+
+/// Stops `components` in order, sharing [`GRACEFUL_STOP_BUDGET`].
+pub async fn stop_all(components: Vec<Component>) {
+    let deadline = tokio::time::Instant::now() + GRACEFUL_STOP_BUDGET;
+    for component in components {
+        component.stop_by(deadline).await;
     }
 }
 

@@ -9,5 +9,6 @@ pub mod components;
 pub mod dlq;
 pub mod lag;
 pub mod schema;
+pub mod shutdown_guard;
 pub mod system;
 pub mod telemetry;

@@ -6,6 +6,7 @@ use clap::Parser;
 use taskstream::cli::{run, Cli};
 
 fn main() -> ExitCode {
+    taskstream::shutdown_guard::install();
     let cli = Cli::parse();
     taskstream::telemetry::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -18,7 +19,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let outcome = runtime.block_on(run(cli));
+    // Threads still blocked in a client library (a Kafka client closing
+    // against a broker that is gone) must not keep the process alive.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -274,9 +274,7 @@ impl RunningSystem {
     /// commit, then the broker stops.
     pub async fn shutdown(mut self) {
         let broker = self.dev_broker.take();
-        for component in std::mem::take(&mut self.components) {
-            component.stop().await;
-        }
+        components::stop_all(std::mem::take(&mut self.components)).await;
         self.store.close().await;
         if let Some(broker) = broker {
             broker.shutdown(Duration::from_secs(1));

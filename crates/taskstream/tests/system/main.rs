@@ -19,4 +19,5 @@ mod observability;
 mod rebalance;
 mod restart;
 mod schema_registry;
+mod shutdown;
 mod webhook;
