@@ -169,6 +169,8 @@ impl KafkaCluster {
         let admin = ClientConfig::new()
             .set("bootstrap.servers", &bootstrap)
             .set("client.id", "taskstream-testkit")
+            // Asking who leads a topic must never create it.
+            .set("allow.auto.create.topics", "false")
             .set("socket.connection.setup.timeout.ms", "2000")
             .set("log_level", "0")
             .create::<AdminClient<DefaultClientContext>>()
@@ -372,7 +374,7 @@ impl KafkaCluster {
 
     /// Stops every node and deletes the cluster's directory.
     pub fn stop(self) {
-        // Drop does it.
+        self.stop_in_place(false);
     }
 
     /// Kills every JVM and deletes the directory, keeping the node logs when
@@ -749,13 +751,22 @@ fn free_ports(count: usize) -> Result<Vec<u16>, ClusterError> {
         .map_err(ClusterError::io("finding free ports"))
 }
 
-/// A random Kafka `Uuid` in its text form: 16 bytes, URL-safe base64, unpadded.
+/// A random Kafka `Uuid` in its text form: 16 bytes, URL-safe base64,
+/// unpadded. Like Kafka's own `Uuid.randomUuid`, never one that starts with
+/// `-` (a command line would read it as an option).
 fn random_kafka_uuid() -> Result<String, ClusterError> {
-    let mut bytes = [0u8; 16];
-    File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(ClusterError::io("reading /dev/urandom"))?;
-    Ok(base64_url(&bytes))
+    let mut urandom =
+        File::open("/dev/urandom").map_err(ClusterError::io("opening /dev/urandom"))?;
+    loop {
+        let mut bytes = [0u8; 16];
+        urandom
+            .read_exact(&mut bytes)
+            .map_err(ClusterError::io("reading /dev/urandom"))?;
+        let text = base64_url(&bytes);
+        if !text.starts_with('-') && bytes.iter().any(|b| *b != 0) {
+            return Ok(text);
+        }
+    }
 }
 
 fn base64_url(bytes: &[u8]) -> String {
@@ -792,5 +803,14 @@ mod tests {
         assert_eq!(base64_url(b"foobar"), "Zm9vYmFy");
         assert_eq!(base64_url(&[0xfb, 0xff]), "-_8");
         assert_eq!(base64_url(&[0u8; 16]).len(), 22);
+    }
+
+    #[test]
+    fn cluster_ids_never_start_with_a_dash() {
+        for _ in 0..2_000 {
+            let id = random_kafka_uuid().unwrap();
+            assert_eq!(id.len(), 22);
+            assert!(!id.starts_with('-'), "{id}");
+        }
     }
 }
