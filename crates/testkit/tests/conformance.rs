@@ -1,0 +1,1255 @@
+//! The broker conformance suite: everything taskstream asks of a Kafka
+//! broker, written once and run against every broker taskstream talks to —
+//! the dev broker (librdkafka's mock cluster, `taskstream_kafka::DevBroker`)
+//! and Apache Kafka itself (one node, started once for this binary from
+//! Maven Central; skipped loudly without Java and Maven, and failed instead
+//! when `TASKSTREAM_REQUIRE_KAFKA=1`).
+//!
+//! Apache Kafka must pass every check. Where the dev broker behaves
+//! differently, the check names the difference from [`Difference`], prints
+//! `KNOWN-DIFFERENCE <name>: <why>` and asserts that the dev broker *still*
+//! behaves that way, so the list cannot go stale: when a librdkafka upgrade
+//! closes a gap, that check fails and the entry must go.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
+use rdkafka::message::{Headers, Message, Timestamp};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{ClientConfig, ClientContext, Offset, Statistics, TopicPartitionList};
+use taskstream_kafka::{
+    apply_topics, group_offsets, list_groups, ConsumerSettings, DevBroker, EventConsumer,
+    EventProducer, KafkaConfig, OutboundRecord, ProducerSettings, TopicOutcome, TopicSpec,
+};
+use taskstream_testkit::{kafka_or_skip, KafkaCluster, Shape};
+use uuid::Uuid;
+
+/// How long any single wait in this suite may take before the check fails.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The ways the dev broker is known to differ from Apache Kafka.
+#[derive(Debug, Clone, Copy)]
+enum Difference {
+    ReadCommitted,
+    TransactionalOffsets,
+    Fencing,
+    TopicAdmin,
+    GroupAdmin,
+    DeleteRecords,
+    OffsetsForTimes,
+    SessionTimeoutBounds,
+}
+
+impl Difference {
+    fn name(self) -> &'static str {
+        match self {
+            Self::ReadCommitted => "read-committed",
+            Self::TransactionalOffsets => "send-offsets-to-transaction",
+            Self::Fencing => "transactional-fencing",
+            Self::TopicAdmin => "topic-admin",
+            Self::GroupAdmin => "group-admin",
+            Self::DeleteRecords => "delete-records",
+            Self::OffsetsForTimes => "offsets-for-times",
+            Self::SessionTimeoutBounds => "session-timeout-bounds",
+        }
+    }
+
+    fn why(self) -> &'static str {
+        match self {
+            Self::ReadCommitted => {
+                "the dev broker writes no transaction markers, so read_committed readers see aborted records"
+            }
+            Self::TransactionalOffsets => {
+                "the dev broker acknowledges TxnOffsetCommit but never commits the offsets"
+            }
+            Self::Fencing => {
+                "the dev broker lets a producer whose transactional.id was taken over commit its transaction"
+            }
+            Self::TopicAdmin => {
+                "the dev broker serves no CreateTopics, DeleteTopics or DescribeConfigs; topics are made through its own API"
+            }
+            Self::GroupAdmin => "the dev broker serves no ListGroups or DescribeGroups",
+            Self::DeleteRecords => {
+                "the dev broker serves no DeleteRecords; it only drops a partition's oldest data beyond 5 MiB"
+            }
+            Self::OffsetsForTimes => {
+                "the dev broker answers every ListOffsets-by-time with no offset"
+            }
+            Self::SessionTimeoutBounds => {
+                "the dev broker accepts any session timeout; Kafka refuses one below group.min.session.timeout.ms (6 s)"
+            }
+        }
+    }
+}
+
+enum Broker {
+    Dev(DevBroker),
+    Kafka(&'static KafkaCluster),
+}
+
+/// The broker one check runs against.
+struct Target {
+    broker: Broker,
+    bootstrap: String,
+}
+
+impl Target {
+    fn dev() -> Self {
+        let broker = DevBroker::start(&[]).expect("the dev broker starts");
+        let bootstrap = broker.bootstrap_servers().to_owned();
+        Self {
+            broker: Broker::Dev(broker),
+            bootstrap,
+        }
+    }
+
+    fn kafka(what: &str) -> Option<Self> {
+        let cluster = kafka_or_skip(Shape::SingleNode, what)?;
+        Some(Self {
+            broker: Broker::Kafka(cluster),
+            bootstrap: cluster.bootstrap_servers().to_owned(),
+        })
+    }
+
+    /// On the dev broker: prints the difference and returns `true`; the
+    /// caller then asserts the dev broker still differs that way.
+    fn differs(&self, difference: Difference) -> bool {
+        match self.broker {
+            Broker::Dev(_) => {
+                eprintln!(
+                    "KNOWN-DIFFERENCE {}: {}",
+                    difference.name(),
+                    difference.why()
+                );
+                true
+            }
+            Broker::Kafka(_) => false,
+        }
+    }
+
+    fn config(&self) -> KafkaConfig {
+        KafkaConfig::new(&self.bootstrap)
+    }
+
+    fn client(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("fetch.wait.max.ms", "10");
+        config
+    }
+
+    /// How long an admin request may wait for an answer: the dev broker
+    /// never answers the admin APIs it lacks, so waiting long there only
+    /// slows the suite down.
+    fn admin_timeout(&self) -> Duration {
+        match self.broker {
+            Broker::Dev(_) => Duration::from_secs(3),
+            Broker::Kafka(_) => PATIENCE,
+        }
+    }
+
+    /// Client settings for admin requests, bounded by [`Target::admin_timeout`].
+    fn admin_config(&self) -> KafkaConfig {
+        self.config().with(
+            "socket.timeout.ms",
+            self.admin_timeout().as_millis().to_string(),
+        )
+    }
+
+    fn admin_options(&self) -> AdminOptions {
+        AdminOptions::new()
+            .request_timeout(Some(self.admin_timeout()))
+            .operation_timeout(Some(self.admin_timeout()))
+    }
+
+    fn admin(&self) -> AdminClient<DefaultClientContext> {
+        let mut config = self.client();
+        config.set(
+            "socket.timeout.ms",
+            self.admin_timeout().as_millis().to_string(),
+        );
+        config.create().expect("admin client")
+    }
+
+    /// A fresh topic with `partitions` partitions, ready for use.
+    fn topic(&self, partitions: i32) -> String {
+        let name = format!("conformance-{}", Uuid::new_v4().simple());
+        match &self.broker {
+            Broker::Dev(dev) => dev
+                .create_topic(&TopicSpec {
+                    name: name.clone(),
+                    partitions,
+                    replication_factor: 1,
+                    configs: BTreeMap::new(),
+                })
+                .expect("dev broker topic"),
+            Broker::Kafka(_) => {
+                let created = futures_block_on(self.admin().create_topics(
+                    &[NewTopic::new(&name, partitions, TopicReplication::Fixed(1))],
+                    &AdminOptions::new().operation_timeout(Some(PATIENCE)),
+                ))
+                .expect("CreateTopics");
+                assert!(created.iter().all(Result::is_ok), "{created:?}");
+            }
+        }
+        self.wait_for_leaders(&name, partitions);
+        name
+    }
+
+    fn wait_for_leaders(&self, topic: &str, partitions: i32) {
+        let consumer = self.consumer(None, &[]);
+        eventually(
+            &format!("{topic} to have {partitions} led partitions"),
+            || {
+                consumer
+                    .fetch_metadata(Some(topic), Duration::from_secs(5))
+                    .ok()
+                    .and_then(|m| {
+                        m.topics().iter().find(|t| t.name() == topic).map(|t| {
+                            t.partitions().len() == partitions as usize
+                                && t.partitions().iter().all(|p| p.leader() >= 0)
+                        })
+                    })
+                    .unwrap_or(false)
+            },
+        );
+    }
+
+    fn consumer(&self, group: Option<&str>, extra: &[(&str, &str)]) -> BaseConsumer {
+        let mut config = self.client();
+        config
+            .set(
+                "group.id",
+                group.map_or_else(|| format!("reader-{}", Uuid::new_v4()), str::to_owned),
+            )
+            .set("enable.auto.commit", "false");
+        for (key, value) in extra {
+            config.set(*key, *value);
+        }
+        config.create().expect("consumer")
+    }
+
+    fn producer(&self, extra: &[(&str, &str)]) -> FutureProducer {
+        let mut config = self.client();
+        config.set("acks", "all").set("linger.ms", "1");
+        for (key, value) in extra {
+            config.set(*key, *value);
+        }
+        config.create().expect("producer")
+    }
+
+    /// Every record of `topic`'s partition 0 from the start, as seen with
+    /// `isolation`, up to and including the first whose value is `last`.
+    fn read_until(&self, topic: &str, isolation: &str, last: &str) -> Vec<String> {
+        let consumer = self.consumer(None, &[("isolation.level", isolation)]);
+        assign(&consumer, topic, 0, Offset::Beginning);
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    let value =
+                        String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
+                    let done = value == last;
+                    seen.push(value);
+                    if done {
+                        return seen;
+                    }
+                }
+                Some(Err(e)) => panic!("reading {topic}: {e}"),
+                None => {}
+            }
+        }
+        panic!("{last:?} never arrived in {topic} ({isolation}); saw {seen:?}");
+    }
+
+    /// The offset (and metadata) `group` committed for `topic`'s partition 0.
+    fn committed(&self, group: &str, topic: &str) -> Option<(i64, String)> {
+        let consumer = self.consumer(Some(group), &[]);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, 0);
+        let committed = consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .expect("OffsetFetch");
+        let elem = committed.find_partition(topic, 0)?;
+        match elem.offset() {
+            Offset::Offset(offset) => Some((offset, elem.metadata().to_owned())),
+            _ => None,
+        }
+    }
+}
+
+/// Declares each check twice: against the dev broker and against Apache Kafka.
+macro_rules! conformance {
+    ($($check:ident),* $(,)?) => {
+        mod dev_broker {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    super::$check(&super::Target::dev()).await;
+                }
+            )*
+        }
+
+        mod apache_kafka {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    if let Some(target) = super::Target::kafka(stringify!($check)) {
+                        super::$check(&target).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    acks_all_produce_reports_each_delivery_and_keeps_keys_headers_and_timestamps,
+    the_idempotent_producer_is_assigned_a_producer_id,
+    a_second_member_takes_half_the_partitions_and_the_first_gets_them_back_when_it_leaves,
+    committed_offsets_keep_their_metadata_and_a_restarted_member_resumes_after_them,
+    watermarks_bound_the_log_and_offsets_for_times_finds_the_first_record_at_or_after_a_time,
+    create_topics_applies_configs_that_describe_configs_reports,
+    delete_topics_removes_the_topic,
+    list_groups_and_describe_groups_show_a_live_member,
+    read_committed_hides_aborted_records_that_read_uncommitted_shows,
+    offsets_sent_to_a_transaction_are_committed_only_when_it_commits,
+    a_new_producer_with_the_same_transactional_id_fences_the_old_one,
+    a_consumer_whose_position_fell_off_the_log_is_told_which_partition,
+    a_session_timeout_below_the_brokers_minimum_is_refused,
+);
+
+async fn acks_all_produce_reports_each_delivery_and_keeps_keys_headers_and_timestamps(
+    target: &Target,
+) {
+    let topic = target.topic(1);
+    let producer = EventProducer::new(
+        &target.config(),
+        "conformance",
+        &ProducerSettings::default(),
+    )
+    .expect("producer");
+    let before = now_ms();
+    let mut offsets = Vec::new();
+    for i in 0..5 {
+        let key = format!("task-{i}");
+        let payload = format!("payload-{i}");
+        let id = format!("event-{i}");
+        let headers = [("event-id", id.as_bytes()), ("empty", &b""[..])];
+        let delivery = producer
+            .enqueue(OutboundRecord {
+                topic: &topic,
+                key: key.as_bytes(),
+                payload: payload.as_bytes(),
+                headers: &headers,
+            })
+            .await
+            .expect("enqueued")
+            .await
+            .expect("acknowledged");
+        assert_eq!(delivery.partition, 0);
+        offsets.push(delivery.offset);
+    }
+    assert_eq!(
+        offsets,
+        [0, 1, 2, 3, 4],
+        "deliveries report consecutive offsets"
+    );
+    // A timestamp chosen by the producer is kept as the record's CreateTime.
+    let stamped = 1_700_000_000_123;
+    let raw = target.producer(&[]);
+    let delivery = raw
+        .send(
+            FutureRecord::to(&topic)
+                .key("stamped")
+                .payload("stamped")
+                .timestamp(stamped),
+            PATIENCE,
+        )
+        .await
+        .expect("acknowledged");
+    assert_eq!((delivery.partition, delivery.offset), (0, 5));
+    let after = now_ms();
+
+    let consumer = target.consumer(None, &[]);
+    assign(&consumer, &topic, 0, Offset::Beginning);
+    let records = poll_records(&consumer, 6);
+    for (i, m) in records.iter().take(5).enumerate() {
+        assert_eq!(m.key(), Some(format!("task-{i}").as_bytes()));
+        assert_eq!(m.payload(), Some(format!("payload-{i}").as_bytes()));
+        let headers = m.headers().expect("headers");
+        let pairs: Vec<(String, Vec<u8>)> = headers
+            .iter()
+            .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("event-id".to_owned(), format!("event-{i}").into_bytes()),
+                ("empty".to_owned(), Vec::new())
+            ]
+        );
+        match m.timestamp() {
+            Timestamp::CreateTime(ts) => assert!(
+                (before..=after).contains(&ts),
+                "timestamp {ts} outside {before}..={after}"
+            ),
+            other => panic!("record {i} has {other:?}, not a CreateTime"),
+        }
+    }
+    assert_eq!(records[5].timestamp(), Timestamp::CreateTime(stamped));
+}
+
+/// Keeps the last statistics a client emitted.
+#[derive(Default, Clone)]
+struct LastStatistics(Arc<std::sync::Mutex<Option<Statistics>>>);
+
+impl ClientContext for LastStatistics {
+    fn stats(&self, statistics: Statistics) {
+        *self.0.lock().unwrap() = Some(statistics);
+    }
+}
+
+async fn the_idempotent_producer_is_assigned_a_producer_id(target: &Target) {
+    let topic = target.topic(1);
+    let mut config = target.client();
+    config
+        .set("enable.idempotence", "true")
+        .set("statistics.interval.ms", "100");
+    let last = LastStatistics::default();
+    let producer: FutureProducer<LastStatistics> = config
+        .create_with_context(last.clone())
+        .expect("idempotent producer");
+    producer
+        .send(FutureRecord::to(&topic).key("k").payload("v"), PATIENCE)
+        .await
+        .expect("acknowledged");
+    let eos = eventually("statistics with an assigned producer id", || {
+        let stats = last.0.lock().unwrap().clone();
+        stats
+            .and_then(|s| s.eos)
+            .filter(|eos| eos.idemp_state == "Assigned" && eos.producer_id >= 0)
+    });
+    assert!(eos.producer_epoch >= 0, "{eos:?}");
+}
+
+/// Runs a member's poll loop (which is also where it takes part in
+/// rebalances) until the returned handle is aborted.
+fn keep_polling(consumer: Arc<EventConsumer>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let _ = consumer.recv().await;
+        }
+    })
+}
+
+fn owned(consumer: &EventConsumer, topic: &str, partitions: i32) -> BTreeMap<i32, u64> {
+    (0..partitions)
+        .filter_map(|p| consumer.ownership(topic, p).map(|o| (p, o)))
+        .collect()
+}
+
+/// Session timeouts Apache Kafka accepts (its minimum is 6 s), with short fetches.
+fn group_settings() -> ConsumerSettings {
+    ConsumerSettings {
+        session_timeout: Duration::from_secs(6),
+        fetch_wait: Duration::from_millis(10),
+        ..ConsumerSettings::default()
+    }
+}
+
+async fn a_second_member_takes_half_the_partitions_and_the_first_gets_them_back_when_it_leaves(
+    target: &Target,
+) {
+    let topic = target.topic(4);
+    let group = format!("group-{}", Uuid::new_v4().simple());
+    let config = target.config();
+    let first = Arc::new(
+        EventConsumer::subscribe(&config, &group, &[&topic], &group_settings()).expect("first"),
+    );
+    let first_loop = keep_polling(Arc::clone(&first));
+    let alone = eventually_async("the first member to own all 4 partitions", || {
+        let owned = owned(&first, &topic, 4);
+        (owned.len() == 4).then_some(owned)
+    })
+    .await;
+
+    let second = Arc::new(
+        EventConsumer::subscribe(&config, &group, &[&topic], &group_settings()).expect("second"),
+    );
+    let second_loop = keep_polling(Arc::clone(&second));
+    let (kept, taken) = eventually_async("the partitions to split 2 and 2", || {
+        let kept = owned(&first, &topic, 4);
+        let taken = owned(&second, &topic, 4);
+        (kept.len() == 2 && taken.len() == 2).then_some((kept, taken))
+    })
+    .await;
+    let kept_ids: BTreeSet<i32> = kept.keys().copied().collect();
+    let taken_ids: BTreeSet<i32> = taken.keys().copied().collect();
+    assert!(kept_ids.is_disjoint(&taken_ids), "{kept:?} {taken:?}");
+    // Cooperative: the first member kept its two partitions throughout
+    // (same assignment), rather than giving up all four and getting two back.
+    for (partition, assignment) in &kept {
+        assert_eq!(
+            alone.get(partition),
+            Some(assignment),
+            "partition {partition} was revoked"
+        );
+    }
+
+    second_loop.abort();
+    let _ = second_loop.await;
+    let second = Arc::try_unwrap(second).unwrap_or_else(|_| panic!("second member still shared"));
+    second
+        .close(PATIENCE)
+        .await
+        .expect("the second member leaves");
+    let back = eventually_async("the first member to own all 4 again", || {
+        let owned = owned(&first, &topic, 4);
+        (owned.len() == 4).then_some(owned)
+    })
+    .await;
+    for (partition, assignment) in &kept {
+        assert_eq!(
+            back.get(partition),
+            Some(assignment),
+            "partition {partition} was revoked"
+        );
+    }
+    first_loop.abort();
+}
+
+async fn committed_offsets_keep_their_metadata_and_a_restarted_member_resumes_after_them(
+    target: &Target,
+) {
+    let topic = target.topic(1);
+    let group = format!("group-{}", Uuid::new_v4().simple());
+    let config = target.config();
+    let producer = target.producer(&[]);
+    for i in 0..5 {
+        producer
+            .send(
+                FutureRecord::to(&topic).key("k").payload(&format!("r{i}")),
+                PATIENCE,
+            )
+            .await
+            .expect("acknowledged");
+    }
+    let before = now_ms();
+    let member =
+        EventConsumer::subscribe(&config, &group, &[&topic], &group_settings()).expect("member");
+    for expected in 0..3 {
+        let record = tokio::time::timeout(PATIENCE, member.recv())
+            .await
+            .expect("a record in time")
+            .expect("a record");
+        assert_eq!(record.offset, expected);
+        assert!(member.ack(&record));
+    }
+    member.commit_acked(true).await.expect("commit");
+    member.close(PATIENCE).await.expect("close");
+    let after = now_ms();
+
+    let offsets = group_offsets(&config, &group, &topic, PATIENCE)
+        .await
+        .expect("group offsets");
+    assert_eq!(offsets.len(), 1);
+    assert_eq!(offsets[0].committed, Some(3));
+    assert_eq!(offsets[0].log_end, 5);
+    let stamped = offsets[0]
+        .committed_at_ms
+        .expect("commit metadata read back");
+    assert!(
+        (before..=after).contains(&stamped),
+        "{stamped} outside {before}..={after}"
+    );
+
+    let restarted = EventConsumer::subscribe(&config, &group, &[&topic], &group_settings())
+        .expect("restarted member");
+    let first = tokio::time::timeout(PATIENCE, restarted.recv())
+        .await
+        .expect("a record in time")
+        .expect("a record");
+    assert_eq!(first.offset, 3, "resumes right after the committed offset");
+    restarted.close(PATIENCE).await.expect("close");
+}
+
+async fn watermarks_bound_the_log_and_offsets_for_times_finds_the_first_record_at_or_after_a_time(
+    target: &Target,
+) {
+    let topic = target.topic(1);
+    let base = now_ms() - 60_000;
+    let producer = target.producer(&[]);
+    for i in 0..3 {
+        producer
+            .send(
+                FutureRecord::to(&topic)
+                    .key("k")
+                    .payload(&format!("r{i}"))
+                    .timestamp(base + i * 1_000),
+                PATIENCE,
+            )
+            .await
+            .expect("acknowledged");
+    }
+    let consumer = target.consumer(None, &[]);
+    let watermarks = consumer
+        .fetch_watermarks(&topic, 0, PATIENCE)
+        .expect("watermarks");
+    assert_eq!(watermarks, (0, 3));
+
+    let lookup = |time: i64| {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, 0, Offset::Offset(time))
+            .unwrap();
+        consumer
+            .offsets_for_times(tpl, PATIENCE)
+            .expect("ListOffsets by time")
+            .find_partition(&topic, 0)
+            .expect("the partition")
+            .offset()
+    };
+    let middle = lookup(base + 500);
+    if target.differs(Difference::OffsetsForTimes) {
+        assert_eq!(
+            middle,
+            Offset::End,
+            "the dev broker now finds offsets by time"
+        );
+        return;
+    }
+    assert_eq!(middle, Offset::Offset(1));
+    assert_eq!(lookup(base), Offset::Offset(0));
+    assert_eq!(lookup(base + 2_500), Offset::End, "no record that late");
+}
+
+async fn create_topics_applies_configs_that_describe_configs_reports(target: &Target) {
+    let name = format!("conformance-{}", Uuid::new_v4().simple());
+    let spec = TopicSpec {
+        name: name.clone(),
+        partitions: 3,
+        replication_factor: 1,
+        configs: BTreeMap::from([
+            ("cleanup.policy".to_owned(), "compact".to_owned()),
+            ("retention.ms".to_owned(), "3600000".to_owned()),
+        ]),
+    };
+    let config = target.admin_config();
+    let created = apply_topics(&config, std::slice::from_ref(&spec)).await;
+    let described = futures_block_on(
+        target
+            .admin()
+            .describe_configs(&[ResourceSpecifier::Topic(&name)], &target.admin_options()),
+    );
+    if target.differs(Difference::TopicAdmin) {
+        assert!(
+            created.is_err(),
+            "the dev broker now serves CreateTopics: {created:?}"
+        );
+        let described_ok = described
+            .as_ref()
+            .is_ok_and(|results| results.iter().all(Result::is_ok));
+        assert!(
+            !described_ok,
+            "the dev broker now serves DescribeConfigs: {described:?}"
+        );
+        return;
+    }
+    assert_eq!(
+        created.expect("CreateTopics"),
+        [(name.clone(), TopicOutcome::Created)]
+    );
+    let again = apply_topics(&config, &[spec])
+        .await
+        .expect("CreateTopics again");
+    assert_eq!(again, [(name.clone(), TopicOutcome::AlreadyExists)]);
+    target.wait_for_leaders(&name, 3);
+
+    let resource = described
+        .expect("DescribeConfigs")
+        .pop()
+        .expect("one resource")
+        .expect("the topic's configs");
+    let value = |key: &str| resource.get(key).and_then(|e| e.value.clone());
+    assert_eq!(value("cleanup.policy").as_deref(), Some("compact"));
+    assert_eq!(value("retention.ms").as_deref(), Some("3600000"));
+}
+
+async fn delete_topics_removes_the_topic(target: &Target) {
+    let topic = target.topic(1);
+    let deleted = futures_block_on(
+        target
+            .admin()
+            .delete_topics(&[topic.as_str()], &target.admin_options()),
+    );
+    let deleted_ok = deleted
+        .as_ref()
+        .is_ok_and(|results| results.iter().all(Result::is_ok));
+    let consumer = target.consumer(None, &[]);
+    let listed = || {
+        consumer
+            .fetch_metadata(None, Duration::from_secs(5))
+            .map(|m| m.topics().iter().any(|t| t.name() == topic))
+            .unwrap_or(true)
+    };
+    if target.differs(Difference::TopicAdmin) {
+        assert!(
+            !deleted_ok,
+            "the dev broker now serves DeleteTopics: {deleted:?}"
+        );
+        assert!(listed(), "the topic is still there");
+        return;
+    }
+    assert!(deleted_ok, "DeleteTopics: {deleted:?}");
+    eventually("the topic to disappear from the metadata", || !listed());
+}
+
+async fn list_groups_and_describe_groups_show_a_live_member(target: &Target) {
+    let topic = target.topic(1);
+    let group = format!("group-{}", Uuid::new_v4().simple());
+    let config = target.config();
+    let member = Arc::new(
+        EventConsumer::subscribe(&config, &group, &[&topic], &group_settings()).expect("member"),
+    );
+    let polling = keep_polling(Arc::clone(&member));
+    eventually_async("the member to own the partition", || {
+        member.ownership(&topic, 0)
+    })
+    .await;
+
+    let listed = list_groups(&target.admin_config(), target.admin_timeout()).await;
+    let described = target
+        .consumer(None, &[])
+        .fetch_group_list(Some(&group), target.admin_timeout());
+    polling.abort();
+    if target.differs(Difference::GroupAdmin) {
+        let listed_ok = listed.as_ref().is_ok_and(|groups| groups.contains(&group));
+        assert!(
+            !listed_ok,
+            "the dev broker now serves ListGroups: {listed:?}"
+        );
+        let described_ok = described
+            .as_ref()
+            .is_ok_and(|list| list.groups().iter().any(|g| g.state() == "Stable"));
+        assert!(!described_ok, "the dev broker now serves DescribeGroups");
+        return;
+    }
+    let listed = listed.expect("ListGroups");
+    assert!(listed.contains(&group), "{group} not in {listed:?}");
+    let described = described.expect("DescribeGroups");
+    let info = described
+        .groups()
+        .iter()
+        .find(|g| g.name() == group)
+        .expect("the group described");
+    assert_eq!(info.state(), "Stable");
+    assert_eq!(info.protocol_type(), "consumer");
+    assert_eq!(info.protocol(), "cooperative-sticky");
+    assert_eq!(info.members().len(), 1);
+    assert_eq!(info.members()[0].client_id(), format!("taskstream-{group}"));
+}
+
+fn transactional_producer(target: &Target, transactional_id: &str) -> FutureProducer {
+    let producer = target.producer(&[("transactional.id", transactional_id)]);
+    producer
+        .init_transactions(PATIENCE)
+        .expect("init_transactions");
+    producer
+}
+
+async fn send_value(producer: &FutureProducer, topic: &str, value: &str) {
+    producer
+        .send(FutureRecord::to(topic).key("k").payload(value), PATIENCE)
+        .await
+        .unwrap_or_else(|(e, _)| panic!("sending {value}: {e}"));
+}
+
+async fn read_committed_hides_aborted_records_that_read_uncommitted_shows(target: &Target) {
+    let topic = target.topic(1);
+    let producer = transactional_producer(target, &format!("txn-{}", Uuid::new_v4()));
+    producer.begin_transaction().expect("begin");
+    send_value(&producer, &topic, "committed-1").await;
+    producer.commit_transaction(PATIENCE).expect("commit");
+    producer.begin_transaction().expect("begin");
+    send_value(&producer, &topic, "aborted").await;
+    producer.abort_transaction(PATIENCE).expect("abort");
+    producer.begin_transaction().expect("begin");
+    send_value(&producer, &topic, "committed-2").await;
+    producer.commit_transaction(PATIENCE).expect("commit");
+
+    let uncommitted = target.read_until(&topic, "read_uncommitted", "committed-2");
+    assert_eq!(uncommitted, ["committed-1", "aborted", "committed-2"]);
+    let committed = target.read_until(&topic, "read_committed", "committed-2");
+    if target.differs(Difference::ReadCommitted) {
+        assert_eq!(
+            committed, uncommitted,
+            "the dev broker now hides aborted records"
+        );
+        return;
+    }
+    assert_eq!(committed, ["committed-1", "committed-2"]);
+}
+
+async fn offsets_sent_to_a_transaction_are_committed_only_when_it_commits(target: &Target) {
+    let input = target.topic(1);
+    let output = target.topic(1);
+    let group = format!("group-{}", Uuid::new_v4().simple());
+    let group_member = target.consumer(Some(&group), &[]);
+    let metadata = group_member.group_metadata().expect("group metadata");
+    let offsets_at = |offset: i64| {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&input, 0, Offset::Offset(offset))
+            .unwrap();
+        tpl
+    };
+    let producer = transactional_producer(target, &format!("txn-{}", Uuid::new_v4()));
+
+    producer.begin_transaction().expect("begin");
+    send_value(&producer, &output, "result-of-5").await;
+    producer
+        .send_offsets_to_transaction(&offsets_at(5), &metadata, PATIENCE)
+        .expect("send offsets");
+    producer.abort_transaction(PATIENCE).expect("abort");
+    assert_eq!(
+        target.committed(&group, &input),
+        None,
+        "aborted offsets are not committed"
+    );
+
+    producer.begin_transaction().expect("begin");
+    send_value(&producer, &output, "result-of-7").await;
+    producer
+        .send_offsets_to_transaction(&offsets_at(7), &metadata, PATIENCE)
+        .expect("send offsets");
+    producer.commit_transaction(PATIENCE).expect("commit");
+    if target.differs(Difference::TransactionalOffsets) {
+        assert_eq!(
+            target.committed(&group, &input),
+            None,
+            "the dev broker now commits transactional offsets"
+        );
+        return;
+    }
+    let committed = eventually("the transaction's offset to be committed", || {
+        target.committed(&group, &input)
+    });
+    assert_eq!(committed.0, 7);
+}
+
+async fn a_new_producer_with_the_same_transactional_id_fences_the_old_one(target: &Target) {
+    let topic = target.topic(1);
+    let transactional_id = format!("txn-{}", Uuid::new_v4());
+    let zombie = transactional_producer(target, &transactional_id);
+    zombie.begin_transaction().expect("begin");
+    send_value(&zombie, &topic, "from-the-zombie").await;
+
+    let successor = transactional_producer(target, &transactional_id);
+    let refused = zombie.commit_transaction(PATIENCE);
+    if target.differs(Difference::Fencing) {
+        assert!(
+            refused.is_ok() && zombie.client().fatal_error().is_none(),
+            "the dev broker now fences zombies: {refused:?}"
+        );
+        return;
+    }
+    let error = match refused {
+        Err(RdError::Transaction(error)) => error,
+        other => panic!("the fenced producer's commit returned {other:?}"),
+    };
+    assert!(error.is_fatal(), "fencing is fatal: {error:?}");
+    let (code, reason) = zombie
+        .client()
+        .fatal_error()
+        .expect("the zombie reports a fatal error");
+    assert!(
+        matches!(
+            code,
+            RDKafkaErrorCode::Fenced
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+        ),
+        "{code:?}: {reason}"
+    );
+
+    successor.begin_transaction().expect("begin");
+    send_value(&successor, &topic, "from-the-successor").await;
+    successor
+        .commit_transaction(PATIENCE)
+        .expect("the successor commits");
+}
+
+/// Makes `topic`'s partition 0 start at `offset` or later.
+async fn truncate_log_before(target: &Target, topic: &str, offset: i64) {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Offset(offset))
+        .unwrap();
+    let deleted = futures_block_on(target.admin().delete_records(&tpl, &target.admin_options()));
+    if target.differs(Difference::DeleteRecords) {
+        let deleted_ok = deleted.as_ref().is_ok_and(|tpl| {
+            tpl.elements()
+                .iter()
+                .all(|e| e.error().is_ok() && e.offset() == Offset::Offset(offset))
+        });
+        assert!(
+            !deleted_ok,
+            "the dev broker now serves DeleteRecords: {deleted:?}"
+        );
+        // What it does instead: past 5 MiB it drops the oldest batches.
+        let producer = target.producer(&[("linger.ms", "0")]);
+        let filler = vec![b'x'; 256 * 1024];
+        for _ in 0..24 {
+            producer
+                .send(
+                    FutureRecord::to(topic).key("filler").payload(&filler),
+                    PATIENCE,
+                )
+                .await
+                .expect("acknowledged");
+        }
+        return;
+    }
+    let tpl = deleted.expect("DeleteRecords");
+    let low = tpl.find_partition(topic, 0).expect("the partition");
+    assert_eq!(low.offset(), Offset::Offset(offset), "{:?}", low.error());
+}
+
+/// A consumer error as librdkafka delivers it, partition included
+/// (rust-rdkafka's `poll` keeps only the error code).
+struct ConsumerErrorReport {
+    topic: String,
+    partition: i32,
+    code: RDKafkaErrorCode,
+    reason: String,
+}
+
+/// Polls `consumer` through librdkafka's C API until it reports an error.
+fn next_error_report(consumer: &BaseConsumer) -> Option<ConsumerErrorReport> {
+    use rdkafka::bindings as rd;
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        // SAFETY: the handle lives as long as `consumer`; each message is
+        // destroyed after its fields are copied.
+        unsafe {
+            let message = rd::rd_kafka_consumer_poll(consumer.client().native_ptr(), 100);
+            if message.is_null() {
+                continue;
+            }
+            let m = &*message;
+            let report =
+                (m.err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR).then(|| {
+                    let topic = if m.rkt.is_null() {
+                        String::new()
+                    } else {
+                        std::ffi::CStr::from_ptr(rd::rd_kafka_topic_name(m.rkt))
+                            .to_string_lossy()
+                            .into_owned()
+                    };
+                    let reason = if m.payload.is_null() {
+                        String::new()
+                    } else {
+                        String::from_utf8_lossy(std::slice::from_raw_parts(
+                            m.payload as *const u8,
+                            m.len,
+                        ))
+                        .into_owned()
+                    };
+                    ConsumerErrorReport {
+                        topic,
+                        partition: m.partition,
+                        code: m.err.into(),
+                        reason,
+                    }
+                });
+            rd::rd_kafka_message_destroy(message);
+            if report.is_some() {
+                return report;
+            }
+        }
+    }
+    None
+}
+
+async fn a_consumer_whose_position_fell_off_the_log_is_told_which_partition(target: &Target) {
+    let topic = target.topic(1);
+    let group = format!("group-{}", Uuid::new_v4().simple());
+    let producer = target.producer(&[]);
+    for i in 0..10 {
+        send_value(&producer, &topic, &format!("r{i}")).await;
+    }
+    // The group had read two records when the log's start moved past them.
+    let member = target.consumer(Some(&group), &[]);
+    member
+        .commit(
+            &{
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition_offset(&topic, 0, Offset::Offset(2))
+                    .unwrap();
+                tpl
+            },
+            CommitMode::Sync,
+        )
+        .expect("commit");
+    truncate_log_before(target, &topic, 6).await;
+    let (low, _) = target
+        .consumer(None, &[])
+        .fetch_watermarks(&topic, 0, PATIENCE)
+        .expect("watermarks");
+    assert!(
+        low > 2,
+        "the committed offset 2 is no longer in the log (starts at {low})"
+    );
+
+    // With auto.offset.reset=error the consumer reports it, naming the partition...
+    let strict = target.consumer(Some(&group), &[("auto.offset.reset", "error")]);
+    assign(&strict, &topic, 0, Offset::Stored);
+    let report = next_error_report(&strict).expect("an error report");
+    assert_eq!(
+        report.code,
+        RDKafkaErrorCode::AutoOffsetReset,
+        "{}",
+        report.reason
+    );
+    assert_eq!(
+        (report.topic.as_str(), report.partition),
+        (topic.as_str(), 0)
+    );
+    assert!(
+        report.reason.contains("Offset out of range"),
+        "the reason says why: {}",
+        report.reason
+    );
+    // ...and rust-rdkafka's poll surfaces the same error, by code alone.
+    let strict = target.consumer(Some(&group), &[("auto.offset.reset", "error")]);
+    assign(&strict, &topic, 0, Offset::Stored);
+    let error = poll_error(&strict);
+    assert_eq!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::AutoOffsetReset)
+    );
+
+    // With auto.offset.reset=earliest, the default, the skip is silent: the
+    // first record delivered is simply the log's first.
+    let lenient = target.consumer(Some(&group), &[("auto.offset.reset", "earliest")]);
+    assign(&lenient, &topic, 0, Offset::Stored);
+    let first = poll_records(&lenient, 1);
+    assert_eq!(first[0].offset(), low);
+}
+
+async fn a_session_timeout_below_the_brokers_minimum_is_refused(target: &Target) {
+    let topic = target.topic(1);
+    let group = format!("group-{}", Uuid::new_v4().simple());
+    let settings = ConsumerSettings {
+        session_timeout: Duration::from_secs(3),
+        ..group_settings()
+    };
+    let member =
+        EventConsumer::subscribe(&target.config(), &group, &[&topic], &settings).expect("member");
+    let outcome = tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Err(e) = member.recv().await {
+                return Err(e.to_string());
+            }
+            if member.ownership(&topic, 0).is_some() {
+                return Ok(());
+            }
+        }
+    });
+    // An idle member learns of its assignment only while polling: give it a record.
+    send_value(&target.producer(&[]), &topic, "wake").await;
+    let outcome = outcome.await.expect("an answer in time");
+    if target.differs(Difference::SessionTimeoutBounds) {
+        assert_eq!(
+            outcome,
+            Ok(()),
+            "the dev broker now refuses short session timeouts"
+        );
+        return;
+    }
+    let error = outcome.expect_err("Kafka refuses the join");
+    assert!(error.contains("session timeout"), "{error}");
+}
+
+// ---- helpers ----
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn futures_block_on<F: std::future::Future>(future: F) -> F::Output {
+    futures::executor::block_on(future)
+}
+
+fn assign(consumer: &BaseConsumer, topic: &str, partition: i32, offset: Offset) {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, offset).unwrap();
+    consumer.assign(&tpl).expect("assign");
+}
+
+fn poll_records(consumer: &BaseConsumer, count: usize) -> Vec<rdkafka::message::OwnedMessage> {
+    let mut records = Vec::new();
+    let deadline = Instant::now() + PATIENCE;
+    while records.len() < count && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => records.push(m.detach()),
+            Some(Err(e)) => panic!("consuming: {e}"),
+            None => {}
+        }
+    }
+    assert_eq!(records.len(), count, "records received in time");
+    records
+}
+
+fn poll_error(consumer: &BaseConsumer) -> RdError {
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Err(e)) => return e,
+            Some(Ok(m)) => panic!("expected an error, got the record at {}", m.offset()),
+            None => {}
+        }
+    }
+    panic!("no error reported in time");
+}
+
+/// Polls `check` (blocking) until it yields a value.
+fn eventually<T>(what: &str, mut check: impl FnMut() -> T) -> T::Output
+where
+    T: IntoOption,
+{
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = check().into_option() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Polls `check` (without blocking the runtime) until it yields a value.
+async fn eventually_async<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `bool` (`true` = done) or `Option` (`Some` = done), for [`eventually`].
+trait IntoOption {
+    type Output;
+    fn into_option(self) -> Option<Self::Output>;
+}
+
+impl IntoOption for bool {
+    type Output = ();
+    fn into_option(self) -> Option<()> {
+        self.then_some(())
+    }
+}
+
+impl<T> IntoOption for Option<T> {
+    type Output = T;
+    fn into_option(self) -> Option<T> {
+        self
+    }
+}
+
+// Kafka's own tools, as clients nobody on this team wrote; Apache Kafka only.
+mod kafka_tools {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kafka_consumer_groups_reports_the_offsets_a_taskstream_consumer_committed() {
+        let Some(target) = Target::kafka("kafka-consumer-groups") else {
+            return;
+        };
+        let Broker::Kafka(cluster) = target.broker else {
+            unreachable!()
+        };
+        let topic = target.topic(1);
+        let group = format!("group-{}", Uuid::new_v4().simple());
+        let producer = target.producer(&[]);
+        for i in 0..4 {
+            send_value(&producer, &topic, &format!("r{i}")).await;
+        }
+        let member =
+            EventConsumer::subscribe(&target.config(), &group, &[&topic], &group_settings())
+                .expect("member");
+        for _ in 0..3 {
+            let record = tokio::time::timeout(PATIENCE, member.recv())
+                .await
+                .expect("in time")
+                .expect("a record");
+            member.ack(&record);
+        }
+        member.close(PATIENCE).await.expect("close");
+
+        let described = cluster
+            .tool(
+                "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+                &[
+                    "--bootstrap-server",
+                    cluster.bootstrap_servers(),
+                    "--describe",
+                    "--group",
+                    &group,
+                ],
+            )
+            .expect("kafka-consumer-groups --describe");
+        let row = described
+            .lines()
+            .find(|line| line.split_whitespace().nth(1) == Some(topic.as_str()))
+            .unwrap_or_else(|| panic!("no row for {topic} in:\n{described}"));
+        let columns: Vec<&str> = row.split_whitespace().collect();
+        // GROUP TOPIC PARTITION CURRENT-OFFSET LOG-END-OFFSET LAG ...
+        assert_eq!(
+            &columns[..6],
+            [group.as_str(), topic.as_str(), "0", "3", "4", "1"],
+            "{described}"
+        );
+
+        let listed = cluster
+            .tool(
+                "org.apache.kafka.tools.TopicCommand",
+                &["--bootstrap-server", cluster.bootstrap_servers(), "--list"],
+            )
+            .expect("kafka-topics --list");
+        assert!(listed.lines().any(|l| l == topic), "{listed}");
+    }
+
+    #[test]
+    fn a_failing_tool_reports_its_exit_status_and_stderr() {
+        let Some(cluster) = kafka_or_skip(Shape::SingleNode, "a failing tool") else {
+            return;
+        };
+        let error = cluster
+            .tool(
+                "org.apache.kafka.tools.TopicCommand",
+                &[
+                    "--bootstrap-server",
+                    cluster.bootstrap_servers(),
+                    "--describe",
+                    "--topic",
+                    "no-such-topic",
+                ],
+            )
+            .expect_err("describing a missing topic fails");
+        let text = error.to_string();
+        assert!(text.contains("TopicCommand exited with"), "{text}");
+        assert!(text.contains("no-such-topic"), "{text}");
+    }
+}
