@@ -840,7 +840,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Lag(args) => crate::lag::run(args).await,
         Command::Registry(args) => {
-            let (bound, registry) = components::registry(args.http, &args.data_dir).await?;
+            let (bound, registry) =
+                components::registry(args.http, &args.data_dir, "registry").await?;
             print_endpoints(&[("schema-registry", format!("http://{bound}"))]);
             shutdown_signal().await;
             registry.stop().await;

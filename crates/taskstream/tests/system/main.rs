@@ -8,6 +8,7 @@ mod core_loop;
 mod crash;
 mod crash_at_scale;
 mod dead_letters;
+mod exclusive_data_dir;
 mod faults;
 mod helpers;
 mod http_errors;
