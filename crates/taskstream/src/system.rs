@@ -44,6 +44,9 @@ pub struct SystemConfig {
     pub notifier_webhook: Option<String>,
     /// Where event schemas are registered.
     pub registry: RegistrySetting,
+    /// With a cluster configured: fail to start unless a broker answers
+    /// within this long. `None` waits for it as long as it takes.
+    pub kafka_wait_at_start: Option<Duration>,
 }
 
 /// Where event schemas live, and so how events are encoded.
@@ -73,6 +76,7 @@ impl SystemConfig {
             notifier_delay: Duration::ZERO,
             notifier_webhook: None,
             registry: RegistrySetting::Embedded(SocketAddr::from(([127, 0, 0, 1], 0))),
+            kafka_wait_at_start: None,
         }
     }
 }
@@ -105,6 +109,9 @@ impl RunningSystem {
     /// directory (see [`DataDirLock`]).
     pub async fn start(config: SystemConfig) -> anyhow::Result<Self> {
         let instance_lock = DataDirLock::acquire(&config.data_dir, INSTANCE_LOCK_FILE, "up")?;
+        if let (Some(kafka), Some(deadline)) = (&config.kafka, config.kafka_wait_at_start) {
+            taskstream_kafka::wait_for_cluster(kafka, deadline).await?;
+        }
         let dev_broker = match &config.kafka {
             Some(_) => None,
             None => {
