@@ -349,7 +349,7 @@ pub(crate) fn parse_duration(raw: &str) -> Result<Duration, String> {
         _ => f64::NAN,
     };
     match number.parse::<f64>().map(|n| n * scale) {
-        Ok(secs) if secs.is_finite() && secs > 0.0 && secs <= LONGEST_DURATION.as_secs_f64() => {
+        Ok(secs) if secs.is_finite() && secs >= 0.001 && secs <= LONGEST_DURATION.as_secs_f64() => {
             Ok(Duration::from_secs_f64(secs))
         }
         _ => Err(format!(
@@ -1152,6 +1152,7 @@ mod tests {
             "",
             "0",
             "0s",
+            "0.0001s",
             "-1",
             "s",
             "10 parsecs",
