@@ -1,13 +1,25 @@
 //! Task commands: validate the transition, then store the new state and its
 //! event in one transaction, then wake the relay.
+//!
+//! A change to an existing task reads it, applies the transition and writes
+//! it back only if nobody wrote in between (optimistic concurrency on
+//! `version`). Inside one process, changes to one task take turns (a
+//! per-task lock), so they never collide with each other; a collision with
+//! another process (API replicas on one PostgreSQL) is retried after a short,
+//! jittered pause. Without `If-Match` the last writer wins, so such a change
+//! succeeds however busy the task is; with `If-Match` a stale version is
+//! refused (412) and never retried.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use taskstream_domain::{
     EventCodec, NewTask, Task, TaskChange, TaskId, TaskPatch, TransitionError,
 };
 use taskstream_store::{OutboxMessage, StoreError, TaskQuery, TaskStore};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedMutexGuard};
 
 use crate::RequestContext;
 
@@ -20,6 +32,8 @@ pub enum ServiceError {
     Transition(#[from] TransitionError),
     #[error("the task is at version {actual}, not {expected}")]
     VersionMismatch { expected: i64, actual: i64 },
+    /// Other processes kept winning the race for the task for longer than
+    /// [`CONTENTION_BUDGET`]; practically unreachable.
     #[error("the task kept changing concurrently; try again")]
     Contended,
     /// The store lost its connection while committing task `0`'s change and
@@ -39,10 +53,18 @@ pub struct TaskService {
     codec: Arc<dyn EventCodec>,
     relay_wake: Arc<Notify>,
     topic: String,
+    locks: Arc<TaskLocks>,
 }
 
-/// How often a change is retried when another writer got there first.
-const MAX_ATTEMPTS: usize = 5;
+/// How long a change keeps retrying while writers in other processes get
+/// there first. Each collision means another write succeeded, so with a
+/// handful of replicas a change wins within a few attempts; the budget only
+/// bounds pathological cases.
+pub const CONTENTION_BUDGET: Duration = Duration::from_secs(10);
+
+/// The longest pause between two attempts after a collision (the first is
+/// about a millisecond; each doubles, with jitter).
+const MAX_RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 impl TaskService {
     /// `relay_wake` is notified after every commit; events go to `topic`.
@@ -57,6 +79,7 @@ impl TaskService {
             codec,
             relay_wake,
             topic: topic.into(),
+            locks: Arc::default(),
         }
     }
 
@@ -145,7 +168,9 @@ impl TaskService {
     }
 
     /// Read, change, and write back if nobody wrote in between (optimistic
-    /// concurrency on `version`); retried a few times under contention.
+    /// concurrency on `version`). Changes to one task take turns inside this
+    /// process; a collision with another process is retried for up to
+    /// [`CONTENTION_BUDGET`].
     async fn modify<F>(
         &self,
         id: TaskId,
@@ -156,7 +181,10 @@ impl TaskService {
     where
         F: Fn(&Task) -> Result<Option<TaskChange>, TransitionError>,
     {
-        for _ in 0..MAX_ATTEMPTS {
+        let _turn = self.locks.lock(id).await;
+        let deadline = tokio::time::Instant::now() + CONTENTION_BUDGET;
+        let mut pause = Duration::from_millis(1);
+        loop {
             let current = self.get(id).await?;
             if let Some(expected) = if_version {
                 if expected != current.version {
@@ -180,11 +208,85 @@ impl TaskService {
                     log_change(&next);
                     return Ok(next.task);
                 }
-                Err(StoreError::VersionConflict { .. }) => continue,
+                Err(StoreError::VersionConflict { .. }) => {
+                    // Another process wrote the task in between: read it
+                    // again after a pause that keeps competing replicas
+                    // from retrying in lockstep.
+                    let wait = jittered(pause);
+                    if tokio::time::Instant::now() + wait >= deadline {
+                        return Err(ServiceError::Contended);
+                    }
+                    tokio::time::sleep(wait).await;
+                    pause = (pause * 2).min(MAX_RETRY_PAUSE);
+                }
                 Err(e) => return Err(store_failure(e, id)),
             }
         }
-        Err(ServiceError::Contended)
+    }
+}
+
+/// A random duration between half of `pause` and `pause`.
+fn jittered(pause: Duration) -> Duration {
+    let random = RandomState::new().hash_one(std::time::Instant::now());
+    let fraction = (random >> 11) as f64 / (1u64 << 53) as f64;
+    pause / 2 + (pause / 2).mul_f64(fraction)
+}
+
+/// One async lock per task with a change in progress, so that changes to a
+/// task take turns within the process. An entry lives only while someone
+/// holds or waits for it, so the map stays as small as the number of tasks
+/// being changed at once.
+#[derive(Default)]
+struct TaskLocks {
+    entries: Mutex<HashMap<TaskId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A claim on a task's lock: held (`guard`) or waited for. Dropping it — a
+/// finished change, or a request abandoned while waiting — removes the
+/// task's entry when nobody else claims it.
+struct TaskTurn {
+    guard: Option<OwnedMutexGuard<()>>,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    locks: Arc<TaskLocks>,
+    id: TaskId,
+}
+
+impl TaskLocks {
+    /// Waits for `id`'s turn.
+    async fn lock(self: &Arc<Self>, id: TaskId) -> TaskTurn {
+        let lock = Arc::clone(
+            self.entries
+                .lock()
+                .expect("task lock map poisoned")
+                .entry(id)
+                .or_default(),
+        );
+        let mut turn = TaskTurn {
+            guard: None,
+            lock: Arc::clone(&lock),
+            locks: Arc::clone(self),
+            id,
+        };
+        turn.guard = Some(lock.lock_owned().await);
+        turn
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.lock().expect("task lock map poisoned").len()
+    }
+}
+
+impl Drop for TaskTurn {
+    fn drop(&mut self) {
+        let mut entries = self.locks.entries.lock().expect("task lock map poisoned");
+        self.guard = None;
+        // Claims are only made under the map's lock, so the count cannot
+        // grow while it is held: two references (the map's and this one)
+        // mean nobody else holds or waits for the lock.
+        if Arc::strong_count(&self.lock) == 2 {
+            entries.remove(&self.id);
+        }
     }
 }
 
@@ -207,4 +309,47 @@ fn log_change(change: &TaskChange) {
         event_type = %change.event.event_type,
         "task changed"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_task_lock_is_exclusive_and_forgotten_once_nobody_holds_or_awaits_it() {
+        let locks = Arc::new(TaskLocks::default());
+        let (a, b) = (TaskId::new(), TaskId::new());
+        let first = locks.lock(a).await;
+        // Another task's turn does not wait for this one.
+        let other = locks.lock(b).await;
+        assert_eq!(locks.len(), 2);
+        let waiting = tokio::spawn({
+            let locks = Arc::clone(&locks);
+            async move { drop(locks.lock(a).await) }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "a second turn waits for the first");
+        drop(other);
+        drop(first);
+        waiting.await.unwrap();
+        assert_eq!(locks.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_gives_up_leaves_no_lock_behind() {
+        let locks = Arc::new(TaskLocks::default());
+        let id = TaskId::new();
+        let held = locks.lock(id).await;
+        let waiter = tokio::spawn({
+            let locks = Arc::clone(&locks);
+            async move { drop(locks.lock(id).await) }
+        });
+        tokio::task::yield_now().await;
+        // The holder leaves while the waiter still counts, and the waiter
+        // is abandoned before it takes its turn (a client that went away).
+        drop(held);
+        waiter.abort();
+        assert!(waiter.await.unwrap_err().is_cancelled());
+        assert_eq!(locks.len(), 0);
+    }
 }

@@ -254,7 +254,7 @@ impl From<ServiceError> for Problem {
                 Problem::conflict("the task is deleted")
             }
             e @ ServiceError::VersionMismatch { .. } => Problem::precondition_failed(e.to_string()),
-            e @ ServiceError::Contended => Problem::conflict(e.to_string()),
+            e @ ServiceError::Contended => Problem::unavailable(e.to_string()),
             ServiceError::OutcomeUnknown(id) => Problem::outcome_unknown(id),
             ServiceError::Store(e) if e.is_transient() => {
                 tracing::warn!(error = &e as &dyn std::error::Error, "task write refused");

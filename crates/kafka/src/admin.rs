@@ -16,14 +16,16 @@ pub enum TopicOutcome {
 }
 
 /// Creates each declared topic that does not exist yet. Existing topics are
-/// left untouched (their partitions and configs are not changed).
+/// left untouched (their partitions and configs are not changed). Fails when
+/// the cluster does not answer within `timeout`.
 pub async fn apply_topics(
     config: &KafkaConfig,
     topics: &[TopicSpec],
+    timeout: Duration,
 ) -> Result<Vec<(String, TopicOutcome)>, KafkaError> {
     let admin: AdminClient<TracingContext> = config
         .client_config()
-        .create_with_context(TracingContext::new("admin", None))
+        .create_with_context(TracingContext::of("admin", config))
         .map_err(|e| KafkaError::Config(e.to_string()))?;
     let new_topics: Vec<NewTopic<'_>> = topics
         .iter()
@@ -39,7 +41,9 @@ pub async fn apply_topics(
             topic
         })
         .collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let options = AdminOptions::new()
+        .request_timeout(Some(timeout))
+        .operation_timeout(Some(timeout));
     let results = admin
         .create_topics(new_topics.iter(), &options)
         .await

@@ -2,10 +2,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
 
+use crate::connectivity::{Connectivity, REACHABILITY_INTERVAL};
 use crate::StatsListener;
 
 /// librdkafka properties whose values must never be logged.
@@ -18,12 +20,17 @@ const SECRET_KEYS: &[&str] = &[
 
 /// Where the Kafka cluster is, plus any extra librdkafka properties
 /// (`security.protocol`, `sasl.mechanism`, ...). `Debug` redacts secrets.
+///
+/// The clients made from one configuration and its clones report broker
+/// outages together: one line when a broker becomes unreachable, a summary
+/// now and then, one line when it answers again (see `connectivity.rs`).
 #[derive(Clone)]
 pub struct KafkaConfig {
     pub bootstrap_servers: String,
     pub properties: BTreeMap<String, String>,
     /// Receives every client's statistics, when set.
     pub stats: Option<(StatsListener, Duration)>,
+    pub(crate) connectivity: Arc<Connectivity>,
 }
 
 impl KafkaConfig {
@@ -33,7 +40,16 @@ impl KafkaConfig {
             bootstrap_servers: bootstrap_servers.into(),
             properties: BTreeMap::new(),
             stats: None,
+            connectivity: Arc::new(Connectivity::new(false)),
         }
+    }
+
+    /// Logs nothing about unreachable brokers: for one-shot commands, which
+    /// report a cluster that does not answer in their own error (see
+    /// [`crate::wait_for_cluster`]).
+    pub fn quiet(mut self) -> Self {
+        self.connectivity = Arc::new(Connectivity::new(true));
+        self
     }
 
     /// Sends each client's statistics to `listener` every `interval`.
@@ -54,12 +70,15 @@ impl KafkaConfig {
         for (key, value) in &self.properties {
             config.set(key, value);
         }
-        if let Some((_, interval)) = &self.stats {
-            config.set(
-                "statistics.interval.ms",
-                interval.as_millis().max(1).to_string(),
-            );
-        }
+        // Statistics also tell the connectivity log that a broker answers.
+        let interval = self
+            .stats
+            .as_ref()
+            .map_or(REACHABILITY_INTERVAL, |(_, interval)| *interval);
+        config.set(
+            "statistics.interval.ms",
+            interval.as_millis().max(1).to_string(),
+        );
         config
     }
 }

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError as RdError;
 use rdkafka::message::{Headers, Message};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::context::{GroupState, TracingContext};
@@ -128,7 +130,7 @@ impl EventConsumer {
                 settings.fetch_wait.as_millis().to_string(),
             );
         let state = Arc::new(Mutex::new(GroupState::default()));
-        let mut context = TracingContext::new(group, config.stats.as_ref().map(|(l, _)| l.clone()));
+        let mut context = TracingContext::of(group, config);
         context.group = Some(Arc::clone(&state));
         let inner: StreamConsumer<TracingContext> = rd
             .create_with_context(context)
@@ -154,13 +156,23 @@ impl EventConsumer {
         self.commit_interval
     }
 
-    /// Waits for the next record.
+    /// Waits for the next record. Lost or failed broker connections are not
+    /// errors here: librdkafka reconnects by itself, and the connectivity
+    /// log (see [`KafkaConfig`]) reports the outage once.
     pub async fn recv(&self) -> Result<InboundRecord, KafkaError> {
-        let message = self
-            .inner
-            .recv()
-            .await
-            .map_err(|e| KafkaError::Consume(e.to_string()))?;
+        let message = loop {
+            match self.inner.recv().await {
+                Ok(message) => break message,
+                Err(RdError::MessageConsumption(
+                    code @ (RDKafkaErrorCode::BrokerTransportFailure
+                    | RDKafkaErrorCode::AllBrokersDown
+                    | RDKafkaErrorCode::Resolve),
+                )) => {
+                    tracing::debug!(target: "kafka", group = self.group.as_str(), %code, "consumer lost its brokers; librdkafka reconnects");
+                }
+                Err(e) => return Err(KafkaError::Consume(e.to_string())),
+            }
+        };
         let headers = message
             .headers()
             .map(|hs| {

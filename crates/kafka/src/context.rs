@@ -9,9 +9,12 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, Statistics, TopicPartitionList};
 
+use crate::connectivity::Connectivity;
 use crate::stats::{ClientStats, StatsListener};
+use crate::KafkaConfig;
 
 /// The prefix of the metadata taskstream commits with each offset; the rest
 /// is the commit time in milliseconds since the epoch. Lag evaluation reads
@@ -64,23 +67,49 @@ pub(crate) struct TracingContext {
     /// Names the client in log lines (`relay`, `auditor`, ...).
     pub(crate) client: String,
     pub(crate) stats: Option<StatsListener>,
+    /// Where connection failures go instead of one log line each.
+    pub(crate) connectivity: Option<Arc<Connectivity>>,
     /// Consumers only.
     pub(crate) group: Option<Arc<Mutex<GroupState>>>,
 }
 
 impl TracingContext {
-    pub(crate) fn new(client: impl Into<String>, stats: Option<StatsListener>) -> Self {
+    /// A context that logs everything librdkafka says (the dev broker's own client).
+    pub(crate) fn new(client: impl Into<String>) -> Self {
         Self {
             client: client.into(),
-            stats,
+            ..Self::default()
+        }
+    }
+
+    /// The context of a client made from `config`: statistics to its
+    /// listener, connection failures to its connectivity log.
+    pub(crate) fn of(client: impl Into<String>, config: &KafkaConfig) -> Self {
+        Self {
+            client: client.into(),
+            stats: config.stats.as_ref().map(|(listener, _)| listener.clone()),
+            connectivity: Some(Arc::clone(&config.connectivity)),
             group: None,
         }
+    }
+
+    /// Whether `fac`/`message` is librdkafka reporting a failed or lost
+    /// connection, which the connectivity log summarises.
+    fn is_connection_failure(fac: &str, message: &str) -> bool {
+        matches!(fac, "FAIL" | "BROKERFAIL" | "CONNECT" | "RESOLVE")
+            || message.contains("brokers are down")
     }
 }
 
 impl ClientContext for TracingContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         let client = self.client.as_str();
+        if self.connectivity.is_some() && Self::is_connection_failure(fac, message) {
+            // Counted through the error callback, which reports the same
+            // failure; the connectivity log says it once.
+            tracing::debug!(target: "librdkafka", client, fac, "{message}");
+            return;
+        }
         match level {
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert
@@ -101,12 +130,41 @@ impl ClientContext for TracingContext {
     }
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        // Transport errors while a broker is down are expected and retried by
-        // librdkafka; they are worth a warning, not an error.
-        tracing::warn!(target: "librdkafka", client = self.client.as_str(), %error, "{reason}");
+        let client = self.client.as_str();
+        if let Some(connectivity) = &self.connectivity {
+            match error.rdkafka_error_code() {
+                // One broker unreachable or lost: librdkafka retries it.
+                Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::Resolve) => {
+                    connectivity.connection_failed(client, reason);
+                    return;
+                }
+                // The sum of the failures above, already reported per broker.
+                Some(RDKafkaErrorCode::AllBrokersDown) => {
+                    tracing::debug!(target: "librdkafka", client, %error, "{reason}");
+                    return;
+                }
+                _ => {
+                    connectivity.other_error(client, &format!("{error}: {reason}"));
+                    return;
+                }
+            }
+        }
+        // Other transient errors are retried by librdkafka too; they are
+        // worth a warning, not an error.
+        tracing::warn!(target: "librdkafka", client, %error, "{reason}");
     }
 
     fn stats(&self, statistics: Statistics) {
+        if let Some(connectivity) = &self.connectivity {
+            for broker in statistics.brokers.values() {
+                // The internal and logical brokers are librdkafka's own.
+                if broker.state == "UP"
+                    && matches!(broker.source.as_str(), "configured" | "learned")
+                {
+                    connectivity.broker_up(&broker.nodename);
+                }
+            }
+        }
         if let Some(listener) = &self.stats {
             listener(&ClientStats::from_rdkafka(&self.client, &statistics));
         }

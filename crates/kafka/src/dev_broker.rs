@@ -49,7 +49,7 @@ impl DevBroker {
         let owner: BaseProducer<TracingContext> = ClientConfig::new()
             .set("test.mock.num.brokers", "1")
             .set("client.id", "taskstream-dev-broker")
-            .create_with_context(TracingContext::new("dev-broker", None))
+            .create_with_context(TracingContext::new("dev-broker"))
             .map_err(|e| KafkaError::DevBroker(e.to_string()))?;
         let broker = Self {
             bootstrap: String::new(),

@@ -27,6 +27,13 @@ pub enum KafkaError {
         operation: &'static str,
         message: String,
     },
+    /// No broker answered a metadata request in time.
+    #[error("no Kafka broker answered at {bootstrap} within {} (last error: {last_failure})", seconds(.waited))]
+    Unreachable {
+        bootstrap: String,
+        waited: std::time::Duration,
+        last_failure: String,
+    },
     /// The dev broker could not be started or changed.
     #[error("dev broker: {0}")]
     DevBroker(String),
@@ -37,8 +44,19 @@ impl KafkaError {
     pub fn is_retriable(&self) -> bool {
         match self {
             Self::Delivery { retriable, .. } => *retriable,
-            Self::Consume(_) | Self::Commit(_) | Self::Admin { .. } => true,
+            Self::Consume(_) | Self::Commit(_) | Self::Admin { .. } | Self::Unreachable { .. } => {
+                true
+            }
             Self::Config(_) | Self::DevBroker(_) => false,
         }
+    }
+}
+
+/// `5s`, `1.5s`: a duration as a person writes it.
+fn seconds(d: &std::time::Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}s", d.as_secs_f64())
     }
 }

@@ -3,6 +3,7 @@
 //! wraps too).
 //!
 //! - [`KafkaConfig`]: where the cluster is and how to authenticate.
+//! - [`wait_for_cluster`]: whether a broker answers, within a deadline.
 //! - [`DevBroker`]: an in-process, Kafka-protocol broker for development and tests.
 //! - [`EventProducer`]: an idempotent producer (`acks=all`) with per-record delivery reports.
 //! - [`EventConsumer`]: a consumer-group member that commits only what the application acknowledged.
@@ -11,6 +12,7 @@
 
 mod admin;
 mod config;
+mod connectivity;
 mod consumer;
 mod context;
 mod dev_broker;
@@ -23,6 +25,7 @@ mod topic;
 
 pub use admin::{apply_topics, TopicOutcome};
 pub use config::KafkaConfig;
+pub use connectivity::wait_for_cluster;
 pub use consumer::{ConsumerSettings, EventConsumer, InboundRecord};
 pub use dev_broker::{DevBroker, InjectedError, KafkaApi};
 pub use error::KafkaError;

@@ -49,7 +49,7 @@ fn client(
     if let Some(group) = group {
         rd.set("group.id", group);
     }
-    rd.create_with_context(TracingContext::new(name, None))
+    rd.create_with_context(TracingContext::of(name, config))
         .map_err(|e| KafkaError::Config(e.to_string()))
 }
 

@@ -124,10 +124,7 @@ impl EventProducer {
             )
             .set("client.id", format!("taskstream-{client}"));
         let inner = rd
-            .create_with_context(TracingContext::new(
-                client,
-                config.stats.as_ref().map(|(l, _)| l.clone()),
-            ))
+            .create_with_context(TracingContext::of(client, config))
             .map_err(|e| KafkaError::Config(e.to_string()))?;
         Ok(Self { inner })
     }

@@ -22,6 +22,8 @@ fn err(operation: &'static str) -> impl Fn(rdkafka::error::KafkaError) -> KafkaE
 pub const TOPIC_READER_GROUP: &str = "taskstream-topic-reader";
 
 /// Every record of `topic` that exists now, in partition and offset order.
+/// Fails when the cluster does not answer a request, or sends no record,
+/// for `timeout` (reading a long topic may take longer as a whole).
 pub async fn read_topic(
     config: &KafkaConfig,
     topic: &str,
@@ -32,7 +34,7 @@ pub async fn read_topic(
     rd.set("group.id", TOPIC_READER_GROUP)
         .set("enable.auto.commit", "false");
     let consumer: BaseConsumer<TracingContext> = rd
-        .create_with_context(TracingContext::new("topic-reader", None))
+        .create_with_context(TracingContext::of("topic-reader", config))
         .map_err(|e| KafkaError::Config(e.to_string()))?;
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
@@ -68,13 +70,16 @@ pub async fn read_topic(
             return Ok(records);
         }
         consumer.assign(&tpl).map_err(err("Assign"))?;
-        let deadline = Instant::now() + timeout;
+        let mut deadline = Instant::now() + timeout;
         while !ends.is_empty() {
             if Instant::now() > deadline {
-                return Err(KafkaError::Consume(format!("timed out reading {topic}")));
+                return Err(KafkaError::Consume(format!(
+                    "timed out reading {topic}: no record for {timeout:?}"
+                )));
             }
             match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {
+                    deadline = Instant::now() + timeout;
                     let partition = m.partition();
                     if ends
                         .get(&partition)

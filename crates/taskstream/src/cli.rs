@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use taskstream_api::{ApiBuilder, ReadinessCheck};
 use taskstream_avro::RegistryClient;
-use taskstream_kafka::{apply_topics, DevBroker, KafkaConfig, TopicOutcome};
+use taskstream_kafka::{apply_topics, wait_for_cluster, DevBroker, KafkaConfig, TopicOutcome};
 use taskstream_services::topics::TASK_EVENTS;
 use taskstream_services::topics::{declared_topics, schema_registry_topic};
 use taskstream_services::{EventEncoding, RelaySettings, RetryPolicy};
@@ -331,6 +331,84 @@ fn parse_seconds(raw: &str) -> Result<Duration, String> {
     }
 }
 
+/// The longest duration the duration flags take.
+const LONGEST_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// A duration such as `10s`, `500ms`, `2m` or `1h`; a bare number is seconds.
+pub(crate) fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let text = raw.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let scale = match unit.trim() {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        _ => f64::NAN,
+    };
+    match number.parse::<f64>().map(|n| n * scale) {
+        Ok(secs) if secs.is_finite() && secs >= 0.001 && secs <= LONGEST_DURATION.as_secs_f64() => {
+            Ok(Duration::from_secs_f64(secs))
+        }
+        _ => Err(format!(
+            "expected a duration between 1ms and 24h such as 10s, 500ms or 2m, got {raw:?}"
+        )),
+    }
+}
+
+/// Checks a bootstrap list — `HOST:PORT[,HOST:PORT...]`, a port from 1 to
+/// 65535, no scheme, no empty entry — and returns it without blanks.
+/// librdkafka would take a bad list and then retry it forever.
+pub(crate) fn check_bootstrap(raw: &str) -> Result<String, String> {
+    let invalid = |why: String| format!("invalid --kafka-bootstrap {raw:?}: {why}");
+    let mut entries = Vec::new();
+    for entry in raw.split(',').map(str::trim) {
+        if entry.is_empty() {
+            return Err(invalid(
+                "an empty entry; expected HOST:PORT[,HOST:PORT...]".into(),
+            ));
+        }
+        if let Some((scheme, rest)) = entry.split_once("://") {
+            let protocol = scheme.to_ascii_lowercase();
+            let hint = match protocol.as_str() {
+                "plaintext" | "ssl" | "sasl_plaintext" | "sasl_ssl" => {
+                    format!("the protocol is set with --kafka-security-protocol {protocol}")
+                }
+                _ => "Kafka brokers speak the Kafka protocol, not a URL scheme".to_owned(),
+            };
+            return Err(invalid(format!(
+                "give HOST:PORT without `{scheme}://`, e.g. {rest:?} ({hint})"
+            )));
+        }
+        let Some((host, port)) = entry.rsplit_once(':') else {
+            return Err(invalid(format!(
+                "{entry:?} has no port; expected HOST:PORT such as {entry}:9092"
+            )));
+        };
+        let bracketed = host.starts_with('[') && host.ends_with(']') && host.len() > 2;
+        if host.is_empty()
+            || host.contains(|c: char| c.is_whitespace() || c == '/' || c == '@')
+            || (host.contains([':', '[', ']']) && !bracketed)
+        {
+            return Err(invalid(format!(
+                "{entry:?} has no valid host; expected HOST:PORT (an IPv6 address in brackets: [::1]:9092)"
+            )));
+        }
+        match port.parse::<u16>() {
+            Ok(p) if p > 0 => {}
+            _ => {
+                return Err(invalid(format!(
+                    "{entry:?} has no valid port; a port is a number from 1 to 65535"
+                )))
+            }
+        }
+        entries.push(entry);
+    }
+    Ok(entries.join(","))
+}
+
 impl KafkaArgs {
     /// The client configuration for `bootstrap`: security settings checked
     /// for consistency, then the extra properties on top.
@@ -386,7 +464,10 @@ impl KafkaArgs {
     /// The configured cluster, if a bootstrap address was given.
     pub(crate) fn config(&self) -> anyhow::Result<Option<KafkaConfig>> {
         match self.kafka_bootstrap.as_deref().map(str::trim) {
-            Some(bootstrap) if !bootstrap.is_empty() => self.build(bootstrap).map(Some),
+            Some(bootstrap) if !bootstrap.is_empty() => {
+                let bootstrap = check_bootstrap(bootstrap).map_err(anyhow::Error::msg)?;
+                self.build(&bootstrap).map(Some)
+            }
             _ => Ok(None),
         }
     }
@@ -426,6 +507,40 @@ impl KafkaArgs {
             self.build(bootstrap)?,
             endpoints["kafka_is_dev_broker"] == true,
         ))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct KafkaStartArgs {
+    /// Exit with an error unless a Kafka broker answers within this long at
+    /// start (e.g. 30s, 2m). Default: wait for the cluster as long as it takes.
+    #[arg(long, env = "TASKSTREAM_KAFKA_WAIT_AT_START", value_parser = parse_duration)]
+    pub kafka_wait_at_start: Option<Duration>,
+}
+
+impl KafkaStartArgs {
+    /// Waits for a broker of `kafka` to answer, if a deadline was given.
+    async fn wait(&self, kafka: &KafkaConfig) -> anyhow::Result<()> {
+        if let Some(deadline) = self.kafka_wait_at_start {
+            wait_for_cluster(kafka, deadline).await?;
+        }
+        Ok(())
+    }
+}
+
+/// How long a one-shot Kafka command waits for the cluster to answer.
+#[derive(Debug, Args)]
+pub struct KafkaTimeoutArgs {
+    /// Give up when no broker answers within this long (e.g. 10s, 500ms, 1m).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+impl KafkaTimeoutArgs {
+    /// Fails with one line naming the bootstrap address when no broker of
+    /// `kafka` answers within the timeout.
+    pub(crate) async fn reach(&self, kafka: &KafkaConfig) -> anyhow::Result<()> {
+        Ok(wait_for_cluster(kafka, self.timeout).await?)
     }
 }
 
@@ -486,6 +601,8 @@ pub struct UpArgs {
     #[command(flatten)]
     pub kafka: KafkaArgs,
     #[command(flatten)]
+    pub kafka_start: KafkaStartArgs,
+    #[command(flatten)]
     pub readiness: ReadinessArgs,
     #[command(flatten)]
     pub outbox: OutboxArgs,
@@ -514,6 +631,8 @@ pub struct RelayArgs {
     pub store: StoreArgs,
     #[command(flatten)]
     pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub kafka_start: KafkaStartArgs,
     #[command(flatten)]
     pub readiness: ReadinessArgs,
     #[command(flatten)]
@@ -545,6 +664,8 @@ pub struct ConsumerArgs {
     pub store: StoreArgs,
     #[command(flatten)]
     pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub kafka_start: KafkaStartArgs,
 }
 
 #[derive(Debug, Args)]
@@ -586,6 +707,8 @@ pub enum TopicsCommand {
     Apply {
         #[command(flatten)]
         kafka: KafkaArgs,
+        #[command(flatten)]
+        timeout: KafkaTimeoutArgs,
         /// Replication factor (at most the number of brokers).
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..))]
         replication_factor: i32,
@@ -779,6 +902,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let metrics = Metrics::new();
             let (kafka, _) = args.kafka.resolve(&args.store.data_dir, "relay")?;
             let kafka = kafka.with_stats(metrics.stats_listener(), STATS_INTERVAL);
+            args.kafka_start.wait(&kafka).await?;
             let registry = match args.event_format {
                 EventFormat::Json => None,
                 EventFormat::Avro => Some(Arc::new(RegistryClient::new(
@@ -841,7 +965,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Lag(args) => crate::lag::run(args).await,
         Command::Registry(args) => {
-            let (bound, registry) = components::registry(args.http, &args.data_dir).await?;
+            let (bound, registry) =
+                components::registry(args.http, &args.data_dir, "registry").await?;
             print_endpoints(&[("schema-registry", format!("http://{bound}"))]);
             shutdown_signal().await;
             registry.stop().await;
@@ -896,12 +1021,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         )),
         Command::Topics(TopicsCommand::Apply {
             kafka,
+            timeout,
             replication_factor,
         }) => {
-            let config = kafka.require("topics apply command")?;
-            let outcomes = apply_topics(&config, &declared_topics(replication_factor))
-                .await
-                .with_context(|| format!("cannot create topics on {}", config.bootstrap_servers))?;
+            let config = kafka.require("topics apply command")?.quiet();
+            timeout.reach(&config).await?;
+            let outcomes = apply_topics(
+                &config,
+                &declared_topics(replication_factor),
+                timeout.timeout,
+            )
+            .await
+            .with_context(|| format!("cannot create topics on {}", config.bootstrap_servers))?;
             for (name, outcome) in outcomes {
                 match outcome {
                     TopicOutcome::Created => println!("created {name}"),
@@ -919,6 +1050,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     config.database = args.store.database()?;
     config.postgres = args.store.postgres_options();
     config.kafka = args.kafka.config()?;
+    config.kafka_wait_at_start = args.kafka_start.kafka_wait_at_start;
     config.ready_max_outbox_age = args.readiness.ready_max_outbox_age;
     config.notifier_delay = args.notifier_delay_ms;
     config.notifier_webhook = args.notifier_webhook_url.clone();
@@ -946,6 +1078,7 @@ async fn consumer_process(
     let metrics = Metrics::new();
     let (kafka, dev_broker) = args.kafka.resolve(&args.store.data_dir, which)?;
     let kafka = kafka.with_stats(metrics.stats_listener(), STATS_INTERVAL);
+    args.kafka_start.wait(&kafka).await?;
     let store = args.store.open().await?;
     let base = if dev_broker {
         ConsumerOptions::for_dev_broker()
@@ -996,4 +1129,64 @@ async fn consumer_process(
     running.push(consumer);
     run_until_signal(running, &store).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_a_unit_or_mean_seconds() {
+        let ok = [
+            ("10", 10_000),
+            ("10s", 10_000),
+            ("1.5s", 1_500),
+            ("500ms", 500),
+            ("2m", 120_000),
+            ("1h", 3_600_000),
+            (" 3s ", 3_000),
+        ];
+        for (raw, ms) in ok {
+            assert_eq!(parse_duration(raw), Ok(Duration::from_millis(ms)), "{raw}");
+        }
+        for bad in [
+            "",
+            "0",
+            "0s",
+            "0.0001s",
+            "-1",
+            "s",
+            "10 parsecs",
+            "1e3",
+            "25h",
+            "NaN",
+            "inf",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn bootstrap_lists_are_host_port_pairs_without_blanks() {
+        assert_eq!(
+            check_bootstrap(" a:9092 , [::1]:9093,b.example:1").as_deref(),
+            Ok("a:9092,[::1]:9093,b.example:1")
+        );
+        for bad in [
+            "http://a:9092",
+            "a",
+            "a:",
+            "a:0",
+            "a:99999",
+            "a:9092,",
+            ",a:9092",
+            "a b:9092",
+            "::1:9092",
+            "[]:9092",
+            "user@a:9092",
+            "a:9092/x",
+        ] {
+            assert!(check_bootstrap(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
 }

@@ -27,6 +27,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use crate::data_dir_lock::{DataDirLock, REGISTRY_LOCK_FILE};
+
 /// The database file inside a data directory.
 pub const DATABASE_FILE: &str = "taskstream.db";
 
@@ -448,11 +450,15 @@ impl ReadinessCheck for OutboxAgeCheck {
     }
 }
 
-/// Serves the embedded schema registry, its state in `data_dir`.
+/// Serves the embedded schema registry, its state in `data_dir`. Only one
+/// process serves a data directory's registry: `command` (`up`, `registry`)
+/// names this one to another that tries.
 pub async fn registry(
     addr: SocketAddr,
     data_dir: &Path,
+    command: &str,
 ) -> anyhow::Result<(SocketAddr, Component)> {
+    let lock = DataDirLock::acquire(data_dir, REGISTRY_LOCK_FILE, command)?;
     let path = data_dir.join(REGISTRY_FILE);
     let store = taskstream_registry::RegistryStore::open(&path)
         .await
@@ -464,7 +470,8 @@ pub async fn registry(
         })?;
     let router = taskstream_registry::router(store.clone());
     serve("schema-registry", addr, router, async move {
-        store.close().await
+        store.close().await;
+        drop(lock);
     })
     .await
 }

@@ -4,7 +4,6 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
@@ -16,7 +15,7 @@ use taskstream_services::dead_letter::headers;
 use taskstream_services::dead_letter_topic;
 use taskstream_services::topics::TASK_EVENTS;
 
-use crate::cli::KafkaArgs;
+use crate::cli::{KafkaArgs, KafkaTimeoutArgs};
 
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
@@ -59,6 +58,8 @@ pub struct DlqTarget {
     pub data_dir: PathBuf,
     #[command(flatten)]
     pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub timeout: KafkaTimeoutArgs,
 }
 
 /// A record's place in the dead-letter topic.
@@ -273,8 +274,10 @@ async fn read(
     target: &DlqTarget,
 ) -> anyhow::Result<(Vec<InboundRecord>, taskstream_kafka::KafkaConfig)> {
     let (kafka, _) = target.kafka.resolve(&target.data_dir, "dlq command")?;
+    let kafka = kafka.quiet();
+    target.timeout.reach(&kafka).await?;
     let topic = dead_letter_topic(&target.topic);
-    let records = read_topic(&kafka, &topic, Duration::from_secs(30))
+    let records = read_topic(&kafka, &topic, target.timeout.timeout)
         .await
         .with_context(|| format!("cannot read {topic} on {}", kafka.bootstrap_servers))?;
     Ok((records, kafka))

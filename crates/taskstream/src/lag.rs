@@ -12,7 +12,7 @@ use taskstream_services::lag::{GroupReport, LagTracker};
 use taskstream_services::topics::TASK_EVENTS;
 use taskstream_services::{AUDITOR_GROUP, NOTIFIER_GROUP};
 
-use crate::cli::KafkaArgs;
+use crate::cli::{KafkaArgs, KafkaTimeoutArgs};
 
 #[derive(Debug, Args)]
 pub struct LagArgs {
@@ -42,6 +42,8 @@ pub struct LagArgs {
     pub data_dir: PathBuf,
     #[command(flatten)]
     pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub timeout: KafkaTimeoutArgs,
 }
 
 fn parse_interval(raw: &str) -> Result<Duration, String> {
@@ -60,8 +62,11 @@ fn now_ms() -> i64 {
 /// Runs the command.
 pub async fn run(args: LagArgs) -> anyhow::Result<()> {
     let (kafka, _) = args.kafka.resolve(&args.data_dir, "lag command")?;
+    let kafka = kafka.quiet();
+    let timeout = args.timeout.timeout;
+    args.timeout.reach(&kafka).await?;
     let groups = if args.all_groups {
-        list_groups(&kafka, Duration::from_secs(10)).await.context(
+        list_groups(&kafka, timeout).await.context(
             "cannot list consumer groups (the dev broker cannot; name them with --group)",
         )?
     } else if args.groups.is_empty() {
@@ -73,7 +78,7 @@ pub async fn run(args: LagArgs) -> anyhow::Result<()> {
     let mut observations = 0usize;
     loop {
         for group in &groups {
-            let offsets = group_offsets(&kafka, group, &args.topic, Duration::from_secs(10))
+            let offsets = group_offsets(&kafka, group, &args.topic, timeout)
                 .await
                 .with_context(|| {
                     format!(
@@ -86,7 +91,7 @@ pub async fn run(args: LagArgs) -> anyhow::Result<()> {
         observations += 1;
         let window_full = observations >= args.samples as usize;
         if args.watch && observations >= 2 || window_full {
-            let reports = report(&tracker, &kafka, &args.topic).await?;
+            let reports = report(&tracker, &kafka, &args.topic, timeout).await?;
             if !emit(&render(&reports, args.json, args.watch)?)? || (window_full && !args.watch) {
                 return Ok(());
             }
@@ -102,6 +107,7 @@ async fn report(
     tracker: &LagTracker,
     kafka: &KafkaConfig,
     topic: &str,
+    timeout: Duration,
 ) -> anyhow::Result<Vec<GroupReport>> {
     // The age of the oldest unconsumed record of each lagging partition.
     let first = tracker.report(now_ms(), |_, _, _| None);
@@ -113,9 +119,14 @@ async fn report(
             .filter(|p| p.lag > 0)
             .map(|p| (p.partition, p.committed_offset.unwrap_or(0)))
             .collect();
-        let stamps = record_timestamps(kafka, topic, &positions, Duration::from_secs(3))
-            .await
-            .context("cannot read the oldest unconsumed records")?;
+        let stamps = record_timestamps(
+            kafka,
+            topic,
+            &positions,
+            timeout.min(Duration::from_secs(3)),
+        )
+        .await
+        .context("cannot read the oldest unconsumed records")?;
         let now = now_ms();
         for (partition, ts) in stamps {
             ages.insert(

@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod cli;
 pub mod components;
+pub mod data_dir_lock;
 pub mod dlq;
 pub mod lag;
 pub mod schema;

@@ -20,6 +20,7 @@ use taskstream_services::EventEncoding;
 use taskstream_telemetry::Metrics;
 
 use crate::components::{self, Component, ConsumerOptions};
+use crate::data_dir_lock::{DataDirLock, INSTANCE_LOCK_FILE};
 
 /// What `taskstream up` runs with.
 #[derive(Debug, Clone)]
@@ -43,6 +44,9 @@ pub struct SystemConfig {
     pub notifier_webhook: Option<String>,
     /// Where event schemas are registered.
     pub registry: RegistrySetting,
+    /// With a cluster configured: fail to start unless a broker answers
+    /// within this long. `None` waits for it as long as it takes.
+    pub kafka_wait_at_start: Option<Duration>,
 }
 
 /// Where event schemas live, and so how events are encoded.
@@ -72,6 +76,7 @@ impl SystemConfig {
             notifier_delay: Duration::ZERO,
             notifier_webhook: None,
             registry: RegistrySetting::Embedded(SocketAddr::from(([127, 0, 0, 1], 0))),
+            kafka_wait_at_start: None,
         }
     }
 }
@@ -86,6 +91,8 @@ pub struct RunningSystem {
     /// In shutdown order: HTTP, relay, consumers.
     components: Vec<Component>,
     dev_broker: Option<DevBroker>,
+    /// Held while the system runs; released when it is dropped.
+    _instance_lock: DataDirLock,
 }
 
 /// How often Kafka clients report statistics (into `/metrics`).
@@ -97,7 +104,14 @@ pub const ENDPOINTS_FILE: &str = "endpoints.json";
 impl RunningSystem {
     /// Starts the dev broker (unless a cluster is configured), the store,
     /// the relay, both consumers and the HTTP server, in that order.
+    ///
+    /// Fails at once if another process runs the system on the same data
+    /// directory (see [`DataDirLock`]).
     pub async fn start(config: SystemConfig) -> anyhow::Result<Self> {
+        let instance_lock = DataDirLock::acquire(&config.data_dir, INSTANCE_LOCK_FILE, "up")?;
+        if let (Some(kafka), Some(deadline)) = (&config.kafka, config.kafka_wait_at_start) {
+            taskstream_kafka::wait_for_cluster(kafka, deadline).await?;
+        }
         let dev_broker = match &config.kafka {
             Some(_) => None,
             None => {
@@ -127,7 +141,8 @@ impl RunningSystem {
         };
         let (registry_url, registry_component) = match &config.registry {
             RegistrySetting::Embedded(addr) => {
-                let (bound, component) = components::registry(*addr, &config.data_dir).await?;
+                let (bound, component) =
+                    components::registry(*addr, &config.data_dir, "up").await?;
                 (Some(format!("http://{bound}")), Some(component))
             }
             RegistrySetting::External(url) => (Some(url.clone()), None),
@@ -215,6 +230,7 @@ impl RunningSystem {
                 .chain(registry_component)
                 .collect(),
             dev_broker,
+            _instance_lock: instance_lock,
         };
         let mut endpoints = serde_json::to_value(system.endpoints())?;
         // Lets `taskstream lag` and extra consumer instances started with the

@@ -3,11 +3,13 @@
 
 mod at_scale;
 mod binary;
+mod contention;
 mod core_loop;
 mod crash;
 mod crash_at_scale;
 mod dead_letters;
 mod disk_full;
+mod exclusive_data_dir;
 mod faults;
 mod helpers;
 mod http_errors;
@@ -20,4 +22,5 @@ mod rebalance;
 mod restart;
 mod schema_registry;
 mod shutdown;
+mod unreachable_kafka;
 mod webhook;

@@ -35,7 +35,7 @@ async fn with_the_registry_down_known_schemas_flow_and_new_ones_wait_in_the_outb
     .await
     .unwrap();
     let (registry_addr, registry) =
-        components::registry("127.0.0.1:0".parse().unwrap(), dir.path())
+        components::registry("127.0.0.1:0".parse().unwrap(), dir.path(), "registry")
             .await
             .unwrap();
     let registry_client = Arc::new(RegistryClient::new(&format!("http://{registry_addr}")));
@@ -114,7 +114,7 @@ async fn with_the_registry_down_known_schemas_flow_and_new_ones_wait_in_the_outb
     assert_eq!(audited().await, 2, "nothing undecodable was published");
 
     // The registry comes back where it was: the event goes out and is read.
-    let (_, registry) = components::registry(registry_addr, dir.path())
+    let (_, registry) = components::registry(registry_addr, dir.path(), "registry")
         .await
         .unwrap();
     eventually(
