@@ -642,7 +642,7 @@ async fn create_topics_applies_configs_that_describe_configs_reports(target: &Ta
         ]),
     };
     let config = target.admin_config();
-    let created = apply_topics(&config, std::slice::from_ref(&spec)).await;
+    let created = apply_topics(&config, std::slice::from_ref(&spec), target.admin_timeout()).await;
     let described = futures_block_on(
         target
             .admin()
@@ -666,7 +666,7 @@ async fn create_topics_applies_configs_that_describe_configs_reports(target: &Ta
         created.expect("CreateTopics"),
         [(name.clone(), TopicOutcome::Created)]
     );
-    let again = apply_topics(&config, &[spec])
+    let again = apply_topics(&config, &[spec], target.admin_timeout())
         .await
         .expect("CreateTopics again");
     assert_eq!(again, [(name.clone(), TopicOutcome::AlreadyExists)]);
