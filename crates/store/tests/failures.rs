@@ -427,16 +427,30 @@ async fn terminate_sessions(db: &Scratch) -> u64 {
     killed.into_iter().filter(|k| *k).count() as u64
 }
 
-/// Waits until a session of the scratch database is inside `COMMIT`.
-async fn wait_for_a_commit_in_flight(db: &Scratch) {
+/// The database server's clock.
+async fn server_now(db: &Scratch) -> chrono::DateTime<chrono::Utc> {
+    let mut admin = sqlx::PgConnection::connect(&db.admin).await.unwrap();
+    let now = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
+    now
+}
+
+/// Waits until a session of the scratch database is inside a `COMMIT` that
+/// started after `since` (sessions killed earlier may still be listed).
+async fn wait_for_a_commit_in_flight(db: &Scratch, since: chrono::DateTime<chrono::Utc>) {
     let mut admin = sqlx::PgConnection::connect(&db.admin).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let committing: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = $1 AND state = 'active' AND query = 'COMMIT'",
+             WHERE datname = $1 AND state = 'active' AND query = 'COMMIT'
+               AND query_start > $2",
         )
         .bind(&db.name)
+        .bind(since)
         .fetch_one(&mut admin)
         .await
         .unwrap();
@@ -460,11 +474,12 @@ async fn a_backend_killed_mid_commit_never_turns_into_an_acknowledged_write() {
     let mut killed = 0;
     for round in 0..4 {
         let current = latest(&store, &told).await;
+        let since = server_now(&db).await;
         let writes = {
             let store = Arc::clone(&store);
             tokio::spawn(async move { burst(&store, &current, 6).await })
         };
-        wait_for_a_commit_in_flight(&db).await;
+        wait_for_a_commit_in_flight(&db, since).await;
         killed += terminate_sessions(&db).await;
         let round_told = writes.await.unwrap();
         assert!(
