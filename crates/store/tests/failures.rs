@@ -427,40 +427,79 @@ async fn terminate_sessions(db: &Scratch) -> u64 {
     killed.into_iter().filter(|k| *k).count() as u64
 }
 
-/// The database server's clock.
-async fn server_now(db: &Scratch) -> chrono::DateTime<chrono::Utc> {
-    let mut admin = sqlx::PgConnection::connect(&db.admin).await.unwrap();
-    let now = sqlx::query_scalar("SELECT now()")
-        .fetch_one(&mut admin)
-        .await
-        .unwrap();
-    admin.close().await.unwrap();
-    now
+/// Makes every commit of the scratch database wait, inside `COMMIT` (a
+/// deferred constraint trigger runs there), for the advisory lock that
+/// [`CommitGate::close`] holds.
+async fn gate_commits(db: &Scratch) {
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query(
+        "CREATE FUNCTION commit_gate() RETURNS trigger LANGUAGE plpgsql AS
+         $$ BEGIN PERFORM pg_advisory_xact_lock_shared(4242); RETURN NULL; END $$",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query(
+        "CREATE CONSTRAINT TRIGGER commit_gate AFTER INSERT ON outbox
+         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION commit_gate()",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
 }
 
-/// Waits until a session of the scratch database is inside a `COMMIT` that
-/// started after `since` (sessions killed earlier may still be listed).
-async fn wait_for_a_commit_in_flight(db: &Scratch, since: chrono::DateTime<chrono::Utc>) {
-    let mut admin = sqlx::PgConnection::connect(&db.admin).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let committing: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = $1 AND state = 'active' AND query = 'COMMIT'
-               AND query_start > $2",
-        )
-        .bind(&db.name)
-        .bind(since)
-        .fetch_one(&mut admin)
-        .await
-        .unwrap();
-        if committing > 0 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no commit started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+/// Holds commits at the gate, so a test can kill them in the middle.
+struct CommitGate(sqlx::PgConnection);
+
+impl CommitGate {
+    async fn close(db: &Scratch) -> Self {
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::query("SELECT pg_advisory_lock(4242)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        Self(conn)
     }
-    admin.close().await.unwrap();
+
+    /// Waits until `n` sessions wait at the gate (inside their `COMMIT`),
+    /// then terminates them.
+    async fn kill_waiting(&mut self, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let waiting: Vec<i32> = sqlx::query_scalar(
+                "SELECT l.pid FROM pg_locks l
+                 WHERE l.locktype = 'advisory' AND NOT l.granted AND l.objid = 4242",
+            )
+            .fetch_all(&mut self.0)
+            .await
+            .unwrap();
+            if waiting.len() >= n {
+                for pid in waiting {
+                    sqlx::query("SELECT pg_terminate_backend($1)")
+                        .bind(pid)
+                        .execute(&mut self.0)
+                        .await
+                        .unwrap();
+                }
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} of {n} commits reached the gate",
+                waiting.len()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn open(mut self) {
+        sqlx::query("SELECT pg_advisory_unlock(4242)")
+            .execute(&mut self.0)
+            .await
+            .unwrap();
+        self.0.close().await.unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -469,33 +508,41 @@ async fn a_backend_killed_mid_commit_never_turns_into_an_acknowledged_write() {
         return;
     };
     let store = Arc::new(Store::Postgres(db.store().await));
-    slow_writes(&db, "0.3", true).await;
+    gate_commits(&db).await;
     let mut told = Vec::new();
-    let mut killed = 0;
-    for round in 0..4 {
+    for round in 0..3 {
         let current = latest(&store, &told).await;
-        let since = server_now(&db).await;
+        let mut gate = CommitGate::close(&db).await;
         let writes = {
             let store = Arc::clone(&store);
             tokio::spawn(async move { burst(&store, &current, 6).await })
         };
-        wait_for_a_commit_in_flight(&db, since).await;
-        killed += terminate_sessions(&db).await;
+        // Every write of the round waits inside its COMMIT; kill them all.
+        gate.kill_waiting(6).await;
         let round_told = writes.await.unwrap();
+        gate.open().await;
         assert!(
-            round_told.iter().any(|t| !t.stored),
-            "round {round}: the kill refused writes"
+            round_told.iter().all(|t| !t.stored),
+            "round {round}: a write killed inside its commit was acknowledged: {round_told:?}"
         );
         told.extend(round_told);
     }
-    assert!(killed > 0);
     assert!(store.write_health().failing().is_some());
     // The database is back (the pool reconnects): writes work again.
     let after = created("after");
-    store
-        .insert_task(&after.task, &message(&after))
-        .await
-        .unwrap();
+    let mut stored = false;
+    for _ in 0..20 {
+        if store
+            .insert_task(&after.task, &message(&after))
+            .await
+            .is_ok()
+        {
+            stored = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(stored, "writes work again");
     assert_eq!(store.write_health().failing(), None);
     told.push(Told {
         task: after.task.id,
