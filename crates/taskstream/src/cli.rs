@@ -97,20 +97,37 @@ fn parse_registry_url(raw: &str) -> Result<String, String> {
     }
 }
 
-/// The endpoints a `taskstream up` in `data_dir` announced, if it did.
-fn read_endpoints(data_dir: &Path) -> Option<serde_json::Value> {
-    let bytes = std::fs::read(data_dir.join(ENDPOINTS_FILE)).ok()?;
-    serde_json::from_slice(&bytes).ok()
+/// The endpoints a `taskstream up` in `data_dir` announced: `None` when
+/// there is no endpoints file; an error when it cannot be read or is
+/// corrupt, saying which and why.
+fn read_endpoints(data_dir: &Path) -> anyhow::Result<Option<serde_json::Value>> {
+    let path = data_dir.join(ENDPOINTS_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(endpoints) if endpoints.is_object() => Ok(Some(endpoints)),
+        Ok(_) => bail!(
+            "{} is corrupt: expected the JSON object `taskstream up` writes",
+            path.display()
+        ),
+        Err(e) => bail!(
+            "{} is corrupt ({e}); a running `taskstream up` rewrites it when it starts",
+            path.display()
+        ),
+    }
 }
 
 impl RegistryArgs {
     /// The configured registry, or the one a `taskstream up` in `data_dir` announced.
-    pub(crate) fn resolve(&self, data_dir: &Path) -> Option<String> {
-        self.schema_registry.clone().or_else(|| {
-            read_endpoints(data_dir)?["schema-registry"]
-                .as_str()
-                .map(str::to_owned)
-        })
+    pub(crate) fn resolve(&self, data_dir: &Path) -> anyhow::Result<Option<String>> {
+        if let Some(url) = &self.schema_registry {
+            return Ok(Some(url.clone()));
+        }
+        Ok(read_endpoints(data_dir)?
+            .and_then(|endpoints| endpoints["schema-registry"].as_str().map(str::to_owned)))
     }
 }
 
@@ -412,10 +429,10 @@ impl KafkaArgs {
             return Ok((config, false));
         }
         let path = data_dir.join(ENDPOINTS_FILE);
-        let endpoints = read_endpoints(data_dir).with_context(|| {
+        let endpoints = read_endpoints(data_dir)?.with_context(|| {
                 format!(
                     "the {what} needs Kafka: pass --kafka-bootstrap HOST:PORT or set KAFKA_BOOTSTRAP_SERVERS, \
-                     or give the --data-dir of a running `taskstream up` (no readable {})",
+                     or give the --data-dir of a running `taskstream up` (there is no {})",
                     path.display()
                 )
             })?;
@@ -781,7 +798,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let registry = match args.event_format {
                 EventFormat::Json => None,
                 EventFormat::Avro => Some(Arc::new(RegistryClient::new(
-                    &args.registry.resolve(&args.store.data_dir).context(
+                    &args.registry.resolve(&args.store.data_dir)?.context(
                         "Avro events need a schema registry: pass --schema-registry URL or set SCHEMA_REGISTRY_URL \
                          (or --event-format json)",
                     )?,
@@ -951,7 +968,7 @@ async fn consumer_process(
     } else {
         ConsumerOptions::default()
     };
-    let registry = args.registry.resolve(&args.store.data_dir);
+    let registry = args.registry.resolve(&args.store.data_dir)?;
     if registry.is_none() {
         tracing::warn!("no schema registry configured: Avro records will be dead-lettered (pass --schema-registry URL)");
     }
