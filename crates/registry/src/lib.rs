@@ -7,6 +7,7 @@
 
 mod api;
 mod error;
+mod names;
 mod store;
 
 pub use api::router;
