@@ -11,5 +11,5 @@ mod names;
 mod store;
 
 pub use api::router;
-pub use error::RegistryApiError;
+pub use error::{error_response, RegistryApiError};
 pub use store::{RegistryStore, SubjectVersion};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use taskstream_api::{ApiBuilder, ReadinessCheck};
+use taskstream_api::{ApiBuilder, HttpLimits, ReadinessCheck};
 use taskstream_avro::RegistryClient;
 use taskstream_kafka::{apply_topics, DevBroker, KafkaConfig, TopicOutcome};
 use taskstream_services::topics::TASK_EVENTS;
@@ -152,6 +152,8 @@ pub struct RegistryServerArgs {
     /// Directory for the registry's database.
     #[arg(long, env = "TASKSTREAM_DATA_DIR", default_value = ".taskstream")]
     pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub http_limits: HttpLimitArgs,
 }
 
 #[derive(Debug, Args)]
@@ -471,6 +473,48 @@ pub struct ReadinessArgs {
     pub ready_max_outbox_age: Duration,
 }
 
+/// The limits every HTTP port of the process applies to its clients (see
+/// `taskstream_api::server`).
+#[derive(Debug, Clone, Args)]
+pub struct HttpLimitArgs {
+    /// Seconds a client has to send a request's line and headers, from
+    /// connecting or from the request's first byte; then the connection is closed.
+    #[arg(long, env = "TASKSTREAM_HTTP_HEADER_TIMEOUT", default_value = "10", value_parser = parse_http_timeout)]
+    pub http_header_timeout: Duration,
+    /// Seconds a kept-alive connection may wait for its next request before it is closed.
+    #[arg(long, env = "TASKSTREAM_HTTP_IDLE_TIMEOUT", default_value = "60", value_parser = parse_http_timeout)]
+    pub http_idle_timeout: Duration,
+    /// Seconds a request body may bring no data (answered 408), or a client
+    /// may leave its response unread, before the connection is closed.
+    #[arg(long, env = "TASKSTREAM_HTTP_BODY_TIMEOUT", default_value = "30", value_parser = parse_http_timeout)]
+    pub http_body_timeout: Duration,
+    /// Connections each HTTP port serves at once; further ones wait in the
+    /// kernel's accept backlog until one closes.
+    #[arg(long, env = "TASKSTREAM_HTTP_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub http_max_connections: u32,
+}
+
+impl HttpLimitArgs {
+    pub fn limits(&self) -> HttpLimits {
+        HttpLimits {
+            header_timeout: self.http_header_timeout,
+            idle_timeout: self.http_idle_timeout,
+            body_timeout: self.http_body_timeout,
+            max_connections: self.http_max_connections as usize,
+        }
+    }
+}
+
+/// A positive number of seconds, at most a day.
+fn parse_http_timeout(raw: &str) -> Result<Duration, String> {
+    let max = taskstream_api::server::MAX_TIMEOUT;
+    let duration = parse_seconds(raw)?;
+    if duration > max {
+        return Err(format!("at most {} seconds, got {raw:?}", max.as_secs()));
+    }
+    Ok(duration)
+}
+
 #[derive(Debug, Args)]
 pub struct UpArgs {
     /// HTTP listen address; port 0 picks a free port.
@@ -506,6 +550,8 @@ pub struct UpArgs {
     pub readiness: ReadinessArgs,
     #[command(flatten)]
     pub outbox: OutboxArgs,
+    #[command(flatten)]
+    pub http_limits: HttpLimitArgs,
 }
 
 #[derive(Debug, Args)]
@@ -515,6 +561,8 @@ pub struct ApiArgs {
     pub http: SocketAddr,
     #[command(flatten)]
     pub store: StoreArgs,
+    #[command(flatten)]
+    pub http_limits: HttpLimitArgs,
 }
 
 #[derive(Debug, Args)]
@@ -535,6 +583,8 @@ pub struct RelayArgs {
     pub readiness: ReadinessArgs,
     #[command(flatten)]
     pub outbox: OutboxArgs,
+    #[command(flatten)]
+    pub http_limits: HttpLimitArgs,
 }
 
 #[derive(Debug, Args)]
@@ -562,6 +612,8 @@ pub struct ConsumerArgs {
     pub store: StoreArgs,
     #[command(flatten)]
     pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub http_limits: HttpLimitArgs,
 }
 
 #[derive(Debug, Args)]
@@ -761,13 +813,14 @@ async fn run_until_signal(running: Vec<Component>, store: &Store) {
 /// Serves `api` (plus /metrics and /readyz) on `addr` and prints the address.
 async fn serve(
     addr: SocketAddr,
+    limits: &HttpLimitArgs,
     api: ApiBuilder,
     metrics: &Arc<Metrics>,
     store: &Arc<Store>,
     checks: Vec<Arc<dyn ReadinessCheck>>,
 ) -> anyhow::Result<Component> {
     let api = api.observability(Arc::clone(metrics), Some(store.clone()), checks);
-    let (bound, http) = components::http(addr, api).await?;
+    let (bound, http) = components::http(addr, api, &limits.limits()).await?;
     print_endpoints(&[("http", format!("http://{bound}"))]);
     Ok(http)
 }
@@ -787,7 +840,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             // readiness problem, and the outbox keeps the writes meanwhile.
             let checks: Vec<Arc<dyn ReadinessCheck>> =
                 vec![Arc::new(StoreCheck(Arc::clone(&store)))];
-            let http = serve(args.http, api, &metrics, &store, checks).await?;
+            let http = serve(args.http, &args.http_limits, api, &metrics, &store, checks).await?;
             run_until_signal(vec![http], &store).await;
             Ok(())
         }
@@ -820,7 +873,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         .iter()
                         .map(|r| Arc::new(RegistryCheck(Arc::clone(r))) as Arc<dyn ReadinessCheck>),
                 );
-                running.push(serve(addr, ApiBuilder::new(), &metrics, &store, checks).await?);
+                running.push(
+                    serve(
+                        addr,
+                        &args.http_limits,
+                        ApiBuilder::new(),
+                        &metrics,
+                        &store,
+                        checks,
+                    )
+                    .await?,
+                );
             }
             let wake = Arc::new(Notify::new());
             running.extend(components::outbox_listener(&store, Arc::clone(&wake)));
@@ -857,7 +920,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Lag(args) => crate::lag::run(args).await,
         Command::Registry(args) => {
-            let (bound, registry) = components::registry(args.http, &args.data_dir).await?;
+            let (bound, registry) =
+                components::registry(args.http, &args.data_dir, &args.http_limits.limits()).await?;
             print_endpoints(&[("schema-registry", format!("http://{bound}"))]);
             shutdown_signal().await;
             registry.stop().await;
@@ -940,6 +1004,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     config.notifier_webhook = args.notifier_webhook_url.clone();
     config.relay = args.outbox.relay_settings();
     config.consumer.retry.give_up_after = args.give_up_after;
+    config.http_limits = args.http_limits.limits();
     config.registry = match (args.event_format, args.registry.schema_registry) {
         (EventFormat::Json, _) => RegistrySetting::Disabled,
         (EventFormat::Avro, Some(url)) => RegistrySetting::External(url),
@@ -1007,7 +1072,7 @@ async fn consumer_process(
                 .iter()
                 .map(|r| Arc::new(RegistryCheck(Arc::clone(r))) as Arc<dyn ReadinessCheck>),
         );
-        running.push(serve(addr, api, &metrics, &store, checks).await?);
+        running.push(serve(addr, &args.http_limits, api, &metrics, &store, checks).await?);
     }
     running.push(consumer);
     run_until_signal(running, &store).await;

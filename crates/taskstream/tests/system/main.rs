@@ -10,6 +10,7 @@ mod crash_at_scale;
 mod dead_letters;
 mod faults;
 mod helpers;
+mod hostile_clients;
 mod http_errors;
 mod http_fuzz;
 mod interop;
