@@ -33,10 +33,12 @@ pub(crate) fn routes(service: TaskService) -> OpenApiRouter {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateTaskRequest {
-    /// Required; 1 to 200 characters after trimming.
-    #[schema(min_length = 1, max_length = 200)]
+    /// Required; 1 to 200 characters after trimming whitespace and
+    /// invisible characters.
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 200)]
     title: Option<String>,
-    /// Up to 5000 characters.
+    /// Up to 5000 characters after trimming.
+    #[schema(max_length = 5000)]
     description: Option<String>,
     /// `low`, `medium` (the default) or `high`.
     #[schema(value_type = Option<Priority>)]
@@ -44,7 +46,8 @@ pub(crate) struct CreateTaskRequest {
     /// When the task is due, RFC 3339 (`2026-12-01T17:00:00Z`).
     #[schema(value_type = Option<DateTime<Utc>>)]
     due_at: Option<String>,
-    /// Who the task is assigned to; 1 to 100 characters.
+    /// Who the task is assigned to; 1 to 100 characters after trimming.
+    #[schema(min_length = 1, max_length = 100)]
     assignee: Option<String>,
 }
 
@@ -53,20 +56,22 @@ pub(crate) struct CreateTaskRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpdateTaskRequest {
+    /// 1 to 200 characters after trimming; cannot be cleared.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>, min_length = 1, max_length = 200)]
+    #[schema(value_type = String, required = false, min_length = 1, max_length = 200)]
     title: Option<Option<String>>,
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>, nullable)]
+    #[schema(value_type = Option<String>, nullable, max_length = 5000)]
     description: Option<Option<String>>,
+    /// Cannot be cleared.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<Priority>)]
+    #[schema(value_type = Priority, required = false)]
     priority: Option<Option<String>>,
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<DateTime<Utc>>, nullable)]
     due_at: Option<Option<String>>,
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>, nullable)]
+    #[schema(value_type = Option<String>, nullable, min_length = 1, max_length = 100)]
     assignee: Option<Option<String>>,
 }
 
@@ -449,7 +454,8 @@ async fn get_task(
     patch, path = "/tasks/{id}", tag = "tasks",
     params(
         ("id" = uuid::Uuid, Path, description = "Task id"),
-        ("If-Match" = Option<String>, Header, description = "Only apply if the task's ETag matches"),
+        ("If-Match" = Option<String>, Header, pattern = r#"^([ \t]*\*[ \t]*|[ \t,]*(W/)?"[!#-~]*"([ \t]*,[ \t,]*(W/)?"[!#-~]*")*[ \t]*(,[ \t,]*)?)$"#,
+            description = "Only apply if one of these entity tags is the task's ETag (`*`: any); compared strongly, so weak tags (`W/\"3\"`) never match"),
     ),
     request_body = UpdateTaskRequest,
     responses(
@@ -458,6 +464,7 @@ async fn get_task(
         (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The task is deleted", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "If-Match did not match", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field failed validation", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -481,10 +488,12 @@ async fn update_task(
     post, path = "/tasks/{id}/complete", tag = "tasks",
     params(
         ("id" = uuid::Uuid, Path, description = "Task id"),
-        ("If-Match" = Option<String>, Header, description = "Only apply if the task's ETag matches"),
+        ("If-Match" = Option<String>, Header, pattern = r#"^([ \t]*\*[ \t]*|[ \t,]*(W/)?"[!#-~]*"([ \t]*,[ \t,]*(W/)?"[!#-~]*")*[ \t]*(,[ \t,]*)?)$"#,
+            description = "Only apply if one of these entity tags is the task's ETag (`*`: any); compared strongly, so weak tags (`W/\"3\"`) never match"),
     ),
     responses(
         (status = 200, description = "The completed task", body = Task, headers(("ETag" = String))),
+        (status = 400, description = "A malformed If-Match", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Already completed, or deleted", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "If-Match did not match", body = Problem, content_type = "application/problem+json"),
@@ -507,10 +516,12 @@ async fn complete_task(
     delete, path = "/tasks/{id}", tag = "tasks",
     params(
         ("id" = uuid::Uuid, Path, description = "Task id"),
-        ("If-Match" = Option<String>, Header, description = "Only apply if the task's ETag matches"),
+        ("If-Match" = Option<String>, Header, pattern = r#"^([ \t]*\*[ \t]*|[ \t,]*(W/)?"[!#-~]*"([ \t]*,[ \t,]*(W/)?"[!#-~]*")*[ \t]*(,[ \t,]*)?)$"#,
+            description = "Only apply if one of these entity tags is the task's ETag (`*`: any); compared strongly, so weak tags (`W/\"3\"`) never match"),
     ),
     responses(
         (status = 200, description = "The deleted task", body = Task),
+        (status = 400, description = "A malformed If-Match", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Already deleted", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "If-Match did not match", body = Problem, content_type = "application/problem+json"),

@@ -20,4 +20,5 @@ mod observability;
 mod rebalance;
 mod restart;
 mod schema_registry;
+mod schemathesis;
 mod webhook;
