@@ -21,11 +21,12 @@
 //!   slots; waiting lets a probe through within one header or idle timeout.
 //! - **Head size.** A request target over [`MAX_URI_BYTES`] answers `414`,
 //!   a header section over [`MAX_HEADER_BYTES`] answers `431`, both as error
-//!   documents. hyper refuses heads over [`MAX_HEAD_BYTES`] (or with more
-//!   than 100 header fields) itself, and a request line it cannot parse; it
-//!   then writes a bare status line (`431`, `414` or `400`) with
-//!   `content-length: 0` and closes the connection, before any of our code
-//!   runs.
+//!   documents. hyper itself refuses a head over [`MAX_HEAD_BYTES`] or with
+//!   more than 100 header fields (`431`), and a request line or header it
+//!   cannot parse (`400`): it writes a bare status line with
+//!   `content-length: 0` and no body, and closes the connection, before any
+//!   of our code runs. (Its own `414`, for targets over 64 KiB, cannot
+//!   happen: such a head is over [`MAX_HEAD_BYTES`] first.)
 //! - **Panics.** A handler that panics is answered `500` with the port's
 //!   error document, and the panic is logged as one `ERROR` line (message
 //!   and location, inside the request's span) instead of the default hook's
