@@ -24,22 +24,48 @@ pub(crate) fn routes(store: Arc<dyn AuditStore>) -> OpenApiRouter {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct RecordsParams {
-    /// Only records about this task.
+    /// Only records about this task (a task id, a UUID).
+    #[param(value_type = Option<uuid::Uuid>)]
     pub(crate) task_id: Option<String>,
     /// At most this many records, 1 to 10000 (default 1000).
+    #[param(minimum = 1, maximum = 10000)]
     pub(crate) limit: Option<u32>,
 }
 
+/// [`RecordsParams`], checked.
+pub(crate) struct RecordsQuery {
+    /// The task id as the store keeps it (lower-case, hyphenated).
+    pub(crate) task_id: Option<String>,
+    pub(crate) limit: u32,
+}
+
 impl RecordsParams {
-    pub(crate) fn limit(&self) -> Result<u32, Problem> {
+    /// The checked query, or a 422 naming every parameter that failed.
+    pub(crate) fn validate(self) -> Result<RecordsQuery, Problem> {
+        let mut errors = Vec::new();
+        let task_id = self
+            .task_id
+            .and_then(|raw| match raw.parse::<uuid::Uuid>() {
+                Ok(id) => Some(id.to_string()),
+                Err(_) => {
+                    errors.push(crate::FieldProblem {
+                        field: "task_id".into(),
+                        message: format!("must be a task id (a UUID); got {raw:?}"),
+                    });
+                    None
+                }
+            });
         let limit = self.limit.unwrap_or(1000);
-        if (1..=10_000).contains(&limit) {
-            Ok(limit)
-        } else {
-            Err(Problem::validation(vec![crate::FieldProblem {
+        if !(1..=10_000).contains(&limit) {
+            errors.push(crate::FieldProblem {
                 field: "limit".into(),
                 message: format!("must be between 1 and 10000; got {limit}"),
-            }]))
+            });
+        }
+        if errors.is_empty() {
+            Ok(RecordsQuery { task_id, limit })
+        } else {
+            Err(Problem::validation(errors))
         }
     }
 }
@@ -91,6 +117,7 @@ pub(crate) struct AuditPage {
     responses(
         (status = 200, description = "Recorded events", body = AuditPage),
         (status = 400, description = "Malformed query", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A parameter failed validation", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn list_audit(
@@ -98,8 +125,9 @@ async fn list_audit(
     params: Result<Query<RecordsParams>, QueryRejection>,
 ) -> Result<Json<AuditPage>, Problem> {
     let Query(params) = params.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let query = params.validate()?;
     let entries = store
-        .audit_entries(params.task_id.as_deref(), params.limit()?)
+        .audit_entries(query.task_id.as_deref(), query.limit)
         .await
         .map_err(|e| {
             tracing::error!(

@@ -13,11 +13,13 @@ mod observability;
 mod problem;
 mod request_id;
 mod router;
+pub mod server;
 mod service;
 mod tasks;
 
 pub use observability::ReadinessCheck;
 pub use problem::{FieldProblem, Problem};
 pub use request_id::RequestContext;
-pub use router::{serve, ApiBuilder};
+pub use router::ApiBuilder;
+pub use server::{serve, ErrorResponder, HttpLimits};
 pub use service::{ServiceError, TaskService};

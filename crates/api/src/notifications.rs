@@ -65,6 +65,7 @@ pub(crate) struct NotificationPage {
     responses(
         (status = 200, description = "Notifications sent", body = NotificationPage),
         (status = 400, description = "Malformed query", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A parameter failed validation", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn list_notifications(
@@ -72,8 +73,9 @@ async fn list_notifications(
     params: Result<Query<RecordsParams>, QueryRejection>,
 ) -> Result<Json<NotificationPage>, Problem> {
     let Query(params) = params.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let query = params.validate()?;
     let records = store
-        .notifications(params.task_id.as_deref(), params.limit()?)
+        .notifications(query.task_id.as_deref(), query.limit)
         .await
         .map_err(|e| {
             tracing::error!(

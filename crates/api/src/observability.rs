@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -49,9 +49,10 @@ pub(crate) async fn track(
     next: Next,
 ) -> Response {
     let started = Instant::now();
-    let method = request.method().to_string();
+    let method = method_label(request.method()).to_owned();
     // Route templates use `:param`, not `{param}`: braces inside label
-    // values trip some Prometheus text parsers.
+    // values trip some Prometheus text parsers. A request no route matched
+    // is `unmatched`, never its path.
     let route = request.extensions().get::<MatchedPath>().map_or_else(
         || "unmatched".to_owned(),
         |m| m.as_str().replace('{', ":").replace('}', ""),
@@ -70,6 +71,23 @@ pub(crate) async fn track(
         .get_or_create(&RouteLabels { method, route })
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// The `method` label: a standard method's name, or `other` for any
+/// other token a client made up, so clients cannot mint label values.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
+    }
 }
 
 /// Prometheus metrics in the OpenMetrics text format.

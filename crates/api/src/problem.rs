@@ -180,6 +180,41 @@ impl Problem {
     }
 }
 
+impl Problem {
+    /// A problem for any error status, named after its reason phrase
+    /// (`urn:taskstream:problem:uri-too-long`, "URI Too Long"); the kinds
+    /// above keep their own names. The server uses it for the errors it
+    /// answers itself (see [`crate::server`]).
+    pub fn for_status(status: StatusCode, detail: impl Into<String>) -> Self {
+        let detail = detail.into();
+        match status {
+            StatusCode::BAD_REQUEST => Self::bad_request(detail),
+            StatusCode::NOT_FOUND => Self::not_found(detail),
+            StatusCode::METHOD_NOT_ALLOWED => Self {
+                detail,
+                ..Self::method_not_allowed()
+            },
+            StatusCode::PAYLOAD_TOO_LARGE => Self::payload_too_large(detail),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::unsupported_media_type(detail),
+            StatusCode::INTERNAL_SERVER_ERROR => Self::internal(),
+            StatusCode::SERVICE_UNAVAILABLE => Self::unavailable(detail),
+            _ => {
+                let title = status.canonical_reason().unwrap_or("Error");
+                let kind = title
+                    .to_ascii_lowercase()
+                    .replace(|c: char| !c.is_ascii_alphanumeric(), "-");
+                Self::new(status, &kind, title, detail)
+            }
+        }
+    }
+
+    /// [`Problem::for_status`] as a response: the API's
+    /// [`crate::server::ErrorResponder`].
+    pub fn response(status: StatusCode, detail: String) -> Response {
+        Self::for_status(status, detail).into_response()
+    }
+}
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

@@ -1,19 +1,20 @@
 //! Assembles the routes a component serves and runs the HTTP server.
 
-use std::future::Future;
 use std::sync::Arc;
 
-use axum::response::IntoResponse;
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use taskstream_store::{AuditStore, NotificationStore, OutboxStore};
 use taskstream_telemetry::Metrics;
-use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::observability::{Observability, ReadinessCheck};
+use crate::server::CatchPanic;
 use crate::{Problem, TaskService};
 
 #[derive(OpenApi)]
@@ -89,6 +90,13 @@ impl ApiBuilder {
         self
     }
 
+    /// Serves `routes` too (documented in `/openapi.json` like the others),
+    /// under the same middleware.
+    pub fn merge(mut self, routes: OpenApiRouter) -> Self {
+        self.router = self.router.merge(routes);
+        self
+    }
+
     /// The finished router, with the OpenAPI document of exactly the routes
     /// it serves at `/openapi.json`.
     pub fn build(self) -> Router {
@@ -104,6 +112,8 @@ impl ApiBuilder {
             )
             .fallback(|| async { Problem::not_found("no such resource") })
             .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
+            // Inside the metrics middleware, so a panic counts as a 500.
+            .layer(axum::middleware::from_fn(problem_on_panic))
             .layer(axum::middleware::from_fn(crate::request_id::assign));
         let router = match self.metrics {
             Some(metrics) => router.layer(axum::middleware::from_fn_with_state(
@@ -112,18 +122,17 @@ impl ApiBuilder {
             )),
             None => router,
         };
-        router.layer(TraceLayer::new_for_http())
+        // Failures are logged where they happen (a handler's own error, the
+        // panic hook), once: the trace layer's own ERROR line for every 5xx
+        // would repeat them.
+        router.layer(TraceLayer::new_for_http().on_failure(()))
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then stops
-/// accepting connections and waits for in-flight requests.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
+/// Middleware: a handler that panics is answered with a 500 problem (the
+/// panic is logged once, as one line, by [`CatchPanic`]).
+async fn problem_on_panic(request: Request, next: Next) -> Response {
+    CatchPanic::new(next.run(request))
         .await
+        .unwrap_or_else(|_| Problem::internal().into_response())
 }

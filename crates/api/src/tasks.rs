@@ -33,10 +33,12 @@ pub(crate) fn routes(service: TaskService) -> OpenApiRouter {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateTaskRequest {
-    /// Required; 1 to 200 characters after trimming.
-    #[schema(min_length = 1, max_length = 200)]
+    /// Required; 1 to 200 characters after trimming whitespace and
+    /// invisible characters.
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 200)]
     title: Option<String>,
-    /// Up to 5000 characters.
+    /// Up to 5000 characters after trimming.
+    #[schema(max_length = 5000)]
     description: Option<String>,
     /// `low`, `medium` (the default) or `high`.
     #[schema(value_type = Option<Priority>)]
@@ -44,7 +46,8 @@ pub(crate) struct CreateTaskRequest {
     /// When the task is due, RFC 3339 (`2026-12-01T17:00:00Z`).
     #[schema(value_type = Option<DateTime<Utc>>)]
     due_at: Option<String>,
-    /// Who the task is assigned to; 1 to 100 characters.
+    /// Who the task is assigned to; 1 to 100 characters after trimming.
+    #[schema(min_length = 1, max_length = 100)]
     assignee: Option<String>,
 }
 
@@ -53,20 +56,22 @@ pub(crate) struct CreateTaskRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpdateTaskRequest {
+    /// 1 to 200 characters after trimming; cannot be cleared.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>, min_length = 1, max_length = 200)]
+    #[schema(value_type = String, required = false, min_length = 1, max_length = 200)]
     title: Option<Option<String>>,
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>, nullable)]
+    #[schema(value_type = Option<String>, nullable, max_length = 5000)]
     description: Option<Option<String>>,
+    /// Cannot be cleared.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<Priority>)]
+    #[schema(value_type = Priority, required = false)]
     priority: Option<Option<String>>,
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<DateTime<Utc>>, nullable)]
     due_at: Option<Option<String>>,
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>, nullable)]
+    #[schema(value_type = Option<String>, nullable, min_length = 1, max_length = 100)]
     assignee: Option<Option<String>>,
 }
 
@@ -78,6 +83,7 @@ pub(crate) struct ListTasksParams {
     #[param(value_type = Option<TaskStatus>)]
     status: Option<String>,
     /// Page size, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
     /// `next_cursor` from the previous page.
     cursor: Option<String>,
@@ -206,27 +212,115 @@ fn task_id(path: Result<Path<String>, PathRejection>) -> Result<TaskId, Problem>
         .map_err(|_| Problem::not_found(format!("no task with id {raw:?}")))
 }
 
-/// Reads an `If-Match: "<version>"` precondition (`*` means any).
-fn if_match(headers: &HeaderMap) -> Result<Option<i64>, Problem> {
-    let Some(value) = headers.get(header::IF_MATCH) else {
-        return Ok(None);
-    };
-    let raw = value
-        .to_str()
-        .map_err(|_| Problem::bad_request("If-Match is not valid text"))?
-        .trim();
+/// An `If-Match` precondition (RFC 9110, section 13.1.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum IfMatch {
+    /// `*`: any current version.
+    Any,
+    /// The versions named by strong entity tags. Weak tags (`W/"3"`) and
+    /// tags that are no version of ours never match: If-Match compares
+    /// strongly, octet by octet, so this may be empty.
+    Versions(Vec<i64>),
+}
+
+/// Parses `*` or a comma-separated list of entity tags.
+fn parse_if_match(raw: &str) -> Result<IfMatch, String> {
+    const OWS: [char; 2] = [' ', '\t'];
+    let raw = raw.trim_matches(OWS);
     if raw == "*" {
+        return Ok(IfMatch::Any);
+    }
+    let mut versions = Vec::new();
+    let mut tags = 0;
+    let mut rest = raw;
+    loop {
+        // Empty list elements are allowed (RFC 9110, section 5.6.1).
+        rest = rest.trim_start_matches(|c: char| OWS.contains(&c) || c == ',');
+        if rest.is_empty() {
+            break;
+        }
+        let (weak, tag) = match rest.strip_prefix("W/") {
+            Some(tag) => (true, tag),
+            None => (false, rest),
+        };
+        let opaque = tag
+            .strip_prefix('"')
+            .ok_or("an entity tag is a quoted string such as \"3\"")?;
+        let end = opaque
+            .find('"')
+            .ok_or("an entity tag is missing its closing quote")?;
+        let (opaque, after) = (&opaque[..end], &opaque[end + 1..]);
+        if !opaque
+            .bytes()
+            .all(|b| b == 0x21 || (0x23..=0x7e).contains(&b))
+        {
+            return Err("an entity tag holds a character it may not".to_owned());
+        }
+        rest = after.trim_start_matches(OWS);
+        if !rest.is_empty() && !rest.starts_with(',') {
+            return Err("entity tags are separated by commas".to_owned());
+        }
+        tags += 1;
+        let version = opaque
+            .parse::<i64>()
+            .ok()
+            .filter(|v| v.to_string() == opaque);
+        if let (false, Some(version)) = (weak, version) {
+            versions.push(version);
+        }
+    }
+    if tags == 0 {
+        return Err("If-Match names no entity tag".to_owned());
+    }
+    Ok(IfMatch::Versions(versions))
+}
+
+/// Reads the `If-Match` fields, if any (several fields form one list).
+fn if_match(headers: &HeaderMap) -> Result<Option<IfMatch>, Problem> {
+    let mut values = Vec::new();
+    for value in headers.get_all(header::IF_MATCH) {
+        values.push(
+            value
+                .to_str()
+                .map_err(|_| Problem::bad_request("If-Match is not valid text"))?,
+        );
+    }
+    if values.is_empty() {
         return Ok(None);
     }
-    raw.trim_start_matches("W/")
-        .trim_matches('"')
-        .parse()
-        .map(Some)
-        .map_err(|_| {
-            Problem::bad_request(format!(
-                "If-Match must be a task's ETag such as \"3\"; got {raw:?}"
-            ))
-        })
+    let raw = values.join(", ");
+    parse_if_match(&raw).map(Some).map_err(|reason| {
+        Problem::bad_request(format!(
+            "If-Match must be * or entity tags such as \"3\" ({reason}); got {raw:?}"
+        ))
+    })
+}
+
+/// The version a change must find, from a parsed `If-Match`: none without
+/// a precondition or with `*`. A list naming several versions is resolved
+/// against the current one (the change then still requires that version,
+/// so a concurrent write makes it fail, not slip through); one naming none
+/// that could match fails at once.
+async fn expected_version(
+    service: &TaskService,
+    id: TaskId,
+    precondition: Option<IfMatch>,
+) -> Result<Option<i64>, Problem> {
+    let versions = match precondition {
+        None | Some(IfMatch::Any) => return Ok(None),
+        Some(IfMatch::Versions(versions)) => versions,
+    };
+    if let [only] = versions.as_slice() {
+        return Ok(Some(*only));
+    }
+    let current = service.get(id).await?.version;
+    if versions.contains(&current) {
+        return Ok(Some(current));
+    }
+    Err(Problem::precondition_failed(format!(
+        "the task is at version {current} (ETag \"{current}\"), which If-Match does not name \
+         as a strong entity tag; weak tags such as W/\"{current}\" never match If-Match"
+    )))
 }
 
 /// A task response with its `ETag` (the version).
@@ -367,7 +461,8 @@ async fn get_task(
     patch, path = "/tasks/{id}", tag = "tasks",
     params(
         ("id" = uuid::Uuid, Path, description = "Task id"),
-        ("If-Match" = Option<String>, Header, description = "Only apply if the task's ETag matches"),
+        ("If-Match" = Option<String>, Header, pattern = r#"^([ \t]*\*[ \t]*|[ \t,]*(W/)?"[!#-~]*"([ \t]*,[ \t,]*(W/)?"[!#-~]*")*[ \t]*(,[ \t,]*)?)$"#,
+            description = "Only apply if one of these entity tags is the task's ETag (`*`: any); compared strongly, so weak tags (`W/\"3\"`) never match"),
     ),
     request_body = UpdateTaskRequest,
     responses(
@@ -376,6 +471,7 @@ async fn get_task(
         (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The task is deleted", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "If-Match did not match", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field failed validation", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The database did not take the write (unreachable, locked, timed out), or the outcome of its commit is unknown; nothing was stored unless the outcome is unknown", body = Problem, content_type = "application/problem+json"),
         (status = 507, description = "The database is out of space; nothing was stored", body = Problem, content_type = "application/problem+json"),
@@ -389,8 +485,9 @@ async fn update_task(
     JsonBody(body): JsonBody<UpdateTaskRequest>,
 ) -> Result<Response, Problem> {
     let id = task_id(path)?;
-    let if_version = if_match(&headers)?;
+    let precondition = if_match(&headers)?;
     let patch = body.validate()?;
+    let if_version = expected_version(&service, id, precondition).await?;
     let task = service.update(id, patch, if_version, &context).await?;
     Ok(task_response(StatusCode::OK, task))
 }
@@ -400,10 +497,12 @@ async fn update_task(
     post, path = "/tasks/{id}/complete", tag = "tasks",
     params(
         ("id" = uuid::Uuid, Path, description = "Task id"),
-        ("If-Match" = Option<String>, Header, description = "Only apply if the task's ETag matches"),
+        ("If-Match" = Option<String>, Header, pattern = r#"^([ \t]*\*[ \t]*|[ \t,]*(W/)?"[!#-~]*"([ \t]*,[ \t,]*(W/)?"[!#-~]*")*[ \t]*(,[ \t,]*)?)$"#,
+            description = "Only apply if one of these entity tags is the task's ETag (`*`: any); compared strongly, so weak tags (`W/\"3\"`) never match"),
     ),
     responses(
         (status = 200, description = "The completed task", body = Task, headers(("ETag" = String))),
+        (status = 400, description = "A malformed If-Match", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Already completed, or deleted", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "If-Match did not match", body = Problem, content_type = "application/problem+json"),
@@ -418,7 +517,8 @@ async fn complete_task(
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let id = task_id(path)?;
-    let task = service.complete(id, if_match(&headers)?, &context).await?;
+    let if_version = expected_version(&service, id, if_match(&headers)?).await?;
+    let task = service.complete(id, if_version, &context).await?;
     Ok(task_response(StatusCode::OK, task))
 }
 
@@ -427,10 +527,12 @@ async fn complete_task(
     delete, path = "/tasks/{id}", tag = "tasks",
     params(
         ("id" = uuid::Uuid, Path, description = "Task id"),
-        ("If-Match" = Option<String>, Header, description = "Only apply if the task's ETag matches"),
+        ("If-Match" = Option<String>, Header, pattern = r#"^([ \t]*\*[ \t]*|[ \t,]*(W/)?"[!#-~]*"([ \t]*,[ \t,]*(W/)?"[!#-~]*")*[ \t]*(,[ \t,]*)?)$"#,
+            description = "Only apply if one of these entity tags is the task's ETag (`*`: any); compared strongly, so weak tags (`W/\"3\"`) never match"),
     ),
     responses(
         (status = 200, description = "The deleted task", body = Task),
+        (status = 400, description = "A malformed If-Match", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Already deleted", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "If-Match did not match", body = Problem, content_type = "application/problem+json"),
@@ -445,6 +547,38 @@ async fn delete_task(
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let id = task_id(path)?;
-    let task = service.delete(id, if_match(&headers)?, &context).await?;
+    let if_version = expected_version(&service, id, if_match(&headers)?).await?;
+    let task = service.delete(id, if_version, &context).await?;
     Ok(task_response(StatusCode::OK, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_match_compares_strongly_and_reads_lists() {
+        use IfMatch::*;
+        assert_eq!(parse_if_match("*"), Ok(Any));
+        assert_eq!(parse_if_match(" \"3\" "), Ok(Versions(vec![3])));
+        assert_eq!(parse_if_match("W/\"1\""), Ok(Versions(vec![])));
+        assert_eq!(
+            parse_if_match("\"1\", W/\"2\",\"3\" , ,\"x\""),
+            Ok(Versions(vec![1, 3]))
+        );
+        // Octet equality: "01" is not the tag "1".
+        assert_eq!(parse_if_match("\"01\""), Ok(Versions(vec![])));
+        for malformed in [
+            "",
+            "3",
+            "\"3",
+            "\"3\" \"4\"",
+            "*, \"3\"",
+            ",",
+            "W/3",
+            "\"a b\"",
+        ] {
+            assert!(parse_if_match(malformed).is_err(), "{malformed:?}");
+        }
+    }
 }

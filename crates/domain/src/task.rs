@@ -71,14 +71,30 @@ impl FieldError {
     }
 }
 
-/// Trims `raw` and checks it holds between `min` and `max` characters.
+/// Characters that show nothing by themselves: Unicode's
+/// Default_Ignorable_Code_Point set (zero-width space and joiners, the word
+/// joiner, the byte-order mark, soft hyphen, variation selectors, Hangul
+/// fillers, tags...). Trimmed like whitespace, so a value made only of them
+/// counts as empty.
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}'..='\u{1160}'
+        | '\u{17B4}'..='\u{17B5}' | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}'
+        | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{3164}'
+        | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}' | '\u{FFF0}'..='\u{FFF8}'
+        | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E0FFF}')
+}
+
+/// Trims the characters `trim` names from both ends of `raw` and checks it
+/// holds between `min` and `max` characters and no control character.
 fn bounded_text(
     field: &'static str,
     raw: &str,
     min: usize,
     max: usize,
+    trim: fn(char) -> bool,
 ) -> Result<String, FieldError> {
-    let trimmed = raw.trim();
+    let trimmed = raw.trim_matches(trim);
     let len = trimmed.chars().count();
     if len < min {
         return Err(FieldError::new(field, "must not be empty"));
@@ -113,9 +129,19 @@ macro_rules! text_newtype {
             /// The longest value accepted, in characters.
             pub const MAX_CHARS: usize = $max;
 
-            /// Trims surrounding whitespace and checks the length (in characters).
+            /// Trims surrounding whitespace and invisible characters, and
+            /// checks the length (in characters).
             pub fn parse(raw: &str) -> Result<Self, FieldError> {
-                bounded_text($field, raw, $min, $max).map(Self)
+                bounded_text($field, raw, $min, $max, |c| c.is_whitespace() || is_invisible(c))
+                    .map(Self)
+            }
+
+            /// Reads back a value stored or published earlier, under the
+            /// rules it was accepted by: invisible characters are not
+            /// trimmed, so a value accepted before [`Self::parse`] refused
+            /// them stays readable, unchanged.
+            pub fn from_stored(raw: &str) -> Result<Self, FieldError> {
+                bounded_text($field, raw, $min, $max, char::is_whitespace).map(Self)
             }
 
             /// The text.
@@ -126,8 +152,9 @@ macro_rules! text_newtype {
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                // Events and stored rows: values accepted earlier.
                 let raw = String::deserialize(d)?;
-                Self::parse(&raw).map_err(serde::de::Error::custom)
+                Self::from_stored(&raw).map_err(serde::de::Error::custom)
             }
         }
 
@@ -442,6 +469,41 @@ mod tests {
         // Characters, not bytes.
         assert!(TaskTitle::parse(&"é".repeat(200)).is_ok());
         assert!(TaskTitle::parse("bad\u{0}title").is_err());
+    }
+
+    #[test]
+    fn invisible_characters_alone_are_empty_like_spaces() {
+        for invisible in [
+            "\u{200B}",
+            "\u{200C}\u{200D}",
+            "\u{2060}",
+            "\u{FEFF}",
+            " \u{200B} \u{FEFF} ",
+            "\u{00AD}\u{3164}\u{E0020}",
+        ] {
+            assert_eq!(
+                TaskTitle::parse(invisible).unwrap_err().message,
+                "must not be empty",
+                "{invisible:?}"
+            );
+            assert!(Assignee::parse(invisible).is_err(), "{invisible:?}");
+            assert_eq!(Description::parse(invisible).unwrap().as_str(), "");
+        }
+        // What was accepted before this rule is still read back as it was.
+        assert_eq!(
+            TaskTitle::from_stored("\u{200B}").unwrap().as_str(),
+            "\u{200B}"
+        );
+        let stored: TaskTitle = serde_json::from_str("\"\u{200B}\"").unwrap();
+        assert_eq!(stored.as_str(), "\u{200B}");
+        // Trimmed at the ends only: a joiner inside an emoji sequence stays.
+        let family = "\u{1F468}\u{200D}\u{1F469}";
+        assert_eq!(
+            TaskTitle::parse(&format!("\u{200B}{family}\u{FEFF}"))
+                .unwrap()
+                .as_str(),
+            family
+        );
     }
 
     #[test]

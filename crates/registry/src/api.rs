@@ -264,7 +264,7 @@ fn schema_to_check(body: &Bytes) -> Result<Schema> {
     let request = schema_request(body)?;
     let json: Value = serde_json::from_str(&request.schema)
         .map_err(|e| RegistryApiError::InvalidSchema(e.to_string()))?;
-    Schema::parse(&json).map_err(|e| RegistryApiError::InvalidSchema(e.to_string()))
+    crate::names::parse_schema(&json)
 }
 
 fn verdict(reasons: Vec<String>, params: &HashMap<String, String>) -> Response {

@@ -61,12 +61,29 @@ impl IntoResponse for RegistryApiError {
             tracing::error!(error = %e, "schema registry store failed");
         }
         let (status, code) = self.status_and_code();
-        let body = serde_json::json!({ "error_code": code, "message": self.to_string() });
-        let mut response = (status, body.to_string()).into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(crate::api::CONTENT_TYPE),
-        );
-        response
+        confluent_error(status, code, self.to_string())
     }
+}
+
+/// An error the HTTP server answers itself (a head too large, a body too
+/// slow, an unknown method, a panic...), in Confluent's shape. Like
+/// Confluent's registry for errors no handler names, the error code is the
+/// HTTP status (`{"error_code":405,"message":...}`); a 500 is 50001.
+pub fn error_response(status: StatusCode, message: String) -> Response {
+    let code = if status == StatusCode::INTERNAL_SERVER_ERROR {
+        50001
+    } else {
+        u32::from(status.as_u16())
+    };
+    confluent_error(status, code, message)
+}
+
+fn confluent_error(status: StatusCode, code: u32, message: String) -> Response {
+    let body = serde_json::json!({ "error_code": code, "message": message });
+    let mut response = (status, body.to_string()).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(crate::api::CONTENT_TYPE),
+    );
+    response
 }

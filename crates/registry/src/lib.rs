@@ -7,8 +7,9 @@
 
 mod api;
 mod error;
+mod names;
 mod store;
 
 pub use api::router;
-pub use error::RegistryApiError;
+pub use error::{error_response, RegistryApiError};
 pub use store::{RegistryStore, SubjectVersion};

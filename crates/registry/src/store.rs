@@ -37,8 +37,7 @@ pub struct RegistryStore {
 fn parse(schema: &str) -> Result<(Schema, String), RegistryApiError> {
     let json: serde_json::Value =
         serde_json::from_str(schema).map_err(|e| RegistryApiError::InvalidSchema(e.to_string()))?;
-    let parsed =
-        Schema::parse(&json).map_err(|e| RegistryApiError::InvalidSchema(e.to_string()))?;
+    let parsed = crate::names::parse_schema(&json)?;
     // serde_json's maps are ordered by key, so this is layout-independent.
     Ok((parsed, json.to_string()))
 }

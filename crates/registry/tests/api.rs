@@ -434,3 +434,43 @@ async fn every_compatibility_level_accepts_a_compatible_change_and_refuses_an_in
         );
     }
 }
+
+#[tokio::test]
+async fn invalid_avro_names_are_refused_with_42201_not_a_dropped_connection() {
+    let r = spawn().await;
+    let cases = [
+        json!({ "type": "record", "name": "bad-name", "fields": [] }),
+        json!({ "type": "record", "name": "Ok", "aliases": ["bad-alias"], "fields": [] }),
+        json!({ "type": "record", "name": "Outer", "fields": [
+            { "name": "inner", "type": { "type": "fixed", "name": "bad name", "size": 4 } }
+        ] }),
+        json!({ "type": "enum", "name": "9lives", "symbols": ["A"] }),
+    ];
+    for schema in &cases {
+        let (status, body) = r.register("names-value", schema).await;
+        assert_eq!(
+            (status, error_code(&body)),
+            (422, 42201),
+            "{schema}: {body}"
+        );
+        assert!(
+            body["message"].as_str().unwrap().contains("invalid"),
+            "{body}"
+        );
+        // The compatibility check parses the same way.
+        let (status, body) = r
+            .post(
+                "/compatibility/subjects/names-value/versions",
+                json!({ "schema": schema.to_string() }),
+            )
+            .await;
+        assert_eq!(
+            (status, error_code(&body)),
+            (422, 42201),
+            "{schema}: {body}"
+        );
+    }
+    // Nothing was stored, and the registry still answers.
+    let (status, body) = r.get("/subjects/names-value/versions").await;
+    assert_eq!((status, error_code(&body)), (404, 40401));
+}

@@ -272,9 +272,9 @@ fn task_from_row(row: &PgRow) -> Result<Task, StoreError> {
     let assignee: Option<String> = row.try_get("assignee")?;
     Ok(Task {
         id: TaskId::from_uuid(row.try_get("id")?),
-        title: TaskTitle::parse(&title).map_err(|e| corrupt(T, e.to_string()))?,
+        title: TaskTitle::from_stored(&title).map_err(|e| corrupt(T, e.to_string()))?,
         description: description
-            .map(|d| Description::parse(&d))
+            .map(|d| Description::from_stored(&d))
             .transpose()
             .map_err(|e| corrupt(T, e.to_string()))?,
         priority: Priority::parse(&priority)
@@ -283,7 +283,7 @@ fn task_from_row(row: &PgRow) -> Result<Task, StoreError> {
             .ok_or_else(|| corrupt(T, format!("bad status {status:?}")))?,
         due_at: row.try_get("due_at")?,
         assignee: assignee
-            .map(|a| Assignee::parse(&a))
+            .map(|a| Assignee::from_stored(&a))
             .transpose()
             .map_err(|e| corrupt(T, e.to_string()))?,
         version: row.try_get("version")?,

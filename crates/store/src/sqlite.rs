@@ -345,9 +345,9 @@ fn task_from_row(row: &SqliteRow) -> Result<Task, StoreError> {
     let assignee: Option<String> = row.try_get("assignee")?;
     Ok(Task {
         id: TaskId::from_uuid(parse_uuid(T, &id)?),
-        title: TaskTitle::parse(&title).map_err(|e| corrupt(T, e.to_string()))?,
+        title: TaskTitle::from_stored(&title).map_err(|e| corrupt(T, e.to_string()))?,
         description: description
-            .map(|d| Description::parse(&d))
+            .map(|d| Description::from_stored(&d))
             .transpose()
             .map_err(|e| corrupt(T, e.to_string()))?,
         priority: Priority::parse(&priority)
@@ -356,7 +356,7 @@ fn task_from_row(row: &SqliteRow) -> Result<Task, StoreError> {
             .ok_or_else(|| corrupt(T, format!("bad status {status:?}")))?,
         due_at: parse_opt_ts(T, row.try_get("due_at")?)?,
         assignee: assignee
-            .map(|a| Assignee::parse(&a))
+            .map(|a| Assignee::from_stored(&a))
             .transpose()
             .map_err(|e| corrupt(T, e.to_string()))?,
         version: row.try_get("version")?,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use taskstream_api::{ApiBuilder, ReadinessCheck};
+use taskstream_api::{ApiBuilder, HttpLimits, ReadinessCheck};
 use taskstream_avro::RegistryClient;
 use taskstream_kafka::{apply_topics, wait_for_cluster, DevBroker, KafkaConfig, TopicOutcome};
 use taskstream_services::topics::TASK_EVENTS;
@@ -97,20 +97,37 @@ fn parse_registry_url(raw: &str) -> Result<String, String> {
     }
 }
 
-/// The endpoints a `taskstream up` in `data_dir` announced, if it did.
-fn read_endpoints(data_dir: &Path) -> Option<serde_json::Value> {
-    let bytes = std::fs::read(data_dir.join(ENDPOINTS_FILE)).ok()?;
-    serde_json::from_slice(&bytes).ok()
+/// The endpoints a `taskstream up` in `data_dir` announced: `None` when
+/// there is no endpoints file; an error when it cannot be read or is
+/// corrupt, saying which and why.
+fn read_endpoints(data_dir: &Path) -> anyhow::Result<Option<serde_json::Value>> {
+    let path = data_dir.join(ENDPOINTS_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(endpoints) if endpoints.is_object() => Ok(Some(endpoints)),
+        Ok(_) => bail!(
+            "{} is corrupt: expected the JSON object `taskstream up` writes",
+            path.display()
+        ),
+        Err(e) => bail!(
+            "{} is corrupt ({e}); a running `taskstream up` rewrites it when it starts",
+            path.display()
+        ),
+    }
 }
 
 impl RegistryArgs {
     /// The configured registry, or the one a `taskstream up` in `data_dir` announced.
-    pub(crate) fn resolve(&self, data_dir: &Path) -> Option<String> {
-        self.schema_registry.clone().or_else(|| {
-            read_endpoints(data_dir)?["schema-registry"]
-                .as_str()
-                .map(str::to_owned)
-        })
+    pub(crate) fn resolve(&self, data_dir: &Path) -> anyhow::Result<Option<String>> {
+        if let Some(url) = &self.schema_registry {
+            return Ok(Some(url.clone()));
+        }
+        Ok(read_endpoints(data_dir)?
+            .and_then(|endpoints| endpoints["schema-registry"].as_str().map(str::to_owned)))
     }
 }
 
@@ -135,6 +152,8 @@ pub struct RegistryServerArgs {
     /// Directory for the registry's database.
     #[arg(long, env = "TASKSTREAM_DATA_DIR", default_value = ".taskstream")]
     pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub http_limits: HttpLimitArgs,
 }
 
 #[derive(Debug, Args)]
@@ -493,10 +512,10 @@ impl KafkaArgs {
             return Ok((config, false));
         }
         let path = data_dir.join(ENDPOINTS_FILE);
-        let endpoints = read_endpoints(data_dir).with_context(|| {
+        let endpoints = read_endpoints(data_dir)?.with_context(|| {
                 format!(
                     "the {what} needs Kafka: pass --kafka-bootstrap HOST:PORT or set KAFKA_BOOTSTRAP_SERVERS, \
-                     or give the --data-dir of a running `taskstream up` (no readable {})",
+                     or give the --data-dir of a running `taskstream up` (there is no {})",
                     path.display()
                 )
             })?;
@@ -569,6 +588,48 @@ pub struct ReadinessArgs {
     pub ready_max_outbox_age: Duration,
 }
 
+/// The limits every HTTP port of the process applies to its clients (see
+/// `taskstream_api::server`).
+#[derive(Debug, Clone, Args)]
+pub struct HttpLimitArgs {
+    /// Seconds a client has to send a request's line and headers, from
+    /// connecting or from the request's first byte; then the connection is closed.
+    #[arg(long, env = "TASKSTREAM_HTTP_HEADER_TIMEOUT", default_value = "10", value_parser = parse_http_timeout)]
+    pub http_header_timeout: Duration,
+    /// Seconds a kept-alive connection may wait for its next request before it is closed.
+    #[arg(long, env = "TASKSTREAM_HTTP_IDLE_TIMEOUT", default_value = "60", value_parser = parse_http_timeout)]
+    pub http_idle_timeout: Duration,
+    /// Seconds a request body may bring no data (answered 408), or a client
+    /// may leave its response unread, before the connection is closed.
+    #[arg(long, env = "TASKSTREAM_HTTP_BODY_TIMEOUT", default_value = "30", value_parser = parse_http_timeout)]
+    pub http_body_timeout: Duration,
+    /// Connections each HTTP port serves at once; further ones wait in the
+    /// kernel's accept backlog until one closes.
+    #[arg(long, env = "TASKSTREAM_HTTP_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub http_max_connections: u32,
+}
+
+impl HttpLimitArgs {
+    pub fn limits(&self) -> HttpLimits {
+        HttpLimits {
+            header_timeout: self.http_header_timeout,
+            idle_timeout: self.http_idle_timeout,
+            body_timeout: self.http_body_timeout,
+            max_connections: self.http_max_connections as usize,
+        }
+    }
+}
+
+/// A positive number of seconds, at most a day.
+fn parse_http_timeout(raw: &str) -> Result<Duration, String> {
+    let max = taskstream_api::server::MAX_TIMEOUT;
+    let duration = parse_seconds(raw)?;
+    if duration > max {
+        return Err(format!("at most {} seconds, got {raw:?}", max.as_secs()));
+    }
+    Ok(duration)
+}
+
 #[derive(Debug, Args)]
 pub struct UpArgs {
     /// HTTP listen address; port 0 picks a free port.
@@ -606,6 +667,8 @@ pub struct UpArgs {
     pub readiness: ReadinessArgs,
     #[command(flatten)]
     pub outbox: OutboxArgs,
+    #[command(flatten)]
+    pub http_limits: HttpLimitArgs,
 }
 
 #[derive(Debug, Args)]
@@ -615,6 +678,8 @@ pub struct ApiArgs {
     pub http: SocketAddr,
     #[command(flatten)]
     pub store: StoreArgs,
+    #[command(flatten)]
+    pub http_limits: HttpLimitArgs,
 }
 
 #[derive(Debug, Args)]
@@ -637,6 +702,8 @@ pub struct RelayArgs {
     pub readiness: ReadinessArgs,
     #[command(flatten)]
     pub outbox: OutboxArgs,
+    #[command(flatten)]
+    pub http_limits: HttpLimitArgs,
 }
 
 #[derive(Debug, Args)]
@@ -666,6 +733,8 @@ pub struct ConsumerArgs {
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub kafka_start: KafkaStartArgs,
+    #[command(flatten)]
+    pub http_limits: HttpLimitArgs,
 }
 
 #[derive(Debug, Args)]
@@ -868,13 +937,14 @@ async fn run_until_signal(running: Vec<Component>, store: &Store) {
 /// Serves `api` (plus /metrics and /readyz) on `addr` and prints the address.
 async fn serve(
     addr: SocketAddr,
+    limits: &HttpLimitArgs,
     api: ApiBuilder,
     metrics: &Arc<Metrics>,
     store: &Arc<Store>,
     checks: Vec<Arc<dyn ReadinessCheck>>,
 ) -> anyhow::Result<Component> {
     let api = api.observability(Arc::clone(metrics), Some(store.clone()), checks);
-    let (bound, http) = components::http(addr, api).await?;
+    let (bound, http) = components::http(addr, api, &limits.limits()).await?;
     print_endpoints(&[("http", format!("http://{bound}"))]);
     Ok(http)
 }
@@ -894,7 +964,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             // readiness problem, and the outbox keeps the writes meanwhile.
             let checks: Vec<Arc<dyn ReadinessCheck>> =
                 vec![Arc::new(StoreCheck::new(Arc::clone(&store)))];
-            let http = serve(args.http, api, &metrics, &store, checks).await?;
+            let http = serve(args.http, &args.http_limits, api, &metrics, &store, checks).await?;
             run_until_signal(vec![http], &store).await;
             Ok(())
         }
@@ -906,7 +976,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let registry = match args.event_format {
                 EventFormat::Json => None,
                 EventFormat::Avro => Some(Arc::new(RegistryClient::new(
-                    &args.registry.resolve(&args.store.data_dir).context(
+                    &args.registry.resolve(&args.store.data_dir)?.context(
                         "Avro events need a schema registry: pass --schema-registry URL or set SCHEMA_REGISTRY_URL \
                          (or --event-format json)",
                     )?,
@@ -928,7 +998,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         .iter()
                         .map(|r| Arc::new(RegistryCheck(Arc::clone(r))) as Arc<dyn ReadinessCheck>),
                 );
-                running.push(serve(addr, ApiBuilder::new(), &metrics, &store, checks).await?);
+                running.push(
+                    serve(
+                        addr,
+                        &args.http_limits,
+                        ApiBuilder::new(),
+                        &metrics,
+                        &store,
+                        checks,
+                    )
+                    .await?,
+                );
             }
             let wake = Arc::new(Notify::new());
             running.extend(components::outbox_listener(&store, Arc::clone(&wake)));
@@ -965,8 +1045,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Lag(args) => crate::lag::run(args).await,
         Command::Registry(args) => {
-            let (bound, registry) =
-                components::registry(args.http, &args.data_dir, "registry").await?;
+            let (bound, registry) = components::registry(
+                args.http,
+                &args.data_dir,
+                "registry",
+                &args.http_limits.limits(),
+            )
+            .await?;
             print_endpoints(&[("schema-registry", format!("http://{bound}"))]);
             shutdown_signal().await;
             registry.stop().await;
@@ -1056,6 +1141,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     config.notifier_webhook = args.notifier_webhook_url.clone();
     config.relay = args.outbox.relay_settings();
     config.consumer.retry.give_up_after = args.give_up_after;
+    config.http_limits = args.http_limits.limits();
     config.registry = match (args.event_format, args.registry.schema_registry) {
         (EventFormat::Json, _) => RegistrySetting::Disabled,
         (EventFormat::Avro, Some(url)) => RegistrySetting::External(url),
@@ -1085,7 +1171,7 @@ async fn consumer_process(
     } else {
         ConsumerOptions::default()
     };
-    let registry = args.registry.resolve(&args.store.data_dir);
+    let registry = args.registry.resolve(&args.store.data_dir)?;
     if registry.is_none() {
         tracing::warn!("no schema registry configured: Avro records will be dead-lettered (pass --schema-registry URL)");
     }
@@ -1124,7 +1210,7 @@ async fn consumer_process(
                 .iter()
                 .map(|r| Arc::new(RegistryCheck(Arc::clone(r))) as Arc<dyn ReadinessCheck>),
         );
-        running.push(serve(addr, api, &metrics, &store, checks).await?);
+        running.push(serve(addr, &args.http_limits, api, &metrics, &store, checks).await?);
     }
     running.push(consumer);
     run_until_signal(running, &store).await;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use taskstream_api::{ApiBuilder, ReadinessCheck};
+use taskstream_api::{ApiBuilder, ErrorResponder, HttpLimits, Problem, ReadinessCheck};
 use taskstream_avro::RegistryClient;
 use taskstream_domain::{EventCodec, JsonCodec};
 use taskstream_kafka::{
@@ -171,21 +171,29 @@ pub fn codec() -> Arc<dyn EventCodec> {
     Arc::new(JsonCodec)
 }
 
-/// Binds `addr` and serves `router` as component `name` until stopped, then
-/// runs `after`. Returns the bound address (useful with port 0).
-async fn serve(
+/// Binds `addr` and serves `router` as component `name` within `limits`
+/// until stopped, then runs `after`. Errors the server answers itself are
+/// written by `errors`. Returns the bound address (useful with port 0).
+pub async fn serve(
     name: &'static str,
     addr: SocketAddr,
     router: axum::Router,
+    limits: &HttpLimits,
+    errors: ErrorResponder,
     after: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<(SocketAddr, Component)> {
+    limits
+        .validate()
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("invalid HTTP limits for {name}"))?;
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} ({name})"))?;
     let bound = listener.local_addr()?;
+    let limits = limits.clone();
     let component = Component::spawn(name, move |mut shutdown| async move {
         let stop = async move { shutdown.wait().await };
-        if let Err(error) = taskstream_api::serve(listener, router, stop).await {
+        if let Err(error) = taskstream_api::serve(listener, router, limits, errors, stop).await {
             tracing::error!(component = name, %error, "server failed");
         }
         after.await;
@@ -193,10 +201,22 @@ async fn serve(
     Ok((bound, component))
 }
 
-/// Binds `addr` and serves `api` until stopped. Returns the bound address
-/// (useful with port 0).
-pub async fn http(addr: SocketAddr, api: ApiBuilder) -> anyhow::Result<(SocketAddr, Component)> {
-    serve("http", addr, api.build(), async {}).await
+/// Binds `addr` and serves `api` within `limits` until stopped. Returns
+/// the bound address (useful with port 0).
+pub async fn http(
+    addr: SocketAddr,
+    api: ApiBuilder,
+    limits: &HttpLimits,
+) -> anyhow::Result<(SocketAddr, Component)> {
+    serve(
+        "http",
+        addr,
+        api.build(),
+        limits,
+        Problem::response,
+        async {},
+    )
+    .await
 }
 
 /// The Task API's routes over `store`; `relay_wake` is notified after each commit.
@@ -450,13 +470,14 @@ impl ReadinessCheck for OutboxAgeCheck {
     }
 }
 
-/// Serves the embedded schema registry, its state in `data_dir`. Only one
-/// process serves a data directory's registry: `command` (`up`, `registry`)
-/// names this one to another that tries.
+/// Serves the embedded schema registry within `limits`, its state in
+/// `data_dir`. Only one process serves a data directory's registry:
+/// `command` (`up`, `registry`) names this one to another that tries.
 pub async fn registry(
     addr: SocketAddr,
     data_dir: &Path,
     command: &str,
+    limits: &HttpLimits,
 ) -> anyhow::Result<(SocketAddr, Component)> {
     let lock = DataDirLock::acquire(data_dir, REGISTRY_LOCK_FILE, command)?;
     let path = data_dir.join(REGISTRY_FILE);
@@ -469,10 +490,17 @@ pub async fn registry(
             )
         })?;
     let router = taskstream_registry::router(store.clone());
-    serve("schema-registry", addr, router, async move {
-        store.close().await;
-        drop(lock);
-    })
+    serve(
+        "schema-registry",
+        addr,
+        router,
+        limits,
+        taskstream_registry::error_response,
+        async move {
+            store.close().await;
+            drop(lock);
+        },
+    )
     .await
 }
 

@@ -13,7 +13,7 @@ use taskstream_services::{RelaySettings, NOTIFIER_GROUP};
 use taskstream_store::{Database, PgOptions, SqliteOptions, Store};
 use tokio::sync::Notify;
 
-use taskstream_api::ReadinessCheck;
+use taskstream_api::{HttpLimits, ReadinessCheck};
 use taskstream_avro::RegistryClient;
 use taskstream_services::topics::TASK_EVENTS;
 use taskstream_services::EventEncoding;
@@ -47,6 +47,9 @@ pub struct SystemConfig {
     /// With a cluster configured: fail to start unless a broker answers
     /// within this long. `None` waits for it as long as it takes.
     pub kafka_wait_at_start: Option<Duration>,
+    /// Timeouts and the connection limit of the API's and the embedded
+    /// registry's ports.
+    pub http_limits: HttpLimits,
 }
 
 /// Where event schemas live, and so how events are encoded.
@@ -77,6 +80,7 @@ impl SystemConfig {
             notifier_webhook: None,
             registry: RegistrySetting::Embedded(SocketAddr::from(([127, 0, 0, 1], 0))),
             kafka_wait_at_start: None,
+            http_limits: HttpLimits::default(),
         }
     }
 }
@@ -142,7 +146,8 @@ impl RunningSystem {
         let (registry_url, registry_component) = match &config.registry {
             RegistrySetting::Embedded(addr) => {
                 let (bound, component) =
-                    components::registry(*addr, &config.data_dir, "up").await?;
+                    components::registry(*addr, &config.data_dir, "up", &config.http_limits)
+                        .await?;
                 (Some(format!("http://{bound}")), Some(component))
             }
             RegistrySetting::External(url) => (Some(url.clone()), None),
@@ -217,7 +222,7 @@ impl RunningSystem {
             .audit(store.clone())
             .notifications(store.clone())
             .observability(Arc::clone(&metrics), Some(store.clone()), checks);
-        let (http_addr, http) = components::http(config.http, api).await?;
+        let (http_addr, http) = components::http(config.http, api, &config.http_limits).await?;
         let system = Self {
             http_addr,
             kafka_bootstrap: kafka.bootstrap_servers.clone(),

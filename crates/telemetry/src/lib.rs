@@ -13,6 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
+use taskstream_domain::EventType;
 use taskstream_kafka::{ClientStats, StatsListener};
 
 mod trace_context;
@@ -23,6 +24,7 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
+    /// A standard method's name, or `other`: never a client's made-up token.
     pub method: String,
     /// The route template (`/tasks/:id`), never the raw path, to bound cardinality.
     pub route: String,
@@ -38,6 +40,8 @@ pub struct RouteLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HandledLabels {
     pub group: String,
+    /// A known event type (`task.created`...), or `other`: the type header
+    /// of a record comes from whoever wrote it.
     pub event_type: String,
     /// `ok`, `duplicate`, `retried` or `undecodable`.
     pub outcome: String,
@@ -214,8 +218,12 @@ impl Metrics {
         })
     }
 
-    /// Counts one handled event.
+    /// Counts one handled event. An `event_type` that names no known type
+    /// is counted as `other`, so a producer cannot mint label values.
     pub fn handled(&self, group: &str, event_type: &str, outcome: &str) {
+        let event_type = event_type
+            .parse::<EventType>()
+            .map_or("other", EventType::as_str);
         self.events_handled
             .get_or_create(&HandledLabels {
                 group: group.to_owned(),
@@ -287,6 +295,25 @@ impl Metrics {
 mod tests {
     use super::*;
     use taskstream_kafka::{BrokerStats, PartitionLag};
+
+    #[test]
+    fn made_up_event_types_share_one_label_value() {
+        let metrics = Metrics::new();
+        metrics.handled("auditor", "task.created", "ok");
+        for i in 0..100 {
+            metrics.handled("auditor", &format!("forged.{i}"), "dead_lettered");
+        }
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"taskstream_consumer_events_total{group="auditor",event_type="task.created",outcome="ok"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"taskstream_consumer_events_total{group="auditor",event_type="other",outcome="dead_lettered"} 100"#),
+            "{text}"
+        );
+        assert!(!text.contains("forged"), "{text}");
+    }
 
     #[test]
     fn statistics_become_gauges_and_error_deltas() {

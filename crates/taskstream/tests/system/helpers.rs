@@ -197,6 +197,7 @@ impl Pipeline {
         let (addr, http) = components::http(
             "127.0.0.1:0".parse().unwrap(),
             components::task_api(store.clone(), wake),
+            &Default::default(),
         )
         .await
         .unwrap();

@@ -1,6 +1,7 @@
 //! End-to-end tests: the whole system on random ports, driven over HTTP and
 //! read back through the read-only views, Kafka and the store.
 
+mod as_documented;
 mod at_scale;
 mod binary;
 mod contention;
@@ -12,6 +13,7 @@ mod disk_full;
 mod exclusive_data_dir;
 mod faults;
 mod helpers;
+mod hostile_clients;
 mod http_errors;
 mod http_fuzz;
 mod interop;
@@ -21,6 +23,7 @@ mod observability;
 mod rebalance;
 mod restart;
 mod schema_registry;
+mod schemathesis;
 mod shutdown;
 mod unreachable_kafka;
 mod webhook;

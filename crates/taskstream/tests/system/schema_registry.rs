@@ -34,10 +34,14 @@ async fn with_the_registry_down_known_schemas_flow_and_new_ones_wait_in_the_outb
     )
     .await
     .unwrap();
-    let (registry_addr, registry) =
-        components::registry("127.0.0.1:0".parse().unwrap(), dir.path(), "registry")
-            .await
-            .unwrap();
+    let (registry_addr, registry) = components::registry(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.path(),
+        "registry",
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     let registry_client = Arc::new(RegistryClient::new(&format!("http://{registry_addr}")));
     let metrics = Metrics::new();
     let wake = Arc::new(Notify::new());
@@ -58,6 +62,7 @@ async fn with_the_registry_down_known_schemas_flow_and_new_ones_wait_in_the_outb
     let (addr, http) = components::http(
         "127.0.0.1:0".parse().unwrap(),
         components::task_api(store.clone(), wake),
+        &Default::default(),
     )
     .await
     .unwrap();
@@ -114,9 +119,10 @@ async fn with_the_registry_down_known_schemas_flow_and_new_ones_wait_in_the_outb
     assert_eq!(audited().await, 2, "nothing undecodable was published");
 
     // The registry comes back where it was: the event goes out and is read.
-    let (_, registry) = components::registry(registry_addr, dir.path(), "registry")
-        .await
-        .unwrap();
+    let (_, registry) =
+        components::registry(registry_addr, dir.path(), "registry", &Default::default())
+            .await
+            .unwrap();
     eventually(
         "the pending event published and audited",
         Duration::from_secs(30),
