@@ -1,0 +1,2 @@
+//! taskstream's own single-node broker (work in progress).
+pub mod storage;
