@@ -1,2 +1,89 @@
-//! taskstream's own single-node broker (work in progress).
-pub mod storage;
+//! taskstream's own single-node broker speaking the Kafka wire protocol,
+//! meant to replace librdkafka's mock cluster as `taskstream up`'s dev broker.
+//!
+//! ```no_run
+//! let broker = taskstream_broker::Broker::start(
+//!     taskstream_broker::BrokerConfig::new("/var/lib/taskstream/broker"),
+//! ).unwrap();
+//! println!("bootstrap.servers={}", broker.addr());
+//! broker.stop();
+//! ```
+//!
+//! # Files
+//!
+//! Under the data directory: `cluster.id`, `producer-ids` (see
+//! `producer_ids`), and `topics/<name>/topic.properties` with one directory
+//! per partition. A partition is a run of segments, each three files named
+//! after its base offset (`00000000000000000000.log`, `.index`,
+//! `.timeindex`). The `.log` holds record batches byte for byte as produced,
+//! except that the broker writes the assigned `baseOffset` (and a leader
+//! epoch of 0) into the header; both fields lie outside the batch CRC, which
+//! covers the bytes from `attributes` on, so nothing is re-encoded. The
+//! `.index` maps a relative offset to a file position every
+//! `index.interval.bytes` (4 KiB); the `.timeindex` maps the running maximum
+//! timestamp to a position at the same points, plus a closing entry when a
+//! segment is rolled. Lookups binary-search the files with positioned reads;
+//! only a small struct per segment (and an open file handle) stays in
+//! memory, whatever the size of the log.
+//!
+//! # Recovery
+//!
+//! On start, every partition's last segment is scanned: each batch's length,
+//! magic, CRC (crc32c) and increasing offsets are checked, anything after
+//! the last valid batch (a torn write, a corrupt tail) is cut off and
+//! fsynced, and both indexes are rebuilt. Earlier segments were fsynced
+//! (log and indexes) when they were rolled and are trusted. Half-created or
+//! half-deleted topic directories are removed.
+//!
+//! # Flush policy
+//!
+//! A produce is acknowledged only after its batches are written to the
+//! segment file, so an acknowledged write (acks=1 or acks=all) survives the
+//! broker process dying, SIGKILL included: the data is in the page cache.
+//! Surviving a power loss needs fsync, set by [`FlushPolicy`]: the default,
+//! [`FlushPolicy::Interval`] (1 s), fsyncs written partitions in the
+//! background and may lose up to that much acknowledged data on power loss
+//! (Kafka's default likewise leaves flushing to the OS);
+//! [`FlushPolicy::BeforeAcknowledge`] fsyncs before each acknowledgement.
+//! Rolling a segment, and stopping, fsync too.
+//!
+//! # Retention
+//!
+//! Segments roll at `segment.bytes` (default 128 MiB) or `segment.ms`
+//! (7 days). A background pass (every 5 minutes) deletes whole rolled
+//! segments whose newest record is older than `retention.ms` (default
+//! 7 days) or, oldest first, while the log exceeds `retention.bytes`
+//! (default unlimited), moving the log start offset to the next segment.
+//!
+//! # Protocol
+//!
+//! ApiVersions advertises only what is served: Produce v3–12, Fetch v4–12
+//! (long polls that wake when a watched partition is appended to, honouring
+//! `max_wait_ms`, `min_bytes`, partition and response byte limits, and
+//! returning whole batches), ListOffsets v1–6 (earliest, latest, by
+//! timestamp), Metadata v0–12 (auto-creating topics when allowed),
+//! CreateTopics v2–7, DeleteTopics v1–5, InitProducerId v0–4. A malformed
+//! request, or one for an API or version not listed, closes its connection.
+//!
+//! # Not implemented yet
+//!
+//! Consumer groups (FindCoordinator, Join/Sync/Heartbeat/Leave, offset
+//! commits), idempotent-producer sequence checks (retries may duplicate),
+//! transactions, compaction (a `compact`-only topic is accepted and keeps
+//! its whole log), DescribeConfigs, DeleteRecords, ListGroups and
+//! DescribeGroups, fetch sessions (clients fall back to full fetches),
+//! ListOffsets by max timestamp, LogAppendTime, TLS/SASL, quotas, and a lock
+//! against two brokers sharing one data directory. Decoding relies on
+//! `kafka-protocol`, which pre-allocates arrays by their declared length.
+
+mod api;
+mod broker;
+mod config;
+mod producer_ids;
+mod server;
+mod storage;
+mod topics;
+
+pub use broker::{Broker, RunningBroker, StartError};
+pub use config::{BrokerConfig, ConfigError, FlushPolicy};
+pub use storage::LogConfig;

@@ -90,7 +90,8 @@ impl fmt::Display for BatchError {
 /// its header and total length. Used both for produced data and when
 /// recovering a log.
 pub(crate) fn check_batch(buf: &[u8]) -> Result<(BatchHeader, usize), BatchError> {
-    let header = BatchHeader::parse(buf).ok_or(BatchError::Corrupt("shorter than a batch header"))?;
+    let header =
+        BatchHeader::parse(buf).ok_or(BatchError::Corrupt("shorter than a batch header"))?;
     let len = header
         .total_len()
         .ok_or(BatchError::Corrupt("batch length out of range"))?;
@@ -98,7 +99,9 @@ pub(crate) fn check_batch(buf: &[u8]) -> Result<(BatchHeader, usize), BatchError
         return Err(BatchError::Corrupt("batch length beyond the data"));
     }
     if header.magic != 2 {
-        return Err(BatchError::Corrupt("only magic 2 record batches are accepted"));
+        return Err(BatchError::Corrupt(
+            "only magic 2 record batches are accepted",
+        ));
     }
     if crc32c::crc32c(&buf[CRC_START..len]) != header.crc {
         return Err(BatchError::Corrupt("CRC mismatch"));
@@ -122,13 +125,19 @@ pub(crate) fn validate_produced(
     while at < data.len() {
         let (header, len) = check_batch(&data[at..])?;
         if header.records_count == 0 || header.records_count != header.last_offset_delta + 1 {
-            return Err(BatchError::Corrupt("record count does not match the offset delta"));
+            return Err(BatchError::Corrupt(
+                "record count does not match the offset delta",
+            ));
         }
         if header.attributes & CONTROL_FLAG != 0 {
-            return Err(BatchError::Unsupported("control batches cannot be produced"));
+            return Err(BatchError::Unsupported(
+                "control batches cannot be produced",
+            ));
         }
         if header.attributes & TRANSACTIONAL_FLAG != 0 {
-            return Err(BatchError::Unsupported("transactions are not supported yet"));
+            return Err(BatchError::Unsupported(
+                "transactions are not supported yet",
+            ));
         }
         if len > max_batch_bytes {
             return Err(BatchError::TooLarge);
@@ -199,7 +208,10 @@ pub(crate) mod tests {
         assert_eq!(found[0].0.records_count, 3);
         assign_offset(&mut batch, 42, 0);
         let (header, len) = check_batch(&batch).unwrap();
-        assert_eq!((header.base_offset, header.last_offset(), len), (42, 44, batch.len()));
+        assert_eq!(
+            (header.base_offset, header.last_offset(), len),
+            (42, 44, batch.len())
+        );
     }
 
     #[test]
@@ -207,7 +219,10 @@ pub(crate) mod tests {
         let mut batch = encode_batch(&["hello"], 1_000);
         let last = batch.len() - 1;
         batch[last] ^= 0xff;
-        assert_eq!(check_batch(&batch), Err(BatchError::Corrupt("CRC mismatch")));
+        assert_eq!(
+            check_batch(&batch),
+            Err(BatchError::Corrupt("CRC mismatch"))
+        );
     }
 
     #[test]

@@ -43,7 +43,9 @@ impl Default for LogConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
     #[error("{0}")]
-    Batch(String),
+    Corrupt(String),
+    #[error("{0}")]
+    Unsupported(String),
     #[error("record batch larger than max.message.bytes")]
     TooLarge,
     #[error("log write failed: {0}")]
@@ -54,7 +56,8 @@ impl From<BatchError> for AppendError {
     fn from(e: BatchError) -> Self {
         match e {
             BatchError::TooLarge => Self::TooLarge,
-            other => Self::Batch(other.to_string()),
+            e @ BatchError::Corrupt(_) => Self::Corrupt(e.to_string()),
+            e @ BatchError::Unsupported(_) => Self::Unsupported(e.to_string()),
         }
     }
 }
@@ -123,16 +126,11 @@ impl PartitionLog {
         ))
     }
 
-    pub fn config(&self) -> &LogConfig {
-        &self.config
-    }
-
-    pub fn set_config(&mut self, config: LogConfig) {
-        self.config = config;
-    }
-
     fn active(&self) -> &Segment {
-        self.segments.values().next_back().expect("a log always has a segment")
+        self.segments
+            .values()
+            .next_back()
+            .expect("a log always has a segment")
     }
 
     fn active_mut(&mut self) -> &mut Segment {
@@ -144,7 +142,11 @@ impl PartitionLog {
 
     /// The first offset still in the log.
     pub fn log_start_offset(&self) -> i64 {
-        *self.segments.keys().next().expect("a log always has a segment")
+        *self
+            .segments
+            .keys()
+            .next()
+            .expect("a log always has a segment")
     }
 
     /// The offset the next record will get (the high watermark on a single node).
@@ -157,6 +159,7 @@ impl PartitionLog {
         self.segments.values().map(Segment::size).sum()
     }
 
+    #[cfg(test)]
     pub fn segment_count(&self) -> usize {
         self.segments.len()
     }
@@ -194,7 +197,8 @@ impl PartitionLog {
         }
         let too_big = active.size() + incoming > self.config.segment_bytes;
         let too_old = now_ms() - active.created_ms >= self.config.segment_ms;
-        let relative_overflow = active.next_offset + i64::from(last_offset_delta) - active.base_offset
+        let relative_overflow = active.next_offset + i64::from(last_offset_delta)
+            - active.base_offset
             >= i64::from(u32::MAX);
         if too_big || too_old || relative_overflow {
             self.roll()?;
@@ -214,7 +218,12 @@ impl PartitionLog {
 
     /// Whole batches from the one holding `offset`, up to `max_bytes`
     /// (see [`Segment::read`]). Empty at the end of the log.
-    pub fn read(&self, offset: i64, max_bytes: usize, first_whole: bool) -> Result<Vec<u8>, ReadError> {
+    pub fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        first_whole: bool,
+    ) -> Result<Vec<u8>, ReadError> {
         let (start, end) = (self.log_start_offset(), self.next_offset());
         if offset < start || offset > end {
             return Err(ReadError::OutOfRange { offset, start, end });
@@ -251,7 +260,11 @@ impl PartitionLog {
         let mut deleted = 0;
         let mut size = self.size();
         while self.segments.len() > 1 {
-            let oldest = self.segments.values().next().expect("more than one segment");
+            let oldest = self
+                .segments
+                .values()
+                .next()
+                .expect("more than one segment");
             let expired = self.config.retention_ms >= 0
                 && oldest.max_timestamp >= 0
                 && now_ms - oldest.max_timestamp > self.config.retention_ms;
@@ -267,11 +280,6 @@ impl PartitionLog {
             deleted += 1;
         }
         Ok(deleted)
-    }
-
-    /// Whether data was appended since the last [`Self::sync`].
-    pub fn is_unsynced(&self) -> bool {
-        self.unsynced
     }
 
     /// fsyncs the active segment and its indexes.

@@ -9,5 +9,4 @@ pub(crate) mod segment;
 #[cfg(test)]
 mod tests;
 
-pub use log::{AppendError, Appended, LogConfig, PartitionLog, ReadError};
-pub use segment::RecoveryReport;
+pub use log::{AppendError, LogConfig, PartitionLog, ReadError};

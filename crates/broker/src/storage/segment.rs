@@ -109,7 +109,9 @@ impl Segment {
         let mut max = -1;
         let mut pos = 0;
         while pos < self.size {
-            let Some(header) = self.header_at(pos)? else { break };
+            let Some(header) = self.header_at(pos)? else {
+                break;
+            };
             max = max.max(header.max_timestamp);
             match header.total_len() {
                 Some(len) => pos += len as u64,
@@ -142,7 +144,9 @@ impl Segment {
         let mut pos = 0u64;
         let mut buf = Vec::new();
         loop {
-            let Some(header) = segment.header_at(pos)? else { break };
+            let Some(header) = segment.header_at(pos)? else {
+                break;
+            };
             let Some(len) = header.total_len() else { break };
             if pos + len as u64 > file_len || header.base_offset < segment.next_offset {
                 break;
@@ -205,7 +209,12 @@ impl Segment {
 
     /// Appends one batch whose offset is already assigned. On a failed
     /// write the file is cut back to its previous length.
-    pub fn append(&mut self, batch: &[u8], header: &BatchHeader, index_interval: u64) -> io::Result<()> {
+    pub fn append(
+        &mut self,
+        batch: &[u8],
+        header: &BatchHeader,
+        index_interval: u64,
+    ) -> io::Result<()> {
         if self.is_empty() {
             self.created_ms = now_ms();
         }
@@ -230,7 +239,9 @@ impl Segment {
             None => 0,
         };
         while pos < self.size {
-            let Some(header) = self.header_at(pos)? else { return Ok(None) };
+            let Some(header) = self.header_at(pos)? else {
+                return Ok(None);
+            };
             if header.last_offset() >= offset {
                 return Ok(Some(pos));
             }
@@ -243,7 +254,9 @@ impl Segment {
     /// `max_bytes`; the first batch is returned whole even when larger, if
     /// `first_whole` is set (so a consumer can always make progress).
     pub fn read(&self, offset: i64, max_bytes: usize, first_whole: bool) -> io::Result<Vec<u8>> {
-        let Some(pos) = self.position_of(offset)? else { return Ok(Vec::new()) };
+        let Some(pos) = self.position_of(offset)? else {
+            return Ok(Vec::new());
+        };
         let available = (self.size - pos) as usize;
         let mut buf = vec![0u8; available.min(max_bytes.max(HEADER_LEN))];
         self.log.read_exact_at(&mut buf, pos)?;
@@ -278,7 +291,9 @@ impl Segment {
             None => 0,
         };
         while pos < self.size {
-            let Some(header) = self.header_at(pos)? else { break };
+            let Some(header) = self.header_at(pos)? else {
+                break;
+            };
             let len = header.total_len().unwrap_or(usize::MAX);
             if header.max_timestamp >= timestamp {
                 let mut batch = vec![0u8; len];

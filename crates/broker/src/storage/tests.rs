@@ -41,7 +41,11 @@ fn appended_batches_get_consecutive_offsets_and_read_back_from_any_offset() {
     for offset in [0, 1, 57, 58, 101, 199] {
         let data = log.read(offset, 1 << 20, true).unwrap();
         let batches = batches_in(&data);
-        assert_eq!(batches[0].0, offset - offset % 2, "the batch holding {offset} comes first");
+        assert_eq!(
+            batches[0].0,
+            offset - offset % 2,
+            "the batch holding {offset} comes first"
+        );
         for pair in batches.windows(2) {
             assert_eq!(pair[1].0, pair[0].0 + 2);
         }
@@ -60,7 +64,10 @@ fn a_read_returns_whole_batches_within_max_bytes_but_always_the_first() {
     append_values(&mut log, 10, 1_000);
     let one = log.read(0, 1 << 20, true).unwrap();
     let batch_len = one.len() / 10;
-    assert_eq!(batches_in(&log.read(0, batch_len * 3 + 5, true).unwrap()).len(), 3);
+    assert_eq!(
+        batches_in(&log.read(0, batch_len * 3 + 5, true).unwrap()).len(),
+        3
+    );
     assert_eq!(batches_in(&log.read(4, 1, true).unwrap()).len(), 1);
     assert!(log.read(4, 1, false).unwrap().is_empty());
 }
@@ -76,8 +83,14 @@ fn a_reopened_log_keeps_everything_and_appends_after_it() {
     assert_eq!(report.truncated_bytes, 0);
     assert_eq!(log.next_offset(), 100);
     append_values(&mut log, 1, 5_000);
-    assert_eq!(batches_in(&log.read(100, 1 << 20, true).unwrap()), vec![(100, 2)]);
-    assert_eq!(batches_in(&log.read(37, 1 << 20, true).unwrap())[0], (36, 2));
+    assert_eq!(
+        batches_in(&log.read(100, 1 << 20, true).unwrap()),
+        vec![(100, 2)]
+    );
+    assert_eq!(
+        batches_in(&log.read(37, 1 << 20, true).unwrap())[0],
+        (36, 2)
+    );
 }
 
 #[test]
@@ -130,7 +143,10 @@ fn a_bad_batch_is_refused_and_leaves_the_log_untouched() {
     let last = bad.len() - 1;
     bad[last] ^= 1;
     let mut both = [good.clone(), bad].concat();
-    assert!(matches!(log.append(&mut both), Err(AppendError::Batch(_))));
+    assert!(matches!(
+        log.append(&mut both),
+        Err(AppendError::Corrupt(_))
+    ));
     assert_eq!(log.next_offset(), 0);
     log.append(&mut good).unwrap();
     assert_eq!(log.next_offset(), 1);
@@ -167,7 +183,10 @@ fn retention_by_time_deletes_old_sealed_segments_and_advances_the_log_start() {
     append_values(&mut log, 3, 100_000); // new records
     assert_eq!(log.enforce_retention(100_500).unwrap(), old_segments);
     assert_eq!(log.log_start_offset(), 60);
-    assert!(matches!(log.read(0, 100, true), Err(ReadError::OutOfRange { .. })));
+    assert!(matches!(
+        log.read(0, 100, true),
+        Err(ReadError::OutOfRange { .. })
+    ));
     assert_eq!(batches_in(&log.read(60, 1 << 20, true).unwrap()).len(), 3);
     drop(log);
     let (log, _) = PartitionLog::open(dir.path(), config).unwrap();
@@ -186,7 +205,11 @@ fn retention_by_size_keeps_the_newest_segments_within_the_limit() {
     let before = log.segment_count();
     let deleted = log.enforce_retention(2_000).unwrap();
     assert!(deleted > 0 && log.segment_count() == before - deleted);
-    assert!(log.size() <= 2048 + 1024, "size {} is within a segment of the limit", log.size());
+    assert!(
+        log.size() <= 2048 + 1024,
+        "size {} is within a segment of the limit",
+        log.size()
+    );
     assert!(log.log_start_offset() > 0);
     assert_eq!(log.next_offset(), 200);
 }
