@@ -102,3 +102,24 @@ impl BrokerConfig {
 #[derive(Debug, thiserror::Error)]
 #[error("invalid broker configuration: {0}")]
 pub struct ConfigError(pub String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_valid_and_nonsense_is_refused_with_a_reason() {
+        let config = BrokerConfig::new("/tmp/x");
+        assert!(config.validate().is_ok());
+        let mut huge_segments = config.clone();
+        huge_segments.log.segment_bytes = 1 << 40;
+        let err = huge_segments.validate().unwrap_err();
+        assert!(err.to_string().contains("segment_bytes"), "{err}");
+        let mut no_flush = config.clone();
+        no_flush.flush = FlushPolicy::Interval(Duration::ZERO);
+        assert!(no_flush.validate().is_err());
+        let mut zero_partitions = config;
+        zero_partitions.default_partitions = 0;
+        assert!(zero_partitions.validate().is_err());
+    }
+}

@@ -261,3 +261,42 @@ async fn a_quick_throughput_run_moves_every_record() {
         (COUNT * 100) as f64 / consumed.as_secs_f64() / 1e6,
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_zero_and_fsync_before_acknowledge_both_store_the_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = taskstream_broker::BrokerConfig::new(dir.path());
+    config.flush = taskstream_broker::FlushPolicy::BeforeAcknowledge;
+    let broker = taskstream_broker::Broker::start(config).unwrap();
+    create_topic(&broker, "fire-and-forget", 1, &[]).await;
+    let unacknowledged: rdkafka::producer::FutureProducer =
+        client(&broker).set("acks", "0").create().unwrap();
+    let fsynced = producer(&broker);
+    for i in 0..10 {
+        let value = format!("acks0-{i}");
+        unacknowledged
+            .send(
+                FutureRecord::<(), _>::to("fire-and-forget").payload(&value),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("sent");
+    }
+    fsynced
+        .send(
+            FutureRecord::<(), _>::to("fire-and-forget").payload("synced"),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("acknowledged");
+    let consumer = reader(&broker, "fire-and-forget", 1, Offset::Beginning);
+    let values: Vec<String> = poll_records(&consumer, 11)
+        .iter()
+        .map(|r| String::from_utf8(r.payload().unwrap().to_vec()).unwrap())
+        .collect();
+    assert!(values.contains(&"synced".to_owned()));
+    assert_eq!(
+        values.iter().filter(|v| v.starts_with("acks0-")).count(),
+        10
+    );
+}

@@ -143,10 +143,7 @@ impl Segment {
         let mut report = RecoveryReport::default();
         let mut pos = 0u64;
         let mut buf = Vec::new();
-        loop {
-            let Some(header) = segment.header_at(pos)? else {
-                break;
-            };
+        while let Some(header) = segment.header_at(pos)? {
             let Some(len) = header.total_len() else { break };
             if pos + len as u64 > file_len || header.base_offset < segment.next_offset {
                 break;
