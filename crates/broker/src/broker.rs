@@ -12,6 +12,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::config::{BrokerConfig, ConfigError, FlushPolicy};
+use crate::groups::offsets::OffsetStore;
+use crate::groups::Coordinator;
 use crate::producer_ids::ProducerIds;
 use crate::server;
 use crate::storage::segment::now_ms;
@@ -26,6 +28,8 @@ pub(crate) struct Shared {
     pub cluster_id: String,
     pub topics: Topics,
     pub producer_ids: ProducerIds,
+    pub coordinator: Coordinator,
+    pub offsets: OffsetStore,
 }
 
 /// Why the broker could not start.
@@ -66,6 +70,7 @@ impl Broker {
         let cluster_id = cluster_id(&config.data_dir).map_err(storage_error)?;
         let topics = Topics::open(&config.data_dir, config.log).map_err(storage_error)?;
         let producer_ids = ProducerIds::open(&config.data_dir).map_err(storage_error)?;
+        let offsets = OffsetStore::open(&config.data_dir).map_err(storage_error)?;
         let listener =
             StdTcpListener::bind(config.listen).map_err(|source| StartError::Listen {
                 addr: config.listen,
@@ -90,6 +95,8 @@ impl Broker {
             cluster_id,
             topics,
             producer_ids,
+            coordinator: Coordinator::default(),
+            offsets,
             config,
         });
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -176,6 +183,7 @@ async fn maintain(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
     };
     let mut flush = tokio::time::interval(flush_every);
     let mut retention = tokio::time::interval(shared.config.retention_check_interval);
+    let mut sessions = tokio::time::interval(Duration::from_millis(250));
     loop {
         tokio::select! {
             _ = server::until_stopped(&mut stopped) => return,
@@ -183,6 +191,7 @@ async fn maintain(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
                 let shared = Arc::clone(&shared);
                 let _ = tokio::task::spawn_blocking(move || flush_all(&shared)).await;
             }
+            _ = sessions.tick() => shared.coordinator.expire(),
             _ = retention.tick() => {
                 let shared = Arc::clone(&shared);
                 let _ = tokio::task::spawn_blocking(move || enforce_retention(&shared)).await;

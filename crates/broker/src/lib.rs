@@ -12,7 +12,7 @@
 //! # Files
 //!
 //! Under the data directory: `cluster.id`, `producer-ids` (see
-//! `producer_ids`), and `topics/<name>/topic.properties` with one directory
+//! `producer_ids`), `groups/` (committed offsets), and `topics/<name>/topic.properties` with one directory
 //! per partition. A partition is a run of segments, each three files named
 //! after its base offset (`00000000000000000000.log`, `.index`,
 //! `.timeindex`). The `.log` holds record batches byte for byte as produced,
@@ -62,13 +62,21 @@
 //! `max_wait_ms`, `min_bytes`, partition and response byte limits, and
 //! returning whole batches), ListOffsets v1–6 (earliest, latest, by
 //! timestamp), Metadata v0–12 (auto-creating topics when allowed),
-//! CreateTopics v2–7, DeleteTopics v1–5, InitProducerId v0–4. A malformed
-//! request, or one for an API or version not listed, closes its connection.
+//! CreateTopics v2–7, DeleteTopics v1–5, InitProducerId v0–4, and the
+//! classic group protocol: FindCoordinator v0–4, JoinGroup v0–5, SyncGroup
+//! v0–4, Heartbeat v0–4, LeaveGroup v0–4, OffsetCommit v2–8, OffsetFetch
+//! v1–7, ListGroups v0–4, DescribeGroups v0–5 (see `groups`: the broker
+//! relays the leader's assignment, enforces 6 s–30 min session timeouts
+//! and rebalance timeouts, and persists committed offsets with their
+//! metadata in `groups/<hex group id>.offsets`, fsynced per commit). A
+//! malformed request, or one for an API or version not listed, closes its
+//! connection.
 //!
 //! # Not implemented yet
 //!
-//! Consumer groups (FindCoordinator, Join/Sync/Heartbeat/Leave, offset
-//! commits), idempotent-producer sequence checks (retries may duplicate),
+//! Group membership across restarts (members rejoin; committed offsets
+//! stay), static membership (`group.instance.id`), the KIP-848 consumer
+//! protocol, idempotent-producer sequence checks (retries may duplicate),
 //! transactions, compaction (a `compact`-only topic is accepted and keeps
 //! its whole log), DescribeConfigs, DeleteRecords, ListGroups and
 //! DescribeGroups, fetch sessions (clients fall back to full fetches),
@@ -79,6 +87,7 @@
 mod api;
 mod broker;
 mod config;
+mod groups;
 mod producer_ids;
 mod server;
 mod storage;

@@ -27,7 +27,7 @@ pub(crate) async fn accept(
                     let shared = Arc::clone(&shared);
                     let stopped = for_connections.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = serve(stream, shared, stopped).await {
+                        if let Err(e) = serve(stream, peer, shared, stopped).await {
                             tracing::debug!(%peer, error = %e, "connection closed");
                         }
                     });
@@ -58,6 +58,7 @@ enum ConnectionError {
 
 async fn serve(
     stream: TcpStream,
+    peer: std::net::SocketAddr,
     shared: Arc<Shared>,
     mut stopped: watch::Receiver<bool>,
 ) -> Result<(), ConnectionError> {
@@ -81,7 +82,7 @@ async fn serve(
         reader.read_exact(&mut frame).await?;
         let response = tokio::select! {
             _ = until_stopped(&mut stopped) => return Ok(()),
-            response = api::dispatch(&shared, Bytes::from(frame)) => response?,
+            response = api::dispatch(&shared, peer, Bytes::from(frame)) => response?,
         };
         if let Some(response) = response {
             let mut out = Vec::with_capacity(response.len() + 4);

@@ -4,6 +4,7 @@
 
 mod admin;
 mod fetch;
+mod groups;
 mod list_offsets;
 mod metadata;
 mod produce;
@@ -58,6 +59,7 @@ pub(crate) fn str_bytes(s: &str) -> StrBytes {
 /// means no response is due (a produce with acks=0).
 pub(crate) async fn dispatch(
     shared: &Arc<Shared>,
+    peer: std::net::SocketAddr,
     mut frame: Bytes,
 ) -> Result<Option<BytesMut>, RequestError> {
     if frame.len() < 8 {
@@ -136,6 +138,77 @@ pub(crate) async fn dispatch(
                 correlation_id,
                 version,
                 &producer_id::handle(shared, request),
+            )?
+        }
+        ApiKey::FindCoordinator => {
+            let request = decode(body, version)?;
+            encode(
+                correlation_id,
+                version,
+                &groups::find_coordinator(shared, request, version),
+            )?
+        }
+        ApiKey::JoinGroup => {
+            let request = decode(body, version)?;
+            let client_id = header
+                .client_id
+                .as_ref()
+                .map_or("", |c| c.as_str())
+                .to_owned();
+            let host = format!("/{}", peer.ip());
+            let response = groups::join_group(shared, request, client_id, host).await;
+            encode(correlation_id, version, &response)?
+        }
+        ApiKey::SyncGroup => {
+            let request = decode(body, version)?;
+            encode(
+                correlation_id,
+                version,
+                &groups::sync_group(shared, request).await,
+            )?
+        }
+        ApiKey::Heartbeat => {
+            let request = decode(body, version)?;
+            encode(correlation_id, version, &groups::heartbeat(shared, request))?
+        }
+        ApiKey::LeaveGroup => {
+            let request = decode(body, version)?;
+            encode(
+                correlation_id,
+                version,
+                &groups::leave_group(shared, request, version),
+            )?
+        }
+        ApiKey::OffsetCommit => {
+            let request = decode(body, version)?;
+            encode(
+                correlation_id,
+                version,
+                &groups::offset_commit(shared, request),
+            )?
+        }
+        ApiKey::OffsetFetch => {
+            let request = decode(body, version)?;
+            encode(
+                correlation_id,
+                version,
+                &groups::offset_fetch(shared, request),
+            )?
+        }
+        ApiKey::ListGroups => {
+            let request = decode(body, version)?;
+            encode(
+                correlation_id,
+                version,
+                &groups::list_groups(shared, request),
+            )?
+        }
+        ApiKey::DescribeGroups => {
+            let request = decode(body, version)?;
+            encode(
+                correlation_id,
+                version,
+                &groups::describe_groups(shared, request),
             )?
         }
         _ => return Err(RequestError::Unsupported { key, version }),
