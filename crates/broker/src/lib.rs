@@ -62,7 +62,10 @@
 //! `max_wait_ms`, `min_bytes`, partition and response byte limits, and
 //! returning whole batches), ListOffsets v1–6 (earliest, latest, by
 //! timestamp), Metadata v0–12 (auto-creating topics when allowed),
-//! CreateTopics v2–7, DeleteTopics v1–5, InitProducerId v0–4, and the
+//! CreateTopics v2–7, DeleteTopics v1–5, DescribeConfigs v1–4 (topic
+//! configs set, then the enforced defaults), DeleteRecords v0–2 (the new
+//! log start is kept in the partition's `log-start-offset` file),
+//! InitProducerId v0–4, and the
 //! classic group protocol: FindCoordinator v0–4, JoinGroup v0–5, SyncGroup
 //! v0–4, Heartbeat v0–4, LeaveGroup v0–4, OffsetCommit v2–8, OffsetFetch
 //! v1–7, ListGroups v0–4, DescribeGroups v0–5 (see `groups`: the broker
@@ -78,8 +81,7 @@
 //! stay), static membership (`group.instance.id`), the KIP-848 consumer
 //! protocol, idempotent-producer sequence checks (retries may duplicate),
 //! transactions, compaction (a `compact`-only topic is accepted and keeps
-//! its whole log), DescribeConfigs, DeleteRecords, ListGroups and
-//! DescribeGroups, fetch sessions (clients fall back to full fetches),
+//! its whole log), fetch sessions (clients fall back to full fetches),
 //! ListOffsets by max timestamp, LogAppendTime, TLS/SASL, quotas, and a lock
 //! against two brokers sharing one data directory. Decoding relies on
 //! `kafka-protocol`, which pre-allocates arrays by their declared length.

@@ -74,6 +74,8 @@ impl Partition {
 pub(crate) struct Topic {
     pub name: String,
     pub id: Uuid,
+    /// Configs set on the topic (the rest are the broker's defaults).
+    pub configs: BTreeMap<String, String>,
     pub partitions: Vec<Partition>,
 }
 
@@ -174,6 +176,10 @@ impl Topics {
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
             .cloned()
+    }
+
+    pub fn defaults(&self) -> &LogConfig {
+        &self.defaults
     }
 
     pub fn all(&self) -> Vec<Arc<Topic>> {
@@ -311,6 +317,7 @@ fn load_topic(path: &Path, name: &str, defaults: &LogConfig) -> io::Result<Topic
     Ok(Topic {
         name: name.to_owned(),
         id,
+        configs,
         partitions,
     })
 }

@@ -300,3 +300,48 @@ async fn acks_zero_and_fsync_before_acknowledge_both_store_the_records() {
         10
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_configs_reports_set_configs_and_delete_records_raises_the_low_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path());
+    create_topic(&broker, "configured", 1, &[("retention.ms", "3600000")]).await;
+    let admin = admin(&broker);
+    let described = admin
+        .describe_configs(
+            &[rdkafka::admin::ResourceSpecifier::Topic("configured")],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap()
+        .pop()
+        .unwrap()
+        .expect("the topic's configs");
+    let value = |key: &str| described.get(key).and_then(|e| e.value.clone());
+    assert_eq!(value("retention.ms").as_deref(), Some("3600000"));
+    assert_eq!(value("cleanup.policy").as_deref(), Some("delete"));
+
+    produce_values(&broker, "configured", (0..10).map(|i| format!("r{i}"))).await;
+    let mut before = TopicPartitionList::new();
+    before
+        .add_partition_offset("configured", 0, Offset::Offset(4))
+        .unwrap();
+    let deleted = admin
+        .delete_records(&before, &AdminOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        deleted.find_partition("configured", 0).unwrap().offset(),
+        Offset::Offset(4)
+    );
+    broker.stop();
+    let broker = start(dir.path());
+    let consumer = reader(&broker, "configured", 1, Offset::Beginning);
+    assert_eq!(
+        consumer
+            .fetch_watermarks("configured", 0, PATIENCE)
+            .unwrap(),
+        (4, 10)
+    );
+    assert_eq!(poll_records(&consumer, 1)[0].offset(), 4);
+}

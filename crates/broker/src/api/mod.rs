@@ -132,6 +132,22 @@ pub(crate) async fn dispatch(
                 &admin::delete_topics(shared, request),
             )?
         }
+        ApiKey::DeleteRecords => {
+            let request = decode(body, version)?;
+            encode(
+                correlation_id,
+                version,
+                &admin::delete_records(shared, request),
+            )?
+        }
+        ApiKey::DescribeConfigs => {
+            let request = decode(body, version)?;
+            encode(
+                correlation_id,
+                version,
+                &admin::describe_configs(shared, request),
+            )?
+        }
         ApiKey::InitProducerId => {
             let request = decode(body, version)?;
             encode(

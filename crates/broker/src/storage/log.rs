@@ -84,8 +84,12 @@ pub struct PartitionLog {
     dir: PathBuf,
     config: LogConfig,
     segments: BTreeMap<i64, Segment>,
+    /// Raised by DeleteRecords (kept in `log-start-offset`) and retention.
+    log_start_offset: i64,
     unsynced: bool,
 }
+
+const LOG_START_FILE: &str = "log-start-offset";
 
 impl PartitionLog {
     /// Opens (creating) the log in `dir`, recovering its last segment.
@@ -115,11 +119,23 @@ impl PartitionLog {
                 segments.insert(last, segment);
             }
         }
+        let first_base = *segments.keys().next().expect("a segment");
+        let next = segments
+            .values()
+            .next_back()
+            .expect("a segment")
+            .next_offset;
+        let recorded = match fs::read_to_string(dir.join(LOG_START_FILE)) {
+            Ok(text) => text.trim().parse::<i64>().unwrap_or(0),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e),
+        };
         Ok((
             Self {
                 dir: dir.to_owned(),
                 config,
                 segments,
+                log_start_offset: recorded.clamp(first_base, next.max(first_base)),
                 unsynced: false,
             },
             report,
@@ -142,11 +158,34 @@ impl PartitionLog {
 
     /// The first offset still in the log.
     pub fn log_start_offset(&self) -> i64 {
-        *self
-            .segments
-            .keys()
-            .next()
-            .expect("a log always has a segment")
+        self.log_start_offset
+    }
+
+    /// DeleteRecords: makes `offset` the first readable offset (durably),
+    /// deleting the sealed segments entirely below it. Returns the new log
+    /// start, or `None` if `offset` is beyond the end of the log.
+    pub fn delete_records_before(&mut self, offset: i64) -> io::Result<Option<i64>> {
+        if offset > self.next_offset() {
+            return Ok(None);
+        }
+        if offset <= self.log_start_offset {
+            return Ok(Some(self.log_start_offset));
+        }
+        let tmp = self.dir.join(format!("{LOG_START_FILE}.tmp"));
+        fs::write(&tmp, offset.to_string())?;
+        fs::File::open(&tmp)?.sync_all()?;
+        fs::rename(&tmp, self.dir.join(LOG_START_FILE))?;
+        sync_dir(&self.dir)?;
+        self.log_start_offset = offset;
+        while self.segments.len() > 1 {
+            let oldest = self.segments.values().next().expect("a segment");
+            if oldest.next_offset > offset {
+                break;
+            }
+            let base = oldest.base_offset;
+            self.segments.remove(&base).expect("the oldest").delete()?;
+        }
+        Ok(Some(offset))
     }
 
     /// The offset the next record will get (the high watermark on a single node).
@@ -279,6 +318,8 @@ impl PartitionLog {
             segment.delete()?;
             deleted += 1;
         }
+        let first_base = *self.segments.keys().next().expect("a segment");
+        self.log_start_offset = self.log_start_offset.max(first_base);
         Ok(deleted)
     }
 

@@ -213,3 +213,34 @@ fn retention_by_size_keeps_the_newest_segments_within_the_limit() {
     assert!(log.log_start_offset() > 0);
     assert_eq!(log.next_offset(), 200);
 }
+
+#[test]
+fn deleting_records_moves_the_log_start_for_good_and_drops_whole_segments_below_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = PartitionLog::open(dir.path(), small_segments()).unwrap();
+    append_values(&mut log, 100, 1_000);
+    let segments = log.segment_count();
+    assert_eq!(
+        log.delete_records_before(201).unwrap(),
+        None,
+        "beyond the end"
+    );
+    assert_eq!(log.delete_records_before(121).unwrap(), Some(121));
+    assert!(log.segment_count() < segments);
+    assert!(matches!(
+        log.read(120, 100, true),
+        Err(ReadError::OutOfRange { .. })
+    ));
+    assert_eq!(
+        batches_in(&log.read(121, 1 << 20, true).unwrap())[0],
+        (120, 2)
+    );
+    assert_eq!(
+        log.delete_records_before(50).unwrap(),
+        Some(121),
+        "never moves back"
+    );
+    drop(log);
+    let (log, _) = PartitionLog::open(dir.path(), small_segments()).unwrap();
+    assert_eq!(log.log_start_offset(), 121);
+}
