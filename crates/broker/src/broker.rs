@@ -28,6 +28,8 @@ pub(crate) struct Shared {
     pub cluster_id: String,
     pub topics: Topics,
     pub producer_ids: ProducerIds,
+    /// Held (flock) for as long as the broker runs.
+    _lock: fs::File,
     pub coordinator: Coordinator,
     pub offsets: OffsetStore,
 }
@@ -41,6 +43,8 @@ pub enum StartError {
     Listen { addr: SocketAddr, source: io::Error },
     #[error("cannot open the data directory {dir}: {source}")]
     Storage { dir: String, source: io::Error },
+    #[error("the data directory {0} is in use by another broker")]
+    Locked(String),
 }
 
 /// The broker; see [`Broker::start`].
@@ -67,6 +71,10 @@ impl Broker {
             source,
         };
         fs::create_dir_all(&config.data_dir).map_err(storage_error)?;
+        let lock = lock_data_dir(&config.data_dir).map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock => StartError::Locked(config.data_dir.display().to_string()),
+            _ => storage_error(e),
+        })?;
         let cluster_id = cluster_id(&config.data_dir).map_err(storage_error)?;
         let topics = Topics::open(&config.data_dir, config.log).map_err(storage_error)?;
         let producer_ids = ProducerIds::open(&config.data_dir).map_err(storage_error)?;
@@ -95,6 +103,7 @@ impl Broker {
             cluster_id,
             topics,
             producer_ids,
+            _lock: lock,
             coordinator: Coordinator::default(),
             offsets,
             config,
@@ -158,6 +167,24 @@ impl Drop for RunningBroker {
     fn drop(&mut self) {
         self.stop_and_wait();
     }
+}
+
+/// Takes an exclusive advisory lock on `data_dir/lock`, so that two
+/// brokers never write one log. The lock goes with the process, however it
+/// ends. (`std::fs::File::try_lock` needs Rust 1.89; the workspace targets 1.88.)
+fn lock_data_dir(data_dir: &Path) -> io::Result<fs::File> {
+    use std::os::fd::AsRawFd;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(data_dir.join("lock"))?;
+    // SAFETY: flock on a file descriptor we own, with constant flags.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
 }
 
 /// The cluster id, made once and kept in `cluster.id`.

@@ -11,7 +11,8 @@
 //!
 //! # Files
 //!
-//! Under the data directory: `cluster.id`, `producer-ids` (see
+//! Under the data directory: `lock` (an exclusive `flock` held while the
+//! broker runs, so a second broker on the same directory is refused), `cluster.id`, `producer-ids` (see
 //! `producer_ids`), `groups/` (committed offsets), and `topics/<name>/topic.properties` with one directory
 //! per partition. A partition is a run of segments, each three files named
 //! after its base offset (`00000000000000000000.log`, `.index`,
@@ -82,8 +83,7 @@
 //! protocol, idempotent-producer sequence checks (retries may duplicate),
 //! transactions, compaction (a `compact`-only topic is accepted and keeps
 //! its whole log), fetch sessions (clients fall back to full fetches),
-//! ListOffsets by max timestamp, LogAppendTime, TLS/SASL, quotas, and a lock
-//! against two brokers sharing one data directory. Decoding relies on
+//! ListOffsets by max timestamp, LogAppendTime, TLS/SASL and quotas. Decoding relies on
 //! `kafka-protocol`, which pre-allocates arrays by their declared length.
 
 mod api;

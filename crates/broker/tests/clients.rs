@@ -345,3 +345,16 @@ async fn describe_configs_reports_set_configs_and_delete_records_raises_the_low_
     );
     assert_eq!(poll_records(&consumer, 1)[0].offset(), 4);
 }
+
+#[test]
+fn a_second_broker_on_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = start(dir.path());
+    let second = taskstream_broker::Broker::start(taskstream_broker::BrokerConfig::new(dir.path()));
+    assert!(
+        matches!(second, Err(taskstream_broker::StartError::Locked(_))),
+        "{second:?}"
+    );
+    first.stop();
+    start(dir.path()).stop();
+}

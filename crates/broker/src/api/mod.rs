@@ -51,6 +51,18 @@ fn encode<R: Encodable + HeaderVersion>(
     Ok(buf)
 }
 
+/// Runs a handler that does blocking file work (writes, fsync) on
+/// tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    handler: impl FnOnce(&Arc<Shared>) -> T + Send + 'static,
+) -> Result<T, RequestError> {
+    let shared = Arc::clone(shared);
+    tokio::task::spawn_blocking(move || handler(&shared))
+        .await
+        .map_err(|e| RequestError::Malformed(format!("handler failed: {e}")))
+}
+
 pub(crate) fn str_bytes(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_owned())
 }
@@ -94,7 +106,8 @@ pub(crate) async fn dispatch(
         ApiKey::Produce => {
             let request: kafka_protocol::messages::ProduceRequest = decode(body, version)?;
             let acks = request.acks;
-            let response = produce::handle(shared, request);
+            // Appends (and fsyncs) block; keep them off the async workers.
+            let response = blocking(shared, move |s| produce::handle(s, request)).await?;
             if acks == 0 {
                 return Ok(None);
             }
