@@ -76,12 +76,22 @@
 //! malformed request, or one for an API or version not listed, closes its
 //! connection.
 //!
+//! # Idempotent producers
+//!
+//! Each partition remembers, per producer id, its epoch and its last five
+//! batches' sequence ranges (see `storage::producers`): a retried batch is
+//! answered with its first offset and not appended again, a gap is refused
+//! with OUT_OF_ORDER_SEQUENCE_NUMBER and an older epoch with
+//! INVALID_PRODUCER_EPOCH. The state is rebuilt from the last segment on
+//! start, so only a retry of a batch in an older segment could be appended
+//! twice after a restart.
+//!
 //! # Not implemented yet
 //!
 //! Group membership across restarts (members rejoin; committed offsets
 //! stay), static membership (`group.instance.id`), the KIP-848 consumer
-//! protocol, idempotent-producer sequence checks (retries may duplicate),
-//! transactions, compaction (a `compact`-only topic is accepted and keeps
+//! protocol, transactions (FindCoordinator for a transactional id
+//! answers COORDINATOR_NOT_AVAILABLE), compaction (a `compact`-only topic is accepted and keeps
 //! its whole log), fetch sessions (clients fall back to full fetches),
 //! ListOffsets by max timestamp, LogAppendTime, TLS/SASL and quotas. Decoding relies on
 //! `kafka-protocol`, which pre-allocates arrays by their declared length.

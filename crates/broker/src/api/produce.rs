@@ -68,6 +68,10 @@ pub(crate) fn handle(shared: &Arc<Shared>, request: ProduceRequest) -> ProduceRe
                                 AppendError::Corrupt(_) => ResponseError::CorruptMessage,
                                 AppendError::Unsupported(_) => ResponseError::InvalidRecord,
                                 AppendError::TooLarge => ResponseError::MessageTooLarge,
+                                AppendError::OutOfOrderSequence => {
+                                    ResponseError::OutOfOrderSequenceNumber
+                                }
+                                AppendError::FencedEpoch => ResponseError::InvalidProducerEpoch,
                                 AppendError::Io(_) => ResponseError::KafkaStorageError,
                             };
                             if matches!(e, AppendError::Io(_)) {

@@ -1,6 +1,6 @@
 //! InitProducerId for idempotent (non-transactional) producers: a fresh
-//! producer id at epoch 0. Sequence numbers are not checked yet, so a
-//! retried batch may be appended twice.
+//! producer id at epoch 0. Sequence numbers are checked per partition by
+//! the log (`storage::producers`).
 
 use std::sync::Arc;
 

@@ -27,6 +27,8 @@ pub(crate) struct BatchHeader {
     pub base_timestamp: i64,
     pub max_timestamp: i64,
     pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
     pub records_count: i32,
 }
 
@@ -49,6 +51,8 @@ impl BatchHeader {
             base_timestamp: i64_at(27),
             max_timestamp: i64_at(35),
             producer_id: i64_at(43),
+            producer_epoch: i16::from_be_bytes(buf[51..53].try_into().unwrap()),
+            base_sequence: i32_at(53),
             records_count: i32_at(57),
         })
     }
@@ -57,6 +61,16 @@ impl BatchHeader {
     pub fn total_len(&self) -> Option<usize> {
         let body = usize::try_from(self.batch_length).ok()?;
         (body >= HEADER_LEN - LOG_OVERHEAD).then_some(body + LOG_OVERHEAD)
+    }
+
+    /// The sequence number of the batch's last record (sequences wrap at `i32::MAX`).
+    pub fn last_sequence(&self) -> i32 {
+        let last = i64::from(self.base_sequence) + i64::from(self.last_offset_delta);
+        if last > i64::from(i32::MAX) {
+            (last - i64::from(i32::MAX) - 1) as i32
+        } else {
+            last as i32
+        }
     }
 
     /// The offset of the batch's last record.

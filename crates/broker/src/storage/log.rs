@@ -6,6 +6,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::batch::{assign_offset, validate_produced, BatchError};
+use super::producers::{ProducerStates, Sequenced};
 use super::segment::{now_ms, RecoveryReport, Segment};
 
 /// How a partition's log is laid out and kept; per-topic values come from
@@ -48,6 +49,10 @@ pub enum AppendError {
     Unsupported(String),
     #[error("record batch larger than max.message.bytes")]
     TooLarge,
+    #[error("the batch's sequence number does not follow the producer's last one")]
+    OutOfOrderSequence,
+    #[error("the producer's epoch is older than one already seen (it was fenced)")]
+    FencedEpoch,
     #[error("log write failed: {0}")]
     Io(#[from] io::Error),
 }
@@ -86,6 +91,7 @@ pub struct PartitionLog {
     segments: BTreeMap<i64, Segment>,
     /// Raised by DeleteRecords (kept in `log-start-offset`) and retention.
     log_start_offset: i64,
+    producers: ProducerStates,
     unsynced: bool,
 }
 
@@ -105,6 +111,7 @@ impl PartitionLog {
         bases.sort_unstable();
         let mut segments = BTreeMap::new();
         let mut report = RecoveryReport::default();
+        let mut producers = ProducerStates::default();
         match bases.split_last() {
             None => {
                 segments.insert(0, Segment::create(dir, 0)?);
@@ -114,7 +121,10 @@ impl PartitionLog {
                     let next = bases[i + 1];
                     segments.insert(base, Segment::open_sealed(dir, base, next)?);
                 }
-                let (segment, r) = Segment::recover(dir, last, config.index_interval_bytes)?;
+                let (segment, r) =
+                    Segment::recover(dir, last, config.index_interval_bytes, &mut |header| {
+                        producers.record(header)
+                    })?;
                 report = r;
                 segments.insert(last, segment);
             }
@@ -136,6 +146,7 @@ impl PartitionLog {
                 config,
                 segments,
                 log_start_offset: recorded.clamp(first_base, next.max(first_base)),
+                producers,
                 unsynced: false,
             },
             report,
@@ -208,9 +219,27 @@ impl PartitionLog {
     /// written, so a bad batch leaves the log untouched.
     pub fn append(&mut self, data: &mut [u8]) -> Result<Appended, AppendError> {
         let batches = validate_produced(data, self.config.max_message_bytes)?;
-        let base_offset = self.next_offset();
-        let mut last_offset = base_offset;
+        // Decide every batch before writing any, so that a refused batch
+        // leaves the log untouched.
+        let mut accepted = Vec::new();
+        let mut pending = Vec::new();
+        let mut duplicate_of = None;
         for (header, range) in batches {
+            match self.producers.check(&header, &pending) {
+                Sequenced::Append => {
+                    pending.push(header);
+                    accepted.push((header, range));
+                }
+                Sequenced::Duplicate(offset) => {
+                    duplicate_of.get_or_insert(offset);
+                }
+                Sequenced::OutOfOrder => return Err(AppendError::OutOfOrderSequence),
+                Sequenced::FencedEpoch => return Err(AppendError::FencedEpoch),
+            }
+        }
+        let base_offset = duplicate_of.unwrap_or_else(|| self.next_offset());
+        let mut last_offset = base_offset;
+        for (header, range) in accepted {
             let len = range.len() as u64;
             self.maybe_roll(len, header.last_offset_delta)?;
             let offset = self.next_offset();
@@ -220,6 +249,7 @@ impl PartitionLog {
             header.base_offset = offset;
             let interval = self.config.index_interval_bytes;
             self.active_mut().append(batch, &header, interval)?;
+            self.producers.record(&header);
             last_offset = header.last_offset();
         }
         self.unsynced = true;

@@ -4,6 +4,7 @@
 pub(crate) mod batch;
 pub(crate) mod index;
 pub(crate) mod log;
+pub(crate) mod producers;
 pub(crate) mod segment;
 
 #[cfg(test)]

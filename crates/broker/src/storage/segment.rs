@@ -124,10 +124,12 @@ impl Segment {
     /// Opens the last segment, validating every batch (length, CRC, offsets
     /// increasing), truncating whatever follows the last valid batch, and
     /// rebuilding both indexes.
+    /// `seen` is shown every valid batch's header, oldest first.
     pub fn recover(
         dir: &Path,
         base_offset: i64,
         index_interval: u64,
+        seen: &mut dyn FnMut(&BatchHeader),
     ) -> io::Result<(Self, RecoveryReport)> {
         let mut segment = Self::create(dir, base_offset)?;
         let file_len = segment.log.metadata()?.len();
@@ -154,6 +156,7 @@ impl Segment {
                 break;
             }
             segment.index_batch(&header, pos, len as u64, index_interval)?;
+            seen(&header);
             segment.next_offset = header.last_offset() + 1;
             pos += len as u64;
             report.batches += 1;

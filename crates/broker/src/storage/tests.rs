@@ -244,3 +244,52 @@ fn deleting_records_moves_the_log_start_for_good_and_drops_whole_segments_below_
     let (log, _) = PartitionLog::open(dir.path(), small_segments()).unwrap();
     assert_eq!(log.log_start_offset(), 121);
 }
+
+/// A batch as an idempotent producer sends it.
+fn idempotent_batch(producer_id: i64, epoch: i16, base_sequence: i32, values: &[&str]) -> Vec<u8> {
+    let mut batch = encode_batch(values, 1_000);
+    batch[43..51].copy_from_slice(&producer_id.to_be_bytes());
+    batch[51..53].copy_from_slice(&epoch.to_be_bytes());
+    batch[53..57].copy_from_slice(&base_sequence.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[21..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+    batch
+}
+
+#[test]
+fn a_retried_idempotent_batch_gets_its_first_offset_and_is_not_appended_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
+    let first = idempotent_batch(7, 0, 0, &["a", "b"]);
+    let second = idempotent_batch(7, 0, 2, &["c"]);
+    assert_eq!(log.append(&mut first.clone()).unwrap().base_offset, 0);
+    assert_eq!(log.append(&mut second.clone()).unwrap().base_offset, 2);
+    assert_eq!(
+        log.append(&mut first.clone()).unwrap().base_offset,
+        0,
+        "a retry"
+    );
+    assert_eq!(log.next_offset(), 3, "nothing appended twice");
+    let gap = idempotent_batch(7, 0, 5, &["d"]);
+    assert!(matches!(
+        log.append(&mut gap.clone()),
+        Err(AppendError::OutOfOrderSequence)
+    ));
+    drop(log);
+
+    // After a restart the state comes back from the log.
+    let (mut log, _) = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
+    assert_eq!(
+        log.append(&mut second.clone()).unwrap().base_offset,
+        2,
+        "a retry after a restart"
+    );
+    assert_eq!(log.next_offset(), 3);
+    let bumped = idempotent_batch(7, 1, 0, &["e"]);
+    assert_eq!(log.append(&mut bumped.clone()).unwrap().base_offset, 3);
+    let fenced = idempotent_batch(7, 0, 3, &["f"]);
+    assert!(matches!(
+        log.append(&mut fenced.clone()),
+        Err(AppendError::FencedEpoch)
+    ));
+}
