@@ -131,27 +131,18 @@ pub(crate) async fn dispatch(
         }
         ApiKey::CreateTopics => {
             let request = decode(body, version)?;
-            encode(
-                correlation_id,
-                version,
-                &admin::create_topics(shared, request),
-            )?
+            let response = blocking(shared, move |s| admin::create_topics(s, request)).await?;
+            encode(correlation_id, version, &response)?
         }
         ApiKey::DeleteTopics => {
             let request = decode(body, version)?;
-            encode(
-                correlation_id,
-                version,
-                &admin::delete_topics(shared, request),
-            )?
+            let response = blocking(shared, move |s| admin::delete_topics(s, request)).await?;
+            encode(correlation_id, version, &response)?
         }
         ApiKey::DeleteRecords => {
             let request = decode(body, version)?;
-            encode(
-                correlation_id,
-                version,
-                &admin::delete_records(shared, request),
-            )?
+            let response = blocking(shared, move |s| admin::delete_records(s, request)).await?;
+            encode(correlation_id, version, &response)?
         }
         ApiKey::DescribeConfigs => {
             let request = decode(body, version)?;
@@ -210,11 +201,8 @@ pub(crate) async fn dispatch(
         }
         ApiKey::OffsetCommit => {
             let request = decode(body, version)?;
-            encode(
-                correlation_id,
-                version,
-                &groups::offset_commit(shared, request),
-            )?
+            let response = blocking(shared, move |s| groups::offset_commit(s, request)).await?;
+            encode(correlation_id, version, &response)?
         }
         ApiKey::OffsetFetch => {
             let request = decode(body, version)?;

@@ -46,7 +46,8 @@ pub(crate) struct Segment {
     last_batch: Option<(u32, u32)>,
     pub max_timestamp: i64,
     pub next_offset: i64,
-    /// When the segment got its first batch (ms), for `segment.ms` rolls.
+    /// When the segment got its first batch (ms), for `segment.ms` rolls;
+    /// after a restart, the log file's last modification instead.
     pub created_ms: i64,
 }
 
