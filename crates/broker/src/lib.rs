@@ -41,7 +41,8 @@
 //! A produce is acknowledged only after its batches are written to the
 //! segment file, so an acknowledged write (acks=1 or acks=all) survives the
 //! broker process dying, SIGKILL included: the data is in the page cache.
-//! Surviving a power loss needs fsync, set by [`FlushPolicy`]: the default,
+//! (`tests/sigkill.rs` kills a broker process right after its
+//! acknowledgements and reads everything back.) Surviving a power loss needs fsync, set by [`FlushPolicy`]: the default,
 //! [`FlushPolicy::Interval`] (1 s), fsyncs written partitions in the
 //! background and may lose up to that much acknowledged data on power loss
 //! (Kafka's default likewise leaves flushing to the OS);
