@@ -11,21 +11,21 @@
 //!
 //! # Files
 //!
-//! Under the data directory: `lock` (an exclusive `flock` held while the
-//! broker runs, so a second broker on the same directory is refused), `cluster.id`, `producer-ids` (see
-//! `producer_ids`), `groups/` (committed offsets), and `topics/<name>/topic.properties` with one directory
-//! per partition. A partition is a run of segments, each three files named
-//! after its base offset (`00000000000000000000.log`, `.index`,
-//! `.timeindex`). The `.log` holds record batches byte for byte as produced,
-//! except that the broker writes the assigned `baseOffset` (and a leader
-//! epoch of 0) into the header; both fields lie outside the batch CRC, which
-//! covers the bytes from `attributes` on, so nothing is re-encoded. The
-//! `.index` maps a relative offset to a file position every
-//! `index.interval.bytes` (4 KiB); the `.timeindex` maps the running maximum
-//! timestamp to a position at the same points, plus a closing entry when a
-//! segment is rolled. Lookups binary-search the files with positioned reads;
-//! only a small struct per segment (and an open file handle) stays in
-//! memory, whatever the size of the log.
+//! Under the data directory: `lock` (an exclusive `flock` held while the broker
+//! runs, so a second broker on the same directory is refused), `cluster.id`,
+//! `producer-ids` (see `producer_ids`), `groups/` (committed offsets), and
+//! `topics/<name>/topic.properties` with one directory per partition. A
+//! partition is a run of segments, each three files named after its base offset
+//! (`00000000000000000000.log`, `.index`, `.timeindex`). The `.log` holds
+//! record batches byte for byte as produced, except that the broker writes the
+//! assigned `baseOffset` (and a leader epoch of 0) into the header; both fields
+//! lie outside the batch CRC, which covers the bytes from `attributes` on, so
+//! nothing is re-encoded. The `.index` maps a relative offset to a file
+//! position every `index.interval.bytes` (4 KiB); the `.timeindex` maps the
+//! running maximum timestamp to a position at the same points, plus a closing
+//! entry when a segment is rolled. Lookups binary-search the files with
+//! positioned reads; only a small struct per segment (and an open file handle)
+//! stays in memory, whatever the size of the log.
 //!
 //! # Recovery
 //!
@@ -38,16 +38,16 @@
 //!
 //! # Flush policy
 //!
-//! A produce is acknowledged only after its batches are written to the
-//! segment file, so an acknowledged write (acks=1 or acks=all) survives the
-//! broker process dying, SIGKILL included: the data is in the page cache.
-//! (`tests/sigkill.rs` kills a broker process right after its
-//! acknowledgements and reads everything back.) Surviving a power loss needs fsync, set by [`FlushPolicy`]: the default,
-//! [`FlushPolicy::Interval`] (1 s), fsyncs written partitions in the
-//! background and may lose up to that much acknowledged data on power loss
-//! (Kafka's default likewise leaves flushing to the OS);
-//! [`FlushPolicy::BeforeAcknowledge`] fsyncs before each acknowledgement.
-//! Rolling a segment, and stopping, fsync too.
+//! A produce is acknowledged only after its batches are written to the segment
+//! file, so an acknowledged write (acks=1 or acks=all) survives the broker
+//! process dying, SIGKILL included: the data is in the page cache.
+//! (`tests/sigkill.rs` kills a broker process right after its acknowledgements
+//! and reads everything back.) Surviving a power loss needs fsync, set by
+//! [`FlushPolicy`]: the default, [`FlushPolicy::Interval`] (1 s), fsyncs
+//! written partitions in the background and may lose up to that much
+//! acknowledged data on power loss (Kafka's default likewise leaves flushing to
+//! the OS); [`FlushPolicy::BeforeAcknowledge`] fsyncs before each
+//! acknowledgement. Rolling a segment, and stopping, fsync too.
 //!
 //! # Retention
 //!
@@ -67,8 +67,7 @@
 //! CreateTopics v2–7, DeleteTopics v1–5, DescribeConfigs v1–4 (topic
 //! configs set, then the enforced defaults), DeleteRecords v0–2 (the new
 //! log start is kept in the partition's `log-start-offset` file),
-//! InitProducerId v0–4, and the
-//! classic group protocol: FindCoordinator v0–4, JoinGroup v0–5, SyncGroup
+//! InitProducerId v0–4, and the classic group protocol: FindCoordinator v0–4, JoinGroup v0–5, SyncGroup
 //! v0–4, Heartbeat v0–4, LeaveGroup v0–4, OffsetCommit v2–8, OffsetFetch
 //! v1–7, ListGroups v0–4, DescribeGroups v0–5 (see `groups`: the broker
 //! relays the leader's assignment, enforces 6 s–30 min session timeouts
@@ -87,15 +86,29 @@
 //! start, so only a retry of a batch in an older segment could be appended
 //! twice after a restart.
 //!
+//! # Conformance
+//!
+//! Run as a third target of `crates/testkit/tests/conformance.rs`, the
+//! broker passes 10 of its 13 checks; the three transaction checks fail, so
+//! it is not (yet) a target there.
+//!
 //! # Not implemented yet
 //!
-//! Group membership across restarts (members rejoin; committed offsets
-//! stay), static membership (`group.instance.id`), the KIP-848 consumer
-//! protocol, transactions (FindCoordinator for a transactional id
-//! answers COORDINATOR_NOT_AVAILABLE), compaction (a `compact`-only topic is accepted and keeps
-//! its whole log), fetch sessions (clients fall back to full fetches),
-//! ListOffsets by max timestamp, LogAppendTime, TLS/SASL and quotas. Decoding relies on
-//! `kafka-protocol`, which pre-allocates arrays by their declared length.
+//! Transactions (FindCoordinator for a transactional id answers
+//! COORDINATOR_NOT_AVAILABLE, so `init_transactions` times out), group
+//! membership across restarts (members rejoin; committed offsets stay),
+//! static membership (`group.instance.id`), the KIP-848 consumer protocol,
+//! compaction (a `compact`-only topic is accepted and keeps its whole log),
+//! fetch sessions (clients fall back to full fetches), ListOffsets by max
+//! timestamp, LogAppendTime, TLS/SASL and quotas. Compressed batches are
+//! stored as they come, but only gzip is decoded, so ListOffsets by time
+//! inside a snappy, lz4 or zstd batch answers the batch's first offset.
+//!
+//! Known hazard: requests are decoded by `kafka-protocol` 0.18, which sizes
+//! an array by its declared length before reading it; a crafted request
+//! declaring billions of elements makes the allocation fail and the process
+//! abort (`tests/malformed.rs` has the ignored reproduction; upstream
+//! kafka-protocol-rs PRs #152, #161 and #200 bound it by the bytes left).
 
 mod api;
 mod broker;
