@@ -3,8 +3,9 @@
 //! Layout under the data directory:
 //! `topics/<name>/topic.properties` (`id=`, `partitions=`, `config.<key>=`)
 //! and `topics/<name>/<partition>/` holding that partition's segments.
-//! A topic is created in a `<name>.creating-<id>` directory and renamed into
-//! place, and deleted by renaming it to `<name>.deleted-<id>` first, so a
+//! A topic is created in a `<name>+creating-<id>` directory and renamed into
+//! place, and deleted by renaming it to `<name>+deleted-<id>` first (`+`
+//! cannot appear in a topic name), so a
 //! crash never leaves a half-made or half-deleted topic that looks whole;
 //! such leftovers are removed at start.
 
@@ -156,7 +157,7 @@ impl Topics {
         for entry in fs::read_dir(&dir)? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.contains(".creating-") || name.contains(".deleted-") {
+            if name.contains('+') {
                 fs::remove_dir_all(entry.path())?;
                 continue;
             }
@@ -229,7 +230,7 @@ impl Topics {
             return Err(TopicError::AlreadyExists(name.to_owned()));
         }
         let id = Uuid::new_v4();
-        let staging = self.dir.join(format!("{name}.creating-{}", id.simple()));
+        let staging = self.dir.join(format!("{name}+creating-{}", id.simple()));
         fs::create_dir_all(&staging)?;
         let mut properties = format!("id={id}\npartitions={partitions}\n");
         for (key, value) in &configs {
@@ -258,7 +259,7 @@ impl Topics {
         };
         let doomed = self
             .dir
-            .join(format!("{name}.deleted-{}", topic.id.simple()));
+            .join(format!("{name}+deleted-{}", topic.id.simple()));
         fs::rename(self.dir.join(name), &doomed)?;
         sync_dir(&self.dir)?;
         drop(topics);
@@ -320,4 +321,54 @@ fn load_topic(path: &Path, name: &str, defaults: &LogConfig) -> io::Result<Topic
         configs,
         partitions,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_named_like_leftovers_survive_a_restart_and_real_leftovers_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let topics = Topics::open(dir.path(), LogConfig::default()).unwrap();
+        for name in ["orders.deleted-1", "x.creating-2"] {
+            topics.create(name, 1, 1, BTreeMap::new()).unwrap();
+        }
+        let leftover = dir.path().join("topics").join("gone+deleted-abc");
+        fs::create_dir_all(leftover.join("0")).unwrap();
+        drop(topics);
+        let topics = Topics::open(dir.path(), LogConfig::default()).unwrap();
+        let names: Vec<String> = topics.all().iter().map(|t| t.name.clone()).collect();
+        assert_eq!(names, ["orders.deleted-1", "x.creating-2"]);
+        assert!(!leftover.exists());
+    }
+
+    #[test]
+    fn invalid_names_partitions_replication_and_configs_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let topics = Topics::open(dir.path(), LogConfig::default()).unwrap();
+        let none = BTreeMap::new();
+        assert!(matches!(
+            topics.create("a/b", 1, 1, none.clone()),
+            Err(TopicError::InvalidName(_))
+        ));
+        assert!(matches!(
+            topics.create("..", 1, 1, none.clone()),
+            Err(TopicError::InvalidName(_))
+        ));
+        assert!(matches!(
+            topics.create("t", 0, 1, none.clone()),
+            Err(TopicError::InvalidPartitions(0))
+        ));
+        assert!(matches!(
+            topics.create("t", 1, 2, none.clone()),
+            Err(TopicError::InvalidReplicationFactor(2))
+        ));
+        let bad = BTreeMap::from([("retention.ms".to_owned(), "soon".to_owned())]);
+        assert!(matches!(
+            topics.create("t", 1, 1, bad),
+            Err(TopicError::InvalidConfig(..))
+        ));
+        assert!(topics.all().is_empty());
+    }
 }
