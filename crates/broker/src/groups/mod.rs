@@ -573,3 +573,82 @@ impl Coordinator {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn join_request(group: &str, member_id: &str) -> JoinRequest {
+        JoinRequest {
+            group: group.to_owned(),
+            member_id: member_id.to_owned(),
+            client_id: "test".to_owned(),
+            client_host: "/127.0.0.1".to_owned(),
+            session_timeout_ms: MIN_SESSION_TIMEOUT_MS,
+            rebalance_timeout_ms: 10_000,
+            protocol_type: "consumer".to_owned(),
+            protocols: vec![("range".to_owned(), Bytes::from_static(b"meta"))],
+        }
+    }
+
+    impl Coordinator {
+        /// Pretends the member's last heartbeat was `ms` ago.
+        fn backdate_heartbeat(&self, group: &str, member: &str, ms: u64) {
+            let mut groups = self.lock();
+            let member = groups
+                .get_mut(group)
+                .unwrap()
+                .members
+                .get_mut(member)
+                .unwrap();
+            member.last_heartbeat = Instant::now() - Duration::from_millis(ms);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_member_that_stops_heartbeating_is_dropped_after_its_session_timeout() {
+        let coordinator = Coordinator::default();
+        let joined = coordinator.join(join_request("g", "")).await;
+        assert_eq!((joined.error, joined.generation), (0, 1));
+        assert_eq!(joined.leader, joined.member_id);
+        assert_eq!(joined.members.len(), 1, "the leader sees every member");
+        let assignment = Bytes::from_static(b"all of it");
+        let (code, got, _, protocol) = coordinator
+            .sync(
+                "g",
+                &joined.member_id,
+                1,
+                vec![(joined.member_id.clone(), assignment.clone())],
+            )
+            .await;
+        assert_eq!((code, got, protocol.as_str()), (0, assignment, "range"));
+        assert_eq!(coordinator.heartbeat("g", &joined.member_id, 1), 0);
+
+        // A heartbeat just inside the session keeps the member...
+        coordinator.backdate_heartbeat("g", &joined.member_id, MIN_SESSION_TIMEOUT_MS as u64 - 500);
+        coordinator.expire();
+        assert_eq!(coordinator.heartbeat("g", &joined.member_id, 1), 0);
+        // ...one just past it drops the member.
+        coordinator.backdate_heartbeat("g", &joined.member_id, MIN_SESSION_TIMEOUT_MS as u64 + 1);
+        coordinator.expire();
+        assert_eq!(
+            coordinator.heartbeat("g", &joined.member_id, 1),
+            ResponseError::UnknownMemberId.code()
+        );
+        let snapshot = coordinator.describe_all();
+        assert_eq!(snapshot[0].state, GroupState::Empty);
+    }
+
+    #[tokio::test]
+    async fn a_join_with_a_too_short_session_timeout_or_an_unknown_member_id_is_refused() {
+        let coordinator = Coordinator::default();
+        let mut short = join_request("g", "");
+        short.session_timeout_ms = 1_000;
+        assert_eq!(
+            coordinator.join(short).await.error,
+            ResponseError::InvalidSessionTimeout.code()
+        );
+        let stranger = coordinator.join(join_request("g", "nobody")).await;
+        assert_eq!(stranger.error, ResponseError::UnknownMemberId.code());
+    }
+}
