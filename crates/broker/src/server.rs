@@ -78,8 +78,17 @@ async fn serve(
         if size < 8 || size as usize > max {
             return Err(ConnectionError::Size(size));
         }
-        let mut frame = vec![0u8; size as usize];
-        reader.read_exact(&mut frame).await?;
+        // Grow the buffer with the bytes that actually arrive, so that a
+        // client announcing a large request and sending nothing holds no
+        // memory for it.
+        let mut frame = Vec::with_capacity((size as usize).min(64 * 1024));
+        (&mut reader)
+            .take(size as u64)
+            .read_to_end(&mut frame)
+            .await?;
+        if frame.len() != size as usize {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
         let response = tokio::select! {
             _ = until_stopped(&mut stopped) => return Ok(()),
             response = api::dispatch(&shared, peer, Bytes::from(frame)) => response?,
