@@ -24,8 +24,10 @@
 //! position every `index.interval.bytes` (4 KiB); the `.timeindex` maps the
 //! running maximum timestamp to a position at the same points, plus a closing
 //! entry when a segment is rolled. Lookups binary-search the files with
-//! positioned reads; only a small struct per segment (and an open file handle)
-//! stays in memory, whatever the size of the log.
+//! positioned reads; only a small struct per segment stays in memory,
+//! whatever the size of the log. Each segment keeps its three files open,
+//! so file descriptors grow with the number of segments (opening sealed
+//! segments lazily is left for later).
 //!
 //! # Recovery
 //!
