@@ -1,0 +1,149 @@
+//! Fetch: whole batches from each partition, waiting up to `max_wait_ms`
+//! until at least `min_bytes` are available. A waiting fetch watches each
+//! partition it asked for and wakes as soon as one of them is appended to.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::select_all;
+use futures::FutureExt;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{FetchRequest, FetchResponse};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::broker::Shared;
+use crate::storage::ReadError;
+use crate::topics::Topic;
+
+/// No client waits longer than this, whatever it asks.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+pub(crate) async fn handle(shared: &Arc<Shared>, request: FetchRequest) -> FetchResponse {
+    if request.session_id != 0 {
+        // Fetch sessions are never created (we answer session id 0), so a
+        // client naming one has it wrong.
+        return FetchResponse::default()
+            .with_error_code(ResponseError::FetchSessionIdNotFound.code());
+    }
+    let wait = Duration::from_millis(request.max_wait_ms.max(0) as u64).min(MAX_WAIT);
+    let deadline = Instant::now() + wait;
+    // Subscribe before reading so that no append between the read and the
+    // wait goes unnoticed.
+    let mut watches: Vec<watch::Receiver<i64>> = request
+        .topics
+        .iter()
+        .filter_map(|t| {
+            shared
+                .topics
+                .get(t.topic.0.as_str())
+                .map(|topic| (t, topic))
+        })
+        .flat_map(|(t, topic)| {
+            t.partitions
+                .iter()
+                .filter_map(|p| usize::try_from(p.partition).ok())
+                .filter_map(|i| topic.partitions.get(i).map(|p| p.appended.subscribe()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    loop {
+        let (response, bytes, errors) = read(shared, &request);
+        if bytes >= request.min_bytes.max(0) as usize || errors || Instant::now() >= deadline {
+            return response;
+        }
+        if watches.is_empty() {
+            tokio::time::sleep_until(deadline).await;
+            continue;
+        }
+        let changed = select_all(watches.iter_mut().map(|w| w.changed().boxed()));
+        let _ = tokio::time::timeout_at(deadline, changed).await;
+    }
+}
+
+/// One pass over the requested partitions: the response, its record bytes,
+/// and whether any partition had an error.
+fn read(shared: &Arc<Shared>, request: &FetchRequest) -> (FetchResponse, usize, bool) {
+    let mut total = 0usize;
+    let mut errors = false;
+    let max_bytes = request.max_bytes.max(0) as usize;
+    let responses = request
+        .topics
+        .iter()
+        .map(|t| {
+            let topic = shared.topics.get(t.topic.0.as_str());
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let data = PartitionData::default()
+                        .with_partition_index(p.partition)
+                        .with_aborted_transactions(Some(Vec::new()))
+                        .with_preferred_read_replica(kafka_protocol::messages::BrokerId(-1));
+                    let budget = (p.partition_max_bytes.max(0) as usize)
+                        .min(max_bytes.saturating_sub(total));
+                    match read_partition(
+                        topic.as_deref(),
+                        p.partition,
+                        p.fetch_offset,
+                        budget,
+                        total == 0,
+                    ) {
+                        Ok((records, hw, start)) => {
+                            total += records.len();
+                            data.with_high_watermark(hw)
+                                .with_last_stable_offset(hw)
+                                .with_log_start_offset(start)
+                                .with_records(Some(records.into()))
+                        }
+                        Err(code) => {
+                            errors = true;
+                            data.with_error_code(code.code())
+                                .with_high_watermark(-1)
+                                .with_last_stable_offset(-1)
+                                .with_log_start_offset(-1)
+                                .with_records(Some(Default::default()))
+                        }
+                    }
+                })
+                .collect();
+            FetchableTopicResponse::default()
+                .with_topic(t.topic.clone())
+                .with_topic_id(t.topic_id)
+                .with_partitions(partitions)
+        })
+        .collect();
+    (
+        FetchResponse::default().with_responses(responses),
+        total,
+        errors,
+    )
+}
+
+fn read_partition(
+    topic: Option<&Topic>,
+    partition: i32,
+    offset: i64,
+    max_bytes: usize,
+    first_whole: bool,
+) -> Result<(Vec<u8>, i64, i64), ResponseError> {
+    let partition = topic
+        .and_then(|t| {
+            usize::try_from(partition)
+                .ok()
+                .and_then(|i| t.partitions.get(i))
+        })
+        .ok_or(ResponseError::UnknownTopicOrPartition)?;
+    let log = partition.log();
+    let records = log
+        .read(offset, max_bytes, first_whole)
+        .map_err(|e| match e {
+            ReadError::OutOfRange { .. } => ResponseError::OffsetOutOfRange,
+            ReadError::Io(e) => {
+                tracing::error!(error = %e, "reading a log failed");
+                ResponseError::KafkaStorageError
+            }
+        })?;
+    Ok((records, log.next_offset(), log.log_start_offset()))
+}

@@ -1,0 +1,68 @@
+//! ListOffsets: the earliest (-2) or latest (-1) offset of a partition, or
+//! the first offset whose record is stamped at or after a given time.
+
+use std::sync::Arc;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+
+use crate::broker::Shared;
+
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+
+pub(crate) fn handle(shared: &Arc<Shared>, request: ListOffsetsRequest) -> ListOffsetsResponse {
+    let topics = request
+        .topics
+        .into_iter()
+        .map(|t| {
+            let topic = shared.topics.get(t.name.0.as_str());
+            let partitions = t
+                .partitions
+                .into_iter()
+                .map(|p| {
+                    let response = ListOffsetsPartitionResponse::default()
+                        .with_partition_index(p.partition_index)
+                        .with_timestamp(-1)
+                        .with_offset(-1);
+                    let Some(partition) = topic.as_ref().and_then(|t| {
+                        usize::try_from(p.partition_index)
+                            .ok()
+                            .and_then(|i| t.partitions.get(i))
+                    }) else {
+                        return response
+                            .with_error_code(ResponseError::UnknownTopicOrPartition.code());
+                    };
+                    let log = partition.log();
+                    match p.timestamp {
+                        LATEST => response.with_offset(log.next_offset()).with_leader_epoch(0),
+                        EARLIEST => response
+                            .with_offset(log.log_start_offset())
+                            .with_leader_epoch(0),
+                        t if t < 0 => {
+                            response.with_error_code(ResponseError::UnsupportedVersion.code())
+                        }
+                        t => match log.offset_for_timestamp(t) {
+                            Ok(Some((timestamp, offset))) => response
+                                .with_timestamp(timestamp)
+                                .with_offset(offset)
+                                .with_leader_epoch(0),
+                            Ok(None) => response,
+                            Err(e) => {
+                                tracing::error!(error = %e, "reading a time index failed");
+                                response.with_error_code(ResponseError::KafkaStorageError.code())
+                            }
+                        },
+                    }
+                })
+                .collect();
+            ListOffsetsTopicResponse::default()
+                .with_name(t.name)
+                .with_partitions(partitions)
+        })
+        .collect();
+    ListOffsetsResponse::default().with_topics(topics)
+}
