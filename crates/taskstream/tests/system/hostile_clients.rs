@@ -247,7 +247,14 @@ async fn idle_and_slowloris_connections_are_closed_while_healthz_keeps_answering
     held.push(slowloris);
     held.push(kept_alive);
     futures::future::join_all(held.into_iter().map(closed_by_server)).await;
-    let health = app.client.get(app.url("/healthz")).send().await.unwrap();
+    // A fresh connection: the client's pooled one has been idle past the
+    // server's idle timeout too, and closed by it.
+    let fresh = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let health = fresh.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
     app.system.shutdown().await;
 }
