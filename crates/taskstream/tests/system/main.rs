@@ -3,6 +3,7 @@
 
 mod at_scale;
 mod binary;
+mod brokers;
 mod core_loop;
 mod crash;
 mod crash_at_scale;
