@@ -15,6 +15,7 @@ mod http_errors;
 mod http_fuzz;
 mod interop;
 mod kafka_security;
+mod kafka_tools;
 mod manifests;
 mod observability;
 mod rebalance;
