@@ -54,6 +54,10 @@ pub struct Load {
     open: Vec<String>,
     /// (task id, version) of every change an API acknowledged.
     pub acknowledged: HashSet<(String, i64)>,
+    /// Requests answered with an error status.
+    pub refused: usize,
+    /// Requests that got no answer (cut off by a kill, or timed out).
+    pub unanswered: usize,
     sent: usize,
 }
 
@@ -64,6 +68,8 @@ impl Load {
             created: 0,
             open: Vec::new(),
             acknowledged: HashSet::new(),
+            refused: 0,
+            unanswered: 0,
             sent: 0,
         }
     }
@@ -71,6 +77,11 @@ impl Load {
     /// Every task exists and is completed.
     pub fn done(&self) -> bool {
         self.created >= self.tasks && self.open.is_empty()
+    }
+
+    /// No more creations: the next rounds only complete the open tasks.
+    pub fn stop_creating(&mut self) {
+        self.tasks = self.created;
     }
 
     /// Sends one round, spreading its requests over `apis` in turn.
@@ -94,9 +105,24 @@ impl Load {
                     .post(format!("{api}/tasks"))
                     .json(&json!({ "title": "crash test", "assignee": "ana" }))
             };
-            batch.push(async move { request.send().await.ok()?.json::<Value>().await.ok() });
+            batch.push(async move {
+                let response = request.send().await.ok()?;
+                let status = response.status();
+                Some((status, response.json::<Value>().await.ok()))
+            });
         }
-        for task in futures::future::join_all(batch).await.into_iter().flatten() {
+        for answer in futures::future::join_all(batch).await {
+            let Some((status, task)) = answer else {
+                self.unanswered += 1;
+                continue;
+            };
+            if !status.is_success() {
+                self.refused += 1;
+                continue;
+            }
+            let Some(task) = task else {
+                continue;
+            };
             let (Some(id), Some(version)) = (task["id"].as_str(), task["version"].as_i64()) else {
                 continue;
             };

@@ -3,6 +3,7 @@
 
 mod at_scale;
 mod binary;
+mod broker_failures;
 mod brokers;
 mod core_loop;
 mod crash;
