@@ -206,7 +206,12 @@ impl ConsumerContext for TracingContext {
                     }
                     commit
                 };
-                if commit.count() > 0 {
+                if commit.count() > 0 && consumer.assignment_lost() {
+                    // The group went on without this member (its session
+                    // timed out): Kafka refuses the commit, and waiting for
+                    // a coordinator that may be gone would block the thread.
+                    tracing::warn!(client, "partitions lost; their next owner will see the events since the last commit again");
+                } else if commit.count() > 0 {
                     if let Err(error) = consumer.commit(&commit, CommitMode::Sync) {
                         tracing::warn!(client, %error, "commit on revoke failed; the next owner may see some events again");
                     }

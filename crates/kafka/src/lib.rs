@@ -9,6 +9,7 @@
 //! - [`EventConsumer`]: a consumer-group member that commits only what the application acknowledged.
 //! - [`group_offsets`]: a group's committed offsets beside the log end (lag).
 //! - [`TopicSpec`] and [`apply_topics`]: topics declared in code, created with the admin API.
+//! - [`TopicProbe`]: whether a topic can take writes (leaders answering, replicas in sync).
 
 mod admin;
 mod config;
@@ -17,6 +18,7 @@ mod consumer;
 mod context;
 mod dev_broker;
 mod error;
+mod health;
 mod offsets;
 mod producer;
 mod reader;
@@ -29,6 +31,7 @@ pub use connectivity::wait_for_cluster;
 pub use consumer::{ConsumerSettings, EventConsumer, InboundRecord};
 pub use dev_broker::{DevBroker, InjectedError, KafkaApi};
 pub use error::KafkaError;
+pub use health::{PartitionHealth, TopicHealth, TopicProbe};
 pub use offsets::{
     group_offsets, list_groups, record_timestamps, PartitionOffsets, LAG_PROBE_GROUP,
 };

@@ -206,15 +206,20 @@ impl<H: EventHandler> ConsumerService<H> {
             shutdown.clone(),
         ));
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+        // A record met while skipping queued errors, handled next.
+        let mut carried = None;
         loop {
             let resume_at = self.next_resume();
-            let record = tokio::select! {
-                _ = shutdown.wait() => break,
-                _ = tokio::time::sleep_until(resume_at.unwrap_or_else(Instant::now).into()), if resume_at.is_some() => {
-                    self.resume_due();
-                    continue;
-                }
-                received = self.consumer.recv() => received,
+            let record = match carried.take() {
+                Some(record) => Ok(record),
+                None => tokio::select! {
+                    _ = shutdown.wait() => break,
+                    _ = tokio::time::sleep_until(resume_at.unwrap_or_else(Instant::now).into()), if resume_at.is_some() => {
+                        self.resume_due();
+                        continue;
+                    }
+                    received = self.consumer.recv() => received,
+                },
             };
             match record {
                 Ok(record) => {
@@ -235,7 +240,29 @@ impl<H: EventHandler> ConsumerService<H> {
                 Err(error) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(group, %error, "receive failed; retrying");
-                    tokio::time::sleep(delay).await;
+                    // While a broker is away librdkafka queues an error for
+                    // every failed connection (and reconnects by itself).
+                    // Read past those already queued before waiting, or
+                    // they pile up faster than one per wait, and a
+                    // rebalance or records behind them wait minutes after
+                    // the broker is back.
+                    let mut skipped = 0u32;
+                    loop {
+                        match tokio::time::timeout(Duration::ZERO, self.consumer.recv()).await {
+                            Ok(Err(_)) => skipped += 1,
+                            Ok(Ok(record)) => {
+                                carried = Some(record);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    if skipped > 0 {
+                        tracing::debug!(group, skipped, "skipped queued receive errors");
+                    }
+                    if carried.is_none() {
+                        tokio::time::sleep(delay).await;
+                    }
                 }
             }
         }

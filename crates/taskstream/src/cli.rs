@@ -657,6 +657,11 @@ pub struct UpArgs {
     /// (until then its partition is held, in order).
     #[arg(long, env = "TASKSTREAM_RETRY_GIVE_UP_AFTER", default_value = "900", value_parser = parse_seconds)]
     pub give_up_after: Duration,
+    /// Seconds without a heartbeat before the consumer groups hand this
+    /// process's partitions to other members (`session.timeout.ms`).
+    /// Default: 45 (3 on the dev broker).
+    #[arg(long, env = "TASKSTREAM_SESSION_TIMEOUT", value_parser = parse_seconds)]
+    pub session_timeout: Option<Duration>,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]
@@ -1142,6 +1147,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     config.relay = args.outbox.relay_settings();
     config.consumer.retry.give_up_after = args.give_up_after;
     config.http_limits = args.http_limits.limits();
+    config.session_timeout = args.session_timeout;
     config.registry = match (args.event_format, args.registry.schema_registry) {
         (EventFormat::Json, _) => RegistrySetting::Disabled,
         (EventFormat::Avro, Some(url)) => RegistrySetting::External(url),

@@ -12,7 +12,8 @@ use taskstream_api::{ApiBuilder, ErrorResponder, HttpLimits, Problem, ReadinessC
 use taskstream_avro::RegistryClient;
 use taskstream_domain::{EventCodec, JsonCodec};
 use taskstream_kafka::{
-    ConsumerSettings, EventConsumer, EventProducer, KafkaConfig, ProducerSettings,
+    ConsumerSettings, EventConsumer, EventProducer, KafkaConfig, PartitionHealth, ProducerSettings,
+    TopicHealth, TopicProbe,
 };
 use taskstream_services::topics::TASK_EVENTS;
 use taskstream_services::{
@@ -410,14 +411,22 @@ impl ReadinessCheck for StoreCheck {
     }
 }
 
-/// A Kafka broker answers a metadata request.
-pub struct KafkaCheck(EventProducer);
+/// Kafka can take the events: `task-events` exists, and each of its
+/// partitions has a leader that answers, with at least
+/// `min.insync.replicas` copies in sync. One broker answering is not
+/// enough — with two of three down, the third still answers while every
+/// write waits — so the detail names the partitions and brokers at fault.
+pub struct KafkaCheck(TopicProbe);
+
+/// How long each step of the Kafka check (metadata, the leaders, the
+/// topic's config) may take: together within `/readyz`'s 2 s per check.
+const KAFKA_PROBE_TIMEOUT: Duration = Duration::from_millis(600);
 
 impl KafkaCheck {
     pub fn new(kafka: &KafkaConfig) -> anyhow::Result<Self> {
-        let client = EventProducer::new(kafka, "readiness", &ProducerSettings::default())
+        let probe = TopicProbe::new(kafka, "readiness")
             .context("cannot create the readiness check's Kafka client")?;
-        Ok(Self(client))
+        Ok(Self(probe))
     }
 }
 
@@ -428,12 +437,96 @@ impl ReadinessCheck for KafkaCheck {
     }
 
     async fn check(&self) -> Result<String, String> {
-        self.0
-            .check_connection(Duration::from_millis(1500))
-            .await
-            .map(|()| "a broker answered".to_owned())
-            .map_err(|e| e.to_string())
+        match self.0.probe(TASK_EVENTS, KAFKA_PROBE_TIMEOUT).await {
+            Err(e) => Err(format!("no broker answers: {e}")),
+            Ok(None) => Err(format!(
+                "topic {TASK_EVENTS} does not exist (create it with `taskstream topics apply`)"
+            )),
+            Ok(Some(health)) => judge_topic(&health),
+        }
     }
+}
+
+/// `partition 3`, or `partitions 1, 4`.
+fn partition_list<'a>(partitions: impl Iterator<Item = &'a PartitionHealth>) -> String {
+    let ids: Vec<String> = partitions.map(|p| p.partition.to_string()).collect();
+    let noun = if ids.len() == 1 {
+        "partition"
+    } else {
+        "partitions"
+    };
+    format!("{noun} {}", ids.join(", "))
+}
+
+/// Whether writes to the topic can be acknowledged, and if not, why.
+fn judge_topic(health: &TopicHealth) -> Result<String, String> {
+    let topic = &health.topic;
+    let mut problems = Vec::new();
+    let leaderless: Vec<&PartitionHealth> = health
+        .partitions
+        .iter()
+        .filter(|p| p.leader.is_none())
+        .collect();
+    if !leaderless.is_empty() {
+        problems.push(format!(
+            "no leader for {}",
+            partition_list(leaderless.into_iter())
+        ));
+    }
+    let mut silent: Vec<i32> = health
+        .partitions
+        .iter()
+        .filter(|p| !p.leader_answers)
+        .filter_map(|p| p.leader)
+        .collect();
+    silent.sort_unstable();
+    silent.dedup();
+    for leader in silent {
+        let led = health
+            .partitions
+            .iter()
+            .filter(|p| p.leader == Some(leader));
+        problems.push(format!(
+            "broker {leader} ({}), leader of {}, does not answer",
+            health.address(leader),
+            partition_list(led)
+        ));
+    }
+    let under: Vec<&PartitionHealth> = health
+        .partitions
+        .iter()
+        .filter(|p| p.in_sync < p.replicas)
+        .collect();
+    let min_insync = health.min_insync_replicas;
+    let too_few: Vec<&PartitionHealth> = under
+        .iter()
+        .copied()
+        .filter(|p| min_insync.is_some_and(|min| (p.in_sync as i64) < i64::from(min)))
+        .collect();
+    if let (false, Some(min)) = (too_few.is_empty(), min_insync) {
+        problems.push(format!(
+            "fewer replicas in sync than min.insync.replicas ({min}) on {}, so writes wait",
+            partition_list(too_few.into_iter())
+        ));
+    }
+    let brokers = health.brokers.len();
+    if !problems.is_empty() {
+        return Err(format!(
+            "{topic}: {} ({brokers} brokers listed)",
+            problems.join("; ")
+        ));
+    }
+    let mut detail = format!(
+        "{topic}: the leaders of all {} partitions answer ({brokers} brokers listed)",
+        health.partitions.len()
+    );
+    if !under.is_empty() {
+        detail.push_str(&format!(
+            "; under-replicated, with enough replicas in sync: {}",
+            partition_list(under.into_iter())
+        ));
+    }
+    Ok(detail)
 }
 
 /// The relay keeps up: the oldest unpublished event is younger than `max_age`.
@@ -522,5 +615,96 @@ impl ReadinessCheck for RegistryCheck {
             .await
             .map(|()| format!("{} answers", self.0.url()))
             .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn partition(
+        partition: i32,
+        leader: Option<i32>,
+        answers: bool,
+        in_sync: usize,
+    ) -> PartitionHealth {
+        PartitionHealth {
+            partition,
+            leader,
+            leader_answers: answers,
+            replicas: 3,
+            in_sync,
+        }
+    }
+
+    fn topic(partitions: Vec<PartitionHealth>, min_insync_replicas: Option<i32>) -> TopicHealth {
+        TopicHealth {
+            topic: "task-events".into(),
+            brokers: vec![
+                (1, "k1:9092".into()),
+                (2, "k2:9092".into()),
+                (3, "k3:9092".into()),
+            ],
+            partitions,
+            min_insync_replicas,
+        }
+    }
+
+    #[test]
+    fn a_healthy_topic_is_ready() {
+        let health = topic(
+            vec![
+                partition(0, Some(1), true, 3),
+                partition(1, Some(2), true, 3),
+            ],
+            None,
+        );
+        assert_eq!(
+            judge_topic(&health),
+            Ok("task-events: the leaders of all 2 partitions answer (3 brokers listed)".into())
+        );
+    }
+
+    #[test]
+    fn leaders_that_do_not_answer_are_named_with_their_partitions() {
+        let health = topic(
+            vec![
+                partition(0, Some(2), false, 3),
+                partition(1, Some(3), true, 3),
+                partition(2, Some(2), false, 3),
+                partition(3, None, false, 0),
+            ],
+            None,
+        );
+        assert_eq!(
+            judge_topic(&health),
+            Err("task-events: no leader for partition 3; broker 2 (k2:9092), leader of partitions 0, 2, does not answer (3 brokers listed)".into())
+        );
+    }
+
+    #[test]
+    fn too_few_replicas_in_sync_is_not_ready_and_a_few_missing_is_only_said() {
+        let below = topic(
+            vec![
+                partition(0, Some(1), true, 1),
+                partition(1, Some(1), true, 3),
+            ],
+            Some(2),
+        );
+        assert_eq!(
+            judge_topic(&below),
+            Err("task-events: fewer replicas in sync than min.insync.replicas (2) on partition 0, so writes wait (3 brokers listed)".into())
+        );
+        let degraded = topic(
+            vec![
+                partition(0, Some(1), true, 2),
+                partition(1, Some(1), true, 3),
+            ],
+            Some(2),
+        );
+        assert_eq!(
+            judge_topic(&degraded),
+            Ok("task-events: the leaders of all 2 partitions answer (3 brokers listed); under-replicated, with enough replicas in sync: partition 0".into())
+        );
     }
 }

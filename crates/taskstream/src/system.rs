@@ -36,6 +36,10 @@ pub struct SystemConfig {
     pub postgres: PgOptions,
     pub relay: RelaySettings,
     pub consumer: ConsumerOptions,
+    /// The consumers' `session.timeout.ms`, overriding `consumer` and the
+    /// dev broker's 3 s: how long a crashed process's partitions wait
+    /// before its group hands them on.
+    pub session_timeout: Option<Duration>,
     /// `/readyz` fails when the oldest unpublished event is older than this.
     pub ready_max_outbox_age: Duration,
     /// Wait this long before each notification (a slow notifier on purpose).
@@ -75,6 +79,7 @@ impl SystemConfig {
             postgres: PgOptions::default(),
             relay: RelaySettings::default(),
             consumer: ConsumerOptions::default(),
+            session_timeout: None,
             ready_max_outbox_age: Duration::from_secs(30),
             notifier_delay: Duration::ZERO,
             notifier_webhook: None,
@@ -129,7 +134,7 @@ impl RunningSystem {
             (None, None) => unreachable!("a dev broker is started when no cluster is configured"),
         }
         .with_stats(metrics.stats_listener(), STATS_INTERVAL);
-        let consumer_options = match &dev_broker {
+        let mut consumer_options = match &dev_broker {
             Some(_) => {
                 let dev = ConsumerSettings::for_dev_broker();
                 ConsumerOptions {
@@ -143,6 +148,9 @@ impl RunningSystem {
             }
             None => config.consumer.clone(),
         };
+        if let Some(timeout) = config.session_timeout {
+            consumer_options.kafka.session_timeout = timeout;
+        }
         let (registry_url, registry_component) = match &config.registry {
             RegistrySetting::Embedded(addr) => {
                 let (bound, component) =

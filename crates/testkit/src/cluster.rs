@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::metadata::Metadata;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 
 use crate::coordinator::partition_for;
@@ -372,6 +373,95 @@ impl KafkaCluster {
         }
     }
 
+    /// Brings the cluster back to its first state for the next test: every
+    /// node running, and no topics (but Kafka's internal `__…` ones) and no
+    /// consumer groups left. Tests that take turns on one cluster and use
+    /// fixed topic and group names each start from an empty cluster.
+    ///
+    /// A group keeps a member that was killed until its session times out
+    /// (a dead client never says goodbye), and Kafka refuses to delete a
+    /// group with members: deleting is retried until they are gone.
+    pub fn reset(&self) -> Result<(), ClusterError> {
+        for index in 0..self.nodes() {
+            if !self.node_running(index) {
+                self.restart_node(index)?;
+            }
+        }
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            // ListGroups asks every node: one that has just restarted may
+            // not answer yet.
+            let listed = self
+                .admin
+                .inner()
+                .fetch_group_list(None, Duration::from_secs(10));
+            let groups: Vec<String> = match listed {
+                Ok(list) => list.groups().iter().map(|g| g.name().to_owned()).collect(),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(ClusterError::Request {
+                        operation: "ListGroups",
+                        message: e.to_string(),
+                    })
+                }
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(250));
+                    continue;
+                }
+            };
+            if groups.is_empty() {
+                break;
+            }
+            let names: Vec<&str> = groups.iter().map(String::as_str).collect();
+            let results = futures::executor::block_on(self.admin.delete_groups(&names, &options))
+                .map_err(|e| ClusterError::Request {
+                operation: "DeleteGroups",
+                message: e.to_string(),
+            })?;
+            let left: Vec<String> = results
+                .into_iter()
+                .filter_map(|r| match r {
+                    Err((name, code)) if code != RDKafkaErrorCode::GroupIdNotFound => {
+                        Some(format!("{name}: {code}"))
+                    }
+                    _ => None,
+                })
+                .collect();
+            if left.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(ClusterError::Request {
+                    operation: "DeleteGroups",
+                    message: format!("groups still there: {}", left.join(", ")),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let user_topics = |metadata: &Metadata| -> Vec<String> {
+            metadata
+                .topics()
+                .iter()
+                .map(|t| t.name().to_owned())
+                .filter(|name| !name.starts_with("__"))
+                .collect()
+        };
+        let topics = user_topics(&self.metadata(None)?);
+        if !topics.is_empty() {
+            let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+            futures::executor::block_on(self.admin.delete_topics(&names, &options)).map_err(
+                |e| ClusterError::Request {
+                    operation: "DeleteTopics",
+                    message: e.to_string(),
+                },
+            )?;
+            self.wait_for("the deleted topics to be gone", |m| {
+                user_topics(m).is_empty()
+            })?;
+        }
+        Ok(())
+    }
+
     /// Stops every node and deletes the cluster's directory.
     pub fn stop(self) {
         self.stop_in_place(false);
@@ -662,6 +752,10 @@ transaction.state.log.min.isr={min_isr}
 transaction.state.log.num.partitions={INTERNAL_PARTITIONS}
 share.coordinator.state.topic.replication.factor={rf}
 share.coordinator.state.topic.min.isr={min_isr}
+# Topics exist because a test (or `taskstream topics apply`) created them,
+# as on a production cluster: a client asking for a missing one never
+# creates it with default settings.
+auto.create.topics.enable=false
 # A test group starts at once instead of waiting 3 s for more members.
 group.initial.rebalance.delay.ms=0
 # A killed node is fenced (and its partitions led elsewhere) within 3 s.

@@ -31,22 +31,22 @@ fn cluster(what: &str) -> Option<&'static KafkaCluster> {
 /// A topic created without a replication factor: the cluster's default (3).
 fn create_topic(cluster: &KafkaCluster, partitions: i32) -> String {
     let name = format!("replicated-{}", Uuid::new_v4().simple());
+    create_topic_named(cluster, &name, partitions)
+}
+
+fn create_topic_named(cluster: &KafkaCluster, name: &str, partitions: i32) -> String {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", cluster.bootstrap_servers())
         .create()
         .expect("admin");
     let created = futures::executor::block_on(admin.create_topics(
-        &[NewTopic::new(
-            &name,
-            partitions,
-            TopicReplication::Fixed(-1),
-        )],
+        &[NewTopic::new(name, partitions, TopicReplication::Fixed(-1))],
         &AdminOptions::new().operation_timeout(Some(PATIENCE)),
     ))
     .expect("CreateTopics");
     assert!(created.iter().all(Result::is_ok), "{created:?}");
-    wait_for_full_isr(cluster, &name, partitions);
-    name
+    wait_for_full_isr(cluster, name, partitions);
+    name.to_owned()
 }
 
 fn wait_for_full_isr(cluster: &KafkaCluster, topic: &str, partitions: i32) {
@@ -271,4 +271,84 @@ async fn the_coordinators_the_cluster_reports_are_the_ones_kafkas_tools_name() {
         Some(cluster.node_id(coordinator).to_string().as_str()),
         "{described}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_restarts_killed_nodes_and_leaves_no_topic_nor_group_behind() {
+    let Some(cluster) = cluster("resetting the cluster") else {
+        return;
+    };
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let topic = create_topic(cluster, 1);
+    let group = format!("group-{}", Uuid::new_v4().simple());
+    let config = KafkaConfig::new(cluster.bootstrap_servers());
+    let producer =
+        EventProducer::new(&config, "reset", &ProducerSettings::default()).expect("producer");
+    producer
+        .enqueue(OutboundRecord {
+            topic: &topic,
+            key: b"k",
+            payload: b"v",
+            headers: &[],
+        })
+        .await
+        .expect("enqueued")
+        .await
+        .expect("delivered");
+    let member = EventConsumer::subscribe(
+        &config,
+        &group,
+        &[&topic],
+        &ConsumerSettings {
+            session_timeout: Duration::from_secs(6),
+            ..ConsumerSettings::default()
+        },
+    )
+    .expect("member");
+    let record = tokio::time::timeout(PATIENCE, member.recv())
+        .await
+        .expect("in time")
+        .expect("a record");
+    member.ack(&record);
+    member.close(PATIENCE).await.expect("close");
+    cluster.kill_node(2).expect("kill");
+
+    tokio::task::spawn_blocking(move || cluster.reset())
+        .await
+        .unwrap()
+        .expect("reset");
+
+    assert!((0..3).all(|i| cluster.node_running(i)), "every node runs");
+    let listed = cluster
+        .tool(
+            "org.apache.kafka.tools.TopicCommand",
+            &["--bootstrap-server", cluster.bootstrap_servers(), "--list"],
+        )
+        .expect("kafka-topics --list");
+    assert!(
+        listed.lines().all(|t| t.starts_with("__")),
+        "only Kafka's own topics are left:\n{listed}"
+    );
+    let groups = cluster
+        .tool(
+            "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+            &["--bootstrap-server", cluster.bootstrap_servers(), "--list"],
+        )
+        .expect("kafka-consumer-groups --list");
+    assert!(groups.trim().is_empty(), "no group is left:\n{groups}");
+    // A client asking for the deleted topic does not bring it back.
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap_servers())
+        .set("allow.auto.create.topics", "true")
+        .create()
+        .expect("reader");
+    let metadata = reader
+        .fetch_metadata(Some(&topic), Duration::from_secs(10))
+        .expect("metadata");
+    assert!(
+        metadata.topics().iter().all(|t| t.partitions().is_empty()),
+        "asking for a missing topic does not create it"
+    );
+    // The same name can be created again at once.
+    create_topic_named(cluster, &topic, 1);
 }

@@ -5,12 +5,29 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
 
 use serde_json::json;
+use taskstream_testkit::Shape;
 
-use crate::helpers::spawn_app;
+use crate::brokers::Broker;
+use crate::helpers::{spawn_app, spawn_app_on};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_change_reaches_the_audit_log_once_in_order_and_notifications_follow_the_rules() {
-    let app = spawn_app().await;
+    the_core_loop(&Broker::Dev).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_change_reaches_the_audit_log_once_in_order_and_notifications_follow_the_rules_on_apache_kafka(
+) {
+    let Some(kafka) = Broker::apache_kafka(Shape::SingleNode, "the core loop").await else {
+        return;
+    };
+    the_core_loop(&kafka).await;
+}
+
+/// 100 tasks, half of them assigned; 40 completed, 10 deleted, 10 updated
+/// (5 renamed, 5 reassigned), and a few rejected requests in between.
+async fn the_core_loop(broker: &Broker) {
+    let app = spawn_app_on(broker).await;
     let mut tasks = Vec::new();
     for i in 0..100 {
         let assignee = (i % 2 == 0).then(|| format!("user{}", i % 7));
@@ -24,6 +41,22 @@ async fn every_change_reaches_the_audit_log_once_in_order_and_notifications_foll
     for (id, _) in tasks[35..45].iter() {
         assert_eq!(app.delete(id).await.status(), 200);
     }
+    // Five renamed, five reassigned to a reviewer (who is notified).
+    for (i, (id, _)) in tasks.iter().enumerate().take(60).skip(50) {
+        let change = if i < 55 {
+            json!({ "title": format!("task {i}, renamed") })
+        } else {
+            json!({ "assignee": "reviewer" })
+        };
+        let response = app
+            .client
+            .patch(app.url(&format!("/tasks/{id}")))
+            .json(&change)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
     // Rejected requests in between must leave no trace.
     assert_eq!(
         app.create_task(json!({ "title": "  " })).await.status(),
@@ -33,14 +66,14 @@ async fn every_change_reaches_the_audit_log_once_in_order_and_notifications_foll
     assert_eq!(app.complete(&tasks[36].0).await.status(), 409);
     assert_eq!(app.delete(&tasks[36].0).await.status(), 409);
 
-    let audit = app.audit_when(150).await;
-    assert_eq!(audit.len(), 150);
-    assert_eq!(app.outbox_total().await, 150);
+    let audit = app.audit_when(160).await;
+    assert_eq!(audit.len(), 160);
+    assert_eq!(app.outbox_total().await, 160);
     let ids: HashSet<&str> = audit
         .iter()
         .map(|e| e["event_id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids.len(), 150, "event ids are distinct");
+    assert_eq!(ids.len(), 160, "event ids are distinct");
 
     // Per task: the events arrive in the order the changes were made.
     let mut per_task: BTreeMap<&str, Vec<(i64, &str)>> = BTreeMap::new();
@@ -62,14 +95,16 @@ async fn every_change_reaches_the_audit_log_once_in_order_and_notifications_foll
                 (3, "task.deleted"),
             ],
             40..45 => vec![(1, "task.created"), (2, "task.deleted")],
+            50..60 => vec![(1, "task.created"), (2, "task.updated")],
             _ => vec![(1, "task.created")],
         };
         assert_eq!(per_task[id.as_str()], expected, "events of task {i}");
     }
 
-    // Notifications: one per assigned creation, one per completion.
+    // Notifications: one per assigned creation, one per completion, one per
+    // reassignment.
     let assigned = tasks.iter().filter(|(_, a)| a.is_some()).count();
-    let expected_count = assigned + 40;
+    let expected_count = assigned + 40 + 5;
     let notifications = app.notifications_when(expected_count).await;
     let got: BTreeSet<(String, String, String)> = notifications
         .iter()
@@ -90,13 +125,16 @@ async fn every_change_reaches_the_audit_log_once_in_order_and_notifications_foll
             let to = assignee.clone().unwrap_or_else(|| "team".to_owned());
             expected.insert((id.clone(), "task_completed".to_owned(), to));
         }
+        if (55..60).contains(&i) {
+            expected.insert((id.clone(), "task_assigned".to_owned(), "reviewer".into()));
+        }
     }
     assert_eq!(notifications.len(), expected_count);
     assert_eq!(got, expected);
 
     // Nothing more trickles in later.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(app.items("/audit?limit=10000").await.len(), 150);
+    assert_eq!(app.items("/audit?limit=10000").await.len(), 160);
     assert_eq!(
         app.items("/notifications?limit=10000").await.len(),
         expected_count

@@ -3,8 +3,9 @@
 //! directory. At the end, every change the API acknowledged must be in the
 //! audit log exactly once and in order, with its notification sent once.
 //!
-//! Size it with `TASKSTREAM_CRASH_TASKS` (default 400) and
-//! `TASKSTREAM_CRASH_KILLS` (default 4); it prints a summary line.
+//! It runs on the dev broker (which `up` starts itself) and on Apache Kafka
+//! (`up --kafka-bootstrap`). Size it with `TASKSTREAM_CRASH_TASKS` (default
+//! 400) and `TASKSTREAM_CRASH_KILLS` (default 4); it prints a summary line.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::{Command, Stdio};
@@ -12,7 +13,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use taskstream_testkit::Shape;
+
 use crate::binary::{launch, ChildGuard};
+use crate::brokers::{Broker, KAFKA_SESSION_TIMEOUT};
 use crate::helpers::{client, eventually};
 
 pub fn env_or(name: &str, default: usize) -> usize {
@@ -50,6 +54,10 @@ pub struct Load {
     open: Vec<String>,
     /// (task id, version) of every change an API acknowledged.
     pub acknowledged: HashSet<(String, i64)>,
+    /// Requests answered with an error status.
+    pub refused: usize,
+    /// Requests that got no answer (cut off by a kill, or timed out).
+    pub unanswered: usize,
     sent: usize,
 }
 
@@ -60,6 +68,8 @@ impl Load {
             created: 0,
             open: Vec::new(),
             acknowledged: HashSet::new(),
+            refused: 0,
+            unanswered: 0,
             sent: 0,
         }
     }
@@ -67,6 +77,11 @@ impl Load {
     /// Every task exists and is completed.
     pub fn done(&self) -> bool {
         self.created >= self.tasks && self.open.is_empty()
+    }
+
+    /// No more creations: the next rounds only complete the open tasks.
+    pub fn stop_creating(&mut self) {
+        self.tasks = self.created;
     }
 
     /// Sends one round, spreading its requests over `apis` in turn.
@@ -90,9 +105,24 @@ impl Load {
                     .post(format!("{api}/tasks"))
                     .json(&json!({ "title": "crash test", "assignee": "ana" }))
             };
-            batch.push(async move { request.send().await.ok()?.json::<Value>().await.ok() });
+            batch.push(async move {
+                let response = request.send().await.ok()?;
+                let status = response.status();
+                Some((status, response.json::<Value>().await.ok()))
+            });
         }
-        for task in futures::future::join_all(batch).await.into_iter().flatten() {
+        for answer in futures::future::join_all(batch).await {
+            let Some((status, task)) = answer else {
+                self.unanswered += 1;
+                continue;
+            };
+            if !status.is_success() {
+                self.refused += 1;
+                continue;
+            }
+            let Some(task) = task else {
+                continue;
+            };
             let (Some(id), Some(version)) = (task["id"].as_str(), task["version"].as_i64()) else {
                 continue;
             };
@@ -163,20 +193,37 @@ impl Rng {
     }
 }
 
-fn start(dir: &std::path::Path) -> (ChildGuard, String) {
-    let args = [
+/// Starts `taskstream up` on `dir`, with `broker_args` naming the broker.
+fn start(dir: &std::path::Path, broker_args: &[String]) -> (ChildGuard, String) {
+    let mut args = vec![
         "up",
         "--http",
+        "127.0.0.1:0",
+        "--registry-http",
         "127.0.0.1:0",
         "--data-dir",
         dir.to_str().unwrap(),
     ];
+    args.extend(broker_args.iter().map(String::as_str));
     let (child, line) = launch(&args, "warn,librdkafka=off", Stdio::null());
     (child, line.strip_prefix("http: ").unwrap().to_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_nothing_acknowledged_and_doubles_no_effect() {
+    sigkill_at_random_moments(&Broker::Dev).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_loses_nothing_acknowledged_and_doubles_no_effect_on_apache_kafka(
+) {
+    let Some(kafka) = Broker::apache_kafka(Shape::SingleNode, "the crash harness").await else {
+        return;
+    };
+    sigkill_at_random_moments(&kafka).await;
+}
+
+async fn sigkill_at_random_moments(broker: &Broker) {
     let tasks = env_or("TASKSTREAM_CRASH_TASKS", 400);
     let kills = env_or("TASKSTREAM_CRASH_KILLS", 4);
     let seed = seed();
@@ -184,18 +231,35 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged_and_doubles_no_eff
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();
     let client = client();
+    let broker_args = broker.up_args();
+    // On Apache Kafka a restarted process's consumers get their partitions
+    // only once the killed process's session has expired: each run lasts
+    // longer than that, so kills also land while they catch up, and the
+    // load is spread over the longer runs.
+    let (kill_after, pace) = match broker.cluster() {
+        None => (Duration::from_millis(300), Duration::from_millis(20)),
+        Some(_) => (
+            KAFKA_SESSION_TIMEOUT + Duration::from_millis(300),
+            Duration::from_millis(120),
+        ),
+    };
+    let spread = match broker.cluster() {
+        None => 1200,
+        Some(_) => 3000,
+    };
 
     let mut load = Load::new(tasks);
     for round in 0..=kills {
         let (mut child, http) = tokio::task::spawn_blocking({
             let dir = dir.path().to_owned();
-            move || start(&dir)
+            let broker_args = broker_args.clone();
+            move || start(&dir, &broker_args)
         })
         .await
         .unwrap();
-        let deadline =
-            (round < kills).then(|| Instant::now() + Duration::from_millis(300 + rng.below(1200)));
-        // A steady load of four requests every 20 ms — creates (assigned, so
+        let deadline = (round < kills)
+            .then(|| Instant::now() + kill_after + Duration::from_millis(rng.below(spread)));
+        // A steady load of four requests per round — creates (assigned, so
         // each notifies) and completions — until the kill, or until every
         // task exists and is completed in the last run.
         // The kill lands at its moment whatever is in flight: requests cut
@@ -207,7 +271,7 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged_and_doubles_no_eff
                 Command::new("kill").args(["-KILL", &pid]).status().unwrap();
             })
         });
-        let mut pace = tokio::time::interval(Duration::from_millis(20));
+        let mut pace = tokio::time::interval(pace);
         while deadline.is_none_or(|d| Instant::now() < d) && !load.done() {
             pace.tick().await;
             load.round(&client, &mut rng, &[http.as_str()]).await;
@@ -225,20 +289,16 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged_and_doubles_no_eff
             duplicate_effects,
             out_of_order,
         } = verdict(&load.acknowledged, &audit, &notes);
-        println!(
-            "tasks={} kills={kills} acknowledged_changes={} audited={} notifications={} lost={lost} duplicate_effects={duplicate_effects} out_of_order={out_of_order}",
+        let summary = format!(
+            "broker={} tasks={} kills={kills} acknowledged_changes={} audited={} notifications={} lost={lost} duplicate_effects={duplicate_effects} out_of_order={out_of_order}",
+            broker.name(),
             load.created,
             load.acknowledged.len(),
             audit.len(),
             notes.len()
         );
-        eprintln!(
-            "tasks={} kills={kills} acknowledged_changes={} audited={} notifications={} lost={lost} duplicate_effects={duplicate_effects} out_of_order={out_of_order} seed={seed}",
-            load.created,
-            load.acknowledged.len(),
-            audit.len(),
-            notes.len()
-        );
+        println!("{summary}");
+        eprintln!("{summary} seed={seed}");
         assert_eq!((lost, duplicate_effects, out_of_order), (0, 0, 0));
         let pid = child.0.id().to_string();
         assert!(Command::new("kill")

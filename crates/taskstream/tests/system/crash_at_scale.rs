@@ -5,6 +5,7 @@
 //! an API acknowledged must be in the audit log exactly once and in order,
 //! with its notification sent once.
 //!
+//! It runs on a dev broker in a process of its own and on Apache Kafka.
 //! Sized by `TASKSTREAM_CRASH_TASKS` (default 300) and
 //! `TASKSTREAM_CRASH_KILLS` (default 6); replay a schedule with
 //! `TASKSTREAM_CRASH_SEED`. Prints a summary line.
@@ -12,8 +13,11 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use taskstream_testkit::Shape;
+
 use crate::at_scale::{drop_database, scratch_database, start};
 use crate::binary::{launch, ChildGuard};
+use crate::brokers::{Broker, KAFKA_SESSION_TIMEOUT};
 use crate::crash::{env_or, seed, verdict, Load, Rng, Verdict};
 use crate::helpers::client;
 
@@ -24,6 +28,23 @@ const REPLICAS: [&str; 8] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_any_replica_under_load_loses_nothing_and_doubles_no_effect() {
+    sigkill_of_any_replica(&Broker::Dev).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_any_replica_under_load_loses_nothing_and_doubles_no_effect_on_apache_kafka() {
+    let Some(kafka) = Broker::apache_kafka(
+        Shape::SingleNode,
+        "the crash harness for separate processes",
+    )
+    .await
+    else {
+        return;
+    };
+    sigkill_of_any_replica(&kafka).await;
+}
+
+async fn sigkill_of_any_replica(broker: &Broker) {
     let Some((admin, database)) = scratch_database().await else {
         return;
     };
@@ -33,8 +54,20 @@ async fn sigkill_of_any_replica_under_load_loses_nothing_and_doubles_no_effect()
     eprintln!("crash harness (separate processes): seed={seed}");
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();
-    let (_broker, line) = launch(&["dev-broker"], "warn", Stdio::null());
-    let kafka = line.strip_prefix("kafka: ").unwrap().to_owned();
+    let (_broker, kafka, session_timeout) = match broker.cluster() {
+        Some(cluster) => (
+            None,
+            cluster.bootstrap_servers().to_owned(),
+            KAFKA_SESSION_TIMEOUT,
+        ),
+        None => {
+            let (child, line) = launch(&["dev-broker"], "warn", Stdio::null());
+            let kafka = line.strip_prefix("kafka: ").unwrap().to_owned();
+            // A killed replica's partitions move after 3 s, not 45.
+            (Some(child), kafka, Duration::from_secs(3))
+        }
+    };
+    let session_timeout = session_timeout.as_secs().to_string();
     let registry_dir = dir.path().join("registry");
     let (_registry, line) = launch(
         &[
@@ -60,8 +93,7 @@ async fn sigkill_of_any_replica_under_load_loses_nothing_and_doubles_no_effect()
             _ => kafka_args.iter().map(String::as_str).collect(),
         };
         if matches!(REPLICAS[i], "notifier" | "auditor") {
-            // A killed replica's partitions move after 3 s, not 45.
-            extra.extend(["--session-timeout", "3"]);
+            extra.extend(["--session-timeout", session_timeout.as_str()]);
         }
         start(REPLICAS[i], &extra, &database, &dir)
     };
@@ -97,7 +129,8 @@ async fn sigkill_of_any_replica_under_load_loses_nothing_and_doubles_no_effect()
         out_of_order,
     } = verdict(&load.acknowledged, &audit, &notes);
     let summary = format!(
-        "tasks={} kills={} ({}) acknowledged_changes={} audited={} notifications={} lost={lost} duplicate_effects={duplicate_effects} out_of_order={out_of_order}",
+        "broker={} tasks={} kills={} ({}) acknowledged_changes={} audited={} notifications={} lost={lost} duplicate_effects={duplicate_effects} out_of_order={out_of_order}",
+        broker.name(),
         load.created,
         killed.len(),
         killed.join(","),

@@ -14,7 +14,10 @@ use taskstream_services::topics::TASK_EVENTS;
 use taskstream_services::RetryPolicy;
 use taskstream_store::{AuditStore, NotificationStore, OutboxStore, SqliteOptions, Store};
 
-use crate::helpers::{client, eventually, spawn_app};
+use taskstream_testkit::Shape;
+
+use crate::brokers::Broker;
+use crate::helpers::{client, eventually, spawn_app_on};
 
 const BIN: &str = env!("CARGO_BIN_EXE_taskstream");
 
@@ -92,7 +95,22 @@ async fn produce(kafka: &KafkaConfig, key: &str, payload: &[u8], event_type: &st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_records_are_dead_lettered_with_their_story_and_later_events_are_processed() {
-    let app = spawn_app().await;
+    poison_records_are_dead_lettered(&Broker::Dev).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_records_are_dead_lettered_with_their_story_and_later_events_are_processed_on_apache_kafka(
+) {
+    let Some(kafka) = Broker::apache_kafka(Shape::SingleNode, "dead-lettering poison").await else {
+        return;
+    };
+    poison_records_are_dead_lettered(&kafka).await;
+}
+
+/// Three poison records (garbage bytes, a newer schema version, an unknown
+/// event type) among valid events.
+async fn poison_records_are_dead_lettered(broker: &Broker) {
+    let app = spawn_app_on(broker).await;
     let kafka = KafkaConfig::new(app.system.kafka_bootstrap());
     // A valid event from a newer producer, and one of a type nobody knows.
     let template: Value = {
@@ -187,15 +205,29 @@ async fn poison_records_are_dead_lettered_with_their_story_and_later_events_are_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_outage_exhausts_retries_into_the_dlq_and_a_replay_is_handled_exactly_once() {
+    retries_exhausted_then_replayed(&Broker::Dev).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_exhausts_retries_into_the_dlq_and_a_replay_is_handled_exactly_once_on_apache_kafka(
+) {
+    let Some(kafka) = Broker::apache_kafka(Shape::SingleNode, "replaying dead letters").await
+    else {
+        return;
+    };
+    retries_exhausted_then_replayed(&kafka).await;
+}
+
+async fn retries_exhausted_then_replayed(broker: &Broker) {
     crate::helpers::init_logs();
     let options = SqliteOptions {
         busy_timeout: Duration::from_millis(100),
         ..SqliteOptions::default()
     };
-    let p = crate::helpers::Pipeline::start(options).await;
+    let p = crate::helpers::Pipeline::start_on(broker, options).await;
     let (kafka, store, metrics, addr) =
         (p.kafka.clone(), p.store.clone(), p.metrics.clone(), p.addr);
-    let broker = &p.broker;
+    let bootstrap = kafka.bootstrap_servers.clone();
     let response = client()
         .post(format!("http://{addr}/tasks"))
         .json(&json!({ "title": "during the outage", "assignee": "ana" }))
@@ -216,7 +248,7 @@ async fn a_store_outage_exhausts_retries_into_the_dlq_and_a_replay_is_handled_ex
             // dead-letter path, not about riding the outage out.
             give_up_after: Duration::ZERO,
         },
-        ..ConsumerOptions::for_dev_broker()
+        ..broker.consumer_options()
     };
     let consumers = [
         components::auditor(store.clone(), &kafka, None, &consumer_options, &metrics).unwrap(),
@@ -234,7 +266,7 @@ async fn a_store_outage_exhausts_retries_into_the_dlq_and_a_replay_is_handled_ex
         "both groups to give up",
         Duration::from_secs(30),
         || async {
-            let letters = dead_letters(broker.bootstrap_servers()).await;
+            let letters = dead_letters(&bootstrap).await;
             (letters.len() >= 2).then_some(letters)
         },
     )
@@ -257,7 +289,7 @@ async fn a_store_outage_exhausts_retries_into_the_dlq_and_a_replay_is_handled_ex
                 .unwrap()
         })
     };
-    let out = replay(broker.bootstrap_servers().to_owned()).await.unwrap();
+    let out = replay(bootstrap.clone()).await.unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -279,7 +311,7 @@ async fn a_store_outage_exhausts_retries_into_the_dlq_and_a_replay_is_handled_ex
     )
     .await;
     // Replaying again changes nothing: the handlers know the event.
-    let out = replay(broker.bootstrap_servers().to_owned()).await.unwrap();
+    let out = replay(bootstrap.clone()).await.unwrap();
     assert!(out.status.success());
     tokio::time::sleep(Duration::from_secs(1)).await;
     for group in ["auditor", "notifier"] {
@@ -377,14 +409,14 @@ async fn a_store_outage_longer_than_the_retries_holds_partitions_and_loses_no_or
     .await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(
-        dead_letters(p.broker.bootstrap_servers()).await.is_empty(),
+        dead_letters(&p.kafka.bootstrap_servers).await.is_empty(),
         "a transient outage dead-letters nothing"
     );
 
     // The outage ends: every event is applied once, each task's in order.
     sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
     crate::faults::assert_exactly_once(&store, 18, 12).await;
-    assert!(dead_letters(p.broker.bootstrap_servers()).await.is_empty());
+    assert!(dead_letters(&p.kafka.bootstrap_servers).await.is_empty());
     for c in consumers {
         c.stop().await;
     }
@@ -460,7 +492,7 @@ async fn moved_partitions_resume() {
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(store.audit_entries(None, 100).await.unwrap().len(), 12);
-    assert!(dead_letters(p.broker.bootstrap_servers()).await.is_empty());
+    assert!(dead_letters(&p.kafka.bootstrap_servers).await.is_empty());
     // Every partition is consumed again: nothing stayed paused.
     let more = client
         .post(format!("http://{addr}/tasks"))

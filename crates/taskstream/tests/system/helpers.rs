@@ -7,6 +7,8 @@ use serde_json::{json, Value};
 use taskstream::system::{RunningSystem, SystemConfig};
 use tempfile::TempDir;
 
+use crate::brokers::Broker;
+
 /// A running system with a fresh data directory.
 pub struct TestApp {
     pub system: RunningSystem,
@@ -38,6 +40,11 @@ pub fn init_logs() {
 /// Starts every component in-process on the dev broker and a random port.
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
+}
+
+/// [`spawn_app`] on `broker`.
+pub async fn spawn_app_on(broker: &Broker) -> TestApp {
+    spawn_app_with(|config| broker.configure(config)).await
 }
 
 /// [`spawn_app`], with the configuration adjusted by `configure` first.
@@ -156,10 +163,11 @@ impl TestApp {
 }
 
 /// The producing half of the system, started from its parts so a test can
-/// add, stop and restart consumers at will: the dev broker, the store, the
-/// relay (JSON events) and the Task API on a random port.
+/// add, stop and restart consumers at will: the dev broker (unless the
+/// test runs on Apache Kafka), the store, the relay (JSON events) and the
+/// Task API on a random port.
 pub struct Pipeline {
-    pub broker: taskstream_kafka::DevBroker,
+    pub broker: Option<taskstream_kafka::DevBroker>,
     pub kafka: taskstream_kafka::KafkaConfig,
     pub store: std::sync::Arc<taskstream_store::Store>,
     pub metrics: std::sync::Arc<taskstream_telemetry::Metrics>,
@@ -171,15 +179,27 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// On a dev broker of its own.
     pub async fn start(sqlite: taskstream_store::SqliteOptions) -> Self {
+        Self::start_on(&Broker::Dev, sqlite).await
+    }
+
+    pub async fn start_on(broker: &Broker, sqlite: taskstream_store::SqliteOptions) -> Self {
         use std::sync::Arc;
         use taskstream::components;
         init_logs();
         let dir = tempfile::tempdir().unwrap();
-        let broker =
-            taskstream_kafka::DevBroker::start(&taskstream_services::topics::declared_topics(1))
+        let (broker, kafka) = match broker.kafka_config() {
+            Some(kafka) => (None, kafka),
+            None => {
+                let dev = taskstream_kafka::DevBroker::start(
+                    &taskstream_services::topics::declared_topics(1),
+                )
                 .unwrap();
-        let kafka = taskstream_kafka::KafkaConfig::new(broker.bootstrap_servers());
+                let kafka = taskstream_kafka::KafkaConfig::new(dev.bootstrap_servers());
+                (Some(dev), kafka)
+            }
+        };
         let store = components::open_store(dir.path(), None, &sqlite, &Default::default())
             .await
             .unwrap();

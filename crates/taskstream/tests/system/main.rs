@@ -4,6 +4,8 @@
 mod as_documented;
 mod at_scale;
 mod binary;
+mod broker_failures;
+mod brokers;
 mod contention;
 mod core_loop;
 mod crash;
@@ -18,6 +20,7 @@ mod http_errors;
 mod http_fuzz;
 mod interop;
 mod kafka_security;
+mod kafka_tools;
 mod manifests;
 mod observability;
 mod rebalance;

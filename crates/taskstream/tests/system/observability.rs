@@ -21,7 +21,7 @@ async fn lag_agrees_with_confluent_kafka_python_and_flags_a_stopped_group() {
     let p = crate::helpers::Pipeline::start(taskstream_store::SqliteOptions::default()).await;
     let (kafka, store, metrics, addr) =
         (p.kafka.clone(), p.store.clone(), p.metrics.clone(), p.addr);
-    let broker = &p.broker;
+    let broker = p.broker.as_ref().unwrap();
     let settings = ConsumerOptions::for_dev_broker();
     let auditor = components::auditor(store.clone(), &kafka, None, &settings, &metrics).unwrap();
     let client = client();

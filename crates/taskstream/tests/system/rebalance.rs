@@ -4,17 +4,33 @@
 use std::time::Duration;
 
 use serde_json::json;
-use taskstream::components::{self, ConsumerOptions};
+use taskstream::components;
+use taskstream_testkit::Shape;
 
+use crate::brokers::Broker;
 use crate::faults::assert_exactly_once;
 use crate::helpers::client;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_joining_and_leaving_under_load_lose_nothing() {
-    let p = crate::helpers::Pipeline::start(taskstream_store::SqliteOptions::default()).await;
+    members_join_and_leave_under_load(&Broker::Dev).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_joining_and_leaving_under_load_lose_nothing_on_apache_kafka() {
+    let Some(kafka) = Broker::apache_kafka(Shape::SingleNode, "rebalancing under load").await
+    else {
+        return;
+    };
+    members_join_and_leave_under_load(&kafka).await;
+}
+
+async fn members_join_and_leave_under_load(broker: &Broker) {
+    let p = crate::helpers::Pipeline::start_on(broker, taskstream_store::SqliteOptions::default())
+        .await;
     let (kafka, store, metrics, addr) =
         (p.kafka.clone(), p.store.clone(), p.metrics.clone(), p.addr);
-    let options = ConsumerOptions::for_dev_broker();
+    let options = broker.consumer_options();
     let pair = || {
         [
             components::auditor(store.clone(), &kafka, None, &options, &metrics).unwrap(),
