@@ -502,6 +502,32 @@ impl CommitGate {
     }
 }
 
+/// Retries one new task for up to 2 s until the store takes it again, and
+/// checks that the success cleared the store's write failure.
+async fn writes_work_again(store: &Store) -> Told {
+    let after = created("after");
+    let mut stored = false;
+    for _ in 0..20 {
+        if store
+            .insert_task(&after.task, &message(&after))
+            .await
+            .is_ok()
+        {
+            stored = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(stored, "writes work again");
+    assert_eq!(store.write_health().failing(), None);
+    Told {
+        task: after.task.id,
+        version: 1,
+        event: after.event.id.as_uuid(),
+        stored: true,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_killed_mid_commit_never_turns_into_an_acknowledged_write() {
     let Some(db) = Scratch::new().await else {
@@ -529,27 +555,7 @@ async fn a_backend_killed_mid_commit_never_turns_into_an_acknowledged_write() {
     }
     assert!(store.write_health().failing().is_some());
     // The database is back (the pool reconnects): writes work again.
-    let after = created("after");
-    let mut stored = false;
-    for _ in 0..20 {
-        if store
-            .insert_task(&after.task, &message(&after))
-            .await
-            .is_ok()
-        {
-            stored = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(stored, "writes work again");
-    assert_eq!(store.write_health().failing(), None);
-    told.push(Told {
-        task: after.task.id,
-        version: 1,
-        event: after.event.id.as_uuid(),
-        stored: true,
-    });
+    told.push(writes_work_again(&store).await);
     assert_told_the_truth(&store, &told).await;
     store.close().await;
     db.drop_database().await;
@@ -588,21 +594,7 @@ async fn a_statement_timeout_refuses_the_write_and_leaves_nothing() {
     .await
     .unwrap();
     terminate_sessions(&db).await;
-    let after = created("after");
-    let mut stored = false;
-    for _ in 0..20 {
-        if store
-            .insert_task(&after.task, &message(&after))
-            .await
-            .is_ok()
-        {
-            stored = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(stored, "writes work again");
-    assert_eq!(store.write_health().failing(), None);
+    writes_work_again(&store).await;
     admin.close().await.unwrap();
     store.close().await;
     db.drop_database().await;
