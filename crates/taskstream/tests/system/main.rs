@@ -16,6 +16,7 @@ mod interop;
 mod kafka_security;
 mod manifests;
 mod observability;
+mod offset_resets;
 mod rebalance;
 mod restart;
 mod schema_registry;
