@@ -337,7 +337,12 @@ async fn a_requests_traceparent_reaches_every_consumers_log_records() {
         "--data-dir",
         dir.path().to_str().unwrap(),
     ];
-    let (mut child, first) = crate::binary::launch(&args, "info", Stdio::piped());
+    // Per-request and per-event lines are at DEBUG; these targets show them.
+    let (mut child, first) = crate::binary::launch(
+        &args,
+        "info,taskstream_api::service=debug,audit=debug,notifications=debug",
+        Stdio::piped(),
+    );
     let stderr = child.0.stderr.take().unwrap();
     let logs = std::thread::spawn(move || {
         BufReader::new(stderr)
