@@ -292,7 +292,16 @@ async fn metrics_count_a_known_workload_and_readiness_names_each_check() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["store", "kafka", "outbox_age", "schema_registry"]);
+    assert_eq!(
+        names,
+        [
+            "store",
+            "kafka",
+            "outbox_age",
+            "offset_resets",
+            "schema_registry"
+        ]
+    );
 
     // With the broker down the API still takes writes, and readiness says why it is degraded.
     app.system.dev_broker().unwrap().broker_down(1).unwrap();
