@@ -302,8 +302,10 @@ fn store_failure(error: StoreError, id: TaskId) -> ServiceError {
     }
 }
 
+/// One line per change, at DEBUG: per-request detail belongs to metrics
+/// and traces (`RUST_LOG=taskstream_api=debug` shows it).
 fn log_change(change: &TaskChange) {
-    tracing::info!(
+    tracing::debug!(
         task_id = %change.task.id,
         event_id = %change.event.id,
         event_type = %change.event.event_type,

@@ -6,7 +6,12 @@
 //! tell a live consumer from a stopped one), for partitions being revoked in
 //! a rebalance, and on close. A crash therefore redelivers at most the
 //! unacknowledged tail, which handlers absorb by being idempotent by event id.
+//!
+//! It also notices records it skipped because the broker deleted them before
+//! they were read (see [`crate::offset_reset`]): [`EventConsumer::confirm_skips`]
+//! names them, and the partition's commits say so for a while.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,8 +21,9 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::context::{GroupState, TracingContext};
-use crate::{KafkaConfig, KafkaError};
+use crate::context::{now_ms, GroupState, TracingContext};
+use crate::offset_reset::{ResetMark, Suspect};
+use crate::{KafkaConfig, KafkaError, OffsetReset};
 
 /// Consumer tuning.
 #[derive(Debug, Clone)]
@@ -33,6 +39,10 @@ pub struct ConsumerSettings {
     /// (`fetch.wait.max.ms`). A real broker answers as soon as a record
     /// arrives, so this only bounds idle polling there.
     pub fetch_wait: Duration,
+    /// How long an offset reset (records deleted before the group read
+    /// them) is written into the partition's commit metadata, where
+    /// `taskstream lag` reports it.
+    pub reset_report_window: Duration,
 }
 
 impl ConsumerSettings {
@@ -58,6 +68,7 @@ impl Default for ConsumerSettings {
             start_from_earliest: true,
             session_timeout: Duration::from_secs(45),
             fetch_wait: Duration::from_millis(100),
+            reset_report_window: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -85,12 +96,25 @@ impl InboundRecord {
     }
 }
 
+/// Where the next record of a partition is expected, within one assignment.
+#[derive(Debug, Clone, Copy)]
+struct Position {
+    assignment: u64,
+    next: i64,
+}
+
+/// How long a lookup that confirms a skip may wait for the broker.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// One member of a consumer group.
 pub struct EventConsumer {
-    inner: StreamConsumer<TracingContext>,
+    inner: Arc<StreamConsumer<TracingContext>>,
     group: String,
     state: Arc<Mutex<GroupState>>,
     commit_interval: Duration,
+    positions: Mutex<HashMap<(String, i32), Position>>,
+    /// Partitions that may have skipped records, for [`EventConsumer::confirm_skips`].
+    suspects: Mutex<Vec<Suspect>>,
 }
 
 impl EventConsumer {
@@ -129,7 +153,9 @@ impl EventConsumer {
                 "fetch.wait.max.ms",
                 settings.fetch_wait.as_millis().to_string(),
             );
-        let state = Arc::new(Mutex::new(GroupState::default()));
+        let mut state = GroupState::default();
+        state.reset_window_ms = settings.reset_report_window.as_millis() as i64;
+        let state = Arc::new(Mutex::new(state));
         let mut context = TracingContext::of(group, config);
         context.group = Some(Arc::clone(&state));
         let inner: StreamConsumer<TracingContext> = rd
@@ -139,10 +165,12 @@ impl EventConsumer {
             .subscribe(topics)
             .map_err(|e| KafkaError::Consume(e.to_string()))?;
         Ok(Self {
-            inner,
+            inner: Arc::new(inner),
             group: group.to_owned(),
             state,
             commit_interval: settings.commit_interval,
+            positions: Mutex::new(HashMap::new()),
+            suspects: Mutex::new(Vec::new()),
         })
     }
 
@@ -186,7 +214,7 @@ impl EventConsumer {
                     .collect()
             })
             .unwrap_or_default();
-        Ok(InboundRecord {
+        let record = InboundRecord {
             topic: message.topic().to_owned(),
             partition: message.partition(),
             offset: message.offset(),
@@ -194,7 +222,105 @@ impl EventConsumer {
             payload: message.payload().map(<[u8]>::to_vec),
             headers,
             timestamp_ms: message.timestamp().to_millis(),
-        })
+        };
+        self.track(&record);
+        Ok(record)
+    }
+
+    /// Follows each partition's next expected offset and notes a record
+    /// that arrives past it, or the first record of a new assignment, for
+    /// [`EventConsumer::confirm_skips`].
+    fn track(&self, record: &InboundRecord) {
+        let Some(assignment) = self.ownership(&record.topic, record.partition) else {
+            return;
+        };
+        let key = (record.topic.clone(), record.partition);
+        let mut positions = self.positions.lock().expect("positions poisoned");
+        let suspect = match positions.get(&key) {
+            Some(p) if p.assignment == assignment => {
+                (record.offset > p.next).then(|| Suspect::Gap {
+                    topic: record.topic.clone(),
+                    partition: record.partition,
+                    expected: p.next,
+                    received: record.offset,
+                })
+            }
+            _ => Some(Suspect::FirstOfAssignment {
+                topic: record.topic.clone(),
+                partition: record.partition,
+                assignment,
+                received: record.offset,
+            }),
+        };
+        positions.insert(
+            key,
+            Position {
+                assignment,
+                next: record.offset + 1,
+            },
+        );
+        drop(positions);
+        if let Some(suspect) = suspect {
+            self.suspects
+                .lock()
+                .expect("suspects poisoned")
+                .push(suspect);
+        }
+    }
+
+    /// Asks the broker about every partition that may have skipped records
+    /// since the last call, and returns the skips it confirms: records the
+    /// group was to read next that the log no longer holds. Each confirmed
+    /// reset is also written into the partition's commit metadata for the
+    /// reset report window. A reset already marked in the committed
+    /// metadata of a newly assigned partition is carried on.
+    ///
+    /// Call it after receiving records and before acknowledging them; it
+    /// returns at once when nothing is suspect. Suspects the broker could
+    /// not be asked about are kept for the next call.
+    pub async fn confirm_skips(&self) -> Vec<OffsetReset> {
+        let suspects = std::mem::take(&mut *self.suspects.lock().expect("suspects poisoned"));
+        if suspects.is_empty() {
+            return Vec::new();
+        }
+        let inner = Arc::clone(&self.inner);
+        let group = self.group.clone();
+        let outcome = tokio::task::spawn_blocking(move || confirm(&inner, &group, suspects)).await;
+        let Ok(Confirmed {
+            resets,
+            carried,
+            unresolved,
+        }) = outcome
+        else {
+            return Vec::new();
+        };
+        if !unresolved.is_empty() {
+            self.suspects
+                .lock()
+                .expect("suspects poisoned")
+                .extend(unresolved);
+        }
+        let mut state = self.state.lock().expect("group state poisoned");
+        let now = now_ms();
+        for (key, assignment, mark) in carried {
+            if state.assignment.get(&key) == Some(&assignment)
+                && now - mark.at_ms < state.reset_window_ms
+            {
+                state.reset_marks.entry(key).or_insert(mark);
+            }
+        }
+        // A partition that moved away meanwhile goes to its next owner at
+        // the committed offset, before the skip: that owner reports it.
+        let mut resets = resets;
+        resets.retain(|reset| {
+            let key = (reset.topic.clone(), reset.partition);
+            let owned = state.assigned.contains(&key);
+            if owned {
+                state.reset_marks.insert(key, reset.mark());
+            }
+            owned
+        });
+        resets
     }
 
     /// Marks `record` (and everything before it in its partition) as done, so
@@ -245,6 +371,14 @@ impl EventConsumer {
                 Duration::from_secs(5),
             )
             .map_err(|e| KafkaError::Consume(format!("seek {topic}[{partition}]: {e}")))?;
+        if let Some(p) = self
+            .positions
+            .lock()
+            .expect("positions poisoned")
+            .get_mut(&(topic.to_owned(), partition))
+        {
+            p.next = offset;
+        }
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(topic, partition);
         self.inner
@@ -289,4 +423,105 @@ impl EventConsumer {
         self.inner.unsubscribe();
         result
     }
+}
+
+/// What [`confirm`] learned from the broker.
+struct Confirmed {
+    resets: Vec<OffsetReset>,
+    /// Marks found in the committed metadata of newly assigned partitions.
+    carried: Vec<((String, i32), u64, ResetMark)>,
+    unresolved: Vec<Suspect>,
+}
+
+/// Resolves suspects against the broker (blocking): the committed offset
+/// a new assignment started from, and the log start of each partition
+/// whose records may have been skipped.
+fn confirm(
+    consumer: &StreamConsumer<TracingContext>,
+    group: &str,
+    suspects: Vec<Suspect>,
+) -> Confirmed {
+    let mut confirmed = Confirmed {
+        resets: Vec::new(),
+        carried: Vec::new(),
+        unresolved: Vec::new(),
+    };
+    // Where each newly assigned partition started: its committed offset.
+    let mut firsts = TopicPartitionList::new();
+    for s in &suspects {
+        if let Suspect::FirstOfAssignment {
+            topic, partition, ..
+        } = s
+        {
+            firsts.add_partition(topic, *partition);
+        }
+    }
+    let committed = if firsts.count() > 0 {
+        match consumer.committed_offsets(firsts, CONFIRM_TIMEOUT) {
+            Ok(tpl) => Some(tpl),
+            Err(error) => {
+                tracing::warn!(group, %error, "cannot read the committed offsets of new partitions; checking for skipped records later");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    for suspect in suspects {
+        let (topic, partition, expected, received) = match &suspect {
+            Suspect::Gap {
+                topic,
+                partition,
+                expected,
+                received,
+            } => (topic.clone(), *partition, *expected, *received),
+            Suspect::FirstOfAssignment {
+                topic,
+                partition,
+                assignment,
+                received,
+            } => {
+                let Some(committed) = &committed else {
+                    confirmed.unresolved.push(suspect);
+                    continue;
+                };
+                let Some(elem) = committed.find_partition(topic, *partition) else {
+                    continue;
+                };
+                if let Some(mark) = ResetMark::decode(elem.metadata()) {
+                    confirmed
+                        .carried
+                        .push(((topic.clone(), *partition), *assignment, mark));
+                }
+                match elem.offset() {
+                    // A group with no committed offset starts at the log's
+                    // start by design: nothing it had to read was skipped.
+                    Offset::Offset(start) => (topic.clone(), *partition, start, *received),
+                    _ => continue,
+                }
+            }
+        };
+        if received <= expected {
+            continue;
+        }
+        match consumer.fetch_watermarks(&topic, partition, CONFIRM_TIMEOUT) {
+            // Only records deleted unread count; any other gap (such as a
+            // transaction marker) is part of the log.
+            Ok((log_start, _)) if expected < log_start => confirmed.resets.push(OffsetReset {
+                group: group.to_owned(),
+                topic,
+                partition,
+                from: expected,
+                to: received,
+                log_start,
+                detected_at_ms: now_ms(),
+            }),
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(group, topic, partition, %error, "cannot read the log start to check for skipped records; trying later");
+                confirmed.unresolved.push(suspect);
+            }
+        }
+    }
+    confirmed
 }

@@ -13,6 +13,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, Statistics, TopicPartitionList};
 
 use crate::connectivity::Connectivity;
+use crate::offset_reset::ResetMark;
 use crate::stats::{ClientStats, StatsListener};
 use crate::KafkaConfig;
 
@@ -32,22 +33,32 @@ pub(crate) struct GroupState {
     /// ownership can be told apart.
     pub(crate) assignment: HashMap<(String, i32), u64>,
     assignments: u64,
+    /// Offset resets still being reported, by partition: each is written
+    /// into the partition's commit metadata until `reset_window_ms` after
+    /// it was noticed.
+    pub(crate) reset_marks: HashMap<(String, i32), ResetMark>,
+    pub(crate) reset_window_ms: i64,
 }
 
 impl GroupState {
     /// The acknowledged offsets of `partitions` (all owned ones when `None`),
     /// stamped with the commit time.
     pub(crate) fn commit_list(&self, only: Option<&HashSet<(String, i32)>>) -> TopicPartitionList {
-        let metadata = format!("{COMMIT_METADATA_PREFIX}{}", now_ms());
+        let now = now_ms();
+        let metadata = format!("{COMMIT_METADATA_PREFIX}{now}");
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), next) in &self.acked {
-            let wanted = only.map_or(self.assigned.contains(&(topic.clone(), *partition)), |o| {
-                o.contains(&(topic.clone(), *partition))
-            });
+            let key = (topic.clone(), *partition);
+            let wanted = only.map_or(self.assigned.contains(&key), |o| o.contains(&key));
             if wanted {
                 let mut elem = tpl.add_partition(topic, *partition);
                 if elem.set_offset(Offset::Offset(*next)).is_ok() {
-                    elem.set_metadata(metadata.as_str());
+                    match self.reset_marks.get(&key) {
+                        Some(mark) if now - mark.at_ms < self.reset_window_ms => {
+                            elem.set_metadata(format!("{metadata}{}", mark.encode()));
+                        }
+                        _ => elem.set_metadata(metadata.as_str()),
+                    }
                 }
             }
         }
@@ -203,6 +214,7 @@ impl ConsumerContext for TracingContext {
                         state.assigned.remove(key);
                         state.acked.remove(key);
                         state.assignment.remove(key);
+                        state.reset_marks.remove(key);
                     }
                     commit
                 };

@@ -7,7 +7,8 @@
 //! - [`DevBroker`]: an in-process, Kafka-protocol broker for development and tests.
 //! - [`EventProducer`]: an idempotent producer (`acks=all`) with per-record delivery reports.
 //! - [`EventConsumer`]: a consumer-group member that commits only what the application acknowledged.
-//! - [`group_offsets`]: a group's committed offsets beside the log end (lag).
+//! - [`group_offsets`]: a group's committed offsets beside the log's start and end (lag).
+//! - [`OffsetReset`]: records a consumer skipped because they were deleted unread.
 //! - [`TopicSpec`] and [`apply_topics`]: topics declared in code, created with the admin API.
 //! - [`TopicProbe`]: whether a topic can take writes (leaders answering, replicas in sync).
 
@@ -19,6 +20,7 @@ mod context;
 mod dev_broker;
 mod error;
 mod health;
+mod offset_reset;
 mod offsets;
 mod producer;
 mod reader;
@@ -32,6 +34,7 @@ pub use consumer::{ConsumerSettings, EventConsumer, InboundRecord};
 pub use dev_broker::{DevBroker, InjectedError, KafkaApi};
 pub use error::KafkaError;
 pub use health::{PartitionHealth, TopicHealth, TopicProbe};
+pub use offset_reset::{OffsetReset, ResetMark};
 pub use offsets::{
     group_offsets, list_groups, record_timestamps, PartitionOffsets, LAG_PROBE_GROUP,
 };

@@ -1,5 +1,5 @@
-//! Reading a consumer group's committed offsets next to the log-end offsets
-//! — the raw material of consumer lag — without joining the group.
+//! Reading a consumer group's committed offsets next to the log's start and
+//! end offsets — the raw material of consumer lag — without joining the group.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -9,7 +9,8 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
-use crate::context::{TracingContext, COMMIT_METADATA_PREFIX};
+use crate::context::TracingContext;
+use crate::offset_reset::{committed_at_ms, ResetMark};
 use crate::{KafkaConfig, KafkaError};
 
 /// One partition's position for one group.
@@ -21,14 +22,27 @@ pub struct PartitionOffsets {
     /// When the committed offset was last committed, if the committer said
     /// so (taskstream's consumers do, in the commit metadata), in ms since the epoch.
     pub committed_at_ms: Option<i64>,
+    /// The offset of the oldest record the partition still holds: a
+    /// committed offset below it means records were deleted unread.
+    pub log_start: i64,
     /// The offset the next record written to the partition will get.
     pub log_end: i64,
+    /// Records the group skipped recently because they were deleted before
+    /// it read them, as taskstream's consumers mark in their commit metadata.
+    pub reset: Option<ResetMark>,
 }
 
 impl PartitionOffsets {
     /// Records written but not yet consumed by the group.
     pub fn lag(&self) -> i64 {
         (self.log_end - self.committed.unwrap_or(0)).max(0)
+    }
+
+    /// Records deleted before the group read them: those between its
+    /// committed offset and the log's start.
+    pub fn deleted_unread(&self) -> i64 {
+        self.committed
+            .map_or(0, |committed| (self.log_start - committed).max(0))
     }
 }
 
@@ -100,7 +114,7 @@ pub async fn group_offsets(
             .map_err(admin_err("OffsetFetch"))?;
         let mut result = Vec::with_capacity(partitions.len());
         for p in partitions {
-            let (_low, high) = consumer
+            let (low, high) = consumer
                 .fetch_watermarks(&topic, p, timeout)
                 .map_err(admin_err("ListOffsets"))?;
             let elem = committed.find_partition(&topic, p);
@@ -108,17 +122,14 @@ pub async fn group_offsets(
                 Offset::Offset(o) => Some(o),
                 _ => None,
             });
-            let committed_at_ms = elem.as_ref().and_then(|e| {
-                e.metadata()
-                    .strip_prefix(COMMIT_METADATA_PREFIX)?
-                    .parse()
-                    .ok()
-            });
+            let metadata = elem.as_ref().map(|e| e.metadata()).unwrap_or_default();
             result.push(PartitionOffsets {
                 partition: p,
                 committed: offset,
-                committed_at_ms: offset.and(committed_at_ms),
+                committed_at_ms: offset.and(committed_at_ms(metadata)),
+                log_start: low,
                 log_end: high,
+                reset: offset.and(ResetMark::decode(metadata)),
             });
         }
         Ok(result)

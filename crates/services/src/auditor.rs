@@ -44,7 +44,8 @@ fn entry(record: &InboundRecord, event: &EventEnvelope) -> Result<AuditEntry, Ha
 
 fn log(record: &InboundRecord, fresh: bool) -> Handled {
     if fresh {
-        tracing::info!(target: "audit", partition = record.partition, offset = record.offset, "event recorded");
+        // Per event, so DEBUG; `taskstream_consumer_events_total` counts them.
+        tracing::debug!(target: "audit", partition = record.partition, offset = record.offset, "event recorded");
         Handled::Applied
     } else {
         tracing::debug!(target: "audit", "duplicate delivery ignored");

@@ -16,6 +16,9 @@
 //! Handlers are idempotent by event id, so redelivery after a crash or
 //! rebalance is harmless. Acknowledged offsets are committed on a timer that
 //! runs beside the handler, so a slow or stuck handler shows as alive-but-stuck.
+//! Records deleted before the group read them are reported, never skipped
+//! in silence, and repaired where a [`GapRepair`] is given (see
+//! [`crate::offset_resets`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -28,6 +31,7 @@ use taskstream_telemetry::{GroupLabels, Metrics, TraceParent};
 use tracing::Instrument;
 
 use crate::dead_letter::{DeadLetterPublisher, ErrorClass};
+use crate::offset_resets::{GapRepair, OffsetResets, Repair};
 use crate::{Backoff, EncodingError, EventDecoder, Shutdown};
 
 /// Why a handler could not finish.
@@ -150,6 +154,10 @@ pub struct ConsumerService<H> {
     retry: RetryPolicy,
     /// Partitions held at a failing record, by (topic, partition).
     held: Mutex<HashMap<(String, i32), Held>>,
+    /// Where offset resets are reported for readiness.
+    resets: Option<Arc<OffsetResets>>,
+    /// What repairs them.
+    repair: Option<Arc<dyn GapRepair>>,
 }
 
 /// A partition waiting to redeliver the record whose handling keeps failing.
@@ -194,7 +202,21 @@ impl<H: EventHandler> ConsumerService<H> {
             dead_letters,
             retry,
             held: Mutex::new(HashMap::new()),
+            resets: None,
+            repair: None,
         }
+    }
+
+    /// Reports offset resets into `resets` (what readiness reads) and
+    /// repairs them with `repair`, when given.
+    pub fn with_offset_resets(
+        mut self,
+        resets: Arc<OffsetResets>,
+        repair: Option<Arc<dyn GapRepair>>,
+    ) -> Self {
+        self.resets = Some(resets);
+        self.repair = repair;
+        self
     }
 
     /// Consumes until `shutdown`; the record in hand is finished first, then
@@ -232,6 +254,7 @@ impl<H: EventHandler> ConsumerService<H> {
                             _ => break,
                         }
                     }
+                    self.report_skips().await;
                     batch.retain(|record| !self.is_held(record));
                     if !batch.is_empty() && !self.process_batch(&batch, &mut shutdown).await {
                         break;
@@ -333,6 +356,74 @@ impl<H: EventHandler> ConsumerService<H> {
             }
         }
         true
+    }
+
+    /// Reports the records the consumer confirms it skipped because they
+    /// were deleted unread, then repairs the gap where it can. Runs before
+    /// the received records are handled.
+    async fn report_skips(&self) {
+        let resets = self.consumer.confirm_skips().await;
+        if resets.is_empty() {
+            return;
+        }
+        let group = self.consumer.group();
+        for reset in &resets {
+            tracing::error!(
+                group,
+                topic = reset.topic,
+                partition = reset.partition,
+                from_offset = reset.from,
+                to_offset = reset.to,
+                skipped = reset.skipped(),
+                log_start = reset.log_start,
+                "offset reset: group {group} skipped offsets {}..{} of {}[{}] ({} events), deleted before it read them",
+                reset.from,
+                reset.to,
+                reset.topic,
+                reset.partition,
+                reset.skipped()
+            );
+            self.metrics
+                .offset_reset(group, &reset.topic, reset.partition, reset.skipped() as u64);
+            if let Some(registry) = &self.resets {
+                registry.record(reset);
+            }
+        }
+        let repair = match &self.repair {
+            None => Repair::Unavailable,
+            Some(repair) => {
+                let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
+                let mut attempt = 1;
+                loop {
+                    match repair.repair(&resets).await {
+                        Ok(requeued) => {
+                            tracing::warn!(group, requeued, "repairing the offset reset: events this group has not handled are published again from the outbox");
+                            self.metrics
+                                .consumer_republished_events
+                                .get_or_create(&GroupLabels {
+                                    group: group.to_owned(),
+                                })
+                                .inc_by(requeued);
+                            break Repair::Republished(requeued);
+                        }
+                        Err(error) if attempt < 3 => {
+                            tracing::warn!(group, %error, attempt, "cannot repair the offset reset yet; retrying");
+                            tokio::time::sleep(backoff.next_delay()).await;
+                            attempt += 1;
+                        }
+                        Err(error) => {
+                            tracing::error!(group, %error, "cannot repair the offset reset: the skipped events stay lost to this group");
+                            break Repair::Failed(error);
+                        }
+                    }
+                }
+            }
+        };
+        if let Some(registry) = &self.resets {
+            for reset in &resets {
+                registry.repaired(reset, &repair);
+            }
+        }
     }
 
     /// The earliest time a held partition is due to fetch again.

@@ -1,8 +1,17 @@
 //! Judging a consumer group's health from a sliding window of offset
 //! observations, by the rules Burrow uses.
 //!
-//! Each observation pairs a partition's committed offset with its log-end
-//! offset at one moment. Over the window, per partition:
+//! Each observation pairs a partition's committed offset with its log's
+//! start and end offsets at one moment. First, events lost to the group:
+//!
+//! - if the committed offset is below the log's start, records were deleted
+//!   before the group read them (retention, `DeleteRecords`, or the dev
+//!   broker's 5 MiB limit): `LOST`, whatever the consumer does next;
+//! - if the consumer marked an offset reset in its commit metadata (it
+//!   skipped records deleted unread, recently): `RESET`.
+//!
+//! Neither is ever `OK`, even with no lag left. Otherwise, over the window,
+//! per partition:
 //!
 //! 1. if the lag was zero at any point, the partition is `OK`;
 //! 2. if the committed offset ever went backwards, it is `REWIND`;
@@ -14,8 +23,8 @@
 //!    the consumer is falling behind: `WARN`;
 //! 6. otherwise `OK`.
 //!
-//! A group is `ERR` if any partition is `STOP`, `STALL` or `REWIND`, `WARN`
-//! if any is `WARN`, `OK` otherwise.
+//! A group is `ERR` if any partition is `LOST`, `RESET`, `STOP`, `STALL` or
+//! `REWIND`, `WARN` if any is `WARN`, `OK` otherwise.
 //!
 //! Commit times come from the commit metadata taskstream's consumers write
 //! with every commit (they re-commit at a steady pace even without progress,
@@ -26,7 +35,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use serde::Serialize;
-use taskstream_kafka::PartitionOffsets;
+use taskstream_kafka::{PartitionOffsets, ResetMark};
 
 /// A partition's verdict. Ordered from healthy to worst.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -37,6 +46,11 @@ pub enum PartitionStatus {
     Stall,
     Stop,
     Rewind,
+    /// The consumer skipped records deleted before it read them (recently).
+    Reset,
+    /// Records the group has not read are deleted: its committed offset is
+    /// below the log's start.
+    Lost,
 }
 
 /// A group's verdict: its worst partition, folded into three levels.
@@ -53,7 +67,11 @@ impl From<PartitionStatus> for GroupStatus {
         match s {
             PartitionStatus::Ok => Self::Ok,
             PartitionStatus::Warn => Self::Warn,
-            PartitionStatus::Stall | PartitionStatus::Stop | PartitionStatus::Rewind => Self::Err,
+            PartitionStatus::Stall
+            | PartitionStatus::Stop
+            | PartitionStatus::Rewind
+            | PartitionStatus::Reset
+            | PartitionStatus::Lost => Self::Err,
         }
     }
 }
@@ -66,6 +84,8 @@ impl std::fmt::Display for PartitionStatus {
             Self::Stall => "STALL",
             Self::Stop => "STOP",
             Self::Rewind => "REWIND",
+            Self::Reset => "RESET",
+            Self::Lost => "LOST",
         })
     }
 }
@@ -88,12 +108,21 @@ pub struct Observation {
     pub committed: Option<i64>,
     /// When `committed` was committed, ms since the epoch.
     pub committed_at_ms: i64,
+    pub log_start: i64,
     pub log_end: i64,
+    /// An offset reset the consumer marked in its commit metadata.
+    pub reset: Option<ResetMark>,
 }
 
 impl Observation {
     pub fn lag(&self) -> i64 {
         (self.log_end - self.committed.unwrap_or(0)).max(0)
+    }
+
+    /// Records deleted before the group read them.
+    pub fn deleted_unread(&self) -> i64 {
+        self.committed
+            .map_or(0, |committed| (self.log_start - committed).max(0))
     }
 }
 
@@ -102,6 +131,12 @@ pub fn evaluate(window: &[Observation], now_ms: i64) -> PartitionStatus {
     let (Some(first), Some(last)) = (window.first(), window.last()) else {
         return PartitionStatus::Ok;
     };
+    if last.deleted_unread() > 0 {
+        return PartitionStatus::Lost;
+    }
+    if last.reset.is_some() {
+        return PartitionStatus::Reset;
+    }
     if window.iter().any(|o| o.lag() == 0) {
         return PartitionStatus::Ok;
     }
@@ -127,8 +162,15 @@ pub struct PartitionReport {
     pub topic: String,
     pub partition: i32,
     pub committed_offset: Option<i64>,
+    pub log_start_offset: i64,
     pub log_end_offset: i64,
     pub lag: i64,
+    /// Records the group did not or cannot read because they were deleted
+    /// first: those below the log's start (`LOST`), or those the consumer
+    /// reported skipping (`RESET`).
+    pub skipped_events: i64,
+    /// The offsets skipped, `[from, to)`, when known.
+    pub skipped_offsets: Option<[i64; 2]>,
     /// Age of the oldest record the group has not consumed, when known.
     pub lag_seconds: Option<f64>,
     pub status: PartitionStatus,
@@ -182,7 +224,9 @@ impl LagTracker {
                 at_ms,
                 committed: p.committed,
                 committed_at_ms,
+                log_start: p.log_start,
                 log_end: p.log_end,
+                reset: p.reset,
             });
             while history.len() > self.window {
                 history.pop_front();
@@ -203,12 +247,20 @@ impl LagTracker {
             let window: Vec<Observation> = history.iter().copied().collect();
             let last = window.last().expect("histories are never empty");
             let lag = last.lag();
+            let (skipped_events, skipped_offsets) = match (last.deleted_unread(), last.reset) {
+                (0, Some(mark)) => (mark.skipped(), Some([mark.from, mark.to])),
+                (0, None) => (0, None),
+                (n, _) => (n, last.committed.map(|c| [c, last.log_start])),
+            };
             groups.entry(group).or_default().push(PartitionReport {
                 topic: topic.clone(),
                 partition: *partition,
                 committed_offset: last.committed,
+                log_start_offset: last.log_start,
                 log_end_offset: last.log_end,
                 lag,
+                skipped_events,
+                skipped_offsets,
                 lag_seconds: if lag == 0 {
                     Some(0.0)
                 } else {
@@ -254,7 +306,9 @@ mod tests {
                 at_ms: i as i64 * 1000,
                 committed: Some(committed),
                 committed_at_ms: committed_at * 1000,
+                log_start: 0,
                 log_end,
+                reset: None,
             })
             .collect()
     }
@@ -308,7 +362,9 @@ mod tests {
                 partition: 0,
                 committed: Some(3),
                 committed_at_ms: None,
+                log_start: 0,
                 log_end: 10 + i,
+                reset: None,
             }];
             tracker.observe("other-app", "t", &offsets, i * 1000);
         }
@@ -328,13 +384,17 @@ mod tests {
                     partition: 0,
                     committed: Some(i),
                     committed_at_ms: Some(i * 1000),
+                    log_start: 0,
                     log_end: i,
+                    reset: None,
                 },
                 PartitionOffsets {
                     partition: 1,
                     committed: Some(i),
                     committed_at_ms: Some(i * 1000),
+                    log_start: 0,
                     log_end: 2 * i + 1,
+                    reset: None,
                 },
             ];
             tracker.observe("g", "t", &offsets, i * 1000);
@@ -344,5 +404,68 @@ mod tests {
         assert_eq!(statuses, [PartitionStatus::Ok, PartitionStatus::Warn]);
         assert_eq!(report[0].status, GroupStatus::Warn);
         assert_eq!(report[0].partitions[1].lag, 6);
+    }
+
+    /// A taskstream consumer's partition: commits every second, no lag.
+    fn caught_up(
+        i: i64,
+        log_start: i64,
+        committed: i64,
+        reset: Option<ResetMark>,
+    ) -> PartitionOffsets {
+        PartitionOffsets {
+            partition: 3,
+            committed: Some(committed),
+            committed_at_ms: Some(i * 1000),
+            log_start,
+            log_end: committed,
+            reset,
+        }
+    }
+
+    #[test]
+    fn a_committed_offset_below_the_log_start_is_lost_not_ok() {
+        let mut tracker = LagTracker::new(5);
+        for i in 0..3 {
+            // Lag zero would say OK; the records between 100 and 9,000 are gone.
+            let mut p = caught_up(i, 9_000, 100, None);
+            p.log_end = 9_500;
+            tracker.observe("auditor", "task-events", &[p], i * 1000);
+        }
+        let report = tracker.report(2000, |_, _, _| None);
+        let p = &report[0].partitions[0];
+        assert_eq!(p.status, PartitionStatus::Lost);
+        assert_eq!(report[0].status, GroupStatus::Err);
+        assert_eq!(p.skipped_events, 8_900);
+        assert_eq!(p.skipped_offsets, Some([100, 9_000]));
+    }
+
+    #[test]
+    fn a_reset_the_consumer_marked_is_reported_even_with_no_lag() {
+        let mark = ResetMark {
+            from: 100,
+            to: 9_000,
+            at_ms: 500,
+        };
+        let mut tracker = LagTracker::new(5);
+        for i in 0..3 {
+            tracker.observe(
+                "auditor",
+                "task-events",
+                &[caught_up(i, 9_000, 9_400 + i, Some(mark))],
+                i * 1000,
+            );
+        }
+        let report = tracker.report(2000, |_, _, _| None);
+        let p = &report[0].partitions[0];
+        assert_eq!(p.lag, 0);
+        assert_eq!(p.status, PartitionStatus::Reset);
+        assert_eq!(report[0].status, GroupStatus::Err);
+        assert_eq!(
+            (p.skipped_events, p.skipped_offsets),
+            (8_900, Some([100, 9_000]))
+        );
+        assert_eq!(PartitionStatus::Reset.to_string(), "RESET");
+        assert_eq!(PartitionStatus::Lost.to_string(), "LOST");
     }
 }

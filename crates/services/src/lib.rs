@@ -10,6 +10,7 @@ pub mod dead_letter;
 mod encoding;
 pub mod lag;
 mod notifier;
+pub mod offset_resets;
 mod relay;
 mod shutdown;
 pub mod topics;
@@ -25,6 +26,7 @@ pub use encoding::{EncodingError, EventDecoder, EventEncoding};
 pub use notifier::{
     DelayedSink, LogSink, NotificationHandler, NotificationSink, SinkError, NOTIFIER_GROUP,
 };
+pub use offset_resets::{GapRepair, OffsetResets, OutboxRepair, Repair};
 pub use relay::{OutboxRelay, ProducerFactory, RelayError, RelaySettings};
 pub use shutdown::{Shutdown, ShutdownTrigger};
 pub use webhook::WebhookSink;

@@ -61,7 +61,9 @@ pub trait NotificationSink: Send + Sync + 'static {
     async fn deliver(&self, n: &NotificationRecord) -> Result<(), SinkError>;
 }
 
-/// Writes notifications to the log (target `notifications`).
+/// Writes notifications to the log (target `notifications`, at DEBUG: one
+/// line per event is too many at the default level; show them with
+/// `RUST_LOG=info,notifications=debug`, or read `/notifications`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LogSink;
 
@@ -72,7 +74,7 @@ impl NotificationSink for LogSink {
     }
 
     async fn deliver(&self, n: &NotificationRecord) -> Result<(), SinkError> {
-        tracing::info!(
+        tracing::debug!(
             target: "notifications",
             id = %n.id,
             kind = n.kind,

@@ -9,9 +9,9 @@ use taskstream_domain::{Task, TaskId};
 use uuid::Uuid;
 
 use crate::{
-    AuditEntry, AuditStore, NotificationRecord, NotificationStore, OutboxMessage, OutboxStats,
-    OutboxStore, PendingMessage, PgOptions, PgStore, SqliteOptions, SqliteStore, StoreError,
-    TaskQuery, TaskStore, WriteHealth,
+    AuditEntry, AuditStore, HandledBy, NotificationRecord, NotificationStore, OutboxMessage,
+    OutboxStats, OutboxStore, PendingMessage, PgOptions, PgStore, SqliteOptions, SqliteStore,
+    StoreError, TaskQuery, TaskStore, WriteHealth,
 };
 
 /// Where the state lives.
@@ -127,6 +127,12 @@ impl Store {
 
     pub async fn requeue_unhandled_events(&self, notifier: &str) -> Result<u64, StoreError> {
         each!(self, s => s.requeue_unhandled_events(notifier).await)
+    }
+
+    /// Marks published events unpublished again when `by` has not handled
+    /// them (see [`SqliteStore::requeue_events_unhandled_by`]).
+    pub async fn requeue_events_unhandled_by(&self, by: HandledBy<'_>) -> Result<u64, StoreError> {
+        each!(self, s => s.requeue_events_unhandled_by(by).await)
     }
 
     pub async fn processed_times(

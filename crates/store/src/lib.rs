@@ -21,7 +21,8 @@ pub use error::StoreError;
 pub use health::{WriteFailure, WriteHealth};
 pub use postgres::{redact_url, PgOptions, PgStore, OUTBOX_CHANNEL};
 pub use records::{
-    AuditEntry, NotificationRecord, OutboxMessage, OutboxStats, PendingMessage, TaskQuery,
+    AuditEntry, HandledBy, NotificationRecord, OutboxMessage, OutboxStats, PendingMessage,
+    TaskQuery,
 };
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 pub use traits::{AuditStore, NotificationStore, OutboxStore, TaskStore};

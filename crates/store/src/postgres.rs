@@ -25,8 +25,8 @@ use uuid::Uuid;
 
 use crate::health::WriteHealth;
 use crate::{
-    AuditEntry, AuditStore, NotificationRecord, NotificationStore, OutboxMessage, OutboxStats,
-    OutboxStore, PendingMessage, StoreError, TaskQuery, TaskStore,
+    AuditEntry, AuditStore, HandledBy, NotificationRecord, NotificationStore, OutboxMessage,
+    OutboxStats, OutboxStore, PendingMessage, StoreError, TaskQuery, TaskStore,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations_postgres");
@@ -174,6 +174,33 @@ impl PgStore {
         .bind(notifier)
         .execute(&self.pool)
         .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// See [`crate::SqliteStore::requeue_events_unhandled_by`].
+    pub async fn requeue_events_unhandled_by(&self, by: HandledBy<'_>) -> Result<u64, StoreError> {
+        let done = match by {
+            HandledBy::AuditLog => {
+                sqlx::query(
+                    "UPDATE outbox SET published_at = NULL
+                     WHERE published_at IS NOT NULL
+                       AND NOT EXISTS (SELECT 1 FROM audit_log a WHERE a.event_id = outbox.id)",
+                )
+                .execute(&self.pool)
+                .await?
+            }
+            HandledBy::Processed(consumer) => {
+                sqlx::query(
+                    "UPDATE outbox SET published_at = NULL
+                     WHERE published_at IS NOT NULL
+                       AND NOT EXISTS (SELECT 1 FROM processed_events p
+                                       WHERE p.consumer = $1 AND p.event_id = outbox.id)",
+                )
+                .bind(consumer)
+                .execute(&self.pool)
+                .await?
+            }
+        };
         Ok(done.rows_affected())
     }
 

@@ -89,3 +89,13 @@ pub struct NotificationRecord {
     pub channel: String,
     pub sent_at: DateTime<Utc>,
 }
+
+/// Whose progress decides that a published event still needs delivering,
+/// for [`crate::Store::requeue_events_unhandled_by`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandledBy<'a> {
+    /// The audit log: an event is handled once it has an entry.
+    AuditLog,
+    /// A consumer that marks events in `processed_events` under this name.
+    Processed(&'a str),
+}

@@ -24,8 +24,8 @@ use uuid::Uuid;
 
 use crate::health::WriteHealth;
 use crate::{
-    AuditEntry, AuditStore, NotificationRecord, NotificationStore, OutboxMessage, OutboxStats,
-    OutboxStore, PendingMessage, StoreError, TaskQuery, TaskStore,
+    AuditEntry, AuditStore, HandledBy, NotificationRecord, NotificationStore, OutboxMessage,
+    OutboxStats, OutboxStore, PendingMessage, StoreError, TaskQuery, TaskStore,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -280,6 +280,37 @@ impl SqliteStore {
         .bind(notifier)
         .execute(&self.writer)
         .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Marks published events unpublished again when `by` has not handled
+    /// them; returns how many. Repairs a consumer group that skipped events
+    /// deleted from the topic before it read them: the relay publishes them
+    /// again, in their original order, and the group's de-duplication by
+    /// event id absorbs any it did handle.
+    pub async fn requeue_events_unhandled_by(&self, by: HandledBy<'_>) -> Result<u64, StoreError> {
+        let done = match by {
+            HandledBy::AuditLog => {
+                sqlx::query(
+                    "UPDATE outbox SET published_at = NULL
+                     WHERE published_at IS NOT NULL
+                       AND NOT EXISTS (SELECT 1 FROM audit_log a WHERE a.event_id = outbox.id)",
+                )
+                .execute(&self.writer)
+                .await?
+            }
+            HandledBy::Processed(consumer) => {
+                sqlx::query(
+                    "UPDATE outbox SET published_at = NULL
+                     WHERE published_at IS NOT NULL
+                       AND NOT EXISTS (SELECT 1 FROM processed_events p
+                                       WHERE p.consumer = ? AND p.event_id = outbox.id)",
+                )
+                .bind(consumer)
+                .execute(&self.writer)
+                .await?
+            }
+        };
         Ok(done.rows_affected())
     }
 
@@ -1347,6 +1378,33 @@ mod tests {
         assert_eq!(
             pending,
             [changes[1].event.id.as_uuid(), changes[2].event.id.as_uuid()]
+        );
+
+        // Repairing one group requeues only what that group has not handled.
+        store
+            .mark_published(&seqs, taskstream_domain::now())
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .requeue_events_unhandled_by(HandledBy::AuditLog)
+                .await
+                .unwrap(),
+            1
+        );
+        let pending = store.pending(10).await.unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].message.id, changes[2].event.id.as_uuid());
+        store
+            .mark_published(&[pending[0].seq], taskstream_domain::now())
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .requeue_events_unhandled_by(HandledBy::Processed("notifier"))
+                .await
+                .unwrap(),
+            2
         );
     }
 

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use taskstream_domain::Cause;
 use taskstream_store::{
-    AuditEntry, AuditStore, NotificationRecord, NotificationStore, OutboxStore, PgOptions, PgStore,
-    SqliteOptions, SqliteStore, Store, StoreError, TaskQuery, TaskStore,
+    AuditEntry, AuditStore, HandledBy, NotificationRecord, NotificationStore, OutboxStore,
+    PgOptions, PgStore, SqliteOptions, SqliteStore, Store, StoreError, TaskQuery, TaskStore,
 };
 use uuid::Uuid;
 
@@ -350,6 +350,93 @@ async fn pruning_deletes_only_published_messages_older_than_the_cutoff() {
             "recent and pending ones stay"
         );
         assert_eq!(store.pending(10).await.unwrap()[0].seq, seqs[3]);
+        backend.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn a_groups_repair_requeues_only_the_published_events_it_has_not_handled() {
+    for backend in backends().await {
+        let store = &backend.store;
+        let changes: Vec<_> = (0..3).map(|i| created(&format!("task {i}"))).collect();
+        for c in &changes {
+            store.insert_task(&c.task, &message(c)).await.unwrap();
+        }
+        let seqs: Vec<i64> = store
+            .pending(10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|p| p.seq)
+            .collect();
+        store
+            .mark_published(&seqs, taskstream_domain::now())
+            .await
+            .unwrap();
+        // Event 0 is audited; event 1 is processed by the notifier.
+        let audited = AuditEntry {
+            event_id: changes[0].event.id.as_uuid(),
+            event_type: "task.created".into(),
+            task_id: changes[0].task.id.to_string(),
+            task_version: 1,
+            event_time: taskstream_domain::now(),
+            correlation_id: None,
+            topic: "task-events".into(),
+            partition: 0,
+            offset: 0,
+            recorded_at: taskstream_domain::now(),
+            envelope: "{}".into(),
+        };
+        store.append(&audited).await.unwrap();
+        store
+            .record_notifications("notifier", changes[1].event.id.as_uuid(), &[])
+            .await
+            .unwrap();
+        let pending_ids = || async {
+            let mut ids: Vec<Uuid> = store
+                .pending(10)
+                .await
+                .unwrap()
+                .iter()
+                .map(|p| p.message.id)
+                .collect();
+            ids.sort();
+            ids
+        };
+        let ids = |picked: &[usize]| {
+            let mut ids: Vec<Uuid> = picked
+                .iter()
+                .map(|&i| changes[i].event.id.as_uuid())
+                .collect();
+            ids.sort();
+            ids
+        };
+
+        let requeued = store
+            .requeue_events_unhandled_by(HandledBy::AuditLog)
+            .await
+            .unwrap();
+        assert_eq!(requeued, 2);
+        assert_eq!(pending_ids().await, ids(&[1, 2]));
+        store
+            .mark_published(&seqs, taskstream_domain::now())
+            .await
+            .unwrap();
+
+        let requeued = store
+            .requeue_events_unhandled_by(HandledBy::Processed("notifier"))
+            .await
+            .unwrap();
+        assert_eq!(requeued, 2);
+        assert_eq!(pending_ids().await, ids(&[0, 2]));
+        assert_eq!(
+            store
+                .requeue_events_unhandled_by(HandledBy::Processed("notifier"))
+                .await
+                .unwrap(),
+            0,
+            "pending events are not counted again"
+        );
         backend.finish().await;
     }
 }

@@ -1,8 +1,9 @@
 //! `taskstream bench`: the whole system under load, measured against the
 //! ceilings of the same machine in the same run.
 //!
-//! The run starts `taskstream up` in-process on a fresh data directory (or
-//! drives one given with `--url`, API figures only), sends a mix of task
+//! The run starts `taskstream up` in-process on a fresh data directory — on
+//! the dev broker, or on the Kafka cluster given with `--kafka-bootstrap` —
+//! (or drives one given with `--url`, API figures only), sends a mix of task
 //! creations, updates and completions from `--concurrency` keep-alive
 //! clients, and then measures, on the same broker, store and HTTP stack:
 //! a raw producer sending as many records of the same size, a raw store
@@ -21,7 +22,10 @@ use clap::Args;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde_json::{json, Value};
-use taskstream_kafka::{EventProducer, KafkaConfig, OutboundRecord, ProducerSettings, TopicSpec};
+use taskstream_kafka::{
+    apply_topics, EventProducer, KafkaConfig, OutboundRecord, ProducerSettings, TopicSpec,
+};
+use taskstream_services::topics::declared_topics;
 use taskstream_services::NOTIFIER_GROUP;
 use taskstream_store::{
     AuditStore, OutboxMessage, SqliteOptions, SqliteStore, Store, Synchronous, TaskStore,
@@ -61,6 +65,13 @@ pub struct BenchArgs {
     /// SQLite durability for the run (the store ceiling uses the same).
     #[arg(long, default_value = "full")]
     pub sqlite_synchronous: Synchronous,
+    /// Run against this Kafka cluster (plaintext) instead of the dev broker;
+    /// the ceilings are measured on it too. Missing topics are created.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub kafka_bootstrap: Option<String>,
+    /// Replication factor of the topics created on `--kafka-bootstrap`.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=5))]
+    pub replication_factor: i32,
 }
 
 fn parse_rate(raw: &str) -> Result<f64, String> {
@@ -120,6 +131,8 @@ pub struct Report {
     pub concurrency: usize,
     pub rate_limit_per_s: Option<f64>,
     pub sqlite_synchronous: String,
+    /// `dev broker`, or the Kafka cluster's bootstrap address.
+    pub broker: String,
     pub api_per_s: f64,
     pub api_latency: Percentiles,
     pub http_errors: usize,
@@ -328,6 +341,17 @@ async fn raw_producer(kafka: &KafkaConfig, count: usize, size: usize) -> anyhow:
 
 const CEILING_TOPIC: &str = "bench-ceiling";
 
+/// The topic the ceilings and the relay drain write to: as many partitions
+/// as `task-events`.
+fn ceiling_topic(replication_factor: i32) -> TopicSpec {
+    TopicSpec {
+        name: CEILING_TOPIC.into(),
+        partitions: taskstream_services::topics::TASK_EVENTS_PARTITIONS,
+        replication_factor,
+        configs: Default::default(),
+    }
+}
+
 /// A fresh store in a temporary directory, with the run's durability.
 async fn scratch_store(
     synchronous: Synchronous,
@@ -529,6 +553,10 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         concurrency: args.concurrency,
         rate_limit_per_s: args.rate,
         sqlite_synchronous: format!("{:?}", args.sqlite_synchronous).to_lowercase(),
+        broker: args
+            .kafka_bootstrap
+            .as_ref()
+            .map_or_else(|| "dev broker".to_owned(), |b| format!("kafka {b}")),
         api_per_s: 0.0,
         api_latency: Percentiles::of(&new_histogram()),
         http_errors: 0,
@@ -564,6 +592,15 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut config = SystemConfig::new("127.0.0.1:0".parse()?, dir.path());
     config.sqlite.synchronous = args.sqlite_synchronous;
+    if let Some(bootstrap) = &args.kafka_bootstrap {
+        let kafka = KafkaConfig::new(bootstrap);
+        let mut topics = declared_topics(args.replication_factor);
+        topics.push(ceiling_topic(args.replication_factor));
+        apply_topics(&kafka, &topics, Duration::from_secs(30))
+            .await
+            .with_context(|| format!("cannot create the topics on {bootstrap}"))?;
+        config.kafka = Some(kafka);
+    }
     let system = RunningSystem::start(config)
         .await
         .context("cannot start the system under test")?;
@@ -672,12 +709,7 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     say("measuring the ceilings: raw producer, store commits, no-op HTTP");
     report.event_bytes = average_event_bytes(&system).await.unwrap_or(400);
     if let Some(broker) = system.dev_broker() {
-        broker.create_topic(&TopicSpec {
-            name: CEILING_TOPIC.into(),
-            partitions: 6,
-            replication_factor: 1,
-            configs: Default::default(),
-        })?;
+        broker.create_topic(&ceiling_topic(1))?;
     }
     let kafka = KafkaConfig::new(system.kafka_bootstrap());
     let ceiling_records = load.acks.len().max(10_000);
@@ -791,13 +823,14 @@ fn print(report: &Report, json: bool) -> anyhow::Result<()> {
         )
     };
     println!(
-        "taskstream bench: {} requests, {} clients{}, sqlite synchronous={}",
+        "taskstream bench: {} requests, {} clients{}, sqlite synchronous={}, {}",
         report.requests,
         report.concurrency,
         report
             .rate_limit_per_s
             .map_or(String::new(), |r| format!(", {r}/s")),
-        report.sqlite_synchronous
+        report.sqlite_synchronous,
+        report.broker
     );
     println!(
         "  API                {:>9.0} req/s   {}   errors {}",

@@ -1210,6 +1210,7 @@ async fn consumer_process(
         let mut checks: Vec<Arc<dyn ReadinessCheck>> = vec![
             Arc::new(StoreCheck::new(Arc::clone(&store))),
             Arc::new(KafkaCheck::new(&kafka)?),
+            Arc::new(components::OffsetResetCheck::new(&options)),
         ];
         checks.extend(
             registry

@@ -18,9 +18,9 @@ use taskstream_kafka::{
 use taskstream_services::topics::TASK_EVENTS;
 use taskstream_services::{
     AuditHandler, ConsumerService, DeadLetterPublisher, DelayedSink, EventDecoder, EventEncoding,
-    EventHandler, LogSink, NotificationHandler, NotificationSink, OutboxRelay, ProducerFactory,
-    RelaySettings, RetryPolicy, Shutdown, ShutdownTrigger, WebhookSink, AUDITOR_GROUP,
-    NOTIFIER_GROUP,
+    EventHandler, GapRepair, LogSink, NotificationHandler, NotificationSink, OffsetResets,
+    OutboxRelay, OutboxRepair, ProducerFactory, RelaySettings, RetryPolicy, Shutdown,
+    ShutdownTrigger, WebhookSink, AUDITOR_GROUP, NOTIFIER_GROUP,
 };
 use taskstream_store::{Database, OutboxStore, PgOptions, SqliteOptions, Store};
 use taskstream_telemetry::Metrics;
@@ -261,6 +261,9 @@ pub struct ConsumerOptions {
     pub retry: RetryPolicy,
     /// Resolves the schema ids of Avro records; without it only JSON is read.
     pub registry: Option<Arc<RegistryClient>>,
+    /// Where the consumers started with these options report offset
+    /// resets, for [`OffsetResetCheck`].
+    pub resets: Arc<OffsetResets>,
 }
 
 impl ConsumerOptions {
@@ -279,6 +282,7 @@ fn consumer<H: EventHandler>(
     group: &str,
     options: &ConsumerOptions,
     handler: H,
+    repair: Arc<dyn GapRepair>,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Component> {
     let consumer = EventConsumer::subscribe(kafka, group, &[TASK_EVENTS], &options.kafka)
@@ -292,7 +296,8 @@ fn consumer<H: EventHandler>(
         Arc::clone(metrics),
         DeadLetterPublisher::new(producer),
         options.retry.clone(),
-    );
+    )
+    .with_offset_resets(Arc::clone(&options.resets), Some(repair));
     Ok(Component::spawn(name, move |shutdown| {
         service.run(shutdown)
     }))
@@ -307,12 +312,16 @@ pub fn auditor(
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Component> {
     let group = group.unwrap_or(AUDITOR_GROUP);
+    // Records deleted before the auditor read them are republished from
+    // the outbox, where this store has them.
+    let repair = Arc::new(OutboxRepair::for_auditor(Arc::clone(&store)));
     consumer(
         "auditor",
         kafka,
         group,
         options,
         AuditHandler::new(store),
+        repair,
         metrics,
     )
 }
@@ -343,8 +352,9 @@ pub fn notifier(
         ),
         None => slowed(LogSink, sink.delay),
     };
+    let repair = Arc::new(OutboxRepair::for_notifier(Arc::clone(&store)));
     let handler = NotificationHandler::new(store, sink);
-    consumer("notifier", kafka, group, options, handler, metrics)
+    consumer("notifier", kafka, group, options, handler, repair, metrics)
 }
 
 /// How long the notifier waits for a webhook to answer (a slower one is
@@ -527,6 +537,49 @@ fn judge_topic(health: &TopicHealth) -> Result<String, String> {
         ));
     }
     Ok(detail)
+}
+
+/// No consumer of this process skipped records deleted before it read
+/// them in the last reset report window (15 minutes by default): each reset
+/// fails the check for that long, naming the group, the partition, the
+/// offsets skipped and what the repair did, so a probe or a person sees it
+/// even when the repair made it whole. The counters
+/// `taskstream_consumer_offset_resets_total` and
+/// `taskstream_consumer_skipped_events_total` keep every reset.
+pub struct OffsetResetCheck {
+    resets: Arc<OffsetResets>,
+    window: Duration,
+}
+
+impl OffsetResetCheck {
+    pub fn new(options: &ConsumerOptions) -> Self {
+        Self {
+            resets: Arc::clone(&options.resets),
+            window: options.kafka.reset_report_window,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ReadinessCheck for OffsetResetCheck {
+    fn name(&self) -> &'static str {
+        "offset_resets"
+    }
+
+    async fn check(&self) -> Result<String, String> {
+        let recent = self.resets.within(self.window);
+        if recent.is_empty() {
+            return Ok(format!(
+                "no consumer skipped records deleted unread in the last {} s",
+                self.window.as_secs()
+            ));
+        }
+        Err(recent
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; "))
+    }
 }
 
 /// The relay keeps up: the oldest unpublished event is younger than `max_age`.

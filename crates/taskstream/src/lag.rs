@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use taskstream_kafka::{group_offsets, list_groups, record_timestamps, KafkaConfig};
-use taskstream_services::lag::{GroupReport, LagTracker};
+use taskstream_services::lag::{GroupReport, LagTracker, PartitionStatus};
 use taskstream_services::topics::TASK_EVENTS;
 use taskstream_services::{AUDITOR_GROUP, NOTIFIER_GROUP};
 
@@ -117,7 +117,14 @@ async fn report(
             .partitions
             .iter()
             .filter(|p| p.lag > 0)
-            .map(|p| (p.partition, p.committed_offset.unwrap_or(0)))
+            // Below the log's start nothing is left to read: the oldest
+            // record the group can still consume is the first one.
+            .map(|p| {
+                (
+                    p.partition,
+                    p.committed_offset.unwrap_or(0).max(p.log_start_offset),
+                )
+            })
             .collect();
         let stamps = record_timestamps(
             kafka,
@@ -197,6 +204,23 @@ fn render(reports: &[GroupReport], json: bool, watch: bool) -> anyhow::Result<St
                 p.lag,
                 seconds(p.lag_seconds),
                 p.status
+            )?;
+        }
+    }
+    // Events a group lost to deletion, said in words under the table.
+    for g in reports {
+        for p in g.partitions.iter().filter(|p| p.skipped_events > 0) {
+            let range = p
+                .skipped_offsets
+                .map_or_else(String::new, |[from, to]| format!(" (offsets {from}..{to})"));
+            let what = match p.status {
+                PartitionStatus::Lost => "deleted before the group read them",
+                _ => "skipped by the consumer: deleted before it read them",
+            };
+            writeln!(
+                out,
+                "{} {} {}[{}]: {} events{range} {what}",
+                p.status, g.group, p.topic, p.partition, p.skipped_events
             )?;
         }
     }

@@ -222,6 +222,7 @@ impl RunningSystem {
                 store: Arc::clone(&store),
                 max_age: config.ready_max_outbox_age,
             }),
+            Arc::new(components::OffsetResetCheck::new(&consumer_options)),
         ];
         if let Some(client) = &registry {
             checks.push(Arc::new(components::RegistryCheck(Arc::clone(client))));

@@ -98,6 +98,12 @@ pub struct Metrics {
     pub events_handled: Family<HandledLabels, Counter>,
     pub handler_duration: Family<GroupLabels, Histogram, fn() -> Histogram>,
     pub consumer_lag: Family<PartitionLabels, Gauge>,
+    /// Offset resets: times a group found records deleted before it read them.
+    pub consumer_offset_resets: Family<PartitionLabels, Counter>,
+    /// Records skipped in those resets.
+    pub consumer_skipped_events: Family<PartitionLabels, Counter>,
+    /// Events requeued in the outbox to repair a reset.
+    pub consumer_republished_events: Family<GroupLabels, Counter>,
     pub kafka_queue: Family<ClientLabels, Gauge>,
     pub kafka_rtt: Family<BrokerLabels, Gauge<f64, AtomicU64>>,
     pub kafka_errors: Family<BrokerErrorLabels, Counter>,
@@ -179,6 +185,24 @@ impl Metrics {
             "Records not yet committed by the group, per partition (librdkafka statistics)",
             consumer_lag.clone(),
         );
+        let consumer_offset_resets = Family::default();
+        registry.register(
+            "consumer_offset_resets",
+            "Times a consumer group found that records it was to read next had been deleted unread",
+            consumer_offset_resets.clone(),
+        );
+        let consumer_skipped_events = Family::default();
+        registry.register(
+            "consumer_skipped_events",
+            "Records a consumer group skipped because they were deleted before it read them",
+            consumer_skipped_events.clone(),
+        );
+        let consumer_republished_events = Family::default();
+        registry.register(
+            "consumer_republished_events",
+            "Events requeued in the outbox for publishing again, to repair an offset reset",
+            consumer_republished_events.clone(),
+        );
         let kafka_queue = Family::default();
         registry.register(
             "kafka_client_queue_messages",
@@ -211,6 +235,9 @@ impl Metrics {
             events_handled,
             handler_duration,
             consumer_lag,
+            consumer_offset_resets,
+            consumer_skipped_events,
+            consumer_republished_events,
             kafka_queue,
             kafka_rtt,
             kafka_errors,
@@ -231,6 +258,20 @@ impl Metrics {
                 outcome: outcome.to_owned(),
             })
             .inc();
+    }
+
+    /// Counts an offset reset of `group` on `topic`'s `partition` that
+    /// skipped `skipped` records.
+    pub fn offset_reset(&self, group: &str, topic: &str, partition: i32, skipped: u64) {
+        let labels = PartitionLabels {
+            group: group.to_owned(),
+            topic: topic.to_owned(),
+            partition: partition.to_string(),
+        };
+        self.consumer_offset_resets.get_or_create(&labels).inc();
+        self.consumer_skipped_events
+            .get_or_create(&labels)
+            .inc_by(skipped);
     }
 
     /// Every metric in the OpenMetrics text format.
@@ -354,6 +395,22 @@ mod tests {
         );
         assert!(
             text.contains("# TYPE taskstream_relay_events_published counter"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_offset_reset_counts_once_and_its_skipped_events_by_partition() {
+        let metrics = Metrics::new();
+        metrics.offset_reset("auditor", "task-events", 3, 1200);
+        metrics.offset_reset("auditor", "task-events", 3, 34);
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"taskstream_consumer_offset_resets_total{group="auditor",topic="task-events",partition="3"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"taskstream_consumer_skipped_events_total{group="auditor",topic="task-events",partition="3"} 1234"#),
             "{text}"
         );
     }

@@ -323,6 +323,7 @@ conformance!(
     offsets_sent_to_a_transaction_are_committed_only_when_it_commits,
     a_new_producer_with_the_same_transactional_id_fences_the_old_one,
     a_consumer_whose_position_fell_off_the_log_is_told_which_partition,
+    an_event_consumer_names_the_records_it_skipped_and_its_commits_say_so,
     a_session_timeout_below_the_brokers_minimum_is_refused,
 );
 
@@ -1040,6 +1041,97 @@ async fn a_consumer_whose_position_fell_off_the_log_is_told_which_partition(targ
     assign(&lenient, &topic, 0, Offset::Stored);
     let first = poll_records(&lenient, 1);
     assert_eq!(first[0].offset(), low);
+}
+
+/// Receives the next record of `member`, within [`PATIENCE`].
+async fn next_record(member: &EventConsumer) -> taskstream_kafka::InboundRecord {
+    tokio::time::timeout(PATIENCE, member.recv())
+        .await
+        .expect("a record in time")
+        .expect("a record")
+}
+
+async fn an_event_consumer_names_the_records_it_skipped_and_its_commits_say_so(target: &Target) {
+    let topic = target.topic(1);
+    let group = format!("group-{}", Uuid::new_v4().simple());
+    let config = target.config();
+    let producer = target.producer(&[]);
+    for i in 0..10 {
+        send_value(&producer, &topic, &format!("r{i}")).await;
+    }
+    // The group reads two records, commits, and stops.
+    let member =
+        EventConsumer::subscribe(&config, &group, &[&topic], &group_settings()).expect("member");
+    for _ in 0..2 {
+        let record = next_record(&member).await;
+        assert!(member.ack(&record));
+    }
+    assert_eq!(member.confirm_skips().await, [], "nothing skipped so far");
+    member.close(PATIENCE).await.expect("close");
+
+    // The log's start moves past the group's position while it is away.
+    truncate_log_before(target, &topic, 6).await;
+    let offsets = group_offsets(&config, &group, &topic, PATIENCE)
+        .await
+        .expect("group offsets");
+    let low = offsets[0].log_start;
+    assert_eq!(offsets[0].committed, Some(2));
+    assert!(low > 2, "the log now starts at {low}");
+    assert_eq!(
+        offsets[0].deleted_unread(),
+        low - 2,
+        "seen from outside the group: records deleted unread"
+    );
+
+    // Back, the member is moved to the log's start, and says what it skipped.
+    let member =
+        EventConsumer::subscribe(&config, &group, &[&topic], &group_settings()).expect("member");
+    let first = next_record(&member).await;
+    assert_eq!(first.offset, low);
+    let resets = member.confirm_skips().await;
+    assert_eq!(resets.len(), 1, "{resets:?}");
+    let reset = &resets[0];
+    assert_eq!(
+        (
+            reset.group.as_str(),
+            reset.topic.as_str(),
+            reset.partition,
+            reset.from,
+            reset.to,
+            reset.log_start
+        ),
+        (group.as_str(), topic.as_str(), 0, 2, low, low)
+    );
+    assert_eq!(reset.skipped(), low - 2);
+    assert_eq!(member.confirm_skips().await, [], "each skip is named once");
+
+    // Its commits carry the reset, so `taskstream lag` sees it too.
+    assert!(member.ack(&first));
+    member.commit_acked(true).await.expect("commit");
+    let offsets = group_offsets(&config, &group, &topic, PATIENCE)
+        .await
+        .expect("group offsets");
+    assert_eq!(offsets[0].committed, Some(low + 1));
+    assert_eq!(offsets[0].deleted_unread(), 0);
+    let mark = offsets[0].reset.expect("the reset in the commit metadata");
+    assert_eq!((mark.from, mark.to), (2, low));
+    assert!(
+        offsets[0].committed_at_ms.is_some(),
+        "the commit time is still read"
+    );
+    member.close(PATIENCE).await.expect("close");
+
+    // A new group starts at the log's start by design: nothing is skipped.
+    let fresh = EventConsumer::subscribe(
+        &config,
+        &format!("group-{}", Uuid::new_v4().simple()),
+        &[&topic],
+        &group_settings(),
+    )
+    .expect("member");
+    assert_eq!(next_record(&fresh).await.offset, low);
+    assert_eq!(fresh.confirm_skips().await, []);
+    fresh.close(PATIENCE).await.expect("close");
 }
 
 async fn a_session_timeout_below_the_brokers_minimum_is_refused(target: &Target) {

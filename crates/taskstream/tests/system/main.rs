@@ -23,6 +23,7 @@ mod kafka_security;
 mod kafka_tools;
 mod manifests;
 mod observability;
+mod offset_resets;
 mod rebalance;
 mod restart;
 mod schema_registry;

@@ -292,7 +292,16 @@ async fn metrics_count_a_known_workload_and_readiness_names_each_check() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["store", "kafka", "outbox_age", "schema_registry"]);
+    assert_eq!(
+        names,
+        [
+            "store",
+            "kafka",
+            "outbox_age",
+            "offset_resets",
+            "schema_registry"
+        ]
+    );
 
     // With the broker down the API still takes writes, and readiness says why it is degraded.
     app.system.dev_broker().unwrap().broker_down(1).unwrap();
@@ -337,7 +346,12 @@ async fn a_requests_traceparent_reaches_every_consumers_log_records() {
         "--data-dir",
         dir.path().to_str().unwrap(),
     ];
-    let (mut child, first) = crate::binary::launch(&args, "info", Stdio::piped());
+    // Per-request and per-event lines are at DEBUG; these targets show them.
+    let (mut child, first) = crate::binary::launch(
+        &args,
+        "info,taskstream_api::service=debug,audit=debug,notifications=debug",
+        Stdio::piped(),
+    );
     let stderr = child.0.stderr.take().unwrap();
     let logs = std::thread::spawn(move || {
         BufReader::new(stderr)
