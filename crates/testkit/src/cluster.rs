@@ -33,6 +33,9 @@ const DIR_PREFIX: &str = "taskstream-kafka-";
 const INTERNAL_PARTITIONS: i32 = 10;
 /// How long a cluster or a restarted node may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// How many empty ListGroups answers in a row, half a second apart, [`KafkaCluster::reset`]
+/// takes as "no group is left".
+const EMPTY_GROUP_LISTINGS: u32 = 3;
 /// The heap of each broker JVM.
 const BROKER_HEAP: &str = "-Xmx512m";
 
@@ -387,8 +390,23 @@ impl KafkaCluster {
                 self.restart_node(index)?;
             }
         }
+        // Groups live on the leaders of `__consumer_offsets`: let every one of
+        // its partitions settle on a leader, with every replica in sync.
+        self.wait_for("the group coordinators to settle", |metadata| {
+            metadata
+                .topics()
+                .iter()
+                .filter(|t| t.name() == "__consumer_offsets")
+                .flat_map(|t| t.partitions())
+                .all(|p| p.leader() >= 0 && p.isr().len() == p.replicas().len())
+        })?;
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
         let deadline = Instant::now() + READY_TIMEOUT;
+        // A coordinator that has just taken over a `__consumer_offsets`
+        // partition (after a node was killed or restarted) may leave that
+        // partition's groups out of ListGroups while it loads them, so one
+        // empty answer proves nothing: it must stay empty a while.
+        let mut empty_answers = 0;
         loop {
             // ListGroups asks every node: one that has just restarted may
             // not answer yet.
@@ -410,7 +428,19 @@ impl KafkaCluster {
                 }
             };
             if groups.is_empty() {
-                break;
+                empty_answers += 1;
+                if empty_answers >= EMPTY_GROUP_LISTINGS {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            }
+            empty_answers = 0;
+            if Instant::now() > deadline {
+                return Err(ClusterError::Request {
+                    operation: "DeleteGroups",
+                    message: format!("groups still listed: {}", groups.join(", ")),
+                });
             }
             let names: Vec<&str> = groups.iter().map(String::as_str).collect();
             let results = futures::executor::block_on(self.admin.delete_groups(&names, &options))
@@ -428,7 +458,7 @@ impl KafkaCluster {
                 })
                 .collect();
             if left.is_empty() {
-                break;
+                continue;
             }
             if Instant::now() > deadline {
                 return Err(ClusterError::Request {
