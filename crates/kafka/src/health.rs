@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, Producer};
 
 use crate::context::TracingContext;
@@ -140,10 +141,16 @@ impl TopicProbe {
             let topic = topic.to_owned();
             async move {
                 let answered = tokio::task::spawn_blocking(move || {
-                    client
-                        .client()
-                        .fetch_watermarks(&topic, partition, timeout)
-                        .is_ok()
+                    match client.client().fetch_watermarks(&topic, partition, timeout) {
+                        Ok(_) => true,
+                        // The leader answered, without offsets: with fewer
+                        // replicas in sync than `min.insync.replicas` Kafka
+                        // (KIP-966) holds the high watermark, and a new
+                        // leader has none until its followers catch up.
+                        Err(e) => {
+                            e.rdkafka_error_code() == Some(RDKafkaErrorCode::OffsetNotAvailable)
+                        }
+                    }
                 })
                 .await
                 .unwrap_or(false);

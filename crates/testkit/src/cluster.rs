@@ -44,8 +44,11 @@ const BROKER_HEAP: &str = "-Xmx512m";
 pub enum Shape {
     /// One combined broker/controller; replication factor 1.
     SingleNode,
-    /// Three combined brokers/controllers: replication factor 3 for every
-    /// topic (internal ones too) and `min.insync.replicas = 2`.
+    /// Three brokers — replication factor 3 for every topic (internal ones
+    /// too) and `min.insync.replicas = 2` — and a dedicated KRaft controller
+    /// (a fourth JVM, not counted as a node and never killed by the kit), so
+    /// that with two brokers down the cluster still answers, refusing writes
+    /// with `NOT_ENOUGH_REPLICAS` as a production cluster would.
     ThreeNodes,
 }
 
@@ -58,6 +61,12 @@ impl Shape {
         }
     }
 
+    /// Whether the controller runs in a JVM of its own rather than inside
+    /// the (single) broker.
+    fn dedicated_controller(self) -> bool {
+        matches!(self, Self::ThreeNodes)
+    }
+
     fn replication_factor(self) -> usize {
         self.nodes()
     }
@@ -68,6 +77,15 @@ impl Shape {
             Self::ThreeNodes => 2,
         }
     }
+}
+
+/// What a node's JVM runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Broker and controller in one process.
+    Combined,
+    Broker,
+    Controller,
 }
 
 struct Node {
@@ -129,13 +147,16 @@ impl KafkaCluster {
 
     fn start_once(runtime: &KafkaRuntime, shape: Shape) -> Result<Self, StartFailure> {
         let dir = new_cluster_dir()?;
-        let ports = free_ports(shape.nodes() * 2)?;
-        let (ports, controller_ports) = ports.split_at(shape.nodes());
-        let voters: Vec<String> = controller_ports
-            .iter()
-            .enumerate()
-            .map(|(i, port)| format!("{}@127.0.0.1:{port}", i + 1))
-            .collect();
+        // One client port per broker, and one controller port.
+        let ports = free_ports(shape.nodes() + 1)?;
+        let (ports, controller_port) = ports.split_at(shape.nodes());
+        let controller_port = controller_port[0];
+        let controller_id = if shape.dedicated_controller() {
+            i32::try_from(shape.nodes() + 1).unwrap_or(i32::MAX)
+        } else {
+            1
+        };
+        let voters = format!("{controller_id}@127.0.0.1:{controller_port}");
         let bootstrap = ports
             .iter()
             .map(|p| format!("127.0.0.1:{p}"))
@@ -146,8 +167,22 @@ impl KafkaCluster {
             .map_err(ClusterError::io("writing the log configuration"))?;
         std::fs::write(dir.join("tools-log4j2.properties"), TOOLS_LOG_CONFIG)
             .map_err(ClusterError::io("writing the tools' log configuration"))?;
-        for (i, (port, controller_port)) in ports.iter().zip(controller_ports).enumerate() {
-            let id = i32::try_from(i + 1).unwrap_or(i32::MAX);
+        let mut roles: Vec<(Role, i32, Option<u16>)> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| {
+                let role = if shape.dedicated_controller() {
+                    Role::Broker
+                } else {
+                    Role::Combined
+                };
+                (role, i32::try_from(i + 1).unwrap_or(i32::MAX), Some(*port))
+            })
+            .collect();
+        if shape.dedicated_controller() {
+            roles.push((Role::Controller, controller_id, None));
+        }
+        for (role, id, port) in roles {
             let node_dir = dir.join(format!("node-{id}"));
             for sub in ["data", "logs"] {
                 std::fs::create_dir_all(node_dir.join(sub))
@@ -155,10 +190,11 @@ impl KafkaCluster {
             }
             let properties = server_properties(
                 shape,
+                role,
                 id,
-                *port,
-                *controller_port,
-                &voters.join(","),
+                port,
+                controller_port,
+                &voters,
                 &node_dir.join("data"),
             );
             std::fs::write(node_dir.join("server.properties"), properties)
@@ -191,7 +227,10 @@ impl KafkaCluster {
             admin,
             stopped: Mutex::new(false),
         };
-        let started = (0..shape.nodes())
+        // The controller (last, when dedicated) first: brokers register with it.
+        let processes = cluster.lock_nodes().len();
+        let started = (0..processes)
+            .rev()
             .try_for_each(|index| cluster.launch(index))
             .and_then(|()| cluster.wait_until_ready());
         match started {
@@ -244,12 +283,15 @@ impl KafkaCluster {
     /// Kills node `index` at once (SIGKILL, no controlled shutdown), as a
     /// crash would.
     pub fn kill_node(&self, index: usize) -> Result<(), ClusterError> {
+        let count = self.nodes();
+        if index >= count {
+            return Err(ClusterError::NoSuchNode {
+                index,
+                nodes: count,
+            });
+        }
         let mut nodes = self.lock_nodes();
-        let count = nodes.len();
-        let node = nodes.get_mut(index).ok_or(ClusterError::NoSuchNode {
-            index,
-            nodes: count,
-        })?;
+        let node = &mut nodes[index];
         if let Some(mut child) = node.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -277,10 +319,12 @@ impl KafkaCluster {
 
     /// Whether node `index`'s JVM is running.
     pub fn node_running(&self, index: usize) -> bool {
-        self.lock_nodes()
-            .get_mut(index)
-            .and_then(|n| n.child.as_mut())
-            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+        index < self.nodes()
+            && self
+                .lock_nodes()
+                .get_mut(index)
+                .and_then(|n| n.child.as_mut())
+                .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
     }
 
     /// The index of the node leading `topic`'s `partition`, if it has a leader.
@@ -753,23 +797,35 @@ fn format_storage(runtime: &KafkaRuntime, dir: &Path, nodes: &[Node]) -> Result<
 
 fn server_properties(
     shape: Shape,
+    role: Role,
     id: i32,
-    port: u16,
+    port: Option<u16>,
     controller_port: u16,
     voters: &str,
     data: &Path,
 ) -> String {
     let rf = shape.replication_factor();
     let min_isr = shape.min_insync_replicas();
+    let client = port.map(|p| format!("PLAINTEXT://127.0.0.1:{p}"));
+    let controller = format!("CONTROLLER://127.0.0.1:{controller_port}");
+    let (roles, listeners) = match role {
+        Role::Combined => (
+            "broker,controller",
+            format!("{},{controller}", client.clone().unwrap_or_default()),
+        ),
+        Role::Broker => ("broker", client.clone().unwrap_or_default()),
+        Role::Controller => ("controller", controller),
+    };
+    let broker_listeners = client.map_or_else(String::new, |client| {
+        format!("advertised.listeners={client}\ninter.broker.listener.name=PLAINTEXT\n")
+    });
     format!(
         "# Written by taskstream-testkit for one test cluster.
-process.roles=broker,controller
+process.roles={roles}
 node.id={id}
 controller.quorum.voters={voters}
-listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port}
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
+listeners={listeners}
+{broker_listeners}controller.listener.names=CONTROLLER
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 log.dirs={data}
 num.partitions=1

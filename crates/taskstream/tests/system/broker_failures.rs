@@ -4,10 +4,13 @@
 //!
 //! 1. the node leading the most `task-events` partitions is killed
 //!    (SIGKILL), and started again once its partitions have new leaders;
-//! 2. two nodes are killed at once — below `min.insync.replicas`, and, as
-//!    every node is also a KRaft controller, without a controller quorum —
+//! 2. two nodes are killed at once — below `min.insync.replicas`, while the
+//!    cluster's dedicated controller keeps running, so the surviving broker
+//!    leads every partition and refuses writes with `NOT_ENOUGH_REPLICAS` —
 //!    for an outage: the API keeps answering 201, the outbox grows and
-//!    `/readyz` says why; then both come back and everything drains.
+//!    `/readyz` says why (first that the dead brokers do not answer, then,
+//!    once the controller has fenced them, that too few replicas are in
+//!    sync); then both come back and everything drains.
 //!
 //! At the end the crash harness's three counts must be zero: lost,
 //! duplicate_effects and out_of_order. It prints a summary line with the
@@ -349,11 +352,28 @@ async fn failures(
         .to_owned();
     eprintln!("readiness with two nodes down: {not_ready}");
     assert!(
-        [first, second]
-            .iter()
-            .any(|n| kafka_detail.contains(&addresses[*n])),
-        "the kafka check names a broker that is down: {kafka_detail}"
+        kafka_detail.contains("min.insync.replicas")
+            || [first, second]
+                .iter()
+                .any(|n| kafka_detail.contains(&addresses[*n])),
+        "the kafka check names a broker that is down or the replicas missing: {kafka_detail}"
     );
+    // Once the controller has fenced the dead brokers, the survivor leads
+    // every partition, and the reason is the one writes now fail with.
+    let below_min_isr = eventually(
+        "/readyz to say too few replicas are in sync",
+        Duration::from_secs(60),
+        || async {
+            let (_, body) = readiness(client, http).await?;
+            let detail = check(&body, "kafka")["detail"].as_str()?.to_owned();
+            // The survivor answers: it is not reported as silent.
+            (detail.contains("fewer replicas in sync than min.insync.replicas (2)")
+                && !detail.contains("does not answer"))
+            .then_some(detail)
+        },
+    )
+    .await;
+    eprintln!("kafka check below min.insync.replicas: {below_min_isr}");
     let early = outbox(client, http).await.expect("metrics");
     tokio::time::sleep(outage.saturating_sub(down_at.elapsed())).await;
     let late = outbox(client, http).await.expect("metrics");

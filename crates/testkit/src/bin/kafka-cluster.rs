@@ -10,7 +10,8 @@ use taskstream_testkit::{fetch_jars, kafka_version, KafkaCluster, Shape};
 #[derive(Parser)]
 #[command(about = "Apache Kafka (from Maven Central) on random loopback ports")]
 struct Args {
-    /// Nodes in the cluster: 1, or 3 (replication factor 3, min.insync.replicas 2).
+    /// Brokers in the cluster: 1 (also the controller), or 3 (replication factor 3,
+    /// min.insync.replicas 2, and a dedicated controller).
     #[arg(long, default_value_t = 1, value_parser = parse_brokers)]
     brokers: usize,
     #[command(subcommand)]
