@@ -267,6 +267,16 @@ impl KafkaCluster {
         &self.dir
     }
 
+    /// The Java runtime and jars the nodes run on.
+    pub(crate) fn runtime(&self) -> &KafkaRuntime {
+        &self.runtime
+    }
+
+    /// The number of replicas of every topic the cluster creates.
+    pub(crate) fn replication_factor(&self) -> usize {
+        self.shape.replication_factor()
+    }
+
     /// The Kafka node id of node `index` (counted from 0).
     pub fn node_id(&self, index: usize) -> i32 {
         i32::try_from(index + 1).unwrap_or(i32::MAX)
@@ -882,7 +892,7 @@ rootLogger.level = warn
 rootLogger.appenderRef.err.ref = err
 ";
 
-fn new_cluster_dir() -> Result<PathBuf, ClusterError> {
+pub(crate) fn new_cluster_dir() -> Result<PathBuf, ClusterError> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
     let dir = std::env::temp_dir().join(format!("{DIR_PREFIX}{}-{n}", std::process::id()));
@@ -919,7 +929,7 @@ fn sweep_abandoned_dirs() {
 }
 
 /// Binds `count` distinct free loopback ports, then releases them for the JVMs.
-fn free_ports(count: usize) -> Result<Vec<u16>, ClusterError> {
+pub(crate) fn free_ports(count: usize) -> Result<Vec<u16>, ClusterError> {
     let listeners = (0..count)
         .map(|_| TcpListener::bind("127.0.0.1:0"))
         .collect::<Result<Vec<_>, _>>()
@@ -965,7 +975,7 @@ fn base64_url(bytes: &[u8]) -> String {
     out
 }
 
-fn tail(path: &Path, lines: usize) -> String {
+pub(crate) fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")

@@ -5,6 +5,9 @@
 //! - [`KafkaCluster`]: a KRaft cluster of one or three nodes on random
 //!   loopback ports in a temporary directory; nodes can be killed and
 //!   restarted, and Kafka's own command-line tools run against it.
+//! - [`ConnectWorker`]: a Kafka Connect distributed worker on such a
+//!   cluster, with the Debezium PostgreSQL connector as a plugin
+//!   (`kafka/debezium/pom.xml`).
 //! - [`shared_cluster`] and [`kafka_or_skip`]: one cluster per test binary,
 //!   skipped loudly (or failed, with `TASKSTREAM_REQUIRE_KAFKA=1`) when Java
 //!   or Maven are missing.
@@ -13,6 +16,7 @@
 //! checks against this cluster and against taskstream's dev broker.
 
 mod cluster;
+mod connect;
 mod coordinator;
 mod error;
 mod process;
@@ -20,6 +24,10 @@ mod runtime;
 mod shared;
 
 pub use cluster::{KafkaCluster, Shape};
+pub use connect::{ConnectWorker, POSTGRES_CONNECTOR};
 pub use error::ClusterError;
-pub use runtime::{fetch_jars, kafka_version, KafkaRuntime, CACHE_ENV, KAFKA_POM};
+pub use runtime::{
+    debezium_version, fetch_debezium_plugin, fetch_jars, kafka_version, KafkaRuntime, CACHE_ENV,
+    DEBEZIUM_POM, KAFKA_POM,
+};
 pub use shared::{kafka_or_skip, shared_cluster, skip_or_fail, REQUIRE_KAFKA_ENV};

@@ -15,6 +15,9 @@ use crate::ClusterError;
 /// The Maven project that names Kafka's jars, exactly as committed.
 pub const KAFKA_POM: &str = include_str!("../../../kafka/pom.xml");
 
+/// The Maven project that names the Debezium connector plugin's jars.
+pub const DEBEZIUM_POM: &str = include_str!("../../../kafka/debezium/pom.xml");
+
 /// Overrides where the jars are cached (default `~/.cache/taskstream/kafka`).
 pub const CACHE_ENV: &str = "TASKSTREAM_KAFKA_CACHE";
 
@@ -73,28 +76,66 @@ pub fn kafka_version() -> &'static str {
 /// Starts Maven only when they are not there yet.
 pub fn fetch_jars() -> Result<PathBuf, ClusterError> {
     let dir = cache_root().join(format!("{}-{:016x}", kafka_version(), fnv1a(KAFKA_POM)));
-    let lib = dir.join("lib");
+    fetch(&dir, KAFKA_POM, "lib", &[])
+}
+
+/// Makes sure the Debezium PostgreSQL connector's jars are in the cache and
+/// returns the directory to give a Connect worker as `plugin.path` (it holds
+/// one plugin directory, `debezium-connector-postgres`).
+pub fn fetch_debezium_plugin() -> Result<PathBuf, ClusterError> {
+    let dir = cache_root().join(format!(
+        "debezium-{}-{:016x}",
+        debezium_version(),
+        fnv1a(DEBEZIUM_POM)
+    ));
+    fetch(
+        &dir,
+        DEBEZIUM_POM,
+        "plugins/debezium-connector-postgres",
+        // Kafka's own jars come from the worker's class path.
+        &[
+            "-DincludeScope=runtime",
+            "-DexcludeGroupIds=org.apache.kafka",
+        ],
+    )?;
+    Ok(dir.join("plugins"))
+}
+
+/// The Debezium release `kafka/debezium/pom.xml` pins.
+pub fn debezium_version() -> &'static str {
+    DEBEZIUM_POM
+        .split_once("<debezium.version>")
+        .and_then(|(_, rest)| rest.split_once("</debezium.version>"))
+        .map_or("unknown", |(version, _)| version.trim())
+}
+
+/// Copies the dependencies of `pom` into `dir/<into>` with Maven, unless
+/// that directory is already there, and returns it.
+fn fetch(dir: &Path, pom: &str, into: &str, args: &[&str]) -> Result<PathBuf, ClusterError> {
+    let lib = dir.join(into);
     if lib.is_dir() {
         return Ok(lib);
     }
     let mvn = find_on_path("mvn")
         .ok_or_else(|| ClusterError::Maven("`mvn` is not on PATH (install Maven 3.6+)".into()))?;
-    std::fs::create_dir_all(&dir)
-        .map_err(ClusterError::io(format!("creating {}", dir.display())))?;
-    let pom = dir.join("pom.xml");
-    std::fs::write(&pom, KAFKA_POM)
-        .map_err(ClusterError::io(format!("writing {}", pom.display())))?;
+    let parent = lib.parent().unwrap_or(dir);
+    std::fs::create_dir_all(parent)
+        .map_err(ClusterError::io(format!("creating {}", parent.display())))?;
+    let pom_file = dir.join("pom.xml");
+    std::fs::write(&pom_file, pom)
+        .map_err(ClusterError::io(format!("writing {}", pom_file.display())))?;
     // Copy into a directory of this process's own, then rename: a second
     // process fetching at the same time never sees half a classpath.
-    let partial = dir.join(format!("lib.partial-{}", std::process::id()));
+    let partial = dir.join(format!("partial-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&partial);
     let output = Command::new(&mvn)
         .arg("-q")
         .arg("-B")
         .arg("-Dstyle.color=never")
         .arg("-f")
-        .arg(&pom)
+        .arg(&pom_file)
         .arg("dependency:copy-dependencies")
+        .args(args)
         .arg(format!("-DoutputDirectory={}", partial.display()))
         .output()
         .map_err(|e| ClusterError::Maven(format!("running {}: {e}", mvn.display())))?;
@@ -204,6 +245,11 @@ mod tests {
         assert_eq!(java_major("openjdk version \"25\" 2025-09-16"), Some(25));
         assert_eq!(java_major("openjdk version \"21-ea\""), Some(21));
         assert_eq!(java_major("no quotes here"), None);
+    }
+
+    #[test]
+    fn the_pinned_debezium_version_is_read_from_its_pom() {
+        assert_eq!(debezium_version(), "3.6.1.Final");
     }
 
     #[test]

@@ -5,7 +5,9 @@
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use taskstream_testkit::{fetch_jars, kafka_version, KafkaCluster, Shape};
+use taskstream_testkit::{
+    debezium_version, fetch_debezium_plugin, fetch_jars, kafka_version, KafkaCluster, Shape,
+};
 
 #[derive(Parser)]
 #[command(about = "Apache Kafka (from Maven Central) on random loopback ports")]
@@ -20,7 +22,8 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Action {
-    /// Fetches Kafka's jars into the cache (with Maven, the first time only) and exits.
+    /// Fetches Kafka's jars and the Debezium connector plugin into the cache (with Maven, the
+    /// first time only) and exits.
     Fetch,
 }
 
@@ -50,6 +53,13 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             "Kafka {} jars in {} ({:.1} s)",
             kafka_version(),
             lib.display(),
+            began.elapsed().as_secs_f64()
+        );
+        let plugins = fetch_debezium_plugin()?;
+        eprintln!(
+            "Debezium {} connector plugin in {} ({:.1} s)",
+            debezium_version(),
+            plugins.display(),
             began.elapsed().as_secs_f64()
         );
         return Ok(());
