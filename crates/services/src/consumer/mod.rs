@@ -18,6 +18,8 @@
 //! - [`inbox`]: events the group has handled skip the handler;
 //! - [`dead_letter`]: records the group gives up on are parked;
 //! - [`handler`]: the business logic itself.
+//!
+//! Records deleted before the group read them are reported by [`skips`].
 
 mod dead_letter;
 mod decode;
@@ -26,6 +28,7 @@ mod handler;
 mod inbox;
 mod metrics;
 mod retry;
+mod skips;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -40,7 +43,7 @@ use tracing::Instrument;
 use self::dead_letter::Stage;
 use self::metrics::{event_span, GroupMetrics};
 use self::retry::{attempt_in_a_row, Attempts, Hold, Holds};
-use crate::offset_resets::{GapRepair, OffsetResets, Repair};
+use crate::offset_resets::{GapRepair, OffsetResets};
 use crate::{Backoff, DeadLetterPublisher, EventDecoder, Shutdown};
 
 pub use error::{BoxError, HandleError};
@@ -437,58 +440,14 @@ impl<H: EventHandler> ConsumerService<H> {
         if resets.is_empty() {
             return;
         }
-        let group = self.consumer.group();
-        for reset in &resets {
-            tracing::error!(
-                group,
-                topic = reset.topic,
-                partition = reset.partition,
-                from_offset = reset.from,
-                to_offset = reset.to,
-                skipped = reset.skipped(),
-                log_start = reset.log_start,
-                "offset reset: group {group} skipped offsets {}..{} of {}[{}] ({} events), deleted before it read them",
-                reset.from,
-                reset.to,
-                reset.topic,
-                reset.partition,
-                reset.skipped()
-            );
-            self.metrics.offset_reset(reset);
-            if let Some(registry) = &self.resets {
-                registry.record(reset);
-            }
-        }
-        let repair = match &self.repair {
-            None => Repair::Unavailable,
-            Some(repair) => {
-                let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
-                let mut attempt = 1;
-                loop {
-                    match repair.repair(&resets).await {
-                        Ok(requeued) => {
-                            tracing::warn!(group, requeued, "repairing the offset reset: events this group has not handled are published again from the outbox");
-                            self.metrics.republished(requeued);
-                            break Repair::Republished(requeued);
-                        }
-                        Err(error) if attempt < 3 => {
-                            tracing::warn!(group, %error, attempt, "cannot repair the offset reset yet; retrying");
-                            tokio::time::sleep(backoff.next_delay()).await;
-                            attempt += 1;
-                        }
-                        Err(error) => {
-                            tracing::error!(group, %error, "cannot repair the offset reset: the skipped events stay lost to this group");
-                            break Repair::Failed(error);
-                        }
-                    }
-                }
-            }
-        };
-        if let Some(registry) = &self.resets {
-            for reset in &resets {
-                registry.repaired(reset, &repair);
-            }
-        }
+        skips::report(
+            self.consumer.group(),
+            &resets,
+            &self.metrics,
+            self.resets.as_deref(),
+            self.repair.as_deref(),
+        )
+        .await;
     }
 }
 
