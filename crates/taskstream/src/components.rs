@@ -17,10 +17,10 @@ use taskstream_kafka::{
 };
 use taskstream_services::topics::TASK_EVENTS;
 use taskstream_services::{
-    AuditHandler, ConsumerService, DeadLetterPublisher, DelayedSink, EventDecoder, EventEncoding,
-    EventHandler, GapRepair, LogSink, NotificationHandler, NotificationSink, OffsetResets,
-    OutboxRelay, OutboxRepair, ProducerFactory, RelaySettings, RetryPolicy, Shutdown,
-    ShutdownTrigger, WebhookSink, AUDITOR_GROUP, NOTIFIER_GROUP,
+    AuditHandler, ConsumerService, DeadLetterPublisher, Deduplicated, DelayedSink, EventDecoder,
+    EventEncoding, EventHandler, GapRepair, LogSink, NotificationHandler, NotificationSink,
+    OffsetResets, OutboxRelay, OutboxRepair, ProcessedEvents, ProducerFactory, RelaySettings,
+    RetryPolicy, Shutdown, ShutdownTrigger, WebhookSink, AUDITOR_GROUP, NOTIFIER_GROUP,
 };
 use taskstream_store::{Database, OutboxStore, PgOptions, SqliteOptions, Store};
 use taskstream_telemetry::Metrics;
@@ -352,8 +352,11 @@ pub fn notifier(
         ),
         None => slowed(LogSink, sink.delay),
     };
-    let repair = Arc::new(OutboxRepair::for_notifier(Arc::clone(&store)));
-    let handler = NotificationHandler::new(store, sink);
+    let repair = Arc::new(OutboxRepair::for_notifier(Arc::clone(&store), group));
+    let handler = Deduplicated::new(
+        ProcessedEvents::new(store.clone()),
+        NotificationHandler::new(store, sink),
+    );
     consumer("notifier", kafka, group, options, handler, repair, metrics)
 }
 

@@ -22,6 +22,7 @@ mod interop;
 mod kafka_security;
 mod kafka_tools;
 mod manifests;
+mod notifier_groups;
 mod observability;
 mod offset_resets;
 mod rebalance;
