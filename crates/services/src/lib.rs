@@ -2,13 +2,11 @@
 //! events, and the two services that consume them independently, each in its
 //! own consumer group: the notification service and the audit-log service.
 
-pub mod access;
 mod auditor;
 mod backoff;
 mod consumer;
 pub mod dead_letter;
 mod encoding;
-pub mod lag;
 mod notifier;
 pub mod offset_resets;
 mod relay;
