@@ -29,11 +29,12 @@ COPY schemas schemas
 # The cache mounts keep the crates.io downloads and the compiled dependencies
 # between builds, so a change to our own code recompiles only our crates.
 # The binary is copied out of the cached target directory, which does not
-# survive into the image.
+# survive into the image. `--no-default-features` leaves out `taskstream bench`
+# and its dependencies (plotting, histograms, an HTTP load client).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target,sharing=locked \
-    cargo build --release --locked -p taskstream \
+    cargo build --release --locked -p taskstream --no-default-features \
     && install -D -m 0755 target/release/taskstream /out/taskstream
 
 # ---- runtime -----------------------------------------------------------------

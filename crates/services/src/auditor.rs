@@ -7,14 +7,15 @@ use taskstream_domain::EventEnvelope;
 use taskstream_kafka::InboundRecord;
 use taskstream_store::{AuditEntry, AuditStore};
 
-use crate::{Delivery, EventHandler, Handled, HandlerError};
+use crate::{Delivery, EventHandler, HandleError, Handled};
 
 /// The audit-log service's consumer group.
 pub const AUDITOR_GROUP: &str = "auditor";
 
 /// Appends each event, with the topic, partition and offset it was read
-/// from, to the audit log. A redelivered event is recognised by its id and
-/// not recorded again.
+/// from, to the audit log. The log holds one entry per event, whichever
+/// group read it: an event already recorded is not recorded again, and
+/// counts as a duplicate.
 pub struct AuditHandler {
     store: Arc<dyn AuditStore>,
 }
@@ -25,7 +26,7 @@ impl AuditHandler {
     }
 }
 
-fn entry(record: &InboundRecord, event: &EventEnvelope) -> Result<AuditEntry, HandlerError> {
+fn entry(record: &InboundRecord, event: &EventEnvelope) -> Result<AuditEntry, HandleError> {
     Ok(AuditEntry {
         event_id: event.id.as_uuid(),
         event_type: event.event_type.to_string(),
@@ -37,8 +38,10 @@ fn entry(record: &InboundRecord, event: &EventEnvelope) -> Result<AuditEntry, Ha
         partition: record.partition,
         offset: record.offset,
         recorded_at: taskstream_domain::now(),
-        envelope: serde_json::to_string(event)
-            .map_err(|e| HandlerError::permanent(e.to_string()))?,
+        envelope: serde_json::to_string(event).map_err(|e| HandleError::Permanent {
+            message: e.to_string(),
+            source: Some(Box::new(e)),
+        })?,
     })
 }
 
@@ -55,16 +58,12 @@ fn log(record: &InboundRecord, fresh: bool) -> Handled {
 
 #[async_trait]
 impl EventHandler for AuditHandler {
-    async fn handle(
-        &self,
-        record: &InboundRecord,
-        event: &EventEnvelope,
-    ) -> Result<Handled, HandlerError> {
-        let fresh = self.store.append(&entry(record, event)?).await?;
-        Ok(log(record, fresh))
+    async fn handle(&self, d: &Delivery<'_>) -> Result<Handled, HandleError> {
+        let fresh = self.store.append(&entry(d.record, d.event)?).await?;
+        Ok(log(d.record, fresh))
     }
 
-    async fn handle_batch(&self, batch: &[Delivery<'_>]) -> Result<Vec<Handled>, HandlerError> {
+    async fn handle_batch(&self, batch: &[Delivery<'_>]) -> Result<Vec<Handled>, HandleError> {
         let entries = batch
             .iter()
             .map(|d| entry(d.record, d.event))

@@ -2,13 +2,11 @@
 //! events, and the two services that consume them independently, each in its
 //! own consumer group: the notification service and the audit-log service.
 
-pub mod access;
 mod auditor;
 mod backoff;
-mod consumer_service;
+mod consumer;
 pub mod dead_letter;
 mod encoding;
-pub mod lag;
 mod notifier;
 pub mod offset_resets;
 mod relay;
@@ -18,14 +16,13 @@ mod webhook;
 
 pub use auditor::{AuditHandler, AUDITOR_GROUP};
 pub use backoff::Backoff;
-pub use consumer_service::{
-    ConsumerService, Delivery, EventHandler, Handled, HandlerError, RetryPolicy,
+pub use consumer::{
+    BoxError, ConsumerService, Deduplicated, Delivery, EventHandler, HandleError, Handled, Inbox,
+    ProcessedEvents, RetryPolicy,
 };
 pub use dead_letter::{dead_letter_topic, DeadLetterPublisher, ErrorClass};
 pub use encoding::{EncodingError, EventDecoder, EventEncoding};
-pub use notifier::{
-    DelayedSink, LogSink, NotificationHandler, NotificationSink, SinkError, NOTIFIER_GROUP,
-};
+pub use notifier::{DelayedSink, LogSink, NotificationHandler, NotificationSink, NOTIFIER_GROUP};
 pub use offset_resets::{GapRepair, OffsetResets, OutboxRepair, Repair};
 pub use relay::{OutboxRelay, ProducerFactory, RelayError, RelaySettings};
 pub use shutdown::{Shutdown, ShutdownTrigger};

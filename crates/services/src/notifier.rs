@@ -8,49 +8,24 @@
 //!
 //! Each notification's id is derived from the event id and the kind, so a
 //! sink sees the same id if an event is ever redelivered and can use it as
-//! an idempotency key. The event is marked processed in the same transaction
-//! that records the notifications; a redelivered event sends nothing.
+//! an idempotency key. The event is marked processed by the group the
+//! notifier runs in, in the same transaction that records the
+//! notifications; that group's inbox ([`crate::ProcessedEvents`]) keeps a
+//! redelivered event from reaching the handler. Notifiers in other groups
+//! notify on their own.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use taskstream_domain::{EventEnvelope, EventType};
-use taskstream_kafka::InboundRecord;
 use taskstream_store::{NotificationRecord, NotificationStore};
+use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::{Delivery, EventHandler, Handled, HandlerError};
-use tracing::Instrument;
+use crate::{Delivery, EventHandler, HandleError, Handled};
 
 /// The notification service's consumer group.
 pub const NOTIFIER_GROUP: &str = "notifier";
-
-/// Why a sink could not deliver.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct SinkError {
-    pub message: String,
-    /// Trying again cannot help (the receiver refused the notification).
-    pub permanent: bool,
-}
-
-impl SinkError {
-    /// A failure that may pass (the receiver is down or overloaded).
-    pub fn transient(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            permanent: false,
-        }
-    }
-
-    /// A refusal that retrying cannot change.
-    pub fn permanent(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            permanent: true,
-        }
-    }
-}
 
 /// Where notifications go (a log, a webhook, e-mail...).
 #[async_trait]
@@ -58,7 +33,8 @@ pub trait NotificationSink: Send + Sync + 'static {
     /// The channel name stored with each notification.
     fn channel(&self) -> &'static str;
     /// Delivers one notification; `n.id` is stable across redeliveries.
-    async fn deliver(&self, n: &NotificationRecord) -> Result<(), SinkError>;
+    /// A [`HandleError::Permanent`] failure means the receiver refused it.
+    async fn deliver(&self, n: &NotificationRecord) -> Result<(), HandleError>;
 }
 
 /// Writes notifications to the log (target `notifications`, at DEBUG: one
@@ -73,7 +49,7 @@ impl NotificationSink for LogSink {
         "log"
     }
 
-    async fn deliver(&self, n: &NotificationRecord) -> Result<(), SinkError> {
+    async fn deliver(&self, n: &NotificationRecord) -> Result<(), HandleError> {
         tracing::debug!(
             target: "notifications",
             id = %n.id,
@@ -102,13 +78,15 @@ impl<S: NotificationSink> NotificationSink for DelayedSink<S> {
         self.inner.channel()
     }
 
-    async fn deliver(&self, n: &NotificationRecord) -> Result<(), SinkError> {
+    async fn deliver(&self, n: &NotificationRecord) -> Result<(), HandleError> {
         tokio::time::sleep(self.delay).await;
         self.inner.deliver(n).await
     }
 }
 
-/// Applies the rules above to each event.
+/// Applies the rules above to each event. Run it behind the group's inbox,
+/// `Deduplicated::new(ProcessedEvents::new(store), handler)`: it sends
+/// whatever reaches it.
 pub struct NotificationHandler {
     store: Arc<dyn NotificationStore>,
     sink: Arc<dyn NotificationSink>,
@@ -152,20 +130,11 @@ impl NotificationHandler {
             EventType::TaskUpdated | EventType::TaskDeleted => Vec::new(),
         }
     }
-}
 
-impl NotificationHandler {
-    /// Sends the notifications `event` calls for, unless it was handled
-    /// before; `None` for a duplicate.
-    async fn send(
-        &self,
-        event: &EventEnvelope,
-    ) -> Result<Option<Vec<NotificationRecord>>, HandlerError> {
+    /// Sends the notifications the delivered event calls for.
+    async fn send(&self, d: &Delivery<'_>) -> Result<Vec<NotificationRecord>, HandleError> {
+        let event = d.event;
         let event_id = event.id.as_uuid();
-        if self.store.is_processed(NOTIFIER_GROUP, event_id).await? {
-            tracing::debug!(target: "notifications", "duplicate delivery ignored");
-            return Ok(None);
-        }
         let mut sent = Vec::new();
         for (kind, recipient, message) in Self::notifications_for(event) {
             let n = NotificationRecord {
@@ -179,17 +148,13 @@ impl NotificationHandler {
                 channel: self.sink.channel().to_owned(),
                 sent_at: taskstream_domain::now(),
             };
-            self.sink.deliver(&n).await.map_err(|e| {
-                let message = format!("sink {}: {e}", self.sink.channel());
-                if e.permanent {
-                    HandlerError::permanent(message)
-                } else {
-                    HandlerError::transient(message)
-                }
-            })?;
+            self.sink
+                .deliver(&n)
+                .await
+                .map_err(|e| e.context(format_args!("sink {}", self.sink.channel())))?;
             sent.push(n);
         }
-        Ok(Some(sent))
+        Ok(sent)
     }
 }
 
@@ -197,33 +162,30 @@ fn outcome(fresh: bool) -> Handled {
     if fresh {
         Handled::Applied
     } else {
+        tracing::debug!(target: "notifications", "duplicate delivery ignored");
         Handled::Duplicate
     }
 }
 
 #[async_trait]
 impl EventHandler for NotificationHandler {
-    async fn handle(
-        &self,
-        _record: &InboundRecord,
-        event: &EventEnvelope,
-    ) -> Result<Handled, HandlerError> {
-        let Some(sent) = self.send(event).await? else {
-            return Ok(Handled::Duplicate);
-        };
+    async fn handle(&self, d: &Delivery<'_>) -> Result<Handled, HandleError> {
+        let sent = self.send(d).await?;
         let fresh = self
             .store
-            .record_notifications(NOTIFIER_GROUP, event.id.as_uuid(), &sent)
+            .record_notifications(d.group, d.event.id.as_uuid(), &sent)
             .await?;
         Ok(outcome(fresh))
     }
 
-    async fn handle_batch(&self, batch: &[Delivery<'_>]) -> Result<Vec<Handled>, HandlerError> {
-        let mut to_record = Vec::new();
-        let mut slots = Vec::with_capacity(batch.len());
+    async fn handle_batch(&self, batch: &[Delivery<'_>]) -> Result<Vec<Handled>, HandleError> {
+        let Some(group) = batch.first().map(|d| d.group) else {
+            return Ok(Vec::new());
+        };
+        let mut to_record = Vec::with_capacity(batch.len());
         for d in batch {
-            let sent = match self.send(d.event).instrument(d.span.clone()).await {
-                Ok(sent) => sent,
+            match self.send(d).instrument(d.span.clone()).await {
+                Ok(sent) => to_record.push((d.event.id.as_uuid(), sent)),
                 Err(error) => {
                     // The batch fails and its events are handled again one
                     // by one: record what was already sent, so it is not
@@ -231,7 +193,7 @@ impl EventHandler for NotificationHandler {
                     if !to_record.is_empty() {
                         if let Err(record_error) = self
                             .store
-                            .record_notifications_batch(NOTIFIER_GROUP, &to_record)
+                            .record_notifications_batch(group, &to_record)
                             .await
                         {
                             tracing::debug!(target: "notifications", error = %record_error, "cannot record the notifications sent before a failure");
@@ -239,22 +201,16 @@ impl EventHandler for NotificationHandler {
                     }
                     return Err(error);
                 }
-            };
-            match sent {
-                Some(sent) => {
-                    slots.push(Some(to_record.len()));
-                    to_record.push((d.event.id.as_uuid(), sent));
-                }
-                None => slots.push(None),
             }
         }
         let fresh = self
             .store
-            .record_notifications_batch(NOTIFIER_GROUP, &to_record)
+            .record_notifications_batch(group, &to_record)
             .await?;
-        Ok(slots
-            .into_iter()
-            .map(|slot| slot.map_or(Handled::Duplicate, |i| outcome(fresh[i])))
+        Ok(batch
+            .iter()
+            .zip(fresh)
+            .map(|(d, fresh)| d.span.in_scope(|| outcome(fresh)))
             .collect())
     }
 }

@@ -134,7 +134,8 @@ pub trait GapRepair: Send + Sync + 'static {
 /// again.
 pub struct OutboxRepair {
     store: Arc<Store>,
-    handled_by: HandledBy<'static>,
+    /// The group whose processed events count; `None`: the audit log.
+    processed_by: Option<String>,
 }
 
 impl OutboxRepair {
@@ -142,15 +143,16 @@ impl OutboxRepair {
     pub fn for_auditor(store: Arc<Store>) -> Self {
         Self {
             store,
-            handled_by: HandledBy::AuditLog,
+            processed_by: None,
         }
     }
 
-    /// For the notification service: an event is handled once processed.
-    pub fn for_notifier(store: Arc<Store>) -> Self {
+    /// For the notification service in `group`: an event is handled once
+    /// that group processed it.
+    pub fn for_notifier(store: Arc<Store>, group: &str) -> Self {
         Self {
             store,
-            handled_by: HandledBy::Processed(crate::NOTIFIER_GROUP),
+            processed_by: Some(group.to_owned()),
         }
     }
 }
@@ -158,8 +160,12 @@ impl OutboxRepair {
 #[async_trait]
 impl GapRepair for OutboxRepair {
     async fn repair(&self, _resets: &[OffsetReset]) -> Result<u64, String> {
+        let handled_by = match &self.processed_by {
+            Some(group) => HandledBy::Processed(group),
+            None => HandledBy::AuditLog,
+        };
         self.store
-            .requeue_events_unhandled_by(self.handled_by)
+            .requeue_events_unhandled_by(handled_by)
             .await
             .map_err(|e| e.to_string())
     }

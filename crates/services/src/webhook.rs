@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use taskstream_store::NotificationRecord;
 
-use crate::{NotificationSink, SinkError};
+use crate::{HandleError, NotificationSink};
 
 /// POSTs each notification to one URL.
 #[derive(Clone)]
@@ -88,7 +88,7 @@ impl NotificationSink for WebhookSink {
         "webhook"
     }
 
-    async fn deliver(&self, n: &NotificationRecord) -> Result<(), SinkError> {
+    async fn deliver(&self, n: &NotificationRecord) -> Result<(), HandleError> {
         let body = serde_json::json!({
             "id": n.id,
             "event_id": n.event_id,
@@ -107,7 +107,11 @@ impl NotificationSink for WebhookSink {
             .send()
             .await
             .map_err(|e| {
-                SinkError::transient(format!("POST {}: {}", self.shown, e.without_url()))
+                let e = e.without_url();
+                HandleError::Transient {
+                    message: format!("POST {}: {e}", self.shown),
+                    source: Some(Box::new(e)),
+                }
             })?;
         let status = response.status();
         if status.is_success() {
@@ -115,9 +119,9 @@ impl NotificationSink for WebhookSink {
         }
         let message = format!("POST {} answered {status}", self.shown);
         if REFUSALS.contains(&status.as_u16()) {
-            Err(SinkError::permanent(message))
+            Err(HandleError::permanent(message))
         } else {
-            Err(SinkError::transient(message))
+            Err(HandleError::transient(message))
         }
     }
 }

@@ -679,7 +679,8 @@ async fn record_event(
     for n in sent {
         sqlx::query(
             "INSERT INTO notifications (id, event_id, event_type, task_id, kind, recipient, message, channel, sent_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT DO NOTHING",
         )
         .bind(n.id)
         .bind(n.event_id)

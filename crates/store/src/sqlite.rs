@@ -976,7 +976,8 @@ async fn record_event(
     for n in sent {
         sqlx::query(
             "INSERT INTO notifications (id, event_id, event_type, task_id, kind, recipient, message, channel, sent_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT DO NOTHING",
         )
         .bind(n.id.to_string())
         .bind(n.event_id.to_string())

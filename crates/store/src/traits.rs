@@ -79,6 +79,8 @@ pub trait NotificationStore: Send + Sync + 'static {
 
     /// Records the notifications sent for an event and marks the event
     /// processed, atomically. Returns `false` if it already was.
+    /// A notification another consumer already recorded (the same event
+    /// and kind) stays as it is.
     async fn record_notifications(
         &self,
         consumer: &str,

@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use taskstream::cli::{run, Cli};
+use taskstream::cli::Cli;
+use taskstream::commands::run;
 
 fn main() -> ExitCode {
     taskstream::shutdown_guard::install();

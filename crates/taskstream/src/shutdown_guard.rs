@@ -1,7 +1,7 @@
 //! A bound on shutdown that holds whatever the components are doing.
 //!
 //! The first SIGTERM or Ctrl-C asks a long-running command to stop
-//! gracefully (see [`crate::cli::shutdown_signal`]). Graceful stops can
+//! gracefully (see [`shutdown_signal`]). Graceful stops can
 //! block where no timeout reaches — a Kafka client closing against a broker
 //! that is gone holds a runtime thread — so this guard watches on a thread
 //! and a runtime of its own:
@@ -29,6 +29,32 @@ static GRACEFUL: AtomicBool = AtomicBool::new(false);
 /// [`SHUTDOWN_BOUND`]) instead of ending at once.
 pub fn handle_signals_gracefully() {
     GRACEFUL.store(true, Ordering::Release);
+}
+
+/// Resolves on Ctrl-C or SIGTERM. From the first call on, the process stops
+/// gracefully on the first signal, within
+/// [`SHUTDOWN_BOUND`]; a second signal ends it at once.
+pub async fn shutdown_signal() {
+    handle_signals_gracefully();
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown requested");
 }
 
 /// The exit status for a process ended by a signal, as shells report it.

@@ -1,25 +1,21 @@
 //! `taskstream up`: every component in one process, on embedded defaults.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use taskstream_api::HttpLimits;
+use taskstream_avro::RegistryClient;
 use taskstream_kafka::{ConsumerSettings, DevBroker, KafkaConfig};
-use taskstream_services::topics::declared_topics;
-use taskstream_services::{RelaySettings, NOTIFIER_GROUP};
+use taskstream_services::topics::TASK_EVENTS;
+use taskstream_services::{EventEncoding, RelaySettings, NOTIFIER_GROUP};
 use taskstream_store::{Database, PgOptions, SqliteOptions, Store};
+use taskstream_telemetry::Metrics;
 use tokio::sync::Notify;
 
-use taskstream_api::{HttpLimits, ReadinessCheck};
-use taskstream_avro::RegistryClient;
-use taskstream_services::topics::TASK_EVENTS;
-use taskstream_services::EventEncoding;
-use taskstream_telemetry::Metrics;
-
-use crate::components::{self, Component, ConsumerOptions};
+use crate::components::{self, Component, ConsumerOptions, Readiness};
+use crate::config::Endpoints;
 use crate::data_dir_lock::{DataDirLock, INSTANCE_LOCK_FILE};
 
 /// What `taskstream up` runs with.
@@ -107,9 +103,6 @@ pub struct RunningSystem {
 /// How often Kafka clients report statistics (into `/metrics`).
 pub const STATS_INTERVAL: Duration = Duration::from_secs(5);
 
-/// The file, inside the data directory, that lists the endpoints.
-pub const ENDPOINTS_FILE: &str = "endpoints.json";
-
 impl RunningSystem {
     /// Starts the dev broker (unless a cluster is configured), the store,
     /// the relay, both consumers and the HTTP server, in that order.
@@ -123,9 +116,7 @@ impl RunningSystem {
         }
         let dev_broker = match &config.kafka {
             Some(_) => None,
-            None => {
-                Some(DevBroker::start(&declared_topics(1)).context("cannot start the dev broker")?)
-            }
+            None => Some(components::dev_broker()?),
         };
         let metrics = Metrics::new();
         let kafka = match (&config.kafka, &dev_broker) {
@@ -215,18 +206,13 @@ impl RunningSystem {
                 &metrics,
             )?,
         ]);
-        let mut checks: Vec<Arc<dyn ReadinessCheck>> = vec![
-            Arc::new(components::StoreCheck::new(Arc::clone(&store))),
-            Arc::new(components::KafkaCheck::new(&kafka)?),
-            Arc::new(components::OutboxAgeCheck {
-                store: Arc::clone(&store),
-                max_age: config.ready_max_outbox_age,
-            }),
-            Arc::new(components::OffsetResetCheck::new(&consumer_options)),
-        ];
-        if let Some(client) = &registry {
-            checks.push(Arc::new(components::RegistryCheck(Arc::clone(client))));
+        let checks = Readiness {
+            kafka: Some(&kafka),
+            outbox_max_age: Some(config.ready_max_outbox_age),
+            consumers: Some(&consumer_options),
+            registry: registry.as_ref(),
         }
+        .checks(&store)?;
         let api = components::task_api(Arc::clone(&store), wake)
             .audit(store.clone())
             .notifications(store.clone())
@@ -246,14 +232,9 @@ impl RunningSystem {
             dev_broker,
             _instance_lock: instance_lock,
         };
-        let mut endpoints = serde_json::to_value(system.endpoints())?;
         // Lets `taskstream lag` and extra consumer instances started with the
         // same --data-dir find the broker and use the dev broker's timings.
-        endpoints["kafka_is_dev_broker"] = serde_json::Value::Bool(system.dev_broker.is_some());
-        let endpoints = serde_json::to_vec_pretty(&endpoints)?;
-        let path = config.data_dir.join(ENDPOINTS_FILE);
-        std::fs::write(&path, endpoints)
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        system.endpoints().write(&config.data_dir)?;
         Ok(system)
     }
 
@@ -287,16 +268,14 @@ impl RunningSystem {
         self.dev_broker.as_ref()
     }
 
-    /// Name → address, as printed at start-up and written to `endpoints.json`.
-    pub fn endpoints(&self) -> BTreeMap<&'static str, String> {
-        let mut endpoints = BTreeMap::from([
-            ("http", format!("http://{}", self.http_addr)),
-            ("kafka", self.kafka_bootstrap.clone()),
-        ]);
-        if let Some(url) = &self.registry_url {
-            endpoints.insert("schema-registry", url.clone());
+    /// Where everything is, as printed at start-up and written to `endpoints.json`.
+    pub fn endpoints(&self) -> Endpoints {
+        Endpoints {
+            http: format!("http://{}", self.http_addr),
+            kafka: self.kafka_bootstrap.clone(),
+            kafka_is_dev_broker: self.dev_broker.is_some(),
+            schema_registry: self.registry_url.clone(),
         }
-        endpoints
     }
 
     /// Stops gracefully: no new requests, then the relay publishes what is

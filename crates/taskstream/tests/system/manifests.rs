@@ -610,6 +610,12 @@ fn the_dockerfile_builds_in_its_own_stage_and_runs_the_binary_as_a_numeric_non_r
         .iter()
         .any(|(op, rest)| op == "RUN"
             && rest.contains("cargo build --release --locked -p taskstream")));
+    // The benchmark and its dependencies stay out of the production image.
+    assert!(
+        instructions.iter().any(|(op, rest)| op == "RUN"
+            && rest.contains("cargo build --release --locked -p taskstream --no-default-features")),
+        "the image builds taskstream with its default features (the benchmark)"
+    );
 
     let ignored = std::fs::read_to_string(repo().join(".dockerignore")).unwrap();
     for path in ["target/", ".venv/", ".git/", ".taskstream/"] {

@@ -15,7 +15,7 @@ use taskstream_services::dead_letter::headers;
 use taskstream_services::dead_letter_topic;
 use taskstream_services::topics::TASK_EVENTS;
 
-use crate::cli::{KafkaArgs, KafkaTimeoutArgs};
+use crate::config::{KafkaArgs, KafkaTimeoutArgs};
 
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {

@@ -8,11 +8,12 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use taskstream_kafka::{group_offsets, list_groups, record_timestamps, KafkaConfig};
-use taskstream_services::lag::{GroupReport, LagTracker, PartitionStatus};
+
 use taskstream_services::topics::TASK_EVENTS;
 use taskstream_services::{AUDITOR_GROUP, NOTIFIER_GROUP};
 
-use crate::cli::{KafkaArgs, KafkaTimeoutArgs};
+use super::lag_rules::{GroupReport, LagTracker, PartitionStatus};
+use crate::config::{KafkaArgs, KafkaTimeoutArgs};
 
 #[derive(Debug, Args)]
 pub struct LagArgs {
@@ -98,7 +99,7 @@ pub async fn run(args: LagArgs) -> anyhow::Result<()> {
         }
         tokio::select! {
             _ = tokio::time::sleep(args.interval) => {}
-            _ = crate::cli::shutdown_signal() => return Ok(()),
+            _ = crate::shutdown_guard::shutdown_signal() => return Ok(()),
         }
     }
 }

@@ -1,0 +1,232 @@
+//! De-duplication: the layer that asks whether the group the consumer runs
+//! in has already handled an event, and skips the handler if so.
+//!
+//! The question is always asked for the group the record was read in (see
+//! [`Delivery::group`]), so a consumer started in another group handles
+//! every event for itself. The handler's effect records the event as
+//! handled for that same group, in the transaction of the effect.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use taskstream_store::NotificationStore;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::{Delivery, EventHandler, HandleError, Handled};
+
+/// Remembers which events each group has handled.
+#[async_trait]
+pub trait Inbox: Send + Sync + 'static {
+    /// Whether `group` has already handled the event `event_id`.
+    async fn handled(&self, group: &str, event_id: Uuid) -> Result<bool, HandleError>;
+}
+
+/// The store's processed-events table, written by the notifier's effect
+/// ([`NotificationStore::record_notifications`]) for the group it runs in.
+pub struct ProcessedEvents {
+    store: Arc<dyn NotificationStore>,
+}
+
+impl ProcessedEvents {
+    pub fn new(store: Arc<dyn NotificationStore>) -> Self {
+        Self { store }
+    }
+}
+
+#[async_trait]
+impl Inbox for ProcessedEvents {
+    async fn handled(&self, group: &str, event_id: Uuid) -> Result<bool, HandleError> {
+        Ok(self.store.is_processed(group, event_id).await?)
+    }
+}
+
+/// A handler behind its inbox: events the group has handled (or that come
+/// twice in one batch) reach it no more and count as duplicates.
+pub struct Deduplicated<I, H> {
+    inbox: I,
+    inner: H,
+}
+
+impl<I: Inbox, H: EventHandler> Deduplicated<I, H> {
+    pub fn new(inbox: I, inner: H) -> Self {
+        Self { inbox, inner }
+    }
+
+    async fn seen(&self, d: &Delivery<'_>) -> Result<bool, HandleError> {
+        let seen = self.inbox.handled(d.group, d.event.id.as_uuid()).await?;
+        if seen {
+            d.span
+                .in_scope(|| tracing::debug!(target: "inbox", "duplicate delivery ignored"));
+        }
+        Ok(seen)
+    }
+}
+
+#[async_trait]
+impl<I: Inbox, H: EventHandler> EventHandler for Deduplicated<I, H> {
+    async fn handle(&self, delivery: &Delivery<'_>) -> Result<Handled, HandleError> {
+        if self.seen(delivery).await? {
+            return Ok(Handled::Duplicate);
+        }
+        self.inner.handle(delivery).await
+    }
+
+    async fn handle_batch(&self, batch: &[Delivery<'_>]) -> Result<Vec<Handled>, HandleError> {
+        let mut fresh = Vec::with_capacity(batch.len());
+        let mut ids = HashSet::with_capacity(batch.len());
+        let mut slots = Vec::with_capacity(batch.len());
+        for d in batch {
+            if !ids.insert(d.event.id.as_uuid()) || self.seen(d).await? {
+                slots.push(None);
+                continue;
+            }
+            slots.push(Some(fresh.len()));
+            fresh.push(Delivery {
+                group: d.group,
+                record: d.record,
+                event: d.event,
+                span: d.span.clone(),
+            });
+        }
+        let outcomes = match fresh.len() {
+            0 => Vec::new(),
+            1 => {
+                let d = &fresh[0];
+                vec![self.inner.handle(d).instrument(d.span.clone()).await?]
+            }
+            _ => self.inner.handle_batch(&fresh).await?,
+        };
+        Ok(slots
+            .into_iter()
+            .map(|slot| slot.map_or(Handled::Duplicate, |i| outcomes[i]))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use taskstream_domain::{Cause, EventEnvelope, NewTask, Priority, Task, TaskTitle};
+    use taskstream_kafka::InboundRecord;
+
+    use super::*;
+
+    /// Remembers what `handle` saw, by group, like a store would.
+    #[derive(Default)]
+    struct Remembering {
+        handled: Mutex<HashSet<(String, Uuid)>>,
+        calls: Mutex<u32>,
+    }
+
+    #[async_trait]
+    impl Inbox for Arc<Remembering> {
+        async fn handled(&self, group: &str, event_id: Uuid) -> Result<bool, HandleError> {
+            let handled = self.handled.lock().unwrap();
+            Ok(handled.contains(&(group.to_owned(), event_id)))
+        }
+    }
+
+    #[async_trait]
+    impl EventHandler for Arc<Remembering> {
+        async fn handle(&self, d: &Delivery<'_>) -> Result<Handled, HandleError> {
+            *self.calls.lock().unwrap() += 1;
+            let mut handled = self.handled.lock().unwrap();
+            handled.insert((d.group.to_owned(), d.event.id.as_uuid()));
+            Ok(Handled::Applied)
+        }
+    }
+
+    fn event() -> EventEnvelope {
+        let new = NewTask {
+            title: TaskTitle::parse("dedup").unwrap(),
+            description: None,
+            priority: Priority::Medium,
+            due_at: None,
+            assignee: None,
+        };
+        Task::create(new, taskstream_domain::now(), Cause::default()).event
+    }
+
+    fn record() -> InboundRecord {
+        InboundRecord {
+            topic: "task-events".into(),
+            partition: 0,
+            offset: 7,
+            key: None,
+            payload: None,
+            headers: Vec::new(),
+            timestamp_ms: None,
+        }
+    }
+
+    fn delivery<'a>(
+        group: &'a str,
+        record: &'a InboundRecord,
+        event: &'a EventEnvelope,
+    ) -> Delivery<'a> {
+        Delivery {
+            group,
+            record,
+            event,
+            span: tracing::Span::none(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_event_is_handled_once_per_group_and_once_more_in_another_group() {
+        let state = Arc::new(Remembering::default());
+        let layer = Deduplicated::new(Arc::clone(&state), Arc::clone(&state));
+        let (event, record) = (event(), record());
+        let first = delivery("notifier", &record, &event);
+        assert_eq!(layer.handle(&first).await.unwrap(), Handled::Applied);
+        assert_eq!(layer.handle(&first).await.unwrap(), Handled::Duplicate);
+        let other = delivery("notifier-second", &record, &event);
+        assert_eq!(layer.handle(&other).await.unwrap(), Handled::Applied);
+        assert_eq!(*state.calls.lock().unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_batch_skips_handled_events_and_repeats_within_itself() {
+        let state = Arc::new(Remembering::default());
+        let layer = Deduplicated::new(Arc::clone(&state), Arc::clone(&state));
+        let (old, new, record) = (event(), event(), record());
+        layer
+            .handle(&delivery("auditor", &record, &old))
+            .await
+            .unwrap();
+        let batch = [
+            delivery("auditor", &record, &old),
+            delivery("auditor", &record, &new),
+            delivery("auditor", &record, &new),
+        ];
+        let outcomes = layer.handle_batch(&batch).await.unwrap();
+        assert_eq!(
+            outcomes,
+            [Handled::Duplicate, Handled::Applied, Handled::Duplicate]
+        );
+        assert_eq!(*state.calls.lock().unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_processed_events_table_answers_for_the_group_asked_about() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = taskstream_store::SqliteStore::open(
+            &dir.path().join("inbox.db"),
+            &taskstream_store::SqliteOptions::default(),
+        )
+        .await
+        .unwrap();
+        let store: Arc<dyn NotificationStore> = Arc::new(store);
+        let event_id = Uuid::new_v4();
+        store
+            .record_notifications("notifier", event_id, &[])
+            .await
+            .unwrap();
+        let inbox = ProcessedEvents::new(store);
+        assert!(inbox.handled("notifier", event_id).await.unwrap());
+        assert!(!inbox.handled("notifier-second", event_id).await.unwrap());
+    }
+}

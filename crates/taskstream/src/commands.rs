@@ -1,0 +1,25 @@
+//! What each subcommand does: the component processes
+//! ([`crate::processes`]), the ops commands ([`crate::ops`]) and `schema`.
+
+use crate::cli::{Cli, Command};
+use crate::{ops, processes};
+
+/// Runs the parsed command to completion.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Up(args) => processes::up(args).await,
+        Command::Api(args) => processes::api(args).await,
+        Command::Relay(args) => processes::relay(args).await,
+        Command::Notifier(args) => processes::notifier(args).await,
+        Command::Auditor(args) => processes::auditor(args).await,
+        Command::DevBroker => processes::dev_broker().await,
+        Command::Registry(args) => processes::registry(args).await,
+        Command::Lag(args) => ops::lag::run(args).await,
+        Command::Dlq(command) => ops::dlq::run(command).await,
+        Command::Topics(command) => ops::topics::run(command).await,
+        Command::Users(command) => ops::users::run(command),
+        #[cfg(feature = "bench")]
+        Command::Bench(args) => ops::bench::run(args).await,
+        Command::Schema(command) => crate::schema::run(command).await,
+    }
+}

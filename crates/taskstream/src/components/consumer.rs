@@ -1,0 +1,140 @@
+//! The consumers of `task-events`: the audit-log service and the
+//! notification service, each in its own consumer group.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use taskstream_avro::RegistryClient;
+use taskstream_kafka::{
+    ConsumerSettings, EventConsumer, EventProducer, KafkaConfig, ProducerSettings,
+};
+use taskstream_services::topics::TASK_EVENTS;
+use taskstream_services::{
+    AuditHandler, ConsumerService, DeadLetterPublisher, Deduplicated, DelayedSink, EventDecoder,
+    EventHandler, GapRepair, LogSink, NotificationHandler, NotificationSink, OffsetResets,
+    OutboxRepair, ProcessedEvents, RetryPolicy, WebhookSink, AUDITOR_GROUP, NOTIFIER_GROUP,
+};
+use taskstream_store::Store;
+use taskstream_telemetry::Metrics;
+
+use super::Component;
+
+/// How a consumer service talks to its group and treats failures.
+#[derive(Debug, Clone, Default)]
+pub struct ConsumerOptions {
+    pub kafka: ConsumerSettings,
+    pub retry: RetryPolicy,
+    /// Resolves the schema ids of Avro records; without it only JSON is read.
+    pub registry: Option<Arc<RegistryClient>>,
+    /// Where the consumers started with these options report offset
+    /// resets, for [`OffsetResetCheck`].
+    pub resets: Arc<OffsetResets>,
+}
+
+impl ConsumerOptions {
+    /// Defaults tuned for the dev broker (see [`ConsumerSettings::for_dev_broker`]).
+    pub fn for_dev_broker() -> Self {
+        Self {
+            kafka: ConsumerSettings::for_dev_broker(),
+            ..Self::default()
+        }
+    }
+}
+
+fn consumer<H: EventHandler>(
+    name: &'static str,
+    kafka: &KafkaConfig,
+    group: &str,
+    options: &ConsumerOptions,
+    handler: H,
+    repair: Arc<dyn GapRepair>,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Component> {
+    let consumer = EventConsumer::subscribe(kafka, group, &[TASK_EVENTS], &options.kafka)
+        .with_context(|| format!("cannot join consumer group {group}"))?;
+    let producer = EventProducer::new(kafka, &format!("{group}-dlq"), &ProducerSettings::default())
+        .context("cannot create the dead-letter producer")?;
+    let service = ConsumerService::new(
+        consumer,
+        Arc::new(EventDecoder::new(options.registry.clone())),
+        handler,
+        Arc::clone(metrics),
+        DeadLetterPublisher::new(producer),
+        options.retry.clone(),
+    )
+    .with_offset_resets(Arc::clone(&options.resets), Some(repair));
+    Ok(Component::spawn(name, move |shutdown| {
+        service.run(shutdown)
+    }))
+}
+
+/// Starts the audit-log service in `group` (default `auditor`).
+pub fn auditor(
+    store: Arc<Store>,
+    kafka: &KafkaConfig,
+    group: Option<&str>,
+    options: &ConsumerOptions,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Component> {
+    let group = group.unwrap_or(AUDITOR_GROUP);
+    // Records deleted before the auditor read them are republished from
+    // the outbox, where this store has them.
+    let repair = Arc::new(OutboxRepair::for_auditor(Arc::clone(&store)));
+    consumer(
+        "auditor",
+        kafka,
+        group,
+        options,
+        AuditHandler::new(store),
+        repair,
+        metrics,
+    )
+}
+
+/// Starts the notification service in `group` (default `notifier`) with the
+/// log sink, waiting `delay` before each notification (zero in normal use;
+/// a slow notifier on purpose shows consumer lag building up).
+pub fn notifier(
+    store: Arc<Store>,
+    kafka: &KafkaConfig,
+    group: Option<&str>,
+    options: &ConsumerOptions,
+    sink: &NotifierSink,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Component> {
+    let group = group.unwrap_or(NOTIFIER_GROUP);
+    fn slowed<S: NotificationSink>(sink: S, delay: Duration) -> Arc<dyn NotificationSink> {
+        if delay.is_zero() {
+            Arc::new(sink)
+        } else {
+            Arc::new(DelayedSink::new(sink, delay))
+        }
+    }
+    let sink = match &sink.webhook {
+        Some(url) => slowed(
+            WebhookSink::new(url, WEBHOOK_TIMEOUT).map_err(anyhow::Error::msg)?,
+            sink.delay,
+        ),
+        None => slowed(LogSink, sink.delay),
+    };
+    let repair = Arc::new(OutboxRepair::for_notifier(Arc::clone(&store), group));
+    let handler = Deduplicated::new(
+        ProcessedEvents::new(store.clone()),
+        NotificationHandler::new(store, sink),
+    );
+    consumer("notifier", kafka, group, options, handler, repair, metrics)
+}
+
+/// How long the notifier waits for a webhook to answer (a slower one is
+/// retried, then dead-lettered).
+const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the notifier sends notifications.
+#[derive(Debug, Clone, Default)]
+pub struct NotifierSink {
+    /// POST each notification here (http); `None` logs them.
+    pub webhook: Option<String>,
+    /// Wait this long before each one (a slow notifier on purpose).
+    pub delay: Duration,
+}

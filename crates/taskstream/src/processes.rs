@@ -1,0 +1,285 @@
+//! The processes the component subcommands run (`up`, `api`, `relay`,
+//! `notifier`, `auditor`, `registry`, `dev-broker`), each assembled from the
+//! builders in [`crate::components`]: start, print the endpoints, wait for
+//! Ctrl-C or SIGTERM, stop in order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use taskstream_api::ApiBuilder;
+use taskstream_avro::RegistryClient;
+use taskstream_services::topics::TASK_EVENTS;
+use taskstream_services::{EventEncoding, RetryPolicy};
+use taskstream_store::Store;
+use taskstream_telemetry::Metrics;
+use tokio::sync::Notify;
+
+use crate::cli::{
+    ApiArgs, ConsumerArgs, EventFormat, HttpLimitArgs, NotifierArgs, RegistryServerArgs, RelayArgs,
+    StoreArgs, UpArgs,
+};
+use crate::components::{self, Component, ConsumerOptions, NotifierSink, Readiness};
+use crate::shutdown_guard::shutdown_signal;
+use crate::system::{RegistrySetting, RunningSystem, SystemConfig, STATS_INTERVAL};
+
+/// Prints `name: address` lines. A closed stdout (the reader went away) must
+/// not bring the service down, so write errors are ignored.
+fn print_endpoints(endpoints: &[(&str, String)]) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for (name, address) in endpoints {
+        let _ = writeln!(out, "{name}: {address}");
+    }
+    let _ = out.flush();
+}
+
+/// Waits for Ctrl-C or SIGTERM, then stops `running` in order and closes the store.
+async fn run_until_signal(running: Vec<Component>, store: &Store) {
+    shutdown_signal().await;
+    components::stop_all(running).await;
+    store.close().await;
+}
+
+/// Opens the store the flags name.
+async fn open_store(args: &StoreArgs) -> anyhow::Result<Arc<Store>> {
+    components::open_store(
+        &args.data_dir,
+        args.database()?.as_ref(),
+        &args.options(),
+        &args.postgres_options(),
+    )
+    .await
+}
+
+/// Serves `api` (plus /metrics and `readiness`'s /readyz) on `addr` and
+/// prints the address.
+async fn serve(
+    addr: SocketAddr,
+    limits: &HttpLimitArgs,
+    api: ApiBuilder,
+    metrics: &Arc<Metrics>,
+    store: &Arc<Store>,
+    readiness: Readiness<'_>,
+) -> anyhow::Result<Component> {
+    let checks = readiness.checks(store)?;
+    let api = api.observability(Arc::clone(metrics), Some(store.clone()), checks);
+    let (_, http) = components::http(addr, api, &limits.limits()).await?;
+    print_endpoints(&[("http", http.address().unwrap_or_default().to_owned())]);
+    Ok(http)
+}
+
+/// `taskstream up`: every component in one process.
+pub async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let mut config = SystemConfig::new(args.http, &args.store.data_dir);
+    config.sqlite = args.store.options();
+    config.database = args.store.database()?;
+    config.postgres = args.store.postgres_options();
+    config.kafka = args.kafka.config()?;
+    config.kafka_wait_at_start = args.kafka_start.kafka_wait_at_start;
+    config.ready_max_outbox_age = args.readiness.ready_max_outbox_age;
+    config.notifier_delay = args.notifier_delay_ms;
+    config.notifier_webhook = args.notifier_webhook_url.clone();
+    config.relay = args.outbox.relay_settings();
+    config.consumer.retry.give_up_after = args.give_up_after;
+    config.http_limits = args.http_limits.limits();
+    config.session_timeout = args.session_timeout;
+    config.registry = match (args.event_format, args.registry.schema_registry) {
+        (EventFormat::Json, _) => RegistrySetting::Disabled,
+        (EventFormat::Avro, Some(url)) => RegistrySetting::External(url),
+        (EventFormat::Avro, None) => RegistrySetting::Embedded(args.registry_http),
+    };
+    let system = RunningSystem::start(config).await?;
+    print_endpoints(&system.endpoints().named());
+    tracing::info!(data_dir = %args.store.data_dir.display(), "taskstream is up; Ctrl-C stops it");
+    shutdown_signal().await;
+    system.shutdown().await;
+    Ok(())
+}
+
+/// `taskstream api`: the Task API alone. A relay in another process finds
+/// new rows by polling.
+pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
+    let store = open_store(&args.store).await?;
+    let metrics = Metrics::new();
+    let api = components::task_api(Arc::clone(&store), Arc::new(Notify::new()))
+        .audit(store.clone())
+        .notifications(store.clone());
+    let http = serve(
+        args.http,
+        &args.http_limits,
+        api,
+        &metrics,
+        &store,
+        Readiness::default(),
+    )
+    .await?;
+    run_until_signal(vec![http], &store).await;
+    Ok(())
+}
+
+/// `taskstream relay`: the outbox relay alone, with /readyz and /metrics
+/// when `--http` is given.
+pub async fn relay(args: RelayArgs) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let (kafka, _) = args.kafka.resolve(&args.store.data_dir, "relay")?;
+    let kafka = kafka.with_stats(metrics.stats_listener(), STATS_INTERVAL);
+    args.kafka_start.wait(&kafka).await?;
+    let registry = match args.event_format {
+        EventFormat::Json => None,
+        EventFormat::Avro => Some(Arc::new(RegistryClient::new(
+            &args.registry.resolve(&args.store.data_dir)?.context(
+                "Avro events need a schema registry: pass --schema-registry URL or set SCHEMA_REGISTRY_URL \
+                 (or --event-format json)",
+            )?,
+        ))),
+    };
+    let store = open_store(&args.store).await?;
+    let mut running = Vec::new();
+    if let Some(addr) = args.http {
+        let readiness = Readiness {
+            kafka: Some(&kafka),
+            outbox_max_age: Some(args.readiness.ready_max_outbox_age),
+            consumers: None,
+            registry: registry.as_ref(),
+        };
+        running.push(
+            serve(
+                addr,
+                &args.http_limits,
+                ApiBuilder::new(),
+                &metrics,
+                &store,
+                readiness,
+            )
+            .await?,
+        );
+    }
+    let wake = Arc::new(Notify::new());
+    running.extend(components::outbox_listener(&store, Arc::clone(&wake)));
+    let relay = components::relay(
+        Arc::clone(&store),
+        &kafka,
+        wake,
+        args.outbox.relay_settings(),
+        match &registry {
+            Some(client) => EventEncoding::avro(Arc::clone(client), TASK_EVENTS),
+            None => EventEncoding::Json,
+        },
+        &metrics,
+    )?;
+    running.push(relay);
+    run_until_signal(running, &store).await;
+    Ok(())
+}
+
+/// `taskstream notifier`: the notification service alone.
+pub async fn notifier(args: NotifierArgs) -> anyhow::Result<()> {
+    let sink = NotifierSink {
+        webhook: args.webhook_url,
+        delay: args.delay_ms,
+    };
+    consumer("notifier", args.consumer, sink).await
+}
+
+/// `taskstream auditor`: the audit-log service alone.
+pub async fn auditor(args: ConsumerArgs) -> anyhow::Result<()> {
+    consumer("auditor", args, NotifierSink::default()).await
+}
+
+/// One consumer service, with its read-only view, /readyz and /metrics
+/// when `--http` is given.
+async fn consumer(
+    which: &'static str,
+    args: ConsumerArgs,
+    sink: NotifierSink,
+) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let (kafka, dev_broker) = args.kafka.resolve(&args.store.data_dir, which)?;
+    let kafka = kafka.with_stats(metrics.stats_listener(), STATS_INTERVAL);
+    args.kafka_start.wait(&kafka).await?;
+    let store = open_store(&args.store).await?;
+    let registry = args.registry.resolve(&args.store.data_dir)?;
+    if registry.is_none() {
+        tracing::warn!("no schema registry configured: Avro records will be dead-lettered (pass --schema-registry URL)");
+    }
+    let registry = registry.map(|url| Arc::new(RegistryClient::new(&url)));
+    let options = consumer_options(&args, dev_broker, registry.clone());
+    let group = args.group.as_deref();
+    let (consumer, api) = match which {
+        "auditor" => (
+            components::auditor(Arc::clone(&store), &kafka, group, &options, &metrics)?,
+            ApiBuilder::new().audit(store.clone()),
+        ),
+        _ => (
+            components::notifier(Arc::clone(&store), &kafka, group, &options, &sink, &metrics)?,
+            ApiBuilder::new().notifications(store.clone()),
+        ),
+    };
+    let mut running = Vec::new();
+    if let Some(addr) = args.http {
+        let readiness = Readiness {
+            kafka: Some(&kafka),
+            outbox_max_age: None,
+            consumers: Some(&options),
+            registry: registry.as_ref(),
+        };
+        running.push(serve(addr, &args.http_limits, api, &metrics, &store, readiness).await?);
+    }
+    running.push(consumer);
+    run_until_signal(running, &store).await;
+    Ok(())
+}
+
+/// The consumer options the flags ask for, on the dev broker's timings when
+/// `dev_broker`.
+fn consumer_options(
+    args: &ConsumerArgs,
+    dev_broker: bool,
+    registry: Option<Arc<RegistryClient>>,
+) -> ConsumerOptions {
+    let mut base = if dev_broker {
+        ConsumerOptions::for_dev_broker()
+    } else {
+        ConsumerOptions::default()
+    };
+    if let Some(timeout) = args.session_timeout {
+        base.kafka.session_timeout = timeout;
+    }
+    ConsumerOptions {
+        registry,
+        retry: RetryPolicy {
+            give_up_after: args.give_up_after,
+            ..base.retry.clone()
+        },
+        ..base
+    }
+}
+
+/// `taskstream dev-broker`: the embedded Kafka-protocol broker alone.
+pub async fn dev_broker() -> anyhow::Result<()> {
+    let broker = components::dev_broker()?;
+    print_endpoints(&[("kafka", broker.bootstrap_servers().to_owned())]);
+    shutdown_signal().await;
+    broker.shutdown(Duration::from_secs(1));
+    Ok(())
+}
+
+/// `taskstream registry`: the embedded schema registry alone.
+pub async fn registry(args: RegistryServerArgs) -> anyhow::Result<()> {
+    let (_, registry) = components::registry(
+        args.http,
+        &args.data_dir,
+        "registry",
+        &args.http_limits.limits(),
+    )
+    .await?;
+    print_endpoints(&[(
+        "schema-registry",
+        registry.address().unwrap_or_default().to_owned(),
+    )]);
+    shutdown_signal().await;
+    registry.stop().await;
+    Ok(())
+}
