@@ -421,9 +421,23 @@ impl EventConsumer {
             .acked
             .clear();
         self.inner.unsubscribe();
+        // Serve the revoke that unsubscribing starts before the consumer is
+        // destroyed: librdkafka aborts the process (`rd_kafka_cgrp_terminated:
+        // assert: !rd_kafka_assignment_in_progress`) when the group is torn
+        // down while an assignment change is still under way.
+        let settle = tokio::time::Instant::now() + UNSUBSCRIBE_SETTLE;
+        while self.inner.assignment().is_ok_and(|a| a.count() > 0)
+            && tokio::time::Instant::now() < settle
+        {
+            // Records still delivered are not acknowledged, so not committed.
+            let _ = tokio::time::timeout(Duration::from_millis(50), self.inner.recv()).await;
+        }
         result
     }
 }
+
+/// How long [`EventConsumer::close`] serves the revoke after unsubscribing.
+const UNSUBSCRIBE_SETTLE: Duration = Duration::from_secs(2);
 
 /// What [`confirm`] learned from the broker.
 struct Confirmed {
