@@ -118,10 +118,9 @@ impl Target {
 
     fn taskstream() -> Self {
         let dir = tempfile::tempdir().expect("a data directory");
-        let broker = taskstream_broker::Broker::start(taskstream_broker::BrokerConfig::new(
-            dir.path(),
-        ))
-        .expect("taskstream's broker starts");
+        let broker =
+            taskstream_broker::Broker::start(taskstream_broker::BrokerConfig::new(dir.path()))
+                .expect("taskstream's broker starts");
         let bootstrap = broker.addr().to_string();
         Self {
             broker: Broker::Taskstream {

@@ -76,7 +76,7 @@ pub(crate) enum Frame {
         version: i16,
         correlation_id: i32,
         header: RequestHeader,
-        request: RequestKind,
+        request: Box<RequestKind>,
     },
     /// An ApiVersions request newer than served, answered in v0 (KIP-511).
     TooNewApiVersions { correlation_id: i32 },
@@ -102,7 +102,7 @@ pub(crate) fn parse(mut frame: Bytes) -> Result<Frame, RequestError> {
     }
     let header_version = api.request_header_version(version);
     let header = RequestHeader::decode(&mut frame, header_version).map_err(malformed)?;
-    let request = RequestKind::decode(api, &mut frame, version).map_err(malformed)?;
+    let request = Box::new(RequestKind::decode(api, &mut frame, version).map_err(malformed)?);
     Ok(Frame::Request {
         version,
         correlation_id,
@@ -133,7 +133,7 @@ pub(crate) async fn dispatch(
     tracing::trace!(version, correlation_id, client = ?header.client_id, "request");
     let c = correlation_id;
     let v = version;
-    let response = match request {
+    let response = match *request {
         RequestKind::ApiVersions(_) => encode(c, v, &versions::handle())?,
         RequestKind::Metadata(request) => encode(c, v, &metadata::handle(shared, request, v))?,
         RequestKind::Produce(request) => {
