@@ -6,7 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::BaseConsumer;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::Offset;
@@ -82,6 +82,17 @@ async fn an_open_transaction_holds_back_read_committed_readers_until_it_commits(
     send(&producer(&broker), "t", "outside").await;
 
     let committed = committed_reader(&broker, "t");
+    // ListOffsets: the latest offset is the last stable offset to
+    // read_committed clients, the end of the log to the others.
+    let uncommitted = isolated_reader(&broker, "t", "read_uncommitted");
+    assert_eq!(
+        committed.fetch_watermarks("t", 0, PATIENCE).unwrap(),
+        (0, 0)
+    );
+    assert_eq!(
+        uncommitted.fetch_watermarks("t", 0, PATIENCE).unwrap(),
+        (0, 2)
+    );
     let held_back = Instant::now() + Duration::from_secs(2);
     while Instant::now() < held_back {
         if let Some(m) = committed.poll(Duration::from_millis(100)) {
@@ -93,6 +104,10 @@ async fn an_open_transaction_holds_back_read_committed_readers_until_it_commits(
     }
     holder.commit_transaction(PATIENCE).expect("commit");
     assert_eq!(read_until(&committed, "outside"), ["inside", "outside"]);
+    assert_eq!(
+        committed.fetch_watermarks("t", 0, PATIENCE).unwrap(),
+        (0, 3)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -40,11 +40,12 @@ pub(crate) struct AbortedTxn {
     pub last_offset: i64,
 }
 
-/// Whether a batch header is a transactional data batch, a control batch or neither.
+/// Whether a batch is a control batch (a transaction marker).
 pub(crate) fn is_control(header: &BatchHeader) -> bool {
     header.attributes & CONTROL_FLAG != 0
 }
 
+/// Whether a batch belongs to a transaction (its data or its markers).
 pub(crate) fn is_transactional(header: &BatchHeader) -> bool {
     header.attributes & TRANSACTIONAL_FLAG != 0
 }
@@ -109,9 +110,9 @@ pub(crate) fn marker_kind(batch: &[u8]) -> Option<bool> {
     at += 1; // attributes
     varint(batch, &mut at)?; // timestamp delta
     varint(batch, &mut at)?; // offset delta
+                             // The key is 4 bytes: its length is the zigzag varint of 4, i.e. 8.
     let key_len = varint(batch, &mut at)?;
-    if key_len != 2 * 4 {
-        // zigzag of 4
+    if key_len != 8 {
         return None;
     }
     let key = batch.get(at..at + 4)?;
