@@ -128,8 +128,9 @@
 //! timestamp, LogAppendTime, TLS/SASL and quotas. Compressed batches are
 //! stored as they come, but only gzip is decoded, so ListOffsets by time
 //! inside a snappy, lz4 or zstd batch answers the batch's first offset.
-//! Aborted-transaction lists are kept in memory per partition (one small
-//! entry per abort) and are not trimmed by retention.
+//! Aborted-transaction lists are kept in memory per partition: one small
+//! entry per abort still in the log (retention and DeleteRecords drop the
+//! older ones).
 
 #[cfg(test)]
 mod alloc_meter;

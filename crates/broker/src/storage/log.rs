@@ -156,12 +156,15 @@ impl PartitionLog {
             Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
             Err(e) => return Err(e),
         };
+        let log_start_offset = recorded.clamp(first_base, next.max(first_base));
+        // The replay of the last segment may list aborts below the log start.
+        txns.forget_before(log_start_offset)?;
         Ok((
             Self {
                 dir: dir.to_owned(),
                 config,
                 segments,
-                log_start_offset: recorded.clamp(first_base, next.max(first_base)),
+                log_start_offset,
                 producers,
                 txns,
                 unsynced: false,
@@ -214,6 +217,7 @@ impl PartitionLog {
             self.segments.remove(&base).expect("the oldest").delete()?;
             PartitionTxns::forget_segment(&self.dir, base)?;
         }
+        self.txns.forget_before(offset)?;
         Ok(Some(offset))
     }
 
@@ -429,6 +433,7 @@ impl PartitionLog {
         }
         let first_base = *self.segments.keys().next().expect("a segment");
         self.log_start_offset = self.log_start_offset.max(first_base);
+        self.txns.forget_before(self.log_start_offset)?;
         Ok(deleted)
     }
 

@@ -390,3 +390,21 @@ fn open_and_aborted_transactions_survive_a_reopen_even_across_a_segment_roll() {
     assert_eq!(log.aborted_between(0, marker + 1), [(1, 0), (2, 2)]);
     assert_eq!(log.last_stable_offset(), log.next_offset());
 }
+
+#[test]
+fn aborted_transactions_below_the_log_start_are_forgotten_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
+    log.append(&mut transactional_batch(1, 0, 0, &["a"]))
+        .unwrap(); // 0
+    log.append_marker(1, 0, false).unwrap(); // 1
+    log.append(&mut transactional_batch(1, 0, 1, &["b"]))
+        .unwrap(); // 2
+    log.append_marker(1, 0, false).unwrap(); // 3
+    assert_eq!(log.aborted_between(0, 4), [(1, 0), (1, 2)]);
+    log.delete_records_before(2).unwrap();
+    assert_eq!(log.aborted_between(0, 4), [(1, 2)]);
+    drop(log);
+    let (log, _) = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
+    assert_eq!(log.aborted_between(0, 4), [(1, 2)]);
+}

@@ -258,6 +258,17 @@ impl PartitionTxns {
         fs::File::open(&path)?.sync_all()
     }
 
+    /// Forgets aborted transactions that ended below `offset` (the new log
+    /// start), so that their list does not grow with the log's history.
+    pub fn forget_before(&mut self, offset: i64) -> io::Result<()> {
+        let before = self.aborted.len();
+        self.aborted.retain(|a| a.last_offset >= offset);
+        if self.aborted.len() != before {
+            self.rewrite()?;
+        }
+        Ok(())
+    }
+
     /// Deletes the snapshot of a deleted segment.
     pub fn forget_segment(dir: &Path, base_offset: i64) -> io::Result<()> {
         match fs::remove_file(snapshot_path(dir, base_offset)) {
