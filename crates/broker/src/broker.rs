@@ -18,6 +18,7 @@ use crate::producer_ids::ProducerIds;
 use crate::server;
 use crate::storage::segment::now_ms;
 use crate::topics::Topics;
+use crate::transactions::{Stores, Transactions};
 
 /// State every connection shares.
 #[derive(Debug)]
@@ -32,6 +33,7 @@ pub(crate) struct Shared {
     _lock: fs::File,
     pub coordinator: Coordinator,
     pub offsets: OffsetStore,
+    pub transactions: Transactions,
 }
 
 /// Why the broker could not start.
@@ -79,6 +81,19 @@ impl Broker {
         let topics = Topics::open(&config.data_dir, config.log).map_err(storage_error)?;
         let producer_ids = ProducerIds::open(&config.data_dir).map_err(storage_error)?;
         let offsets = OffsetStore::open(&config.data_dir).map_err(storage_error)?;
+        let transactions = Transactions::open(&config.data_dir).map_err(storage_error)?;
+        let unfinished = transactions
+            .recover(&Stores {
+                topics: &topics,
+                offsets: &offsets,
+            })
+            .map_err(storage_error)?;
+        if unfinished > 0 {
+            tracing::info!(
+                transactions = unfinished,
+                "completed transactions left unfinished by the last run"
+            );
+        }
         let listener =
             StdTcpListener::bind(config.listen).map_err(|source| StartError::Listen {
                 addr: config.listen,
@@ -106,6 +121,7 @@ impl Broker {
             _lock: lock,
             coordinator: Coordinator::default(),
             offsets,
+            transactions,
             config,
         });
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -218,7 +234,17 @@ async fn maintain(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
                 let shared = Arc::clone(&shared);
                 let _ = tokio::task::spawn_blocking(move || flush_all(&shared)).await;
             }
-            _ = sessions.tick() => shared.coordinator.expire(),
+            _ = sessions.tick() => {
+                shared.coordinator.expire();
+                let shared = Arc::clone(&shared);
+                let _ = tokio::task::spawn_blocking(move || {
+                    shared.transactions.expire(
+                        &Stores { topics: &shared.topics, offsets: &shared.offsets },
+                        now_ms(),
+                    )
+                })
+                .await;
+            }
             _ = retention.tick() => {
                 let shared = Arc::clone(&shared);
                 let _ = tokio::task::spawn_blocking(move || enforce_retention(&shared)).await;

@@ -43,7 +43,10 @@ pub struct BrokerConfig {
     pub flush: FlushPolicy,
     /// How often retention is enforced.
     pub retention_check_interval: Duration,
-    /// Largest request accepted; a larger size prefix closes the connection.
+    /// Largest request accepted (Kafka's `socket.request.max.bytes`,
+    /// default 100 MiB); a larger size prefix closes the connection. It
+    /// also bounds what decoding a request may allocate: a small multiple
+    /// of its size, whatever lengths it declares.
     pub max_request_bytes: usize,
 }
 
@@ -91,8 +94,8 @@ impl BrokerConfig {
         if self.retention_check_interval.is_zero() {
             return bad("retention_check_interval must be positive");
         }
-        if self.max_request_bytes < 1024 {
-            return bad("max_request_bytes must be at least 1024");
+        if self.max_request_bytes < 1024 || self.max_request_bytes > i32::MAX as usize {
+            return bad("max_request_bytes must be 1024 to 2^31-1");
         }
         Ok(())
     }

@@ -1,11 +1,13 @@
 //! The broker conformance suite: everything taskstream asks of a Kafka
 //! broker, written once and run against every broker taskstream talks to —
-//! the dev broker (librdkafka's mock cluster, `taskstream_kafka::DevBroker`)
-//! and Apache Kafka itself (one node, started once for this binary from
-//! Maven Central; skipped loudly without Java and Maven, and failed instead
-//! when `TASKSTREAM_REQUIRE_KAFKA=1`).
+//! the dev broker (librdkafka's mock cluster, `taskstream_kafka::DevBroker`),
+//! taskstream's own broker (`taskstream_broker`, one per check on a fresh
+//! data directory) and Apache Kafka itself (one node, started once for this
+//! binary from Maven Central; skipped loudly without Java and Maven, and
+//! failed instead when `TASKSTREAM_REQUIRE_KAFKA=1`).
 //!
-//! Apache Kafka must pass every check. Where the dev broker behaves
+//! Apache Kafka and taskstream's broker must pass every check, with no
+//! list of differences. Where the dev broker behaves
 //! differently, the check names the difference from [`Difference`], prints
 //! `KNOWN-DIFFERENCE <name>: <why>` and asserts that the dev broker *still*
 //! behaves that way, so the list cannot go stale: when a librdkafka upgrade
@@ -90,6 +92,12 @@ impl Difference {
 enum Broker {
     Dev(DevBroker),
     Kafka(&'static KafkaCluster),
+    /// Taskstream's own broker, held (stopped on drop) with the directory
+    /// holding its data.
+    Taskstream {
+        _broker: taskstream_broker::RunningBroker,
+        _data: tempfile::TempDir,
+    },
 }
 
 /// The broker one check runs against.
@@ -104,6 +112,21 @@ impl Target {
         let bootstrap = broker.bootstrap_servers().to_owned();
         Self {
             broker: Broker::Dev(broker),
+            bootstrap,
+        }
+    }
+
+    fn taskstream() -> Self {
+        let dir = tempfile::tempdir().expect("a data directory");
+        let broker =
+            taskstream_broker::Broker::start(taskstream_broker::BrokerConfig::new(dir.path()))
+                .expect("taskstream's broker starts");
+        let bootstrap = broker.addr().to_string();
+        Self {
+            broker: Broker::Taskstream {
+                _broker: broker,
+                _data: dir,
+            },
             bootstrap,
         }
     }
@@ -128,7 +151,7 @@ impl Target {
                 );
                 true
             }
-            Broker::Kafka(_) => false,
+            Broker::Kafka(_) | Broker::Taskstream { .. } => false,
         }
     }
 
@@ -150,7 +173,7 @@ impl Target {
     fn admin_timeout(&self) -> Duration {
         match self.broker {
             Broker::Dev(_) => Duration::from_secs(3),
-            Broker::Kafka(_) => PATIENCE,
+            Broker::Kafka(_) | Broker::Taskstream { .. } => PATIENCE,
         }
     }
 
@@ -189,7 +212,7 @@ impl Target {
                     configs: BTreeMap::new(),
                 })
                 .expect("dev broker topic"),
-            Broker::Kafka(_) => {
+            Broker::Kafka(_) | Broker::Taskstream { .. } => {
                 let created = futures_block_on(self.admin().create_topics(
                     &[NewTopic::new(&name, partitions, TopicReplication::Fixed(1))],
                     &AdminOptions::new().operation_timeout(Some(PATIENCE)),
@@ -285,7 +308,8 @@ impl Target {
     }
 }
 
-/// Declares each check twice: against the dev broker and against Apache Kafka.
+/// Declares each check three times: against the dev broker, taskstream's
+/// broker and Apache Kafka.
 macro_rules! conformance {
     ($($check:ident),* $(,)?) => {
         mod dev_broker {
@@ -293,6 +317,15 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $check() {
                     super::$check(&super::Target::dev()).await;
+                }
+            )*
+        }
+
+        mod own_broker {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    super::$check(&super::Target::taskstream()).await;
                 }
             )*
         }

@@ -8,17 +8,22 @@ use std::time::Duration;
 use futures::future::select_all;
 use futures::FutureExt;
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse};
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
+};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, ProducerId};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::broker::Shared;
+use crate::storage::batch::BatchHeader;
 use crate::storage::ReadError;
 use crate::topics::Topic;
 
 /// No client waits longer than this, whatever it asks.
 const MAX_WAIT: Duration = Duration::from_secs(60);
+/// `isolation_level` of a `read_committed` consumer.
+const READ_COMMITTED: i8 = 1;
 
 pub(crate) async fn handle(shared: &Arc<Shared>, request: FetchRequest) -> FetchResponse {
     if request.session_id != 0 {
@@ -68,6 +73,7 @@ fn read(shared: &Arc<Shared>, request: &FetchRequest) -> (FetchResponse, usize, 
     let mut total = 0usize;
     let mut errors = false;
     let max_bytes = request.max_bytes.max(0) as usize;
+    let read_committed = request.isolation_level == READ_COMMITTED;
     let responses = request
         .topics
         .iter()
@@ -79,7 +85,6 @@ fn read(shared: &Arc<Shared>, request: &FetchRequest) -> (FetchResponse, usize, 
                 .map(|p| {
                     let data = PartitionData::default()
                         .with_partition_index(p.partition)
-                        .with_aborted_transactions(Some(Vec::new()))
                         .with_preferred_read_replica(kafka_protocol::messages::BrokerId(-1));
                     let budget = (p.partition_max_bytes.max(0) as usize)
                         .min(max_bytes.saturating_sub(total));
@@ -89,13 +94,25 @@ fn read(shared: &Arc<Shared>, request: &FetchRequest) -> (FetchResponse, usize, 
                         p.fetch_offset,
                         budget,
                         total == 0,
+                        read_committed,
                     ) {
-                        Ok((records, hw, start)) => {
-                            total += records.len();
-                            data.with_high_watermark(hw)
-                                .with_last_stable_offset(hw)
-                                .with_log_start_offset(start)
-                                .with_records(Some(records.into()))
+                        Ok(read) => {
+                            total += read.records.len();
+                            let aborted = read_committed.then(|| {
+                                read.aborted
+                                    .into_iter()
+                                    .map(|(pid, first)| {
+                                        AbortedTransaction::default()
+                                            .with_producer_id(ProducerId(pid))
+                                            .with_first_offset(first)
+                                    })
+                                    .collect()
+                            });
+                            data.with_high_watermark(read.high_watermark)
+                                .with_last_stable_offset(read.last_stable_offset)
+                                .with_log_start_offset(read.log_start_offset)
+                                .with_aborted_transactions(aborted)
+                                .with_records(Some(read.records.into()))
                         }
                         Err(code) => {
                             errors = true;
@@ -121,13 +138,27 @@ fn read(shared: &Arc<Shared>, request: &FetchRequest) -> (FetchResponse, usize, 
     )
 }
 
+/// What one partition gave a fetch.
+struct PartitionRead {
+    records: Vec<u8>,
+    high_watermark: i64,
+    last_stable_offset: i64,
+    log_start_offset: i64,
+    /// For `read_committed`: aborted transactions in the records returned.
+    aborted: Vec<(i64, i64)>,
+}
+
+/// Reads whole batches from `offset`; for `read_committed`, only below the
+/// last stable offset, with the aborted transactions they overlap (the
+/// client drops those transactions' records).
 fn read_partition(
     topic: Option<&Topic>,
     partition: i32,
     offset: i64,
     max_bytes: usize,
     first_whole: bool,
-) -> Result<(Vec<u8>, i64, i64), ResponseError> {
+    read_committed: bool,
+) -> Result<PartitionRead, ResponseError> {
     let partition = topic
         .and_then(|t| {
             usize::try_from(partition)
@@ -136,8 +167,14 @@ fn read_partition(
         })
         .ok_or(ResponseError::UnknownTopicOrPartition)?;
     let log = partition.log();
+    let last_stable_offset = log.last_stable_offset();
+    let limit = if read_committed {
+        last_stable_offset
+    } else {
+        i64::MAX
+    };
     let records = log
-        .read(offset, max_bytes, first_whole)
+        .read_below(offset, max_bytes, first_whole, limit)
         .map_err(|e| match e {
             ReadError::OutOfRange { .. } => ResponseError::OffsetOutOfRange,
             ReadError::Io(e) => {
@@ -145,5 +182,30 @@ fn read_partition(
                 ResponseError::KafkaStorageError
             }
         })?;
-    Ok((records, log.next_offset(), log.log_start_offset()))
+    let aborted = if read_committed && !records.is_empty() {
+        log.aborted_between(offset, last_record_end(&records))
+    } else {
+        Vec::new()
+    };
+    Ok(PartitionRead {
+        records,
+        high_watermark: log.next_offset(),
+        last_stable_offset,
+        log_start_offset: log.log_start_offset(),
+        aborted,
+    })
+}
+
+/// The offset after the last record of whole batches.
+fn last_record_end(records: &[u8]) -> i64 {
+    let mut at = 0;
+    let mut end = 0;
+    while let Some(header) = BatchHeader::parse(&records[at..]) {
+        end = header.last_offset() + 1;
+        match header.total_len() {
+            Some(len) => at += len,
+            None => break,
+        }
+    }
+    end
 }

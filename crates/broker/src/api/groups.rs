@@ -25,6 +25,7 @@ use crate::groups::offsets::Committed;
 use crate::groups::JoinRequest;
 
 const GROUP_KEY: i8 = 0;
+const TRANSACTION_KEY: i8 = 1;
 
 pub(crate) fn find_coordinator(
     shared: &Arc<Shared>,
@@ -34,11 +35,11 @@ pub(crate) fn find_coordinator(
     let node = BrokerId(shared.config.node_id);
     let host = str_bytes(&shared.advertised_host);
     let port = shared.advertised_port;
-    let code = if request.key_type == GROUP_KEY {
+    // This node coordinates both groups and transactions.
+    let code = if request.key_type == GROUP_KEY || request.key_type == TRANSACTION_KEY {
         0
     } else {
-        // Transactions are not implemented: no transaction coordinator.
-        ResponseError::CoordinatorNotAvailable.code()
+        ResponseError::InvalidRequest.code()
     };
     if version >= 4 {
         let coordinators = request
@@ -251,7 +252,9 @@ pub(crate) fn offset_fetch(
     shared: &Arc<Shared>,
     request: OffsetFetchRequest,
 ) -> OffsetFetchResponse {
-    let committed = shared.offsets.fetch(request.group_id.0.as_str());
+    let group = request.group_id.0.as_str().to_owned();
+    let committed = shared.offsets.fetch(&group);
+    let require_stable = request.require_stable;
     let wanted: Vec<(TopicName, Vec<i32>)> = match request.topics {
         Some(topics) => topics
             .into_iter()
@@ -279,6 +282,18 @@ pub(crate) fn offset_fetch(
                 .into_iter()
                 .map(|p| {
                     let response = OffsetFetchResponsePartition::default().with_partition_index(p);
+                    // KIP-447: a consumer asking for stable offsets waits
+                    // (retries) while a transaction may still commit one.
+                    if require_stable
+                        && shared
+                            .transactions
+                            .has_pending_offset(&group, name.0.as_str(), p)
+                    {
+                        return response
+                            .with_committed_offset(-1)
+                            .with_committed_leader_epoch(-1)
+                            .with_error_code(ResponseError::UnstableOffsetCommit.code());
+                    }
                     match committed.get(&(name.0.as_str().to_owned(), p)) {
                         Some(c) => response
                             .with_committed_offset(c.offset)

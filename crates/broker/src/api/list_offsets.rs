@@ -1,5 +1,7 @@
 //! ListOffsets: the earliest (-2) or latest (-1) offset of a partition, or
-//! the first offset whose record is stamped at or after a given time.
+//! the first offset whose record is stamped at or after a given time. For
+//! `read_committed` (isolation level 1) the latest offset is the last
+//! stable offset.
 
 use std::sync::Arc;
 
@@ -15,6 +17,7 @@ const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 
 pub(crate) fn handle(shared: &Arc<Shared>, request: ListOffsetsRequest) -> ListOffsetsResponse {
+    let read_committed = request.isolation_level == 1;
     let topics = request
         .topics
         .into_iter()
@@ -38,6 +41,10 @@ pub(crate) fn handle(shared: &Arc<Shared>, request: ListOffsetsRequest) -> ListO
                     };
                     let log = partition.log();
                     match p.timestamp {
+                        // read_committed consumers end at the last stable offset.
+                        LATEST if read_committed => response
+                            .with_offset(log.last_stable_offset())
+                            .with_leader_epoch(0),
                         LATEST => response.with_offset(log.next_offset()).with_leader_epoch(0),
                         EARLIEST => response
                             .with_offset(log.log_start_offset())

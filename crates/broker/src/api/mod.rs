@@ -3,19 +3,24 @@
 //! client asked for.
 
 mod admin;
+#[cfg(test)]
+mod decode_tests;
 mod fetch;
 mod groups;
 mod list_offsets;
 mod metadata;
 mod produce;
 mod producer_id;
+mod transactions;
 pub(crate) mod versions;
 
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+
+pub(crate) use transactions::is_transactional_produce;
 
 use crate::broker::Shared;
 
@@ -30,10 +35,6 @@ pub(crate) enum RequestError {
 
 fn malformed(e: impl std::fmt::Display) -> RequestError {
     RequestError::Malformed(e.to_string())
-}
-
-fn decode<R: Decodable>(body: &mut Bytes, version: i16) -> Result<R, RequestError> {
-    R::decode(body, version).map_err(malformed)
 }
 
 /// Encodes a response frame (without the size prefix).
@@ -67,13 +68,25 @@ pub(crate) fn str_bytes(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_owned())
 }
 
-/// Handles one request frame (the bytes after the size prefix). `Ok(None)`
-/// means no response is due (a produce with acks=0).
-pub(crate) async fn dispatch(
-    shared: &Arc<Shared>,
-    peer: std::net::SocketAddr,
-    mut frame: Bytes,
-) -> Result<Option<BytesMut>, RequestError> {
+/// A request frame, decoded.
+#[derive(Debug)]
+pub(crate) enum Frame {
+    /// A request of an API and version this broker serves.
+    Request {
+        version: i16,
+        correlation_id: i32,
+        header: RequestHeader,
+        request: Box<RequestKind>,
+    },
+    /// An ApiVersions request newer than served, answered in v0 (KIP-511).
+    TooNewApiVersions { correlation_id: i32 },
+}
+
+/// Decodes a request frame (the bytes after the size prefix): header, then
+/// body, for the APIs and versions served only. Decoding allocates no more
+/// than a small multiple of the frame's size, whatever lengths it declares
+/// (kafka-protocol is patched for that: `vendor/kafka-protocol/PATCHED.md`).
+pub(crate) fn parse(mut frame: Bytes) -> Result<Frame, RequestError> {
     if frame.len() < 8 {
         return Err(malformed("shorter than a request header"));
     }
@@ -83,93 +96,101 @@ pub(crate) async fn dispatch(
     let api = ApiKey::try_from(key).map_err(|_| RequestError::Unsupported { key, version })?;
     if !versions::supports(api, version) {
         if api == ApiKey::ApiVersions {
-            // KIP-511: answer a too-new ApiVersions in v0 with the versions we do serve.
-            let response = versions::unsupported_version();
-            return encode(correlation_id, 0, &response).map(Some);
+            return Ok(Frame::TooNewApiVersions { correlation_id });
         }
         return Err(RequestError::Unsupported { key, version });
     }
     let header_version = api.request_header_version(version);
     let header = RequestHeader::decode(&mut frame, header_version).map_err(malformed)?;
-    tracing::trace!(?api, version, correlation_id, client = ?header.client_id, "request");
-    let body = &mut frame;
-    let response = match api {
-        ApiKey::ApiVersions => encode(correlation_id, version, &versions::handle())?,
-        ApiKey::Metadata => {
-            let request = decode(body, version)?;
-            encode(
-                correlation_id,
-                version,
-                &metadata::handle(shared, request, version),
-            )?
+    let request = Box::new(RequestKind::decode(api, &mut frame, version).map_err(malformed)?);
+    Ok(Frame::Request {
+        version,
+        correlation_id,
+        header,
+        request,
+    })
+}
+
+/// Handles one request frame (the bytes after the size prefix). `Ok(None)`
+/// means no response is due (a produce with acks=0).
+pub(crate) async fn dispatch(
+    shared: &Arc<Shared>,
+    peer: std::net::SocketAddr,
+    frame: Bytes,
+) -> Result<Option<BytesMut>, RequestError> {
+    let (version, correlation_id, header, request) = match parse(frame)? {
+        Frame::TooNewApiVersions { correlation_id } => {
+            let response = versions::unsupported_version();
+            return encode(correlation_id, 0, &response).map(Some);
         }
-        ApiKey::Produce => {
-            let request: kafka_protocol::messages::ProduceRequest = decode(body, version)?;
+        Frame::Request {
+            version,
+            correlation_id,
+            header,
+            request,
+        } => (version, correlation_id, header, request),
+    };
+    tracing::trace!(version, correlation_id, client = ?header.client_id, "request");
+    let c = correlation_id;
+    let v = version;
+    let response = match *request {
+        RequestKind::ApiVersions(_) => encode(c, v, &versions::handle())?,
+        RequestKind::Metadata(request) => encode(c, v, &metadata::handle(shared, request, v))?,
+        RequestKind::Produce(request) => {
             let acks = request.acks;
             // Appends (and fsyncs) block; keep them off the async workers.
             let response = blocking(shared, move |s| produce::handle(s, request)).await?;
             if acks == 0 {
                 return Ok(None);
             }
-            encode(correlation_id, version, &response)?
+            encode(c, v, &response)?
         }
-        ApiKey::Fetch => {
-            let request = decode(body, version)?;
-            encode(
-                correlation_id,
-                version,
-                &fetch::handle(shared, request).await,
-            )?
-        }
-        ApiKey::ListOffsets => {
-            let request = decode(body, version)?;
-            encode(
-                correlation_id,
-                version,
-                &list_offsets::handle(shared, request),
-            )?
-        }
-        ApiKey::CreateTopics => {
-            let request = decode(body, version)?;
+        RequestKind::Fetch(request) => encode(c, v, &fetch::handle(shared, request).await)?,
+        RequestKind::ListOffsets(request) => encode(c, v, &list_offsets::handle(shared, request))?,
+        RequestKind::CreateTopics(request) => {
             let response = blocking(shared, move |s| admin::create_topics(s, request)).await?;
-            encode(correlation_id, version, &response)?
+            encode(c, v, &response)?
         }
-        ApiKey::DeleteTopics => {
-            let request = decode(body, version)?;
+        RequestKind::DeleteTopics(request) => {
             let response = blocking(shared, move |s| admin::delete_topics(s, request)).await?;
-            encode(correlation_id, version, &response)?
+            encode(c, v, &response)?
         }
-        ApiKey::DeleteRecords => {
-            let request = decode(body, version)?;
+        RequestKind::DeleteRecords(request) => {
             let response = blocking(shared, move |s| admin::delete_records(s, request)).await?;
-            encode(correlation_id, version, &response)?
+            encode(c, v, &response)?
         }
-        ApiKey::DescribeConfigs => {
-            let request = decode(body, version)?;
-            encode(
-                correlation_id,
-                version,
-                &admin::describe_configs(shared, request),
-            )?
+        RequestKind::DescribeConfigs(request) => {
+            encode(c, v, &admin::describe_configs(shared, request))?
         }
-        ApiKey::InitProducerId => {
-            let request = decode(body, version)?;
-            encode(
-                correlation_id,
-                version,
-                &producer_id::handle(shared, request),
-            )?
+        RequestKind::InitProducerId(request) => {
+            let response = blocking(shared, move |s| producer_id::handle(s, request, v)).await?;
+            encode(c, v, &response)?
         }
-        ApiKey::FindCoordinator => {
-            let request = decode(body, version)?;
-            encode(
-                correlation_id,
-                version,
-                &groups::find_coordinator(shared, request, version),
-            )?
+        RequestKind::AddPartitionsToTxn(request) => {
+            let response =
+                blocking(shared, move |s| transactions::add_partitions(s, request, v)).await?;
+            encode(c, v, &response)?
         }
-        ApiKey::JoinGroup => {
-            let request = decode(body, version)?;
+        RequestKind::AddOffsetsToTxn(request) => {
+            let response =
+                blocking(shared, move |s| transactions::add_offsets(s, request, v)).await?;
+            encode(c, v, &response)?
+        }
+        RequestKind::TxnOffsetCommit(request) => {
+            let response = blocking(shared, move |s| {
+                transactions::txn_offset_commit(s, request, v)
+            })
+            .await?;
+            encode(c, v, &response)?
+        }
+        RequestKind::EndTxn(request) => {
+            let response = blocking(shared, move |s| transactions::end_txn(s, request, v)).await?;
+            encode(c, v, &response)?
+        }
+        RequestKind::FindCoordinator(request) => {
+            encode(c, v, &groups::find_coordinator(shared, request, v))?
+        }
+        RequestKind::JoinGroup(request) => {
             let client_id = header
                 .client_id
                 .as_ref()
@@ -177,58 +198,28 @@ pub(crate) async fn dispatch(
                 .to_owned();
             let host = format!("/{}", peer.ip());
             let response = groups::join_group(shared, request, client_id, host).await;
-            encode(correlation_id, version, &response)?
+            encode(c, v, &response)?
         }
-        ApiKey::SyncGroup => {
-            let request = decode(body, version)?;
-            encode(
-                correlation_id,
-                version,
-                &groups::sync_group(shared, request).await,
-            )?
+        RequestKind::SyncGroup(request) => {
+            encode(c, v, &groups::sync_group(shared, request).await)?
         }
-        ApiKey::Heartbeat => {
-            let request = decode(body, version)?;
-            encode(correlation_id, version, &groups::heartbeat(shared, request))?
-        }
-        ApiKey::LeaveGroup => {
-            let request = decode(body, version)?;
-            encode(
-                correlation_id,
-                version,
-                &groups::leave_group(shared, request, version),
-            )?
-        }
-        ApiKey::OffsetCommit => {
-            let request = decode(body, version)?;
+        RequestKind::Heartbeat(request) => encode(c, v, &groups::heartbeat(shared, request))?,
+        RequestKind::LeaveGroup(request) => encode(c, v, &groups::leave_group(shared, request, v))?,
+        RequestKind::OffsetCommit(request) => {
             let response = blocking(shared, move |s| groups::offset_commit(s, request)).await?;
-            encode(correlation_id, version, &response)?
+            encode(c, v, &response)?
         }
-        ApiKey::OffsetFetch => {
-            let request = decode(body, version)?;
-            encode(
-                correlation_id,
+        RequestKind::OffsetFetch(request) => encode(c, v, &groups::offset_fetch(shared, request))?,
+        RequestKind::ListGroups(request) => encode(c, v, &groups::list_groups(shared, request))?,
+        RequestKind::DescribeGroups(request) => {
+            encode(c, v, &groups::describe_groups(shared, request))?
+        }
+        _ => {
+            return Err(RequestError::Unsupported {
+                key: header.request_api_key,
                 version,
-                &groups::offset_fetch(shared, request),
-            )?
+            })
         }
-        ApiKey::ListGroups => {
-            let request = decode(body, version)?;
-            encode(
-                correlation_id,
-                version,
-                &groups::list_groups(shared, request),
-            )?
-        }
-        ApiKey::DescribeGroups => {
-            let request = decode(body, version)?;
-            encode(
-                correlation_id,
-                version,
-                &groups::describe_groups(shared, request),
-            )?
-        }
-        _ => return Err(RequestError::Unsupported { key, version }),
     };
     Ok(Some(response))
 }

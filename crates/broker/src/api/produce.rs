@@ -10,17 +10,21 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
 use super::str_bytes;
 use crate::broker::Shared;
+use crate::storage::batch::BatchHeader;
+use crate::storage::txn::is_transactional;
 use crate::storage::AppendError;
 use crate::FlushPolicy;
 
 pub(crate) fn handle(shared: &Arc<Shared>, request: ProduceRequest) -> ProduceResponse {
     let acks_valid = matches!(request.acks, -1..=1);
     let sync = shared.config.flush == FlushPolicy::BeforeAcknowledge && request.acks != 0;
+    let transactional_id = super::is_transactional_produce(&request).map(str::to_owned);
     let responses = request
         .topic_data
         .into_iter()
         .map(|topic_data| {
-            let topic = shared.topics.get(topic_data.name.0.as_str());
+            let topic_name = topic_data.name.0.as_str().to_owned();
+            let topic = shared.topics.get(&topic_name);
             let partition_responses = topic_data
                 .partition_data
                 .into_iter()
@@ -47,6 +51,34 @@ pub(crate) fn handle(shared: &Arc<Shared>, request: ProduceRequest) -> ProduceRe
                         return fail(ResponseError::CorruptMessage, Some("no records".into()));
                     };
                     let mut records = records.to_vec();
+                    let header = first_transactional(&records);
+                    let in_txn = header.is_some();
+                    // A transaction's batches are appended under the
+                    // coordinator's lock, after checking that the
+                    // transaction is open, holds this partition and has
+                    // this epoch: nothing lands after its markers.
+                    let guard = match (&transactional_id, in_txn, header) {
+                        (Some(id), true, Some(h)) => {
+                            let guard = shared.transactions.guard();
+                            if let Err(e) = guard.verify_produce(
+                                id,
+                                h.producer_id,
+                                h.producer_epoch,
+                                &topic_name,
+                                data.index,
+                            ) {
+                                return fail(e, None);
+                            }
+                            Some(guard)
+                        }
+                        (None, true, _) => {
+                            return fail(
+                                ResponseError::InvalidRecord,
+                                Some("a transactional batch needs a transactional id".into()),
+                            )
+                        }
+                        _ => None,
+                    };
                     let mut log = partition.log();
                     let appended = log.append(&mut records).and_then(|appended| {
                         if sync {
@@ -54,6 +86,7 @@ pub(crate) fn handle(shared: &Arc<Shared>, request: ProduceRequest) -> ProduceRe
                         }
                         Ok(appended)
                     });
+                    drop(guard);
                     match appended {
                         Ok(appended) => {
                             partition.appended.send_replace(log.next_offset());
@@ -88,4 +121,15 @@ pub(crate) fn handle(shared: &Arc<Shared>, request: ProduceRequest) -> ProduceRe
         })
         .collect();
     ProduceResponse::default().with_responses(responses)
+}
+
+/// The header of the first transactional batch in produced data, if any.
+fn first_transactional(mut data: &[u8]) -> Option<BatchHeader> {
+    while let Some(header) = BatchHeader::parse(data) {
+        if is_transactional(&header) {
+            return Some(header);
+        }
+        data = data.get(header.total_len()?..)?;
+    }
+    None
 }

@@ -6,7 +6,9 @@ use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
 
 /// Every API served, with the versions implemented. Produce and Fetch stop
 /// below the versions that address topics by id only; ListOffsets stops
-/// before v7 (max-timestamp lookups).
+/// before v7 (max-timestamp lookups); the transaction APIs stop before
+/// the versions brokers use among themselves (AddPartitionsToTxn v4+) and
+/// those of transaction protocol version 2 (KIP-890).
 pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 3, 12),
     (ApiKey::Fetch, 4, 12),
@@ -18,6 +20,10 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::DeleteRecords, 0, 2),
     (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::AddPartitionsToTxn, 0, 3),
+    (ApiKey::AddOffsetsToTxn, 0, 3),
+    (ApiKey::EndTxn, 0, 3),
+    (ApiKey::TxnOffsetCommit, 0, 3),
     (ApiKey::FindCoordinator, 0, 4),
     (ApiKey::JoinGroup, 0, 5),
     (ApiKey::SyncGroup, 0, 4),

@@ -12,8 +12,6 @@ pub(crate) const HEADER_LEN: usize = 61;
 /// `baseOffset` (8) plus `batchLength` (4): the part not counted in `batchLength`.
 pub(crate) const LOG_OVERHEAD: usize = 12;
 const CRC_START: usize = 21;
-const TRANSACTIONAL_FLAG: i16 = 0x10;
-const CONTROL_FLAG: i16 = 0x20;
 
 /// The fixed-size header of one record batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,7 +82,7 @@ impl BatchHeader {
 pub(crate) enum BatchError {
     /// Truncated, bad length, bad magic, or CRC mismatch.
     Corrupt(&'static str),
-    /// Well-formed but not something this broker accepts (control or transactional batches).
+    /// Well-formed but not something a producer may send (control batches).
     Unsupported(&'static str),
     /// Larger than the topic's `max.message.bytes`.
     TooLarge,
@@ -128,7 +126,7 @@ pub(crate) fn check_batch(buf: &[u8]) -> Result<(BatchHeader, usize), BatchError
 
 /// Validates produced data: one or more whole batches, each with a correct
 /// CRC, at least one record, a record count matching its offset delta, no
-/// larger than `max_batch_bytes`, and neither control nor transactional.
+/// larger than `max_batch_bytes`, and not a control batch.
 /// Returns each batch's header and byte range.
 pub(crate) fn validate_produced(
     data: &[u8],
@@ -143,14 +141,9 @@ pub(crate) fn validate_produced(
                 "record count does not match the offset delta",
             ));
         }
-        if header.attributes & CONTROL_FLAG != 0 {
+        if super::txn::is_control(&header) {
             return Err(BatchError::Unsupported(
                 "control batches cannot be produced",
-            ));
-        }
-        if header.attributes & TRANSACTIONAL_FLAG != 0 {
-            return Err(BatchError::Unsupported(
-                "transactions are not supported yet",
             ));
         }
         if len > max_batch_bytes {

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use super::batch::{assign_offset, validate_produced, BatchError};
 use super::producers::{ProducerStates, Sequenced};
 use super::segment::{now_ms, RecoveryReport, Segment};
+use super::txn::{is_control, marker_batch, marker_kind, PartitionTxns};
 
 /// How a partition's log is laid out and kept; per-topic values come from
 /// the topic's configs (`segment.bytes`, `retention.ms`, ...).
@@ -92,6 +93,7 @@ pub struct PartitionLog {
     /// Raised by DeleteRecords (kept in `log-start-offset`) and retention.
     log_start_offset: i64,
     producers: ProducerStates,
+    txns: PartitionTxns,
     unsynced: bool,
 }
 
@@ -112,6 +114,7 @@ impl PartitionLog {
         let mut segments = BTreeMap::new();
         let mut report = RecoveryReport::default();
         let mut producers = ProducerStates::default();
+        let mut txns = PartitionTxns::load(dir, bases.last().copied().unwrap_or(0))?;
         match bases.split_last() {
             None => {
                 segments.insert(0, Segment::create(dir, 0)?);
@@ -121,14 +124,27 @@ impl PartitionLog {
                     let next = bases[i + 1];
                     segments.insert(base, Segment::open_sealed(dir, base, next)?);
                 }
-                let (segment, r) =
-                    Segment::recover(dir, last, config.index_interval_bytes, &mut |header| {
-                        producers.record(header)
-                    })?;
+                let (segment, r) = Segment::recover(
+                    dir,
+                    last,
+                    config.index_interval_bytes,
+                    &mut |header, batch| {
+                        if is_control(header) {
+                            producers.record_marker(header.producer_id, header.producer_epoch);
+                            if let Some(commit) = marker_kind(batch) {
+                                txns.on_marker(header.producer_id, commit, header.base_offset);
+                            }
+                        } else {
+                            producers.record(header);
+                            txns.on_batch(header);
+                        }
+                    },
+                )?;
                 report = r;
                 segments.insert(last, segment);
             }
         }
+        txns.rewrite()?;
         let first_base = *segments.keys().next().expect("a segment");
         let next = segments
             .values()
@@ -140,13 +156,17 @@ impl PartitionLog {
             Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
             Err(e) => return Err(e),
         };
+        let log_start_offset = recorded.clamp(first_base, next.max(first_base));
+        // The replay of the last segment may list aborts below the log start.
+        txns.forget_before(log_start_offset)?;
         Ok((
             Self {
                 dir: dir.to_owned(),
                 config,
                 segments,
-                log_start_offset: recorded.clamp(first_base, next.max(first_base)),
+                log_start_offset,
                 producers,
+                txns,
                 unsynced: false,
             },
             report,
@@ -195,7 +215,9 @@ impl PartitionLog {
             }
             let base = oldest.base_offset;
             self.segments.remove(&base).expect("the oldest").delete()?;
+            PartitionTxns::forget_segment(&self.dir, base)?;
         }
+        self.txns.forget_before(offset)?;
         Ok(Some(offset))
     }
 
@@ -250,6 +272,7 @@ impl PartitionLog {
             let interval = self.config.index_interval_bytes;
             self.active_mut().append(batch, &header, interval)?;
             self.producers.record(&header);
+            self.txns.on_batch(&header);
             last_offset = header.last_offset();
         }
         self.unsynced = true;
@@ -275,9 +298,46 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// Appends a commit or abort marker for `producer_id`'s transaction,
+    /// written with `epoch` (which fences older epochs of the producer).
+    /// Returns the marker's offset.
+    pub fn append_marker(
+        &mut self,
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+    ) -> Result<i64, AppendError> {
+        let mut batch = marker_batch(producer_id, epoch, commit, now_ms());
+        self.maybe_roll(batch.len() as u64, 0)?;
+        let offset = self.next_offset();
+        assign_offset(&mut batch, offset, 0);
+        let (mut header, _) =
+            super::batch::check_batch(&batch).map_err(|e| AppendError::Corrupt(e.to_string()))?;
+        header.base_offset = offset;
+        let interval = self.config.index_interval_bytes;
+        self.active_mut().append(&batch, &header, interval)?;
+        self.producers.record_marker(producer_id, epoch);
+        if let Some(aborted) = self.txns.on_marker(producer_id, commit, offset) {
+            self.txns.persist(&aborted)?;
+        }
+        self.unsynced = true;
+        Ok(offset)
+    }
+
+    /// The last stable offset: below it, every transaction has ended.
+    pub fn last_stable_offset(&self) -> i64 {
+        self.txns.last_stable_offset(self.next_offset())
+    }
+
+    /// Aborted transactions overlapping `from..to`: `(producer id, first offset)`.
+    pub fn aborted_between(&self, from: i64, to: i64) -> Vec<(i64, i64)> {
+        self.txns.aborted_between(from, to)
+    }
+
     /// Seals the active segment and starts a new one at the next offset.
     pub fn roll(&mut self) -> io::Result<()> {
         let next = self.next_offset();
+        self.txns.snapshot(next)?;
         self.active_mut().seal()?;
         let segment = Segment::create(&self.dir, next)?;
         sync_dir(&self.dir)?;
@@ -307,6 +367,28 @@ impl PartitionLog {
                 return Ok(next.read(offset, max_bytes, first_whole)?);
             }
         }
+        Ok(data)
+    }
+
+    /// Like [`Self::read`], but only batches that end below `limit` (the
+    /// last stable offset, for `read_committed`).
+    pub fn read_below(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        first_whole: bool,
+        limit: i64,
+    ) -> Result<Vec<u8>, ReadError> {
+        let mut data = self.read(offset, max_bytes, first_whole)?;
+        let mut end = 0;
+        while let Some(header) = super::batch::BatchHeader::parse(&data[end..]) {
+            let Some(len) = header.total_len() else { break };
+            if header.last_offset() >= limit || end + len > data.len() {
+                break;
+            }
+            end += len;
+        }
+        data.truncate(end);
         Ok(data)
     }
 
@@ -346,10 +428,12 @@ impl PartitionLog {
             let segment = self.segments.remove(&base).expect("the oldest segment");
             size -= segment.size();
             segment.delete()?;
+            PartitionTxns::forget_segment(&self.dir, base)?;
             deleted += 1;
         }
         let first_base = *self.segments.keys().next().expect("a segment");
         self.log_start_offset = self.log_start_offset.max(first_base);
+        self.txns.forget_before(self.log_start_offset)?;
         Ok(deleted)
     }
 

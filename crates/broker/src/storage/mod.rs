@@ -6,6 +6,7 @@ pub(crate) mod index;
 pub(crate) mod log;
 pub(crate) mod producers;
 pub(crate) mod segment;
+pub(crate) mod txn;
 
 #[cfg(test)]
 mod tests;

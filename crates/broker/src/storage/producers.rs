@@ -109,6 +109,24 @@ impl ProducerStates {
         producer.last_used = now;
     }
 
+    /// Records a transaction marker written for `producer_id` at `epoch`:
+    /// a newer epoch (a fenced producer's transaction aborted by its
+    /// successor or by a timeout) replaces the old one, so that the old
+    /// epoch's batches are refused from then on; sequences are kept.
+    pub fn record_marker(&mut self, producer_id: i64, epoch: i16) {
+        self.clock += 1;
+        let producer = self.producers.entry(producer_id).or_insert(Producer {
+            epoch,
+            batches: VecDeque::new(),
+            last_used: self.clock,
+        });
+        if epoch > producer.epoch {
+            producer.epoch = epoch;
+            producer.batches.clear();
+        }
+        producer.last_used = self.clock;
+    }
+
     /// Records a batch now in the log (its base offset assigned).
     pub fn record(&mut self, batch: &BatchHeader) {
         if batch.producer_id < 0 {

@@ -125,12 +125,12 @@ impl Segment {
     /// Opens the last segment, validating every batch (length, CRC, offsets
     /// increasing), truncating whatever follows the last valid batch, and
     /// rebuilding both indexes.
-    /// `seen` is shown every valid batch's header, oldest first.
+    /// `seen` is shown every valid batch (header and bytes), oldest first.
     pub fn recover(
         dir: &Path,
         base_offset: i64,
         index_interval: u64,
-        seen: &mut dyn FnMut(&BatchHeader),
+        seen: &mut dyn FnMut(&BatchHeader, &[u8]),
     ) -> io::Result<(Self, RecoveryReport)> {
         let mut segment = Self::create(dir, base_offset)?;
         let file_len = segment.log.metadata()?.len();
@@ -157,7 +157,7 @@ impl Segment {
                 break;
             }
             segment.index_batch(&header, pos, len as u64, index_interval)?;
-            seen(&header);
+            seen(&header, &buf);
             segment.next_offset = header.last_offset() + 1;
             pos += len as u64;
             report.batches += 1;
@@ -324,7 +324,7 @@ impl Segment {
 
     /// Deletes the segment's files.
     pub fn delete(self) -> io::Result<()> {
-        for ext in ["log", "index", "timeindex"] {
+        for ext in ["log", "index", "timeindex", "txns"] {
             match fs::remove_file(segment_path(&self.dir, self.base_offset, ext)) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
                 _ => {}

@@ -293,3 +293,118 @@ fn a_retried_idempotent_batch_gets_its_first_offset_and_is_not_appended_twice() 
         Err(AppendError::FencedEpoch)
     ));
 }
+
+/// A batch as a transactional producer sends it.
+fn transactional_batch(
+    producer_id: i64,
+    epoch: i16,
+    base_sequence: i32,
+    values: &[&str],
+) -> Vec<u8> {
+    let mut batch = encode_batch(values, 1_000);
+    let attributes = i16::from_be_bytes([batch[21], batch[22]]) | txn::TRANSACTIONAL_FLAG;
+    batch[21..23].copy_from_slice(&attributes.to_be_bytes());
+    batch[43..51].copy_from_slice(&producer_id.to_be_bytes());
+    batch[51..53].copy_from_slice(&epoch.to_be_bytes());
+    batch[53..57].copy_from_slice(&base_sequence.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[21..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+    batch
+}
+
+#[test]
+fn an_open_transaction_holds_the_last_stable_offset_until_its_marker_and_an_abort_is_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
+    append_values(&mut log, 1, 1_000); // offsets 0-1
+    log.append(&mut transactional_batch(7, 0, 0, &["a", "b"]))
+        .unwrap(); // 2-3
+    append_values(&mut log, 1, 2_000); // 4-5, not in the transaction
+    assert_eq!((log.last_stable_offset(), log.next_offset()), (2, 6));
+    assert_eq!(
+        batches_in(&log.read_below(0, 1 << 20, true, 2).unwrap()),
+        [(0, 2)]
+    );
+
+    let marker = log.append_marker(7, 0, false).unwrap();
+    assert_eq!(marker, 6);
+    assert_eq!(log.last_stable_offset(), 7);
+    assert_eq!(
+        batches_in(&log.read_below(0, 1 << 20, true, 7).unwrap()).len(),
+        4,
+        "the marker is a batch of its own"
+    );
+    assert_eq!(log.aborted_between(0, 7), [(7, 2)]);
+    assert_eq!(log.aborted_between(7, 8), []);
+
+    // A committed transaction is not listed.
+    log.append(&mut transactional_batch(7, 0, 2, &["c"]))
+        .unwrap();
+    log.append_marker(7, 0, true).unwrap();
+    assert_eq!(log.aborted_between(0, 100), [(7, 2)]);
+    assert_eq!(log.last_stable_offset(), log.next_offset());
+}
+
+#[test]
+fn a_marker_with_a_newer_epoch_fences_the_producers_older_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
+    log.append(&mut transactional_batch(7, 0, 0, &["zombie"]))
+        .unwrap();
+    log.append_marker(7, 1, false).unwrap();
+    assert!(matches!(
+        log.append(&mut transactional_batch(7, 0, 1, &["late"])),
+        Err(AppendError::FencedEpoch)
+    ));
+    log.append(&mut transactional_batch(7, 1, 0, &["successor"]))
+        .unwrap();
+}
+
+#[test]
+fn open_and_aborted_transactions_survive_a_reopen_even_across_a_segment_roll() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut log, _) = PartitionLog::open(dir.path(), small_segments()).unwrap();
+        log.append(&mut transactional_batch(1, 0, 0, &["aborted"]))
+            .unwrap(); // 0
+        log.append_marker(1, 0, false).unwrap(); // 1
+        log.append(&mut transactional_batch(2, 0, 0, &["open"]))
+            .unwrap(); // 2
+                       // Fill past a roll, so that the open transaction began in an older segment.
+        append_values(&mut log, 30, 1_000);
+        assert!(log.segment_count() > 1);
+        assert_eq!(log.last_stable_offset(), 2);
+    }
+    let (mut log, _) = PartitionLog::open(dir.path(), small_segments()).unwrap();
+    assert_eq!(
+        log.last_stable_offset(),
+        2,
+        "the open transaction is remembered"
+    );
+    assert_eq!(log.aborted_between(0, 2), [(1, 0)]);
+    let marker = log.append_marker(2, 0, false).unwrap();
+    assert_eq!(log.last_stable_offset(), log.next_offset());
+    assert_eq!(log.aborted_between(0, marker + 1), [(1, 0), (2, 2)]);
+    drop(log);
+    let (log, _) = PartitionLog::open(dir.path(), small_segments()).unwrap();
+    assert_eq!(log.aborted_between(0, marker + 1), [(1, 0), (2, 2)]);
+    assert_eq!(log.last_stable_offset(), log.next_offset());
+}
+
+#[test]
+fn aborted_transactions_below_the_log_start_are_forgotten_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
+    log.append(&mut transactional_batch(1, 0, 0, &["a"]))
+        .unwrap(); // 0
+    log.append_marker(1, 0, false).unwrap(); // 1
+    log.append(&mut transactional_batch(1, 0, 1, &["b"]))
+        .unwrap(); // 2
+    log.append_marker(1, 0, false).unwrap(); // 3
+    assert_eq!(log.aborted_between(0, 4), [(1, 0), (1, 2)]);
+    log.delete_records_before(2).unwrap();
+    assert_eq!(log.aborted_between(0, 4), [(1, 2)]);
+    drop(log);
+    let (log, _) = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
+    assert_eq!(log.aborted_between(0, 4), [(1, 2)]);
+}

@@ -1,0 +1,783 @@
+//! The transaction coordinator: for each `transactional.id`, its producer
+//! id and epoch, its state, and the partitions and offsets in its current
+//! transaction.
+//!
+//! # State machine
+//!
+//! ```text
+//!            InitProducerId (epoch + 1)
+//!   (new) ──────────────────────────────▶ Empty
+//!   Empty | CompleteCommit | CompleteAbort
+//!        ── AddPartitionsToTxn / AddOffsetsToTxn ──▶ Ongoing
+//!   Ongoing ── EndTxn(commit) ──▶ PrepareCommit ── markers written ──▶ CompleteCommit
+//!   Ongoing ── EndTxn(abort) ───▶ PrepareAbort ─── markers written ──▶ CompleteAbort
+//!   Ongoing ── timeout, InitProducerId, restart ──▶ (epoch + 1) PrepareAbort ──▶ CompleteAbort
+//! ```
+//!
+//! A request carrying an older epoch than the current one gets
+//! PRODUCER_FENCED (INVALID_PRODUCER_EPOCH on Produce): bumping the epoch is
+//! how a successor, a timeout or a restart fences a zombie producer. Abort
+//! markers written on someone else's behalf carry the bumped epoch, so the
+//! partitions refuse the old epoch from then on.
+//!
+//! # Persistence
+//!
+//! `transactions.log` in the data directory holds one JSON line per change
+//! of a transactional id's record (the last line for an id wins; a torn
+//! last line is ignored), fsynced before the change is answered. A decision
+//! (PrepareCommit/PrepareAbort) is durable before any marker is written, so
+//! after a restart every transaction is completed the way it was decided,
+//! and an Ongoing one is aborted with a bumped epoch. The file is rewritten
+//! with only the latest records once it holds many stale lines.
+//!
+//! Committed offsets sent with a transaction (TxnOffsetCommit) are kept in
+//! the record and written to the group's offsets when the commit completes.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use kafka_protocol::error::ResponseError;
+use serde::{Deserialize, Serialize};
+
+use crate::groups::offsets::{Committed, OffsetStore};
+use crate::producer_ids::ProducerIds;
+use crate::storage::segment::now_ms;
+use crate::storage::AppendError;
+use crate::topics::Topics;
+
+/// Kafka's `transaction.max.timeout.ms` default (15 minutes).
+pub(crate) const MAX_TIMEOUT_MS: i32 = 900_000;
+const FILE: &str = "transactions.log";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum TxnState {
+    Empty,
+    Ongoing,
+    PrepareCommit,
+    PrepareAbort,
+    CompleteCommit,
+    CompleteAbort,
+}
+
+/// An offset a transaction will commit for a group when it commits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PendingOffset {
+    pub group: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: Option<String>,
+}
+
+/// Everything known about one transactional id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TxnRecord {
+    pub id: String,
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub timeout_ms: i32,
+    pub state: TxnState,
+    /// When the current transaction began (ms since the epoch).
+    pub started_ms: i64,
+    pub partitions: BTreeSet<(String, i32)>,
+    pub groups: BTreeSet<String>,
+    pub offsets: Vec<PendingOffset>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    txns: HashMap<String, TxnRecord>,
+    out: File,
+    lines: usize,
+}
+
+/// The coordinator; see the module docs.
+#[derive(Debug)]
+pub(crate) struct Transactions {
+    path: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+/// A held coordinator lock: produce appends for a transaction happen under
+/// it, so that no batch lands after the transaction's markers.
+pub(crate) struct Guard<'a>(MutexGuard<'a, Inner>);
+
+impl Guard<'_> {
+    /// Whether `producer_id` at `epoch` may append to `topic`/`partition`
+    /// for `transactional_id` now.
+    pub fn verify_produce(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        epoch: i16,
+        topic: &str,
+        partition: i32,
+    ) -> Result<(), ResponseError> {
+        let txn = self
+            .0
+            .txns
+            .get(transactional_id)
+            .filter(|t| t.producer_id == producer_id)
+            .ok_or(ResponseError::InvalidProducerIdMapping)?;
+        if epoch != txn.epoch {
+            return Err(ResponseError::InvalidProducerEpoch);
+        }
+        if txn.state != TxnState::Ongoing
+            || !txn.partitions.contains(&(topic.to_owned(), partition))
+        {
+            return Err(ResponseError::InvalidTxnState);
+        }
+        Ok(())
+    }
+}
+
+/// What the coordinator needs to write markers and offsets.
+pub(crate) struct Stores<'a> {
+    pub topics: &'a Topics,
+    pub offsets: &'a OffsetStore,
+}
+
+impl Transactions {
+    /// Loads `data_dir/transactions.log`.
+    pub fn open(data_dir: &Path) -> io::Result<Self> {
+        let path = data_dir.join(FILE);
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e),
+        };
+        let complete = text.rfind('\n').map_or(0, |end| end + 1);
+        let mut txns = HashMap::new();
+        let mut lines = 0;
+        for line in text[..complete].lines() {
+            match serde_json::from_str::<TxnRecord>(line) {
+                Ok(record) => {
+                    txns.insert(record.id.clone(), record);
+                    lines += 1;
+                }
+                Err(e) => tracing::warn!(error = %e, "skipping an unreadable transaction record"),
+            }
+        }
+        let out = OpenOptions::new().create(true).append(true).open(&path)?;
+        if complete != text.len() {
+            out.set_len(complete as u64)?;
+        }
+        Ok(Self {
+            path,
+            inner: Mutex::new(Inner { txns, out, lines }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes the coordinator lock (see [`Guard`]).
+    pub fn guard(&self) -> Guard<'_> {
+        Guard(self.lock())
+    }
+
+    /// Stores a record durably, then in memory.
+    fn save(&self, inner: &mut Inner, record: TxnRecord) -> io::Result<()> {
+        let mut line = serde_json::to_string(&record).map_err(io::Error::other)?;
+        line.push('\n');
+        inner.out.write_all(line.as_bytes())?;
+        inner.out.sync_data()?;
+        inner.lines += 1;
+        inner.txns.insert(record.id.clone(), record);
+        if inner.lines > 4 * inner.txns.len() + 1000 {
+            let tmp = self.path.with_extension("tmp");
+            let mut text = String::new();
+            for record in inner.txns.values() {
+                text.push_str(&serde_json::to_string(record).map_err(io::Error::other)?);
+                text.push('\n');
+            }
+            fs::write(&tmp, text)?;
+            File::open(&tmp)?.sync_all()?;
+            fs::rename(&tmp, &self.path)?;
+            if let Some(dir) = self.path.parent() {
+                File::open(dir)?.sync_all()?;
+            }
+            inner.out = OpenOptions::new().append(true).open(&self.path)?;
+            inner.lines = inner.txns.len();
+        }
+        Ok(())
+    }
+
+    /// Completes every transaction left unfinished by the last run:
+    /// decided ones the way they were decided, open ones by an abort with
+    /// a bumped epoch. Called once at start.
+    pub fn recover(&self, stores: &Stores<'_>) -> io::Result<usize> {
+        let mut inner = self.lock();
+        let unfinished: Vec<TxnRecord> = inner
+            .txns
+            .values()
+            .filter(|t| {
+                matches!(
+                    t.state,
+                    TxnState::Ongoing | TxnState::PrepareCommit | TxnState::PrepareAbort
+                )
+            })
+            .cloned()
+            .collect();
+        let count = unfinished.len();
+        for mut txn in unfinished {
+            if txn.state == TxnState::Ongoing {
+                tracing::info!(
+                    transactional_id = txn.id,
+                    "aborting a transaction left open by the last run"
+                );
+                txn.epoch = txn.epoch.saturating_add(1);
+                txn.state = TxnState::PrepareAbort;
+                self.save(&mut inner, txn.clone())?;
+            }
+            self.complete(&mut inner, txn, stores)
+                .map_err(|e| io::Error::other(format!("{e:?}")))?;
+        }
+        Ok(count)
+    }
+
+    /// Writes a prepared transaction's markers (and, for a commit, its
+    /// offsets) and records it complete.
+    fn complete(
+        &self,
+        inner: &mut Inner,
+        mut txn: TxnRecord,
+        stores: &Stores<'_>,
+    ) -> Result<(), ResponseError> {
+        let commit = match txn.state {
+            TxnState::PrepareCommit => true,
+            TxnState::PrepareAbort => false,
+            _ => return Ok(()),
+        };
+        for (topic, p) in &txn.partitions {
+            let Some(topic) = stores.topics.get(topic) else {
+                continue; // deleted since
+            };
+            let Some(partition) = usize::try_from(*p)
+                .ok()
+                .and_then(|i| topic.partitions.get(i))
+            else {
+                continue;
+            };
+            let mut log = partition.log();
+            match log.append_marker(txn.producer_id, txn.epoch, commit) {
+                Ok(_) => {
+                    partition.appended.send_replace(log.next_offset());
+                }
+                Err(e) => {
+                    tracing::error!(transactional_id = txn.id, error = %e, "writing a transaction marker failed");
+                    return Err(match e {
+                        AppendError::Io(_) => ResponseError::KafkaStorageError,
+                        _ => ResponseError::UnknownServerError,
+                    });
+                }
+            }
+        }
+        if commit {
+            let mut by_group: BTreeMap<&str, Vec<(String, i32, Committed)>> = BTreeMap::new();
+            for o in &txn.offsets {
+                by_group.entry(&o.group).or_default().push((
+                    o.topic.clone(),
+                    o.partition,
+                    Committed {
+                        offset: o.offset,
+                        leader_epoch: o.leader_epoch,
+                        metadata: o.metadata.clone(),
+                    },
+                ));
+            }
+            for (group, commits) in by_group {
+                stores.offsets.commit(group, &commits).map_err(|e| {
+                    tracing::error!(group, error = %e, "storing transactional offsets failed");
+                    ResponseError::KafkaStorageError
+                })?;
+            }
+        }
+        txn.state = if commit {
+            TxnState::CompleteCommit
+        } else {
+            TxnState::CompleteAbort
+        };
+        txn.partitions.clear();
+        txn.groups.clear();
+        txn.offsets.clear();
+        self.save(inner, txn).map_err(storage_error)
+    }
+
+    /// InitProducerId for a transactional id: a producer id and a new
+    /// epoch, fencing any earlier producer with this id (whose open
+    /// transaction is aborted).
+    pub fn init_producer_id(
+        &self,
+        stores: &Stores<'_>,
+        producer_ids: &ProducerIds,
+        id: &str,
+        timeout_ms: i32,
+        expected: Option<(i64, i16)>,
+    ) -> Result<(i64, i16), ResponseError> {
+        if !(1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
+            return Err(ResponseError::InvalidTransactionTimeout);
+        }
+        let mut inner = self.lock();
+        let Some(mut txn) = inner.txns.get(id).cloned() else {
+            let producer_id = producer_ids.next().map_err(storage_error)?;
+            let txn = TxnRecord {
+                id: id.to_owned(),
+                producer_id,
+                epoch: 0,
+                timeout_ms,
+                state: TxnState::Empty,
+                started_ms: 0,
+                partitions: BTreeSet::new(),
+                groups: BTreeSet::new(),
+                offsets: Vec::new(),
+            };
+            self.save(&mut inner, txn).map_err(storage_error)?;
+            return Ok((producer_id, 0));
+        };
+        if let Some((pid, epoch)) = expected {
+            // KIP-360: a producer bumping its own epoch must still hold it.
+            if pid != txn.producer_id || epoch != txn.epoch {
+                return Err(ResponseError::ProducerFenced);
+            }
+        }
+        match txn.state {
+            TxnState::Ongoing => {
+                txn.epoch = txn.epoch.saturating_add(1);
+                txn.state = TxnState::PrepareAbort;
+                self.save(&mut inner, txn.clone()).map_err(storage_error)?;
+                self.complete(&mut inner, txn, stores)?;
+            }
+            TxnState::PrepareCommit | TxnState::PrepareAbort => {
+                self.complete(&mut inner, txn, stores)?;
+            }
+            _ => {}
+        }
+        let mut txn = inner.txns[id].clone();
+        if txn.epoch >= i16::MAX - 1 {
+            txn.producer_id = producer_ids.next().map_err(storage_error)?;
+            txn.epoch = 0;
+        } else {
+            txn.epoch += 1;
+        }
+        txn.timeout_ms = timeout_ms;
+        txn.state = TxnState::Empty;
+        let answer = (txn.producer_id, txn.epoch);
+        self.save(&mut inner, txn).map_err(storage_error)?;
+        Ok(answer)
+    }
+
+    /// Checks a request's producer id and epoch against the transactional
+    /// id's, and that no decision is half-written.
+    fn check<'a>(
+        inner: &'a mut Inner,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+    ) -> Result<&'a mut TxnRecord, ResponseError> {
+        let txn = inner
+            .txns
+            .get_mut(id)
+            .filter(|t| t.producer_id == producer_id)
+            .ok_or(ResponseError::InvalidProducerIdMapping)?;
+        if epoch != txn.epoch {
+            return Err(ResponseError::ProducerFenced);
+        }
+        if matches!(txn.state, TxnState::PrepareCommit | TxnState::PrepareAbort) {
+            return Err(ResponseError::ConcurrentTransactions);
+        }
+        Ok(txn)
+    }
+
+    /// Starts the transaction if none is open.
+    fn begin(txn: &mut TxnRecord) {
+        if txn.state != TxnState::Ongoing {
+            txn.state = TxnState::Ongoing;
+            txn.started_ms = now_ms();
+            txn.partitions.clear();
+            txn.groups.clear();
+            txn.offsets.clear();
+        }
+    }
+
+    /// AddPartitionsToTxn: every partition must exist, else none is added.
+    pub fn add_partitions(
+        &self,
+        topics: &Topics,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+        partitions: &[(String, i32)],
+    ) -> Result<(), PartitionErrors> {
+        let unknown: Vec<&(String, i32)> = partitions
+            .iter()
+            .filter(|(t, p)| {
+                !topics
+                    .get(t)
+                    .is_some_and(|topic| (0..topic.partitions.len() as i32).contains(p))
+            })
+            .collect();
+        let mut inner = self.lock();
+        let mut txn = Self::check(&mut inner, id, producer_id, epoch)
+            .map_err(PartitionErrors::All)?
+            .clone();
+        if !unknown.is_empty() {
+            return Err(PartitionErrors::Each(
+                partitions
+                    .iter()
+                    .map(|tp| {
+                        let code = if unknown.contains(&tp) {
+                            ResponseError::UnknownTopicOrPartition
+                        } else {
+                            ResponseError::OperationNotAttempted
+                        };
+                        (tp.clone(), code)
+                    })
+                    .collect(),
+            ));
+        }
+        Self::begin(&mut txn);
+        let before = txn.partitions.len();
+        txn.partitions.extend(partitions.iter().cloned());
+        if txn.partitions.len() != before || inner.txns.get(id) != Some(&txn) {
+            self.save(&mut inner, txn)
+                .map_err(|e| PartitionErrors::All(storage_error(e)))?;
+        }
+        Ok(())
+    }
+
+    /// AddOffsetsToTxn: the transaction will commit offsets for `group`.
+    pub fn add_offsets(
+        &self,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+        group: &str,
+    ) -> Result<(), ResponseError> {
+        let mut inner = self.lock();
+        let mut txn = Self::check(&mut inner, id, producer_id, epoch)?.clone();
+        Self::begin(&mut txn);
+        txn.groups.insert(group.to_owned());
+        self.save(&mut inner, txn).map_err(storage_error)
+    }
+
+    /// TxnOffsetCommit: offsets committed for `group` if, and when, the
+    /// transaction commits.
+    pub fn txn_offset_commit(
+        &self,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+        offsets: Vec<PendingOffset>,
+    ) -> Result<(), ResponseError> {
+        let mut inner = self.lock();
+        let mut txn = Self::check(&mut inner, id, producer_id, epoch)?.clone();
+        if txn.state != TxnState::Ongoing || !offsets.iter().all(|o| txn.groups.contains(&o.group))
+        {
+            return Err(ResponseError::InvalidTxnState);
+        }
+        for o in offsets {
+            txn.offsets
+                .retain(|p| (&p.group, &p.topic, p.partition) != (&o.group, &o.topic, o.partition));
+            txn.offsets.push(o);
+        }
+        self.save(&mut inner, txn).map_err(storage_error)
+    }
+
+    /// EndTxn: commits or aborts the open transaction. Repeating the
+    /// decision of a completed transaction succeeds (a retried EndTxn).
+    pub fn end(
+        &self,
+        stores: &Stores<'_>,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+    ) -> Result<(), ResponseError> {
+        let mut inner = self.lock();
+        let txn = inner
+            .txns
+            .get(id)
+            .filter(|t| t.producer_id == producer_id)
+            .cloned()
+            .ok_or(ResponseError::InvalidProducerIdMapping)?;
+        if epoch != txn.epoch {
+            return Err(ResponseError::ProducerFenced);
+        }
+        let mut txn = txn;
+        match (txn.state, commit) {
+            (TxnState::Ongoing, _) => {
+                txn.state = if commit {
+                    TxnState::PrepareCommit
+                } else {
+                    TxnState::PrepareAbort
+                };
+                self.save(&mut inner, txn.clone()).map_err(storage_error)?;
+                self.complete(&mut inner, txn, stores)
+            }
+            (TxnState::PrepareCommit, true) | (TxnState::PrepareAbort, false) => {
+                self.complete(&mut inner, txn, stores)
+            }
+            (TxnState::CompleteCommit, true) | (TxnState::CompleteAbort, false) => Ok(()),
+            _ => Err(ResponseError::InvalidTxnState),
+        }
+    }
+
+    /// Aborts, with a bumped epoch, every transaction open longer than its
+    /// timeout. Returns the transactional ids aborted.
+    pub fn expire(&self, stores: &Stores<'_>, now_ms: i64) -> Vec<String> {
+        let mut inner = self.lock();
+        let expired: Vec<TxnRecord> = inner
+            .txns
+            .values()
+            .filter(|t| {
+                t.state == TxnState::Ongoing && now_ms - t.started_ms > i64::from(t.timeout_ms)
+            })
+            .cloned()
+            .collect();
+        let mut aborted = Vec::new();
+        for mut txn in expired {
+            tracing::info!(
+                transactional_id = txn.id,
+                timeout_ms = txn.timeout_ms,
+                "aborting a transaction open longer than its timeout"
+            );
+            txn.epoch = txn.epoch.saturating_add(1);
+            txn.state = TxnState::PrepareAbort;
+            let id = txn.id.clone();
+            let done = self
+                .save(&mut inner, txn.clone())
+                .map_err(storage_error)
+                .and_then(|()| self.complete(&mut inner, txn, stores));
+            match done {
+                Ok(()) => aborted.push(id),
+                Err(e) => tracing::error!(transactional_id = id, error = ?e, "aborting failed"),
+            }
+        }
+        aborted
+    }
+
+    /// Whether an open transaction will commit an offset for this group's partition.
+    pub fn has_pending_offset(&self, group: &str, topic: &str, partition: i32) -> bool {
+        self.lock().txns.values().any(|t| {
+            t.state == TxnState::Ongoing
+                && t.offsets
+                    .iter()
+                    .any(|o| o.group == group && o.topic == topic && o.partition == partition)
+        })
+    }
+
+    #[cfg(test)]
+    pub fn get(&self, id: &str) -> Option<TxnRecord> {
+        self.lock().txns.get(id).cloned()
+    }
+}
+
+/// Errors of AddPartitionsToTxn: one for all partitions, or one each.
+#[derive(Debug)]
+pub(crate) enum PartitionErrors {
+    All(ResponseError),
+    Each(Vec<((String, i32), ResponseError)>),
+}
+
+fn storage_error(e: io::Error) -> ResponseError {
+    tracing::error!(error = %e, "transaction state storage failed");
+    ResponseError::KafkaStorageError
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::storage::LogConfig;
+
+    struct World {
+        dir: tempfile::TempDir,
+        topics: Topics,
+        offsets: OffsetStore,
+        ids: ProducerIds,
+    }
+
+    impl World {
+        fn open(dir: tempfile::TempDir) -> Self {
+            let topics = Topics::open(dir.path(), LogConfig::default()).unwrap();
+            let offsets = OffsetStore::open(dir.path()).unwrap();
+            let ids = ProducerIds::open(dir.path()).unwrap();
+            Self {
+                dir,
+                topics,
+                offsets,
+                ids,
+            }
+        }
+
+        fn stores(&self) -> Stores<'_> {
+            Stores {
+                topics: &self.topics,
+                offsets: &self.offsets,
+            }
+        }
+
+        fn next_offset(&self, topic: &str) -> (i64, i64) {
+            let topic = self.topics.get(topic).unwrap();
+            let log = topic.partitions[0].log();
+            (log.last_stable_offset(), log.next_offset())
+        }
+    }
+
+    fn transactional_batch(producer_id: i64, epoch: i16) -> Vec<u8> {
+        let mut batch = crate::storage::batch::tests::encode_batch(&["v"], 1_000);
+        batch[21..23].copy_from_slice(&crate::storage::txn::TRANSACTIONAL_FLAG.to_be_bytes());
+        batch[43..51].copy_from_slice(&producer_id.to_be_bytes());
+        batch[51..53].copy_from_slice(&epoch.to_be_bytes());
+        batch[53..57].copy_from_slice(&0i32.to_be_bytes());
+        let crc = crc32c::crc32c(&batch[21..]);
+        batch[17..21].copy_from_slice(&crc.to_be_bytes());
+        batch
+    }
+
+    #[test]
+    fn a_transaction_open_at_a_restart_is_aborted_its_epoch_bumped_and_its_offsets_dropped() {
+        let world = World::open(tempfile::tempdir().unwrap());
+        world.topics.create("t", 1, 1, BTreeMap::new()).unwrap();
+        let txns = Transactions::open(world.dir.path()).unwrap();
+        let (pid, epoch) = txns
+            .init_producer_id(&world.stores(), &world.ids, "tx", 60_000, None)
+            .unwrap();
+        assert_eq!(epoch, 0);
+        txns.add_partitions(&world.topics, "tx", pid, 0, &[("t".into(), 0)])
+            .unwrap();
+        txns.add_offsets("tx", pid, 0, "g").unwrap();
+        txns.txn_offset_commit(
+            "tx",
+            pid,
+            0,
+            vec![PendingOffset {
+                group: "g".into(),
+                topic: "t".into(),
+                partition: 0,
+                offset: 5,
+                leader_epoch: -1,
+                metadata: None,
+            }],
+        )
+        .unwrap();
+        {
+            let guard = txns.guard();
+            guard.verify_produce("tx", pid, 0, "t", 0).unwrap();
+            let topic = world.topics.get("t").unwrap();
+            topic.partitions[0]
+                .log()
+                .append(&mut transactional_batch(pid, 0))
+                .unwrap();
+        }
+        assert_eq!(
+            world.next_offset("t"),
+            (0, 1),
+            "the open transaction holds the LSO"
+        );
+        drop(txns);
+        let World { dir, .. } = world;
+
+        // The broker restarts.
+        let world = World::open(dir);
+        let txns = Transactions::open(world.dir.path()).unwrap();
+        assert_eq!(world.next_offset("t"), (0, 1), "still open before recovery");
+        assert_eq!(txns.recover(&world.stores()).unwrap(), 1);
+        let record = txns.get("tx").unwrap();
+        assert_eq!(
+            (record.producer_id, record.epoch, record.state),
+            (pid, 1, TxnState::CompleteAbort)
+        );
+        assert_eq!(world.next_offset("t"), (2, 2), "an abort marker ends it");
+        assert!(
+            world.offsets.fetch("g").is_empty(),
+            "its offsets are not committed"
+        );
+        assert_eq!(
+            txns.end(&world.stores(), "tx", pid, 0, true),
+            Err(ResponseError::ProducerFenced),
+            "the producer from before the restart is fenced"
+        );
+        let (again, epoch) = txns
+            .init_producer_id(&world.stores(), &world.ids, "tx", 60_000, None)
+            .unwrap();
+        assert_eq!((again, epoch), (pid, 2));
+        drop(txns);
+        let txns = Transactions::open(world.dir.path()).unwrap();
+        assert_eq!(
+            txns.get("tx").unwrap().epoch,
+            2,
+            "the state survives a restart"
+        );
+    }
+
+    #[test]
+    fn a_committed_transaction_commits_its_offsets_and_a_retried_end_succeeds() {
+        let world = World::open(tempfile::tempdir().unwrap());
+        world.topics.create("t", 1, 1, BTreeMap::new()).unwrap();
+        let txns = Transactions::open(world.dir.path()).unwrap();
+        let (pid, epoch) = txns
+            .init_producer_id(&world.stores(), &world.ids, "tx", 60_000, None)
+            .unwrap();
+        assert_eq!(
+            txns.end(&world.stores(), "tx", pid, epoch, true),
+            Err(ResponseError::InvalidTxnState),
+            "nothing to commit"
+        );
+        txns.add_offsets("tx", pid, epoch, "g").unwrap();
+        let offset = PendingOffset {
+            group: "g".into(),
+            topic: "t".into(),
+            partition: 0,
+            offset: 7,
+            leader_epoch: -1,
+            metadata: Some("m".into()),
+        };
+        txns.txn_offset_commit("tx", pid, epoch, vec![offset])
+            .unwrap();
+        assert!(txns.has_pending_offset("g", "t", 0));
+        txns.end(&world.stores(), "tx", pid, epoch, true).unwrap();
+        txns.end(&world.stores(), "tx", pid, epoch, true).unwrap();
+        assert!(!txns.has_pending_offset("g", "t", 0));
+        assert_eq!(world.offsets.fetch("g")[&("t".to_owned(), 0)].offset, 7);
+        assert_eq!(
+            txns.end(&world.stores(), "tx", pid, epoch, false),
+            Err(ResponseError::InvalidTxnState)
+        );
+    }
+
+    #[test]
+    fn a_transaction_past_its_timeout_is_aborted_and_its_producer_fenced() {
+        let world = World::open(tempfile::tempdir().unwrap());
+        world.topics.create("t", 1, 1, BTreeMap::new()).unwrap();
+        let txns = Transactions::open(world.dir.path()).unwrap();
+        let (pid, epoch) = txns
+            .init_producer_id(&world.stores(), &world.ids, "tx", 1_000, None)
+            .unwrap();
+        txns.add_partitions(&world.topics, "tx", pid, epoch, &[("t".into(), 0)])
+            .unwrap();
+        let started = txns.get("tx").unwrap().started_ms;
+        assert!(txns.expire(&world.stores(), started + 1_000).is_empty());
+        assert_eq!(txns.expire(&world.stores(), started + 1_001), ["tx"]);
+        assert_eq!(txns.get("tx").unwrap().state, TxnState::CompleteAbort);
+        assert_eq!(
+            txns.add_partitions(&world.topics, "tx", pid, epoch, &[("t".into(), 0)])
+                .map_err(|e| format!("{e:?}")),
+            Err(format!(
+                "{:?}",
+                PartitionErrors::All(ResponseError::ProducerFenced)
+            ))
+        );
+        assert_eq!(
+            txns.init_producer_id(&world.stores(), &world.ids, "tx", 0, None),
+            Err(ResponseError::InvalidTransactionTimeout)
+        );
+    }
+}
