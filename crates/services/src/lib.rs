@@ -22,7 +22,7 @@ pub use consumer_service::{
     ConsumerService, Delivery, EventHandler, Handled, HandlerError, RetryPolicy,
 };
 pub use dead_letter::{dead_letter_topic, DeadLetterPublisher, ErrorClass};
-pub use encoding::{EncodingError, EventDecoder, EventEncoding};
+pub use encoding::{EncodingError, EventDecoder, EventEncoding, EventRecord};
 pub use notifier::{
     DelayedSink, LogSink, NotificationHandler, NotificationSink, SinkError, NOTIFIER_GROUP,
 };

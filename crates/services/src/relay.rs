@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use taskstream_kafka::{EventProducer, KafkaError, OutboundRecord};
+use taskstream_kafka::{EventProducer, KafkaError};
 use taskstream_store::{OutboxStore, PendingMessage, StoreError};
 use taskstream_telemetry::Metrics;
 use tokio::sync::Notify;
@@ -297,26 +297,8 @@ impl OutboxRelay {
         producer: &EventProducer,
         row: &PendingMessage,
     ) -> Result<taskstream_kafka::DeliveryFuture, RelayError> {
-        let m = &row.message;
-        let (payload, content_type) = self.encoding.encode(m).await?;
-        let id = m.id.to_string();
-        // Header names match what Debezium's outbox event router writes
-        // (`id`), plus the event type, so consumers can route without decoding.
-        let mut headers: Vec<(&str, &[u8])> = vec![
-            ("id", id.as_bytes()),
-            ("type", m.event_type.as_bytes()),
-            ("content-type", content_type.as_bytes()),
-        ];
-        if let Some(traceparent) = &m.traceparent {
-            headers.push(("traceparent", traceparent.as_bytes()));
-        }
-        Ok(producer
-            .enqueue(OutboundRecord {
-                topic: &m.topic,
-                key: m.aggregate_id.as_bytes(),
-                payload: &payload,
-                headers: &headers,
-            })
-            .await?)
+        let record = self.encoding.record(&row.message).await?;
+        let headers = record.borrowed_headers();
+        Ok(producer.enqueue(record.outbound(&headers)).await?)
     }
 }
