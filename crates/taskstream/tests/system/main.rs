@@ -25,6 +25,7 @@ mod manifests;
 mod observability;
 mod offset_resets;
 mod rebalance;
+mod relay_lease;
 mod restart;
 mod schema_registry;
 mod schemathesis;
