@@ -16,7 +16,8 @@ use taskstream_telemetry::TraceParent;
 use tracing::Instrument;
 
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-pub(crate) static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub(crate) static TRACEPARENT: HeaderName =
+    HeaderName::from_static(taskstream_domain::headers::TRACEPARENT);
 
 /// Who and what caused a command, copied into the events it emits.
 #[derive(Debug, Clone)]

@@ -14,7 +14,7 @@ pub enum CodecError {
 /// Turns envelopes into record values and back. The relay encodes, consumers
 /// decode; swapping the encoding (JSON today) touches only an implementation.
 pub trait EventCodec: Send + Sync + 'static {
-    /// The MIME type written to the `content-type` record header.
+    /// The MIME type written to the [`crate::headers::CONTENT_TYPE`] record header.
     fn content_type(&self) -> &'static str;
     /// Encodes one envelope as a record value.
     fn encode(&self, event: &EventEnvelope) -> Result<Vec<u8>, CodecError>;
@@ -28,7 +28,7 @@ pub struct JsonCodec;
 
 impl EventCodec for JsonCodec {
     fn content_type(&self) -> &'static str {
-        "application/json"
+        crate::headers::JSON_CONTENT_TYPE
     }
 
     fn encode(&self, event: &EventEnvelope) -> Result<Vec<u8>, CodecError> {

@@ -8,6 +8,7 @@ mod clock;
 mod codec;
 mod envelope;
 mod event;
+pub mod headers;
 mod task;
 
 pub use clock::now;

@@ -21,7 +21,7 @@ pub use consumer::{
     ProcessedEvents, RetryPolicy,
 };
 pub use dead_letter::{dead_letter_topic, DeadLetterPublisher, ErrorClass};
-pub use encoding::{EncodingError, EventDecoder, EventEncoding};
+pub use encoding::{EncodingError, EventDecoder, EventEncoding, EventRecord};
 pub use notifier::{DelayedSink, LogSink, NotificationHandler, NotificationSink, NOTIFIER_GROUP};
 pub use offset_resets::{GapRepair, OffsetResets, OutboxRepair, Repair};
 pub use relay::{OutboxRelay, ProducerFactory, RelayError, RelaySettings};

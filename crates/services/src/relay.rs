@@ -12,12 +12,19 @@
 //! crash in between) is published again: consumers de-duplicate by event id.
 //! A producer that hit a fatal error can never publish again, so the relay
 //! replaces it with a new one and carries on from the first unmarked row.
+//!
+//! Only the relay holding the outbox's [`Lease`] publishes; another one
+//! (a second replica on PostgreSQL) stands by, asks for the lease every
+//! round, and takes over once the holder released it or is gone. A relay
+//! whose lease ended (its database session failed) stops publishing until
+//! it wins the lease again.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use taskstream_kafka::{EventProducer, KafkaError, OutboundRecord};
-use taskstream_store::{OutboxStore, PendingMessage, StoreError};
+use taskstream_kafka::{EventProducer, KafkaError};
+use taskstream_store::{Lease, OutboxStore, PendingMessage, StoreError};
 use taskstream_telemetry::Metrics;
 use tokio::sync::Notify;
 
@@ -83,6 +90,12 @@ pub struct OutboxRelay {
     settings: RelaySettings,
     metrics: Arc<Metrics>,
     encoding: EventEncoding,
+    /// Who this relay is, in the lease and in logs.
+    holder: String,
+    /// The outbox lease while this relay holds it.
+    lease: tokio::sync::Mutex<Option<Lease>>,
+    /// Whether the standby state was logged since the lease was last held.
+    standing_by: AtomicBool,
 }
 
 impl OutboxRelay {
@@ -104,7 +117,15 @@ impl OutboxRelay {
             settings,
             metrics,
             encoding,
+            holder: format!("relay-{}-{}", std::process::id(), uuid::Uuid::now_v7()),
+            lease: tokio::sync::Mutex::new(None),
+            standing_by: AtomicBool::new(false),
         })
+    }
+
+    /// Whether this relay holds the outbox lease (as of its latest round).
+    pub async fn holds_lease(&self) -> bool {
+        self.lease.lock().await.is_some()
     }
 
     /// The producer in use.
@@ -199,6 +220,13 @@ impl OutboxRelay {
         {
             tracing::warn!(%error, "producer flush incomplete");
         }
+        // Only now: everything this relay handed the producer is settled, so
+        // a standby taking over cannot publish alongside it.
+        if let Some(lease) = self.lease.lock().await.take() {
+            if let Err(error) = self.store.release_lease(lease).await {
+                tracing::warn!(%error, "cannot release the outbox lease; a standby takes over when the session ends");
+            }
+        }
     }
 
     /// Deletes published messages older than the retention, a thousand at a
@@ -232,8 +260,35 @@ impl OutboxRelay {
     /// failure, later rows stay pending even if acknowledged, so that the
     /// retry starts at the failed row and republishes in order (duplicates
     /// are harmless, reordering is not).
+    ///
+    /// Without the outbox lease (another relay holds it) nothing is
+    /// published and the answer is `Ok(0)`.
     pub async fn publish_pending(&self) -> Result<usize, RelayError> {
-        let batch = self.store.pending(self.settings.batch_size).await?;
+        let mut lease = self.lease.lock().await;
+        if lease.is_none() {
+            match self.store.acquire_lease(&self.holder).await? {
+                Some(won) => {
+                    self.standing_by.store(false, Ordering::Relaxed);
+                    *lease = Some(won);
+                }
+                None => {
+                    if !self.standing_by.swap(true, Ordering::Relaxed) {
+                        tracing::info!(holder = %self.holder, "another relay holds the outbox lease; standing by");
+                    }
+                    return Ok(0);
+                }
+            }
+        }
+        let held = lease.as_ref().expect("acquired above");
+        let batch = match self.store.pending(held, self.settings.batch_size).await {
+            Ok(batch) => batch,
+            Err(error) => {
+                // The lease may have ended with the failure: win it again
+                // (or stand by) before publishing anything more.
+                *lease = None;
+                return Err(error.into());
+            }
+        };
         if batch.is_empty() {
             return Ok(0);
         }
@@ -297,26 +352,8 @@ impl OutboxRelay {
         producer: &EventProducer,
         row: &PendingMessage,
     ) -> Result<taskstream_kafka::DeliveryFuture, RelayError> {
-        let m = &row.message;
-        let (payload, content_type) = self.encoding.encode(m).await?;
-        let id = m.id.to_string();
-        // Header names match what Debezium's outbox event router writes
-        // (`id`), plus the event type, so consumers can route without decoding.
-        let mut headers: Vec<(&str, &[u8])> = vec![
-            ("id", id.as_bytes()),
-            ("type", m.event_type.as_bytes()),
-            ("content-type", content_type.as_bytes()),
-        ];
-        if let Some(traceparent) = &m.traceparent {
-            headers.push(("traceparent", traceparent.as_bytes()));
-        }
-        Ok(producer
-            .enqueue(OutboundRecord {
-                topic: &m.topic,
-                key: m.aggregate_id.as_bytes(),
-                payload: &payload,
-                headers: &headers,
-            })
-            .await?)
+        let record = self.encoding.record(&row.message).await?;
+        let headers = record.borrowed_headers();
+        Ok(producer.enqueue(record.outbound(&headers)).await?)
     }
 }

@@ -24,7 +24,7 @@ fn change() -> (Task, OutboxMessage) {
         event_type: change.event.event_type.to_string(),
         topic: "task-events".into(),
         payload: JsonCodec.encode(&change.event).unwrap(),
-        content_type: "application/json".into(),
+        content_type: taskstream_domain::headers::JSON_CONTENT_TYPE.into(),
         traceparent: None,
         created_at: change.event.time,
     };
@@ -73,7 +73,8 @@ fn store_benches(c: &mut Criterion) {
                             store.insert_task(&task, &message).await.unwrap();
                         }
                         let started = std::time::Instant::now();
-                        let batch = store.pending(500).await.unwrap();
+                        let lease = store.acquire_lease("bench").await.unwrap().unwrap();
+                        let batch = store.pending(&lease, 500).await.unwrap();
                         let seqs: Vec<i64> = batch.iter().map(|p| p.seq).collect();
                         store
                             .mark_published(&seqs, taskstream_domain::now())

@@ -9,7 +9,7 @@ use taskstream_domain::{Task, TaskId};
 use uuid::Uuid;
 
 use crate::{
-    AuditEntry, AuditStore, HandledBy, NotificationRecord, NotificationStore, OutboxMessage,
+    AuditEntry, AuditStore, HandledBy, Lease, NotificationRecord, NotificationStore, OutboxMessage,
     OutboxStats, OutboxStore, PendingMessage, PgOptions, PgStore, SqliteOptions, SqliteStore,
     StoreError, TaskQuery, TaskStore, WriteHealth,
 };
@@ -177,8 +177,16 @@ impl TaskStore for Store {
 
 #[async_trait]
 impl OutboxStore for Store {
-    async fn pending(&self, limit: u32) -> Result<Vec<PendingMessage>, StoreError> {
-        each!(self, s => s.pending(limit).await)
+    async fn acquire_lease(&self, holder: &str) -> Result<Option<Lease>, StoreError> {
+        each!(self, s => s.acquire_lease(holder).await)
+    }
+
+    async fn release_lease(&self, lease: Lease) -> Result<(), StoreError> {
+        each!(self, s => s.release_lease(lease).await)
+    }
+
+    async fn pending(&self, lease: &Lease, limit: u32) -> Result<Vec<PendingMessage>, StoreError> {
+        each!(self, s => s.pending(lease, limit).await)
     }
 
     async fn mark_published(&self, seqs: &[i64], at: DateTime<Utc>) -> Result<(), StoreError> {

@@ -40,6 +40,10 @@ pub enum StoreError {
     /// or may not be there; read it back before trying again.
     #[error("the outcome of the commit is unknown: {0}")]
     OutcomeUnknown(String),
+    /// The relay's outbox lease is no longer held (its session ended, or it
+    /// was released); another relay may be publishing now.
+    #[error("the outbox lease is no longer held")]
+    LeaseLost,
     /// The database did not answer in time; the connection was given up.
     #[error("the database did not answer in time ({0})")]
     Timeout(&'static str),

@@ -9,10 +9,13 @@
 //! processes sharing a database) implement all four; [`Store`] is either.
 
 mod any;
+mod consumer_stores;
 mod error;
 mod health;
 mod postgres;
 mod records;
+mod rows;
+mod sql;
 mod sqlite;
 mod traits;
 
@@ -21,7 +24,7 @@ pub use error::StoreError;
 pub use health::{WriteFailure, WriteHealth};
 pub use postgres::{redact_url, PgOptions, PgStore, OUTBOX_CHANNEL};
 pub use records::{
-    AuditEntry, HandledBy, NotificationRecord, OutboxMessage, OutboxStats, PendingMessage,
+    AuditEntry, HandledBy, Lease, NotificationRecord, OutboxMessage, OutboxStats, PendingMessage,
     TaskQuery,
 };
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};

@@ -8,25 +8,28 @@
 //! late-committing row in its next round, which reorders only across tasks
 //! (different record keys), never within one.
 //!
-//! Only one relay publishes at a time: it holds a session-level advisory lock
-//! on the connection it reads and marks the outbox through. A second replica
-//! finds the lock taken and stands by, and takes over when the first one's
-//! session ends.
+//! Only one relay publishes at a time: its outbox [`Lease`] is a
+//! session-level advisory lock, held by the connection it reads the outbox
+//! through. A second replica finds the lock taken and stands by, and takes
+//! over when the first one releases the lease or its session ends.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Connection, PgConnection, Postgres, QueryBuilder, Row};
-use taskstream_domain::{Assignee, Description, Priority, Task, TaskId, TaskStatus, TaskTitle};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Connection, PgConnection, Postgres, QueryBuilder};
+use taskstream_domain::{Task, TaskId};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
+use crate::consumer_stores::consumer_stores;
 use crate::health::WriteHealth;
+use crate::rows::{self, StoredRow};
 use crate::{
-    AuditEntry, AuditStore, HandledBy, NotificationRecord, NotificationStore, OutboxMessage,
-    OutboxStats, OutboxStore, PendingMessage, StoreError, TaskQuery, TaskStore,
+    sql, HandledBy, Lease, OutboxMessage, OutboxStats, OutboxStore, PendingMessage, StoreError,
+    TaskQuery, TaskStore,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations_postgres");
@@ -68,12 +71,21 @@ pub struct PgStore {
     pool: PgPool,
     /// Where the database is, with the password left out (for messages).
     display: String,
-    /// The relay's connection while it holds the publishing lock: taken
-    /// out of the pool for good, so a session holding the lock can never be
+    /// The relay's connection while it holds the outbox lease: taken out
+    /// of the pool for good, so a session holding the lock can never be
     /// handed to other work (closing it releases the lock).
-    relay: Mutex<Option<PgConnection>>,
+    relay: Mutex<Option<LeaseSession>>,
+    /// The grant number of the next lease won.
+    grants: AtomicU64,
     /// The outcome of the latest task write, for readiness.
     health: WriteHealth,
+}
+
+/// The session holding the outbox lease, and which grant it is.
+#[derive(Debug)]
+struct LeaseSession {
+    conn: PgConnection,
+    grant: u64,
 }
 
 /// `url` with any password replaced, for logs and errors: the one in the
@@ -110,11 +122,14 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-fn corrupt(table: &'static str, detail: impl Into<String>) -> StoreError {
-    StoreError::Corrupt {
-        table,
-        detail: detail.into(),
-    }
+/// How PostgreSQL binds a UUID: as one.
+fn id(u: Uuid) -> Uuid {
+    u
+}
+
+/// How PostgreSQL binds a time: as a `timestamptz`.
+fn at(t: &DateTime<Utc>) -> DateTime<Utc> {
+    *t
 }
 
 impl PgStore {
@@ -147,6 +162,7 @@ impl PgStore {
             pool,
             display,
             relay: Mutex::new(None),
+            grants: AtomicU64::new(1),
             health: WriteHealth::default(),
         })
     }
@@ -164,16 +180,10 @@ impl PgStore {
 
     /// See [`crate::SqliteStore::requeue_unhandled_events`].
     pub async fn requeue_unhandled_events(&self, notifier: &str) -> Result<u64, StoreError> {
-        let done = sqlx::query(
-            "UPDATE outbox SET published_at = NULL
-             WHERE published_at IS NOT NULL
-               AND (NOT EXISTS (SELECT 1 FROM audit_log a WHERE a.event_id = outbox.id)
-                    OR NOT EXISTS (SELECT 1 FROM processed_events p
-                                   WHERE p.consumer = $1 AND p.event_id = outbox.id))",
-        )
-        .bind(notifier)
-        .execute(&self.pool)
-        .await?;
+        let done = sqlx::query(sql::REQUEUE_UNHANDLED)
+            .bind(notifier)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected())
     }
 
@@ -181,24 +191,15 @@ impl PgStore {
     pub async fn requeue_events_unhandled_by(&self, by: HandledBy<'_>) -> Result<u64, StoreError> {
         let done = match by {
             HandledBy::AuditLog => {
-                sqlx::query(
-                    "UPDATE outbox SET published_at = NULL
-                     WHERE published_at IS NOT NULL
-                       AND NOT EXISTS (SELECT 1 FROM audit_log a WHERE a.event_id = outbox.id)",
-                )
-                .execute(&self.pool)
-                .await?
+                sqlx::query(sql::REQUEUE_UNAUDITED)
+                    .execute(&self.pool)
+                    .await?
             }
             HandledBy::Processed(consumer) => {
-                sqlx::query(
-                    "UPDATE outbox SET published_at = NULL
-                     WHERE published_at IS NOT NULL
-                       AND NOT EXISTS (SELECT 1 FROM processed_events p
-                                       WHERE p.consumer = $1 AND p.event_id = outbox.id)",
-                )
-                .bind(consumer)
-                .execute(&self.pool)
-                .await?
+                sqlx::query(sql::REQUEUE_UNPROCESSED)
+                    .bind(consumer)
+                    .execute(&self.pool)
+                    .await?
             }
         };
         Ok(done.rows_affected())
@@ -209,25 +210,20 @@ impl PgStore {
         &self,
         consumer: &str,
     ) -> Result<Vec<(Uuid, DateTime<Utc>)>, StoreError> {
-        let rows =
-            sqlx::query("SELECT event_id, processed_at FROM processed_events WHERE consumer = $1")
-                .bind(consumer)
-                .fetch_all(&self.pool)
-                .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("event_id")?, r.try_get("processed_at")?)))
-            .collect()
+        let rows = sqlx::query(sql::PROCESSED_TIMES)
+            .bind(consumer)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(rows::processed_time).collect()
     }
 
     /// When each published outbox row was acknowledged by the broker, in order.
     pub async fn published_times(&self) -> Result<Vec<DateTime<Utc>>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT published_at FROM outbox WHERE published_at IS NOT NULL ORDER BY published_at",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(sql::PUBLISHED_TIMES)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
-            .map(|r| Ok(r.try_get("published_at")?))
+            .map(|r| r.time("outbox", "published_at"))
             .collect()
     }
 
@@ -248,76 +244,30 @@ impl PgStore {
         }
     }
 
-    /// Whether this process holds the relay's publishing lock (taking it if free).
-    pub async fn is_publishing_relay(&self) -> Result<bool, StoreError> {
-        let mut slot = self.relay.lock().await;
-        Ok(self.relay_connection(&mut slot).await?.is_some())
-    }
-
-    /// The connection holding the publishing lock, acquiring both if the
-    /// lock is free; `None` while another relay holds it.
-    async fn relay_connection<'a>(
-        &self,
-        slot: &'a mut Option<PgConnection>,
-    ) -> Result<Option<&'a mut PgConnection>, StoreError> {
-        if slot.is_none() {
-            // Detached at once: if this future is dropped mid-query, the
-            // connection closes instead of returning to the pool locked.
-            let mut conn = self.pool.acquire().await?.detach();
-            let locked = tokio::time::timeout(
-                RELAY_QUERY_TIMEOUT,
-                sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
-                    .bind(RELAY_LOCK_KEY)
-                    .fetch_one(&mut conn),
-            )
-            .await
-            .map_err(|_| StoreError::Timeout("the relay's lock request"))??;
-            if !locked {
-                return Ok(None);
-            }
-            tracing::info!(database = %self.display, "this relay now publishes the outbox");
-            *slot = Some(conn);
-        }
-        Ok(slot.as_mut())
+    /// Wins the advisory lock on a connection of its own; `None` while
+    /// another session holds it.
+    async fn lock_session(&self) -> Result<Option<PgConnection>, StoreError> {
+        // Detached at once: if this future is dropped mid-query, the
+        // connection closes instead of returning to the pool locked.
+        let mut conn = self.pool.acquire().await?.detach();
+        let locked = tokio::time::timeout(
+            RELAY_QUERY_TIMEOUT,
+            sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
+                .bind(RELAY_LOCK_KEY)
+                .fetch_one(&mut conn),
+        )
+        .await
+        .map_err(|_| StoreError::Timeout("the relay's lock request"))??;
+        Ok(locked.then_some(conn))
     }
 
     /// Closes the pool (ending the relay's session releases its lock).
     pub async fn close(&self) {
-        if let Some(conn) = self.relay.lock().await.take() {
-            let _ = conn.close().await;
+        if let Some(session) = self.relay.lock().await.take() {
+            let _ = session.conn.close().await;
         }
         self.pool.close().await;
     }
-}
-
-fn task_from_row(row: &PgRow) -> Result<Task, StoreError> {
-    const T: &str = "tasks";
-    let title: String = row.try_get("title")?;
-    let description: Option<String> = row.try_get("description")?;
-    let priority: String = row.try_get("priority")?;
-    let status: String = row.try_get("status")?;
-    let assignee: Option<String> = row.try_get("assignee")?;
-    Ok(Task {
-        id: TaskId::from_uuid(row.try_get("id")?),
-        title: TaskTitle::from_stored(&title).map_err(|e| corrupt(T, e.to_string()))?,
-        description: description
-            .map(|d| Description::from_stored(&d))
-            .transpose()
-            .map_err(|e| corrupt(T, e.to_string()))?,
-        priority: Priority::parse(&priority)
-            .ok_or_else(|| corrupt(T, format!("bad priority {priority:?}")))?,
-        status: TaskStatus::parse(&status)
-            .ok_or_else(|| corrupt(T, format!("bad status {status:?}")))?,
-        due_at: row.try_get("due_at")?,
-        assignee: assignee
-            .map(|a| Assignee::from_stored(&a))
-            .transpose()
-            .map_err(|e| corrupt(T, e.to_string()))?,
-        version: row.try_get("version")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        completed_at: row.try_get("completed_at")?,
-    })
 }
 
 /// Inserts the outbox row and tells listening relays, both inside `tx`
@@ -326,21 +276,18 @@ async fn enqueue(
     tx: &mut sqlx::Transaction<'_, Postgres>,
     m: &OutboxMessage,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload, topic, content_type, traceparent, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(m.id)
-    .bind(&m.aggregate_type)
-    .bind(&m.aggregate_id)
-    .bind(&m.event_type)
-    .bind(&m.payload)
-    .bind(&m.topic)
-    .bind(&m.content_type)
-    .bind(&m.traceparent)
-    .bind(m.created_at)
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query(sql::INSERT_OUTBOX)
+        .bind(id(m.id))
+        .bind(&m.aggregate_type)
+        .bind(&m.aggregate_id)
+        .bind(&m.event_type)
+        .bind(&m.payload)
+        .bind(&m.topic)
+        .bind(&m.content_type)
+        .bind(&m.traceparent)
+        .bind(m.created_at)
+        .execute(&mut **tx)
+        .await?;
     sqlx::query("SELECT pg_notify($1, '')")
         .bind(OUTBOX_CHANNEL)
         .execute(&mut **tx)
@@ -405,11 +352,10 @@ impl PgStore {
 
     async fn insert_task_once(&self, task: &Task, event: &OutboxMessage) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        let xid: String = sqlx::query_scalar(
-            "INSERT INTO tasks (id, title, description, priority, status, due_at, assignee, version, created_at, updated_at, completed_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-             RETURNING pg_current_xact_id()::text",
-        )
+        let xid: String = sqlx::query_scalar(concat!(
+            sql::insert_task!(),
+            " RETURNING pg_current_xact_id()::text"
+        ))
         .bind(task.id.as_uuid())
         .bind(task.title.as_str())
         .bind(task.description.as_ref().map(|d| d.as_str()))
@@ -434,12 +380,10 @@ impl PgStore {
         event: &OutboxMessage,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        let xid: Option<String> = sqlx::query_scalar(
-            "UPDATE tasks SET title = $1, description = $2, priority = $3, status = $4, due_at = $5,
-                assignee = $6, version = $7, updated_at = $8, completed_at = $9
-             WHERE id = $10 AND version = $11
-             RETURNING pg_current_xact_id()::text",
-        )
+        let xid: Option<String> = sqlx::query_scalar(concat!(
+            sql::update_task!(),
+            " RETURNING pg_current_xact_id()::text"
+        ))
         .bind(task.title.as_str())
         .bind(task.description.as_ref().map(|d| d.as_str()))
         .bind(task.priority.as_str())
@@ -505,12 +449,12 @@ impl TaskStore for PgStore {
         outcome
     }
 
-    async fn task(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
-        let row = sqlx::query("SELECT * FROM tasks WHERE id = $1")
-            .bind(id.as_uuid())
+    async fn task(&self, task_id: TaskId) -> Result<Option<Task>, StoreError> {
+        let row = sqlx::query(sql::TASK_BY_ID)
+            .bind(id(task_id.as_uuid()))
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(task_from_row).transpose()
+        row.as_ref().map(rows::task).transpose()
     }
 
     async fn tasks(&self, query: &TaskQuery) -> Result<Vec<Task>, StoreError> {
@@ -525,52 +469,57 @@ impl TaskStore for PgStore {
         sql.push(" ORDER BY id LIMIT ")
             .push_bind(i64::from(query.limit));
         let rows = sql.build().fetch_all(&self.pool).await?;
-        rows.iter().map(task_from_row).collect()
+        rows.iter().map(rows::task).collect()
     }
-}
-
-fn pending_from_row(row: &PgRow) -> Result<PendingMessage, StoreError> {
-    Ok(PendingMessage {
-        seq: row.try_get("seq")?,
-        attempts: row.try_get("attempts")?,
-        message: OutboxMessage {
-            id: row.try_get("id")?,
-            aggregate_type: row.try_get("aggregatetype")?,
-            aggregate_id: row.try_get("aggregateid")?,
-            event_type: row.try_get("type")?,
-            topic: row.try_get("topic")?,
-            payload: row.try_get("payload")?,
-            content_type: row.try_get("content_type")?,
-            traceparent: row.try_get("traceparent")?,
-            created_at: row.try_get("created_at")?,
-        },
-    })
 }
 
 #[async_trait]
 impl OutboxStore for PgStore {
-    async fn pending(&self, limit: u32) -> Result<Vec<PendingMessage>, StoreError> {
+    async fn acquire_lease(&self, holder: &str) -> Result<Option<Lease>, StoreError> {
         let mut slot = self.relay.lock().await;
-        // A relay that does not hold the lock sees nothing to publish.
-        let Some(conn) = self.relay_connection(&mut slot).await? else {
-            return Ok(Vec::new());
+        if let Some(session) = slot.as_ref() {
+            return Ok(Some(Lease::new(holder, session.grant)));
+        }
+        let Some(conn) = self.lock_session().await? else {
+            return Ok(None);
+        };
+        let grant = self.grants.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(database = %self.display, holder, "this relay holds the outbox lease and publishes");
+        *slot = Some(LeaseSession { conn, grant });
+        Ok(Some(Lease::new(holder, grant)))
+    }
+
+    async fn release_lease(&self, lease: Lease) -> Result<(), StoreError> {
+        let mut slot = self.relay.lock().await;
+        if slot.as_ref().is_some_and(|s| s.grant == lease.grant()) {
+            let session = slot.take().expect("checked above");
+            // Ending the session releases the lock; if the goodbye gets no
+            // answer, dropping the connection closes its socket all the same.
+            let _ = tokio::time::timeout(RELAY_QUERY_TIMEOUT, session.conn.close()).await;
+            tracing::info!(database = %self.display, holder = lease.holder(), "this relay released the outbox lease");
+        }
+        Ok(())
+    }
+
+    async fn pending(&self, lease: &Lease, limit: u32) -> Result<Vec<PendingMessage>, StoreError> {
+        let mut slot = self.relay.lock().await;
+        let Some(session) = slot.as_mut().filter(|s| s.grant == lease.grant()) else {
+            return Err(StoreError::LeaseLost);
         };
         let rows = tokio::time::timeout(
             RELAY_QUERY_TIMEOUT,
-            sqlx::query(
-                "SELECT seq, attempts, id, aggregatetype, aggregateid, type, payload, topic, content_type, traceparent, created_at
-                 FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1",
-            )
-            .bind(i64::from(limit))
-            .fetch_all(&mut *conn),
+            sqlx::query(sql::SELECT_PENDING)
+                .bind(i64::from(limit))
+                .fetch_all(&mut session.conn),
         )
         .await;
         match rows {
-            Ok(Ok(rows)) => rows.iter().map(pending_from_row).collect(),
+            Ok(Ok(rows)) => rows.iter().map(rows::pending).collect(),
             failed => {
-                // The session may be gone, and the lock with it: drop it and
-                // win the lock again next time.
+                // The session may be gone, and the lock with it: the lease
+                // ends here, and the relay must win it again.
                 *slot = None;
+                tracing::warn!(database = %self.display, holder = lease.holder(), "the relay's session failed; it no longer holds the outbox lease");
                 Err(match failed {
                     Ok(Err(e)) => e.into(),
                     _ => StoreError::Timeout("the relay's outbox query"),
@@ -595,7 +544,7 @@ impl OutboxStore for PgStore {
     }
 
     async fn record_failure(&self, seq: i64, error: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $1 WHERE seq = $2")
+        sqlx::query(sql::RECORD_FAILURE)
             .bind(error)
             .bind(seq)
             .execute(&self.pool)
@@ -604,213 +553,21 @@ impl OutboxStore for PgStore {
     }
 
     async fn prune_published(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
-        let done = sqlx::query(
-            "DELETE FROM outbox WHERE seq IN (
-                 SELECT seq FROM outbox
-                 WHERE published_at IS NOT NULL AND published_at < $1
-                 ORDER BY seq LIMIT $2)",
-        )
-        .bind(before)
-        .bind(i64::from(limit))
-        .execute(&self.pool)
-        .await?;
+        let done = sqlx::query(sql::PRUNE_PUBLISHED)
+            .bind(before)
+            .bind(i64::from(limit))
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected())
     }
 
     async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
-        let row = sqlx::query(
-            "SELECT (SELECT COUNT(*) FROM outbox) AS total,
-                    COUNT(*) AS pending, MIN(created_at) AS oldest
-             FROM outbox WHERE published_at IS NULL",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(OutboxStats {
-            total: row.try_get("total")?,
-            pending: row.try_get("pending")?,
-            oldest_pending_at: row.try_get("oldest")?,
-        })
+        let row = sqlx::query(sql::OUTBOX_STATS).fetch_one(&self.pool).await?;
+        rows::outbox_stats(&row)
     }
 }
 
-async fn append_entry(conn: &mut sqlx::PgConnection, e: &AuditEntry) -> Result<bool, StoreError> {
-    let done = sqlx::query(
-        r#"INSERT INTO audit_log (event_id, event_type, task_id, task_version, event_time, correlation_id,
-            topic, partition, "offset", recorded_at, envelope)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-         ON CONFLICT (event_id) DO NOTHING"#,
-    )
-    .bind(e.event_id)
-    .bind(&e.event_type)
-    .bind(&e.task_id)
-    .bind(e.task_version)
-    .bind(e.event_time)
-    .bind(&e.correlation_id)
-    .bind(&e.topic)
-    .bind(e.partition)
-    .bind(e.offset)
-    .bind(e.recorded_at)
-    .bind(&e.envelope)
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-/// Marks `event_id` processed by `consumer` and stores its notifications;
-/// `false` (writing nothing) if it was processed already.
-async fn record_event(
-    conn: &mut sqlx::PgConnection,
-    consumer: &str,
-    event_id: Uuid,
-    sent: &[NotificationRecord],
-) -> Result<bool, StoreError> {
-    let marked = sqlx::query(
-        "INSERT INTO processed_events (consumer, event_id, processed_at) VALUES ($1, $2, $3)
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(consumer)
-    .bind(event_id)
-    .bind(taskstream_domain::now())
-    .execute(&mut *conn)
-    .await?;
-    if marked.rows_affected() == 0 {
-        return Ok(false);
-    }
-    for n in sent {
-        sqlx::query(
-            "INSERT INTO notifications (id, event_id, event_type, task_id, kind, recipient, message, channel, sent_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(n.id)
-        .bind(n.event_id)
-        .bind(&n.event_type)
-        .bind(&n.task_id)
-        .bind(&n.kind)
-        .bind(&n.recipient)
-        .bind(&n.message)
-        .bind(&n.channel)
-        .bind(n.sent_at)
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(true)
-}
-
-#[async_trait]
-impl AuditStore for PgStore {
-    async fn append(&self, e: &AuditEntry) -> Result<bool, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        append_entry(&mut conn, e).await
-    }
-
-    async fn append_batch(&self, entries: &[AuditEntry]) -> Result<Vec<bool>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let mut fresh = Vec::with_capacity(entries.len());
-        for e in entries {
-            fresh.push(append_entry(&mut tx, e).await?);
-        }
-        tx.commit().await?;
-        Ok(fresh)
-    }
-
-    async fn audit_entries(
-        &self,
-        task_id: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<AuditEntry>, StoreError> {
-        let mut sql = QueryBuilder::<Postgres>::new("SELECT * FROM audit_log");
-        if let Some(task_id) = task_id {
-            sql.push(" WHERE task_id = ").push_bind(task_id);
-        }
-        sql.push(" ORDER BY seq LIMIT ").push_bind(i64::from(limit));
-        let rows = sql.build().fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|row| {
-                Ok(AuditEntry {
-                    event_id: row.try_get("event_id")?,
-                    event_type: row.try_get("event_type")?,
-                    task_id: row.try_get("task_id")?,
-                    task_version: row.try_get("task_version")?,
-                    event_time: row.try_get("event_time")?,
-                    correlation_id: row.try_get("correlation_id")?,
-                    topic: row.try_get("topic")?,
-                    partition: row.try_get("partition")?,
-                    offset: row.try_get("offset")?,
-                    recorded_at: row.try_get("recorded_at")?,
-                    envelope: row.try_get("envelope")?,
-                })
-            })
-            .collect()
-    }
-}
-
-#[async_trait]
-impl NotificationStore for PgStore {
-    async fn is_processed(&self, consumer: &str, event_id: Uuid) -> Result<bool, StoreError> {
-        let row =
-            sqlx::query("SELECT 1 FROM processed_events WHERE consumer = $1 AND event_id = $2")
-                .bind(consumer)
-                .bind(event_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(row.is_some())
-    }
-
-    async fn record_notifications(
-        &self,
-        consumer: &str,
-        event_id: Uuid,
-        sent: &[NotificationRecord],
-    ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let fresh = record_event(&mut tx, consumer, event_id, sent).await?;
-        tx.commit().await?;
-        Ok(fresh)
-    }
-
-    async fn record_notifications_batch(
-        &self,
-        consumer: &str,
-        events: &[(Uuid, Vec<NotificationRecord>)],
-    ) -> Result<Vec<bool>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let mut fresh = Vec::with_capacity(events.len());
-        for (event_id, sent) in events {
-            fresh.push(record_event(&mut tx, consumer, *event_id, sent).await?);
-        }
-        tx.commit().await?;
-        Ok(fresh)
-    }
-
-    async fn notifications(
-        &self,
-        task_id: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<NotificationRecord>, StoreError> {
-        let mut sql = QueryBuilder::<Postgres>::new("SELECT * FROM notifications");
-        if let Some(task_id) = task_id {
-            sql.push(" WHERE task_id = ").push_bind(task_id);
-        }
-        sql.push(" ORDER BY seq LIMIT ").push_bind(i64::from(limit));
-        let rows = sql.build().fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|row| {
-                Ok(NotificationRecord {
-                    id: row.try_get("id")?,
-                    event_id: row.try_get("event_id")?,
-                    event_type: row.try_get("event_type")?,
-                    task_id: row.try_get("task_id")?,
-                    kind: row.try_get("kind")?,
-                    recipient: row.try_get("recipient")?,
-                    message: row.try_get("message")?,
-                    channel: row.try_get("channel")?,
-                    sent_at: row.try_get("sent_at")?,
-                })
-            })
-            .collect()
-    }
-}
+consumer_stores!(PgStore, Postgres, writer = pool, reader = pool);
 
 #[cfg(test)]
 mod tests {

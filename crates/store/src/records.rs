@@ -27,6 +27,34 @@ pub struct OutboxMessage {
     pub created_at: DateTime<Utc>,
 }
 
+/// The right to publish the outbox, held by one relay at a time; see
+/// [`crate::OutboxStore::acquire_lease`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct Lease {
+    holder: String,
+    /// Which grant this is: a lease lost and won again is a new grant, and
+    /// the old one no longer reads the outbox.
+    grant: u64,
+}
+
+impl Lease {
+    pub(crate) fn new(holder: &str, grant: u64) -> Self {
+        Self {
+            holder: holder.to_owned(),
+            grant,
+        }
+    }
+
+    /// Who asked for the lease (for logs).
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
+    pub(crate) fn grant(&self) -> u64 {
+        self.grant
+    }
+}
+
 /// An outbox row not yet published, with its position in the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingMessage {

@@ -12,20 +12,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite};
-use taskstream_domain::{Assignee, Description, Priority, Task, TaskId, TaskStatus, TaskTitle};
+use sqlx::{QueryBuilder, Sqlite};
+use taskstream_domain::{Task, TaskId};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use crate::consumer_stores::consumer_stores;
 use crate::health::WriteHealth;
+use crate::rows::{self, StoredRow};
 use crate::{
-    AuditEntry, AuditStore, HandledBy, NotificationRecord, NotificationStore, OutboxMessage,
-    OutboxStats, OutboxStore, PendingMessage, StoreError, TaskQuery, TaskStore,
+    sql, HandledBy, Lease, OutboxMessage, OutboxStats, OutboxStore, PendingMessage, StoreError,
+    TaskQuery, TaskStore,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -92,32 +93,14 @@ pub struct SqliteStore {
     health: WriteHealth,
 }
 
-fn ts(t: &DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+/// How SQLite stores a UUID: hyphenated text.
+fn id(u: Uuid) -> String {
+    u.to_string()
 }
 
-fn corrupt(table: &'static str, detail: impl Into<String>) -> StoreError {
-    StoreError::Corrupt {
-        table,
-        detail: detail.into(),
-    }
-}
-
-fn parse_ts(table: &'static str, raw: &str) -> Result<DateTime<Utc>, StoreError> {
-    DateTime::parse_from_rfc3339(raw)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| corrupt(table, format!("bad timestamp {raw:?}: {e}")))
-}
-
-fn parse_opt_ts(
-    table: &'static str,
-    raw: Option<String>,
-) -> Result<Option<DateTime<Utc>>, StoreError> {
-    raw.map(|r| parse_ts(table, &r)).transpose()
-}
-
-fn parse_uuid(table: &'static str, raw: &str) -> Result<Uuid, StoreError> {
-    Uuid::parse_str(raw).map_err(|e| corrupt(table, format!("bad id {raw:?}: {e}")))
+/// How SQLite stores a time: see [`rows::sqlite_time`].
+fn at(t: &DateTime<Utc>) -> String {
+    rows::sqlite_time(t)
 }
 
 impl SqliteStore {
@@ -215,7 +198,7 @@ impl SqliteStore {
                 "INSERT INTO write_probe (id, probed_at, ballast) VALUES (1, ?, zeroblob(16384))
                  ON CONFLICT (id) DO UPDATE SET probed_at = excluded.probed_at, ballast = excluded.ballast",
             )
-            .bind(ts(&taskstream_domain::now()))
+            .bind(at(&taskstream_domain::now()))
             .execute(&mut *tx)
             .await?;
             sqlx::query("UPDATE write_probe SET ballast = NULL WHERE id = 1")
@@ -270,16 +253,10 @@ impl SqliteStore {
     /// again, in their original order, and the consumers' de-duplication by
     /// event id absorbs any that were in fact handled.
     pub async fn requeue_unhandled_events(&self, notifier: &str) -> Result<u64, StoreError> {
-        let done = sqlx::query(
-            "UPDATE outbox SET published_at = NULL
-             WHERE published_at IS NOT NULL
-               AND (NOT EXISTS (SELECT 1 FROM audit_log a WHERE a.event_id = outbox.id)
-                    OR NOT EXISTS (SELECT 1 FROM processed_events p
-                                   WHERE p.consumer = ? AND p.event_id = outbox.id))",
-        )
-        .bind(notifier)
-        .execute(&self.writer)
-        .await?;
+        let done = sqlx::query(sql::REQUEUE_UNHANDLED)
+            .bind(notifier)
+            .execute(&self.writer)
+            .await?;
         Ok(done.rows_affected())
     }
 
@@ -291,24 +268,15 @@ impl SqliteStore {
     pub async fn requeue_events_unhandled_by(&self, by: HandledBy<'_>) -> Result<u64, StoreError> {
         let done = match by {
             HandledBy::AuditLog => {
-                sqlx::query(
-                    "UPDATE outbox SET published_at = NULL
-                     WHERE published_at IS NOT NULL
-                       AND NOT EXISTS (SELECT 1 FROM audit_log a WHERE a.event_id = outbox.id)",
-                )
-                .execute(&self.writer)
-                .await?
+                sqlx::query(sql::REQUEUE_UNAUDITED)
+                    .execute(&self.writer)
+                    .await?
             }
             HandledBy::Processed(consumer) => {
-                sqlx::query(
-                    "UPDATE outbox SET published_at = NULL
-                     WHERE published_at IS NOT NULL
-                       AND NOT EXISTS (SELECT 1 FROM processed_events p
-                                       WHERE p.consumer = ? AND p.event_id = outbox.id)",
-                )
-                .bind(consumer)
-                .execute(&self.writer)
-                .await?
+                sqlx::query(sql::REQUEUE_UNPROCESSED)
+                    .bind(consumer)
+                    .execute(&self.writer)
+                    .await?
             }
         };
         Ok(done.rows_affected())
@@ -319,31 +287,20 @@ impl SqliteStore {
         &self,
         consumer: &str,
     ) -> Result<Vec<(Uuid, DateTime<Utc>)>, StoreError> {
-        const T: &str = "processed_events";
-        let rows =
-            sqlx::query("SELECT event_id, processed_at FROM processed_events WHERE consumer = ?")
-                .bind(consumer)
-                .fetch_all(&self.reader)
-                .await?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    parse_uuid(T, &r.try_get::<String, _>("event_id")?)?,
-                    parse_ts(T, &r.try_get::<String, _>("processed_at")?)?,
-                ))
-            })
-            .collect()
+        let rows = sqlx::query(sql::PROCESSED_TIMES)
+            .bind(consumer)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(rows::processed_time).collect()
     }
 
     /// When each published outbox row was acknowledged by the broker, in order.
     pub async fn published_times(&self) -> Result<Vec<DateTime<Utc>>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT published_at FROM outbox WHERE published_at IS NOT NULL ORDER BY published_at",
-        )
-        .fetch_all(&self.reader)
-        .await?;
+        let rows = sqlx::query(sql::PUBLISHED_TIMES)
+            .fetch_all(&self.reader)
+            .await?;
         rows.iter()
-            .map(|r| parse_ts("outbox", &r.try_get::<String, _>("published_at")?))
+            .map(|r| r.time("outbox", "published_at"))
             .collect()
     }
 
@@ -366,56 +323,22 @@ async fn apply_page_limit(
     Ok(())
 }
 
-fn task_from_row(row: &SqliteRow) -> Result<Task, StoreError> {
-    const T: &str = "tasks";
-    let id: String = row.try_get("id")?;
-    let title: String = row.try_get("title")?;
-    let description: Option<String> = row.try_get("description")?;
-    let priority: String = row.try_get("priority")?;
-    let status: String = row.try_get("status")?;
-    let assignee: Option<String> = row.try_get("assignee")?;
-    Ok(Task {
-        id: TaskId::from_uuid(parse_uuid(T, &id)?),
-        title: TaskTitle::from_stored(&title).map_err(|e| corrupt(T, e.to_string()))?,
-        description: description
-            .map(|d| Description::from_stored(&d))
-            .transpose()
-            .map_err(|e| corrupt(T, e.to_string()))?,
-        priority: Priority::parse(&priority)
-            .ok_or_else(|| corrupt(T, format!("bad priority {priority:?}")))?,
-        status: TaskStatus::parse(&status)
-            .ok_or_else(|| corrupt(T, format!("bad status {status:?}")))?,
-        due_at: parse_opt_ts(T, row.try_get("due_at")?)?,
-        assignee: assignee
-            .map(|a| Assignee::from_stored(&a))
-            .transpose()
-            .map_err(|e| corrupt(T, e.to_string()))?,
-        version: row.try_get("version")?,
-        created_at: parse_ts(T, &row.try_get::<String, _>("created_at")?)?,
-        updated_at: parse_ts(T, &row.try_get::<String, _>("updated_at")?)?,
-        completed_at: parse_opt_ts(T, row.try_get("completed_at")?)?,
-    })
-}
-
 async fn enqueue(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
     m: &OutboxMessage,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload, topic, content_type, traceparent, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(m.id.to_string())
-    .bind(&m.aggregate_type)
-    .bind(&m.aggregate_id)
-    .bind(&m.event_type)
-    .bind(&m.payload)
-    .bind(&m.topic)
-    .bind(&m.content_type)
-    .bind(&m.traceparent)
-    .bind(ts(&m.created_at))
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query(sql::INSERT_OUTBOX)
+        .bind(id(m.id))
+        .bind(&m.aggregate_type)
+        .bind(&m.aggregate_id)
+        .bind(&m.event_type)
+        .bind(&m.payload)
+        .bind(&m.topic)
+        .bind(&m.content_type)
+        .bind(&m.traceparent)
+        .bind(at(&m.created_at))
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
@@ -457,23 +380,20 @@ async fn apply(
 ) -> Result<(), StoreError> {
     match write {
         TaskWrite::Insert { task, event } => {
-            sqlx::query(
-                "INSERT INTO tasks (id, title, description, priority, status, due_at, assignee, version, created_at, updated_at, completed_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(task.id.to_string())
-            .bind(task.title.as_str())
-            .bind(task.description.as_ref().map(|d| d.as_str()))
-            .bind(task.priority.as_str())
-            .bind(task.status.as_str())
-            .bind(task.due_at.as_ref().map(ts))
-            .bind(task.assignee.as_ref().map(|a| a.as_str()))
-            .bind(task.version)
-            .bind(ts(&task.created_at))
-            .bind(ts(&task.updated_at))
-            .bind(task.completed_at.as_ref().map(ts))
-            .execute(&mut **tx)
-            .await?;
+            sqlx::query(sql::INSERT_TASK)
+                .bind(id(task.id.as_uuid()))
+                .bind(task.title.as_str())
+                .bind(task.description.as_ref().map(|d| d.as_str()))
+                .bind(task.priority.as_str())
+                .bind(task.status.as_str())
+                .bind(task.due_at.as_ref().map(at))
+                .bind(task.assignee.as_ref().map(|a| a.as_str()))
+                .bind(task.version)
+                .bind(at(&task.created_at))
+                .bind(at(&task.updated_at))
+                .bind(task.completed_at.as_ref().map(at))
+                .execute(&mut **tx)
+                .await?;
             enqueue(tx, event).await
         }
         TaskWrite::Save {
@@ -481,24 +401,20 @@ async fn apply(
             expected_version,
             event,
         } => {
-            let updated = sqlx::query(
-                "UPDATE tasks SET title = ?, description = ?, priority = ?, status = ?, due_at = ?,
-                    assignee = ?, version = ?, updated_at = ?, completed_at = ?
-                 WHERE id = ? AND version = ?",
-            )
-            .bind(task.title.as_str())
-            .bind(task.description.as_ref().map(|d| d.as_str()))
-            .bind(task.priority.as_str())
-            .bind(task.status.as_str())
-            .bind(task.due_at.as_ref().map(ts))
-            .bind(task.assignee.as_ref().map(|a| a.as_str()))
-            .bind(task.version)
-            .bind(ts(&task.updated_at))
-            .bind(task.completed_at.as_ref().map(ts))
-            .bind(task.id.to_string())
-            .bind(expected_version)
-            .execute(&mut **tx)
-            .await?;
+            let updated = sqlx::query(sql::UPDATE_TASK)
+                .bind(task.title.as_str())
+                .bind(task.description.as_ref().map(|d| d.as_str()))
+                .bind(task.priority.as_str())
+                .bind(task.status.as_str())
+                .bind(task.due_at.as_ref().map(at))
+                .bind(task.assignee.as_ref().map(|a| a.as_str()))
+                .bind(task.version)
+                .bind(at(&task.updated_at))
+                .bind(task.completed_at.as_ref().map(at))
+                .bind(id(task.id.as_uuid()))
+                .bind(expected_version)
+                .execute(&mut **tx)
+                .await?;
             if updated.rows_affected() != 1 {
                 return Err(StoreError::VersionConflict {
                     task_id: task.id.to_string(),
@@ -548,17 +464,17 @@ async fn insert_all(
         "INSERT INTO tasks (id, title, description, priority, status, due_at, assignee, version, created_at, updated_at, completed_at) ",
     );
     tasks.push_values(inserts, |mut row, (task, _)| {
-        row.push_bind(task.id.to_string())
+        row.push_bind(id(task.id.as_uuid()))
             .push_bind(task.title.as_str())
             .push_bind(task.description.as_ref().map(|d| d.as_str()))
             .push_bind(task.priority.as_str())
             .push_bind(task.status.as_str())
-            .push_bind(task.due_at.as_ref().map(ts))
+            .push_bind(task.due_at.as_ref().map(at))
             .push_bind(task.assignee.as_ref().map(|a| a.as_str()))
             .push_bind(task.version)
-            .push_bind(ts(&task.created_at))
-            .push_bind(ts(&task.updated_at))
-            .push_bind(task.completed_at.as_ref().map(ts));
+            .push_bind(at(&task.created_at))
+            .push_bind(at(&task.updated_at))
+            .push_bind(task.completed_at.as_ref().map(at));
     });
     tasks.build().execute(&mut **tx).await?;
     let mut outbox = QueryBuilder::<Sqlite>::new(
@@ -566,7 +482,7 @@ async fn insert_all(
     );
     // Rows keep the group's order, so `seq` follows it.
     outbox.push_values(inserts, |mut row, (_, m)| {
-        row.push_bind(m.id.to_string())
+        row.push_bind(id(m.id))
             .push_bind(&m.aggregate_type)
             .push_bind(&m.aggregate_id)
             .push_bind(&m.event_type)
@@ -574,7 +490,7 @@ async fn insert_all(
             .push_bind(&m.topic)
             .push_bind(&m.content_type)
             .push_bind(&m.traceparent)
-            .push_bind(ts(&m.created_at));
+            .push_bind(at(&m.created_at));
     });
     outbox.build().execute(&mut **tx).await?;
     Ok(())
@@ -749,8 +665,8 @@ async fn resolve_failed_commit(
         // Every write had failed on its own; nothing was to be committed.
         return if_committed;
     };
-    let committed = sqlx::query("SELECT 1 FROM outbox WHERE id = ?")
-        .bind(event_id.to_string())
+    let committed = sqlx::query("SELECT 1 FROM outbox WHERE id = $1")
+        .bind(id(event_id))
         .fetch_optional(reader)
         .await;
     match committed {
@@ -815,12 +731,12 @@ impl TaskStore for SqliteStore {
         .await
     }
 
-    async fn task(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
-        let row = sqlx::query("SELECT * FROM tasks WHERE id = ?")
-            .bind(id.to_string())
+    async fn task(&self, task_id: TaskId) -> Result<Option<Task>, StoreError> {
+        let row = sqlx::query(sql::TASK_BY_ID)
+            .bind(id(task_id.as_uuid()))
             .fetch_optional(&self.reader)
             .await?;
-        row.as_ref().map(task_from_row).transpose()
+        row.as_ref().map(rows::task).transpose()
     }
 
     async fn tasks(&self, query: &TaskQuery) -> Result<Vec<Task>, StoreError> {
@@ -830,55 +746,47 @@ impl TaskStore for SqliteStore {
             None => sql.push("status <> 'deleted'"),
         };
         if let Some(after) = query.after {
-            sql.push(" AND id > ").push_bind(after.to_string());
+            sql.push(" AND id > ").push_bind(id(after.as_uuid()));
         }
         sql.push(" ORDER BY id LIMIT ")
             .push_bind(i64::from(query.limit));
         let rows = sql.build().fetch_all(&self.reader).await?;
-        rows.iter().map(task_from_row).collect()
+        rows.iter().map(rows::task).collect()
     }
 }
 
 #[async_trait]
 impl OutboxStore for SqliteStore {
-    async fn pending(&self, limit: u32) -> Result<Vec<PendingMessage>, StoreError> {
-        const T: &str = "outbox";
-        // Read through the writer: the relay must never see an older snapshot
-        // than the commit that woke it.
-        let rows = sqlx::query(
-            "SELECT seq, attempts, id, aggregatetype, aggregateid, type, payload, topic, content_type, traceparent, created_at
-             FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT ?",
-        )
-        .bind(i64::from(limit))
-        .fetch_all(&self.writer)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(PendingMessage {
-                    seq: row.try_get("seq")?,
-                    attempts: row.try_get("attempts")?,
-                    message: OutboxMessage {
-                        id: parse_uuid(T, &row.try_get::<String, _>("id")?)?,
-                        aggregate_type: row.try_get("aggregatetype")?,
-                        aggregate_id: row.try_get("aggregateid")?,
-                        event_type: row.try_get("type")?,
-                        topic: row.try_get("topic")?,
-                        payload: row.try_get("payload")?,
-                        content_type: row.try_get("content_type")?,
-                        traceparent: row.try_get("traceparent")?,
-                        created_at: parse_ts(T, &row.try_get::<String, _>("created_at")?)?,
-                    },
-                })
-            })
-            .collect()
+    /// Always granted: a SQLite database is used by one process (`taskstream
+    /// up` holds the data directory's lock), which runs one relay.
+    async fn acquire_lease(&self, holder: &str) -> Result<Option<Lease>, StoreError> {
+        Ok(Some(Lease::new(holder, 0)))
     }
 
-    async fn mark_published(&self, seqs: &[i64], at: DateTime<Utc>) -> Result<(), StoreError> {
+    async fn release_lease(&self, _lease: Lease) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn pending(&self, _lease: &Lease, limit: u32) -> Result<Vec<PendingMessage>, StoreError> {
+        // Read through the writer: the relay must never see an older snapshot
+        // than the commit that woke it.
+        let rows = sqlx::query(sql::SELECT_PENDING)
+            .bind(i64::from(limit))
+            .fetch_all(&self.writer)
+            .await?;
+        rows.iter().map(rows::pending).collect()
+    }
+
+    async fn mark_published(
+        &self,
+        seqs: &[i64],
+        published_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         if seqs.is_empty() {
             return Ok(());
         }
         let mut sql = QueryBuilder::<Sqlite>::new("UPDATE outbox SET published_at = ");
-        sql.push_bind(ts(&at)).push(" WHERE seq IN (");
+        sql.push_bind(at(&published_at)).push(" WHERE seq IN (");
         let mut list = sql.separated(", ");
         for seq in seqs {
             list.push_bind(*seq);
@@ -889,7 +797,7 @@ impl OutboxStore for SqliteStore {
     }
 
     async fn record_failure(&self, seq: i64, error: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE seq = ?")
+        sqlx::query(sql::RECORD_FAILURE)
             .bind(error)
             .bind(seq)
             .execute(&self.writer)
@@ -898,224 +806,31 @@ impl OutboxStore for SqliteStore {
     }
 
     async fn prune_published(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
-        let done = sqlx::query(
-            "DELETE FROM outbox WHERE seq IN (
-                 SELECT seq FROM outbox
-                 WHERE published_at IS NOT NULL AND published_at < ?
-                 ORDER BY seq LIMIT ?)",
-        )
-        .bind(ts(&before))
-        .bind(i64::from(limit))
-        .execute(&self.writer)
-        .await?;
+        let done = sqlx::query(sql::PRUNE_PUBLISHED)
+            .bind(at(&before))
+            .bind(i64::from(limit))
+            .execute(&self.writer)
+            .await?;
         Ok(done.rows_affected())
     }
 
     async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
-        let row = sqlx::query(
-            "SELECT (SELECT COUNT(*) FROM outbox) AS total,
-                    COUNT(*) AS pending, MIN(created_at) AS oldest
-             FROM outbox WHERE published_at IS NULL",
-        )
-        .fetch_one(&self.reader)
-        .await?;
-        Ok(OutboxStats {
-            total: row.try_get("total")?,
-            pending: row.try_get("pending")?,
-            oldest_pending_at: parse_opt_ts("outbox", row.try_get("oldest")?)?,
-        })
-    }
-}
-
-async fn append_entry(
-    conn: &mut sqlx::SqliteConnection,
-    e: &AuditEntry,
-) -> Result<bool, StoreError> {
-    let done = sqlx::query(
-        r#"INSERT INTO audit_log (event_id, event_type, task_id, task_version, event_time, correlation_id,
-            topic, partition, "offset", recorded_at, envelope)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-         ON CONFLICT (event_id) DO NOTHING"#,
-    )
-    .bind(e.event_id.to_string())
-    .bind(&e.event_type)
-    .bind(&e.task_id)
-    .bind(e.task_version)
-    .bind(ts(&e.event_time))
-    .bind(&e.correlation_id)
-    .bind(&e.topic)
-    .bind(e.partition)
-    .bind(e.offset)
-    .bind(ts(&e.recorded_at))
-    .bind(&e.envelope)
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-/// Marks `event_id` processed by `consumer` and stores its notifications;
-/// `false` (writing nothing) if it was processed already.
-async fn record_event(
-    conn: &mut sqlx::SqliteConnection,
-    consumer: &str,
-    event_id: Uuid,
-    sent: &[NotificationRecord],
-) -> Result<bool, StoreError> {
-    let marked = sqlx::query(
-        "INSERT INTO processed_events (consumer, event_id, processed_at) VALUES (?, ?, ?)
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(consumer)
-    .bind(event_id.to_string())
-    .bind(ts(&taskstream_domain::now()))
-    .execute(&mut *conn)
-    .await?;
-    if marked.rows_affected() == 0 {
-        return Ok(false);
-    }
-    for n in sent {
-        sqlx::query(
-            "INSERT INTO notifications (id, event_id, event_type, task_id, kind, recipient, message, channel, sent_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(n.id.to_string())
-        .bind(n.event_id.to_string())
-        .bind(&n.event_type)
-        .bind(&n.task_id)
-        .bind(&n.kind)
-        .bind(&n.recipient)
-        .bind(&n.message)
-        .bind(&n.channel)
-        .bind(ts(&n.sent_at))
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(true)
-}
-
-#[async_trait]
-impl AuditStore for SqliteStore {
-    async fn append(&self, e: &AuditEntry) -> Result<bool, StoreError> {
-        let mut conn = self.writer.acquire().await?;
-        append_entry(&mut conn, e).await
-    }
-
-    async fn append_batch(&self, entries: &[AuditEntry]) -> Result<Vec<bool>, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let mut fresh = Vec::with_capacity(entries.len());
-        for e in entries {
-            fresh.push(append_entry(&mut tx, e).await?);
-        }
-        tx.commit().await?;
-        Ok(fresh)
-    }
-
-    async fn audit_entries(
-        &self,
-        task_id: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<AuditEntry>, StoreError> {
-        const T: &str = "audit_log";
-        let mut sql = QueryBuilder::<Sqlite>::new("SELECT * FROM audit_log");
-        if let Some(task_id) = task_id {
-            sql.push(" WHERE task_id = ").push_bind(task_id);
-        }
-        sql.push(" ORDER BY seq LIMIT ").push_bind(i64::from(limit));
-        let rows = sql.build().fetch_all(&self.reader).await?;
-        rows.iter()
-            .map(|row| {
-                Ok(AuditEntry {
-                    event_id: parse_uuid(T, &row.try_get::<String, _>("event_id")?)?,
-                    event_type: row.try_get("event_type")?,
-                    task_id: row.try_get("task_id")?,
-                    task_version: row.try_get("task_version")?,
-                    event_time: parse_ts(T, &row.try_get::<String, _>("event_time")?)?,
-                    correlation_id: row.try_get("correlation_id")?,
-                    topic: row.try_get("topic")?,
-                    partition: row.try_get("partition")?,
-                    offset: row.try_get("offset")?,
-                    recorded_at: parse_ts(T, &row.try_get::<String, _>("recorded_at")?)?,
-                    envelope: row.try_get("envelope")?,
-                })
-            })
-            .collect()
-    }
-}
-
-#[async_trait]
-impl NotificationStore for SqliteStore {
-    async fn is_processed(&self, consumer: &str, event_id: Uuid) -> Result<bool, StoreError> {
-        // A read connection: a commit racing this check is caught by the
-        // primary key when the event is recorded.
-        let row = sqlx::query("SELECT 1 FROM processed_events WHERE consumer = ? AND event_id = ?")
-            .bind(consumer)
-            .bind(event_id.to_string())
-            .fetch_optional(&self.reader)
+        let row = sqlx::query(sql::OUTBOX_STATS)
+            .fetch_one(&self.reader)
             .await?;
-        Ok(row.is_some())
-    }
-
-    async fn record_notifications(
-        &self,
-        consumer: &str,
-        event_id: Uuid,
-        sent: &[NotificationRecord],
-    ) -> Result<bool, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let fresh = record_event(&mut tx, consumer, event_id, sent).await?;
-        tx.commit().await?;
-        Ok(fresh)
-    }
-
-    async fn record_notifications_batch(
-        &self,
-        consumer: &str,
-        events: &[(Uuid, Vec<NotificationRecord>)],
-    ) -> Result<Vec<bool>, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let mut fresh = Vec::with_capacity(events.len());
-        for (event_id, sent) in events {
-            fresh.push(record_event(&mut tx, consumer, *event_id, sent).await?);
-        }
-        tx.commit().await?;
-        Ok(fresh)
-    }
-
-    async fn notifications(
-        &self,
-        task_id: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<NotificationRecord>, StoreError> {
-        const T: &str = "notifications";
-        let mut sql = QueryBuilder::<Sqlite>::new("SELECT * FROM notifications");
-        if let Some(task_id) = task_id {
-            sql.push(" WHERE task_id = ").push_bind(task_id);
-        }
-        sql.push(" ORDER BY seq LIMIT ").push_bind(i64::from(limit));
-        let rows = sql.build().fetch_all(&self.reader).await?;
-        rows.iter()
-            .map(|row| {
-                Ok(NotificationRecord {
-                    id: parse_uuid(T, &row.try_get::<String, _>("id")?)?,
-                    event_id: parse_uuid(T, &row.try_get::<String, _>("event_id")?)?,
-                    event_type: row.try_get("event_type")?,
-                    task_id: row.try_get("task_id")?,
-                    kind: row.try_get("kind")?,
-                    recipient: row.try_get("recipient")?,
-                    message: row.try_get("message")?,
-                    channel: row.try_get("channel")?,
-                    sent_at: parse_ts(T, &row.try_get::<String, _>("sent_at")?)?,
-                })
-            })
-            .collect()
+        rows::outbox_stats(&row)
     }
 }
+
+consumer_stores!(SqliteStore, Sqlite, writer = writer, reader = reader);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use taskstream_domain::{EventCodec, JsonCodec, NewTask, TaskChange};
+    use crate::{AuditEntry, AuditStore, NotificationRecord, NotificationStore};
+    use taskstream_domain::{
+        Assignee, EventCodec, JsonCodec, NewTask, Priority, TaskChange, TaskStatus, TaskTitle,
+    };
 
     async fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -1133,7 +848,7 @@ mod tests {
             event_type: change.event.event_type.to_string(),
             topic: "task-events".into(),
             payload: JsonCodec.encode(&change.event).unwrap(),
-            content_type: "application/json".into(),
+            content_type: taskstream_domain::headers::JSON_CONTENT_TYPE.into(),
             traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
             created_at: change.event.time,
         }
@@ -1165,7 +880,7 @@ mod tests {
             store.task(change.task.id).await.unwrap().unwrap(),
             change.task
         );
-        let pending = store.pending(10).await.unwrap();
+        let pending = store.pending(&Lease::new("test", 0), 10).await.unwrap();
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].message, message(&change));
     }
@@ -1190,7 +905,14 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::VersionConflict { .. }));
-        assert_eq!(store.pending(10).await.unwrap().len(), 1);
+        assert_eq!(
+            store
+                .pending(&Lease::new("test", 0), 10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
         assert_eq!(
             store.task(change.task.id).await.unwrap().unwrap(),
             change.task
@@ -1199,7 +921,14 @@ mod tests {
             .save_task(&done.task, 1, &message(&done))
             .await
             .unwrap();
-        assert_eq!(store.pending(10).await.unwrap().len(), 2);
+        assert_eq!(
+            store
+                .pending(&Lease::new("test", 0), 10)
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
     }
 
     #[tokio::test]
@@ -1212,7 +941,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let pending = store.pending(10).await.unwrap();
+        let pending = store.pending(&Lease::new("test", 0), 10).await.unwrap();
         assert!(pending.windows(2).all(|w| w[0].seq < w[1].seq));
         store
             .mark_published(&[pending[0].seq], taskstream_domain::now())
@@ -1222,7 +951,7 @@ mod tests {
             .record_failure(pending[1].seq, "broker down")
             .await
             .unwrap();
-        let left = store.pending(10).await.unwrap();
+        let left = store.pending(&Lease::new("test", 0), 10).await.unwrap();
         assert_eq!(left.len(), 2);
         assert_eq!(left[0].attempts, 1);
         let stats = store.outbox_stats().await.unwrap();
@@ -1349,7 +1078,7 @@ mod tests {
             changes.push(change);
         }
         let seqs: Vec<i64> = store
-            .pending(10)
+            .pending(&Lease::new("test", 0), 10)
             .await
             .unwrap()
             .iter()
@@ -1370,7 +1099,7 @@ mod tests {
             .unwrap();
         assert_eq!(store.requeue_unhandled_events("notifier").await.unwrap(), 2);
         let pending: Vec<Uuid> = store
-            .pending(10)
+            .pending(&Lease::new("test", 0), 10)
             .await
             .unwrap()
             .iter()
@@ -1393,7 +1122,7 @@ mod tests {
                 .unwrap(),
             1
         );
-        let pending = store.pending(10).await.unwrap();
+        let pending = store.pending(&Lease::new("test", 0), 10).await.unwrap();
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].message.id, changes[2].event.id.as_uuid());
         store

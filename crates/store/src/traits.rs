@@ -6,7 +6,7 @@ use taskstream_domain::{Task, TaskId};
 use uuid::Uuid;
 
 use crate::{
-    AuditEntry, NotificationRecord, OutboxMessage, OutboxStats, PendingMessage, StoreError,
+    AuditEntry, Lease, NotificationRecord, OutboxMessage, OutboxStats, PendingMessage, StoreError,
     TaskQuery,
 };
 
@@ -34,10 +34,33 @@ pub trait TaskStore: Send + Sync + 'static {
 }
 
 /// The outbox, as the relay sees it.
+///
+/// Only one relay publishes at a time: the one holding the outbox's
+/// [`Lease`]. Two relays publishing at once would interleave their copies of
+/// one task's events on the topic; with one publisher, a task's events go out
+/// in commit order, and a standby relay takes over when the holder is gone.
 #[async_trait]
 pub trait OutboxStore: Send + Sync + 'static {
-    /// Up to `limit` unpublished messages, oldest first.
-    async fn pending(&self, limit: u32) -> Result<Vec<PendingMessage>, StoreError>;
+    /// Makes `holder` the relay that publishes, if no other holds the lease;
+    /// `None` while another one does (the caller stands by and asks again
+    /// later). Asking again while holding it returns the lease again.
+    ///
+    /// How long a lease lasts depends on the backend. PostgreSQL: as long
+    /// as the holder's database session (a session-level advisory lock);
+    /// a killed or cut-off holder's session ends within about a minute
+    /// (TCP keepalives), and a standby then wins the lease. SQLite: the
+    /// lease is always granted, because a SQLite database is used by one
+    /// process (`taskstream up` holds the data directory's lock), which runs
+    /// one relay; relays in separate processes share PostgreSQL.
+    async fn acquire_lease(&self, holder: &str) -> Result<Option<Lease>, StoreError>;
+
+    /// Gives the lease up, so that a standby can take over at once.
+    async fn release_lease(&self, lease: Lease) -> Result<(), StoreError>;
+
+    /// Up to `limit` unpublished messages, oldest first, read under `lease`.
+    /// Fails with [`StoreError::LeaseLost`] once the lease is no longer
+    /// held; the caller then acquires it again before publishing more.
+    async fn pending(&self, lease: &Lease, limit: u32) -> Result<Vec<PendingMessage>, StoreError>;
 
     /// Marks messages published; call only after the broker acknowledged them.
     async fn mark_published(&self, seqs: &[i64], at: DateTime<Utc>) -> Result<(), StoreError>;

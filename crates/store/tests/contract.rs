@@ -16,7 +16,7 @@ use taskstream_store::{
 use uuid::Uuid;
 
 mod common;
-use common::{created, message, Scratch};
+use common::{created, message, pending_rows, Scratch};
 
 /// One backend's store, and what to clean up after it.
 struct Backend {
@@ -68,7 +68,7 @@ async fn tasks_round_trip_with_their_events_and_stale_writes_change_nothing() {
             store.task(change.task.id).await.unwrap().unwrap(),
             change.task
         );
-        let pending = store.pending(10).await.unwrap();
+        let pending = pending_rows(store, 10).await;
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].message, message(&change));
 
@@ -94,7 +94,7 @@ async fn tasks_round_trip_with_their_events_and_stale_writes_change_nothing() {
             store.task(change.task.id).await.unwrap().unwrap(),
             done.task
         );
-        let pending = store.pending(10).await.unwrap();
+        let pending = pending_rows(store, 10).await;
         assert_eq!(
             pending.iter().map(|p| p.message.id).collect::<Vec<_>>(),
             vec![message(&change).id, message(&done).id],
@@ -156,7 +156,7 @@ async fn pages_follow_ids_and_hide_tombstones() {
 }
 
 #[tokio::test]
-async fn one_relay_publishes_at_a_time_and_another_takes_over_when_it_ends() {
+async fn one_relay_holds_the_outbox_lease_and_another_wins_it_when_released_or_gone() {
     let Some(db) = Scratch::new().await else {
         return;
     };
@@ -165,36 +165,66 @@ async fn one_relay_publishes_at_a_time_and_another_takes_over_when_it_ends() {
     let c = created("publish me");
     first.insert_task(&c.task, &message(&c)).await.unwrap();
 
-    assert_eq!(first.pending(10).await.unwrap().len(), 1);
-    assert!(first.is_publishing_relay().await.unwrap());
+    let lease = first.acquire_lease("first").await.unwrap().expect("free");
+    assert_eq!(lease.holder(), "first");
+    assert_eq!(first.pending(&lease, 10).await.unwrap().len(), 1);
     assert!(
-        second.pending(10).await.unwrap().is_empty(),
-        "the standby sees nothing"
+        second.acquire_lease("second").await.unwrap().is_none(),
+        "the standby does not get the lease"
     );
-    assert!(!second.is_publishing_relay().await.unwrap());
 
-    first.close().await;
+    // Released: the standby wins it at once, and the old lease reads nothing.
+    let again = first.acquire_lease("first").await.unwrap().unwrap();
+    first.release_lease(lease).await.unwrap();
+    assert!(matches!(
+        first.pending(&again, 10).await,
+        Err(StoreError::LeaseLost)
+    ));
+    let standby = second.acquire_lease("second").await.unwrap().expect("won");
+    assert_eq!(second.pending(&standby, 10).await.unwrap().len(), 1);
+    assert!(first.acquire_lease("first").await.unwrap().is_none());
+
+    // Gone (its session ended): the other one wins it.
+    second.close().await;
     let took_over = async {
         loop {
-            if !second.pending(10).await.unwrap().is_empty() {
-                break;
+            if let Some(lease) = first.acquire_lease("first").await.unwrap() {
+                return lease;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
-    tokio::time::timeout(Duration::from_secs(10), took_over)
+    let lease = tokio::time::timeout(Duration::from_secs(10), took_over)
         .await
         .expect("the standby relay took over");
-    let seq = second.pending(10).await.unwrap()[0].seq;
-    second
+    let seq = first.pending(&lease, 10).await.unwrap()[0].seq;
+    first
         .mark_published(&[seq], taskstream_domain::now())
         .await
         .unwrap();
-    assert!(second.pending(10).await.unwrap().is_empty());
-    let stats = second.outbox_stats().await.unwrap();
+    assert!(first.pending(&lease, 10).await.unwrap().is_empty());
+    let stats = first.outbox_stats().await.unwrap();
     assert_eq!((stats.total, stats.pending), (1, 0));
-    second.close().await;
+    first.close().await;
     db.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_sqlite_store_grants_the_outbox_lease_to_its_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("t.db"), &SqliteOptions::default())
+        .await
+        .unwrap();
+    let c = created("publish me");
+    store.insert_task(&c.task, &message(&c)).await.unwrap();
+    let lease = store
+        .acquire_lease("relay")
+        .await
+        .unwrap()
+        .expect("granted");
+    assert_eq!(store.pending(&lease, 10).await.unwrap().len(), 1);
+    store.release_lease(lease).await.unwrap();
+    store.close().await;
 }
 
 #[tokio::test]
@@ -323,10 +353,8 @@ async fn pruning_deletes_only_published_messages_older_than_the_cutoff() {
             let c = created(&format!("task {i}"));
             store.insert_task(&c.task, &message(&c)).await.unwrap();
         }
-        let seqs: Vec<i64> = store
-            .pending(10)
+        let seqs: Vec<i64> = pending_rows(store, 10)
             .await
-            .unwrap()
             .iter()
             .map(|p| p.seq)
             .collect();
@@ -349,7 +377,7 @@ async fn pruning_deletes_only_published_messages_older_than_the_cutoff() {
             (2, 1),
             "recent and pending ones stay"
         );
-        assert_eq!(store.pending(10).await.unwrap()[0].seq, seqs[3]);
+        assert_eq!(pending_rows(store, 10).await[0].seq, seqs[3]);
         backend.finish().await;
     }
 }
@@ -362,10 +390,8 @@ async fn a_groups_repair_requeues_only_the_published_events_it_has_not_handled()
         for c in &changes {
             store.insert_task(&c.task, &message(c)).await.unwrap();
         }
-        let seqs: Vec<i64> = store
-            .pending(10)
+        let seqs: Vec<i64> = pending_rows(store, 10)
             .await
-            .unwrap()
             .iter()
             .map(|p| p.seq)
             .collect();
@@ -393,10 +419,8 @@ async fn a_groups_repair_requeues_only_the_published_events_it_has_not_handled()
             .await
             .unwrap();
         let pending_ids = || async {
-            let mut ids: Vec<Uuid> = store
-                .pending(10)
+            let mut ids: Vec<Uuid> = pending_rows(store, 10)
                 .await
-                .unwrap()
                 .iter()
                 .map(|p| p.message.id)
                 .collect();

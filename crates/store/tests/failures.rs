@@ -117,7 +117,10 @@ async fn burst_expecting(
 /// acknowledged write's outbox row and task version, no refused write's
 /// row, and each task's rows in version order.
 async fn assert_told_the_truth(store: &Store, told: &[Told]) {
-    let rows = store.pending(1_000_000).await.unwrap();
+    let rows = {
+        let lease = store.acquire_lease("test").await.unwrap().unwrap();
+        store.pending(&lease, 1_000_000).await.unwrap()
+    };
     let in_outbox: BTreeMap<Uuid, (i64, String)> = rows
         .iter()
         .map(|p| (p.message.id, (p.seq, p.message.aggregate_id.clone())))

@@ -2,7 +2,7 @@
 //! classified (a registry outage may pass; bytes that are not an event
 //! never will).
 
-use taskstream_domain::EventEnvelope;
+use taskstream_domain::{headers, EventEnvelope};
 use taskstream_kafka::InboundRecord;
 
 use super::HandleError;
@@ -22,7 +22,7 @@ pub(crate) async fn decode(
 /// The event type a record's `type` header names, for metrics and dead
 /// letters of records that do not decode.
 pub(crate) fn declared_type(record: &InboundRecord) -> &str {
-    record.header_str("type").unwrap_or("unknown")
+    record.header_str(headers::EVENT_TYPE).unwrap_or("unknown")
 }
 
 #[cfg(test)]

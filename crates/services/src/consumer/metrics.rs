@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use taskstream_domain::EventEnvelope;
+use taskstream_domain::{headers, EventEnvelope};
 use taskstream_kafka::{InboundRecord, OffsetReset};
 use taskstream_telemetry::{GroupLabels, Metrics, TraceParent};
 
@@ -80,7 +80,7 @@ pub(crate) fn event_span(
     event: &EventEnvelope,
 ) -> tracing::Span {
     let trace_id = record
-        .header_str("traceparent")
+        .header_str(headers::TRACEPARENT)
         .and_then(TraceParent::parse)
         .map(|tp| tp.trace_id)
         .unwrap_or_default();

@@ -7,7 +7,7 @@ use sqlx::Connection;
 use taskstream_domain::{
     Assignee, Cause, EventCodec, JsonCodec, NewTask, Priority, Task, TaskChange, TaskTitle,
 };
-use taskstream_store::{OutboxMessage, PgOptions, PgStore};
+use taskstream_store::{OutboxMessage, OutboxStore, PendingMessage, PgOptions, PgStore};
 use uuid::Uuid;
 
 /// A database created for one test and dropped afterwards.
@@ -89,4 +89,15 @@ pub fn message(change: &TaskChange) -> OutboxMessage {
         traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
         created_at: change.event.time,
     }
+}
+
+/// Up to `limit` pending outbox rows, read under `store`'s outbox lease
+/// (taken if free; it must be: one test, one relay).
+pub async fn pending_rows(store: &impl OutboxStore, limit: u32) -> Vec<PendingMessage> {
+    let lease = store
+        .acquire_lease("test")
+        .await
+        .unwrap()
+        .expect("the outbox lease is free");
+    store.pending(&lease, limit).await.unwrap()
 }

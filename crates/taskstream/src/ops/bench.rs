@@ -407,7 +407,7 @@ async fn write_tasks(
                     event_type: change.event.event_type.to_string(),
                     topic: topic.into(),
                     payload,
-                    content_type: "application/json".into(),
+                    content_type: taskstream_domain::headers::JSON_CONTENT_TYPE.into(),
                     traceparent: None,
                     created_at: change.event.time,
                 };

@@ -127,8 +127,8 @@ impl DeadLetter {
                 .key
                 .as_deref()
                 .map(|k| String::from_utf8_lossy(k).into_owned()),
-            event_type: h("type"),
-            event_id: h("id"),
+            event_type: h(taskstream_domain::headers::EVENT_TYPE),
+            event_id: h(taskstream_domain::headers::EVENT_ID),
             replayed_from: h(headers::REPLAYED_FROM),
         }
     }

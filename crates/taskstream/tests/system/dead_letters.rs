@@ -78,7 +78,10 @@ fn holding_through_outages() -> ConsumerOptions {
 
 async fn produce(kafka: &KafkaConfig, key: &str, payload: &[u8], event_type: &str) -> (i32, i64) {
     let producer = EventProducer::new(kafka, "test-poison", &ProducerSettings::default()).unwrap();
-    let headers: [(&str, &[u8]); 1] = [("type", event_type.as_bytes())];
+    let headers: [(&str, &[u8]); 1] = [(
+        taskstream_domain::headers::EVENT_TYPE,
+        event_type.as_bytes(),
+    )];
     let delivery = producer
         .enqueue(OutboundRecord {
             topic: TASK_EVENTS,

@@ -250,7 +250,10 @@ async fn the_relay_replaces_a_producer_ended_by_a_fatal_error_and_loses_nothing(
         .unwrap();
     let on_topic: HashSet<String> = records
         .iter()
-        .filter_map(|r| r.header_str("id").map(str::to_owned))
+        .filter_map(|r| {
+            r.header_str(taskstream_domain::headers::EVENT_ID)
+                .map(str::to_owned)
+        })
         .collect();
     for id in &ids {
         assert!(

@@ -27,6 +27,7 @@ mod notifier_groups;
 mod observability;
 mod offset_resets;
 mod rebalance;
+mod relay_lease;
 mod restart;
 mod schema_registry;
 mod schemathesis;

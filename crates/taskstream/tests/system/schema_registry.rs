@@ -107,7 +107,9 @@ async fn with_the_registry_down_known_schemas_flow_and_new_ones_wait_in_the_outb
         "the relay to try and fail",
         Duration::from_secs(20),
         || async {
-            let pending = store.pending(10).await.ok()?;
+            // SQLite grants the outbox lease to every caller in the process.
+            let lease = store.acquire_lease("test").await.ok()??;
+            let pending = store.pending(&lease, 10).await.ok()?;
             (pending.len() == 1 && pending[0].attempts > 0).then_some(pending)
         },
     )

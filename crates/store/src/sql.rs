@@ -1,0 +1,97 @@
+//! The statements both backends run, written once.
+//!
+//! Parameters are numbered (`$1`, `$2`, ...), which PostgreSQL and sqlx's
+//! SQLite driver both read; each backend binds ids and times in its own
+//! column types (see [`crate::rows`]). Statements only one dialect has (the
+//! PostgreSQL commit check, SQLite's multi-row group insert) stay with
+//! their backend.
+
+/// Inserts a task; binds its columns in this order.
+macro_rules! insert_task {
+    () => {
+        "INSERT INTO tasks (id, title, description, priority, status, due_at, assignee, version, created_at, updated_at, completed_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+    };
+}
+
+/// Replaces a task whose stored version is `$11`.
+macro_rules! update_task {
+    () => {
+        "UPDATE tasks SET title = $1, description = $2, priority = $3, status = $4, due_at = $5,
+            assignee = $6, version = $7, updated_at = $8, completed_at = $9
+         WHERE id = $10 AND version = $11"
+    };
+}
+
+pub(crate) use {insert_task, update_task};
+
+pub(crate) const INSERT_TASK: &str = insert_task!();
+pub(crate) const UPDATE_TASK: &str = update_task!();
+
+pub(crate) const TASK_BY_ID: &str = "SELECT * FROM tasks WHERE id = $1";
+
+pub(crate) const INSERT_OUTBOX: &str =
+    "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload, topic, content_type, traceparent, created_at)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+
+/// Read by [`crate::rows::pending`].
+pub(crate) const SELECT_PENDING: &str =
+    "SELECT seq, attempts, id, aggregatetype, aggregateid, type, payload, topic, content_type, traceparent, created_at
+     FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1";
+
+pub(crate) const RECORD_FAILURE: &str =
+    "UPDATE outbox SET attempts = attempts + 1, last_error = $1 WHERE seq = $2";
+
+pub(crate) const PRUNE_PUBLISHED: &str = "DELETE FROM outbox WHERE seq IN (
+         SELECT seq FROM outbox
+         WHERE published_at IS NOT NULL AND published_at < $1
+         ORDER BY seq LIMIT $2)";
+
+/// Read by [`crate::rows::outbox_stats`].
+pub(crate) const OUTBOX_STATS: &str = "SELECT (SELECT COUNT(*) FROM outbox) AS total,
+            COUNT(*) AS pending, MIN(created_at) AS oldest
+     FROM outbox WHERE published_at IS NULL";
+
+/// Unpublishes events that the audit log or consumer `$1` has not handled.
+pub(crate) const REQUEUE_UNHANDLED: &str = "UPDATE outbox SET published_at = NULL
+     WHERE published_at IS NOT NULL
+       AND (NOT EXISTS (SELECT 1 FROM audit_log a WHERE a.event_id = outbox.id)
+            OR NOT EXISTS (SELECT 1 FROM processed_events p
+                           WHERE p.consumer = $1 AND p.event_id = outbox.id))";
+
+/// Unpublishes events without an audit-log entry.
+pub(crate) const REQUEUE_UNAUDITED: &str = "UPDATE outbox SET published_at = NULL
+     WHERE published_at IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM audit_log a WHERE a.event_id = outbox.id)";
+
+/// Unpublishes events that consumer `$1` has not processed.
+pub(crate) const REQUEUE_UNPROCESSED: &str = "UPDATE outbox SET published_at = NULL
+     WHERE published_at IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM processed_events p
+                       WHERE p.consumer = $1 AND p.event_id = outbox.id)";
+
+/// Read by [`crate::rows::processed_time`].
+pub(crate) const PROCESSED_TIMES: &str =
+    "SELECT event_id, processed_at FROM processed_events WHERE consumer = $1";
+
+pub(crate) const PUBLISHED_TIMES: &str =
+    "SELECT published_at FROM outbox WHERE published_at IS NOT NULL ORDER BY published_at";
+
+pub(crate) const INSERT_AUDIT_ENTRY: &str = r#"INSERT INTO audit_log (event_id, event_type, task_id, task_version, event_time, correlation_id,
+        topic, partition, "offset", recorded_at, envelope)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+     ON CONFLICT (event_id) DO NOTHING"#;
+
+pub(crate) const MARK_PROCESSED: &str =
+    "INSERT INTO processed_events (consumer, event_id, processed_at) VALUES ($1, $2, $3)
+     ON CONFLICT DO NOTHING";
+
+pub(crate) const IS_PROCESSED: &str =
+    "SELECT 1 FROM processed_events WHERE consumer = $1 AND event_id = $2";
+
+/// A notification another group already recorded (the same event and
+/// kind) is kept once; each group still marks the event processed.
+pub(crate) const INSERT_NOTIFICATION: &str =
+    "INSERT INTO notifications (id, event_id, event_type, task_id, kind, recipient, message, channel, sent_at)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+     ON CONFLICT DO NOTHING";
