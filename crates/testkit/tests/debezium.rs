@@ -126,21 +126,6 @@ impl Scratch {
         })
     }
 
-    async fn insert(&self, db: &mut PgConnection, row: &Row) {
-        sqlx::query(
-            "INSERT INTO outbox (id, aggregatetype, aggregateid, type, traceparent, payload)
-             VALUES ($1, 'task', $2, $3, $4, $5)",
-        )
-        .bind(row.id)
-        .bind(&row.key)
-        .bind(&row.event_type)
-        .bind(&row.traceparent)
-        .bind(&row.payload)
-        .execute(db)
-        .await
-        .unwrap();
-    }
-
     async fn drop(self, worker: &ConnectWorker, connector: &str) {
         let _ = worker.delete_connector(connector).await;
         let mut conn = PgConnection::connect(&self.admin).await.unwrap();
@@ -166,6 +151,22 @@ impl Scratch {
         .execute(&mut conn)
         .await;
     }
+}
+
+/// Inserts `row` into the outbox, as the API does with each change.
+async fn insert(db: &mut PgConnection, row: &Row) {
+    sqlx::query(
+        "INSERT INTO outbox (id, aggregatetype, aggregateid, type, traceparent, payload)
+         VALUES ($1, 'task', $2, $3, $4, $5)",
+    )
+    .bind(row.id)
+    .bind(&row.key)
+    .bind(&row.event_type)
+    .bind(&row.traceparent)
+    .bind(&row.payload)
+    .execute(db)
+    .await
+    .unwrap();
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -295,7 +296,7 @@ async fn an_outbox_row_becomes_a_record_with_the_rows_key_bytes_and_headers_unch
     let mut db = PgConnection::connect(&pg.url).await.unwrap();
     let rows: Vec<Row> = (0..20).map(Row::new).collect();
     for row in &rows {
-        pg.insert(&mut db, row).await;
+        insert(&mut db, row).await;
     }
     let read = tokio::task::spawn_blocking({
         let topic = topic.clone();
@@ -337,18 +338,7 @@ async fn a_connect_worker_killed_mid_stream_resumes_from_its_stored_position_and
         let mut written = Vec::new();
         for n in 0..600 {
             let row = Row::new(n);
-            sqlx::query(
-                "INSERT INTO outbox (id, aggregatetype, aggregateid, type, traceparent, payload)
-                 VALUES ($1, 'task', $2, $3, $4, $5)",
-            )
-            .bind(row.id)
-            .bind(&row.key)
-            .bind(&row.event_type)
-            .bind(&row.traceparent)
-            .bind(&row.payload)
-            .execute(&mut db)
-            .await
-            .unwrap();
+            insert(&mut db, &row).await;
             written.push(row);
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
