@@ -319,6 +319,8 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.writer.close().await;
         self.reader.close().await;
+        // A closed store publishes nothing: let a standby relay have the lease.
+        self.relay_lock.lock().expect("never poisoned").0 = None;
     }
 }
 
@@ -872,6 +874,11 @@ consumer_stores!(SqliteStore, Sqlite, writer = writer, reader = reader);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The relay lease, as a relay would hold it.
+    async fn lease(store: &SqliteStore) -> Lease {
+        store.acquire_lease("test").await.unwrap().expect("free")
+    }
     use crate::{AuditEntry, AuditStore, NotificationRecord, NotificationStore};
     use taskstream_domain::{
         Assignee, EventCodec, JsonCodec, NewTask, Priority, TaskChange, TaskStatus, TaskTitle,
@@ -925,7 +932,7 @@ mod tests {
             store.task(change.task.id).await.unwrap().unwrap(),
             change.task
         );
-        let pending = store.pending(&Lease::new("test", 0), 10).await.unwrap();
+        let pending = store.pending(&lease(&store).await, 10).await.unwrap();
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].message, message(&change));
     }
@@ -951,11 +958,7 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, StoreError::VersionConflict { .. }));
         assert_eq!(
-            store
-                .pending(&Lease::new("test", 0), 10)
-                .await
-                .unwrap()
-                .len(),
+            store.pending(&lease(&store).await, 10).await.unwrap().len(),
             1
         );
         assert_eq!(
@@ -967,11 +970,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            store
-                .pending(&Lease::new("test", 0), 10)
-                .await
-                .unwrap()
-                .len(),
+            store.pending(&lease(&store).await, 10).await.unwrap().len(),
             2
         );
     }
@@ -986,7 +985,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let pending = store.pending(&Lease::new("test", 0), 10).await.unwrap();
+        let pending = store.pending(&lease(&store).await, 10).await.unwrap();
         assert!(pending.windows(2).all(|w| w[0].seq < w[1].seq));
         store
             .mark_published(&[pending[0].seq], taskstream_domain::now())
@@ -996,7 +995,7 @@ mod tests {
             .record_failure(pending[1].seq, "broker down")
             .await
             .unwrap();
-        let left = store.pending(&Lease::new("test", 0), 10).await.unwrap();
+        let left = store.pending(&lease(&store).await, 10).await.unwrap();
         assert_eq!(left.len(), 2);
         assert_eq!(left[0].attempts, 1);
         let stats = store.outbox_stats().await.unwrap();
@@ -1123,7 +1122,7 @@ mod tests {
             changes.push(change);
         }
         let seqs: Vec<i64> = store
-            .pending(&Lease::new("test", 0), 10)
+            .pending(&lease(&store).await, 10)
             .await
             .unwrap()
             .iter()
@@ -1144,7 +1143,7 @@ mod tests {
             .unwrap();
         assert_eq!(store.requeue_unhandled_events("notifier").await.unwrap(), 2);
         let pending: Vec<Uuid> = store
-            .pending(&Lease::new("test", 0), 10)
+            .pending(&lease(&store).await, 10)
             .await
             .unwrap()
             .iter()
@@ -1167,7 +1166,7 @@ mod tests {
                 .unwrap(),
             1
         );
-        let pending = store.pending(&Lease::new("test", 0), 10).await.unwrap();
+        let pending = store.pending(&lease(&store).await, 10).await.unwrap();
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].message.id, changes[2].event.id.as_uuid());
         store
