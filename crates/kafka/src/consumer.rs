@@ -304,7 +304,7 @@ impl EventConsumer {
         let now = now_ms();
         for (key, assignment, mark) in carried {
             if state.assignment.get(&key) == Some(&assignment)
-                && now - mark.at_ms < state.reset_window_ms
+                && now.saturating_sub(mark.at_ms) < state.reset_window_ms
             {
                 state.reset_marks.entry(key).or_insert(mark);
             }

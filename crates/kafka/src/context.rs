@@ -54,7 +54,9 @@ impl GroupState {
                 let mut elem = tpl.add_partition(topic, *partition);
                 if elem.set_offset(Offset::Offset(*next)).is_ok() {
                     match self.reset_marks.get(&key) {
-                        Some(mark) if now - mark.at_ms < self.reset_window_ms => {
+                        // `at_ms` comes from commit metadata any member may
+                        // write: a far-off value must not overflow.
+                        Some(mark) if now.saturating_sub(mark.at_ms) < self.reset_window_ms => {
                             elem.set_metadata(format!("{metadata}{}", mark.encode()));
                         }
                         _ => elem.set_metadata(metadata.as_str()),

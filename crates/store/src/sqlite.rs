@@ -91,6 +91,9 @@ pub struct SqliteStore {
     size_limit: Arc<AtomicU32>,
     /// The outcome of the latest task write, for readiness.
     health: WriteHealth,
+    /// The relay lease: an exclusive lock on `<database>-relay.lock`, held
+    /// while a relay of this store publishes, and which grant it is.
+    relay_lock: Arc<std::sync::Mutex<(Option<std::fs::File>, u64)>>,
 }
 
 /// How SQLite stores a UUID: hyphenated text.
@@ -179,7 +182,15 @@ impl SqliteStore {
             task_writes,
             size_limit,
             health: WriteHealth::default(),
+            relay_lock: Arc::new(std::sync::Mutex::new((None, 0))),
         })
+    }
+
+    /// The file whose exclusive lock is the relay lease.
+    fn relay_lock_path(&self) -> PathBuf {
+        let mut name = self.path.as_os_str().to_owned();
+        name.push("-relay.lock");
+        PathBuf::from(name)
     }
 
     /// The outcome of the latest task write.
@@ -308,6 +319,8 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.writer.close().await;
         self.reader.close().await;
+        // A closed store publishes nothing: let a standby relay have the lease.
+        self.relay_lock.lock().expect("never poisoned").0 = None;
     }
 }
 
@@ -757,17 +770,51 @@ impl TaskStore for SqliteStore {
 
 #[async_trait]
 impl OutboxStore for SqliteStore {
-    /// Always granted: a SQLite database is used by one process (`taskstream
-    /// up` holds the data directory's lock), which runs one relay.
+    /// An exclusive lock on `<database>-relay.lock` (`flock`), so two relays
+    /// on one SQLite file — `up` and a `taskstream relay`, or two relays —
+    /// never publish at once. The kernel releases it when the holding
+    /// process dies. Asking again from the same store returns the lease.
     async fn acquire_lease(&self, holder: &str) -> Result<Option<Lease>, StoreError> {
-        Ok(Some(Lease::new(holder, 0)))
+        let mut lock = self.relay_lock.lock().expect("never poisoned");
+        if lock.0.is_some() {
+            return Ok(Some(Lease::new(holder, lock.1)));
+        }
+        let path = self.relay_lock_path();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
+        match file.try_lock() {
+            Ok(()) => {
+                lock.1 += 1;
+                lock.0 = Some(file);
+                Ok(Some(Lease::new(holder, lock.1)))
+            }
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(StoreError::Unavailable(format!("{}: {e}", path.display())))
+            }
+        }
     }
 
-    async fn release_lease(&self, _lease: Lease) -> Result<(), StoreError> {
+    async fn release_lease(&self, lease: Lease) -> Result<(), StoreError> {
+        let mut lock = self.relay_lock.lock().expect("never poisoned");
+        if lock.0.is_some() && lease.grant() == lock.1 {
+            // Closing the file releases the lock.
+            lock.0 = None;
+        }
         Ok(())
     }
 
-    async fn pending(&self, _lease: &Lease, limit: u32) -> Result<Vec<PendingMessage>, StoreError> {
+    async fn pending(&self, lease: &Lease, limit: u32) -> Result<Vec<PendingMessage>, StoreError> {
+        {
+            let lock = self.relay_lock.lock().expect("never poisoned");
+            if lock.0.is_none() || lease.grant() != lock.1 {
+                return Err(StoreError::LeaseLost);
+            }
+        }
         // Read through the writer: the relay must never see an older snapshot
         // than the commit that woke it.
         let rows = sqlx::query(sql::SELECT_PENDING)
@@ -827,6 +874,11 @@ consumer_stores!(SqliteStore, Sqlite, writer = writer, reader = reader);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The relay lease, as a relay would hold it.
+    async fn lease(store: &SqliteStore) -> Lease {
+        store.acquire_lease("test").await.unwrap().expect("free")
+    }
     use crate::{AuditEntry, AuditStore, NotificationRecord, NotificationStore};
     use taskstream_domain::{
         Assignee, EventCodec, JsonCodec, NewTask, Priority, TaskChange, TaskStatus, TaskTitle,
@@ -880,7 +932,7 @@ mod tests {
             store.task(change.task.id).await.unwrap().unwrap(),
             change.task
         );
-        let pending = store.pending(&Lease::new("test", 0), 10).await.unwrap();
+        let pending = store.pending(&lease(&store).await, 10).await.unwrap();
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].message, message(&change));
     }
@@ -906,11 +958,7 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, StoreError::VersionConflict { .. }));
         assert_eq!(
-            store
-                .pending(&Lease::new("test", 0), 10)
-                .await
-                .unwrap()
-                .len(),
+            store.pending(&lease(&store).await, 10).await.unwrap().len(),
             1
         );
         assert_eq!(
@@ -922,11 +970,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            store
-                .pending(&Lease::new("test", 0), 10)
-                .await
-                .unwrap()
-                .len(),
+            store.pending(&lease(&store).await, 10).await.unwrap().len(),
             2
         );
     }
@@ -941,7 +985,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let pending = store.pending(&Lease::new("test", 0), 10).await.unwrap();
+        let pending = store.pending(&lease(&store).await, 10).await.unwrap();
         assert!(pending.windows(2).all(|w| w[0].seq < w[1].seq));
         store
             .mark_published(&[pending[0].seq], taskstream_domain::now())
@@ -951,7 +995,7 @@ mod tests {
             .record_failure(pending[1].seq, "broker down")
             .await
             .unwrap();
-        let left = store.pending(&Lease::new("test", 0), 10).await.unwrap();
+        let left = store.pending(&lease(&store).await, 10).await.unwrap();
         assert_eq!(left.len(), 2);
         assert_eq!(left[0].attempts, 1);
         let stats = store.outbox_stats().await.unwrap();
@@ -1078,7 +1122,7 @@ mod tests {
             changes.push(change);
         }
         let seqs: Vec<i64> = store
-            .pending(&Lease::new("test", 0), 10)
+            .pending(&lease(&store).await, 10)
             .await
             .unwrap()
             .iter()
@@ -1099,7 +1143,7 @@ mod tests {
             .unwrap();
         assert_eq!(store.requeue_unhandled_events("notifier").await.unwrap(), 2);
         let pending: Vec<Uuid> = store
-            .pending(&Lease::new("test", 0), 10)
+            .pending(&lease(&store).await, 10)
             .await
             .unwrap()
             .iter()
@@ -1122,7 +1166,7 @@ mod tests {
                 .unwrap(),
             1
         );
-        let pending = store.pending(&Lease::new("test", 0), 10).await.unwrap();
+        let pending = store.pending(&lease(&store).await, 10).await.unwrap();
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].message.id, changes[2].event.id.as_uuid());
         store

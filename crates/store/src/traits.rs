@@ -48,10 +48,10 @@ pub trait OutboxStore: Send + Sync + 'static {
     /// How long a lease lasts depends on the backend. PostgreSQL: as long
     /// as the holder's database session (a session-level advisory lock);
     /// a killed or cut-off holder's session ends within about a minute
-    /// (TCP keepalives), and a standby then wins the lease. SQLite: the
-    /// lease is always granted, because a SQLite database is used by one
-    /// process (`taskstream up` holds the data directory's lock), which runs
-    /// one relay; relays in separate processes share PostgreSQL.
+    /// (TCP keepalives), and a standby then wins the lease. SQLite: an
+    /// exclusive lock on the file `<database>-relay.lock`, held until
+    /// released or until the holding process ends (so `up` and a
+    /// `taskstream relay` on one data directory never publish at once).
     async fn acquire_lease(&self, holder: &str) -> Result<Option<Lease>, StoreError>;
 
     /// Gives the lease up, so that a standby can take over at once.

@@ -210,21 +210,43 @@ async fn one_relay_holds_the_outbox_lease_and_another_wins_it_when_released_or_g
 }
 
 #[tokio::test]
-async fn a_sqlite_store_grants_the_outbox_lease_to_its_process() {
+async fn on_sqlite_one_relay_holds_the_outbox_lease_and_another_wins_it_when_released() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("t.db"), &SqliteOptions::default())
+    let path = dir.path().join("t.db");
+    let first = SqliteStore::open(&path, &SqliteOptions::default())
+        .await
+        .unwrap();
+    let second = SqliteStore::open(&path, &SqliteOptions::default())
         .await
         .unwrap();
     let c = created("publish me");
-    store.insert_task(&c.task, &message(&c)).await.unwrap();
-    let lease = store
+    first.insert_task(&c.task, &message(&c)).await.unwrap();
+    let lease = first
         .acquire_lease("relay")
         .await
         .unwrap()
         .expect("granted");
-    assert_eq!(store.pending(&lease, 10).await.unwrap().len(), 1);
-    store.release_lease(lease).await.unwrap();
-    store.close().await;
+    assert_eq!(first.pending(&lease, 10).await.unwrap().len(), 1);
+    assert!(
+        second.acquire_lease("second").await.unwrap().is_none(),
+        "a second relay on the same file does not get the lease"
+    );
+    first.release_lease(lease).await.unwrap();
+    let standby = second.acquire_lease("second").await.unwrap().expect("won");
+    assert_eq!(second.pending(&standby, 10).await.unwrap().len(), 1);
+    let stale = first.acquire_lease("relay").await.unwrap();
+    assert!(stale.is_none(), "the lease is the standby's now");
+    // A store that is gone (its file closed, as when its process dies)
+    // lets go of the lease.
+    second.close().await;
+    drop(second);
+    let back = first
+        .acquire_lease("relay")
+        .await
+        .unwrap()
+        .expect("won back");
+    assert_eq!(first.pending(&back, 10).await.unwrap().len(), 1);
+    first.close().await;
 }
 
 #[tokio::test]

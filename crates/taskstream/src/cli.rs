@@ -16,6 +16,7 @@ use crate::config::{
 };
 #[cfg(feature = "bench")]
 use crate::ops::bench::BenchArgs;
+use crate::ops::cdc::CdcCommand;
 use crate::ops::dlq::DlqCommand;
 use crate::ops::lag::LagArgs;
 use crate::ops::topics::TopicsCommand;
@@ -65,6 +66,9 @@ pub enum Command {
     /// Show each component's Kafka user and exactly what it may do (its ACLs).
     #[command(subcommand)]
     Users(UsersCommand),
+    /// Publish the outbox with Debezium instead of the relay: its connector configuration.
+    #[command(subcommand)]
+    Cdc(CdcCommand),
     /// Run the embedded, Confluent-compatible schema registry alone.
     Registry(RegistryServerArgs),
     /// Measure the system under load against this machine's own ceilings.

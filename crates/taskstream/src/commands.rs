@@ -18,6 +18,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq(command) => ops::dlq::run(command).await,
         Command::Topics(command) => ops::topics::run(command).await,
         Command::Users(command) => ops::users::run(command),
+        Command::Cdc(command) => ops::cdc::run(command),
         #[cfg(feature = "bench")]
         Command::Bench(args) => ops::bench::run(args).await,
         Command::Schema(command) => crate::schema::run(command).await,

@@ -98,6 +98,13 @@ impl<I: Inbox, H: EventHandler> EventHandler for Deduplicated<I, H> {
             }
             _ => self.inner.handle_batch(&fresh).await?,
         };
+        if outcomes.len() != fresh.len() {
+            return Err(HandleError::transient(format!(
+                "the handler answered {} outcomes for {} events",
+                outcomes.len(),
+                fresh.len()
+            )));
+        }
         Ok(slots
             .into_iter()
             .map(|slot| slot.map_or(Handled::Duplicate, |i| outcomes[i]))
@@ -173,6 +180,34 @@ mod tests {
             event,
             span: tracing::Span::none(),
         }
+    }
+
+    /// A batch handler that forgets the last event's outcome.
+    struct ShortAnswer;
+
+    #[async_trait]
+    impl EventHandler for ShortAnswer {
+        async fn handle(&self, _: &Delivery<'_>) -> Result<Handled, HandleError> {
+            Ok(Handled::Applied)
+        }
+
+        async fn handle_batch(&self, batch: &[Delivery<'_>]) -> Result<Vec<Handled>, HandleError> {
+            Ok(vec![Handled::Applied; batch.len() - 1])
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_answered_with_too_few_outcomes_fails_instead_of_panicking() {
+        let state = Arc::new(Remembering::default());
+        let layer = Deduplicated::new(Arc::clone(&state), ShortAnswer);
+        let (a, b, record) = (event(), event(), record());
+        let batch = [delivery("g", &record, &a), delivery("g", &record, &b)];
+        let error = layer.handle_batch(&batch).await.unwrap_err();
+        assert!(error.is_retriable(), "{error}");
+        assert!(
+            error.to_string().contains("1 outcomes for 2 events"),
+            "{error}"
+        );
     }
 
     #[tokio::test]

@@ -226,7 +226,16 @@ impl<H: EventHandler> ConsumerService<H> {
                 })
                 .collect();
             let started = Instant::now();
-            if let Ok(outcomes) = self.handler.handle_batch(&deliveries).await {
+            // A handler owes one outcome per delivery; one that answers
+            // otherwise is treated as a failed batch (each record is then
+            // handled on its own), never as a reason to skip records.
+            let answered = self
+                .handler
+                .handle_batch(&deliveries)
+                .await
+                .ok()
+                .filter(|outcomes| outcomes.len() == deliveries.len());
+            if let Some(outcomes) = answered {
                 let each = started.elapsed().as_secs_f64() / batch.len() as f64;
                 for (d, handled) in deliveries.iter().zip(outcomes) {
                     self.metrics.handled(d.event, handled, each);

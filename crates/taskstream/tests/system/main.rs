@@ -12,6 +12,7 @@ mod core_loop;
 mod crash;
 mod crash_at_scale;
 mod dead_letters;
+mod debezium;
 mod disk_full;
 mod exclusive_data_dir;
 mod faults;
