@@ -75,6 +75,10 @@ pub struct PgStore {
     /// of the pool for good, so a session holding the lock can never be
     /// handed to other work (closing it releases the lock).
     relay: Mutex<Option<LeaseSession>>,
+    /// A standby's connection for asking for the lock, kept between
+    /// attempts (a standby asks every poll and on every commit it hears
+    /// of); it becomes the relay's session when the lock is won.
+    standby: Mutex<Option<PgConnection>>,
     /// The grant number of the next lease won.
     grants: AtomicU64,
     /// The outcome of the latest task write, for readiness.
@@ -162,6 +166,7 @@ impl PgStore {
             pool,
             display,
             relay: Mutex::new(None),
+            standby: Mutex::new(None),
             grants: AtomicU64::new(1),
             health: WriteHealth::default(),
         })
@@ -247,9 +252,14 @@ impl PgStore {
     /// Wins the advisory lock on a connection of its own; `None` while
     /// another session holds it.
     async fn lock_session(&self) -> Result<Option<PgConnection>, StoreError> {
-        // Detached at once: if this future is dropped mid-query, the
-        // connection closes instead of returning to the pool locked.
-        let mut conn = self.pool.acquire().await?.detach();
+        // Out of the pool for good (detached), and out of `standby` while
+        // asking: if this future is dropped mid-query, or the query fails,
+        // the connection closes instead of being used again, perhaps locked.
+        let spare = self.standby.lock().await.take();
+        let mut conn = match spare {
+            Some(conn) => conn,
+            None => self.pool.acquire().await?.detach(),
+        };
         let locked = tokio::time::timeout(
             RELAY_QUERY_TIMEOUT,
             sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
@@ -258,13 +268,20 @@ impl PgStore {
         )
         .await
         .map_err(|_| StoreError::Timeout("the relay's lock request"))??;
-        Ok(locked.then_some(conn))
+        if locked {
+            return Ok(Some(conn));
+        }
+        *self.standby.lock().await = Some(conn);
+        Ok(None)
     }
 
     /// Closes the pool (ending the relay's session releases its lock).
     pub async fn close(&self) {
         if let Some(session) = self.relay.lock().await.take() {
             let _ = session.conn.close().await;
+        }
+        if let Some(conn) = self.standby.lock().await.take() {
+            let _ = conn.close().await;
         }
         self.pool.close().await;
     }

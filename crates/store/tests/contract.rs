@@ -8,6 +8,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::Connection;
+
 use taskstream_domain::Cause;
 use taskstream_store::{
     AuditEntry, AuditStore, HandledBy, NotificationRecord, NotificationStore, OutboxStore,
@@ -206,6 +208,47 @@ async fn one_relay_holds_the_outbox_lease_and_another_wins_it_when_released_or_g
     let stats = first.outbox_stats().await.unwrap();
     assert_eq!((stats.total, stats.pending), (1, 0));
     first.close().await;
+    db.drop_database().await;
+}
+
+/// How many sessions were ever established to database `name`.
+async fn sessions_established(stats: &mut sqlx::PgConnection, name: &str) -> i64 {
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(&mut *stats)
+        .await
+        .unwrap();
+    let (n,): (i64,) = sqlx::query_as("SELECT sessions FROM pg_stat_database WHERE datname = $1")
+        .bind(name)
+        .fetch_one(&mut *stats)
+        .await
+        .unwrap();
+    n
+}
+
+#[tokio::test]
+async fn a_standby_relay_asks_for_the_lease_on_one_connection_not_a_new_one_each_time() {
+    let Some(db) = Scratch::new().await else {
+        return;
+    };
+    let holder = db.store().await;
+    let standby = db.store().await;
+    let _lease = holder.acquire_lease("holder").await.unwrap().expect("free");
+    let mut stats = sqlx::PgConnection::connect(&db.admin).await.unwrap();
+    // Sessions that ended are counted by now (a backend reports at exit).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = sessions_established(&mut stats, &db.name).await;
+    for _ in 0..30 {
+        assert!(standby.acquire_lease("standby").await.unwrap().is_none());
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let opened = sessions_established(&mut stats, &db.name).await - before;
+    assert!(
+        opened <= 3,
+        "30 refused attempts opened {opened} sessions: a standby must not connect per attempt"
+    );
+    drop(stats);
+    holder.close().await;
+    standby.close().await;
     db.drop_database().await;
 }
 
