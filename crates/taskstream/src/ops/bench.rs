@@ -708,10 +708,12 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     // The same machine's ceilings, in the same run.
     say("measuring the ceilings: raw producer, store commits, no-op HTTP");
     report.event_bytes = average_event_bytes(&system).await.unwrap_or(400);
+    let kafka = KafkaConfig::new(system.kafka_bootstrap());
     if let Some(broker) = system.dev_broker() {
         broker.create_topic(&ceiling_topic(1))?;
+    } else if system.embedded_broker().is_some() {
+        apply_topics(&kafka, &[ceiling_topic(1)], Duration::from_secs(30)).await?;
     }
-    let kafka = KafkaConfig::new(system.kafka_bootstrap());
     let ceiling_records = load.acks.len().max(10_000);
     let producer_rate = raw_producer(&kafka, ceiling_records, report.event_bytes).await?;
     let drain = relay_drain(
