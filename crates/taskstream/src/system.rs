@@ -115,8 +115,9 @@ pub struct RunningSystem {
 pub const STATS_INTERVAL: Duration = Duration::from_secs(5);
 
 impl RunningSystem {
-    /// Starts the dev broker (unless a cluster is configured), the store,
-    /// the relay, both consumers and the HTTP server, in that order.
+    /// Starts the embedded registry (unless another is configured), the
+    /// embedded broker (unless a cluster is configured), the store, the
+    /// relay, both consumers and the HTTP server, in that order.
     ///
     /// Fails at once if another process runs the system on the same data
     /// directory (see [`DataDirLock`]).
@@ -125,6 +126,18 @@ impl RunningSystem {
         if let (Some(kafka), Some(deadline)) = (&config.kafka, config.kafka_wait_at_start) {
             taskstream_kafka::wait_for_cluster(kafka, deadline).await?;
         }
+        // The registry first: its lock refuses a data directory a
+        // `taskstream registry` serves before any broker starts on it.
+        let (registry_url, registry_component) = match &config.registry {
+            RegistrySetting::Embedded(addr) => {
+                let (bound, component) =
+                    components::registry(*addr, &config.data_dir, "up", &config.http_limits)
+                        .await?;
+                (Some(format!("http://{bound}")), Some(component))
+            }
+            RegistrySetting::External(url) => (Some(url.clone()), None),
+            RegistrySetting::Disabled => (None, None),
+        };
         let dev_broker = match &config.kafka {
             Some(_) => None,
             None => Some(
@@ -166,16 +179,6 @@ impl RunningSystem {
         if let Some(timeout) = config.session_timeout {
             consumer_options.kafka.session_timeout = timeout;
         }
-        let (registry_url, registry_component) = match &config.registry {
-            RegistrySetting::Embedded(addr) => {
-                let (bound, component) =
-                    components::registry(*addr, &config.data_dir, "up", &config.http_limits)
-                        .await?;
-                (Some(format!("http://{bound}")), Some(component))
-            }
-            RegistrySetting::External(url) => (Some(url.clone()), None),
-            RegistrySetting::Disabled => (None, None),
-        };
         let registry = registry_url
             .as_deref()
             .map(|url| Arc::new(RegistryClient::new(url)));
