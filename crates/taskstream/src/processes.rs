@@ -17,8 +17,8 @@ use taskstream_telemetry::Metrics;
 use tokio::sync::Notify;
 
 use crate::cli::{
-    ApiArgs, ConsumerArgs, DevBrokerArgs, EventFormat, HttpLimitArgs, NotifierArgs, RegistryServerArgs, RelayArgs,
-    StoreArgs, UpArgs,
+    ApiArgs, ConsumerArgs, DevBrokerArgs, EventFormat, HttpLimitArgs, NotifierArgs,
+    RegistryServerArgs, RelayArgs, StoreArgs, UpArgs,
 };
 use crate::components::{
     self, Component, ConsumerOptions, EmbeddedBroker, EmbeddedBrokerSettings, NotifierSink,
