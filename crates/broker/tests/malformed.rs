@@ -397,3 +397,62 @@ fn a_request_declaring_a_huge_array_closes_only_its_connection() {
     );
     assert_serving(broker.addr());
 }
+
+/// Every ListOffsets version the broker advertises (1 to 6) is answered,
+/// with the offsets of an existing topic: older clients (Debian's kcat
+/// sends v2) must not lose their connection to a response field their
+/// version lacks.
+#[test]
+fn every_advertised_list_offsets_version_is_answered() {
+    use kafka_protocol::messages::ListOffsetsResponse;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = support::start(dir.path());
+    // A Metadata request that may auto-create creates the topic.
+    send(
+        broker.addr(),
+        &frame(
+            ApiKey::Metadata,
+            4,
+            &MetadataRequest::default()
+                .with_topics(Some(vec![
+                    MetadataRequestTopic::default().with_name(Some(topic("versions")))
+                ]))
+                .with_allow_auto_topic_creation(true),
+        ),
+    );
+    for version in 1..=6 {
+        for timestamp in [-2, -1] {
+            let mut stream = TcpStream::connect(broker.addr()).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let request = ListOffsetsRequest::default()
+                .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+                .with_topics(vec![ListOffsetsTopic::default()
+                    .with_name(topic("versions"))
+                    .with_partitions(vec![
+                        ListOffsetsPartition::default().with_timestamp(timestamp)
+                    ])]);
+            stream
+                .write_all(&frame(ApiKey::ListOffsets, version, &request))
+                .unwrap();
+            let mut size = [0u8; 4];
+            stream
+                .read_exact(&mut size)
+                .unwrap_or_else(|e| panic!("ListOffsets v{version} unanswered: {e}"));
+            let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
+            stream.read_exact(&mut body).unwrap();
+            let mut body = bytes::Bytes::from(body);
+            let header = ResponseHeader::decode(
+                &mut body,
+                ApiKey::ListOffsets.response_header_version(version),
+            )
+            .unwrap();
+            assert_eq!(header.correlation_id, 7);
+            let response = ListOffsetsResponse::decode(&mut body, version).unwrap();
+            let partition = &response.topics[0].partitions[0];
+            assert_eq!(partition.error_code, 0, "v{version}");
+            assert_eq!(partition.offset, 0, "v{version} {timestamp}");
+        }
+    }
+}

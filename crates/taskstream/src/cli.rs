@@ -11,6 +11,7 @@ use taskstream_api::HttpLimits;
 use taskstream_services::RelaySettings;
 use taskstream_store::{Database, PgOptions, SqliteOptions, Synchronous};
 
+use crate::components::{parse_broker_flush, DevBrokerKind};
 use crate::config::{
     parse_http_timeout, parse_millis, parse_seconds, Endpoints, KafkaArgs, KafkaStartArgs, Secret,
 };
@@ -54,7 +55,7 @@ pub enum Command {
     /// Run the audit-log service alone (consumer group `auditor`).
     Auditor(ConsumerArgs),
     /// Run the embedded Kafka-protocol dev broker alone and print its address.
-    DevBroker,
+    DevBroker(DevBrokerArgs),
     /// Show consumer lag per partition, in events and seconds, with a health verdict.
     Lag(LagArgs),
     /// Inspect and replay dead letters (records a consumer group gave up on).
@@ -267,13 +268,15 @@ pub struct UpArgs {
     pub give_up_after: Duration,
     /// Seconds without a heartbeat before the consumer groups hand this
     /// process's partitions to other members (`session.timeout.ms`).
-    /// Default: 45 (3 on the dev broker).
+    /// Default: 45 (3 on `--dev-broker mock`).
     #[arg(long, env = "TASKSTREAM_SESSION_TIMEOUT", value_parser = parse_seconds)]
     pub session_timeout: Option<Duration>,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]
     pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub embedded_broker: EmbeddedBrokerArgs,
     #[command(flatten)]
     pub kafka_start: KafkaStartArgs,
     #[command(flatten)]
@@ -282,6 +285,40 @@ pub struct UpArgs {
     pub outbox: OutboxArgs,
     #[command(flatten)]
     pub http_limits: HttpLimitArgs,
+}
+
+/// The embedded broker of `up` (when no --kafka-bootstrap is given) and of
+/// `dev-broker`.
+#[derive(Debug, Args)]
+pub struct EmbeddedBrokerArgs {
+    /// Which broker runs: `taskstream` (its own broker; topics, records and
+    /// group offsets kept on disk) or `mock` (librdkafka's mock cluster:
+    /// memory only, drops data beyond about 5 MiB per partition).
+    #[arg(
+        long,
+        env = "TASKSTREAM_DEV_BROKER",
+        value_enum,
+        default_value_t = DevBrokerKind::Taskstream
+    )]
+    pub dev_broker: DevBrokerKind,
+    /// When taskstream's broker fsyncs its logs: `ack` (before each
+    /// acknowledgement; survives power loss) or every this many
+    /// milliseconds. Acknowledged data survives the process being killed either way.
+    #[arg(long, env = "TASKSTREAM_BROKER_FLUSH", default_value = "1000", value_parser = parse_broker_flush)]
+    pub broker_flush: taskstream_broker::FlushPolicy,
+}
+
+#[derive(Debug, Args)]
+pub struct DevBrokerArgs {
+    /// Keep the broker's data in `<DATA_DIR>/broker` (the same place as
+    /// `up` with this --data-dir). Default: a temporary directory removed at exit.
+    #[arg(long, env = "TASKSTREAM_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Where taskstream's broker listens; port 0 picks a free port (the mock always does).
+    #[arg(long, env = "TASKSTREAM_BROKER_LISTEN", default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub broker: EmbeddedBrokerArgs,
 }
 
 #[derive(Debug, Args)]
@@ -335,7 +372,7 @@ pub struct ConsumerArgs {
     pub give_up_after: Duration,
     /// Seconds without a heartbeat before the group hands a member's
     /// partitions to the others (`session.timeout.ms`): a crashed replica's
-    /// partitions wait this long. Default: 45 (3 on the dev broker).
+    /// partitions wait this long. Default: 45 (3 on `--dev-broker mock`).
     #[arg(long, env = "TASKSTREAM_SESSION_TIMEOUT", value_parser = parse_seconds)]
     pub session_timeout: Option<Duration>,
     #[command(flatten)]

@@ -12,7 +12,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Relay(args) => processes::relay(args).await,
         Command::Notifier(args) => processes::notifier(args).await,
         Command::Auditor(args) => processes::auditor(args).await,
-        Command::DevBroker => processes::dev_broker().await,
+        Command::DevBroker(args) => processes::dev_broker(args).await,
         Command::Registry(args) => processes::registry(args).await,
         Command::Lag(args) => ops::lag::run(args).await,
         Command::Dlq(command) => ops::dlq::run(command).await,

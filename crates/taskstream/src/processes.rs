@@ -17,10 +17,13 @@ use taskstream_telemetry::Metrics;
 use tokio::sync::Notify;
 
 use crate::cli::{
-    ApiArgs, ConsumerArgs, EventFormat, HttpLimitArgs, NotifierArgs, RegistryServerArgs, RelayArgs,
-    StoreArgs, UpArgs,
+    ApiArgs, ConsumerArgs, DevBrokerArgs, EventFormat, HttpLimitArgs, NotifierArgs,
+    RegistryServerArgs, RelayArgs, StoreArgs, UpArgs,
 };
-use crate::components::{self, Component, ConsumerOptions, NotifierSink, Readiness};
+use crate::components::{
+    self, Component, ConsumerOptions, EmbeddedBroker, EmbeddedBrokerSettings, NotifierSink,
+    Readiness, BROKER_DIR,
+};
 use crate::shutdown_guard::shutdown_signal;
 use crate::system::{RegistrySetting, RunningSystem, SystemConfig, STATS_INTERVAL};
 
@@ -77,6 +80,8 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     config.database = args.store.database()?;
     config.postgres = args.store.postgres_options();
     config.kafka = args.kafka.config()?;
+    config.dev_broker = args.embedded_broker.dev_broker;
+    config.broker_flush = args.embedded_broker.broker_flush;
     config.kafka_wait_at_start = args.kafka_start.kafka_wait_at_start;
     config.ready_max_outbox_age = args.readiness.ready_max_outbox_age;
     config.notifier_delay = args.notifier_delay_ms;
@@ -258,11 +263,17 @@ fn consumer_options(
 }
 
 /// `taskstream dev-broker`: the embedded Kafka-protocol broker alone.
-pub async fn dev_broker() -> anyhow::Result<()> {
-    let broker = components::dev_broker()?;
+pub async fn dev_broker(args: DevBrokerArgs) -> anyhow::Result<()> {
+    let broker = EmbeddedBroker::start(&EmbeddedBrokerSettings {
+        kind: args.broker.dev_broker,
+        data_dir: args.data_dir.map(|dir| dir.join(BROKER_DIR)),
+        listen: args.listen,
+        flush: args.broker.broker_flush,
+    })
+    .await?;
     print_endpoints(&[("kafka", broker.bootstrap_servers().to_owned())]);
     shutdown_signal().await;
-    broker.shutdown(Duration::from_secs(1));
+    tokio::task::spawn_blocking(move || broker.shutdown(Duration::from_secs(1))).await?;
     Ok(())
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use taskstream_api::HttpLimits;
 use taskstream_avro::RegistryClient;
+use taskstream_broker::FlushPolicy;
 use taskstream_kafka::{ConsumerSettings, DevBroker, KafkaConfig};
 use taskstream_services::topics::TASK_EVENTS;
 use taskstream_services::{EventEncoding, RelaySettings, NOTIFIER_GROUP};
@@ -14,7 +15,10 @@ use taskstream_store::{Database, PgOptions, SqliteOptions, Store};
 use taskstream_telemetry::Metrics;
 use tokio::sync::Notify;
 
-use crate::components::{self, Component, ConsumerOptions, Readiness};
+use crate::components::{
+    self, Component, ConsumerOptions, DevBrokerKind, EmbeddedBroker, EmbeddedBrokerSettings,
+    Readiness, BROKER_DIR,
+};
 use crate::config::Endpoints;
 use crate::data_dir_lock::{DataDirLock, INSTANCE_LOCK_FILE};
 
@@ -26,6 +30,11 @@ pub struct SystemConfig {
     pub data_dir: PathBuf,
     /// A real cluster; `None` starts the embedded dev broker.
     pub kafka: Option<KafkaConfig>,
+    /// Which embedded broker runs when `kafka` is `None`: taskstream's own
+    /// (data under `<data_dir>/broker`, kept across restarts) or the mock.
+    pub dev_broker: DevBrokerKind,
+    /// When taskstream's own broker fsyncs.
+    pub broker_flush: FlushPolicy,
     /// The database; `None` keeps SQLite in `data_dir`.
     pub database: Option<Database>,
     pub sqlite: SqliteOptions,
@@ -70,6 +79,8 @@ impl SystemConfig {
             http,
             data_dir: data_dir.into(),
             kafka: None,
+            dev_broker: DevBrokerKind::default(),
+            broker_flush: EmbeddedBrokerSettings::new(None).flush,
             database: None,
             sqlite: SqliteOptions::default(),
             postgres: PgOptions::default(),
@@ -95,7 +106,7 @@ pub struct RunningSystem {
     metrics: Arc<Metrics>,
     /// In shutdown order: HTTP, relay, consumers.
     components: Vec<Component>,
-    dev_broker: Option<DevBroker>,
+    dev_broker: Option<EmbeddedBroker>,
     /// Held while the system runs; released when it is dropped.
     _instance_lock: DataDirLock,
 }
@@ -104,8 +115,9 @@ pub struct RunningSystem {
 pub const STATS_INTERVAL: Duration = Duration::from_secs(5);
 
 impl RunningSystem {
-    /// Starts the dev broker (unless a cluster is configured), the store,
-    /// the relay, both consumers and the HTTP server, in that order.
+    /// Starts the embedded registry (unless another is configured), the
+    /// embedded broker (unless a cluster is configured), the store, the
+    /// relay, both consumers and the HTTP server, in that order.
     ///
     /// Fails at once if another process runs the system on the same data
     /// directory (see [`DataDirLock`]).
@@ -114,34 +126,8 @@ impl RunningSystem {
         if let (Some(kafka), Some(deadline)) = (&config.kafka, config.kafka_wait_at_start) {
             taskstream_kafka::wait_for_cluster(kafka, deadline).await?;
         }
-        let dev_broker = match &config.kafka {
-            Some(_) => None,
-            None => Some(components::dev_broker()?),
-        };
-        let metrics = Metrics::new();
-        let kafka = match (&config.kafka, &dev_broker) {
-            (Some(kafka), _) => kafka.clone(),
-            (None, Some(broker)) => KafkaConfig::new(broker.bootstrap_servers()),
-            (None, None) => unreachable!("a dev broker is started when no cluster is configured"),
-        }
-        .with_stats(metrics.stats_listener(), STATS_INTERVAL);
-        let mut consumer_options = match &dev_broker {
-            Some(_) => {
-                let dev = ConsumerSettings::for_dev_broker();
-                ConsumerOptions {
-                    kafka: ConsumerSettings {
-                        session_timeout: dev.session_timeout,
-                        fetch_wait: dev.fetch_wait,
-                        ..config.consumer.kafka.clone()
-                    },
-                    ..config.consumer.clone()
-                }
-            }
-            None => config.consumer.clone(),
-        };
-        if let Some(timeout) = config.session_timeout {
-            consumer_options.kafka.session_timeout = timeout;
-        }
+        // The registry first: its lock refuses a data directory a
+        // `taskstream registry` serves before any broker starts on it.
         let (registry_url, registry_component) = match &config.registry {
             RegistrySetting::Embedded(addr) => {
                 let (bound, component) =
@@ -152,6 +138,47 @@ impl RunningSystem {
             RegistrySetting::External(url) => (Some(url.clone()), None),
             RegistrySetting::Disabled => (None, None),
         };
+        let dev_broker = match &config.kafka {
+            Some(_) => None,
+            None => Some(
+                EmbeddedBroker::start(&EmbeddedBrokerSettings {
+                    kind: config.dev_broker,
+                    flush: config.broker_flush,
+                    ..EmbeddedBrokerSettings::new(Some(config.data_dir.join(BROKER_DIR)))
+                })
+                .await?,
+            ),
+        };
+        let mock = dev_broker
+            .as_ref()
+            .is_some_and(|broker| broker.kind() == DevBrokerKind::Mock);
+        let metrics = Metrics::new();
+        let kafka = match (&config.kafka, &dev_broker) {
+            (Some(kafka), _) => kafka.clone(),
+            (None, Some(broker)) => KafkaConfig::new(broker.bootstrap_servers()),
+            (None, None) => unreachable!("a dev broker is started when no cluster is configured"),
+        }
+        .with_stats(metrics.stats_listener(), STATS_INTERVAL);
+        // The mock holds every fetch for the full wait and forgets the
+        // group when it stops, so it gets the dev-only timings; taskstream's
+        // broker and real clusters get the normal ones.
+        let mut consumer_options = match mock {
+            true => {
+                let dev = ConsumerSettings::for_dev_broker();
+                ConsumerOptions {
+                    kafka: ConsumerSettings {
+                        session_timeout: dev.session_timeout,
+                        fetch_wait: dev.fetch_wait,
+                        ..config.consumer.kafka.clone()
+                    },
+                    ..config.consumer.clone()
+                }
+            }
+            false => config.consumer.clone(),
+        };
+        if let Some(timeout) = config.session_timeout {
+            consumer_options.kafka.session_timeout = timeout;
+        }
         let registry = registry_url
             .as_deref()
             .map(|url| Arc::new(RegistryClient::new(url)));
@@ -170,7 +197,9 @@ impl RunningSystem {
             &config.postgres,
         )
         .await?;
-        if dev_broker.is_some() {
+        // Only the mock starts empty: taskstream's broker keeps topics,
+        // records and group offsets on disk.
+        if mock {
             let requeued = store.requeue_unhandled_events(NOTIFIER_GROUP).await?;
             if requeued > 0 {
                 tracing::info!(requeued, "the dev broker starts empty; republishing events the consumers had not handled");
@@ -263,8 +292,14 @@ impl RunningSystem {
         &self.metrics
     }
 
-    /// The dev broker, when one was started.
+    /// The mock cluster, when that is the embedded broker (for fault
+    /// injection).
     pub fn dev_broker(&self) -> Option<&DevBroker> {
+        self.dev_broker.as_ref().and_then(EmbeddedBroker::mock)
+    }
+
+    /// The embedded broker, when one was started.
+    pub fn embedded_broker(&self) -> Option<&EmbeddedBroker> {
         self.dev_broker.as_ref()
     }
 
@@ -273,7 +308,7 @@ impl RunningSystem {
         Endpoints {
             http: format!("http://{}", self.http_addr),
             kafka: self.kafka_bootstrap.clone(),
-            kafka_is_dev_broker: self.dev_broker.is_some(),
+            kafka_is_dev_broker: self.dev_broker().is_some(),
             schema_registry: self.registry_url.clone(),
         }
     }

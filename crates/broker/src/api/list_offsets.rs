@@ -16,7 +16,14 @@ use crate::broker::Shared;
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 
-pub(crate) fn handle(shared: &Arc<Shared>, request: ListOffsetsRequest) -> ListOffsetsResponse {
+/// Answers ListOffsets at `version`: the leader epoch exists from v4 on
+/// (before, it must stay unset, or the response cannot be encoded).
+pub(crate) fn handle(
+    shared: &Arc<Shared>,
+    request: ListOffsetsRequest,
+    version: i16,
+) -> ListOffsetsResponse {
+    let epoch = if version >= 4 { 0 } else { -1 };
     let read_committed = request.isolation_level == 1;
     let topics = request
         .topics
@@ -44,11 +51,13 @@ pub(crate) fn handle(shared: &Arc<Shared>, request: ListOffsetsRequest) -> ListO
                         // read_committed consumers end at the last stable offset.
                         LATEST if read_committed => response
                             .with_offset(log.last_stable_offset())
-                            .with_leader_epoch(0),
-                        LATEST => response.with_offset(log.next_offset()).with_leader_epoch(0),
+                            .with_leader_epoch(epoch),
+                        LATEST => response
+                            .with_offset(log.next_offset())
+                            .with_leader_epoch(epoch),
                         EARLIEST => response
                             .with_offset(log.log_start_offset())
-                            .with_leader_epoch(0),
+                            .with_leader_epoch(epoch),
                         t if t < 0 => {
                             response.with_error_code(ResponseError::UnsupportedVersion.code())
                         }
@@ -56,7 +65,7 @@ pub(crate) fn handle(shared: &Arc<Shared>, request: ListOffsetsRequest) -> ListO
                             Ok(Some((timestamp, offset))) => response
                                 .with_timestamp(timestamp)
                                 .with_offset(offset)
-                                .with_leader_epoch(0),
+                                .with_leader_epoch(epoch),
                             Ok(None) => response,
                             Err(e) => {
                                 tracing::error!(error = %e, "reading a time index failed");

@@ -146,7 +146,9 @@ pub(crate) async fn dispatch(
             encode(c, v, &response)?
         }
         RequestKind::Fetch(request) => encode(c, v, &fetch::handle(shared, request).await)?,
-        RequestKind::ListOffsets(request) => encode(c, v, &list_offsets::handle(shared, request))?,
+        RequestKind::ListOffsets(request) => {
+            encode(c, v, &list_offsets::handle(shared, request, v))?
+        }
         RequestKind::CreateTopics(request) => {
             let response = blocking(shared, move |s| admin::create_topics(s, request)).await?;
             encode(c, v, &response)?

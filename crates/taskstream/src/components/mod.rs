@@ -24,7 +24,10 @@ use taskstream_services::{Shutdown, ShutdownTrigger};
 use tokio::task::JoinHandle;
 
 pub use api::{codec, task_api};
-pub use broker::dev_broker;
+pub use broker::{
+    dev_broker, parse_broker_flush, DevBrokerKind, EmbeddedBroker, EmbeddedBrokerSettings,
+    BROKER_DIR,
+};
 pub use consumer::{auditor, notifier, ConsumerOptions, NotifierSink};
 pub use http::{http, serve};
 pub use readiness::{

@@ -20,8 +20,9 @@ pub struct Endpoints {
     pub http: String,
     /// The Kafka bootstrap servers, `HOST:PORT[,HOST:PORT...]`.
     pub kafka: String,
-    /// `true` when `kafka` is the embedded dev broker (its consumers use
-    /// the dev broker's shorter timings).
+    /// `true` when `kafka` is the embedded mock cluster (`--dev-broker
+    /// mock`), whose consumers need dev-only timings; taskstream's own
+    /// broker is `false`: its consumers use the normal ones.
     #[serde(default)]
     pub kafka_is_dev_broker: bool,
     /// The schema registry, `http://HOST:PORT`, when events are Avro.

@@ -31,6 +31,7 @@ use taskstream_store::{
     AuditStore, OutboxMessage, SqliteOptions, SqliteStore, Store, Synchronous, TaskStore,
 };
 
+use crate::components::DevBrokerKind;
 use crate::system::{RunningSystem, SystemConfig};
 
 #[derive(Debug, Args)]
@@ -69,6 +70,10 @@ pub struct BenchArgs {
     /// the ceilings are measured on it too. Missing topics are created.
     #[arg(long, value_name = "HOST:PORT")]
     pub kafka_bootstrap: Option<String>,
+    /// Without `--kafka-bootstrap`: the embedded broker to run on,
+    /// taskstream's own or librdkafka's mock (with its dev-only consumer timings).
+    #[arg(long, value_enum, default_value_t = DevBrokerKind::Taskstream)]
+    pub dev_broker: DevBrokerKind,
     /// Replication factor of the topics created on `--kafka-bootstrap`.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=5))]
     pub replication_factor: i32,
@@ -553,10 +558,10 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         concurrency: args.concurrency,
         rate_limit_per_s: args.rate,
         sqlite_synchronous: format!("{:?}", args.sqlite_synchronous).to_lowercase(),
-        broker: args
-            .kafka_bootstrap
-            .as_ref()
-            .map_or_else(|| "dev broker".to_owned(), |b| format!("kafka {b}")),
+        broker: args.kafka_bootstrap.as_ref().map_or_else(
+            || format!("dev broker ({:?})", args.dev_broker).to_lowercase(),
+            |b| format!("kafka {b}"),
+        ),
         api_per_s: 0.0,
         api_latency: Percentiles::of(&new_histogram()),
         http_errors: 0,
@@ -592,6 +597,7 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut config = SystemConfig::new("127.0.0.1:0".parse()?, dir.path());
     config.sqlite.synchronous = args.sqlite_synchronous;
+    config.dev_broker = args.dev_broker;
     if let Some(bootstrap) = &args.kafka_bootstrap {
         let kafka = KafkaConfig::new(bootstrap);
         let mut topics = declared_topics(args.replication_factor);
@@ -708,10 +714,12 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     // The same machine's ceilings, in the same run.
     say("measuring the ceilings: raw producer, store commits, no-op HTTP");
     report.event_bytes = average_event_bytes(&system).await.unwrap_or(400);
+    let kafka = KafkaConfig::new(system.kafka_bootstrap());
     if let Some(broker) = system.dev_broker() {
         broker.create_topic(&ceiling_topic(1))?;
+    } else if system.embedded_broker().is_some() {
+        apply_topics(&kafka, &[ceiling_topic(1)], Duration::from_secs(30)).await?;
     }
-    let kafka = KafkaConfig::new(system.kafka_bootstrap());
     let ceiling_records = load.acks.len().max(10_000);
     let producer_rate = raw_producer(&kafka, ceiling_records, report.event_bytes).await?;
     let drain = relay_drain(

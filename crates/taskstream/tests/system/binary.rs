@@ -331,3 +331,100 @@ async fn each_component_runs_alone_and_stops_cleanly_on_sigterm() {
         assert!(terminate(child).success());
     }
 }
+
+/// `taskstream dev-broker --data-dir D` keeps its topics and records in
+/// `D/broker`: stopped and started again, it serves what it acknowledged,
+/// at the same offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standalone_dev_broker_keeps_its_records_in_its_data_dir_across_restarts() {
+    use taskstream_kafka::{
+        read_topic, EventProducer, KafkaConfig, OutboundRecord, ProducerSettings,
+    };
+    use taskstream_services::topics::TASK_EVENTS;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let args = [
+        "dev-broker",
+        "--data-dir",
+        data_dir,
+        "--broker-flush",
+        "ack",
+    ];
+    let (mut broker, line) = launch(&args, "warn", Stdio::inherit());
+    let kafka = KafkaConfig::new(line.strip_prefix("kafka: ").unwrap());
+    let producer = EventProducer::new(&kafka, "test", &ProducerSettings::default()).unwrap();
+    let mut acknowledged = Vec::new();
+    for i in 0..50 {
+        let key = format!("task-{i}");
+        let payload = format!("event {i}");
+        let delivery = producer
+            .enqueue(OutboundRecord {
+                topic: TASK_EVENTS,
+                key: key.as_bytes(),
+                payload: payload.as_bytes(),
+                headers: &[],
+            })
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        acknowledged.push(((delivery.partition, delivery.offset), payload.into_bytes()));
+    }
+    drop(producer);
+    assert!(terminate(&mut broker).success(), "clean exit");
+    assert!(dir.path().join("broker/topics/task-events").is_dir());
+
+    let (mut broker, line) = launch(&args, "warn", Stdio::inherit());
+    let kafka = KafkaConfig::new(line.strip_prefix("kafka: ").unwrap());
+    let records = read_topic(&kafka, TASK_EVENTS, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let mut read: Vec<_> = records
+        .into_iter()
+        .map(|r| ((r.partition, r.offset), r.payload.unwrap()))
+        .collect();
+    read.sort();
+    acknowledged.sort();
+    assert_eq!(read, acknowledged);
+    assert!(terminate(&mut broker).success(), "clean exit");
+}
+
+#[test]
+fn dev_broker_flags_are_checked_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    // Each refusal names the flag and what it takes.
+    for (command, flag, value, hint) in [
+        ("up", "--dev-broker", "kafka", "taskstream, mock"),
+        (
+            "up",
+            "--broker-flush",
+            "0",
+            "expected `ack` or milliseconds",
+        ),
+        (
+            "dev-broker",
+            "--broker-flush",
+            "1s",
+            "expected `ack` or milliseconds",
+        ),
+        (
+            "dev-broker",
+            "--listen",
+            "localhost",
+            "invalid socket address",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .args([command, &format!("{flag}={value}")])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{command} {flag} {value}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(flag), "{command} {flag} {value}: {stderr}");
+        assert!(stderr.contains(hint), "{command} {flag} {value}: {stderr}");
+    }
+    assert!(!dir.path().join("broker").exists(), "nothing started");
+}

@@ -21,10 +21,10 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use crate::helpers::eventually;
 
-/// The consumers' session timeout on Apache Kafka: the least a broker
-/// accepts by default (`group.min.session.timeout.ms`), so the partitions
-/// of a killed member move on within seconds. (The dev broker's 3 s is
-/// refused.)
+/// The consumers' session timeout on Apache Kafka and on taskstream's
+/// broker: the least a broker accepts by default
+/// (`group.min.session.timeout.ms`), so the partitions of a killed member
+/// move on within seconds. (The mock's 3 s is refused.)
 pub const KAFKA_SESSION_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// Held by the test that is using the Apache Kafka clusters.
@@ -121,24 +121,19 @@ impl Broker {
 
     /// Points a system at this broker.
     pub fn configure(&self, config: &mut SystemConfig) {
-        if let Some(kafka) = self.kafka_config() {
-            config.kafka = Some(kafka);
-            config.session_timeout = Some(KAFKA_SESSION_TIMEOUT);
-        }
+        config.kafka = self.kafka_config();
+        config.session_timeout = Some(KAFKA_SESSION_TIMEOUT);
     }
 
-    /// Consumer settings for this broker: the dev broker's short session and
-    /// fetch wait, or the defaults with the shortest session Kafka accepts.
+    /// Consumer settings for this broker (taskstream's or Apache Kafka):
+    /// the defaults with the shortest session a broker accepts.
     pub fn consumer_options(&self) -> ConsumerOptions {
-        match self {
-            Self::Dev => ConsumerOptions::for_dev_broker(),
-            Self::Kafka { .. } => ConsumerOptions {
-                kafka: ConsumerSettings {
-                    session_timeout: KAFKA_SESSION_TIMEOUT,
-                    ..ConsumerSettings::default()
-                },
-                ..ConsumerOptions::default()
+        ConsumerOptions {
+            kafka: ConsumerSettings {
+                session_timeout: KAFKA_SESSION_TIMEOUT,
+                ..ConsumerSettings::default()
             },
+            ..ConsumerOptions::default()
         }
     }
 

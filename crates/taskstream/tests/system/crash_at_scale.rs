@@ -63,8 +63,9 @@ async fn sigkill_of_any_replica(broker: &Broker) {
         None => {
             let (child, line) = launch(&["dev-broker"], "warn", Stdio::null());
             let kafka = line.strip_prefix("kafka: ").unwrap().to_owned();
-            // A killed replica's partitions move after 3 s, not 45.
-            (Some(child), kafka, Duration::from_secs(3))
+            // A killed replica's partitions move after 6 s (the least the
+            // broker accepts), not 45.
+            (Some(child), kafka, KAFKA_SESSION_TIMEOUT)
         }
     };
     let session_timeout = session_timeout.as_secs().to_string();

@@ -9,7 +9,7 @@ use serde_json::json;
 use taskstream_kafka::{InjectedError, KafkaApi};
 use taskstream_store::{AuditStore, NotificationStore, OutboxStore, Store};
 
-use crate::helpers::{client, eventually, spawn_app};
+use crate::helpers::{client, eventually, spawn_app_on_mock};
 
 /// Waits for `events` audit entries and `notifications` notifications, then
 /// checks there are no more, no duplicates, and each task's events are in
@@ -51,7 +51,7 @@ pub async fn assert_exactly_once(store: &Store, events: usize, notifications: us
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_outage_during_production_and_consumption_loses_and_doubles_nothing() {
-    let app = spawn_app().await;
+    let app = spawn_app_on_mock().await;
     let broker = app.system.dev_broker().unwrap();
     let base = app.url("");
     // A steady writer: 60 assigned tasks, every third one completed.
@@ -104,7 +104,7 @@ async fn a_broker_outage_during_production_and_consumption_loses_and_doubles_not
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retriable_produce_fetch_and_commit_errors_are_absorbed() {
-    let app = spawn_app().await;
+    let app = spawn_app_on_mock().await;
     let broker = app.system.dev_broker().unwrap();
     // Warm up so the consumers have joined and fetch.
     app.created("warm-up", None).await;

@@ -42,6 +42,13 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
+/// [`spawn_app`] on librdkafka's mock cluster instead of taskstream's
+/// broker, for tests that inject faults through it
+/// ([`RunningSystem::dev_broker`]).
+pub async fn spawn_app_on_mock() -> TestApp {
+    spawn_app_with(|config| config.dev_broker = taskstream::components::DevBrokerKind::Mock).await
+}
+
 /// [`spawn_app`] on `broker`.
 pub async fn spawn_app_on(broker: &Broker) -> TestApp {
     spawn_app_with(|config| broker.configure(config)).await
@@ -163,11 +170,13 @@ impl TestApp {
 }
 
 /// The producing half of the system, started from its parts so a test can
-/// add, stop and restart consumers at will: the dev broker (unless the
-/// test runs on Apache Kafka), the store, the relay (JSON events) and the
-/// Task API on a random port.
+/// add, stop and restart consumers at will: a broker, the store, the relay
+/// (JSON events) and the Task API on a random port.
 pub struct Pipeline {
+    /// The mock cluster, when the pipeline runs on it ([`Pipeline::start`]).
     pub broker: Option<taskstream_kafka::DevBroker>,
+    /// taskstream's broker, on [`Broker::Dev`].
+    pub embedded: Option<taskstream::components::EmbeddedBroker>,
     pub kafka: taskstream_kafka::KafkaConfig,
     pub store: std::sync::Arc<taskstream_store::Store>,
     pub metrics: std::sync::Arc<taskstream_telemetry::Metrics>,
@@ -179,25 +188,45 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// On a dev broker of its own.
+    /// On librdkafka's mock cluster of its own, for tests that inject
+    /// faults through it or need its deleting of data beyond ~5 MiB.
     pub async fn start(sqlite: taskstream_store::SqliteOptions) -> Self {
-        Self::start_on(&Broker::Dev, sqlite).await
+        Self::start_with(None, true, sqlite).await
     }
 
+    /// On `broker`: Apache Kafka, or ([`Broker::Dev`]) taskstream's broker
+    /// of its own.
     pub async fn start_on(broker: &Broker, sqlite: taskstream_store::SqliteOptions) -> Self {
+        Self::start_with(broker.kafka_config(), false, sqlite).await
+    }
+
+    async fn start_with(
+        cluster: Option<taskstream_kafka::KafkaConfig>,
+        mock: bool,
+        sqlite: taskstream_store::SqliteOptions,
+    ) -> Self {
         use std::sync::Arc;
         use taskstream::components;
         init_logs();
         let dir = tempfile::tempdir().unwrap();
-        let (broker, kafka) = match broker.kafka_config() {
-            Some(kafka) => (None, kafka),
-            None => {
+        let (broker, embedded, kafka) = match cluster {
+            Some(kafka) => (None, None, kafka),
+            None if mock => {
                 let dev = taskstream_kafka::DevBroker::start(
                     &taskstream_services::topics::declared_topics(1),
                 )
                 .unwrap();
                 let kafka = taskstream_kafka::KafkaConfig::new(dev.bootstrap_servers());
-                (Some(dev), kafka)
+                (Some(dev), None, kafka)
+            }
+            None => {
+                let own = components::EmbeddedBroker::start(
+                    &components::EmbeddedBrokerSettings::new(Some(dir.path().join("broker"))),
+                )
+                .await
+                .unwrap();
+                let kafka = taskstream_kafka::KafkaConfig::new(own.bootstrap_servers());
+                (None, Some(own), kafka)
             }
         };
         let store = components::open_store(dir.path(), None, &sqlite, &Default::default())
@@ -223,6 +252,7 @@ impl Pipeline {
         .unwrap();
         Self {
             broker,
+            embedded,
             kafka,
             store,
             metrics,
@@ -238,5 +268,10 @@ impl Pipeline {
         self.http.stop().await;
         self.relay.stop().await;
         self.store.close().await;
+        if let Some(broker) = self.embedded {
+            tokio::task::spawn_blocking(move || broker.shutdown(Duration::ZERO))
+                .await
+                .unwrap();
+        }
     }
 }

@@ -11,7 +11,7 @@ use taskstream_kafka::group_offsets;
 use taskstream_services::topics::TASK_EVENTS;
 use taskstream_store::AuditStore;
 
-use crate::helpers::{client, eventually, spawn_app};
+use crate::helpers::{client, eventually, spawn_app_on_mock};
 use crate::interop::python;
 
 const BIN: &str = env!("CARGO_BIN_EXE_taskstream");
@@ -164,7 +164,8 @@ fn sample(metrics: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_a_known_workload_and_readiness_names_each_check() {
-    let app = spawn_app().await;
+    // On the mock, whose broker_down shows readiness degrading.
+    let app = spawn_app_on_mock().await;
     let mut ids = Vec::new();
     for i in 0..25 {
         let assignee = (i < 10).then_some("ana");
