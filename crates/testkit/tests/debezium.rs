@@ -271,6 +271,27 @@ fn read_until(cluster: &KafkaCluster, topic: &str, partitions: i32, expected: us
     rows
 }
 
+/// The connector's name on the worker.
+const CONNECTOR: &str = "outbox";
+
+/// A Connect worker of its own running the outbox connector of `pg` to
+/// `topic`, once its task runs.
+async fn outbox_connector(cluster: &KafkaCluster, pg: &Scratch, topic: &str) -> ConnectWorker {
+    let group = format!("connect-{}", Uuid::new_v4().simple());
+    let worker = ConnectWorker::start(cluster, &group)
+        .await
+        .expect("the Connect worker starts with the Debezium plugin");
+    worker
+        .put_connector(CONNECTOR, &pg.connector_config(topic))
+        .await
+        .expect("the connector is accepted");
+    worker
+        .wait_until_running(CONNECTOR, PATIENCE)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nworker log:\n{}", worker.log_tail(40)));
+    worker
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outbox_row_becomes_a_record_with_the_rows_key_bytes_and_headers_unchanged() {
     let Some(cluster) = kafka("Debezium: outbox rows to records") else {
@@ -280,19 +301,7 @@ async fn an_outbox_row_becomes_a_record_with_the_rows_key_bytes_and_headers_unch
         return;
     };
     let topic = create_topic(cluster, 1);
-    let group = format!("connect-{}", Uuid::new_v4().simple());
-    let worker = ConnectWorker::start(cluster, &group)
-        .await
-        .expect("the Connect worker starts with the Debezium plugin");
-    let connector = "outbox";
-    worker
-        .put_connector(connector, &pg.connector_config(&topic))
-        .await
-        .expect("the connector is accepted");
-    worker
-        .wait_until_running(connector, PATIENCE)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\nworker log:\n{}", worker.log_tail(40)));
+    let worker = outbox_connector(cluster, &pg, &topic).await;
     let mut db = PgConnection::connect(&pg.url).await.unwrap();
     let rows: Vec<Row> = (0..20).map(Row::new).collect();
     for row in &rows {
@@ -305,7 +314,7 @@ async fn an_outbox_row_becomes_a_record_with_the_rows_key_bytes_and_headers_unch
     .await
     .unwrap();
     assert_eq!(read, rows, "the records are the rows, in commit order");
-    pg.drop(&worker, connector).await;
+    pg.drop(&worker, CONNECTOR).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,19 +326,7 @@ async fn a_connect_worker_killed_mid_stream_resumes_from_its_stored_position_and
         return;
     };
     let topic = create_topic(cluster, 3);
-    let group = format!("connect-{}", Uuid::new_v4().simple());
-    let worker = ConnectWorker::start(cluster, &group)
-        .await
-        .expect("the Connect worker starts with the Debezium plugin");
-    let connector = "outbox";
-    worker
-        .put_connector(connector, &pg.connector_config(&topic))
-        .await
-        .expect("the connector is accepted");
-    worker
-        .wait_until_running(connector, PATIENCE)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\nworker log:\n{}", worker.log_tail(40)));
+    let worker = outbox_connector(cluster, &pg, &topic).await;
 
     // Rows keep coming while the worker is killed, down, and started again.
     let url = pg.url.clone();
@@ -353,7 +350,7 @@ async fn a_connect_worker_killed_mid_stream_resumes_from_its_stored_position_and
         .unwrap_or_else(|e| panic!("{e}\nworker log:\n{}", worker.log_tail(40)));
     let written = writer.await.unwrap();
     worker
-        .wait_until_running(connector, PATIENCE)
+        .wait_until_running(CONNECTOR, PATIENCE)
         .await
         .unwrap_or_else(|e| panic!("{e}\nworker log:\n{}", worker.log_tail(40)));
 
@@ -400,5 +397,5 @@ async fn a_connect_worker_killed_mid_stream_resumes_from_its_stored_position_and
         written.len(),
         read.len()
     );
-    pg.drop(&worker, connector).await;
+    pg.drop(&worker, CONNECTOR).await;
 }
