@@ -26,7 +26,16 @@ values-production.yaml, topics-prod.yaml), with the chart rendered by
       capabilities, RuntimeDefault seccomp, resource requests and a memory limit;
   (g) every environment variable and flag the chart gives a taskstream
       container is one its subcommand reads (per `taskstream SUB --help`), with
-      a value it accepts.
+      a value it accepts;
+  (h) the publisher: with `publisher: relay` the relay runs and no Kafka
+      Connect does; with `publisher: debezium` (each environment is rendered
+      both ways) the relay does not run, the KafkaConnect uses the group and
+      internal topics the connect component's ACLs grant (compacted
+      KafkaTopics, the config topic with one partition) as its own KafkaUser,
+      the KafkaConnector is exactly `taskstream cdc connector-config` for the
+      chart's database, its password is read from a Secret the workers may
+      read and nothing else, and the chart's PostgreSQL runs with
+      wal_level=logical.
 
 --components FILE replaces the output of `users list --json` (to check what a
 changed declaration would break); --taskstream is still asked for (g).
@@ -49,6 +58,12 @@ STRIMZI = os.path.join(REPO, "deploy", "strimzi")
 ENVIRONMENTS = {
     "dev": (["values.yaml"], "topics-dev.yaml", "kafka-dev.yaml"),
     "production": (["values.yaml", "values-production.yaml"], "topics-prod.yaml", "kafka-prod.yaml"),
+}
+# Each environment is also rendered with Debezium publishing the outbox; the
+# development values name no registry for the Connect image, so one is given.
+PUBLISHERS = {
+    "relay": [],
+    "debezium": ["publisher=debezium", "connect.build.image=registry.example.com/taskstream-connect:check"],
 }
 RELEASE = "taskstream"
 # Secret keys Strimzi's User Operator writes for a SCRAM KafkaUser.
@@ -268,6 +283,25 @@ def container_port(container, port):
         if p.get("name") == port:
             return p.get("containerPort")
     return None
+
+
+def compacted_topics(path):
+    return {((d.get("spec") or {}).get("topicName") or d["metadata"]["name"])
+            for d in load_yaml_docs(path)
+            if d.get("kind") == "KafkaTopic"
+            and ((d.get("spec") or {}).get("config") or {}).get("cleanup.policy") == "compact"}
+
+
+def with_sets(values, sets):
+    """values with helm's `--set a.b=c` applied (strings only, as the checks read them)."""
+    out = values
+    for s in sets:
+        key, _, value = s.partition("=")
+        overlay = value
+        for part in reversed(key.split(".")):
+            overlay = {part: overlay}
+        out = merged(out, overlay)
+    return out
 
 
 def topics_of(path):
@@ -570,6 +604,125 @@ def check_environment(report, env, components, users, args, values, topics, docs
         check_command_lines(report, env, args.taskstream, workloads)
     else:
         report.check(f"[{env}] (g) not checked: no --taskstream binary to ask", [])
+    check_publisher(report, env, components, users, args, values, topics, docs, workloads)
+
+
+def check_publisher(report, env, components, users, args, values, topics, docs, workloads):
+    """(h) the relay or Kafka Connect with Debezium, never both, wired as declared."""
+    publisher = values.get("publisher", "relay")
+    connects = [d for d in docs if d["kind"] == "KafkaConnect"]
+    connectors = [d for d in docs if d["kind"] == "KafkaConnector"]
+    relays = [w for w in workloads if w.component == "relay"]
+    problems = []
+    if publisher == "relay":
+        if not relays:
+            problems.append("publisher is relay, but no relay workload is rendered")
+        if connects or connectors:
+            problems.append("publisher is relay, but a KafkaConnect or KafkaConnector is rendered: two publishers would double every event")
+        report.check(f"[{env}] (h) the relay publishes the outbox, and nothing else does", problems)
+        return
+    if relays:
+        problems.append(f"publisher is debezium, but {relays[0].kind} {relays[0].name} runs the relay: two publishers would double every event")
+    if len(connects) != 1 or len(connectors) != 1:
+        problems.append(f"publisher is debezium: expected one KafkaConnect and one KafkaConnector, found {len(connects)} and {len(connectors)}")
+        report.check(f"[{env}] (h) Kafka Connect with Debezium publishes the outbox", problems)
+        return
+    connect, connector = connects[0], connectors[0]
+    cspec = connect.get("spec") or {}
+    component = components.get("connect")
+    if component is None:
+        problems.append("the binary declares no `connect` component (taskstream users list)")
+        report.check(f"[{env}] (h) Kafka Connect with Debezium publishes the outbox", problems)
+        return
+    user = component["kafka_user"]
+    kafka = values.get("kafka") or {}
+    if cspec.get("bootstrapServers") != kafka.get("bootstrapServers"):
+        problems.append(f"KafkaConnect bootstrapServers is {cspec.get('bootstrapServers')!r}, the components use {kafka.get('bootstrapServers')!r}")
+    group = cspec.get("groupId")
+    if not allowed(component, "group", group or "", "Read"):
+        problems.append(f"KafkaConnect groupId {group!r} is not readable by {user}")
+    compacted = compacted_topics(os.path.join(args.strimzi, args.topics_file_name))
+    for field in ("configStorageTopic", "offsetStorageTopic", "statusStorageTopic"):
+        topic = cspec.get(field)
+        for op in ("Read", "Write"):
+            if not allowed(component, "topic", topic or "", op):
+                problems.append(f"KafkaConnect {field} {topic!r}: {user} may not {op} it")
+        if topic not in compacted:
+            problems.append(f"KafkaConnect {field} {topic!r} is not a compacted KafkaTopic in {args.topics_file}")
+    if topics.get(cspec.get("configStorageTopic")) not in (None, 1):
+        problems.append(f"the config topic {cspec.get('configStorageTopic')!r} must have one partition, has {topics.get(cspec.get('configStorageTopic'))}")
+    protocol = str(kafka.get("securityProtocol", "plaintext"))
+    auth = cspec.get("authentication")
+    if protocol.startswith("sasl"):
+        if not auth:
+            problems.append(f"KafkaConnect has no authentication with securityProtocol {protocol}")
+        else:
+            if auth.get("username") != user:
+                problems.append(f"KafkaConnect authenticates as {auth.get('username')!r}, the connect component is {user}")
+            secret = (auth.get("passwordSecret") or {}).get("secretName")
+            if secret != user or secret not in users:
+                problems.append(f"KafkaConnect's password Secret {secret!r} is not the KafkaUser {user} of users.yaml")
+            if auth.get("type") != str(kafka.get("saslMechanism", "")).lower():
+                problems.append(f"KafkaConnect authentication type {auth.get('type')!r} is not the cluster's {kafka.get('saslMechanism')!r}")
+    elif auth:
+        problems.append(f"KafkaConnect authenticates although securityProtocol is {protocol}")
+    if protocol.endswith("ssl") and not (cspec.get("tls") or {}).get("trustedCertificates"):
+        problems.append(f"KafkaConnect trusts no CA certificate with securityProtocol {protocol}")
+    annotations = connect["metadata"].get("annotations") or {}
+    if annotations.get("strimzi.io/use-connector-resources") != "true":
+        problems.append("KafkaConnect lacks the annotation strimzi.io/use-connector-resources: \"true\", so Strimzi ignores KafkaConnector resources")
+    labels = connector["metadata"].get("labels") or {}
+    if labels.get("strimzi.io/cluster") != connect["metadata"]["name"]:
+        problems.append(f"KafkaConnector's strimzi.io/cluster label is {labels.get('strimzi.io/cluster')!r}, the KafkaConnect is {connect['metadata']['name']!r}")
+
+    # The connector is the binary's, for the chart's database.
+    kspec = connector.get("spec") or {}
+    config = dict(kspec.get("config") or {})
+    ref = config.get("database.password", "")
+    m = re.fullmatch(r"\$\{secrets:([^/]+)/([^:]+):([^}]+)\}", str(ref))
+    if not m:
+        problems.append(f"KafkaConnector database.password is {ref!r}, not a ${{secrets:NAMESPACE/SECRET:KEY}} reference")
+    else:
+        secret = m.group(2)
+        roles = [d for d in docs if d["kind"] == "Role"
+                 and any(secret in (r.get("resourceNames") or []) and "secrets" in (r.get("resources") or []) for r in d.get("rules") or [])]
+        if not roles:
+            problems.append(f"no Role lets the Connect workers read the Secret {secret!r}")
+        for role in roles:
+            for rule in role.get("rules") or []:
+                if set(rule.get("verbs") or []) - {"get"} or len(rule.get("resourceNames") or []) != 1:
+                    problems.append(f"Role {role['metadata']['name']} grants more than reading the one Secret: {rule}")
+            bound = [b for b in docs if b["kind"] == "RoleBinding" and (b.get("roleRef") or {}).get("name") == role["metadata"]["name"]]
+            subjects = [s.get("name") for b in bound for s in b.get("subjects") or []]
+            if subjects != [f"{connect['metadata']['name']}-connect"]:
+                problems.append(f"Role {role['metadata']['name']} is bound to {subjects}, not only to the workers' ServiceAccount {connect['metadata']['name']}-connect")
+    if args.taskstream and m:
+        url = f"postgres://{config.get('database.user')}@{config.get('database.hostname')}:{config.get('database.port')}/{config.get('database.dbname')}"
+        out = subprocess.run([args.taskstream, "cdc", "connector-config", "--database-url", url, "--password-ref", ref],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            problems.append(f"`taskstream cdc connector-config --database-url {url}` refused the chart's database: {out.stderr.strip()}")
+        else:
+            expected = json.loads(out.stdout)
+            wanted = dict(expected["config"])
+            rendered = dict(config)
+            rendered["connector.class"] = kspec.get("class")
+            rendered["tasks.max"] = str(kspec.get("tasksMax"))
+            if connector["metadata"]["name"] != expected["name"]:
+                problems.append(f"KafkaConnector is named {connector['metadata']['name']!r}, the binary's connector {expected['name']!r}")
+            for key in sorted(set(wanted) | set(rendered)):
+                if str(wanted.get(key)) != str(rendered.get(key)):
+                    problems.append(f"KafkaConnector {key}: the chart has {rendered.get(key)!r}, `taskstream cdc connector-config` {wanted.get(key)!r} "
+                                    "(regenerate deploy/helm/taskstream/files/outbox-connector.json with "
+                                    "`taskstream cdc connector-config --database-url postgres://taskstream@postgresql:5432/taskstream "
+                                    "--password-ref '${secrets:namespace/secret:password}'`)")
+    # Logical decoding on the chart's PostgreSQL.
+    if (values.get("postgresql") or {}).get("enabled"):
+        sets = [d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"].endswith("-postgresql")]
+        args_ = [a for d in sets for c in d["spec"]["template"]["spec"]["containers"] for a in c.get("args") or []]
+        if "wal_level=logical" not in args_:
+            problems.append("the chart's PostgreSQL does not run with wal_level=logical, which Debezium needs")
+    report.check(f"[{env}] (h) Kafka Connect with Debezium publishes the outbox, as its own KafkaUser, with the binary's connector", problems)
 
 
 def main() -> int:
@@ -597,16 +750,21 @@ def main() -> int:
     cluster = cluster_name(os.path.join(strimzi, "kafka-prod.yaml"))
     check_users_cluster(report, users, cluster, args.users)
 
-    for env, (values_files, topics_file, kafka_file) in ENVIRONMENTS.items():
+    for (environment, (values_files, topics_file, kafka_file)), (publisher, publisher_sets) in (
+            (e, p) for e in ENVIRONMENTS.items() for p in PUBLISHERS.items()):
+        env = environment if publisher == "relay" else f"{environment}, publisher {publisher}"
+        sets = publisher_sets + args.sets
         values = {}
         for v in values_files:
             with open(os.path.join(CHART, v)) as f:
                 values = merged(values, yaml.safe_load(f) or {})
-        docs, error = render(args.helm, values_files, args.sets)
+        values = with_sets(values, sets)
+        docs, error = render(args.helm, values_files, sets)
         if docs is None:
-            report.check(f"[{env}] helm template with {', '.join(values_files)}", [error])
+            report.check(f"[{env}] helm template with {', '.join(values_files)} {' '.join('--set ' + s for s in sets)}".rstrip(), [error])
             continue
         args.topics_file = shown(os.path.join(strimzi, topics_file))
+        args.topics_file_name = topics_file
         topics = topics_of(os.path.join(strimzi, topics_file))
         check_environment(report, env, components, users, args, values, topics, docs)
         if cluster_name(os.path.join(strimzi, kafka_file)) != cluster:

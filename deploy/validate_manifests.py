@@ -36,10 +36,15 @@ except ImportError:  # reported when a core kind needs it
 OLDEST_SUPPORTED_KUBERNETES = "1.30"
 
 
-def strict(schema):
-    """Forbids properties a schema does not declare, where it declares some."""
+def strict(schema, fragment=False):
+    """Forbids properties a schema does not declare, where it declares some.
+
+    The branches of oneOf/anyOf/allOf are fragments of their parent, not whole
+    objects: Strimzi's CRDs use them to say which of the parent's properties
+    are required (`oneOf: [{properties: {certificate: {}}, required:
+    [certificate]}, ...]`), so they are not closed."""
     if isinstance(schema, dict):
-        if "properties" in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        if "properties" in schema and not fragment and not schema.get("x-kubernetes-preserve-unknown-fields"):
             schema.setdefault("additionalProperties", False)
         for key, value in schema.items():
             if key in ("properties", "patternProperties"):
@@ -49,7 +54,7 @@ def strict(schema):
                 strict(value)
             elif key in ("anyOf", "oneOf", "allOf"):
                 for sub in value:
-                    strict(sub)
+                    strict(sub, fragment=True)
     return schema
 
 

@@ -37,7 +37,11 @@ pub struct Acl {
 }
 
 impl Acl {
-    fn literal(kind: &'static str, name: impl Into<String>, operations: &[&'static str]) -> Self {
+    pub(crate) fn literal(
+        kind: &'static str,
+        name: impl Into<String>,
+        operations: &[&'static str],
+    ) -> Self {
         Self {
             resource: AclResource {
                 kind,
@@ -136,6 +140,16 @@ pub fn components() -> Vec<ComponentAccess> {
                 Acl::literal("group", LAG_PROBE_GROUP, &["Read"]),
                 Acl::literal("group", TOPIC_READER_GROUP, &["Read"]),
             ],
+            http_paths: vec![],
+            max_replicas: None,
+        },
+        ComponentAccess {
+            name: "connect",
+            description: "Kafka Connect running Debezium's outbox connector in place of the relay \
+                          (chart value publisher: debezium)",
+            kafka_user: Some(super::connect::CONNECT_USER),
+            acls: super::connect::connect_acls(),
+            // Its REST API and probes are Strimzi's, not taskstream's.
             http_paths: vec![],
             max_replicas: None,
         },

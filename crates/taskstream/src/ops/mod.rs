@@ -1,12 +1,14 @@
 //! Operating taskstream, apart from the components that run it: consumer
 //! lag by Burrow's rules, dead letters, the Kafka users and their ACLs, the
-//! declared topics, the Debezium connector's configuration, and the
+//! declared topics, the Debezium connector's configuration and its Kafka
+//! Connect cluster, and the
 //! benchmark (with the `bench` feature).
 
 pub mod access;
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod cdc;
+pub mod connect;
 pub mod dlq;
 pub mod lag;
 pub mod lag_rules;

@@ -131,6 +131,7 @@ pub async fn run(command: TopicsCommand) -> anyhow::Result<()> {
             &[
                 declared_topics(replication_factor),
                 vec![schema_registry_topic(replication_factor)],
+                super::connect::connect_topics(replication_factor),
             ]
             .concat(),
             &cluster,

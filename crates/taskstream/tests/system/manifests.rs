@@ -102,9 +102,22 @@ fn render(helm: &Path, values: &[&str], extra: &[&str]) -> Output {
     cmd.args(extra).output().unwrap()
 }
 
+/// `--set`s that make Debezium, on Kafka Connect, publish the outbox.
+const DEBEZIUM: [&str; 4] = [
+    "--set",
+    "publisher=debezium",
+    "--set",
+    "connect.build.image=registry.example.com/taskstream-connect:test",
+];
+
 /// Renders the chart for one environment into `dir`, failing the test if helm does.
 fn render_to(helm: &Path, dir: &Path, env: &str, values: &[&str]) -> PathBuf {
-    let out = render(helm, values, &[]);
+    render_with(helm, dir, env, values, &[])
+}
+
+/// [`render_to`] with `extra` arguments for helm.
+fn render_with(helm: &Path, dir: &Path, env: &str, values: &[&str], extra: &[&str]) -> PathBuf {
+    let out = render(helm, values, extra);
     assert!(
         out.status.success(),
         "helm template ({env}): {}",
@@ -285,7 +298,59 @@ fn the_rendered_chart_and_the_strimzi_resources_validate_strictly_for_dev_and_pr
                 "{text}"
             );
         }
+
+        // With Debezium publishing: the KafkaConnect, the KafkaConnector and
+        // the Role that reads the database password, and no relay.
+        let name = format!("{env}-debezium");
+        let rendered = render_with(&helm, dir.path(), &name, values, &DEBEZIUM);
+        let manifest = std::fs::read_to_string(&rendered).unwrap();
+        for kind in [
+            "kind: KafkaConnect\n",
+            "kind: KafkaConnector\n",
+            "kind: Role\n",
+        ] {
+            assert!(manifest.contains(kind), "{name}: no {kind}");
+        }
+        assert!(
+            !manifest.contains("name: taskstream-relay\n"),
+            "{name}: the relay runs next to Debezium"
+        );
+        files.pop();
+        files.push(rendered);
+        let (ok, text) = validate(&python, &crds(), &files);
+        assert!(ok, "{name}: {text}");
+        assert!(text.contains("0 problem(s)"), "{name}: {text}");
     }
+}
+
+#[test]
+fn publishing_with_debezium_needs_an_image_for_the_connect_build_and_the_external_database() {
+    let Some((helm, _)) = helm_and_python("rendering the chart with Debezium") else {
+        return;
+    };
+    let out = render(&helm, &["values.yaml"], &["--set", "publisher=debezium"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("connect.build.image is required with publisher: debezium"),
+        "{}",
+        text(&out)
+    );
+    let out = render(&helm, &["values.yaml"], &["--set", "publisher=cdc"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("publisher must be relay or debezium"),
+        "{}",
+        text(&out)
+    );
+    let mut extra = DEBEZIUM.to_vec();
+    extra.extend(["--set", "connect.database.host="]);
+    let out = render(&helm, &["values.yaml", "values-production.yaml"], &extra);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("connect.database.host is required with publisher: debezium"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -431,8 +496,13 @@ fn the_chart_and_the_strimzi_resources_agree_with_what_the_binary_declares() {
     };
     let (ok, text) = check_deploy(&python, &helm, &[]);
     assert!(ok, "{text}");
-    for check in ["(a)", "(b)", "(c)", "(d)", "(e)", "(f)", "(g)"] {
-        for env in ["[dev]", "[production]"] {
+    for check in ["(a)", "(b)", "(c)", "(d)", "(e)", "(f)", "(g)", "(h)"] {
+        for env in [
+            "[dev]",
+            "[production]",
+            "[dev, publisher debezium]",
+            "[production, publisher debezium]",
+        ] {
             assert!(
                 text.contains(&format!("ok   {env} {check}")),
                 "{env} {check} did not pass: {text}"
@@ -527,6 +597,40 @@ fn the_deployment_check_catches_drifted_acls_caps_paths_and_users() {
     assert!(!ok, "{text}");
     assert!(
         text.contains("notifier must authenticate as taskstream-notifier, not taskstream-auditor"),
+        "{text}"
+    );
+
+    // Kafka Connect authenticating as the relay.
+    let (ok, text) = check_deploy(
+        &python,
+        &helm,
+        &["--set", "connect.kafkaUser=taskstream-relay"],
+    );
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(
+            "KafkaConnect authenticates as 'taskstream-relay', the connect component is taskstream-connect"
+        ),
+        "{text}"
+    );
+
+    // Kafka Connect's group no longer granted to its user.
+    let no_group = with("connect", &|c| {
+        c["acls"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|a| a["resource"]["type"] != "group")
+    });
+    let (ok, text) = check_deploy(
+        &python,
+        &helm,
+        &["--components", no_group.to_str().unwrap()],
+    );
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(
+            "KafkaConnect groupId 'taskstream-connect' is not readable by taskstream-connect"
+        ),
         "{text}"
     );
 }

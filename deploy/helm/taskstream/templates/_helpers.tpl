@@ -62,6 +62,21 @@ The taskstream image reference.
 {{- end }}
 
 {{/*
+The taskstream components the release runs, comma-separated: the relay only
+when it is the publisher.
+*/}}
+{{- define "taskstream.components" -}}
+{{- if eq .Values.publisher "relay" }}api,relay,notifier,auditor{{ else }}api,notifier,auditor{{ end }}
+{{- end }}
+
+{{/*
+The Strimzi KafkaConnect that runs Debezium (publisher: debezium).
+*/}}
+{{- define "taskstream.connectName" -}}
+{{- printf "%s-cdc" (include "taskstream.fullname" .) }}
+{{- end }}
+
+{{/*
 Whether the components authenticate with SASL ("true" or "").
 */}}
 {{- define "taskstream.kafkaSasl" -}}
@@ -178,7 +193,7 @@ Checks the values before anything is rendered; a wrong combination fails
 {{- if not (has .Values.kafka.saslMechanism (list "SCRAM-SHA-512" "SCRAM-SHA-256" "PLAIN")) }}
 {{- fail (printf "kafka.saslMechanism must be SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN, got %q" .Values.kafka.saslMechanism) }}
 {{- end }}
-{{- range $component := list "relay" "notifier" "auditor" }}
+{{- range $component := without (splitList "," (include "taskstream.components" .)) "api" }}
 {{- if not (index $.Values $component).kafkaUser }}
 {{- fail (printf "%s.kafkaUser is required with kafka.securityProtocol %s" $component $.Values.kafka.securityProtocol) }}
 {{- end }}
@@ -201,6 +216,30 @@ Checks the values before anything is rendered; a wrong combination fails
 {{- end }}
 {{- if and .Values.postgresql.enabled .Values.postgresql.password (not (regexMatch "^[A-Za-z0-9]+$" (toString .Values.postgresql.password))) }}
 {{- fail "postgresql.password may hold letters and digits only (it is part of DATABASE_URL)" }}
+{{- end }}
+{{- if not (has .Values.publisher (list "relay" "debezium")) }}
+{{- fail (printf "publisher must be relay or debezium, got %q" .Values.publisher) }}
+{{- end }}
+{{- if eq .Values.publisher "debezium" }}
+{{- if not .Values.connect.build.image }}
+{{- fail "connect.build.image is required with publisher: debezium (where Strimzi pushes the Connect image it builds)" }}
+{{- end }}
+{{- if lt (int .Values.connect.replicas) 1 }}
+{{- fail (printf "connect.replicas must be at least 1, got %v" .Values.connect.replicas) }}
+{{- end }}
+{{- if and (include "taskstream.kafkaSasl" .) (not .Values.connect.kafkaUser) }}
+{{- fail (printf "connect.kafkaUser is required with kafka.securityProtocol %s" .Values.kafka.securityProtocol) }}
+{{- end }}
+{{- if not .Values.postgresql.enabled }}
+{{- range $key := list "host" "user" "name" }}
+{{- if not (index $.Values.connect.database $key) }}
+{{- fail (printf "connect.database.%s is required with publisher: debezium when postgresql.enabled is false" $key) }}
+{{- end }}
+{{- end }}
+{{- if not .Values.connect.database.passwordSecret.name }}
+{{- fail "connect.database.passwordSecret.name is required with publisher: debezium when postgresql.enabled is false" }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- if not (has .Values.logFormat (list "json" "human")) }}
 {{- fail (printf "logFormat must be json or human, got %q" .Values.logFormat) }}
