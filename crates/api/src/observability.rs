@@ -108,6 +108,17 @@ async fn metrics(State(state): State<Observability>) -> Response {
             }
             Err(error) => tracing::warn!(%error, "cannot read outbox statistics for /metrics"),
         }
+        match outbox.replication_slots().await {
+            Ok(slots) => state.metrics.observe_replication_slots(
+                &slots
+                    .into_iter()
+                    .map(|s| (s.name, s.active, s.retained_bytes, s.unconfirmed_bytes))
+                    .collect::<Vec<_>>(),
+            ),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read replication slots for /metrics")
+            }
+        }
     }
     (
         [(header::CONTENT_TYPE, taskstream_telemetry::CONTENT_TYPE)],

@@ -204,6 +204,10 @@ impl OutboxStore for Store {
     async fn prune_published(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
         each!(self, s => s.prune_published(before, limit).await)
     }
+
+    async fn replication_slots(&self) -> Result<Vec<crate::ReplicationSlot>, StoreError> {
+        each!(self, s => OutboxStore::replication_slots(s).await)
+    }
 }
 
 #[async_trait]

@@ -14,6 +14,7 @@ mod error;
 mod health;
 mod postgres;
 mod records;
+mod replication;
 mod rows;
 mod sql;
 mod sqlite;
@@ -27,5 +28,6 @@ pub use records::{
     AuditEntry, HandledBy, Lease, NotificationRecord, OutboxMessage, OutboxStats, PendingMessage,
     TaskQuery,
 };
+pub use replication::{replication_slots_at, ReplicationSlot};
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 pub use traits::{AuditStore, NotificationStore, OutboxStore, TaskStore};

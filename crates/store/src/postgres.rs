@@ -582,6 +582,10 @@ impl OutboxStore for PgStore {
         let row = sqlx::query(sql::OUTBOX_STATS).fetch_one(&self.pool).await?;
         rows::outbox_stats(&row)
     }
+
+    async fn replication_slots(&self) -> Result<Vec<crate::ReplicationSlot>, StoreError> {
+        PgStore::replication_slots(self).await
+    }
 }
 
 consumer_stores!(PgStore, Postgres, writer = pool, reader = pool);

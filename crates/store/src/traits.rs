@@ -74,6 +74,12 @@ pub trait OutboxStore: Send + Sync + 'static {
     /// Deletes up to `limit` messages published before `before`, oldest
     /// first; returns how many. Pending messages are never deleted.
     async fn prune_published(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError>;
+
+    /// The database's logical replication slots, the way Debezium reads the
+    /// outbox; none where the database has no such thing (SQLite).
+    async fn replication_slots(&self) -> Result<Vec<crate::ReplicationSlot>, StoreError> {
+        Ok(Vec::new())
+    }
 }
 
 /// The audit log: one entry per distinct event.

@@ -48,6 +48,11 @@ pub struct HandledLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SlotLabels {
+    pub slot: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GroupLabels {
     pub group: String,
 }
@@ -107,6 +112,12 @@ pub struct Metrics {
     pub kafka_queue: Family<ClientLabels, Gauge>,
     pub kafka_rtt: Family<BrokerLabels, Gauge<f64, AtomicU64>>,
     pub kafka_errors: Family<BrokerErrorLabels, Counter>,
+    /// WAL each logical replication slot makes PostgreSQL keep.
+    pub replication_slot_retained: Family<SlotLabels, Gauge>,
+    /// WAL written since each slot's reader last confirmed.
+    pub replication_slot_unconfirmed: Family<SlotLabels, Gauge>,
+    /// 1 while a reader is connected to the slot.
+    pub replication_slot_active: Family<SlotLabels, Gauge>,
     /// Last cumulative error counts per (client, broker), to turn
     /// librdkafka's totals into counter increments.
     broker_totals: Mutex<HashMap<(String, String), [u64; 3]>>,
@@ -222,6 +233,26 @@ impl Metrics {
             "Transmit, receive and timeout errors per broker connection",
             kafka_errors.clone(),
         );
+        let replication_slot_retained = Family::default();
+        registry.register_with_unit(
+            "replication_slot_retained_wal",
+            "WAL the database keeps for a logical replication slot (Debezium's); grows without bound while the slot is stalled",
+            Unit::Bytes,
+            replication_slot_retained.clone(),
+        );
+        let replication_slot_unconfirmed = Family::default();
+        registry.register_with_unit(
+            "replication_slot_unconfirmed_wal",
+            "WAL written since the slot's reader last confirmed what it read",
+            Unit::Bytes,
+            replication_slot_unconfirmed.clone(),
+        );
+        let replication_slot_active = Family::default();
+        registry.register(
+            "replication_slot_active",
+            "1 while a reader is connected to the logical replication slot, else 0",
+            replication_slot_active.clone(),
+        );
         Arc::new(Self {
             registry,
             http_requests,
@@ -241,8 +272,32 @@ impl Metrics {
             kafka_queue,
             kafka_rtt,
             kafka_errors,
+            replication_slot_retained,
+            replication_slot_unconfirmed,
+            replication_slot_active,
             broker_totals: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The logical replication slots as observed now, each as (name,
+    /// active, retained WAL bytes, unconfirmed WAL bytes); a slot that is
+    /// gone leaves the series.
+    pub fn observe_replication_slots(&self, slots: &[(String, bool, i64, i64)]) {
+        self.replication_slot_retained.clear();
+        self.replication_slot_unconfirmed.clear();
+        self.replication_slot_active.clear();
+        for (name, active, retained, unconfirmed) in slots {
+            let labels = SlotLabels { slot: name.clone() };
+            self.replication_slot_retained
+                .get_or_create(&labels)
+                .set(*retained);
+            self.replication_slot_unconfirmed
+                .get_or_create(&labels)
+                .set(*unconfirmed);
+            self.replication_slot_active
+                .get_or_create(&labels)
+                .set(i64::from(*active));
+        }
     }
 
     /// Counts one handled event. An `event_type` that names no known type
@@ -354,6 +409,31 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("forged"), "{text}");
+    }
+
+    #[test]
+    fn replication_slots_become_gauges_and_a_dropped_slot_leaves() {
+        let metrics = Metrics::new();
+        metrics.observe_replication_slots(&[
+            ("taskstream_outbox".into(), false, 4096, 1024),
+            ("old".into(), true, 10, 0),
+        ]);
+        let text = metrics.render();
+        for line in [
+            r#"taskstream_replication_slot_retained_wal_bytes{slot="taskstream_outbox"} 4096"#,
+            r#"taskstream_replication_slot_unconfirmed_wal_bytes{slot="taskstream_outbox"} 1024"#,
+            r#"taskstream_replication_slot_active{slot="taskstream_outbox"} 0"#,
+            r#"taskstream_replication_slot_active{slot="old"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+        metrics.observe_replication_slots(&[("taskstream_outbox".into(), true, 0, 0)]);
+        let text = metrics.render();
+        assert!(!text.contains(r#"slot="old""#), "{text}");
+        assert!(
+            text.contains(r#"taskstream_replication_slot_active{slot="taskstream_outbox"} 1"#),
+            "{text}"
+        );
     }
 
     #[test]

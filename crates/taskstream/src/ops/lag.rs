@@ -1,5 +1,7 @@
 //! `taskstream lag`: consumer lag per partition, in events and in seconds,
-//! with a Burrow-style verdict per partition and per group.
+//! with a Burrow-style verdict per partition and per group; with a
+//! PostgreSQL `--database-url`, also the outbox's logical replication slots
+//! (Debezium's): the WAL each keeps and how far its reader is behind.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -11,6 +13,7 @@ use taskstream_kafka::{group_offsets, list_groups, record_timestamps, KafkaConfi
 
 use taskstream_services::topics::TASK_EVENTS;
 use taskstream_services::{AUDITOR_GROUP, NOTIFIER_GROUP};
+use taskstream_store::ReplicationSlot;
 
 use super::lag_rules::{GroupReport, LagTracker, PartitionStatus};
 use crate::config::{KafkaArgs, KafkaTimeoutArgs};
@@ -38,6 +41,11 @@ pub struct LagArgs {
     /// Keep observing and refresh the output after every observation.
     #[arg(long)]
     pub watch: bool,
+    /// The PostgreSQL database holding the outbox: also report its logical
+    /// replication slots (Debezium reads the outbox through one). A SQLite
+    /// URL has none. Read-only: nothing is migrated or changed.
+    #[arg(long, env = "TASKSTREAM_DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<taskstream_store::Database>,
     /// Where to find a running `taskstream up`'s endpoints.json when no --kafka-bootstrap is given.
     #[arg(long, env = "TASKSTREAM_DATA_DIR", default_value = ".taskstream")]
     pub data_dir: PathBuf,
@@ -93,7 +101,17 @@ pub async fn run(args: LagArgs) -> anyhow::Result<()> {
         let window_full = observations >= args.samples as usize;
         if args.watch && observations >= 2 || window_full {
             let reports = report(&tracker, &kafka, &args.topic, timeout).await?;
-            if !emit(&render(&reports, args.json, args.watch)?)? || (window_full && !args.watch) {
+            let slots = match &args.database_url {
+                Some(taskstream_store::Database::Postgres(url)) => {
+                    taskstream_store::replication_slots_at(url)
+                        .await
+                        .context("cannot read the database's replication slots")?
+                }
+                _ => Vec::new(),
+            };
+            if !emit(&render(&reports, &slots, args.json, args.watch)?)?
+                || (window_full && !args.watch)
+            {
                 return Ok(());
             }
         }
@@ -152,12 +170,63 @@ fn seconds(s: Option<f64>) -> String {
     s.map_or_else(|| "-".to_owned(), |s| format!("{s:.1}"))
 }
 
+/// Bytes the way people read them: `512 B`, `3.2 MiB`.
+fn bytes(n: i64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n.max(0) as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// A slot's verdict: `LOST` once the server dropped WAL it needed,
+/// `STALLED` with no reader connected, else `OK`.
+fn slot_status(slot: &ReplicationSlot) -> &'static str {
+    if slot.wal_status.as_deref() == Some("lost") {
+        "LOST"
+    } else if slot.is_stalled() {
+        "STALLED"
+    } else {
+        "OK"
+    }
+}
+
 /// Renders one refresh of the output.
-fn render(reports: &[GroupReport], json: bool, watch: bool) -> anyhow::Result<String> {
+fn render(
+    reports: &[GroupReport],
+    slots: &[ReplicationSlot],
+    json: bool,
+    watch: bool,
+) -> anyhow::Result<String> {
     use std::fmt::Write;
     let mut out = String::new();
     if json {
-        let doc = serde_json::json!({ "observed_at": taskstream_domain::now(), "groups": reports });
+        let slots: Vec<_> = slots
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "slot": s.name,
+                    "plugin": s.plugin,
+                    "active": s.active,
+                    "wal_status": s.wal_status,
+                    "retained_wal_bytes": s.retained_bytes,
+                    "unconfirmed_wal_bytes": s.unconfirmed_bytes,
+                    "status": slot_status(s),
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "observed_at": taskstream_domain::now(),
+            "groups": reports,
+            "replication_slots": slots,
+        });
         let text = if watch {
             serde_json::to_string(&doc)?
         } else {
@@ -225,6 +294,39 @@ fn render(reports: &[GroupReport], json: bool, watch: bool) -> anyhow::Result<St
             )?;
         }
     }
+    if !slots.is_empty() {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "{:<24} {:<8} {:>14} {:>16}  STATUS",
+            "REPLICATION SLOT", "READER", "RETAINED WAL", "UNCONFIRMED WAL"
+        )?;
+        for s in slots {
+            writeln!(
+                out,
+                "{:<24} {:<8} {:>14} {:>16}  {}",
+                s.name,
+                if s.active { "yes" } else { "none" },
+                bytes(s.retained_bytes),
+                bytes(s.unconfirmed_bytes),
+                slot_status(s)
+            )?;
+        }
+        for s in slots.iter().filter(|s| s.is_stalled()) {
+            writeln!(
+                out,
+                "{} {}: {}; the database keeps {} of WAL for it until it is read or dropped",
+                slot_status(s),
+                s.name,
+                if s.wal_status.as_deref() == Some("lost") {
+                    "WAL it needed is gone (max_slot_wal_keep_size): recreate the connector's slot"
+                } else {
+                    "no reader is connected (is the Connect worker or connector down?)"
+                },
+                bytes(s.retained_bytes)
+            )?;
+        }
+    }
     Ok(out)
 }
 
@@ -239,5 +341,66 @@ fn emit(text: &str) -> anyhow::Result<bool> {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(name: &str, active: bool, wal_status: &str, retained: i64) -> ReplicationSlot {
+        ReplicationSlot {
+            name: name.into(),
+            plugin: Some("pgoutput".into()),
+            active,
+            retained_bytes: retained,
+            unconfirmed_bytes: retained / 2,
+            wal_status: Some(wal_status.into()),
+        }
+    }
+
+    #[test]
+    fn a_slot_without_a_reader_is_called_stalled_with_the_wal_it_keeps() {
+        let slots = [
+            slot(
+                "taskstream_outbox",
+                false,
+                "extended",
+                3 * 1024 * 1024 * 1024,
+            ),
+            slot("healthy", true, "reserved", 2048),
+        ];
+        let text = render(&[], &slots, false, false).unwrap();
+        assert!(text.contains("REPLICATION SLOT"), "{text}");
+        assert!(
+            text.contains("STALLED taskstream_outbox: no reader is connected")
+                && text.contains("keeps 3.0 GiB of WAL"),
+            "{text}"
+        );
+        assert!(!text.contains("STALLED healthy"), "{text}");
+
+        let lost = [slot("gone", true, "lost", 10)];
+        assert!(render(&[], &lost, false, false)
+            .unwrap()
+            .contains("LOST gone: WAL it needed is gone"));
+
+        let json: serde_json::Value =
+            serde_json::from_str(&render(&[], &slots, true, false).unwrap()).unwrap();
+        assert_eq!(json["replication_slots"][0]["status"], "STALLED");
+        assert_eq!(json["replication_slots"][1]["retained_wal_bytes"], 2048);
+    }
+
+    #[test]
+    fn without_slots_the_report_has_no_slot_table() {
+        assert!(!render(&[], &[], false, false)
+            .unwrap()
+            .contains("REPLICATION SLOT"));
+    }
+
+    #[test]
+    fn bytes_read_like_people_write_them() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(5 * 1024 * 1024), "5.0 MiB");
     }
 }
