@@ -219,6 +219,13 @@ async fn read_all(
                 Some(Err(RdError::PartitionEOF(p))) => {
                     open.remove(&p);
                 }
+                // A broker that went away: librdkafka reconnects, or
+                // fetches from the partition's next leader.
+                Some(Err(RdError::MessageConsumption(
+                    RDKafkaErrorCode::BrokerTransportFailure
+                    | RDKafkaErrorCode::AllBrokersDown
+                    | RDKafkaErrorCode::Resolve,
+                ))) => {}
                 Some(Err(e)) => return Err(KafkaError::Consume(e.to_string())),
                 None => {}
             }

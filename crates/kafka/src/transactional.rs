@@ -253,6 +253,21 @@ impl TransactionalProducer {
             .map(|(code, reason)| format!("{code}: {reason}"))
     }
 
+    /// The fatal error that ended this producer, classified (fenced or
+    /// not), if one did: for failures seen outside a transactional call,
+    /// such as a record refused because the producer was fenced.
+    pub fn fatal(&self) -> Option<TransactionError> {
+        self.inner
+            .client()
+            .fatal_error()
+            .map(|(code, reason)| TransactionError {
+                operation: "produce",
+                kind: TransactionErrorKind::Fatal,
+                fenced: is_fencing(Some(code)),
+                message: format!("{code}: {reason}"),
+            })
+    }
+
     /// Runs a blocking transactional call off the async threads.
     async fn blocking<F>(&self, operation: &'static str, call: F) -> Result<(), TransactionError>
     where
