@@ -6,6 +6,8 @@
 //! - [`wait_for_cluster`]: whether a broker answers, within a deadline.
 //! - [`DevBroker`]: an in-process, Kafka-protocol broker for development and tests.
 //! - [`EventProducer`]: an idempotent producer (`acks=all`) with per-record delivery reports.
+//! - [`TransactionalProducer`] and [`CommittedInput`]: exactly-once
+//!   consume-transform-produce (outputs and input offsets in one transaction).
 //! - [`EventConsumer`]: a consumer-group member that commits only what the application acknowledged.
 //! - [`group_offsets`]: a group's committed offsets beside the log's start and end (lag).
 //! - [`OffsetReset`]: records a consumer skipped because they were deleted unread.
@@ -13,6 +15,7 @@
 //! - [`TopicProbe`]: whether a topic can take writes (leaders answering, replicas in sync).
 
 mod admin;
+mod committed_input;
 mod config;
 mod connectivity;
 mod consumer;
@@ -26,8 +29,10 @@ mod producer;
 mod reader;
 mod stats;
 mod topic;
+mod transactional;
 
 pub use admin::{apply_topics, TopicOutcome};
+pub use committed_input::{read_committed, read_uncommitted, CommittedInput};
 pub use config::KafkaConfig;
 pub use connectivity::wait_for_cluster;
 pub use consumer::{ConsumerSettings, EventConsumer, InboundRecord};
@@ -42,3 +47,7 @@ pub use producer::{Delivery, DeliveryFuture, EventProducer, OutboundRecord, Prod
 pub use reader::{read_topic, TOPIC_READER_GROUP};
 pub use stats::{BrokerStats, ClientStats, PartitionLag, StatsListener};
 pub use topic::TopicSpec;
+pub use transactional::{
+    GroupMetadata, TransactionError, TransactionErrorKind, TransactionSettings,
+    TransactionalProducer,
+};

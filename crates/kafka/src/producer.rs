@@ -133,32 +133,7 @@ impl EventProducer {
     /// delivery report. Records enqueued one after another keep their order
     /// within a partition. Waits while the local queue is full.
     pub async fn enqueue(&self, record: OutboundRecord<'_>) -> Result<DeliveryFuture, KafkaError> {
-        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-        for (key, value) in record.headers {
-            headers = headers.insert(Header {
-                key,
-                value: Some(*value),
-            });
-        }
-        let mut future_record = FutureRecord::to(record.topic)
-            .key(record.key)
-            .payload(record.payload)
-            .headers(headers);
-        loop {
-            match self.inner.send_result(future_record) {
-                Ok(inner) => {
-                    return Ok(DeliveryFuture {
-                        topic: record.topic.to_owned(),
-                        inner,
-                    })
-                }
-                Err((RdError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    future_record = back;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err((error, _)) => return Err(delivery_error(record.topic, &error)),
-            }
-        }
+        enqueue(&self.inner, record).await
     }
 
     /// Waits up to `timeout` for every queued record's delivery report.
@@ -212,5 +187,39 @@ impl EventProducer {
             operation: "Metadata",
             message: e.to_string(),
         })
+    }
+}
+
+/// Hands `record` to `producer`'s queue (waiting while it is full) and
+/// returns the future of its delivery report.
+pub(crate) async fn enqueue(
+    producer: &FutureProducer<TracingContext>,
+    record: OutboundRecord<'_>,
+) -> Result<DeliveryFuture, KafkaError> {
+    let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+    for (key, value) in record.headers {
+        headers = headers.insert(Header {
+            key,
+            value: Some(*value),
+        });
+    }
+    let mut future_record = FutureRecord::to(record.topic)
+        .key(record.key)
+        .payload(record.payload)
+        .headers(headers);
+    loop {
+        match producer.send_result(future_record) {
+            Ok(inner) => {
+                return Ok(DeliveryFuture {
+                    topic: record.topic.to_owned(),
+                    inner,
+                })
+            }
+            Err((RdError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                future_record = back;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((error, _)) => return Err(delivery_error(record.topic, &error)),
+        }
     }
 }

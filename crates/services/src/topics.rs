@@ -12,6 +12,18 @@ pub const TASK_EVENTS: &str = "task-events";
 /// that can share the work.
 pub const TASK_EVENTS_PARTITIONS: i32 = 6;
 
+/// The workload processor's output: each assignee's open and overdue task
+/// counts, keyed by assignee; compacted, so it holds the latest per assignee.
+pub const ASSIGNEE_WORKLOAD: &str = "assignee-workload";
+
+/// The workload processor's alerts: an assignee became overloaded.
+pub const WORKLOAD_ALERTS: &str = "workload-alerts";
+
+/// The workload processor's own state (what it knows of each task), keyed by
+/// task id; compacted. It is read back on start, so that state and input
+/// offsets always come from the same transaction.
+pub const WORKLOAD_TASK_STATE: &str = "workload-task-state";
+
 /// The topic a Confluent Schema Registry keeps its schemas in (`kafkastore.topic`).
 pub const SCHEMA_REGISTRY_TOPIC: &str = "_schemas";
 
@@ -70,5 +82,32 @@ pub fn declared_topics(replication_factor: i32) -> Vec<TopicSpec> {
                 ),
             ]),
         },
+        compacted(ASSIGNEE_WORKLOAD, 3, replication_factor),
+        TopicSpec {
+            name: WORKLOAD_ALERTS.to_owned(),
+            partitions: 1,
+            replication_factor,
+            configs: BTreeMap::from([
+                ("cleanup.policy".to_owned(), "delete".to_owned()),
+                ("min.insync.replicas".to_owned(), min_insync.to_string()),
+            ]),
+        },
+        compacted(WORKLOAD_TASK_STATE, 1, replication_factor),
     ]
+}
+
+/// A compacted topic: it keeps the latest record of each key.
+fn compacted(name: &str, partitions: i32, replication_factor: i32) -> TopicSpec {
+    TopicSpec {
+        name: name.to_owned(),
+        partitions,
+        replication_factor,
+        configs: BTreeMap::from([
+            ("cleanup.policy".to_owned(), "compact".to_owned()),
+            (
+                "min.insync.replicas".to_owned(),
+                replication_factor.clamp(1, 2).to_string(),
+            ),
+        ]),
+    }
 }

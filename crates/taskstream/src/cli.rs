@@ -54,6 +54,8 @@ pub enum Command {
     Notifier(NotifierArgs),
     /// Run the audit-log service alone (consumer group `auditor`).
     Auditor(ConsumerArgs),
+    /// Run the workload processor: per-assignee open/overdue counts and overload alerts, exactly once.
+    Processor(ProcessorArgs),
     /// Run the embedded Kafka-protocol dev broker alone and print its address.
     DevBroker(DevBrokerArgs),
     /// Show consumer lag per partition, in events and seconds, with a health verdict.
@@ -397,4 +399,63 @@ pub struct NotifierArgs {
     /// POST every notification to this http URL (JSON, with an Idempotency-Key header) instead of logging it.
     #[arg(long, env = "TASKSTREAM_NOTIFIER_WEBHOOK_URL", hide_env_values = true)]
     pub webhook_url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ProcessorArgs {
+    /// Serve /healthz and /metrics here.
+    #[arg(long, env = "TASKSTREAM_HTTP")]
+    pub http: Option<SocketAddr>,
+    /// The transactional id: one processor is active per id; starting a
+    /// second one with the same id fences (stops) the first.
+    #[arg(long, env = "TASKSTREAM_PROCESSOR_TRANSACTIONAL_ID", default_value = taskstream_services::processor::PROCESSOR_TRANSACTIONAL_ID, value_parser = parse_transactional_id)]
+    pub transactional_id: String,
+    /// The consumer group its input offsets are committed under.
+    #[arg(long, env = "TASKSTREAM_PROCESSOR_GROUP", default_value = taskstream_services::processor::PROCESSOR_GROUP, value_parser = parse_transactional_id)]
+    pub group: String,
+    /// An assignee with this many open tasks is overloaded (alerted once on reaching it).
+    #[arg(long, env = "TASKSTREAM_PROCESSOR_MAX_OPEN_TASKS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_open_tasks: u32,
+    /// The most input events one transaction covers.
+    #[arg(long, env = "TASKSTREAM_PROCESSOR_MAX_BATCH", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_batch: u32,
+    /// Milliseconds a transaction gathers input after its first event.
+    #[arg(long, env = "TASKSTREAM_PROCESSOR_BATCH_LINGER_MS", default_value = "100", value_parser = parse_millis)]
+    pub batch_linger_ms: Duration,
+    /// Directory of a `taskstream up` whose broker and registry to use when
+    /// none are given.
+    #[arg(long, env = "TASKSTREAM_DATA_DIR", default_value = ".taskstream")]
+    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub kafka_start: KafkaStartArgs,
+    #[command(flatten)]
+    pub http_limits: HttpLimitArgs,
+}
+
+impl ProcessorArgs {
+    /// The processor's settings.
+    pub fn settings(&self) -> taskstream_services::ProcessorSettings {
+        taskstream_services::ProcessorSettings {
+            transactional_id: self.transactional_id.clone(),
+            group: self.group.clone(),
+            max_open_tasks: self.max_open_tasks,
+            max_batch: self.max_batch as usize,
+            batch_linger: self.batch_linger_ms,
+            ..taskstream_services::ProcessorSettings::default()
+        }
+    }
+}
+
+/// A transactional id or group id: 1 to 249 printable ASCII characters.
+fn parse_transactional_id(raw: &str) -> Result<String, String> {
+    if raw.is_empty() || raw.len() > 249 || !raw.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(format!(
+            "expected 1 to 249 printable ASCII characters without spaces, got {raw:?}"
+        ));
+    }
+    Ok(raw.to_owned())
 }

@@ -17,7 +17,7 @@ use taskstream_telemetry::Metrics;
 use tokio::sync::Notify;
 
 use crate::cli::{
-    ApiArgs, ConsumerArgs, DevBrokerArgs, EventFormat, HttpLimitArgs, NotifierArgs,
+    ApiArgs, ConsumerArgs, DevBrokerArgs, EventFormat, HttpLimitArgs, NotifierArgs, ProcessorArgs,
     RegistryServerArgs, RelayArgs, StoreArgs, UpArgs,
 };
 use crate::components::{
@@ -235,6 +235,34 @@ async fn consumer(
     running.push(consumer);
     run_until_signal(running, &store).await;
     Ok(())
+}
+
+/// `taskstream processor`: the workload processor alone, with /metrics when
+/// `--http` is given. Exits with an error when fenced by a newer processor.
+pub async fn processor(args: ProcessorArgs) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let (kafka, _) = args.kafka.resolve(&args.data_dir, "processor")?;
+    let kafka = kafka.with_stats(metrics.stats_listener(), STATS_INTERVAL);
+    args.kafka_start.wait(&kafka).await?;
+    let registry = args
+        .registry
+        .resolve(&args.data_dir)?
+        .map(|url| Arc::new(RegistryClient::new(&url)));
+    let mut running = Vec::new();
+    if let Some(addr) = args.http {
+        let api = ApiBuilder::new().observability(Arc::clone(&metrics), None, Vec::new());
+        let (_, http) = components::http(addr, api, &args.http_limits.limits()).await?;
+        print_endpoints(&[("http", http.address().unwrap_or_default().to_owned())]);
+        running.push(http);
+    }
+    let (processor, finished) = components::processor(&kafka, registry, args.settings(), &metrics);
+    running.push(processor);
+    let outcome = tokio::select! {
+        () = shutdown_signal() => Ok(()),
+        stopped = finished => stopped.unwrap_or(Ok(())),
+    };
+    components::stop_all(running).await;
+    outcome.context("the processor stopped")
 }
 
 /// The consumer options the flags ask for, on the dev broker's timings when

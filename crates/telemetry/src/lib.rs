@@ -88,6 +88,20 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
+/// A transaction's component (`processor`, `relay`) and outcome
+/// (`committed`, `aborted`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransactionLabels {
+    pub component: String,
+    pub outcome: String,
+}
+
+/// A transactional component.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ComponentLabels {
+    pub component: String,
+}
+
 /// Every metric taskstream exports. Cloning a field clones a handle to the
 /// same series.
 pub struct Metrics {
@@ -118,6 +132,10 @@ pub struct Metrics {
     pub replication_slot_unconfirmed: Family<SlotLabels, Gauge>,
     /// 1 while a reader is connected to the slot.
     pub replication_slot_active: Family<SlotLabels, Gauge>,
+    /// Kafka transactions ended, by component and outcome.
+    pub transactions: Family<TransactionLabels, Counter>,
+    /// From beginning a transaction to its commit or abort.
+    pub transaction_duration: Family<ComponentLabels, Histogram, fn() -> Histogram>,
     /// Last cumulative error counts per (client, broker), to turn
     /// librdkafka's totals into counter increments.
     broker_totals: Mutex<HashMap<(String, String), [u64; 3]>>,
@@ -252,6 +270,19 @@ impl Metrics {
             "replication_slot_active",
             "1 while a reader is connected to the logical replication slot, else 0",
             replication_slot_active.clone(),
+        let transactions = Family::default();
+        registry.register(
+            "kafka_transactions",
+            "Kafka transactions ended, by component and outcome (committed, aborted)",
+            transactions.clone(),
+        );
+        let transaction_duration =
+            Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register_with_unit(
+            "kafka_transaction_duration",
+            "From beginning a Kafka transaction to its commit or abort",
+            Unit::Seconds,
+            transaction_duration.clone(),
         );
         Arc::new(Self {
             registry,
@@ -275,6 +306,8 @@ impl Metrics {
             replication_slot_retained,
             replication_slot_unconfirmed,
             replication_slot_active,
+            transactions,
+            transaction_duration,
             broker_totals: Mutex::new(HashMap::new()),
         })
     }
@@ -327,6 +360,22 @@ impl Metrics {
         self.consumer_skipped_events
             .get_or_create(&labels)
             .inc_by(skipped);
+    }
+
+    /// Counts one transaction of `component` that ended with `outcome`
+    /// (`committed` or `aborted`) after `seconds`.
+    pub fn transaction(&self, component: &str, outcome: &str, seconds: f64) {
+        self.transactions
+            .get_or_create(&TransactionLabels {
+                component: component.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        self.transaction_duration
+            .get_or_create(&ComponentLabels {
+                component: component.to_owned(),
+            })
+            .observe(seconds);
     }
 
     /// Every metric in the OpenMetrics text format.

@@ -8,6 +8,8 @@
 //! - [`ConnectWorker`]: a Kafka Connect distributed worker on such a
 //!   cluster, with the Debezium PostgreSQL connector as a plugin
 //!   (`kafka/debezium/pom.xml`).
+//! - [`FaultProxy`]: a Kafka-aware TCP proxy that loses the response to a
+//!   chosen Produce request after the broker handled it.
 //! - [`shared_cluster`] and [`kafka_or_skip`]: one cluster per test binary,
 //!   skipped loudly (or failed, with `TASKSTREAM_REQUIRE_KAFKA=1`) when Java
 //!   or Maven are missing.
@@ -20,12 +22,14 @@ mod connect;
 mod coordinator;
 mod error;
 mod process;
+mod proxy;
 mod runtime;
 mod shared;
 
 pub use cluster::{KafkaCluster, Shape};
 pub use connect::{ConnectWorker, POSTGRES_CONNECTOR};
 pub use error::ClusterError;
+pub use proxy::FaultProxy;
 pub use runtime::{
     debezium_version, fetch_debezium_plugin, fetch_jars, kafka_version, KafkaRuntime, CACHE_ENV,
     DEBEZIUM_POM, KAFKA_POM,

@@ -13,6 +13,7 @@ mod api;
 mod broker;
 mod consumer;
 mod http;
+mod processor;
 pub mod readiness;
 mod registry;
 mod relay;
@@ -30,6 +31,7 @@ pub use broker::{
 };
 pub use consumer::{auditor, notifier, ConsumerOptions, NotifierSink};
 pub use http::{http, serve};
+pub use processor::processor;
 pub use readiness::{
     KafkaCheck, OffsetResetCheck, OutboxAgeCheck, Readiness, RegistryCheck, StoreCheck,
 };

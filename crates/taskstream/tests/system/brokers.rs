@@ -57,7 +57,11 @@ impl Broker {
         )
         .await
         .expect("the declared topics are created");
-        assert_eq!(created.len(), 2, "{created:?}");
+        assert_eq!(
+            created.len(),
+            declared_topics(broker.replication_factor()).len(),
+            "{created:?}"
+        );
         let cluster = broker.cluster().expect("a cluster");
         eventually(
             "every partition of task-events to have a leader",
