@@ -270,6 +270,7 @@ impl Metrics {
             "replication_slot_active",
             "1 while a reader is connected to the logical replication slot, else 0",
             replication_slot_active.clone(),
+        );
         let transactions = Family::default();
         registry.register(
             "kafka_transactions",
