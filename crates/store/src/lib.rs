@@ -28,4 +28,4 @@ pub use records::{
     TaskQuery,
 };
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
-pub use traits::{AuditStore, NotificationStore, OutboxStore, TaskStore};
+pub use traits::{AuditStore, InboxStore, NotificationStore, OutboxStore, TaskStore};

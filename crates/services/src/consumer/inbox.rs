@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use taskstream_store::NotificationStore;
+use taskstream_store::InboxStore;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -23,14 +23,16 @@ pub trait Inbox: Send + Sync + 'static {
     async fn handled(&self, group: &str, event_id: Uuid) -> Result<bool, HandleError>;
 }
 
-/// The store's processed-events table, written by the notifier's effect
-/// ([`NotificationStore::record_notifications`]) for the group it runs in.
+/// The store's processed-events table, written by each consumer's effect
+/// for the group it runs in, in the effect's transaction (the auditor's
+/// [`taskstream_store::AuditStore::append`], the notifier's
+/// [`taskstream_store::NotificationStore::record_notifications`]).
 pub struct ProcessedEvents {
-    store: Arc<dyn NotificationStore>,
+    store: Arc<dyn InboxStore>,
 }
 
 impl ProcessedEvents {
-    pub fn new(store: Arc<dyn NotificationStore>) -> Self {
+    pub fn new(store: Arc<dyn InboxStore>) -> Self {
         Self { store }
     }
 }
@@ -254,12 +256,16 @@ mod tests {
         )
         .await
         .unwrap();
-        let store: Arc<dyn NotificationStore> = Arc::new(store);
+        let store = Arc::new(store);
         let event_id = Uuid::new_v4();
-        store
-            .record_notifications("notifier", event_id, &[])
-            .await
-            .unwrap();
+        taskstream_store::NotificationStore::record_notifications(
+            &*store,
+            "notifier",
+            event_id,
+            &[],
+        )
+        .await
+        .unwrap();
         let inbox = ProcessedEvents::new(store);
         assert!(inbox.handled("notifier", event_id).await.unwrap());
         assert!(!inbox.handled("notifier-second", event_id).await.unwrap());

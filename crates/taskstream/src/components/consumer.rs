@@ -81,15 +81,11 @@ pub fn auditor(
     // Records deleted before the auditor read them are republished from
     // the outbox, where this store has them.
     let repair = Arc::new(OutboxRepair::for_auditor(Arc::clone(&store)));
-    consumer(
-        "auditor",
-        kafka,
-        group,
-        options,
+    let handler = Deduplicated::new(
+        ProcessedEvents::new(store.clone()),
         AuditHandler::new(store),
-        repair,
-        metrics,
-    )
+    );
+    consumer("auditor", kafka, group, options, handler, repair, metrics)
 }
 
 /// Starts the notification service in `group` (default `notifier`) with the
