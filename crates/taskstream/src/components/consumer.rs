@@ -18,7 +18,7 @@ use taskstream_services::{
 use taskstream_store::Store;
 use taskstream_telemetry::Metrics;
 
-use super::Component;
+use super::{Checks, Component, KafkaCheck, OffsetResetCheck, RegistryCheck, StoreCheck};
 
 /// How a consumer service talks to its group and treats failures.
 #[derive(Debug, Clone, Default)]
@@ -40,6 +40,21 @@ impl ConsumerOptions {
             ..Self::default()
         }
     }
+}
+
+/// A consumer is ready while the store answers, Kafka takes the events,
+/// no offset reset was reported lately and the schema registry (if any)
+/// answers.
+fn checks(store: &Arc<Store>, kafka: &KafkaConfig, options: &ConsumerOptions) -> Checks {
+    let mut checks: Checks = vec![
+        Arc::new(StoreCheck::new(Arc::clone(store))),
+        Arc::new(KafkaCheck::new(kafka)),
+        Arc::new(OffsetResetCheck::new(options)),
+    ];
+    if let Some(registry) = &options.registry {
+        checks.push(Arc::new(RegistryCheck(Arc::clone(registry))));
+    }
+    checks
 }
 
 fn consumer<H: EventHandler>(
@@ -81,11 +96,12 @@ pub fn auditor(
     // Records deleted before the auditor read them are republished from
     // the outbox, where this store has them.
     let repair = Arc::new(OutboxRepair::for_auditor(Arc::clone(&store)));
+    let checks = checks(&store, kafka, options);
     let handler = Deduplicated::new(
         ProcessedEvents::new(store.clone()),
         AuditHandler::new(store),
     );
-    consumer("auditor", kafka, group, options, handler, repair, metrics)
+    Ok(consumer("auditor", kafka, group, options, handler, repair, metrics)?.with_checks(checks))
 }
 
 /// Starts the notification service in `group` (default `notifier`) with the
@@ -115,11 +131,12 @@ pub fn notifier(
         None => slowed(LogSink, sink.delay),
     };
     let repair = Arc::new(OutboxRepair::for_notifier(Arc::clone(&store), group));
+    let checks = checks(&store, kafka, options);
     let handler = Deduplicated::new(
         ProcessedEvents::new(store.clone()),
         NotificationHandler::new(store, sink),
     );
-    consumer("notifier", kafka, group, options, handler, repair, metrics)
+    Ok(consumer("notifier", kafka, group, options, handler, repair, metrics)?.with_checks(checks))
 }
 
 /// How long the notifier waits for a webhook to answer (a slower one is
