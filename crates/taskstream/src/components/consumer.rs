@@ -84,7 +84,10 @@ fn consumer<H: EventHandler>(
     }))
 }
 
-/// Starts the audit-log service in `group` (default `auditor`).
+/// Starts the audit-log service in `group` (default `auditor`): the
+/// consumer runtime ([`ConsumerService`]: decode, retry and hold, dead
+/// letters, metrics) around the group's inbox ([`ProcessedEvents`]) around
+/// [`AuditHandler`], whose effect is the audit entry.
 pub fn auditor(
     store: Arc<Store>,
     kafka: &KafkaConfig,
@@ -104,7 +107,8 @@ pub fn auditor(
     Ok(consumer("auditor", kafka, group, options, handler, repair, metrics)?.with_checks(checks))
 }
 
-/// Starts the notification service in `group` (default `notifier`) with the
+/// Starts the notification service in `group` (default `notifier`), shaped
+/// like [`auditor`] around [`NotificationHandler`], with the
 /// log sink, waiting `delay` before each notification (zero in normal use;
 /// a slow notifier on purpose shows consumer lag building up).
 pub fn notifier(
