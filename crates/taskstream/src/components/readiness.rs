@@ -105,8 +105,9 @@ impl ReadinessCheck for StoreCheck {
 /// enough — with two of three down, the third still answers while every
 /// write waits — so the detail names the partitions and brokers at fault.
 ///
-/// Its Kafka client is created at the first check, so the components of
-/// one process, each carrying a Kafka check, start one client between them.
+/// Its Kafka client is created at the first check: of the Kafka checks a
+/// process's components carry, only the one its `/readyz` keeps (see
+/// [`assemble`]) ever starts one.
 pub struct KafkaCheck {
     kafka: KafkaConfig,
     probe: OnceLock<TopicProbe>,
