@@ -211,6 +211,14 @@ impl InboxStore for Store {
     async fn is_processed(&self, group: &str, event_id: Uuid) -> Result<bool, StoreError> {
         each!(self, s => s.is_processed(group, event_id).await)
     }
+
+    async fn processed_among(
+        &self,
+        group: &str,
+        event_ids: &[Uuid],
+    ) -> Result<std::collections::HashSet<Uuid>, StoreError> {
+        each!(self, s => s.processed_among(group, event_ids).await)
+    }
 }
 
 #[async_trait]

@@ -98,6 +98,31 @@ macro_rules! consumer_stores {
                     .await?;
                 Ok(row.is_some())
             }
+
+            async fn processed_among(
+                &self,
+                group: &str,
+                event_ids: &[uuid::Uuid],
+            ) -> Result<std::collections::HashSet<uuid::Uuid>, $crate::StoreError> {
+                let mut processed = std::collections::HashSet::new();
+                // Well within both databases' limits on bound parameters.
+                for chunk in event_ids.chunks(1000) {
+                    let mut sql = sqlx::QueryBuilder::<$db>::new(
+                        "SELECT event_id, processed_at FROM processed_events WHERE consumer = ",
+                    );
+                    sql.push_bind(group).push(" AND event_id IN (");
+                    let mut ids = sql.separated(", ");
+                    for event_id in chunk {
+                        ids.push_bind(id(*event_id));
+                    }
+                    sql.push(")");
+                    let rows = sql.build().fetch_all(&self.$reader).await?;
+                    for row in &rows {
+                        processed.insert($crate::rows::processed_time(row)?.0);
+                    }
+                }
+                Ok(processed)
+            }
         }
 
         #[async_trait::async_trait]

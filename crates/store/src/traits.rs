@@ -83,6 +83,14 @@ pub trait OutboxStore: Send + Sync + 'static {
 pub trait InboxStore: Send + Sync + 'static {
     /// Whether consumer group `group` already fully handled `event_id`.
     async fn is_processed(&self, group: &str, event_id: Uuid) -> Result<bool, StoreError>;
+
+    /// Which of `event_ids` consumer group `group` already fully handled,
+    /// asked at once (a consumer's batch).
+    async fn processed_among(
+        &self,
+        group: &str,
+        event_ids: &[Uuid],
+    ) -> Result<std::collections::HashSet<Uuid>, StoreError>;
 }
 
 /// The audit log: one entry per distinct event, whichever group read it.

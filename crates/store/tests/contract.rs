@@ -359,6 +359,19 @@ async fn consumer_effects_happen_once_per_event() {
             .is_processed("auditor-replay", event_id)
             .await
             .unwrap());
+        let unseen = Uuid::now_v7();
+        assert_eq!(
+            store
+                .processed_among("auditor", &[unseen, event_id])
+                .await
+                .unwrap(),
+            [event_id].into()
+        );
+        assert!(store
+            .processed_among("auditor", &[])
+            .await
+            .unwrap()
+            .is_empty());
         assert_eq!(
             store.audit_entries(Some("t1"), 10).await.unwrap(),
             vec![entry]
