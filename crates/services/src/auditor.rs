@@ -1,4 +1,4 @@
-//! The audit-log service: records every task event it consumes, once.
+//! The audit-log service: records every task event it consumes.
 
 use std::sync::Arc;
 
@@ -13,9 +13,12 @@ use crate::{Delivery, EventHandler, HandleError, Handled};
 pub const AUDITOR_GROUP: &str = "auditor";
 
 /// Appends each event, with the topic, partition and offset it was read
-/// from, to the audit log. The log holds one entry per event, whichever
-/// group read it: an event already recorded is not recorded again, and
-/// counts as a duplicate.
+/// from, to the audit log, and marks it processed by the group it runs in
+/// (in the same transaction). Run it behind the group's inbox,
+/// `Deduplicated::new(ProcessedEvents::new(store), handler)`.
+///
+/// The log holds one entry per event, whichever group read it: an event
+/// another group already recorded adds nothing, and counts as a duplicate.
 pub struct AuditHandler {
     store: Arc<dyn AuditStore>,
 }
@@ -45,13 +48,13 @@ fn entry(record: &InboundRecord, event: &EventEnvelope) -> Result<AuditEntry, Ha
     })
 }
 
-fn log(record: &InboundRecord, fresh: bool) -> Handled {
-    if fresh {
+fn outcome(record: &InboundRecord, new_entry: bool) -> Handled {
+    if new_entry {
         // Per event, so DEBUG; `taskstream_consumer_events_total` counts them.
         tracing::debug!(target: "audit", partition = record.partition, offset = record.offset, "event recorded");
         Handled::Applied
     } else {
-        tracing::debug!(target: "audit", "duplicate delivery ignored");
+        tracing::debug!(target: "audit", "event already in the audit log");
         Handled::Duplicate
     }
 }
@@ -59,20 +62,109 @@ fn log(record: &InboundRecord, fresh: bool) -> Handled {
 #[async_trait]
 impl EventHandler for AuditHandler {
     async fn handle(&self, d: &Delivery<'_>) -> Result<Handled, HandleError> {
-        let fresh = self.store.append(&entry(d.record, d.event)?).await?;
-        Ok(log(d.record, fresh))
+        let new_entry = self
+            .store
+            .append(d.group, &entry(d.record, d.event)?)
+            .await?;
+        Ok(outcome(d.record, new_entry))
     }
 
     async fn handle_batch(&self, batch: &[Delivery<'_>]) -> Result<Vec<Handled>, HandleError> {
+        let Some(group) = batch.first().map(|d| d.group) else {
+            return Ok(Vec::new());
+        };
         let entries = batch
             .iter()
             .map(|d| entry(d.record, d.event))
             .collect::<Result<Vec<_>, _>>()?;
-        let fresh = self.store.append_batch(&entries).await?;
+        let new_entries = self.store.append_batch(group, &entries).await?;
         Ok(batch
             .iter()
-            .zip(fresh)
-            .map(|(d, fresh)| d.span.in_scope(|| log(d.record, fresh)))
+            .zip(new_entries)
+            .map(|(d, new_entry)| d.span.in_scope(|| outcome(d.record, new_entry)))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use taskstream_domain::{Cause, NewTask, Priority, Task, TaskTitle};
+    use taskstream_store::{InboxStore, SqliteOptions, SqliteStore};
+
+    use super::*;
+    use crate::{Deduplicated, ProcessedEvents};
+
+    fn event() -> EventEnvelope {
+        let new = NewTask {
+            title: TaskTitle::parse("audit me").unwrap(),
+            description: None,
+            priority: Priority::Medium,
+            due_at: None,
+            assignee: None,
+        };
+        Task::create(new, taskstream_domain::now(), Cause::default()).event
+    }
+
+    fn record(offset: i64) -> InboundRecord {
+        InboundRecord {
+            topic: "task-events".into(),
+            partition: 0,
+            offset,
+            key: None,
+            payload: None,
+            headers: Vec::new(),
+            timestamp_ms: None,
+        }
+    }
+
+    fn delivery<'a>(
+        group: &'a str,
+        record: &'a InboundRecord,
+        event: &'a EventEnvelope,
+    ) -> Delivery<'a> {
+        Delivery {
+            group,
+            record,
+            event,
+            span: tracing::Span::none(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_auditor_behind_its_inbox_records_an_event_once_whichever_group_reads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            SqliteStore::open(&dir.path().join("audit.db"), &SqliteOptions::default())
+                .await
+                .unwrap(),
+        );
+        let auditor = Deduplicated::new(
+            ProcessedEvents::new(store.clone()),
+            AuditHandler::new(store.clone()),
+        );
+        let (event, first, again) = (event(), record(3), record(9));
+        let id = event.id.as_uuid();
+
+        let handled = auditor.handle(&delivery("auditor", &first, &event)).await;
+        assert_eq!(handled.unwrap(), Handled::Applied);
+        assert!(store.is_processed("auditor", id).await.unwrap());
+        // Redelivered in its group: the inbox answers, the log keeps the
+        // offset the event was first read at.
+        let batch = [
+            delivery("auditor", &again, &event),
+            delivery("auditor", &again, &event),
+        ];
+        assert_eq!(
+            auditor.handle_batch(&batch).await.unwrap(),
+            [Handled::Duplicate, Handled::Duplicate]
+        );
+        // Another group handles it for itself, and adds no second entry.
+        let replay = delivery("auditor-replay", &again, &event);
+        assert_eq!(auditor.handle(&replay).await.unwrap(), Handled::Duplicate);
+        assert!(store.is_processed("auditor-replay", id).await.unwrap());
+
+        let entries = store.audit_entries(None, 10).await.unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!((entries[0].event_id, entries[0].offset), (id, 3));
     }
 }

@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use taskstream_kafka::OffsetReset;
@@ -201,6 +201,19 @@ mod tests {
         );
         assert!(text.contains("240 unhandled events republished"), "{text}");
         assert!(resets.within(std::time::Duration::ZERO).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reset_leaves_the_report_window_once_the_window_has_passed() {
+        let resets = OffsetResets::new();
+        resets.record(&reset(1));
+        let window = std::time::Duration::from_secs(15 * 60);
+        tokio::time::advance(window - std::time::Duration::from_secs(1)).await;
+        let recent = resets.within(window);
+        assert_eq!(recent.len(), 1);
+        assert!(recent[0].to_string().contains("899 s ago"), "{}", recent[0]);
+        tokio::time::advance(std::time::Duration::from_secs(1)).await;
+        assert!(resets.within(window).is_empty());
     }
 
     #[test]

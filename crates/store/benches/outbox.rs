@@ -102,7 +102,7 @@ fn store_benches(c: &mut Criterion) {
                 recorded_at: taskstream_domain::now(),
                 envelope: "{}".into(),
             };
-            store.append(&entry).await.unwrap();
+            store.append("auditor", &entry).await.unwrap();
         })
     });
 }

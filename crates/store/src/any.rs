@@ -9,9 +9,9 @@ use taskstream_domain::{Task, TaskId};
 use uuid::Uuid;
 
 use crate::{
-    AuditEntry, AuditStore, HandledBy, Lease, NotificationRecord, NotificationStore, OutboxMessage,
-    OutboxStats, OutboxStore, PendingMessage, PgOptions, PgStore, SqliteOptions, SqliteStore,
-    StoreError, TaskQuery, TaskStore, WriteHealth,
+    AuditEntry, AuditStore, HandledBy, InboxStore, Lease, NotificationRecord, NotificationStore,
+    OutboxMessage, OutboxStats, OutboxStore, PendingMessage, PgOptions, PgStore, SqliteOptions,
+    SqliteStore, StoreError, TaskQuery, TaskStore, WriteHealth,
 };
 
 /// Where the state lives.
@@ -211,13 +211,32 @@ impl OutboxStore for Store {
 }
 
 #[async_trait]
-impl AuditStore for Store {
-    async fn append(&self, entry: &AuditEntry) -> Result<bool, StoreError> {
-        each!(self, s => s.append(entry).await)
+impl InboxStore for Store {
+    async fn is_processed(&self, group: &str, event_id: Uuid) -> Result<bool, StoreError> {
+        each!(self, s => s.is_processed(group, event_id).await)
     }
 
-    async fn append_batch(&self, entries: &[AuditEntry]) -> Result<Vec<bool>, StoreError> {
-        each!(self, s => s.append_batch(entries).await)
+    async fn processed_among(
+        &self,
+        group: &str,
+        event_ids: &[Uuid],
+    ) -> Result<std::collections::HashSet<Uuid>, StoreError> {
+        each!(self, s => s.processed_among(group, event_ids).await)
+    }
+}
+
+#[async_trait]
+impl AuditStore for Store {
+    async fn append(&self, group: &str, entry: &AuditEntry) -> Result<bool, StoreError> {
+        each!(self, s => s.append(group, entry).await)
+    }
+
+    async fn append_batch(
+        &self,
+        group: &str,
+        entries: &[AuditEntry],
+    ) -> Result<Vec<bool>, StoreError> {
+        each!(self, s => s.append_batch(group, entries).await)
     }
 
     async fn audit_entries(
@@ -231,10 +250,6 @@ impl AuditStore for Store {
 
 #[async_trait]
 impl NotificationStore for Store {
-    async fn is_processed(&self, consumer: &str, event_id: Uuid) -> Result<bool, StoreError> {
-        each!(self, s => s.is_processed(consumer, event_id).await)
-    }
-
     async fn record_notifications(
         &self,
         consumer: &str,

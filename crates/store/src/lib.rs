@@ -30,4 +30,4 @@ pub use records::{
 };
 pub use replication::{replication_slots_at, ReplicationSlot};
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
-pub use traits::{AuditStore, NotificationStore, OutboxStore, TaskStore};
+pub use traits::{AuditStore, InboxStore, NotificationStore, OutboxStore, TaskStore};

@@ -879,7 +879,7 @@ mod tests {
     async fn lease(store: &SqliteStore) -> Lease {
         store.acquire_lease("test").await.unwrap().expect("free")
     }
-    use crate::{AuditEntry, AuditStore, NotificationRecord, NotificationStore};
+    use crate::{AuditEntry, AuditStore, InboxStore, NotificationRecord, NotificationStore};
     use taskstream_domain::{
         Assignee, EventCodec, JsonCodec, NewTask, Priority, TaskChange, TaskStatus, TaskTitle,
     };
@@ -1135,7 +1135,7 @@ mod tests {
         // Event 0: handled by both. Event 1: only audited. Event 2: by neither.
         for change in &changes[..2] {
             let entry = audit_entry(change.event.id.as_uuid(), &change.task.id.to_string());
-            store.append(&entry).await.unwrap();
+            store.append("auditor", &entry).await.unwrap();
         }
         store
             .record_notifications("notifier", changes[0].event.id.as_uuid(), &[])
@@ -1206,12 +1206,15 @@ mod tests {
             offset: 4,
             ..audit_entry(Uuid::now_v7(), "t")
         };
-        assert!(store.append(&entry).await.unwrap());
+        assert!(store.append("auditor", &entry).await.unwrap());
         assert!(!store
-            .append(&AuditEntry {
-                offset: 9,
-                ..entry.clone()
-            })
+            .append(
+                "auditor",
+                &AuditEntry {
+                    offset: 9,
+                    ..entry.clone()
+                }
+            )
             .await
             .unwrap());
         assert_eq!(store.audit_entries(Some("t"), 10).await.unwrap(), [entry]);

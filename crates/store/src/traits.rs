@@ -82,15 +82,38 @@ pub trait OutboxStore: Send + Sync + 'static {
     }
 }
 
-/// The audit log: one entry per distinct event.
+/// The processed-events table: which events each consumer group has
+/// handled. A consumer's effect marks its event for the group it runs in,
+/// in the effect's own transaction; the group's inbox reads it back.
 #[async_trait]
-pub trait AuditStore: Send + Sync + 'static {
-    /// Appends an entry; returns `false` (writing nothing) if the event is
-    /// already recorded.
-    async fn append(&self, entry: &AuditEntry) -> Result<bool, StoreError>;
+pub trait InboxStore: Send + Sync + 'static {
+    /// Whether consumer group `group` already fully handled `event_id`.
+    async fn is_processed(&self, group: &str, event_id: Uuid) -> Result<bool, StoreError>;
 
-    /// Appends several entries in one transaction; for each, whether it was new.
-    async fn append_batch(&self, entries: &[AuditEntry]) -> Result<Vec<bool>, StoreError>;
+    /// Which of `event_ids` consumer group `group` already fully handled,
+    /// asked at once (a consumer's batch).
+    async fn processed_among(
+        &self,
+        group: &str,
+        event_ids: &[Uuid],
+    ) -> Result<std::collections::HashSet<Uuid>, StoreError>;
+}
+
+/// The audit log: one entry per distinct event, whichever group read it.
+#[async_trait]
+pub trait AuditStore: InboxStore {
+    /// Appends an entry (nothing if the event is already in the log) and
+    /// marks the event processed by `group`, atomically. Returns whether
+    /// the entry is new.
+    async fn append(&self, group: &str, entry: &AuditEntry) -> Result<bool, StoreError>;
+
+    /// [`AuditStore::append`] for several entries in one transaction; for
+    /// each, whether it is new.
+    async fn append_batch(
+        &self,
+        group: &str,
+        entries: &[AuditEntry],
+    ) -> Result<Vec<bool>, StoreError>;
 
     /// Entries in the order they were recorded, optionally for one task.
     async fn audit_entries(
@@ -102,12 +125,9 @@ pub trait AuditStore: Send + Sync + 'static {
 
 /// The notification service's memory.
 #[async_trait]
-pub trait NotificationStore: Send + Sync + 'static {
-    /// Whether `consumer` already fully handled `event_id`.
-    async fn is_processed(&self, consumer: &str, event_id: Uuid) -> Result<bool, StoreError>;
-
+pub trait NotificationStore: InboxStore {
     /// Records the notifications sent for an event and marks the event
-    /// processed, atomically. Returns `false` if it already was.
+    /// processed by `consumer`, atomically. Returns `false` if it already was.
     /// A notification another consumer already recorded (the same event
     /// and kind) stays as it is.
     async fn record_notifications(

@@ -12,8 +12,9 @@ use sqlx::Connection;
 
 use taskstream_domain::Cause;
 use taskstream_store::{
-    AuditEntry, AuditStore, HandledBy, NotificationRecord, NotificationStore, OutboxStore,
-    PgOptions, PgStore, SqliteOptions, SqliteStore, Store, StoreError, TaskQuery, TaskStore,
+    AuditEntry, AuditStore, HandledBy, InboxStore, NotificationRecord, NotificationStore,
+    OutboxStore, PgOptions, PgStore, SqliteOptions, SqliteStore, Store, StoreError, TaskQuery,
+    TaskStore,
 };
 use uuid::Uuid;
 
@@ -337,14 +338,40 @@ async fn consumer_effects_happen_once_per_event() {
             recorded_at: taskstream_domain::now(),
             envelope: "{}".into(),
         };
+        assert!(!store.is_processed("auditor", event_id).await.unwrap());
         assert_eq!(
             store
-                .append_batch(&[entry.clone(), entry.clone()])
+                .append_batch("auditor", &[entry.clone(), entry.clone()])
                 .await
                 .unwrap(),
             vec![true, false]
         );
-        assert!(!store.append(&entry).await.unwrap());
+        assert!(store.is_processed("auditor", event_id).await.unwrap());
+        assert!(!store.append("auditor", &entry).await.unwrap());
+        // Another group's auditor adds no second entry, and its group now
+        // knows the event too.
+        assert!(!store
+            .is_processed("auditor-replay", event_id)
+            .await
+            .unwrap());
+        assert!(!store.append("auditor-replay", &entry).await.unwrap());
+        assert!(store
+            .is_processed("auditor-replay", event_id)
+            .await
+            .unwrap());
+        let unseen = Uuid::now_v7();
+        assert_eq!(
+            store
+                .processed_among("auditor", &[unseen, event_id])
+                .await
+                .unwrap(),
+            [event_id].into()
+        );
+        assert!(store
+            .processed_among("auditor", &[])
+            .await
+            .unwrap()
+            .is_empty());
         assert_eq!(
             store.audit_entries(Some("t1"), 10).await.unwrap(),
             vec![entry]
@@ -478,7 +505,7 @@ async fn a_groups_repair_requeues_only_the_published_events_it_has_not_handled()
             recorded_at: taskstream_domain::now(),
             envelope: "{}".into(),
         };
-        store.append(&audited).await.unwrap();
+        store.append("auditor", &audited).await.unwrap();
         store
             .record_notifications("notifier", changes[1].event.id.as_uuid(), &[])
             .await

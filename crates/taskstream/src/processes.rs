@@ -21,8 +21,8 @@ use crate::cli::{
     RegistryServerArgs, RelayArgs, StoreArgs, UpArgs,
 };
 use crate::components::{
-    self, Component, ConsumerOptions, EmbeddedBroker, EmbeddedBrokerSettings, NotifierSink,
-    Readiness, BROKER_DIR,
+    self, readiness, Checks, Component, ConsumerOptions, EmbeddedBroker, EmbeddedBrokerSettings,
+    NotifierSink, RelayReadiness, BROKER_DIR,
 };
 use crate::shutdown_guard::shutdown_signal;
 use crate::system::{RegistrySetting, RunningSystem, SystemConfig, STATS_INTERVAL};
@@ -56,17 +56,16 @@ async fn open_store(args: &StoreArgs) -> anyhow::Result<Arc<Store>> {
     .await
 }
 
-/// Serves `api` (plus /metrics and `readiness`'s /readyz) on `addr` and
-/// prints the address.
+/// Serves `api` (plus /metrics and a /readyz running `checks`) on `addr`
+/// and prints the address.
 async fn serve(
     addr: SocketAddr,
     limits: &HttpLimitArgs,
     api: ApiBuilder,
     metrics: &Arc<Metrics>,
     store: &Arc<Store>,
-    readiness: Readiness<'_>,
+    checks: Checks,
 ) -> anyhow::Result<Component> {
-    let checks = readiness.checks(store)?;
     let api = api.observability(Arc::clone(metrics), Some(store.clone()), checks);
     let (_, http) = components::http(addr, api, &limits.limits()).await?;
     print_endpoints(&[("http", http.address().unwrap_or_default().to_owned())]);
@@ -111,15 +110,17 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
     let api = components::task_api(Arc::clone(&store), Arc::new(Notify::new()))
         .audit(store.clone())
         .notifications(store.clone());
+    let checks = components::api_checks(&store);
     let http = serve(
         args.http,
         &args.http_limits,
         api,
         &metrics,
         &store,
-        Readiness::default(),
+        checks.clone(),
     )
-    .await?;
+    .await?
+    .with_checks(checks);
     run_until_signal(vec![http], &store).await;
     Ok(())
 }
@@ -141,29 +142,9 @@ pub async fn relay(args: RelayArgs) -> anyhow::Result<()> {
         ))),
     };
     let store = open_store(&args.store).await?;
-    let mut running = Vec::new();
-    if let Some(addr) = args.http {
-        let readiness = Readiness {
-            kafka: Some(&kafka),
-            outbox_max_age: Some(args.readiness.ready_max_outbox_age),
-            consumers: None,
-            registry: registry.as_ref(),
-        };
-        running.push(
-            serve(
-                addr,
-                &args.http_limits,
-                ApiBuilder::new(),
-                &metrics,
-                &store,
-                readiness,
-            )
-            .await?,
-        );
-    }
     let wake = Arc::new(Notify::new());
-    running.extend(components::outbox_listener(&store, Arc::clone(&wake)));
-    let relay = components::relay(
+    let listener = components::outbox_listener(&store, Arc::clone(&wake));
+    let relay = components::relay_with_readiness(
         Arc::clone(&store),
         &kafka,
         wake,
@@ -172,8 +153,28 @@ pub async fn relay(args: RelayArgs) -> anyhow::Result<()> {
             Some(client) => EventEncoding::avro(Arc::clone(client), TASK_EVENTS),
             None => EventEncoding::Json,
         },
+        &RelayReadiness {
+            outbox_max_age: args.readiness.ready_max_outbox_age,
+            registry: registry.clone(),
+        },
         &metrics,
     )?;
+    let mut running = Vec::new();
+    if let Some(addr) = args.http {
+        let checks = readiness::assemble([relay.readiness_checks()]);
+        running.push(
+            serve(
+                addr,
+                &args.http_limits,
+                ApiBuilder::new(),
+                &metrics,
+                &store,
+                checks,
+            )
+            .await?,
+        );
+    }
+    running.extend(listener);
     running.push(relay);
     run_until_signal(running, &store).await;
     Ok(())
@@ -224,13 +225,8 @@ async fn consumer(
     };
     let mut running = Vec::new();
     if let Some(addr) = args.http {
-        let readiness = Readiness {
-            kafka: Some(&kafka),
-            outbox_max_age: None,
-            consumers: Some(&options),
-            registry: registry.as_ref(),
-        };
-        running.push(serve(addr, &args.http_limits, api, &metrics, &store, readiness).await?);
+        let checks = readiness::assemble([consumer.readiness_checks()]);
+        running.push(serve(addr, &args.http_limits, api, &metrics, &store, checks).await?);
     }
     running.push(consumer);
     run_until_signal(running, &store).await;

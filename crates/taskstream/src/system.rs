@@ -16,8 +16,8 @@ use taskstream_telemetry::Metrics;
 use tokio::sync::Notify;
 
 use crate::components::{
-    self, Component, ConsumerOptions, DevBrokerKind, EmbeddedBroker, EmbeddedBrokerSettings,
-    Readiness, BROKER_DIR,
+    self, readiness, Component, ConsumerOptions, DevBrokerKind, EmbeddedBroker,
+    EmbeddedBrokerSettings, RelayReadiness, BROKER_DIR,
 };
 use crate::config::Endpoints;
 use crate::data_dir_lock::{DataDirLock, INSTANCE_LOCK_FILE};
@@ -206,12 +206,16 @@ impl RunningSystem {
             }
         }
         let wake = Arc::new(Notify::new());
-        let relay = components::relay(
+        let relay = components::relay_with_readiness(
             Arc::clone(&store),
             &kafka,
             Arc::clone(&wake),
             config.relay.clone(),
             encoding,
+            &RelayReadiness {
+                outbox_max_age: config.ready_max_outbox_age,
+                registry: registry.clone(),
+            },
             &metrics,
         )?;
         let mut running = vec![relay];
@@ -235,18 +239,23 @@ impl RunningSystem {
                 &metrics,
             )?,
         ]);
-        let checks = Readiness {
-            kafka: Some(&kafka),
-            outbox_max_age: Some(config.ready_max_outbox_age),
-            consumers: Some(&consumer_options),
-            registry: registry.as_ref(),
-        }
-        .checks(&store)?;
+        let api_checks = components::api_checks(&store);
+        let broker_checks = dev_broker
+            .as_ref()
+            .map(EmbeddedBroker::readiness_checks)
+            .unwrap_or_default();
+        let checks = readiness::assemble(
+            std::iter::once(&api_checks[..])
+                .chain(running.iter().map(Component::readiness_checks))
+                .chain(registry_component.iter().map(Component::readiness_checks))
+                .chain([&broker_checks[..]]),
+        );
         let api = components::task_api(Arc::clone(&store), wake)
             .audit(store.clone())
             .notifications(store.clone())
             .observability(Arc::clone(&metrics), Some(store.clone()), checks);
         let (http_addr, http) = components::http(config.http, api, &config.http_limits).await?;
+        let http = http.with_checks(api_checks);
         let system = Self {
             http_addr,
             kafka_bootstrap: kafka.bootstrap_servers.clone(),

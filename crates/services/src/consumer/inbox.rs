@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use taskstream_store::NotificationStore;
+use taskstream_store::InboxStore;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -21,16 +21,34 @@ use super::{Delivery, EventHandler, HandleError, Handled};
 pub trait Inbox: Send + Sync + 'static {
     /// Whether `group` has already handled the event `event_id`.
     async fn handled(&self, group: &str, event_id: Uuid) -> Result<bool, HandleError>;
+
+    /// Which of `event_ids` `group` has already handled: a batch's
+    /// question, asked once where the inbox can.
+    async fn handled_among(
+        &self,
+        group: &str,
+        event_ids: &[Uuid],
+    ) -> Result<HashSet<Uuid>, HandleError> {
+        let mut handled = HashSet::new();
+        for &event_id in event_ids {
+            if self.handled(group, event_id).await? {
+                handled.insert(event_id);
+            }
+        }
+        Ok(handled)
+    }
 }
 
-/// The store's processed-events table, written by the notifier's effect
-/// ([`NotificationStore::record_notifications`]) for the group it runs in.
+/// The store's processed-events table, written by each consumer's effect
+/// for the group it runs in, in the effect's transaction (the auditor's
+/// [`taskstream_store::AuditStore::append`], the notifier's
+/// [`taskstream_store::NotificationStore::record_notifications`]).
 pub struct ProcessedEvents {
-    store: Arc<dyn NotificationStore>,
+    store: Arc<dyn InboxStore>,
 }
 
 impl ProcessedEvents {
-    pub fn new(store: Arc<dyn NotificationStore>) -> Self {
+    pub fn new(store: Arc<dyn InboxStore>) -> Self {
         Self { store }
     }
 }
@@ -39,6 +57,14 @@ impl ProcessedEvents {
 impl Inbox for ProcessedEvents {
     async fn handled(&self, group: &str, event_id: Uuid) -> Result<bool, HandleError> {
         Ok(self.store.is_processed(group, event_id).await?)
+    }
+
+    async fn handled_among(
+        &self,
+        group: &str,
+        event_ids: &[Uuid],
+    ) -> Result<HashSet<Uuid>, HandleError> {
+        Ok(self.store.processed_among(group, event_ids).await?)
     }
 }
 
@@ -53,32 +79,38 @@ impl<I: Inbox, H: EventHandler> Deduplicated<I, H> {
     pub fn new(inbox: I, inner: H) -> Self {
         Self { inbox, inner }
     }
+}
 
-    async fn seen(&self, d: &Delivery<'_>) -> Result<bool, HandleError> {
-        let seen = self.inbox.handled(d.group, d.event.id.as_uuid()).await?;
-        if seen {
-            d.span
-                .in_scope(|| tracing::debug!(target: "inbox", "duplicate delivery ignored"));
-        }
-        Ok(seen)
-    }
+/// Logs, in the event's span, that its delivery was a duplicate.
+fn ignored(d: &Delivery<'_>) {
+    d.span
+        .in_scope(|| tracing::debug!(target: "inbox", "duplicate delivery ignored"));
 }
 
 #[async_trait]
 impl<I: Inbox, H: EventHandler> EventHandler for Deduplicated<I, H> {
     async fn handle(&self, delivery: &Delivery<'_>) -> Result<Handled, HandleError> {
-        if self.seen(delivery).await? {
+        let id = delivery.event.id.as_uuid();
+        if self.inbox.handled(delivery.group, id).await? {
+            ignored(delivery);
             return Ok(Handled::Duplicate);
         }
         self.inner.handle(delivery).await
     }
 
     async fn handle_batch(&self, batch: &[Delivery<'_>]) -> Result<Vec<Handled>, HandleError> {
+        let Some(group) = batch.first().map(|d| d.group) else {
+            return Ok(Vec::new());
+        };
+        let ids: Vec<Uuid> = batch.iter().map(|d| d.event.id.as_uuid()).collect();
+        let handled = self.inbox.handled_among(group, &ids).await?;
         let mut fresh = Vec::with_capacity(batch.len());
-        let mut ids = HashSet::with_capacity(batch.len());
+        let mut seen = HashSet::with_capacity(batch.len());
         let mut slots = Vec::with_capacity(batch.len());
         for d in batch {
-            if !ids.insert(d.event.id.as_uuid()) || self.seen(d).await? {
+            let id = d.event.id.as_uuid();
+            if !seen.insert(id) || handled.contains(&id) {
+                ignored(d);
                 slots.push(None);
                 continue;
             }
@@ -223,6 +255,38 @@ mod tests {
         assert_eq!(*state.calls.lock().unwrap(), 2);
     }
 
+    /// An inbox that has handled nothing, and counts the questions.
+    #[derive(Default)]
+    struct Asked {
+        one: Mutex<u32>,
+        batch: Mutex<u32>,
+    }
+
+    #[async_trait]
+    impl Inbox for Arc<Asked> {
+        async fn handled(&self, _: &str, _: Uuid) -> Result<bool, HandleError> {
+            *self.one.lock().unwrap() += 1;
+            Ok(false)
+        }
+
+        async fn handled_among(&self, _: &str, _: &[Uuid]) -> Result<HashSet<Uuid>, HandleError> {
+            *self.batch.lock().unwrap() += 1;
+            Ok(HashSet::new())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_asks_its_inbox_once_for_all_its_events() {
+        let asked = Arc::new(Asked::default());
+        let layer = Deduplicated::new(Arc::clone(&asked), Arc::new(Remembering::default()));
+        let (events, record) = ([event(), event(), event()], record());
+        let batch = events.each_ref().map(|e| delivery("auditor", &record, e));
+        let outcomes = layer.handle_batch(&batch).await.unwrap();
+        assert_eq!(outcomes, [Handled::Applied; 3]);
+        assert_eq!(*asked.batch.lock().unwrap(), 1);
+        assert_eq!(*asked.one.lock().unwrap(), 0);
+    }
+
     #[tokio::test]
     async fn a_batch_skips_handled_events_and_repeats_within_itself() {
         let state = Arc::new(Remembering::default());
@@ -254,14 +318,21 @@ mod tests {
         )
         .await
         .unwrap();
-        let store: Arc<dyn NotificationStore> = Arc::new(store);
+        let store = Arc::new(store);
         let event_id = Uuid::new_v4();
-        store
-            .record_notifications("notifier", event_id, &[])
-            .await
-            .unwrap();
+        taskstream_store::NotificationStore::record_notifications(
+            &*store,
+            "notifier",
+            event_id,
+            &[],
+        )
+        .await
+        .unwrap();
         let inbox = ProcessedEvents::new(store);
         assert!(inbox.handled("notifier", event_id).await.unwrap());
         assert!(!inbox.handled("notifier-second", event_id).await.unwrap());
+        let other = Uuid::new_v4();
+        let among = inbox.handled_among("notifier", &[other, event_id]).await;
+        assert_eq!(among.unwrap(), [event_id].into());
     }
 }

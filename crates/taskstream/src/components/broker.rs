@@ -6,12 +6,15 @@
 //! mock cluster, memory only, kept for what needs its fault injection.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use taskstream_broker::{Broker, BrokerConfig, FlushPolicy, RunningBroker};
 use taskstream_kafka::{apply_topics, DevBroker, KafkaConfig};
 use taskstream_services::topics::declared_topics;
+
+use super::{Checks, KafkaCheck};
 
 /// Which broker runs when no cluster is configured.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -118,6 +121,13 @@ impl EmbeddedBroker {
     /// `bootstrap.servers` for the clients.
     pub fn bootstrap_servers(&self) -> &str {
         &self.bootstrap
+    }
+
+    /// Its readiness: the declared topic takes events (see [`KafkaCheck`]).
+    pub fn readiness_checks(&self) -> Checks {
+        vec![Arc::new(KafkaCheck::new(&KafkaConfig::new(
+            &self.bootstrap,
+        )))]
     }
 
     /// The mock cluster, for fault injection, when that is the engine.

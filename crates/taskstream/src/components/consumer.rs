@@ -18,7 +18,7 @@ use taskstream_services::{
 use taskstream_store::Store;
 use taskstream_telemetry::Metrics;
 
-use super::Component;
+use super::{Checks, Component, KafkaCheck, OffsetResetCheck, RegistryCheck, StoreCheck};
 
 /// How a consumer service talks to its group and treats failures.
 #[derive(Debug, Clone, Default)]
@@ -40,6 +40,21 @@ impl ConsumerOptions {
             ..Self::default()
         }
     }
+}
+
+/// A consumer is ready while the store answers, Kafka takes the events,
+/// no offset reset was reported lately and the schema registry (if any)
+/// answers.
+fn checks(store: &Arc<Store>, kafka: &KafkaConfig, options: &ConsumerOptions) -> Checks {
+    let mut checks: Checks = vec![
+        Arc::new(StoreCheck::new(Arc::clone(store))),
+        Arc::new(KafkaCheck::new(kafka)),
+        Arc::new(OffsetResetCheck::new(options)),
+    ];
+    if let Some(registry) = &options.registry {
+        checks.push(Arc::new(RegistryCheck(Arc::clone(registry))));
+    }
+    checks
 }
 
 fn consumer<H: EventHandler>(
@@ -69,7 +84,10 @@ fn consumer<H: EventHandler>(
     }))
 }
 
-/// Starts the audit-log service in `group` (default `auditor`).
+/// Starts the audit-log service in `group` (default `auditor`): the
+/// consumer runtime ([`ConsumerService`]: decode, retry and hold, dead
+/// letters, metrics) around the group's inbox ([`ProcessedEvents`]) around
+/// [`AuditHandler`], whose effect is the audit entry.
 pub fn auditor(
     store: Arc<Store>,
     kafka: &KafkaConfig,
@@ -81,18 +99,16 @@ pub fn auditor(
     // Records deleted before the auditor read them are republished from
     // the outbox, where this store has them.
     let repair = Arc::new(OutboxRepair::for_auditor(Arc::clone(&store)));
-    consumer(
-        "auditor",
-        kafka,
-        group,
-        options,
+    let checks = checks(&store, kafka, options);
+    let handler = Deduplicated::new(
+        ProcessedEvents::new(store.clone()),
         AuditHandler::new(store),
-        repair,
-        metrics,
-    )
+    );
+    Ok(consumer("auditor", kafka, group, options, handler, repair, metrics)?.with_checks(checks))
 }
 
-/// Starts the notification service in `group` (default `notifier`) with the
+/// Starts the notification service in `group` (default `notifier`), shaped
+/// like [`auditor`] around [`NotificationHandler`], with the
 /// log sink, waiting `delay` before each notification (zero in normal use;
 /// a slow notifier on purpose shows consumer lag building up).
 pub fn notifier(
@@ -119,11 +135,12 @@ pub fn notifier(
         None => slowed(LogSink, sink.delay),
     };
     let repair = Arc::new(OutboxRepair::for_notifier(Arc::clone(&store), group));
+    let checks = checks(&store, kafka, options);
     let handler = Deduplicated::new(
         ProcessedEvents::new(store.clone()),
         NotificationHandler::new(store, sink),
     );
-    consumer("notifier", kafka, group, options, handler, repair, metrics)
+    Ok(consumer("notifier", kafka, group, options, handler, repair, metrics)?.with_checks(checks))
 }
 
 /// How long the notifier waits for a webhook to answer (a slower one is

@@ -1,9 +1,11 @@
 //! The components as a library: a builder per component (the Task API's
 //! HTTP port, the relay, the auditor and the notifier, the schema registry,
 //! the dev broker) returning a running [`Component`] that knows where it
-//! listens and how to stop, and the readiness checks of a process built in
-//! one place. `taskstream up`, the single-component subcommands, the
-//! benchmark and the tests all start components through these.
+//! listens, what its readiness depends on, and how to stop. A process's
+//! `/readyz` list is assembled from its components' checks
+//! ([`readiness::assemble`]). `taskstream up`, the single-component
+//! subcommands, the benchmark and the tests all start components through
+//! these.
 //!
 //! Every component runs as a tokio task with its own shutdown trigger, so a
 //! process (or a test) can run any subset of them and stop one without the
@@ -19,12 +21,14 @@ mod registry;
 mod relay;
 mod store;
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use taskstream_api::ReadinessCheck;
 use taskstream_services::{Shutdown, ShutdownTrigger};
 use tokio::task::JoinHandle;
 
-pub use api::{codec, task_api};
+pub use api::{api_checks, codec, task_api};
 pub use broker::{
     dev_broker, parse_broker_flush, DevBrokerKind, EmbeddedBroker, EmbeddedBrokerSettings,
     BROKER_DIR,
@@ -33,10 +37,10 @@ pub use consumer::{auditor, notifier, ConsumerOptions, NotifierSink};
 pub use http::{http, serve};
 pub use processor::processor;
 pub use readiness::{
-    KafkaCheck, OffsetResetCheck, OutboxAgeCheck, Readiness, RegistryCheck, StoreCheck,
+    Checks, KafkaCheck, OffsetResetCheck, OutboxAgeCheck, RegistryCheck, StoreCheck,
 };
 pub use registry::{registry, REGISTRY_FILE};
-pub use relay::relay;
+pub use relay::{relay, relay_with_readiness, RelayReadiness};
 pub use store::{open_store, outbox_listener, DATABASE_FILE};
 
 /// How long a component may take to stop before it is abandoned.
@@ -47,6 +51,8 @@ pub struct Component {
     name: &'static str,
     /// Where it listens, for those that do (`http://127.0.0.1:8080`).
     address: Option<String>,
+    /// What its readiness depends on.
+    checks: Checks,
     trigger: ShutdownTrigger,
     task: Option<JoinHandle<()>>,
 }
@@ -71,6 +77,7 @@ impl Component {
         Self {
             name,
             address: None,
+            checks: Vec::new(),
             trigger,
             task,
         }
@@ -80,6 +87,19 @@ impl Component {
     pub fn listening_at(mut self, address: impl Into<String>) -> Self {
         self.address = Some(address.into());
         self
+    }
+
+    /// The same component, ready while `checks` pass.
+    pub fn with_checks(mut self, checks: Checks) -> Self {
+        self.checks = checks;
+        self
+    }
+
+    /// The readiness checks of what this component depends on (the store,
+    /// Kafka, the schema registry...), for a process's `/readyz` (see
+    /// [`readiness::assemble`]).
+    pub fn readiness_checks(&self) -> &[Arc<dyn ReadinessCheck>] {
+        &self.checks
     }
 
     /// Where the component listens (`http://127.0.0.1:8080`); `None` for

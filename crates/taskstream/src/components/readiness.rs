@@ -1,10 +1,17 @@
-//! Readiness: what `/readyz` checks, built in one place for every process
-//! from the components it runs.
+//! Readiness: the checks each component carries (see
+//! [`super::Component::readiness_checks`]), and how a process's `/readyz`
+//! list is assembled from the components it runs.
+//!
+//! A component checks what it depends on: every one that uses the store
+//! checks the store, the relay and the consumers check Kafka, the relay the
+//! outbox's age, the consumers offset resets, and whoever encodes or
+//! decodes Avro the schema registry. A Task API alone is ready while it can
+//! take writes: a lagging relay is the relay's readiness problem, and the
+//! outbox keeps the writes meanwhile.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use anyhow::Context;
 use taskstream_api::ReadinessCheck;
 use taskstream_avro::RegistryClient;
 use taskstream_kafka::{KafkaConfig, PartitionHealth, TopicHealth, TopicProbe};
@@ -14,46 +21,31 @@ use taskstream_store::{OutboxStore, Store};
 
 use super::ConsumerOptions;
 
-/// What a process runs, which decides what its `/readyz` checks: the store
-/// always, then Kafka, the outbox's age, offset resets and the schema
-/// registry for the components that depend on them, in that order.
-#[derive(Default)]
-pub struct Readiness<'a> {
-    /// The process talks to Kafka (it runs a relay or a consumer).
-    pub kafka: Option<&'a KafkaConfig>,
-    /// The process runs the relay: it is ready while the oldest
-    /// unpublished event is younger than this.
-    pub outbox_max_age: Option<Duration>,
-    /// The process runs consumers started with these options.
-    pub consumers: Option<&'a ConsumerOptions>,
-    /// The process encodes or decodes Avro with this registry.
-    pub registry: Option<&'a Arc<RegistryClient>>,
-}
+/// A list of readiness checks, as `/readyz` runs them.
+pub type Checks = Vec<Arc<dyn ReadinessCheck>>;
 
-impl Readiness<'_> {
-    /// The checks, over `store`. A Task API alone is ready while it can
-    /// take writes: a lagging relay is the relay's readiness problem, and
-    /// the outbox keeps the writes meanwhile.
-    pub fn checks(self, store: &Arc<Store>) -> anyhow::Result<Vec<Arc<dyn ReadinessCheck>>> {
-        let mut checks: Vec<Arc<dyn ReadinessCheck>> =
-            vec![Arc::new(StoreCheck::new(Arc::clone(store)))];
-        if let Some(kafka) = self.kafka {
-            checks.push(Arc::new(KafkaCheck::new(kafka)?));
+/// The `/readyz` list of a process running components with these checks:
+/// each check once (the first component to carry a name keeps it), in the
+/// order the components list them — a check new to the list goes before
+/// the first of its component's later checks already in it. So a process
+/// reports `store`, `kafka`, `outbox_age`, `offset_resets`,
+/// `schema_registry`, keeping those its components carry.
+pub fn assemble<'a>(components: impl IntoIterator<Item = &'a [Arc<dyn ReadinessCheck>]>) -> Checks {
+    let mut assembled: Checks = Vec::new();
+    let position = |list: &Checks, name: &str| list.iter().position(|check| check.name() == name);
+    for checks in components {
+        for (i, check) in checks.iter().enumerate() {
+            if position(&assembled, check.name()).is_some() {
+                continue;
+            }
+            let at = checks[i + 1..]
+                .iter()
+                .find_map(|later| position(&assembled, later.name()))
+                .unwrap_or(assembled.len());
+            assembled.insert(at, Arc::clone(check));
         }
-        if let Some(max_age) = self.outbox_max_age {
-            checks.push(Arc::new(OutboxAgeCheck {
-                store: Arc::clone(store),
-                max_age,
-            }));
-        }
-        if let Some(options) = self.consumers {
-            checks.push(Arc::new(OffsetResetCheck::new(options)));
-        }
-        if let Some(registry) = self.registry {
-            checks.push(Arc::new(RegistryCheck(Arc::clone(registry))));
-        }
-        Ok(checks)
     }
+    assembled
 }
 
 /// The store answers queries and takes writes.
@@ -112,17 +104,34 @@ impl ReadinessCheck for StoreCheck {
 /// `min.insync.replicas` copies in sync. One broker answering is not
 /// enough — with two of three down, the third still answers while every
 /// write waits — so the detail names the partitions and brokers at fault.
-pub struct KafkaCheck(TopicProbe);
+///
+/// Its Kafka client is created at the first check: of the Kafka checks a
+/// process's components carry, only the one its `/readyz` keeps (see
+/// [`assemble`]) ever starts one.
+pub struct KafkaCheck {
+    kafka: KafkaConfig,
+    probe: OnceLock<TopicProbe>,
+}
 
 /// How long each step of the Kafka check (metadata, the leaders, the
 /// topic's config) may take: together within `/readyz`'s 2 s per check.
 const KAFKA_PROBE_TIMEOUT: Duration = Duration::from_millis(600);
 
 impl KafkaCheck {
-    pub fn new(kafka: &KafkaConfig) -> anyhow::Result<Self> {
-        let probe = TopicProbe::new(kafka, "readiness")
-            .context("cannot create the readiness check's Kafka client")?;
-        Ok(Self(probe))
+    pub fn new(kafka: &KafkaConfig) -> Self {
+        Self {
+            kafka: kafka.clone(),
+            probe: OnceLock::new(),
+        }
+    }
+
+    fn probe(&self) -> Result<&TopicProbe, String> {
+        if let Some(probe) = self.probe.get() {
+            return Ok(probe);
+        }
+        let probe = TopicProbe::new(&self.kafka, "readiness")
+            .map_err(|e| format!("cannot create the readiness check's Kafka client: {e}"))?;
+        Ok(self.probe.get_or_init(|| probe))
     }
 }
 
@@ -133,7 +142,7 @@ impl ReadinessCheck for KafkaCheck {
     }
 
     async fn check(&self) -> Result<String, String> {
-        match self.0.probe(TASK_EVENTS, KAFKA_PROBE_TIMEOUT).await {
+        match self.probe()?.probe(TASK_EVENTS, KAFKA_PROBE_TIMEOUT).await {
             Err(e) => Err(format!("no broker answers: {e}")),
             Ok(None) => Err(format!(
                 "topic {TASK_EVENTS} does not exist (create it with `taskstream topics apply`)"
@@ -323,6 +332,72 @@ impl ReadinessCheck for RegistryCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A check that only has a name.
+    struct Named(&'static str);
+
+    #[async_trait::async_trait]
+    impl ReadinessCheck for Named {
+        fn name(&self) -> &'static str {
+            self.0
+        }
+
+        async fn check(&self) -> Result<String, String> {
+            Ok(String::new())
+        }
+    }
+
+    fn checks(names: &[&'static str]) -> Checks {
+        names
+            .iter()
+            .map(|&name| Arc::new(Named(name)) as Arc<dyn ReadinessCheck>)
+            .collect()
+    }
+
+    fn names(checks: &Checks) -> Vec<&'static str> {
+        checks.iter().map(|c| c.name()).collect()
+    }
+
+    #[test]
+    fn a_process_checks_each_dependency_of_its_components_once_in_the_components_order() {
+        let api = checks(&["store"]);
+        let relay = checks(&["store", "kafka", "outbox_age", "schema_registry"]);
+        let consumer = checks(&["store", "kafka", "offset_resets", "schema_registry"]);
+        let registry = checks(&["schema_registry"]);
+        let broker = checks(&["kafka"]);
+        let up = assemble([&api, &relay, &consumer, &consumer, &registry, &broker].map(|c| &c[..]));
+        assert_eq!(
+            names(&up),
+            [
+                "store",
+                "kafka",
+                "outbox_age",
+                "offset_resets",
+                "schema_registry"
+            ]
+        );
+        assert!(
+            Arc::ptr_eq(&up[1], &relay[1]),
+            "the first carrier keeps its check"
+        );
+        let consumer_alone = assemble([&consumer[..]]);
+        assert_eq!(
+            names(&consumer_alone),
+            ["store", "kafka", "offset_resets", "schema_registry"]
+        );
+        let json_up = assemble(
+            [
+                &api,
+                &checks(&["store", "kafka", "outbox_age"]),
+                &checks(&["store", "kafka", "offset_resets"]),
+            ]
+            .map(|c| &c[..]),
+        );
+        assert_eq!(
+            names(&json_up),
+            ["store", "kafka", "outbox_age", "offset_resets"]
+        );
+    }
 
     fn partition(
         partition: i32,

@@ -2,17 +2,20 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context;
 use taskstream_api::HttpLimits;
+use taskstream_avro::RegistryClient;
 
 use super::http::serve;
-use super::Component;
+use super::{Component, RegistryCheck};
 use crate::data_dir_lock::{DataDirLock, REGISTRY_LOCK_FILE};
 
 /// Serves the embedded schema registry within `limits`, its state in
 /// `data_dir`. Only one process serves a data directory's registry:
 /// `command` (`up`, `registry`) names this one to another that tries.
+/// Ready while it answers at its own address.
 pub async fn registry(
     addr: SocketAddr,
     data_dir: &Path,
@@ -30,7 +33,7 @@ pub async fn registry(
             )
         })?;
     let router = taskstream_registry::router(store.clone());
-    serve(
+    let (bound, component) = serve(
         "schema-registry",
         addr,
         router,
@@ -41,7 +44,12 @@ pub async fn registry(
             drop(lock);
         },
     )
-    .await
+    .await?;
+    let own = RegistryClient::new(&format!("http://{bound}"));
+    Ok((
+        bound,
+        component.with_checks(vec![Arc::new(RegistryCheck(Arc::new(own)))]),
+    ))
 }
 
 /// The schema registry's database file inside a data directory.

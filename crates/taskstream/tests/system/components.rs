@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use taskstream::components::{self, ConsumerOptions, NotifierSink, Readiness};
+use taskstream::components::{self, readiness, ConsumerOptions, NotifierSink, RelayReadiness};
 use taskstream_avro::RegistryClient;
 use taskstream_kafka::KafkaConfig;
 use taskstream_services::topics::TASK_EVENTS;
@@ -45,12 +45,16 @@ async fn components_started_from_the_library_on_random_ports_carry_a_task_change
     .unwrap();
     let metrics = Metrics::new();
     let wake = Arc::new(Notify::new());
-    let relay = components::relay(
+    let relay = components::relay_with_readiness(
         Arc::clone(&store),
         &kafka,
         Arc::clone(&wake),
         RelaySettings::default(),
         EventEncoding::avro(Arc::clone(&registry_client), TASK_EVENTS),
+        &RelayReadiness {
+            outbox_max_age: Duration::from_secs(30),
+            registry: Some(Arc::clone(&registry_client)),
+        },
         &metrics,
     )
     .unwrap();
@@ -70,14 +74,14 @@ async fn components_started_from_the_library_on_random_ports_carry_a_task_change
         &metrics,
     )
     .unwrap();
-    let checks = Readiness {
-        kafka: Some(&kafka),
-        outbox_max_age: Some(Duration::from_secs(30)),
-        consumers: Some(&options),
-        registry: Some(&registry_client),
-    }
-    .checks(&store)
-    .unwrap();
+    let api_checks = components::api_checks(&store);
+    let checks = readiness::assemble([
+        &api_checks[..],
+        relay.readiness_checks(),
+        auditor.readiness_checks(),
+        notifier.readiness_checks(),
+        registry.readiness_checks(),
+    ]);
     let api = components::task_api(Arc::clone(&store), wake)
         .audit(store.clone())
         .notifications(store.clone())

@@ -51,7 +51,7 @@ pub async fn assert_exactly_once(store: &Store, events: usize, notifications: us
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_outage_during_production_and_consumption_loses_and_doubles_nothing() {
-    let app = spawn_app_on_mock().await;
+    let app = spawn_app_on_mock().await; // The mock: the test takes its broker down and up.
     let broker = app.system.dev_broker().unwrap();
     let base = app.url("");
     // A steady writer: 60 assigned tasks, every third one completed.
@@ -104,7 +104,7 @@ async fn a_broker_outage_during_production_and_consumption_loses_and_doubles_not
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retriable_produce_fetch_and_commit_errors_are_absorbed() {
-    let app = spawn_app_on_mock().await;
+    let app = spawn_app_on_mock().await; // The mock: the test injects request errors.
     let broker = app.system.dev_broker().unwrap();
     // Warm up so the consumers have joined and fetch.
     app.created("warm-up", None).await;
@@ -145,14 +145,16 @@ async fn the_relay_replaces_a_producer_ended_by_a_fatal_error_and_loses_nothing(
     use std::sync::{Arc, Mutex};
 
     use taskstream_domain::{Cause, EventCodec, JsonCodec, NewTask, Priority, Task, TaskTitle};
-    use taskstream_kafka::{read_topic, DevBroker, EventProducer, KafkaConfig, ProducerSettings};
-    use taskstream_services::topics::{declared_topics, TASK_EVENTS};
+    use taskstream_kafka::{read_topic, EventProducer, KafkaConfig, ProducerSettings};
+    use taskstream_services::topics::TASK_EVENTS;
     use taskstream_services::{
         EventEncoding, OutboxRelay, ProducerFactory, RelaySettings, Shutdown,
     };
     use taskstream_store::{OutboxMessage, SqliteOptions, SqliteStore, TaskStore};
 
-    let broker = DevBroker::start(&declared_topics(1)).unwrap();
+    // The fatal error is injected into the producer, not the broker:
+    // taskstream's own broker serves.
+    let broker = crate::helpers::own_broker().await;
     let kafka = KafkaConfig::new(broker.bootstrap_servers());
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::Sqlite(
@@ -263,4 +265,5 @@ async fn the_relay_replaces_a_producer_ended_by_a_fatal_error_and_loses_nothing(
     }
     stop.trigger();
     running.await.unwrap();
+    crate::helpers::stop_broker(broker).await;
 }

@@ -169,6 +169,23 @@ impl TestApp {
     }
 }
 
+/// taskstream's own broker (what `up` runs) on a fresh temporary
+/// directory, with the declared topics, through the `up` builder.
+pub async fn own_broker() -> taskstream::components::EmbeddedBroker {
+    use taskstream::components::{EmbeddedBroker, EmbeddedBrokerSettings};
+    EmbeddedBroker::start(&EmbeddedBrokerSettings::new(None))
+        .await
+        .unwrap()
+}
+
+/// Stops a broker from [`own_broker`] (its files are removed), after the
+/// clients that use it.
+pub async fn stop_broker(broker: taskstream::components::EmbeddedBroker) {
+    tokio::task::spawn_blocking(move || broker.shutdown(Duration::ZERO))
+        .await
+        .unwrap();
+}
+
 /// The producing half of the system, started from its parts so a test can
 /// add, stop and restart consumers at will: a broker, the store, the relay
 /// (JSON events) and the Task API on a random port.
@@ -212,6 +229,7 @@ impl Pipeline {
         let (broker, embedded, kafka) = match cluster {
             Some(kafka) => (None, None, kafka),
             None if mock => {
+                // The mock: its callers inject faults or need its deleting of data beyond ~5 MiB.
                 let dev = taskstream_kafka::DevBroker::start(
                     &taskstream_services::topics::declared_topics(1),
                 )

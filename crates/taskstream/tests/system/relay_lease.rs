@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use taskstream_domain::{Cause, EventCodec, JsonCodec, NewTask, Priority, Task, TaskTitle};
-use taskstream_kafka::{read_topic, DevBroker, EventProducer, KafkaConfig, ProducerSettings};
-use taskstream_services::topics::{declared_topics, TASK_EVENTS};
+use taskstream_kafka::{read_topic, EventProducer, KafkaConfig, ProducerSettings};
+use taskstream_services::topics::TASK_EVENTS;
 use taskstream_services::{
     EventEncoding, OutboxRelay, ProducerFactory, RelaySettings, Shutdown, ShutdownTrigger,
 };
@@ -135,7 +135,7 @@ async fn relays_on_one_postgres_publish_one_at_a_time_and_a_standby_takes_over()
     let Some((admin, database)) = scratch_database().await else {
         return;
     };
-    let broker = DevBroker::start(&declared_topics(1)).unwrap();
+    let broker = crate::helpers::own_broker().await;
     let kafka = KafkaConfig::new(broker.bootstrap_servers());
 
     let first = RelayProcess::start(&database, &kafka).await;
@@ -181,5 +181,6 @@ async fn relays_on_one_postgres_publish_one_at_a_time_and_a_standby_takes_over()
     }
     assert_eq!(records.len(), ids.len(), "nothing else was published");
     third.stop().await;
+    crate::helpers::stop_broker(broker).await;
     drop_database(&admin, &database).await;
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use taskstream::components::{self, ConsumerOptions};
 use taskstream_avro::RegistryClient;
-use taskstream_kafka::{read_topic, DevBroker, KafkaConfig};
-use taskstream_services::topics::{declared_topics, TASK_EVENTS};
+use taskstream_kafka::{read_topic, KafkaConfig};
+use taskstream_services::topics::TASK_EVENTS;
 use taskstream_services::{dead_letter_topic, EventEncoding, RelaySettings};
 use taskstream_store::{AuditStore, OutboxStore, SqliteOptions};
 use taskstream_telemetry::Metrics;
@@ -24,7 +24,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_taskstream");
 async fn with_the_registry_down_known_schemas_flow_and_new_ones_wait_in_the_outbox() {
     crate::helpers::init_logs();
     let dir = tempfile::tempdir().unwrap();
-    let broker = DevBroker::start(&declared_topics(1)).unwrap();
+    let broker = crate::helpers::own_broker().await;
     let kafka = KafkaConfig::new(broker.bootstrap_servers());
     let store = components::open_store(
         dir.path(),
@@ -56,7 +56,7 @@ async fn with_the_registry_down_known_schemas_flow_and_new_ones_wait_in_the_outb
     .unwrap();
     let options = ConsumerOptions {
         registry: Some(Arc::clone(&registry_client)),
-        ..ConsumerOptions::for_dev_broker()
+        ..ConsumerOptions::default()
     };
     let auditor = components::auditor(store.clone(), &kafka, None, &options, &metrics).unwrap();
     let (addr, http) = components::http(
@@ -144,7 +144,7 @@ async fn with_the_registry_down_known_schemas_flow_and_new_ones_wait_in_the_outb
         c.stop().await;
     }
     store.close().await;
-    drop(broker);
+    crate::helpers::stop_broker(broker).await;
 }
 
 fn copy_schemas(to: &Path) {

@@ -110,7 +110,7 @@ fn up_against_a_closed_port_says_kafka_is_unreachable_once_not_many_times_a_seco
 
 #[test]
 fn a_broker_that_comes_back_is_reported_reachable_again_and_events_flow() {
-    let broker = DevBroker::start(&declared_topics(1)).unwrap();
+    let broker = DevBroker::start(&declared_topics(1)).unwrap(); // The mock: taken down and up.
     broker.broker_down(1).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (_up, first, lines) = start_logging(&[
@@ -194,9 +194,10 @@ fn components_told_to_wait_for_kafka_at_start_give_up_with_one_line() {
         );
     }
 
-    // With a broker that answers, the same setting lets it start.
-    let broker = DevBroker::start(&declared_topics(1)).unwrap();
-    let (_relay, line) = launch(
+    // With a broker that answers (taskstream's own), the same setting lets it start.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let broker = runtime.block_on(crate::helpers::own_broker());
+    let (relay, line) = launch(
         &[
             "relay",
             "--http",
@@ -214,6 +215,8 @@ fn components_told_to_wait_for_kafka_at_start_give_up_with_one_line() {
         Stdio::inherit(),
     );
     assert!(line.starts_with("http: "), "{line}");
+    drop(relay);
+    broker.shutdown(Duration::ZERO);
 }
 
 #[test]
