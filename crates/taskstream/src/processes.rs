@@ -106,21 +106,45 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
 /// `taskstream api`: the Task API alone. A relay in another process finds
 /// new rows by polling.
 pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
+    let registry = match args.event_format {
+        EventFormat::Json => None,
+        EventFormat::Avro => Some(Arc::new(RegistryClient::new(
+            &args.registry.resolve(&args.store.data_dir)?.context(
+                "Avro events need a schema registry: pass --schema-registry URL or set SCHEMA_REGISTRY_URL \
+                 (or --event-format json)",
+            )?,
+        ))),
+    };
     let store = open_store(&args.store).await?;
     let metrics = Metrics::new();
-    let api = components::task_api(Arc::clone(&store), Arc::new(Notify::new()))
+    let encoding = match &registry {
+        Some(client) => EventEncoding::avro(Arc::clone(client), TASK_EVENTS),
+        None => EventEncoding::Json,
+    };
+    let mut running: Vec<Component> = components::register_schemas(&encoding)
+        .await?
+        .into_iter()
+        .collect();
+    let api = components::task_api(Arc::clone(&store), Arc::new(Notify::new()), encoding)
         .audit(store.clone())
         .notifications(store.clone());
-    let http = serve(
-        args.http,
-        &args.http_limits,
-        api,
-        &metrics,
-        &store,
-        Readiness::default(),
-    )
-    .await?;
-    run_until_signal(vec![http], &store).await;
+    let readiness = Readiness {
+        registry: registry.as_ref(),
+        ..Readiness::default()
+    };
+    running.insert(
+        0,
+        serve(
+            args.http,
+            &args.http_limits,
+            api,
+            &metrics,
+            &store,
+            readiness,
+        )
+        .await?,
+    );
+    run_until_signal(running, &store).await;
     Ok(())
 }
 

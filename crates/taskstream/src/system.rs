@@ -211,10 +211,11 @@ impl RunningSystem {
             &kafka,
             Arc::clone(&wake),
             config.relay.clone(),
-            encoding,
+            encoding.clone(),
             &metrics,
         )?;
         let mut running = vec![relay];
+        running.extend(components::register_schemas(&encoding).await?);
         running.extend([
             components::auditor(
                 Arc::clone(&store),
@@ -242,7 +243,7 @@ impl RunningSystem {
             registry: registry.as_ref(),
         }
         .checks(&store)?;
-        let api = components::task_api(Arc::clone(&store), wake)
+        let api = components::task_api(Arc::clone(&store), wake, encoding)
             .audit(store.clone())
             .notifications(store.clone())
             .observability(Arc::clone(&metrics), Some(store.clone()), checks);

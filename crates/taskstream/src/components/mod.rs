@@ -23,7 +23,7 @@ use std::time::Duration;
 use taskstream_services::{Shutdown, ShutdownTrigger};
 use tokio::task::JoinHandle;
 
-pub use api::{codec, task_api};
+pub use api::{register_schemas, task_api};
 pub use broker::{
     dev_broker, parse_broker_flush, DevBrokerKind, EmbeddedBroker, EmbeddedBrokerSettings,
     BROKER_DIR,

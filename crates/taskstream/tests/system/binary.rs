@@ -232,7 +232,16 @@ async fn each_component_runs_alone_and_stops_cleanly_on_sigterm() {
         .strip_prefix("schema-registry: ")
         .unwrap()
         .to_owned();
-    let (mut api, http) = spawn_printing(&["api", "--http", "127.0.0.1:0"], dir.path());
+    let (mut api, http) = spawn_printing(
+        &[
+            "api",
+            "--http",
+            "127.0.0.1:0",
+            "--schema-registry",
+            &registry_url,
+        ],
+        dir.path(),
+    );
     let api_url = http.strip_prefix("http: ").unwrap().to_owned();
     let (mut relay, relay_http) = spawn_printing(
         &[

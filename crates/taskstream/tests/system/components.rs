@@ -45,12 +45,14 @@ async fn components_started_from_the_library_on_random_ports_carry_a_task_change
     .unwrap();
     let metrics = Metrics::new();
     let wake = Arc::new(Notify::new());
+    let encoding = EventEncoding::avro(Arc::clone(&registry_client), TASK_EVENTS);
+    encoding.register_schemas().await.unwrap();
     let relay = components::relay(
         Arc::clone(&store),
         &kafka,
         Arc::clone(&wake),
         RelaySettings::default(),
-        EventEncoding::avro(Arc::clone(&registry_client), TASK_EVENTS),
+        encoding.clone(),
         &metrics,
     )
     .unwrap();
@@ -78,7 +80,7 @@ async fn components_started_from_the_library_on_random_ports_carry_a_task_change
     }
     .checks(&store)
     .unwrap();
-    let api = components::task_api(Arc::clone(&store), wake)
+    let api = components::task_api(Arc::clone(&store), wake, encoding)
         .audit(store.clone())
         .notifications(store.clone())
         .observability(Arc::clone(&metrics), Some(store.clone()), checks);

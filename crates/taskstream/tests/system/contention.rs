@@ -130,8 +130,9 @@ async fn concurrent_patches_through_two_api_processes_on_postgres_all_succeed_in
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let (_api_a, api_a) = start("api", &[], &database, &dir);
-    let (_api_b, api_b) = start("api", &[], &database, &dir);
+    let json = ["--event-format", "json"];
+    let (_api_a, api_a) = start("api", &json, &database, &dir);
+    let (_api_b, api_b) = start("api", &json, &database, &dir);
     let created: Value = client()
         .post(format!("{api_a}/tasks"))
         .json(&json!({ "title": "contended across processes" }))
