@@ -137,3 +137,24 @@ async fn on_postgres_json_rows_from_before_the_upgrade_are_published_as_avro() {
         .await;
     drop_database(&admin, &url).await;
 }
+
+#[test]
+fn an_avro_api_without_a_registry_or_with_a_bad_url_refuses_to_start_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    for (extra, named) in [
+        (&[][..], "--schema-registry"),
+        (&["--schema-registry", "ftp://registry"][..], "http://"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_taskstream"))
+            .args(["api", "--http", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .args(extra)
+            .env_remove("SCHEMA_REGISTRY_URL")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{extra:?}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(stderr.starts_with("error: "), "{stderr}");
+        assert!(stderr.lines().next().unwrap().contains(named), "{stderr}");
+    }
+}
