@@ -128,22 +128,18 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
     let api = components::task_api(Arc::clone(&store), Arc::new(Notify::new()), encoding)
         .audit(store.clone())
         .notifications(store.clone());
-    let readiness = Readiness {
-        registry: registry.as_ref(),
-        ..Readiness::default()
-    };
-    running.insert(
-        0,
-        serve(
-            args.http,
-            &args.http_limits,
-            api,
-            &metrics,
-            &store,
-            readiness,
-        )
-        .await?,
-    );
+    // No registry check: once the schemas are registered, writes never
+    // call the registry, so its outage must not take the API out of service.
+    let http = serve(
+        args.http,
+        &args.http_limits,
+        api,
+        &metrics,
+        &store,
+        Readiness::default(),
+    )
+    .await?;
+    running.insert(0, http);
     run_until_signal(running, &store).await;
     Ok(())
 }
