@@ -152,6 +152,18 @@ impl Problem {
         }
     }
 
+    /// 503 for a write refused before it reached the database: the Avro
+    /// event schemas are not registered yet (the schema registry was down
+    /// when the API started; registration is retried in the background).
+    pub fn schemas_unregistered() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "schemas-unregistered",
+            "Event schemas not registered",
+            "the event schemas are not registered with the schema registry yet; nothing was stored. Try again shortly",
+        )
+    }
+
     /// 503 for a change that may or may not have been stored: the store
     /// lost its connection during the commit and could not check. `instance`
     /// names the task to read back before trying again.

@@ -9,15 +9,19 @@
 //! jittered pause. Without `If-Match` the last writer wins, so such a change
 //! succeeds however busy the task is; with `If-Match` a stale version is
 //! refused (412) and never retried.
+//!
+//! The event is encoded into its outbox row here, through the one
+//! [`EventEncoding`], exactly as it goes on the topic. With Avro the schema
+//! ids were registered at start-up; until they are (the registry was down),
+//! a write fails with [`ServiceError::Encoding`], retriable, storing nothing.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use taskstream_domain::{
-    EventCodec, NewTask, Task, TaskChange, TaskId, TaskPatch, TransitionError,
-};
+use taskstream_domain::{NewTask, Task, TaskChange, TaskId, TaskPatch, TransitionError};
+use taskstream_services::{EncodingError, EventEncoding};
 use taskstream_store::{OutboxMessage, StoreError, TaskQuery, TaskStore};
 use tokio::sync::{Notify, OwnedMutexGuard};
 
@@ -40,8 +44,10 @@ pub enum ServiceError {
     /// could not find out whether it took effect.
     #[error("the outcome of the change to task {0} is unknown")]
     OutcomeUnknown(TaskId),
-    #[error(transparent)]
-    Codec(#[from] taskstream_domain::CodecError),
+    /// The event could not be encoded into its outbox row; retriable while
+    /// the Avro schemas are not registered yet. Nothing was stored.
+    #[error("cannot encode the task's event")]
+    Encoding(#[from] EncodingError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -50,7 +56,7 @@ pub enum ServiceError {
 #[derive(Clone)]
 pub struct TaskService {
     store: Arc<dyn TaskStore>,
-    codec: Arc<dyn EventCodec>,
+    encoding: EventEncoding,
     relay_wake: Arc<Notify>,
     topic: String,
     locks: Arc<TaskLocks>,
@@ -67,16 +73,17 @@ pub const CONTENTION_BUDGET: Duration = Duration::from_secs(10);
 const MAX_RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 impl TaskService {
-    /// `relay_wake` is notified after every commit; events go to `topic`.
+    /// `relay_wake` is notified after every commit; events go to `topic`,
+    /// stored in `encoding`.
     pub fn new(
         store: Arc<dyn TaskStore>,
-        codec: Arc<dyn EventCodec>,
+        encoding: EventEncoding,
         relay_wake: Arc<Notify>,
         topic: impl Into<String>,
     ) -> Self {
         Self {
             store,
-            codec,
+            encoding,
             relay_wake,
             topic: topic.into(),
             locks: Arc::default(),
@@ -88,17 +95,13 @@ impl TaskService {
         change: &TaskChange,
         context: &RequestContext,
     ) -> Result<OutboxMessage, ServiceError> {
-        Ok(OutboxMessage {
-            id: change.event.id.as_uuid(),
-            aggregate_type: "task".to_owned(),
-            aggregate_id: change.task.id.to_string(),
-            event_type: change.event.event_type.to_string(),
-            topic: self.topic.clone(),
-            payload: self.codec.encode(&change.event)?,
-            content_type: self.codec.content_type().to_owned(),
-            traceparent: Some(context.traceparent.clone()),
-            created_at: change.event.time,
-        })
+        Ok(self.encoding.outbox_message(
+            &change.event,
+            "task",
+            change.task.id.to_string(),
+            &self.topic,
+            Some(context.traceparent.clone()),
+        )?)
     }
 
     /// Creates a task; the request's id and trace are copied into its event.

@@ -354,7 +354,14 @@ impl From<ServiceError> for Problem {
                 tracing::warn!(error = &e as &dyn std::error::Error, "task write refused");
                 Problem::from_store(&e)
             }
-            e @ (ServiceError::Codec(_) | ServiceError::Store(_)) => {
+            ServiceError::Encoding(e) if e.is_retriable() => {
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "task write refused: the event schemas are not registered"
+                );
+                Problem::schemas_unregistered()
+            }
+            e @ (ServiceError::Encoding(_) | ServiceError::Store(_)) => {
                 tracing::error!(error = &e as &dyn std::error::Error, "task command failed");
                 Problem::internal()
             }
@@ -372,7 +379,7 @@ impl From<ServiceError> for Problem {
         (status = 400, description = "Malformed JSON or a field of the wrong type", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field failed validation", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database did not take the write (unreachable, locked, timed out), or the outcome of its commit is unknown; nothing was stored unless the outcome is unknown", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database did not take the write (unreachable, locked, timed out), the event schemas are not registered with the schema registry yet (Avro), or the outcome of its commit is unknown; nothing was stored unless the outcome is unknown", body = Problem, content_type = "application/problem+json"),
         (status = 507, description = "The database is out of space; nothing was stored", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -473,7 +480,7 @@ async fn get_task(
         (status = 412, description = "If-Match did not match", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field failed validation", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database did not take the write (unreachable, locked, timed out), or the outcome of its commit is unknown; nothing was stored unless the outcome is unknown", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database did not take the write (unreachable, locked, timed out), the event schemas are not registered with the schema registry yet (Avro), or the outcome of its commit is unknown; nothing was stored unless the outcome is unknown", body = Problem, content_type = "application/problem+json"),
         (status = 507, description = "The database is out of space; nothing was stored", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -506,7 +513,7 @@ async fn update_task(
         (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Already completed, or deleted", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "If-Match did not match", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database did not take the write (unreachable, locked, timed out), or the outcome of its commit is unknown; nothing was stored unless the outcome is unknown", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database did not take the write (unreachable, locked, timed out), the event schemas are not registered with the schema registry yet (Avro), or the outcome of its commit is unknown; nothing was stored unless the outcome is unknown", body = Problem, content_type = "application/problem+json"),
         (status = 507, description = "The database is out of space; nothing was stored", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -536,7 +543,7 @@ async fn complete_task(
         (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Already deleted", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "If-Match did not match", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database did not take the write (unreachable, locked, timed out), or the outcome of its commit is unknown; nothing was stored unless the outcome is unknown", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database did not take the write (unreachable, locked, timed out), the event schemas are not registered with the schema registry yet (Avro), or the outcome of its commit is unknown; nothing was stored unless the outcome is unknown", body = Problem, content_type = "application/problem+json"),
         (status = 507, description = "The database is out of space; nothing was stored", body = Problem, content_type = "application/problem+json"),
     )
 )]

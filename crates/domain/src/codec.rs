@@ -11,8 +11,9 @@ pub enum CodecError {
     Decode(String),
 }
 
-/// Turns envelopes into record values and back. The relay encodes, consumers
-/// decode; swapping the encoding (JSON today) touches only an implementation.
+/// Turns envelopes into record values and back, without I/O. The services'
+/// `EventEncoding` (the seam the API, the relay and consumers share) uses
+/// [`JsonCodec`] for JSON; Avro, which needs a schema registry, lives there.
 pub trait EventCodec: Send + Sync + 'static {
     /// The MIME type written to the [`crate::headers::CONTENT_TYPE`] record header.
     fn content_type(&self) -> &'static str;

@@ -1,45 +1,75 @@
-//! The one seam between stored events and Kafka records: an outbox row
-//! becomes the record as it goes on the topic (key, value, headers), and a
-//! record value becomes an event again.
+//! The one seam between events and Kafka records, used by every side: the
+//! Task API encodes each event into its outbox row, the relay turns a row
+//! into the record as it goes on the topic (key, value, headers), and
+//! consumers read a record value back into an event.
 //!
-//! The outbox stores each event as JSON ([`taskstream_domain::JsonCodec`]),
-//! the same in every deployment, so that the Task API never waits for a
-//! Schema Registry. [`EventEncoding::record`] is the only place that turns a
-//! stored row into a record: as stored (JSON), or as Avro in the Confluent
-//! wire format with schema ids from a registry. [`EventDecoder::decode`] is
-//! the only place that reads a record value back. Header names come from
+//! The outbox row holds the record exactly as it is published: the value
+//! bytes in the deployment's format (JSON, or Avro in the Confluent wire
+//! format with its schema id), the key (`aggregateid`) and the columns the
+//! headers come from (`id`, `type`, `content_type`, `traceparent`). So the
+//! relay publishes the stored bytes untouched, and Debezium's outbox event
+//! router, reading the same columns, publishes the same record.
+//!
+//! With Avro, [`EventEncoding::register_schemas`] registers every event
+//! type's schema when the API starts, and the ids are cached: a write
+//! encodes with them and never calls the registry. Until registration
+//! succeeded (the registry was down at start-up), a write fails with a
+//! retriable [`EncodingError`] and stores nothing; the API answers 503.
+//!
+//! Rows written by earlier versions hold JSON whatever the format; a relay
+//! publishing Avro converts such a row when it publishes it (the only case
+//! where the relay encodes). [`EventDecoder::decode`] is the only place
+//! that reads a record value back. Header names come from
 //! [`taskstream_domain::headers`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use taskstream_avro::{AvroDecoder, AvroEncoder, RegistryClient, AVRO_CONTENT_TYPE, MAGIC_BYTE};
-use taskstream_domain::{headers, EventCodec, EventEnvelope, JsonCodec};
+use taskstream_avro::{
+    AvroDecoder, AvroEncoder, AvroError, RegistryClient, AVRO_CONTENT_TYPE, MAGIC_BYTE,
+};
+use taskstream_domain::{headers, CodecError, EventCodec, EventEnvelope, JsonCodec};
 use taskstream_kafka::OutboundRecord;
 use taskstream_store::OutboxMessage;
+use uuid::Uuid;
+
+use crate::{Backoff, Shutdown};
 
 /// Why an event could not be encoded or decoded.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{message}")]
-pub struct EncodingError {
-    pub message: String,
-    /// The Schema Registry was unreachable: the same call may work later.
-    pub retriable: bool,
+///
+/// [`EncodingError::is_retriable`] is the one classification: only a
+/// registry that is (or was) unreachable may pass; everything else repeats
+/// on every attempt.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodingError {
+    /// Avro encoding or decoding failed.
+    #[error(transparent)]
+    Avro(#[from] AvroError),
+    /// A record value is neither Avro nor a JSON task event.
+    #[error("the record value is not a task event")]
+    Json(#[source] CodecError),
+    /// An event could not be written as JSON.
+    #[error("cannot write the event as JSON")]
+    JsonEncode(#[source] CodecError),
+    /// A stored outbox row (written as JSON) does not read back as an event.
+    #[error("outbox row {id} holds no readable event")]
+    StoredRow {
+        id: Uuid,
+        #[source]
+        source: CodecError,
+    },
+    /// The record is Avro, but this process has no registry to read it with.
+    #[error("the record is Avro, but no schema registry is configured (--schema-registry)")]
+    NoRegistry,
 }
 
 impl EncodingError {
-    fn permanent(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            retriable: false,
-        }
-    }
-}
-
-impl From<taskstream_avro::AvroError> for EncodingError {
-    fn from(e: taskstream_avro::AvroError) -> Self {
-        Self {
-            message: e.message,
-            retriable: e.retriable,
+    /// Whether the same call may succeed later.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Self::Avro(e) => e.is_retriable(),
+            _ => false,
         }
     }
 }
@@ -84,36 +114,139 @@ impl EventRecord {
     }
 }
 
-/// The relay's record format.
+/// The deployment's event format; cheap to clone, so the API and the
+/// relay of one process share the registered schema ids.
+#[derive(Clone)]
 pub enum EventEncoding {
-    /// The outbox payload as stored (JSON).
+    /// UTF-8 JSON ([`JsonCodec`]).
     Json,
-    /// Avro, framed with the schema id (registered on first use per event type).
-    Avro(AvroEncoder),
+    /// Avro, framed with the schema id registered for the event's type.
+    Avro(Arc<AvroEncoder>),
 }
 
 impl EventEncoding {
-    /// Avro against the registry at `registry`, for `topic`.
+    /// Avro against the registry at `registry`, for `topic`. Call
+    /// [`EventEncoding::register_schemas`] before encoding events.
     pub fn avro(registry: Arc<RegistryClient>, topic: &str) -> Self {
-        Self::Avro(AvroEncoder::new(registry, topic))
+        Self::Avro(Arc::new(AvroEncoder::new(registry, topic)))
     }
 
-    /// The record for one outbox row. Fails (retriably while the registry is
-    /// unreachable) when the row cannot be encoded; the row then stays pending.
-    pub async fn record(&self, message: &OutboxMessage) -> Result<EventRecord, EncodingError> {
-        let (value, content_type) = match self {
-            Self::Json => (message.payload.clone(), message.content_type.clone()),
-            Self::Avro(encoder) => {
-                let event = JsonCodec.decode(&message.payload).map_err(|e| {
-                    EncodingError::permanent(format!("outbox row {}: {e}", message.id))
-                })?;
-                (encoder.encode(&event).await?, AVRO_CONTENT_TYPE.to_owned())
+    /// The `content-type` header of the records this format writes.
+    pub fn content_type(&self) -> &'static str {
+        match self {
+            Self::Json => JsonCodec.content_type(),
+            Self::Avro(_) => AVRO_CONTENT_TYPE,
+        }
+    }
+
+    /// Registers every event type's schema (Avro; nothing to do for JSON)
+    /// and caches the ids, so that [`EventEncoding::encode`] never calls the
+    /// registry. Retriable while the registry is unreachable.
+    pub async fn register_schemas(&self) -> Result<(), EncodingError> {
+        match self {
+            Self::Json => Ok(()),
+            Self::Avro(encoder) => Ok(encoder.register_all().await?),
+        }
+    }
+
+    /// Whether [`EventEncoding::encode`] can encode every event type.
+    pub fn is_ready(&self) -> bool {
+        match self {
+            Self::Json => true,
+            Self::Avro(encoder) => encoder.is_registered(),
+        }
+    }
+
+    /// Registers the schemas, trying again with backoff (up to `max_pause`
+    /// apart) until it succeeds or `shutdown` comes. For a registry that was
+    /// down when the API started: writes succeed again once this returns.
+    pub async fn register_schemas_until_done(&self, mut shutdown: Shutdown, max_pause: Duration) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), max_pause);
+        loop {
+            match self.register_schemas().await {
+                Ok(()) => {
+                    if let Self::Avro(encoder) = self {
+                        tracing::info!(
+                            registry = encoder.registry().url(),
+                            "event schemas registered; task writes are accepted"
+                        );
+                    }
+                    return;
+                }
+                Err(error) if error.is_retriable() => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = &error as &dyn std::error::Error, retry_in_ms = delay.as_millis() as u64,
+                        "cannot register the event schemas; task writes are refused (503) until they are");
+                    tokio::select! {
+                        _ = shutdown.wait() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(error = &error as &dyn std::error::Error,
+                        "the schema registry refused the event schemas; task writes are refused until it accepts them and taskstream restarts");
+                    return;
+                }
             }
+        }
+    }
+
+    /// The record value for `event`, as the outbox stores it. Never calls
+    /// the registry: with Avro, fails (retriably) while the schemas are not
+    /// registered yet.
+    pub fn encode(&self, event: &EventEnvelope) -> Result<Vec<u8>, EncodingError> {
+        match self {
+            Self::Json => JsonCodec.encode(event).map_err(EncodingError::JsonEncode),
+            Self::Avro(encoder) => Ok(encoder.encode_registered(event)?),
+        }
+    }
+
+    /// The outbox row recording `event` of aggregate `aggregate_id`, to be
+    /// published to `topic`: the record's value, key and header columns.
+    pub fn outbox_message(
+        &self,
+        event: &EventEnvelope,
+        aggregate_type: &str,
+        aggregate_id: String,
+        topic: &str,
+        traceparent: Option<String>,
+    ) -> Result<OutboxMessage, EncodingError> {
+        Ok(OutboxMessage {
+            id: event.id.as_uuid(),
+            aggregate_type: aggregate_type.to_owned(),
+            aggregate_id,
+            event_type: event.event_type.to_string(),
+            topic: topic.to_owned(),
+            payload: self.encode(event)?,
+            content_type: self.content_type().to_owned(),
+            traceparent,
+            created_at: event.time,
+        })
+    }
+
+    /// The record for one outbox row: its stored bytes and columns, as they
+    /// are. Only a JSON row (written before the outbox stored Avro) meets
+    /// an Avro relay: it is converted, registering its schema if needed.
+    /// Fails (retriably while the registry is unreachable) when that row
+    /// cannot be converted; it then stays pending.
+    pub async fn record(&self, message: &OutboxMessage) -> Result<EventRecord, EncodingError> {
+        let legacy_json = message.content_type == headers::JSON_CONTENT_TYPE;
+        let (value, content_type) = match self {
+            Self::Avro(encoder) if legacy_json => {
+                let event = JsonCodec.decode(&message.payload).map_err(|source| {
+                    EncodingError::StoredRow {
+                        id: message.id,
+                        source,
+                    }
+                })?;
+                (encoder.encode(&event).await?, AVRO_CONTENT_TYPE)
+            }
+            _ => (message.payload.clone(), message.content_type.as_str()),
         };
         let mut headers = vec![
             (headers::EVENT_ID, message.id.to_string().into_bytes()),
             (headers::EVENT_TYPE, message.event_type.clone().into_bytes()),
-            (headers::CONTENT_TYPE, content_type.into_bytes()),
+            (headers::CONTENT_TYPE, content_type.as_bytes().to_vec()),
         ];
         if let Some(traceparent) = &message.traceparent {
             headers.push((headers::TRACEPARENT, traceparent.clone().into_bytes()));
@@ -147,14 +280,10 @@ impl EventDecoder {
         if bytes.first() == Some(&MAGIC_BYTE) {
             return match &self.avro {
                 Some(avro) => Ok(avro.decode(bytes).await?),
-                None => Err(EncodingError::permanent(
-                    "the record is Avro, but no schema registry is configured (--schema-registry)",
-                )),
+                None => Err(EncodingError::NoRegistry),
             };
         }
-        JsonCodec
-            .decode(bytes)
-            .map_err(|e| EncodingError::permanent(e.to_string()))
+        JsonCodec.decode(bytes).map_err(EncodingError::Json)
     }
 }
 
@@ -253,8 +382,9 @@ mod tests {
         let mut broken = row(&change(), None);
         broken.payload = b"not json".to_vec();
         let err = encoding.record(&broken).await.unwrap_err();
-        assert!(!err.retriable, "{err}");
-        assert!(err.message.contains("outbox row"), "{err}");
+        assert!(!err.is_retriable(), "{err}");
+        assert!(err.to_string().contains("outbox row"), "{err}");
+        assert!(std::error::Error::source(&err).is_some());
     }
 
     #[tokio::test]
@@ -264,7 +394,7 @@ mod tests {
             "task-events",
         );
         let err = encoding.record(&row(&change(), None)).await.unwrap_err();
-        assert!(err.retriable, "{err}");
+        assert!(err.is_retriable(), "{err}");
     }
 
     #[tokio::test]
@@ -273,7 +403,58 @@ mod tests {
             .decode(&[MAGIC_BYTE, 0, 0, 0, 1, 2])
             .await
             .unwrap_err();
-        assert!(!err.retriable);
-        assert!(err.message.contains("no schema registry"), "{err}");
+        assert!(!err.is_retriable());
+        assert!(err.to_string().contains("no schema registry"), "{err}");
+    }
+
+    fn offline_avro() -> EventEncoding {
+        // Nothing listens on port 1: these calls must not need the registry.
+        EventEncoding::avro(
+            Arc::new(RegistryClient::new("http://127.0.0.1:1")),
+            "task-events",
+        )
+    }
+
+    #[tokio::test]
+    async fn an_avro_row_is_published_as_stored_without_calling_the_registry() {
+        let mut stored = row(&change(), Some(TRACE));
+        stored.payload = vec![MAGIC_BYTE, 0, 0, 0, 7, 2, 4, 6];
+        stored.content_type = AVRO_CONTENT_TYPE.into();
+        let record = offline_avro().record(&stored).await.unwrap();
+        assert_eq!(record.value, stored.payload);
+        assert_eq!(
+            record.header(headers::CONTENT_TYPE),
+            Some(AVRO_CONTENT_TYPE.as_bytes())
+        );
+        // A JSON relay publishes it untouched too.
+        let record = EventEncoding::Json.record(&stored).await.unwrap();
+        assert_eq!(record.value, stored.payload);
+    }
+
+    #[test]
+    fn an_avro_write_before_the_schemas_are_registered_is_refused_retriably() {
+        let encoding = offline_avro();
+        assert!(!encoding.is_ready());
+        let change = change();
+        let err = encoding
+            .outbox_message(&change.event, "task", change.task.id.to_string(), "t", None)
+            .unwrap_err();
+        assert!(err.is_retriable(), "{err}");
+        assert!(err.to_string().contains("not registered"), "{err}");
+    }
+
+    #[test]
+    fn a_json_outbox_row_holds_the_record_value_key_and_header_columns() {
+        let change = change();
+        let message = EventEncoding::Json
+            .outbox_message(
+                &change.event,
+                "task",
+                change.task.id.to_string(),
+                "task-events",
+                Some(TRACE.into()),
+            )
+            .unwrap();
+        assert_eq!(message, row(&change, Some(TRACE)));
     }
 }

@@ -1,5 +1,8 @@
 //! The outbox relay: publishes committed task events to Kafka, in commit
 //! order, and marks each one published only after the broker acknowledged it.
+//! A row holds the record as it goes on the topic, so the relay publishes its
+//! bytes as stored (see [`crate::EventEncoding::record`]; only rows earlier
+//! versions stored as JSON are converted, when the format is Avro).
 //!
 //! It is woken right after every commit through a [`Notify`], and also polls
 //! on a slow timer so that writes made by another process are not missed.
@@ -69,8 +72,8 @@ pub enum RelayError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Kafka(#[from] KafkaError),
-    /// The event could not be encoded (for Avro: the registry was down or
-    /// refused the schema); it stays pending.
+    /// A row stored as JSON by an earlier version could not be converted to
+    /// Avro (the registry was down or refused the schema); it stays pending.
     #[error("cannot encode the event: {0}")]
     Encoding(#[from] EncodingError),
 }

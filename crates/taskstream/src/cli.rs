@@ -112,12 +112,15 @@ impl RegistryArgs {
     }
 }
 
-/// How the relay writes events.
+/// How events are written: the Task API stores each event in the outbox
+/// in this format, exactly as it goes on the topic; the relay publishes
+/// rows as stored, converting rows that earlier versions stored as JSON
+/// when the format is Avro.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum EventFormat {
     /// Avro in the Confluent wire format, schemas in the registry.
     Avro,
-    /// The JSON envelope, as stored in the outbox.
+    /// The JSON envelope.
     Json,
 }
 
@@ -328,6 +331,12 @@ pub struct ApiArgs {
     /// HTTP listen address; port 0 picks a free port.
     #[arg(long, env = "TASKSTREAM_HTTP", default_value = "127.0.0.1:8080")]
     pub http: SocketAddr,
+    /// How events are stored in the outbox, as they go on the topic (Avro
+    /// needs a schema registry; the event schemas are registered at start-up).
+    #[arg(long, value_enum, default_value = "avro")]
+    pub event_format: EventFormat,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]

@@ -105,11 +105,30 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
 /// `taskstream api`: the Task API alone. A relay in another process finds
 /// new rows by polling.
 pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
+    let registry = match args.event_format {
+        EventFormat::Json => None,
+        EventFormat::Avro => Some(Arc::new(RegistryClient::new(
+            &args.registry.resolve(&args.store.data_dir)?.context(
+                "Avro events need a schema registry: pass --schema-registry URL or set SCHEMA_REGISTRY_URL \
+                 (or --event-format json)",
+            )?,
+        ))),
+    };
     let store = open_store(&args.store).await?;
     let metrics = Metrics::new();
-    let api = components::task_api(Arc::clone(&store), Arc::new(Notify::new()))
+    let encoding = match &registry {
+        Some(client) => EventEncoding::avro(Arc::clone(client), TASK_EVENTS),
+        None => EventEncoding::Json,
+    };
+    let mut running: Vec<Component> = components::register_schemas(&encoding)
+        .await?
+        .into_iter()
+        .collect();
+    let api = components::task_api(Arc::clone(&store), Arc::new(Notify::new()), encoding)
         .audit(store.clone())
         .notifications(store.clone());
+    // No registry check: once the schemas are registered, writes never
+    // call the registry, so its outage must not take the API out of service.
     let checks = components::api_checks(&store);
     let http = serve(
         args.http,
@@ -121,7 +140,8 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
     )
     .await?
     .with_checks(checks);
-    run_until_signal(vec![http], &store).await;
+    running.insert(0, http);
+    run_until_signal(running, &store).await;
     Ok(())
 }
 

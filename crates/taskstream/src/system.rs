@@ -211,7 +211,7 @@ impl RunningSystem {
             &kafka,
             Arc::clone(&wake),
             config.relay.clone(),
-            encoding,
+            encoding.clone(),
             &RelayReadiness {
                 outbox_max_age: config.ready_max_outbox_age,
                 registry: registry.clone(),
@@ -219,6 +219,7 @@ impl RunningSystem {
             &metrics,
         )?;
         let mut running = vec![relay];
+        running.extend(components::register_schemas(&encoding).await?);
         running.extend([
             components::auditor(
                 Arc::clone(&store),
@@ -250,7 +251,7 @@ impl RunningSystem {
                 .chain(registry_component.iter().map(Component::readiness_checks))
                 .chain([&broker_checks[..]]),
         );
-        let api = components::task_api(Arc::clone(&store), wake)
+        let api = components::task_api(Arc::clone(&store), wake, encoding)
             .audit(store.clone())
             .notifications(store.clone())
             .observability(Arc::clone(&metrics), Some(store.clone()), checks);

@@ -101,14 +101,26 @@ impl From<taskstream_store::StoreError> for HandleError {
 /// are not an event this build can read.
 impl From<crate::EncodingError> for HandleError {
     fn from(e: crate::EncodingError) -> Self {
-        Self::classified(e.retriable, e.message.clone(), Box::new(e))
+        Self::classified(e.is_retriable(), chain(&e), Box::new(e))
     }
 }
 
 impl From<taskstream_avro::AvroError> for HandleError {
     fn from(e: taskstream_avro::AvroError) -> Self {
-        Self::classified(e.retriable, e.message.clone(), Box::new(e))
+        Self::classified(e.is_retriable(), chain(&e), Box::new(e))
     }
+}
+
+/// An error and its causes, `"outer: inner: ..."`: the whole story for the
+/// message, since the dead-letter header carries no chain.
+fn chain(error: &dyn StdError) -> String {
+    let mut message = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        message = format!("{message}: {e}");
+        cause = e.source();
+    }
+    message
 }
 
 #[cfg(test)]
@@ -128,28 +140,35 @@ mod tests {
 
     #[test]
     fn an_encoding_error_keeps_its_message_its_class_and_its_cause() {
-        let undecodable = HandleError::from(EncodingError {
-            message: "not json".into(),
-            retriable: false,
-        });
+        let undecodable = HandleError::from(EncodingError::Json(
+            taskstream_domain::CodecError::Decode("not json".into()),
+        ));
         assert!(!undecodable.is_retriable());
-        assert_eq!(undecodable.to_string(), "not json");
-        assert_eq!(undecodable.source().unwrap().to_string(), "not json");
-        let registry_down = HandleError::from(EncodingError {
-            message: "registry unreachable".into(),
-            retriable: true,
-        });
+        assert_eq!(
+            undecodable.to_string(),
+            "the record value is not a task event: cannot decode event: not json"
+        );
+        assert_eq!(
+            undecodable.source().unwrap().to_string(),
+            "the record value is not a task event"
+        );
+        let registry_down = HandleError::from(EncodingError::from(
+            taskstream_avro::AvroError::NotRegistered(taskstream_domain::EventType::TaskCreated),
+        ));
         assert!(registry_down.is_retriable());
     }
 
     #[test]
-    fn an_avro_error_is_classified_by_its_flag() {
-        let error = HandleError::from(taskstream_avro::AvroError {
-            message: "unknown schema id 7".into(),
-            retriable: false,
+    fn an_avro_error_is_classified_by_its_kind() {
+        let error = HandleError::from(taskstream_avro::AvroError::UnknownRecord {
+            id: 7,
+            record: "other.Thing".into(),
         });
         assert!(!error.is_retriable());
-        assert_eq!(error.message(), "unknown schema id 7");
+        assert_eq!(
+            error.message(),
+            "schema 7 is other.Thing, which is no task event this build knows"
+        );
     }
 
     #[test]

@@ -1,23 +1,26 @@
-//! The Task API: its routes over the store, in the event encoding in use.
+//! The Task API: its routes over the store, storing each event in the
+//! deployment's encoding.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use anyhow::Context;
 use taskstream_api::{ApiBuilder, ReadinessCheck};
-use taskstream_domain::{EventCodec, JsonCodec};
 use taskstream_services::topics::TASK_EVENTS;
+use taskstream_services::EventEncoding;
 use taskstream_store::Store;
 use tokio::sync::Notify;
 
-use super::StoreCheck;
+use super::{Component, StoreCheck};
 
-/// The event encoding in use.
-pub fn codec() -> Arc<dyn EventCodec> {
-    Arc::new(JsonCodec)
-}
+/// The longest pause between two attempts to register the event schemas.
+const MAX_REGISTRATION_PAUSE: Duration = Duration::from_secs(5);
 
-/// The Task API's routes over `store`; `relay_wake` is notified after each commit.
-pub fn task_api(store: Arc<Store>, relay_wake: Arc<Notify>) -> ApiBuilder {
-    let service = taskstream_api::TaskService::new(store, codec(), relay_wake, TASK_EVENTS);
+/// The Task API's routes over `store`, writing each event into the outbox
+/// in `encoding`; `relay_wake` is notified after each commit. Call
+/// [`register_schemas`] first, so that writes can encode.
+pub fn task_api(store: Arc<Store>, relay_wake: Arc<Notify>, encoding: EventEncoding) -> ApiBuilder {
+    let service = taskstream_api::TaskService::new(store, encoding, relay_wake, TASK_EVENTS);
     ApiBuilder::new().tasks(service)
 }
 
@@ -26,4 +29,32 @@ pub fn task_api(store: Arc<Store>, relay_wake: Arc<Notify>) -> ApiBuilder {
 /// writes meanwhile.
 pub fn api_checks(store: &Arc<Store>) -> Vec<Arc<dyn ReadinessCheck>> {
     vec![Arc::new(StoreCheck::new(Arc::clone(store)))]
+}
+
+/// Registers every event type's schema before the first write (Avro).
+///
+/// A registry that cannot be reached does not stop the API from starting:
+/// registration is retried in the background by the returned component,
+/// and task writes are refused with 503 (nothing stored) until it
+/// succeeds. A registry that refuses the schemas fails start-up.
+pub async fn register_schemas(encoding: &EventEncoding) -> anyhow::Result<Option<Component>> {
+    match encoding.register_schemas().await {
+        Ok(()) => Ok(None),
+        Err(error) if error.is_retriable() => {
+            tracing::warn!(
+                error = &error as &dyn std::error::Error,
+                "cannot register the event schemas yet; task writes are refused (503) until they are, retrying"
+            );
+            let encoding = encoding.clone();
+            Ok(Some(Component::spawn(
+                "schema-registration",
+                move |shutdown| async move {
+                    encoding
+                        .register_schemas_until_done(shutdown, MAX_REGISTRATION_PAUSE)
+                        .await
+                },
+            )))
+        }
+        Err(error) => Err(error).context("the schema registry refused the event schemas"),
+    }
 }

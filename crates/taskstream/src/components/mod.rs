@@ -28,7 +28,7 @@ use taskstream_api::ReadinessCheck;
 use taskstream_services::{Shutdown, ShutdownTrigger};
 use tokio::task::JoinHandle;
 
-pub use api::{api_checks, codec, task_api};
+pub use api::{api_checks, register_schemas, task_api};
 pub use broker::{
     dev_broker, parse_broker_flush, DevBrokerKind, EmbeddedBroker, EmbeddedBrokerSettings,
     BROKER_DIR,

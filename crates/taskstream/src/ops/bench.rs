@@ -27,9 +27,7 @@ use taskstream_kafka::{
 };
 use taskstream_services::topics::declared_topics;
 use taskstream_services::NOTIFIER_GROUP;
-use taskstream_store::{
-    AuditStore, OutboxMessage, SqliteOptions, SqliteStore, Store, Synchronous, TaskStore,
-};
+use taskstream_store::{AuditStore, SqliteOptions, SqliteStore, Store, Synchronous, TaskStore};
 
 use crate::components::DevBrokerKind;
 use crate::system::{RunningSystem, SystemConfig};
@@ -373,19 +371,20 @@ async fn scratch_store(
 }
 
 /// Writes `count` new tasks and their outbox rows, as the API does, from
-/// `writers` concurrent writers. The payload is the event's JSON, or
-/// `payload_bytes` filler bytes when given.
+/// `writers` concurrent writers. The payload is the event in `encoding`
+/// (schemas registered), or `payload_bytes` filler bytes when given.
 async fn write_tasks(
     store: &Arc<Store>,
     count: usize,
     writers: usize,
     topic: &'static str,
     payload_bytes: Option<usize>,
+    encoding: &taskstream_services::EventEncoding,
 ) -> anyhow::Result<()> {
-    use taskstream_domain::EventCodec;
     let next = Arc::new(AtomicUsize::new(0));
     let tasks = (0..writers).map(|_| {
         let (store, next) = (Arc::clone(store), Arc::clone(&next));
+        let encoding = encoding.clone();
         tokio::spawn(async move {
             while next.fetch_add(1, Ordering::Relaxed) < count {
                 let change = taskstream_domain::Task::create(
@@ -401,21 +400,16 @@ async fn write_tasks(
                     taskstream_domain::now(),
                     taskstream_domain::Cause::default(),
                 );
-                let payload = match payload_bytes {
-                    Some(n) => vec![b'x'; n],
-                    None => taskstream_domain::JsonCodec.encode(&change.event)?,
-                };
-                let message = OutboxMessage {
-                    id: change.event.id.as_uuid(),
-                    aggregate_type: "task".into(),
-                    aggregate_id: change.task.id.to_string(),
-                    event_type: change.event.event_type.to_string(),
-                    topic: topic.into(),
-                    payload,
-                    content_type: taskstream_domain::headers::JSON_CONTENT_TYPE.into(),
-                    traceparent: None,
-                    created_at: change.event.time,
-                };
+                let mut message = encoding.outbox_message(
+                    &change.event,
+                    "task",
+                    change.task.id.to_string(),
+                    topic,
+                    None,
+                )?;
+                if let Some(n) = payload_bytes {
+                    message.payload = vec![b'x'; n];
+                }
                 store.insert_task(&change.task, &message).await?;
             }
             anyhow::Ok(())
@@ -437,7 +431,6 @@ async fn relay_drain(
 ) -> anyhow::Result<f64> {
     use taskstream_store::OutboxStore;
     let (_dir, store) = scratch_store(synchronous).await?;
-    write_tasks(&store, count, 16, CEILING_TOPIC, None).await?;
     let encoding = match registry {
         Some(url) => taskstream_services::EventEncoding::avro(
             Arc::new(taskstream_avro::RegistryClient::new(url)),
@@ -445,6 +438,8 @@ async fn relay_drain(
         ),
         None => taskstream_services::EventEncoding::Json,
     };
+    encoding.register_schemas().await?;
+    write_tasks(&store, count, 16, CEILING_TOPIC, None, &encoding).await?;
     let metrics = taskstream_telemetry::Metrics::new();
     let started = Instant::now();
     let relay = crate::components::relay(
@@ -476,7 +471,16 @@ async fn store_commits(
 ) -> anyhow::Result<f64> {
     let (_dir, store) = scratch_store(synchronous).await?;
     let started = Instant::now();
-    write_tasks(&store, count, concurrency, "task-events", Some(event_bytes)).await?;
+    let json = taskstream_services::EventEncoding::Json;
+    write_tasks(
+        &store,
+        count,
+        concurrency,
+        "task-events",
+        Some(event_bytes),
+        &json,
+    )
+    .await?;
     let rate = count as f64 / started.elapsed().as_secs_f64();
     store.close().await;
     Ok(rate)

@@ -3,7 +3,8 @@
 //! logical decoding (`pgoutput`), and its outbox `EventRouter` turns each
 //! inserted row into the record the relay would send: the row's
 //! `aggregateid` as the key, its `payload` bytes unchanged as the value
-//! (the byte-array converter), its `topic` column as the topic, and the
+//! (the byte-array converter; the API stored them as they go on the topic,
+//! Avro framed with its schema id or JSON), its `topic` column as the topic, and the
 //! `id`, `type`, `content_type` and `traceparent` columns as the headers the
 //! relay sets (`taskstream_domain::headers`). Consumers cannot tell which
 //! one published.

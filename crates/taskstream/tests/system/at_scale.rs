@@ -115,8 +115,9 @@ async fn replicas_in_separate_processes_share_postgres_and_a_standby_relay_takes
         registry.as_str(),
     ];
 
-    let (_api_a, api_a) = start("api", &[], &database, &dir);
-    let (_api_b, api_b) = start("api", &[], &database, &dir);
+    let api_args = ["--schema-registry", registry.as_str()];
+    let (_api_a, api_a) = start("api", &api_args, &database, &dir);
+    let (_api_b, api_b) = start("api", &api_args, &database, &dir);
     let (mut relay_a, relay_a_url) = start("relay", &kafka_args, &database, &dir);
     let (_notifier_a, notifier) = start("notifier", &kafka_args, &database, &dir);
     let (_notifier_b, _) = start("notifier", &kafka_args, &database, &dir);

@@ -232,7 +232,16 @@ async fn each_component_runs_alone_and_stops_cleanly_on_sigterm() {
         .strip_prefix("schema-registry: ")
         .unwrap()
         .to_owned();
-    let (mut api, http) = spawn_printing(&["api", "--http", "127.0.0.1:0"], dir.path());
+    let (mut api, http) = spawn_printing(
+        &[
+            "api",
+            "--http",
+            "127.0.0.1:0",
+            "--schema-registry",
+            &registry_url,
+        ],
+        dir.path(),
+    );
     let api_url = http.strip_prefix("http: ").unwrap().to_owned();
     let (mut relay, relay_http) = spawn_printing(
         &[
@@ -308,7 +317,8 @@ async fn each_component_runs_alone_and_stops_cleanly_on_sigterm() {
         "{metrics}"
     );
 
-    // The events went through the standalone registry, as Avro.
+    // The API registered every event type's schema with the standalone
+    // registry when it started.
     let subjects: Value = client
         .get(format!("{registry_url}/subjects"))
         .send()
@@ -319,7 +329,12 @@ async fn each_component_runs_alone_and_stops_cleanly_on_sigterm() {
         .unwrap();
     assert_eq!(
         subjects,
-        serde_json::json!(["task-events-taskstream.events.TaskCreated"])
+        serde_json::json!([
+            "task-events-taskstream.events.TaskCompleted",
+            "task-events-taskstream.events.TaskCreated",
+            "task-events-taskstream.events.TaskDeleted",
+            "task-events-taskstream.events.TaskUpdated"
+        ])
     );
     for child in [
         &mut api,

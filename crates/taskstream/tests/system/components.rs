@@ -45,12 +45,14 @@ async fn components_started_from_the_library_on_random_ports_carry_a_task_change
     .unwrap();
     let metrics = Metrics::new();
     let wake = Arc::new(Notify::new());
+    let encoding = EventEncoding::avro(Arc::clone(&registry_client), TASK_EVENTS);
+    encoding.register_schemas().await.unwrap();
     let relay = components::relay_with_readiness(
         Arc::clone(&store),
         &kafka,
         Arc::clone(&wake),
         RelaySettings::default(),
-        EventEncoding::avro(Arc::clone(&registry_client), TASK_EVENTS),
+        encoding.clone(),
         &RelayReadiness {
             outbox_max_age: Duration::from_secs(30),
             registry: Some(Arc::clone(&registry_client)),
@@ -82,7 +84,7 @@ async fn components_started_from_the_library_on_random_ports_carry_a_task_change
         notifier.readiness_checks(),
         registry.readiness_checks(),
     ]);
-    let api = components::task_api(Arc::clone(&store), wake)
+    let api = components::task_api(Arc::clone(&store), wake, encoding)
         .audit(store.clone())
         .notifications(store.clone())
         .observability(Arc::clone(&metrics), Some(store.clone()), checks);

@@ -84,7 +84,12 @@ fn expected_events() -> Vec<(String, i64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_patches_without_if_match_all_succeed_and_each_emits_one_event_in_order() {
     let mut data_dir = PathBuf::new();
-    let app = spawn_app_with(|config| data_dir = config.data_dir.clone()).await;
+    // JSON events, so that the outbox rows read back without a registry.
+    let app = spawn_app_with(|config| {
+        data_dir = config.data_dir.clone();
+        config.registry = taskstream::system::RegistrySetting::Disabled;
+    })
+    .await;
     let task = app.created("contended", None).await;
     let id = task["id"].as_str().unwrap();
 
@@ -130,8 +135,9 @@ async fn concurrent_patches_through_two_api_processes_on_postgres_all_succeed_in
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let (_api_a, api_a) = start("api", &[], &database, &dir);
-    let (_api_b, api_b) = start("api", &[], &database, &dir);
+    let json = ["--event-format", "json"];
+    let (_api_a, api_a) = start("api", &json, &database, &dir);
+    let (_api_b, api_b) = start("api", &json, &database, &dir);
     let created: Value = client()
         .post(format!("{api_a}/tasks"))
         .json(&json!({ "title": "contended across processes" }))

@@ -90,7 +90,7 @@ async fn sigkill_of_any_replica(broker: &Broker) {
     ];
     let launch_replica = |i: usize| {
         let mut extra: Vec<&str> = match REPLICAS[i] {
-            "api" => Vec::new(),
+            "api" => kafka_args[2..].iter().map(String::as_str).collect(),
             _ => kafka_args.iter().map(String::as_str).collect(),
         };
         if matches!(REPLICAS[i], "notifier" | "auditor") {

@@ -2,18 +2,20 @@
 //! (`wal_level = logical`): the Task API writes tasks and their outbox rows,
 //! a Kafka Connect worker runs the Debezium connector with the configuration
 //! `taskstream cdc connector-config` prints, and the auditor and notifier
-//! consume what it publishes. No relay runs. Every change is audited once
-//! and in order, and every record on `task-events` is, byte for byte, the
-//! record the relay would have sent for that outbox row (key, value,
-//! headers), so consumers cannot tell the two publishers apart.
+//! consume what it publishes. No relay runs. Events are Avro: the API
+//! stores each one framed with its registered schema id. Every change is
+//! audited once and in order, and every record on `task-events` is, byte
+//! for byte, the record the relay would have sent for that outbox row (key,
+//! value, headers), so consumers cannot tell the two publishers apart.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use taskstream::components::{self, NotifierSink};
+use taskstream::components::{self, ConsumerOptions, NotifierSink};
 use taskstream::ops::cdc::OutboxConnector;
+use taskstream_avro::{RegistryClient, AVRO_CONTENT_TYPE, MAGIC_BYTE};
 use taskstream_kafka::read_topic;
 use taskstream_services::topics::TASK_EVENTS;
 use taskstream_services::EventEncoding;
@@ -76,8 +78,23 @@ async fn with_debezium_in_place_of_the_relay_every_change_is_audited_and_its_rec
         .await
         .unwrap_or_else(|e| panic!("{e}\nworker log:\n{}", worker.log_tail(40)));
 
+    let (registry_addr, registry) = components::registry(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.path(),
+        "registry",
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let registry_client = Arc::new(RegistryClient::new(&format!("http://{registry_addr}")));
+    let encoding = EventEncoding::avro(Arc::clone(&registry_client), TASK_EVENTS);
+    encoding.register_schemas().await.unwrap();
+
     let metrics = Metrics::new();
-    let options = broker.consumer_options();
+    let options = ConsumerOptions {
+        registry: Some(registry_client),
+        ..broker.consumer_options()
+    };
     let auditor =
         components::auditor(Arc::clone(&store), &kafka, None, &options, &metrics).unwrap();
     let notifier = components::notifier(
@@ -89,9 +106,13 @@ async fn with_debezium_in_place_of_the_relay_every_change_is_audited_and_its_rec
         &metrics,
     )
     .unwrap();
-    let api = components::task_api(Arc::clone(&store), Arc::new(Notify::new()))
-        .audit(store.clone())
-        .notifications(store.clone());
+    let api = components::task_api(
+        Arc::clone(&store),
+        Arc::new(Notify::new()),
+        encoding.clone(),
+    )
+    .audit(store.clone())
+    .notifications(store.clone());
     let (_, http) = components::http("127.0.0.1:0".parse().unwrap(), api, &Default::default())
         .await
         .unwrap();
@@ -186,8 +207,14 @@ async fn with_debezium_in_place_of_the_relay_every_change_is_audited_and_its_rec
         .collect();
     assert_eq!(published.len(), changes, "one record per outbox row");
     for row in &rows {
-        let expected = EventEncoding::Json.record(&row.message).await.unwrap();
+        let expected = encoding.record(&row.message).await.unwrap();
         assert_eq!(expected.topic, TASK_EVENTS);
+        assert_eq!(expected.value[0], MAGIC_BYTE, "the row holds framed Avro");
+        assert_eq!(
+            expected.header(taskstream_domain::headers::CONTENT_TYPE),
+            Some(AVRO_CONTENT_TYPE.as_bytes())
+        );
+        assert_eq!(expected.value, row.message.payload, "published as stored");
         let headers: BTreeMap<String, Vec<u8>> = expected
             .headers
             .iter()
@@ -203,7 +230,7 @@ async fn with_debezium_in_place_of_the_relay_every_change_is_audited_and_its_rec
         );
     }
 
-    for component in [auditor, notifier, http] {
+    for component in [auditor, notifier, http, registry] {
         component.stop().await;
     }
     let _ = worker.delete_connector("taskstream-outbox").await;

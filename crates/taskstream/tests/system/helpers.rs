@@ -263,7 +263,11 @@ impl Pipeline {
         .unwrap();
         let (addr, http) = components::http(
             "127.0.0.1:0".parse().unwrap(),
-            components::task_api(store.clone(), wake),
+            components::task_api(
+                store.clone(),
+                wake,
+                taskstream_services::EventEncoding::Json,
+            ),
             &Default::default(),
         )
         .await

@@ -27,6 +27,7 @@ mod manifests;
 mod notifier_groups;
 mod observability;
 mod offset_resets;
+mod outbox_format;
 mod processor;
 mod rebalance;
 mod relay_lease;
