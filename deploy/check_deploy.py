@@ -35,7 +35,10 @@ values-production.yaml, topics-prod.yaml), with the chart rendered by
       the KafkaConnector is exactly `taskstream cdc connector-config` for the
       chart's database, its password is read from a Secret the workers may
       read and nothing else, and the chart's PostgreSQL runs with
-      wal_level=logical.
+      wal_level=logical;
+  (i) every taskstream container that stores or publishes Avro (`api` and
+      `relay` with `--event-format avro`, the default) is told where the
+      schema registry is.
 
 --components FILE replaces the output of `users list --json` (to check what a
 changed declaration would break); --taskstream is still asked for (g).
@@ -605,6 +608,24 @@ def check_environment(report, env, components, users, args, values, topics, docs
     else:
         report.check(f"[{env}] (g) not checked: no --taskstream binary to ask", [])
     check_publisher(report, env, components, users, args, values, topics, docs, workloads)
+    check_registry(report, env, workloads)
+
+
+def check_registry(report, env, workloads):
+    """(i) the API encodes Avro with schema ids from the registry, so it needs one."""
+    problems, checked = [], 0
+    for w in workloads:
+        if w.component not in ("api", "relay"):
+            continue
+        for container in w.containers():
+            args_ = [str(a) for a in container.get("args") or []]
+            fmt = args_[args_.index("--event-format") + 1] if "--event-format" in args_[:-1] else "avro"
+            if fmt != "avro":
+                continue
+            checked += 1
+            if not isinstance(w.env(container).get("SCHEMA_REGISTRY_URL"), str):
+                problems.append(f"{w.name}/{container['name']}: stores or publishes Avro but has no SCHEMA_REGISTRY_URL")
+    report.check(f"[{env}] (i) the {checked} containers that encode Avro know the schema registry", problems)
 
 
 def check_publisher(report, env, components, users, args, values, topics, docs, workloads):

@@ -414,10 +414,7 @@ fn more_consumers_than_partitions_and_other_bad_values_fail_to_render() {
             "postgresql.enabled=false",
             "database.existingSecret (a Secret holding the PostgreSQL URL) is required",
         ),
-        (
-            "relay.eventFormat=protobuf",
-            "relay.eventFormat must be avro or json",
-        ),
+        ("eventFormat=protobuf", "eventFormat must be avro or json"),
     ] {
         let out = render(&helm, &["values.yaml"], &["--set", set]);
         assert!(!out.status.success(), "--set {set} rendered");
@@ -496,7 +493,9 @@ fn the_chart_and_the_strimzi_resources_agree_with_what_the_binary_declares() {
     };
     let (ok, text) = check_deploy(&python, &helm, &[]);
     assert!(ok, "{text}");
-    for check in ["(a)", "(b)", "(c)", "(d)", "(e)", "(f)", "(g)", "(h)"] {
+    for check in [
+        "(a)", "(b)", "(c)", "(d)", "(e)", "(f)", "(g)", "(h)", "(i)",
+    ] {
         for env in [
             "[dev]",
             "[production]",

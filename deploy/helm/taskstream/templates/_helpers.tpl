@@ -205,11 +205,11 @@ Checks the values before anything is rendered; a wrong combination fails
 {{- if and (include "taskstream.kafkaTls" .) (not .Values.kafka.clusterCaSecret) }}
 {{- fail (printf "kafka.clusterCaSecret is required with kafka.securityProtocol %s" .Values.kafka.securityProtocol) }}
 {{- end }}
-{{- if not (has .Values.relay.eventFormat (list "avro" "json")) }}
-{{- fail (printf "relay.eventFormat must be avro or json, got %q" .Values.relay.eventFormat) }}
+{{- if not (has .Values.eventFormat (list "avro" "json")) }}
+{{- fail (printf "eventFormat must be avro or json, got %q" .Values.eventFormat) }}
 {{- end }}
-{{- if and (not .Values.schemaRegistry.enabled) (not .Values.schemaRegistry.url) (eq .Values.relay.eventFormat "avro") }}
-{{- fail "schemaRegistry.url is required when schemaRegistry.enabled is false and relay.eventFormat is avro" }}
+{{- if and (not .Values.schemaRegistry.enabled) (not .Values.schemaRegistry.url) (eq .Values.eventFormat "avro") }}
+{{- fail "schemaRegistry.url is required when schemaRegistry.enabled is false and eventFormat is avro" }}
 {{- end }}
 {{- if and (not .Values.postgresql.enabled) (not .Values.database.existingSecret) }}
 {{- fail "database.existingSecret (a Secret holding the PostgreSQL URL) is required when postgresql.enabled is false" }}
