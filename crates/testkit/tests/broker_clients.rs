@@ -18,7 +18,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use serde_json::Value;
 use taskstream_broker::{Broker, BrokerConfig, RunningBroker};
-use taskstream_testkit::{skip_or_fail, KafkaRuntime, REQUIRE_KAFKA_ENV};
+use taskstream_testkit::{
+    skip_or_fail, ConnectWorker, KafkaRuntime, POSTGRES_CONNECTOR, REQUIRE_KAFKA_ENV,
+};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -263,4 +265,207 @@ async fn the_java_client_copies_exactly_once_through_aborted_transactions_and_re
         ["java-copiers", "java-in", "0", "60", "60", "0"],
         "{described}"
     );
+}
+
+/// A database of its own on the test PostgreSQL with an outbox table, or
+/// `None` after reporting the check skipped (a failure under
+/// `TASKSTREAM_REQUIRE_POSTGRES=1`).
+async fn outbox_database() -> Option<(String, String)> {
+    use sqlx::Connection;
+    let admin = std::env::var("TASKSTREAM_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let mut conn = match sqlx::PgConnection::connect(&admin).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            let why = format!("no PostgreSQL for Debezium: {e}");
+            assert!(
+                std::env::var("TASKSTREAM_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+                "{why} (TASKSTREAM_REQUIRE_POSTGRES=1)"
+            );
+            eprintln!("SKIPPED: Kafka Connect on taskstream's broker — {why}");
+            return None;
+        }
+    };
+    let name = format!("connect_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+    let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query(
+        "CREATE TABLE outbox (
+            id uuid PRIMARY KEY,
+            aggregatetype varchar(255) NOT NULL,
+            aggregateid varchar(255) NOT NULL,
+            type varchar(255) NOT NULL,
+            payload bytea NOT NULL
+        )",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    Some((admin, name))
+}
+
+async fn insert_outbox_rows(admin: &str, database: &str, range: std::ops::RangeInclusive<u32>) {
+    use sqlx::Connection;
+    let url = format!("{}/{database}", admin.rsplit_once('/').unwrap().0);
+    let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+    for i in range {
+        sqlx::query("INSERT INTO outbox VALUES (gen_random_uuid(), 'task', $1, 'created', $2)")
+            .bind(format!("key-{i}"))
+            .bind(format!("payload-{i}").into_bytes())
+            .execute(&mut db)
+            .await
+            .unwrap();
+    }
+}
+
+async fn drop_outbox_database(admin: &str, database: &str) {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(admin).await.unwrap();
+    // The slot is released once the killed worker's connection is gone.
+    for _ in 0..60 {
+        let dropped = sqlx::query(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+             WHERE slot_name = $1",
+        )
+        .bind(database)
+        .execute(&mut conn)
+        .await;
+        if dropped.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+        .execute(&mut conn)
+        .await;
+}
+
+/// Reads `topic` from its start with `isolation` until `count` records
+/// arrived or `patience` passed: their keys and values.
+fn read_topic(
+    bootstrap: &str,
+    topic: &str,
+    isolation: &str,
+    count: usize,
+    patience: Duration,
+) -> Vec<(String, String)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "connect-readers")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", isolation)
+        .create()
+        .expect("consumer");
+    let mut partitions = rdkafka::TopicPartitionList::new();
+    partitions
+        .add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    consumer.assign(&partitions).unwrap();
+    let deadline = std::time::Instant::now() + patience;
+    let mut records = Vec::new();
+    while records.len() < count && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let text =
+                |b: Option<&[u8]>| String::from_utf8_lossy(b.unwrap_or_default()).into_owned();
+            records.push((text(m.key()), text(m.payload())));
+        }
+    }
+    records
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_connect_with_exactly_once_sources_delivers_debezium_outbox_rows_once_across_a_worker_restart(
+) {
+    let what = "Kafka Connect (exactly-once sources) on taskstream's broker";
+    let Some(runtime) = java_or_skip(what) else {
+        return;
+    };
+    let Some((admin, database)) = outbox_database().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_broker(&dir.path().join("broker"));
+    let bootstrap = broker.addr().to_string();
+    create_topics(&broker, &["connect-events"]).await;
+    let eos = [("exactly.once.source.support", "enabled")];
+    let worker = ConnectWorker::start_on(&bootstrap, dir.path(), &runtime, "cx", &eos)
+        .await
+        .expect("the Connect worker starts on taskstream's broker");
+    let connector = serde_json::json!({
+        "connector.class": POSTGRES_CONNECTOR,
+        "tasks.max": "1",
+        "exactly.once.support": "required",
+        "database.hostname": "127.0.0.1",
+        "database.port": "5432",
+        "database.user": "postgres",
+        "database.dbname": database,
+        "topic.prefix": database,
+        "plugin.name": "pgoutput",
+        "slot.name": database,
+        "publication.name": database,
+        "publication.autocreate.mode": "filtered",
+        "table.include.list": "public.outbox",
+        "snapshot.mode": "no_data",
+        "transforms": "outbox",
+        "transforms.outbox.type": "io.debezium.transforms.outbox.EventRouter",
+        "transforms.outbox.table.field.event.id": "id",
+        "transforms.outbox.table.field.event.key": "aggregateid",
+        "transforms.outbox.table.field.event.payload": "payload",
+        "transforms.outbox.route.topic.replacement": "connect-events",
+        "key.converter": "org.apache.kafka.connect.storage.StringConverter",
+        "value.converter": "org.apache.kafka.connect.converters.ByteArrayConverter",
+    });
+    worker
+        .put_connector("outbox", &connector)
+        .await
+        .expect("connector created");
+    worker
+        .wait_until_running("outbox", PATIENCE * 4)
+        .await
+        .expect("the connector runs");
+    insert_outbox_rows(&admin, &database, 1..=3).await;
+    let first = tokio::task::spawn_blocking({
+        let bootstrap = bootstrap.clone();
+        move || read_topic(&bootstrap, "connect-events", "read_committed", 3, PATIENCE)
+    })
+    .await
+    .unwrap();
+    assert_eq!(first.len(), 3, "{first:?}");
+
+    // A killed worker comes back from its transactional offsets: nothing
+    // published twice, nothing lost.
+    worker.kill();
+    worker.restart().await.expect("the worker starts again");
+    worker
+        .wait_until_running("outbox", PATIENCE * 4)
+        .await
+        .expect("the connector runs again");
+    insert_outbox_rows(&admin, &database, 4..=6).await;
+    let all = tokio::task::spawn_blocking({
+        let bootstrap = bootstrap.clone();
+        // One more than published: a duplicate would show within 10 s.
+        move || {
+            read_topic(
+                &bootstrap,
+                "connect-events",
+                "read_committed",
+                7,
+                Duration::from_secs(10),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    let expected: Vec<(String, String)> = (1..=6)
+        .map(|i| (format!("key-{i}"), format!("payload-{i}")))
+        .collect();
+    worker.kill();
+    drop_outbox_database(&admin, &database).await;
+    assert_eq!(all, expected, "each row once, in order");
 }
