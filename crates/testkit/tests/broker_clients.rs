@@ -267,10 +267,19 @@ async fn the_java_client_copies_exactly_once_through_aborted_transactions_and_re
     );
 }
 
-/// A database of its own on the test PostgreSQL with an outbox table, or
-/// `None` after reporting the check skipped (a failure under
-/// `TASKSTREAM_REQUIRE_POSTGRES=1`).
-async fn outbox_database() -> Option<(String, String)> {
+/// A database of its own on the test PostgreSQL with an outbox table.
+struct OutboxDatabase {
+    /// The administrative connection URL it was created through.
+    admin: String,
+    name: String,
+    host: String,
+    port: String,
+    user: String,
+}
+
+/// An [`OutboxDatabase`], or `None` after reporting the check skipped (a
+/// failure under `TASKSTREAM_REQUIRE_POSTGRES=1`).
+async fn outbox_database() -> Option<OutboxDatabase> {
     use sqlx::Connection;
     let admin = std::env::var("TASKSTREAM_TEST_POSTGRES")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
@@ -305,7 +314,22 @@ async fn outbox_database() -> Option<(String, String)> {
     .execute(&mut db)
     .await
     .unwrap();
-    Some((admin, name))
+    // postgres://user[:password]@host[:port]/db
+    let authority = url
+        .trim_start_matches("postgres://")
+        .trim_start_matches("postgresql://")
+        .rsplit_once('/')
+        .unwrap()
+        .0;
+    let (user, host_port) = authority.rsplit_once('@').unwrap();
+    let (host, port) = host_port.rsplit_once(':').unwrap_or((host_port, "5432"));
+    Some(OutboxDatabase {
+        admin,
+        name,
+        host: host.to_owned(),
+        port: port.to_owned(),
+        user: user.split(':').next().unwrap().to_owned(),
+    })
 }
 
 async fn insert_outbox_rows(admin: &str, database: &str, range: std::ops::RangeInclusive<u32>) {
@@ -386,7 +410,7 @@ async fn kafka_connect_with_exactly_once_sources_delivers_debezium_outbox_rows_o
     let Some(runtime) = java_or_skip(what) else {
         return;
     };
-    let Some((admin, database)) = outbox_database().await else {
+    let Some(db) = outbox_database().await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -401,14 +425,14 @@ async fn kafka_connect_with_exactly_once_sources_delivers_debezium_outbox_rows_o
         "connector.class": POSTGRES_CONNECTOR,
         "tasks.max": "1",
         "exactly.once.support": "required",
-        "database.hostname": "127.0.0.1",
-        "database.port": "5432",
-        "database.user": "postgres",
-        "database.dbname": database,
-        "topic.prefix": database,
+        "database.hostname": db.host,
+        "database.port": db.port,
+        "database.user": db.user,
+        "database.dbname": db.name,
+        "topic.prefix": db.name,
         "plugin.name": "pgoutput",
-        "slot.name": database,
-        "publication.name": database,
+        "slot.name": db.name,
+        "publication.name": db.name,
         "publication.autocreate.mode": "filtered",
         "table.include.list": "public.outbox",
         "snapshot.mode": "no_data",
@@ -429,7 +453,7 @@ async fn kafka_connect_with_exactly_once_sources_delivers_debezium_outbox_rows_o
         .wait_until_running("outbox", PATIENCE * 4)
         .await
         .expect("the connector runs");
-    insert_outbox_rows(&admin, &database, 1..=3).await;
+    insert_outbox_rows(&db.admin, &db.name, 1..=3).await;
     let first = tokio::task::spawn_blocking({
         let bootstrap = bootstrap.clone();
         move || read_topic(&bootstrap, "connect-events", "read_committed", 3, PATIENCE)
@@ -446,7 +470,7 @@ async fn kafka_connect_with_exactly_once_sources_delivers_debezium_outbox_rows_o
         .wait_until_running("outbox", PATIENCE * 4)
         .await
         .expect("the connector runs again");
-    insert_outbox_rows(&admin, &database, 4..=6).await;
+    insert_outbox_rows(&db.admin, &db.name, 4..=6).await;
     let all = tokio::task::spawn_blocking({
         let bootstrap = bootstrap.clone();
         // One more than published: a duplicate would show within 10 s.
@@ -466,6 +490,6 @@ async fn kafka_connect_with_exactly_once_sources_delivers_debezium_outbox_rows_o
         .map(|i| (format!("key-{i}"), format!("payload-{i}")))
         .collect();
     worker.kill();
-    drop_outbox_database(&admin, &database).await;
+    drop_outbox_database(&db.admin, &db.name).await;
     assert_eq!(all, expected, "each row once, in order");
 }
