@@ -36,6 +36,28 @@ pub(crate) struct Shared {
     pub transactions: Transactions,
 }
 
+#[cfg(test)]
+impl Shared {
+    /// The state of a broker on `data_dir` with default settings, without
+    /// a listener, for handler tests.
+    pub(crate) fn open_for_tests(data_dir: &Path) -> Arc<Self> {
+        let config = BrokerConfig::new(data_dir);
+        let topics = Topics::open(data_dir, config.log).unwrap();
+        Arc::new(Self {
+            advertised_host: "127.0.0.1".into(),
+            advertised_port: 9092,
+            cluster_id: cluster_id(data_dir).unwrap(),
+            producer_ids: ProducerIds::open(data_dir).unwrap(),
+            _lock: lock_data_dir(data_dir).unwrap(),
+            coordinator: Coordinator::default(),
+            offsets: OffsetStore::open(data_dir).unwrap(),
+            transactions: Transactions::open(data_dir).unwrap(),
+            topics,
+            config,
+        })
+    }
+}
+
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

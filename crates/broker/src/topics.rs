@@ -80,6 +80,15 @@ pub(crate) struct Topic {
     pub partitions: Vec<Partition>,
 }
 
+impl Topic {
+    /// The partition numbered `index`, if the topic has it.
+    pub fn partition(&self, index: i32) -> Option<&Partition> {
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| self.partitions.get(i))
+    }
+}
+
 /// Every topic, by name.
 #[derive(Debug)]
 pub(crate) struct Topics {

@@ -79,6 +79,11 @@ pub(crate) struct TxnRecord {
     pub id: String,
     pub producer_id: i64,
     pub epoch: i16,
+    /// The epoch before the last bump its producer asked for (KIP-360),
+    /// or -1 after a bump that fenced the producer: a retried
+    /// InitProducerId carrying it gets the current epoch back.
+    #[serde(default = "no_epoch")]
+    pub last_epoch: i16,
     pub timeout_ms: i32,
     pub state: TxnState,
     /// When the current transaction began (ms since the epoch).
@@ -86,6 +91,10 @@ pub(crate) struct TxnRecord {
     pub partitions: BTreeSet<(String, i32)>,
     pub groups: BTreeSet<String>,
     pub offsets: Vec<PendingOffset>,
+}
+
+fn no_epoch() -> i16 {
+    -1
 }
 
 #[derive(Debug)]
@@ -225,20 +234,36 @@ impl Transactions {
             .cloned()
             .collect();
         let count = unfinished.len();
-        for mut txn in unfinished {
-            if txn.state == TxnState::Ongoing {
+        for txn in unfinished {
+            let done = if txn.state == TxnState::Ongoing {
                 tracing::info!(
                     transactional_id = txn.id,
                     "aborting a transaction left open by the last run"
                 );
-                txn.epoch = txn.epoch.saturating_add(1);
-                txn.state = TxnState::PrepareAbort;
-                self.save(&mut inner, txn.clone())?;
-            }
-            self.complete(&mut inner, txn, stores)
-                .map_err(|e| io::Error::other(format!("{e:?}")))?;
+                self.fence_and_abort(&mut inner, txn, stores)
+            } else {
+                self.complete(&mut inner, txn, stores)
+            };
+            done.map_err(|e| io::Error::other(format!("{e:?}")))?;
         }
         Ok(count)
+    }
+
+    /// Fences the producer of an open transaction and aborts it: the epoch
+    /// is bumped (forgetting the previous one, so that the fenced producer
+    /// cannot claim it back through KIP-360), the decision stored, then the
+    /// abort markers written with the new epoch.
+    fn fence_and_abort(
+        &self,
+        inner: &mut Inner,
+        mut txn: TxnRecord,
+        stores: &Stores<'_>,
+    ) -> Result<(), ResponseError> {
+        txn.epoch = txn.epoch.saturating_add(1);
+        txn.last_epoch = no_epoch();
+        txn.state = TxnState::PrepareAbort;
+        self.save(inner, txn.clone()).map_err(storage_error)?;
+        self.complete(inner, txn, stores)
     }
 
     /// Writes a prepared transaction's markers (and, for a commit, its
@@ -258,14 +283,19 @@ impl Transactions {
             let Some(topic) = stores.topics.get(topic) else {
                 continue; // deleted since
             };
-            let Some(partition) = usize::try_from(*p)
-                .ok()
-                .and_then(|i| topic.partitions.get(i))
-            else {
+            let Some(partition) = topic.partition(*p) else {
                 continue;
             };
             let mut log = partition.log();
-            match log.append_marker(txn.producer_id, txn.epoch, commit) {
+            // The marker is fsynced before the transaction is recorded
+            // complete, whatever the flush policy: once the coordinator
+            // says complete it never writes the marker again, so a marker
+            // lost to a power failure would leave the partition's
+            // transaction open for good.
+            let written = log
+                .append_marker(txn.producer_id, txn.epoch, commit)
+                .and_then(|offset| log.sync().map(|()| offset).map_err(AppendError::Io));
+            match written {
                 Ok(_) => {
                     partition.appended.send_replace(log.next_offset());
                 }
@@ -312,6 +342,14 @@ impl Transactions {
     /// InitProducerId for a transactional id: a producer id and a new
     /// epoch, fencing any earlier producer with this id (whose open
     /// transaction is aborted).
+    ///
+    /// With `expected` (KIP-360, InitProducerId v3+), a producer bumps its
+    /// own epoch: it must hold the current one, or the one before its last
+    /// bump (a retry whose answer was lost gets the current epoch, not
+    /// bumped again), else it is fenced. A producer whose transaction was
+    /// aborted on timeout or by a restart was fenced by that bump, and stays
+    /// fenced, as in Kafka (`TransactionMetadata.prepareIncrementProducerEpoch`
+    /// after an epoch fence, which forgets the last epoch).
     pub fn init_producer_id(
         &self,
         stores: &Stores<'_>,
@@ -324,12 +362,13 @@ impl Transactions {
             return Err(ResponseError::InvalidTransactionTimeout);
         }
         let mut inner = self.lock();
-        let Some(mut txn) = inner.txns.get(id).cloned() else {
+        let Some(txn) = inner.txns.get(id).cloned() else {
             let producer_id = producer_ids.next().map_err(storage_error)?;
             let txn = TxnRecord {
                 id: id.to_owned(),
                 producer_id,
                 epoch: 0,
+                last_epoch: no_epoch(),
                 timeout_ms,
                 state: TxnState::Empty,
                 started_ms: 0,
@@ -340,29 +379,36 @@ impl Transactions {
             self.save(&mut inner, txn).map_err(storage_error)?;
             return Ok((producer_id, 0));
         };
+        // A retry of the bump that made the current epoch.
+        let retry = expected.is_some_and(|(_, epoch)| {
+            epoch != txn.epoch && epoch == txn.last_epoch && txn.last_epoch >= 0
+        });
         if let Some((pid, epoch)) = expected {
-            // KIP-360: a producer bumping its own epoch must still hold it.
-            if pid != txn.producer_id || epoch != txn.epoch {
+            let open = matches!(txn.state, TxnState::Ongoing);
+            if pid != txn.producer_id || (epoch != txn.epoch && !retry) || (retry && open) {
                 return Err(ResponseError::ProducerFenced);
             }
         }
         match txn.state {
-            TxnState::Ongoing => {
-                txn.epoch = txn.epoch.saturating_add(1);
-                txn.state = TxnState::PrepareAbort;
-                self.save(&mut inner, txn.clone()).map_err(storage_error)?;
-                self.complete(&mut inner, txn, stores)?;
-            }
+            TxnState::Ongoing => self.fence_and_abort(&mut inner, txn, stores)?,
             TxnState::PrepareCommit | TxnState::PrepareAbort => {
                 self.complete(&mut inner, txn, stores)?;
             }
             _ => {}
         }
         let mut txn = inner.txns[id].clone();
-        if txn.epoch >= i16::MAX - 1 {
+        if retry {
+            // Answered with the current epoch, not bumped again.
+        } else if txn.epoch >= i16::MAX - 1 {
             txn.producer_id = producer_ids.next().map_err(storage_error)?;
             txn.epoch = 0;
+            txn.last_epoch = no_epoch();
         } else {
+            // Only a producer bumping its own epoch may retry the bump.
+            txn.last_epoch = match expected {
+                Some(_) => txn.epoch,
+                None => no_epoch(),
+            };
             txn.epoch += 1;
         }
         txn.timeout_ms = timeout_ms;
@@ -417,9 +463,9 @@ impl Transactions {
         let unknown: Vec<&(String, i32)> = partitions
             .iter()
             .filter(|(t, p)| {
-                !topics
+                topics
                     .get(t)
-                    .is_some_and(|topic| (0..topic.partitions.len() as i32).contains(p))
+                    .is_none_or(|topic| topic.partition(*p).is_none())
             })
             .collect();
         let mut inner = self.lock();
@@ -541,20 +587,14 @@ impl Transactions {
             .cloned()
             .collect();
         let mut aborted = Vec::new();
-        for mut txn in expired {
+        for txn in expired {
             tracing::info!(
                 transactional_id = txn.id,
                 timeout_ms = txn.timeout_ms,
                 "aborting a transaction open longer than its timeout"
             );
-            txn.epoch = txn.epoch.saturating_add(1);
-            txn.state = TxnState::PrepareAbort;
             let id = txn.id.clone();
-            let done = self
-                .save(&mut inner, txn.clone())
-                .map_err(storage_error)
-                .and_then(|()| self.complete(&mut inner, txn, stores));
-            match done {
+            match self.fence_and_abort(&mut inner, txn, stores) {
                 Ok(()) => aborted.push(id),
                 Err(e) => tracing::error!(transactional_id = id, error = ?e, "aborting failed"),
             }
@@ -591,7 +631,7 @@ fn storage_error(e: io::Error) -> ResponseError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
@@ -631,7 +671,7 @@ mod tests {
         }
     }
 
-    fn transactional_batch(producer_id: i64, epoch: i16) -> Vec<u8> {
+    pub(crate) fn transactional_batch(producer_id: i64, epoch: i16) -> Vec<u8> {
         let mut batch = crate::storage::batch::tests::encode_batch(&["v"], 1_000);
         batch[21..23].copy_from_slice(&crate::storage::txn::TRANSACTIONAL_FLAG.to_be_bytes());
         batch[43..51].copy_from_slice(&producer_id.to_be_bytes());
@@ -778,6 +818,74 @@ mod tests {
         assert_eq!(
             txns.init_producer_id(&world.stores(), &world.ids, "tx", 0, None),
             Err(ResponseError::InvalidTransactionTimeout)
+        );
+    }
+
+    #[test]
+    fn the_markers_of_a_transaction_are_fsynced_before_it_is_recorded_complete() {
+        let world = World::open(tempfile::tempdir().unwrap());
+        world.topics.create("t", 1, 1, BTreeMap::new()).unwrap();
+        let txns = Transactions::open(world.dir.path()).unwrap();
+        for (id, commit) in [("committer", true), ("aborter", false)] {
+            let (pid, epoch) = txns
+                .init_producer_id(&world.stores(), &world.ids, id, 60_000, None)
+                .unwrap();
+            txns.add_partitions(&world.topics, id, pid, epoch, &[("t".into(), 0)])
+                .unwrap();
+            txns.end(&world.stores(), id, pid, epoch, commit).unwrap();
+            let topic = world.topics.get("t").unwrap();
+            assert!(
+                !topic.partitions[0].log().has_unsynced(),
+                "the {id}'s marker awaits the next flush"
+            );
+        }
+    }
+
+    #[test]
+    fn a_retried_epoch_bump_gets_the_current_epoch_and_a_fenced_producer_stays_fenced() {
+        let world = World::open(tempfile::tempdir().unwrap());
+        world.topics.create("t", 1, 1, BTreeMap::new()).unwrap();
+        let txns = Transactions::open(world.dir.path()).unwrap();
+        let init =
+            |expected| txns.init_producer_id(&world.stores(), &world.ids, "tx", 1_000, expected);
+        let (pid, first) = init(None).unwrap();
+
+        // KIP-360: the producer bumps its own epoch; the answer is lost and
+        // it asks again with the epoch it still holds.
+        let (_, bumped) = init(Some((pid, first))).unwrap();
+        assert_eq!(bumped, first + 1);
+        assert_eq!(
+            init(Some((pid, first))),
+            Ok((pid, bumped)),
+            "the retry is answered with the current epoch, not bumped again"
+        );
+        assert_eq!(init(Some((pid, bumped))), Ok((pid, bumped + 1)));
+        let current = bumped + 1;
+        assert_eq!(
+            init(Some((pid, first))),
+            Err(ResponseError::ProducerFenced),
+            "only the last bump may be retried"
+        );
+        assert_eq!(
+            init(Some((pid + 1, current))),
+            Err(ResponseError::ProducerFenced),
+            "another producer id is fenced"
+        );
+
+        // A transaction aborted on timeout fenced its producer by bumping
+        // the epoch; as in Kafka, it cannot take that epoch back.
+        txns.add_partitions(&world.topics, "tx", pid, current, &[("t".into(), 0)])
+            .unwrap();
+        let started = txns.get("tx").unwrap().started_ms;
+        assert_eq!(txns.expire(&world.stores(), started + 1_001), ["tx"]);
+        assert_eq!(
+            init(Some((pid, current))),
+            Err(ResponseError::ProducerFenced)
+        );
+        assert_eq!(
+            init(None),
+            Ok((pid, current + 2)),
+            "a new producer bumps past the fencing epoch"
         );
     }
 }

@@ -132,3 +132,34 @@ async fn a_session_timeout_below_six_seconds_is_refused() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_is_listed_and_described_as_empty_with_its_protocol_type_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path());
+    create_topic(&broker, "survived", 1, &[]).await;
+    let consumer = member(&broker, "survivors", "survivor");
+    consumer.subscribe(&["survived"]).unwrap();
+    poll_until(&[&consumer], "the assignment", || owned(&consumer) == 1);
+    let mut commit = TopicPartitionList::new();
+    commit
+        .add_partition_offset("survived", 0, Offset::Offset(4))
+        .unwrap();
+    consumer.commit(&commit, CommitMode::Sync).expect("commit");
+    drop(consumer);
+    broker.stop();
+
+    let broker = start(dir.path());
+    // librdkafka lists the groups (ListGroups), then describes them
+    // (DescribeGroups); no member has rejoined.
+    let observer: BaseConsumer = support::client(&broker).create().unwrap();
+    let groups = observer
+        .fetch_group_list(Some("survivors"), PATIENCE)
+        .expect("ListGroups and DescribeGroups");
+    let described: Vec<_> = groups
+        .groups()
+        .iter()
+        .map(|g| (g.name(), g.state(), g.protocol_type(), g.members().len()))
+        .collect();
+    assert_eq!(described, [("survivors", "Empty", "consumer", 0)]);
+}

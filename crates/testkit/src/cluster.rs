@@ -867,7 +867,7 @@ num.network.threads=2
 
 /// Root logger to the node's `server.log`; the JVM's own output goes to
 /// `stdout.log` beside it.
-const BROKER_LOG_CONFIG: &str = "\
+pub(crate) const BROKER_LOG_CONFIG: &str = "\
 status = warn
 appender.file.type = File
 appender.file.name = file

@@ -18,15 +18,26 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::cluster::{free_ports, tail};
+use crate::cluster::{free_ports, tail, BROKER_LOG_CONFIG};
 use crate::runtime::fetch_debezium_plugin;
-use crate::{process, ClusterError, KafkaCluster};
+use crate::{process, ClusterError, KafkaCluster, KafkaRuntime};
 
 /// The class of Debezium's PostgreSQL source connector.
 pub const POSTGRES_CONNECTOR: &str = "io.debezium.connector.postgresql.PostgresConnector";
 
 /// How long a worker may take to start and load its plugins.
 const START_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Where a worker runs: its brokers, and the directory and jars it uses.
+struct Site<'a> {
+    bootstrap: &'a str,
+    dir: &'a Path,
+    runtime: &'a KafkaRuntime,
+    replication: usize,
+    log_config: PathBuf,
+    /// More `key=value` lines for `worker.properties`.
+    extra: String,
+}
 
 /// A running Connect worker. Dropping it kills the JVM; its files go with
 /// the cluster's directory.
@@ -55,14 +66,60 @@ impl ConnectWorker {
     /// lists the PostgreSQL connector among its plugins. Workers started
     /// with the same `group` share their connectors and topics.
     pub async fn start(cluster: &KafkaCluster, group: &str) -> Result<Self, ClusterError> {
+        Self::start_in(
+            Site {
+                bootstrap: cluster.bootstrap_servers(),
+                dir: cluster.dir(),
+                runtime: cluster.runtime(),
+                replication: cluster.replication_factor(),
+                log_config: cluster.dir().join("log4j2.properties"),
+                extra: String::new(),
+            },
+            group,
+        )
+        .await
+    }
+
+    /// Like [`ConnectWorker::start`], on any single-node broker at
+    /// `bootstrap` (taskstream's, for one), running from `runtime` with its
+    /// files under `dir`, and with `properties` added to its configuration
+    /// (for example `exactly.once.source.support=enabled`).
+    pub async fn start_on(
+        bootstrap: &str,
+        dir: &Path,
+        runtime: &KafkaRuntime,
+        group: &str,
+        properties: &[(&str, &str)],
+    ) -> Result<Self, ClusterError> {
+        let log_config = dir.join("connect-log4j2.properties");
+        std::fs::write(&log_config, BROKER_LOG_CONFIG)
+            .map_err(ClusterError::io("writing the log configuration"))?;
+        Self::start_in(
+            Site {
+                bootstrap,
+                dir,
+                runtime,
+                replication: 1,
+                log_config,
+                extra: properties
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}\n"))
+                    .collect(),
+            },
+            group,
+        )
+        .await
+    }
+
+    async fn start_in(site: Site<'_>, group: &str) -> Result<Self, ClusterError> {
         let plugins = tokio::task::spawn_blocking(fetch_debezium_plugin)
             .await
             .map_err(|e| ClusterError::Maven(e.to_string()))??;
         let port = free_ports(1)?[0];
-        let dir = cluster.dir().join(format!("connect-{group}-{port}"));
+        let dir = site.dir.join(format!("connect-{group}-{port}"));
         std::fs::create_dir_all(dir.join("logs"))
             .map_err(ClusterError::io(format!("creating {}", dir.display())))?;
-        let replication = cluster.replication_factor();
+        let replication = site.replication;
         let properties = format!(
             "# Written by taskstream-testkit for one Connect worker.
 bootstrap.servers={bootstrap}
@@ -87,15 +144,15 @@ offset.flush.interval.ms=1000
 # Only this worker is in its group: no need to wait for others to join.
 scheduled.rebalance.max.delay.ms=0
 ",
-            bootstrap = cluster.bootstrap_servers(),
+            bootstrap = site.bootstrap,
             plugins = plugins.display(),
-        );
+        ) + &site.extra;
         std::fs::write(dir.join("worker.properties"), properties)
             .map_err(ClusterError::io("writing worker.properties"))?;
         let worker = Self {
-            java: cluster.runtime().java().to_owned(),
-            classpath: cluster.runtime().classpath().to_owned(),
-            log_config: cluster.dir().join("log4j2.properties"),
+            java: site.runtime.java().to_owned(),
+            classpath: site.runtime.classpath().to_owned(),
+            log_config: site.log_config,
             dir,
             url: format!("http://127.0.0.1:{port}"),
             child: Mutex::new(None),

@@ -160,11 +160,7 @@ fn read_partition(
     read_committed: bool,
 ) -> Result<PartitionRead, ResponseError> {
     let partition = topic
-        .and_then(|t| {
-            usize::try_from(partition)
-                .ok()
-                .and_then(|i| t.partitions.get(i))
-        })
+        .and_then(|t| t.partition(partition))
         .ok_or(ResponseError::UnknownTopicOrPartition)?;
     let log = partition.log();
     let last_stable_offset = log.last_stable_offset();

@@ -22,7 +22,7 @@ use kafka_protocol::messages::*;
 use super::str_bytes;
 use crate::broker::Shared;
 use crate::groups::offsets::Committed;
-use crate::groups::JoinRequest;
+use crate::groups::{GroupState, JoinRequest};
 
 const GROUP_KEY: i8 = 0;
 const TRANSACTION_KEY: i8 = 1;
@@ -78,10 +78,11 @@ pub(crate) async fn join_group(
     client_id: String,
     client_host: String,
 ) -> JoinGroupResponse {
+    let group = request.group_id.0.as_str().to_owned();
     let joined = shared
         .coordinator
         .join(JoinRequest {
-            group: request.group_id.0.as_str().to_owned(),
+            group: group.clone(),
             member_id: request.member_id.as_str().to_owned(),
             client_id,
             client_host,
@@ -95,6 +96,22 @@ pub(crate) async fn join_group(
                 .collect(),
         })
         .await;
+    if joined.error == 0
+        && shared.offsets.protocol_type(&group).as_deref() != Some(&joined.protocol_type)
+    {
+        // Kept so that a restarted broker still lists and describes the
+        // group; written once per group, off the async workers.
+        let protocol_type = joined.protocol_type.clone();
+        let stored = super::blocking(shared, move |s| {
+            s.offsets.remember_protocol_type(&group, &protocol_type)
+        })
+        .await;
+        match stored {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "storing a group's protocol type failed"),
+            Err(e) => tracing::error!(error = %e, "storing a group's protocol type failed"),
+        }
+    }
     JoinGroupResponse::default()
         .with_error_code(joined.error)
         .with_generation_id(joined.generation)
@@ -200,9 +217,9 @@ pub(crate) fn offset_commit(
                 .partitions
                 .iter()
                 .map(|p| {
-                    let exists = topic.as_ref().is_some_and(|topic| {
-                        (0..topic.partitions.len() as i32).contains(&p.partition_index)
-                    });
+                    let exists = topic
+                        .as_ref()
+                        .is_some_and(|topic| topic.partition(p.partition_index).is_some());
                     let code = match allowed {
                         Err(code) => code,
                         Ok(()) if !exists => ResponseError::UnknownTopicOrPartition.code(),
@@ -321,9 +338,11 @@ pub(crate) fn list_groups(shared: &Arc<Shared>, request: ListGroupsRequest) -> L
         .into_iter()
         .map(|g| (g.id, g.protocol_type, g.state.name().to_owned()))
         .collect();
-    for id in shared.offsets.groups() {
+    // Groups without members since the last restart (or ever): known by
+    // their committed offsets and stored protocol type, listed as Empty.
+    for (id, protocol_type) in shared.offsets.groups() {
         if !groups.iter().any(|(g, _, _)| *g == id) {
-            groups.push((id, String::new(), "Empty".to_owned()));
+            groups.push((id, protocol_type, GroupState::Empty.name().to_owned()));
         }
     }
     let states: Vec<&str> = request.states_filter.iter().map(|s| s.as_str()).collect();
@@ -349,6 +368,7 @@ pub(crate) fn describe_groups(
     request: DescribeGroupsRequest,
 ) -> DescribeGroupsResponse {
     let all = shared.coordinator.describe_all();
+    let stored = shared.offsets.groups();
     DescribeGroupsResponse::default().with_groups(
         request
             .groups
@@ -356,7 +376,12 @@ pub(crate) fn describe_groups(
             .map(|id| {
                 let described = DescribedGroup::default().with_group_id(id.clone());
                 match all.iter().find(|g| g.id == id.0.as_str()) {
-                    None => described.with_group_state(str_bytes("Dead")),
+                    None => match stored.iter().find(|(g, _)| g == id.0.as_str()) {
+                        Some((_, protocol_type)) => described
+                            .with_group_state(str_bytes(GroupState::Empty.name()))
+                            .with_protocol_type(str_bytes(protocol_type)),
+                        None => described.with_group_state(str_bytes("Dead")),
+                    },
                     Some(g) => described
                         .with_group_state(str_bytes(g.state.name()))
                         .with_protocol_type(str_bytes(&g.protocol_type))

@@ -7,6 +7,8 @@ mod admin;
 mod decode_tests;
 mod fetch;
 mod groups;
+#[cfg(test)]
+mod handler_tests;
 mod list_offsets;
 mod metadata;
 mod produce;
@@ -139,7 +141,7 @@ pub(crate) async fn dispatch(
         RequestKind::Produce(request) => {
             let acks = request.acks;
             // Appends (and fsyncs) block; keep them off the async workers.
-            let response = blocking(shared, move |s| produce::handle(s, request)).await?;
+            let response = blocking(shared, move |s| produce::handle(s, request, v)).await?;
             if acks == 0 {
                 return Ok(None);
             }
@@ -211,7 +213,13 @@ pub(crate) async fn dispatch(
             let response = blocking(shared, move |s| groups::offset_commit(s, request)).await?;
             encode(c, v, &response)?
         }
-        RequestKind::OffsetFetch(request) => encode(c, v, &groups::offset_fetch(shared, request))?,
+        RequestKind::OffsetFetch(request) => {
+            // OffsetFetch reads the offsets and transaction state, whose
+            // locks are held across fsyncs: wait for them off the async
+            // workers.
+            let response = blocking(shared, move |s| groups::offset_fetch(s, request)).await?;
+            encode(c, v, &response)?
+        }
         RequestKind::ListGroups(request) => encode(c, v, &groups::list_groups(shared, request))?,
         RequestKind::DescribeGroups(request) => {
             encode(c, v, &groups::describe_groups(shared, request))?

@@ -15,7 +15,11 @@ use crate::storage::txn::is_transactional;
 use crate::storage::AppendError;
 use crate::FlushPolicy;
 
-pub(crate) fn handle(shared: &Arc<Shared>, request: ProduceRequest) -> ProduceResponse {
+pub(crate) fn handle(
+    shared: &Arc<Shared>,
+    request: ProduceRequest,
+    version: i16,
+) -> ProduceResponse {
     let acks_valid = matches!(request.acks, -1..=1);
     let sync = shared.config.flush == FlushPolicy::BeforeAcknowledge && request.acks != 0;
     let transactional_id = super::is_transactional_produce(&request).map(str::to_owned);
@@ -40,44 +44,47 @@ pub(crate) fn handle(shared: &Arc<Shared>, request: ProduceRequest) -> ProduceRe
                     if !acks_valid {
                         return fail(ResponseError::InvalidRequiredAcks, None);
                     }
-                    let Some(partition) = topic.as_ref().and_then(|t| {
-                        usize::try_from(data.index)
-                            .ok()
-                            .and_then(|i| t.partitions.get(i))
-                    }) else {
+                    let Some(partition) = topic.as_ref().and_then(|t| t.partition(data.index))
+                    else {
                         return fail(ResponseError::UnknownTopicOrPartition, None);
                     };
                     let Some(records) = data.records else {
                         return fail(ResponseError::CorruptMessage, Some("no records".into()));
                     };
                     let mut records = records.to_vec();
-                    let header = first_transactional(&records);
-                    let in_txn = header.is_some();
+                    let headers = transactional_headers(&records);
                     // A transaction's batches are appended under the
                     // coordinator's lock, after checking that the
                     // transaction is open, holds this partition and has
-                    // this epoch: nothing lands after its markers.
-                    let guard = match (&transactional_id, in_txn, header) {
-                        (Some(id), true, Some(h)) => {
-                            let guard = shared.transactions.guard();
-                            if let Err(e) = guard.verify_produce(
-                                id,
-                                h.producer_id,
-                                h.producer_epoch,
-                                &topic_name,
-                                data.index,
-                            ) {
-                                return fail(e, None);
-                            }
-                            Some(guard)
-                        }
-                        (None, true, _) => {
+                    // the epoch of every batch: nothing lands after its
+                    // markers.
+                    let guard = match (&transactional_id, headers.is_empty()) {
+                        (_, true) => None,
+                        (None, false) => {
                             return fail(
                                 ResponseError::InvalidRecord,
                                 Some("a transactional batch needs a transactional id".into()),
                             )
                         }
-                        _ => None,
+                        (Some(id), false) => {
+                            let guard = shared.transactions.guard();
+                            let verified = headers.iter().try_for_each(|h| {
+                                guard.verify_produce(
+                                    id,
+                                    h.producer_id,
+                                    h.producer_epoch,
+                                    &topic_name,
+                                    data.index,
+                                )
+                            });
+                            match verified {
+                                Ok(()) => Some(guard),
+                                Err(ResponseError::InvalidTxnState) => {
+                                    return unverified(version, fail)
+                                }
+                                Err(e) => return fail(e, None),
+                            }
+                        }
                     };
                     let mut log = partition.log();
                     let appended = log.append(&mut records).and_then(|appended| {
@@ -123,13 +130,33 @@ pub(crate) fn handle(shared: &Arc<Shared>, request: ProduceRequest) -> ProduceRe
     ProduceResponse::default().with_responses(responses)
 }
 
-/// The header of the first transactional batch in produced data, if any.
-fn first_transactional(mut data: &[u8]) -> Option<BatchHeader> {
+/// The headers of the transactional batches in produced data.
+fn transactional_headers(mut data: &[u8]) -> Vec<BatchHeader> {
+    let mut headers = Vec::new();
     while let Some(header) = BatchHeader::parse(data) {
         if is_transactional(&header) {
-            return Some(header);
+            headers.push(header);
         }
-        data = data.get(header.total_len()?..)?;
+        let Some(rest) = header.total_len().and_then(|len| data.get(len..)) else {
+            break;
+        };
+        data = rest;
     }
-    None
+    headers
+}
+
+/// Kafka's answer to a transactional batch for a partition the transaction
+/// does not hold (not added, or the transaction ended, as for a batch
+/// retried after its transaction timed out): INVALID_TXN_STATE with this
+/// message through Produce v10, TRANSACTION_ABORTABLE from v11 (KIP-890),
+/// as `KafkaApis.handleProduceRequest` maps the coordinator's verdict.
+fn unverified<R>(version: i16, fail: impl Fn(ResponseError, Option<String>) -> R) -> R {
+    if version >= 11 {
+        fail(ResponseError::TransactionAbortable, None)
+    } else {
+        fail(
+            ResponseError::InvalidTxnState,
+            Some("Partition was not added to the transaction".into()),
+        )
+    }
 }

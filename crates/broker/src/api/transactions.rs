@@ -132,9 +132,9 @@ pub(crate) fn txn_offset_commit(
     for t in &request.topics {
         let topic = shared.topics.get(t.name.0.as_str());
         for p in &t.partitions {
-            let exists = topic.as_ref().is_some_and(|topic| {
-                (0..topic.partitions.len() as i32).contains(&p.partition_index)
-            });
+            let exists = topic
+                .as_ref()
+                .is_some_and(|topic| topic.partition(p.partition_index).is_some());
             if !exists {
                 unknown.push((t.name.0.as_str().to_owned(), p.partition_index));
                 continue;

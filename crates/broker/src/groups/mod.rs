@@ -5,7 +5,9 @@
 //! relays what the leader chose (range, cooperative-sticky, ...).
 //!
 //! Group membership lives in memory only: after a restart members rejoin
-//! (their heartbeats get UNKNOWN_MEMBER_ID) while committed offsets remain.
+//! (their heartbeats get UNKNOWN_MEMBER_ID) while committed offsets and the
+//! group's protocol type remain ([`offsets`]), so the group is still listed
+//! and described, as Empty.
 
 pub(crate) mod offsets;
 

@@ -1,5 +1,7 @@
 //! Committed offsets, kept per group in an append-only file so that they
-//! survive a restart.
+//! survive a restart, and each group's protocol type, so that a restarted
+//! broker still lists and describes the group (as Empty) before any member
+//! rejoins, as Kafka does from its group metadata records.
 //!
 //! `groups/<hex of the group id>.offsets` holds one line per committed
 //! partition: `topic \t partition \t offset \t leader epoch \t metadata`
@@ -7,6 +9,10 @@
 //! wins; a line without its newline (a torn write) is ignored. Each commit
 //! is written with one `write` and fsynced before it is acknowledged. A file
 //! is rewritten with only the latest lines once it holds many stale ones.
+//!
+//! `groups/<hex of the group id>.group` holds the protocol type of the
+//! group's members (`consumer` for consumer groups), replaced atomically
+//! when it changes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
@@ -28,6 +34,8 @@ type GroupOffsets = BTreeMap<(String, i32), Committed>;
 struct GroupFile {
     offsets: GroupOffsets,
     lines: usize,
+    /// The protocol type its members joined with, once any did.
+    protocol_type: Option<String>,
 }
 
 #[derive(Debug)]
@@ -86,20 +94,27 @@ impl OffsetStore {
     pub fn open(data_dir: &Path) -> io::Result<Self> {
         let dir = data_dir.join("groups");
         fs::create_dir_all(&dir)?;
-        let mut groups = HashMap::new();
+        let mut groups: HashMap<String, GroupFile> = HashMap::new();
         for entry in fs::read_dir(&dir)? {
             let path = entry?.path();
-            let Some(group) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".offsets"))
-                .and_then(unhex)
-                .and_then(|g| String::from_utf8(g).ok())
-            else {
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let group_of = |suffix: &str| {
+                name.strip_suffix(suffix)
+                    .and_then(unhex)
+                    .and_then(|g| String::from_utf8(g).ok())
+            };
+            if let Some(group) = group_of(".group") {
+                let protocol_type = fs::read_to_string(&path)?;
+                groups.entry(group).or_default().protocol_type = Some(protocol_type);
+                continue;
+            }
+            let Some(group) = group_of(".offsets") else {
                 continue;
             };
             let text = fs::read_to_string(&path)?;
-            let mut file = GroupFile::default();
+            let file = groups.entry(group).or_default();
             let complete = text.rfind('\n').map_or("", |end| &text[..end]);
             if complete.len() + 1 != text.len() && !text.is_empty() {
                 // Cut the torn line so the next append starts on a fresh one.
@@ -112,7 +127,6 @@ impl OffsetStore {
                     file.lines += 1;
                 }
             }
-            groups.insert(group, file);
         }
         Ok(Self {
             dir,
@@ -164,14 +178,41 @@ impl OffsetStore {
             .unwrap_or_default()
     }
 
-    /// Groups with committed offsets.
-    pub fn groups(&self) -> Vec<String> {
+    /// Groups with committed offsets or a known protocol type, each with
+    /// its protocol type (empty if no member ever joined).
+    pub fn groups(&self) -> Vec<(String, String)> {
         self.groups
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .cloned()
+            .iter()
+            .map(|(id, f)| (id.clone(), f.protocol_type.clone().unwrap_or_default()))
             .collect()
+    }
+
+    /// The protocol type stored for a group, if any.
+    pub fn protocol_type(&self, group: &str) -> Option<String> {
+        self.groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(group)
+            .and_then(|f| f.protocol_type.clone())
+    }
+
+    /// Stores durably the protocol type a group's members joined with.
+    pub fn remember_protocol_type(&self, group: &str, protocol_type: &str) -> io::Result<()> {
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        let file = groups.entry(group.to_owned()).or_default();
+        if file.protocol_type.as_deref() == Some(protocol_type) {
+            return Ok(());
+        }
+        let path = self.dir.join(format!("{}.group", hex(group.as_bytes())));
+        let tmp = path.with_extension("group-tmp");
+        fs::write(&tmp, protocol_type)?;
+        File::open(&tmp)?.sync_all()?;
+        fs::rename(&tmp, &path)?;
+        File::open(&self.dir)?.sync_all()?;
+        file.protocol_type = Some(protocol_type.to_owned());
+        Ok(())
     }
 }
 

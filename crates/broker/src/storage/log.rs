@@ -437,6 +437,12 @@ impl PartitionLog {
         Ok(deleted)
     }
 
+    /// Whether appended data awaits an fsync.
+    #[cfg(test)]
+    pub fn has_unsynced(&self) -> bool {
+        self.unsynced
+    }
+
     /// fsyncs the active segment and its indexes.
     pub fn sync(&mut self) -> io::Result<()> {
         if self.unsynced {

@@ -225,7 +225,9 @@ impl PartitionTxns {
         Some(aborted)
     }
 
-    /// Appends an aborted transaction to `aborted-transactions`.
+    /// Appends an aborted transaction to `aborted-transactions`, fsynced
+    /// (the segment holding its marker may be rolled and trusted before
+    /// the next flush).
     pub fn persist(&self, aborted: &AbortedTxn) -> io::Result<()> {
         let mut file = OpenOptions::new()
             .create(true)
@@ -237,7 +239,8 @@ impl PartitionTxns {
                 aborted.producer_id, aborted.first_offset, aborted.last_offset
             )
             .as_bytes(),
-        )
+        )?;
+        file.sync_data()
     }
 
     /// Writes (and fsyncs) the open transactions for a segment starting at `base_offset`.

@@ -1,0 +1,205 @@
+//! Handlers driven directly on a broker's state: the transactional checks of
+//! Produce, and OffsetFetch waiting for locks off the async workers.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    ApiKey, GroupId, OffsetFetchRequest, ProduceRequest, ProduceResponse, RequestHeader, TopicName,
+    TransactionalId,
+};
+use kafka_protocol::protocol::Encodable;
+
+use super::transactions::stores;
+use super::{dispatch, produce, str_bytes};
+use crate::broker::Shared;
+use crate::transactions::tests::transactional_batch;
+
+fn broker_with_topic(dir: &tempfile::TempDir) -> Arc<Shared> {
+    let shared = Shared::open_for_tests(dir.path());
+    shared.topics.create("t", 1, 1, BTreeMap::new()).unwrap();
+    shared
+}
+
+/// A transaction of `id` holding partition t-0: its producer id and epoch.
+fn open_transaction(shared: &Arc<Shared>, id: &str) -> (i64, i16) {
+    let (pid, epoch) = shared
+        .transactions
+        .init_producer_id(&stores(shared), &shared.producer_ids, id, 60_000, None)
+        .unwrap();
+    shared
+        .transactions
+        .add_partitions(&shared.topics, id, pid, epoch, &[("t".into(), 0)])
+        .unwrap();
+    (pid, epoch)
+}
+
+fn produce_request(transactional_id: &str, records: Vec<u8>) -> ProduceRequest {
+    ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(1_000)
+        .with_transactional_id(Some(TransactionalId(str_bytes(transactional_id))))
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(str_bytes("t")))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(Bytes::from(records)))])])
+}
+
+/// The error code, message and base offset of the only partition answered.
+fn outcome(response: &ProduceResponse) -> (i16, Option<String>, i64) {
+    let p = &response.responses[0].partition_responses[0];
+    (
+        p.error_code,
+        p.error_message.as_ref().map(|m| m.to_string()),
+        p.base_offset,
+    )
+}
+
+fn next_offset(shared: &Shared) -> i64 {
+    shared.topics.get("t").unwrap().partitions[0]
+        .log()
+        .next_offset()
+}
+
+#[test]
+fn every_transactional_batch_of_a_partition_is_checked_against_the_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = broker_with_topic(&dir);
+    let (pid, epoch) = open_transaction(&shared, "tx");
+    // Another transactional producer, whose transaction holds nothing.
+    let (stranger, _) = shared
+        .transactions
+        .init_producer_id(
+            &stores(&shared),
+            &shared.producer_ids,
+            "other",
+            60_000,
+            None,
+        )
+        .unwrap();
+    let mut records = transactional_batch(pid, epoch);
+    records.extend(transactional_batch(stranger, 0));
+
+    let response = produce::handle(&shared, produce_request("tx", records), 9);
+
+    assert_eq!(
+        outcome(&response).0,
+        ResponseError::InvalidProducerIdMapping.code(),
+        "a second batch of another producer is refused"
+    );
+    assert_eq!(
+        next_offset(&shared),
+        0,
+        "no batch of the request was written"
+    );
+}
+
+#[test]
+fn a_batch_retried_after_its_transaction_ended_is_refused_as_kafka_refuses_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = broker_with_topic(&dir);
+    let (pid, epoch) = open_transaction(&shared, "tx");
+    let batch = transactional_batch(pid, epoch);
+    let first = produce::handle(&shared, produce_request("tx", batch.clone()), 9);
+    assert_eq!(outcome(&first), (0, None, 0));
+    shared
+        .transactions
+        .end(&stores(&shared), "tx", pid, epoch, true)
+        .unwrap();
+    let end = next_offset(&shared);
+
+    // Kafka verifies a transactional batch with the coordinator before its
+    // log looks for duplicates; the partition is no longer in a
+    // transaction, so the retry is refused, not answered as a duplicate.
+    let retried = produce::handle(&shared, produce_request("tx", batch.clone()), 10);
+    assert_eq!(
+        outcome(&retried),
+        (
+            ResponseError::InvalidTxnState.code(),
+            Some("Partition was not added to the transaction".to_owned()),
+            -1
+        )
+    );
+    let retried = produce::handle(&shared, produce_request("tx", batch), 11);
+    assert_eq!(
+        outcome(&retried).0,
+        ResponseError::TransactionAbortable.code(),
+        "KIP-890: Produce v11 and later answer TRANSACTION_ABORTABLE"
+    );
+    assert_eq!(next_offset(&shared), end, "nothing was appended");
+}
+
+fn offset_fetch_frame() -> Bytes {
+    let version = 7;
+    let mut buf = BytesMut::new();
+    RequestHeader::default()
+        .with_request_api_key(ApiKey::OffsetFetch as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(1)
+        .encode(
+            &mut buf,
+            ApiKey::OffsetFetch.request_header_version(version),
+        )
+        .unwrap();
+    OffsetFetchRequest::default()
+        .with_group_id(GroupId(str_bytes("g")))
+        .with_require_stable(true)
+        .with_topics(Some(vec![OffsetFetchRequestTopic::default()
+            .with_name(TopicName(str_bytes("t")))
+            .with_partition_indexes(vec![0])]))
+        .encode(&mut buf, version)
+        .unwrap();
+    buf.freeze()
+}
+
+#[test]
+fn offset_fetch_waits_for_the_transaction_lock_without_blocking_the_async_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = broker_with_topic(&dir);
+    let (release, released) = mpsc::channel::<()>();
+    let (held, holding) = mpsc::channel::<()>();
+    let holder = {
+        let shared = Arc::clone(&shared);
+        std::thread::spawn(move || {
+            let _guard = shared.transactions.guard();
+            held.send(()).unwrap();
+            // Released when the runtime asks; a stuck runtime never asks.
+            released.recv_timeout(Duration::from_secs(10)).is_ok()
+        })
+    };
+    holding.recv().unwrap();
+    // One async worker: if OffsetFetch blocked it on the lock, nothing
+    // else on the runtime could run until the lock was released.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let fetch = {
+            let shared = Arc::clone(&shared);
+            tokio::spawn(async move {
+                dispatch(
+                    &shared,
+                    "127.0.0.1:1".parse().unwrap(),
+                    offset_fetch_frame(),
+                )
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        release.send(()).unwrap();
+        let answered = fetch.await.unwrap().unwrap();
+        assert!(answered.is_some(), "OffsetFetch is answered");
+    });
+    assert!(
+        holder.join().unwrap(),
+        "the async worker was free while OffsetFetch waited for the lock"
+    );
+}
