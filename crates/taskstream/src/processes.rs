@@ -124,12 +124,12 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
         .await?
         .into_iter()
         .collect();
+    // No registry check: once the schemas are registered, writes never
+    // call the registry, so its outage must not take the API out of service.
+    let checks = components::api_checks(&store, &encoding);
     let api = components::task_api(Arc::clone(&store), Arc::new(Notify::new()), encoding)
         .audit(store.clone())
         .notifications(store.clone());
-    // No registry check: once the schemas are registered, writes never
-    // call the registry, so its outage must not take the API out of service.
-    let checks = components::api_checks(&store);
     let http = serve(
         args.http,
         &args.http_limits,

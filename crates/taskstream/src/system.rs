@@ -240,7 +240,7 @@ impl RunningSystem {
                 &metrics,
             )?,
         ]);
-        let api_checks = components::api_checks(&store);
+        let api_checks = components::api_checks(&store, &encoding);
         let broker_checks = dev_broker
             .as_ref()
             .map(EmbeddedBroker::readiness_checks)

@@ -34,7 +34,7 @@ use taskstream_telemetry::Metrics;
 
 use super::workload::{Changes, TrackedTask, Workload};
 use crate::topics::{ASSIGNEE_WORKLOAD, TASK_EVENTS, WORKLOAD_ALERTS, WORKLOAD_TASK_STATE};
-use crate::{Backoff, EventDecoder, Shutdown};
+use crate::{Backoff, EncodingError, EventDecoder, Shutdown};
 
 /// The header naming the input event an output record was computed from.
 pub const CAUSATION_ID: &str = "causation-id";
@@ -390,10 +390,36 @@ impl WorkloadProcessor {
         };
         let event = match self.decoder.decode(payload).await {
             Ok(event) => event,
+            Err(error) if decode_may_pass(&error) => {
+                // The event is fine; the schema registry is not (or was not
+                // given): abort, so the event is read again from the last
+                // commit, rather than move its offset on without it.
+                tracing::warn!(
+                    component = COMPONENT,
+                    topic = record.topic.as_str(),
+                    partition = record.partition,
+                    offset = record.offset,
+                    error = &error as &dyn std::error::Error,
+                    "cannot decode the event yet; aborting to read it again"
+                );
+                return Err(Failed::Restart(TransactionError {
+                    operation: "decode",
+                    kind: TransactionErrorKind::Abortable,
+                    fenced: false,
+                    message: error.to_string(),
+                }));
+            }
             Err(error) => {
                 // An event no build of this processor can read is passed
-                // over; its offset still moves on with the rest.
-                tracing::warn!(component = COMPONENT, topic = record.topic.as_str(), partition = record.partition, offset = record.offset, %error, "undecodable event skipped");
+                // over, loudly; its offset still moves on with the rest.
+                tracing::error!(
+                    component = COMPONENT,
+                    topic = record.topic.as_str(),
+                    partition = record.partition,
+                    offset = record.offset,
+                    error = &error as &dyn std::error::Error,
+                    "undecodable event skipped"
+                );
                 self.metrics
                     .handled(&self.settings.group, event_type, "skipped");
                 return Ok(());
@@ -476,4 +502,35 @@ impl WorkloadProcessor {
 fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
     // Plain structs of strings, numbers and timestamps always encode.
     serde_json::to_vec(value).expect("output values encode as JSON")
+}
+
+/// Whether a decoding failure may pass, so the event must be read again
+/// rather than skipped: the registry was unreachable, or no registry was
+/// given for Avro records.
+fn decode_may_pass(error: &EncodingError) -> bool {
+    error.is_retriable() || matches!(error, EncodingError::NoRegistry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_event_the_registry_cannot_resolve_yet_is_read_again_not_skipped() {
+        // Avro framing, schema id 7: the decoder must ask a registry.
+        let framed = [0u8, 0, 0, 0, 7, 2, 4];
+        let unreachable = Arc::new(taskstream_avro::RegistryClient::new("http://127.0.0.1:1"));
+        let error = EventDecoder::new(Some(unreachable))
+            .decode(&framed)
+            .await
+            .unwrap_err();
+        assert!(decode_may_pass(&error), "{error:?}");
+        let error = EventDecoder::new(None).decode(&framed).await.unwrap_err();
+        assert!(decode_may_pass(&error), "{error:?}");
+        let error = EventDecoder::new(None)
+            .decode(b"{not json")
+            .await
+            .unwrap_err();
+        assert!(!decode_may_pass(&error), "{error:?}");
+    }
 }

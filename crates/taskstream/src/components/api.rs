@@ -11,7 +11,7 @@ use taskstream_services::EventEncoding;
 use taskstream_store::Store;
 use tokio::sync::Notify;
 
-use super::{Component, StoreCheck};
+use super::{Component, SchemasCheck, StoreCheck};
 
 /// The longest pause between two attempts to register the event schemas.
 const MAX_REGISTRATION_PAUSE: Duration = Duration::from_secs(5);
@@ -24,11 +24,17 @@ pub fn task_api(store: Arc<Store>, relay_wake: Arc<Notify>, encoding: EventEncod
     ApiBuilder::new().tasks(service)
 }
 
-/// The Task API's readiness: it is ready while the store takes writes. A
-/// lagging relay is the relay's readiness problem; the outbox keeps the
-/// writes meanwhile.
-pub fn api_checks(store: &Arc<Store>) -> Vec<Arc<dyn ReadinessCheck>> {
-    vec![Arc::new(StoreCheck::new(Arc::clone(store)))]
+/// The Task API's readiness: it is ready while the store takes writes and,
+/// with Avro, its event schemas are registered. A lagging relay is the
+/// relay's readiness problem; the outbox keeps the writes meanwhile.
+pub fn api_checks(store: &Arc<Store>, encoding: &EventEncoding) -> Vec<Arc<dyn ReadinessCheck>> {
+    let mut checks: Vec<Arc<dyn ReadinessCheck>> =
+        vec![Arc::new(StoreCheck::new(Arc::clone(store)))];
+    // Without its schemas the API refuses every write: out of service.
+    if matches!(encoding, EventEncoding::Avro(_)) {
+        checks.push(Arc::new(SchemasCheck::new(encoding.clone())));
+    }
+    checks
 }
 
 /// Registers every event type's schema before the first write (Avro).

@@ -37,7 +37,7 @@ pub use consumer::{auditor, notifier, ConsumerOptions, NotifierSink};
 pub use http::{http, serve};
 pub use processor::processor;
 pub use readiness::{
-    Checks, KafkaCheck, OffsetResetCheck, OutboxAgeCheck, RegistryCheck, StoreCheck,
+    Checks, KafkaCheck, OffsetResetCheck, OutboxAgeCheck, RegistryCheck, SchemasCheck, StoreCheck,
 };
 pub use registry::{registry, REGISTRY_FILE};
 pub use relay::{relay, relay_with_readiness, RelayReadiness};

@@ -48,6 +48,35 @@ pub fn assemble<'a>(components: impl IntoIterator<Item = &'a [Arc<dyn ReadinessC
     assembled
 }
 
+/// The Task API can encode events: with Avro, the event schemas are
+/// registered (a registry down when the API started leaves them
+/// unregistered, and every task write is refused with 503 until they are).
+/// Once registered, a registry outage no longer matters to the API.
+pub struct SchemasCheck {
+    encoding: taskstream_services::EventEncoding,
+}
+
+impl SchemasCheck {
+    pub fn new(encoding: taskstream_services::EventEncoding) -> Self {
+        Self { encoding }
+    }
+}
+
+#[async_trait::async_trait]
+impl ReadinessCheck for SchemasCheck {
+    fn name(&self) -> &'static str {
+        "schemas"
+    }
+
+    async fn check(&self) -> Result<String, String> {
+        if self.encoding.is_ready() {
+            Ok("the event schemas are registered".into())
+        } else {
+            Err("the event schemas are not registered yet (the schema registry has not answered): task writes are refused until they are".into())
+        }
+    }
+}
+
 /// The store answers queries and takes writes.
 ///
 /// While task writes are failing (a full disk, a lost database), the check
@@ -332,6 +361,19 @@ impl ReadinessCheck for RegistryCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_api_whose_schemas_are_not_registered_is_not_ready() {
+        let unreachable = Arc::new(RegistryClient::new("http://127.0.0.1:1"));
+        let avro = taskstream_services::EventEncoding::avro(unreachable, TASK_EVENTS);
+        let _ = avro.register_schemas().await;
+        let failing = SchemasCheck::new(avro).check().await.unwrap_err();
+        assert!(failing.contains("task writes are refused"), "{failing}");
+        assert!(SchemasCheck::new(taskstream_services::EventEncoding::Json)
+            .check()
+            .await
+            .is_ok());
+    }
 
     /// A check that only has a name.
     struct Named(&'static str);

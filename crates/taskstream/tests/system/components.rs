@@ -76,7 +76,7 @@ async fn components_started_from_the_library_on_random_ports_carry_a_task_change
         &metrics,
     )
     .unwrap();
-    let api_checks = components::api_checks(&store);
+    let api_checks = components::api_checks(&store, &encoding);
     let checks = readiness::assemble([
         &api_checks[..],
         relay.readiness_checks(),
@@ -148,6 +148,7 @@ async fn components_started_from_the_library_on_random_ports_carry_a_task_change
         names,
         [
             "store",
+            "schemas",
             "kafka",
             "outbox_age",
             "offset_resets",

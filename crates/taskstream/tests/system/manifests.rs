@@ -415,6 +415,10 @@ fn more_consumers_than_partitions_and_other_bad_values_fail_to_render() {
             "database.existingSecret (a Secret holding the PostgreSQL URL) is required",
         ),
         ("eventFormat=protobuf", "eventFormat must be avro or json"),
+        (
+            "relay.eventFormat=json",
+            "relay.eventFormat is now eventFormat",
+        ),
     ] {
         let out = render(&helm, &["values.yaml"], &["--set", set]);
         assert!(!out.status.success(), "--set {set} rendered");

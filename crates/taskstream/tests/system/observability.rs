@@ -297,6 +297,7 @@ async fn metrics_count_a_known_workload_and_readiness_names_each_check() {
         names,
         [
             "store",
+            "schemas",
             "kafka",
             "outbox_age",
             "offset_resets",

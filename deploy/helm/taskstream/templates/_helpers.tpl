@@ -205,6 +205,9 @@ Checks the values before anything is rendered; a wrong combination fails
 {{- if and (include "taskstream.kafkaTls" .) (not .Values.kafka.clusterCaSecret) }}
 {{- fail (printf "kafka.clusterCaSecret is required with kafka.securityProtocol %s" .Values.kafka.securityProtocol) }}
 {{- end }}
+{{- if hasKey (.Values.relay | default dict) "eventFormat" }}
+{{- fail "relay.eventFormat is now eventFormat (the API stores each event in it, the relay publishes it as stored): set eventFormat instead" }}
+{{- end }}
 {{- if not (has .Values.eventFormat (list "avro" "json")) }}
 {{- fail (printf "eventFormat must be avro or json, got %q" .Values.eventFormat) }}
 {{- end }}
