@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError as RdError;
-use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -95,7 +94,7 @@ impl CommittedInput {
     pub async fn recv(&self) -> Result<InboundRecord, KafkaError> {
         loop {
             match self.inner.recv().await {
-                Ok(message) => return Ok(inbound(&message)),
+                Ok(message) => return Ok(InboundRecord::from_message(&message)),
                 Err(RdError::MessageConsumption(
                     RDKafkaErrorCode::BrokerTransportFailure
                     | RDKafkaErrorCode::AllBrokersDown
@@ -214,7 +213,7 @@ async fn read_all(
             match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {
                     deadline = Instant::now() + timeout;
-                    records.push(inbound(&m));
+                    records.push(InboundRecord::from_message(&m));
                 }
                 Some(Err(RdError::PartitionEOF(p))) => {
                     open.remove(&p);
@@ -235,29 +234,4 @@ async fn read_all(
     })
     .await
     .map_err(|e| KafkaError::Consume(e.to_string()))?
-}
-
-/// A received message, detached from the client's buffers.
-fn inbound(m: &BorrowedMessage<'_>) -> InboundRecord {
-    InboundRecord {
-        topic: m.topic().to_owned(),
-        partition: m.partition(),
-        offset: m.offset(),
-        key: m.key().map(<[u8]>::to_vec),
-        payload: m.payload().map(<[u8]>::to_vec),
-        headers: m
-            .headers()
-            .map(|hs| {
-                hs.iter()
-                    .map(|h| {
-                        (
-                            h.key.to_owned(),
-                            h.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-        timestamp_ms: m.timestamp().to_millis(),
-    }
 }

@@ -87,6 +87,31 @@ pub struct InboundRecord {
 }
 
 impl InboundRecord {
+    /// A received message, copied out of the client's buffers.
+    pub(crate) fn from_message<M: Message>(m: &M) -> Self {
+        Self {
+            topic: m.topic().to_owned(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+            headers: m
+                .headers()
+                .map(|hs| {
+                    hs.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_owned(),
+                                h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            timestamp_ms: m.timestamp().to_millis(),
+        }
+    }
+
     /// The first header named `name`, as UTF-8.
     pub fn header_str(&self, name: &str) -> Option<&str> {
         self.headers
@@ -201,28 +226,7 @@ impl EventConsumer {
                 Err(e) => return Err(KafkaError::Consume(e.to_string())),
             }
         };
-        let headers = message
-            .headers()
-            .map(|hs| {
-                hs.iter()
-                    .map(|h| {
-                        (
-                            h.key.to_owned(),
-                            h.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let record = InboundRecord {
-            topic: message.topic().to_owned(),
-            partition: message.partition(),
-            offset: message.offset(),
-            key: message.key().map(<[u8]>::to_vec),
-            payload: message.payload().map(<[u8]>::to_vec),
-            headers,
-            timestamp_ms: message.timestamp().to_millis(),
-        };
+        let record = InboundRecord::from_message(&message);
         self.track(&record);
         Ok(record)
     }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::context::TracingContext;
@@ -87,27 +87,7 @@ pub async fn read_topic(
                     {
                         ends.remove(&partition);
                     }
-                    records.push(InboundRecord {
-                        topic: m.topic().to_owned(),
-                        partition,
-                        offset: m.offset(),
-                        key: m.key().map(<[u8]>::to_vec),
-                        payload: m.payload().map(<[u8]>::to_vec),
-                        headers: m
-                            .headers()
-                            .map(|hs| {
-                                hs.iter()
-                                    .map(|h| {
-                                        (
-                                            h.key.to_owned(),
-                                            h.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                                        )
-                                    })
-                                    .collect()
-                            })
-                            .unwrap_or_default(),
-                        timestamp_ms: m.timestamp().to_millis(),
-                    });
+                    records.push(InboundRecord::from_message(&m));
                 }
                 Some(Err(e)) => return Err(err("Fetch")(e)),
                 None => {}

@@ -131,6 +131,14 @@ impl EventEncoding {
         Self::Avro(Arc::new(AvroEncoder::new(registry, topic)))
     }
 
+    /// Avro with schema ids from `registry` when there is one, else JSON.
+    pub fn for_registry(registry: Option<&Arc<RegistryClient>>, topic: &str) -> Self {
+        match registry {
+            Some(client) => Self::avro(Arc::clone(client), topic),
+            None => Self::Json,
+        }
+    }
+
     /// The `content-type` header of the records this format writes.
     pub fn content_type(&self) -> &'static str {
         match self {

@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 
 use crate::cli::{
     ApiArgs, ConsumerArgs, DevBrokerArgs, EventFormat, HttpLimitArgs, NotifierArgs, ProcessorArgs,
-    RegistryServerArgs, RelayArgs, StoreArgs, UpArgs,
+    RegistryArgs, RegistryServerArgs, RelayArgs, StoreArgs, UpArgs,
 };
 use crate::components::{
     self, readiness, Checks, Component, ConsumerOptions, EmbeddedBroker, EmbeddedBrokerSettings,
@@ -105,21 +105,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
 /// `taskstream api`: the Task API alone. A relay in another process finds
 /// new rows by polling.
 pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
-    let registry = match args.event_format {
-        EventFormat::Json => None,
-        EventFormat::Avro => Some(Arc::new(RegistryClient::new(
-            &args.registry.resolve(&args.store.data_dir)?.context(
-                "Avro events need a schema registry: pass --schema-registry URL or set SCHEMA_REGISTRY_URL \
-                 (or --event-format json)",
-            )?,
-        ))),
-    };
+    let registry = avro_registry(args.event_format, &args.registry, &args.store.data_dir)?;
     let store = open_store(&args.store).await?;
     let metrics = Metrics::new();
-    let encoding = match &registry {
-        Some(client) => EventEncoding::avro(Arc::clone(client), TASK_EVENTS),
-        None => EventEncoding::Json,
-    };
+    let encoding = EventEncoding::for_registry(registry.as_ref(), TASK_EVENTS);
     let mut running: Vec<Component> = components::register_schemas(&encoding)
         .await?
         .into_iter()
@@ -152,15 +141,7 @@ pub async fn relay(args: RelayArgs) -> anyhow::Result<()> {
     let (kafka, _) = args.kafka.resolve(&args.store.data_dir, "relay")?;
     let kafka = kafka.with_stats(metrics.stats_listener(), STATS_INTERVAL);
     args.kafka_start.wait(&kafka).await?;
-    let registry = match args.event_format {
-        EventFormat::Json => None,
-        EventFormat::Avro => Some(Arc::new(RegistryClient::new(
-            &args.registry.resolve(&args.store.data_dir)?.context(
-                "Avro events need a schema registry: pass --schema-registry URL or set SCHEMA_REGISTRY_URL \
-                 (or --event-format json)",
-            )?,
-        ))),
-    };
+    let registry = avro_registry(args.event_format, &args.registry, &args.store.data_dir)?;
     let store = open_store(&args.store).await?;
     let wake = Arc::new(Notify::new());
     let listener = components::outbox_listener(&store, Arc::clone(&wake));
@@ -169,10 +150,7 @@ pub async fn relay(args: RelayArgs) -> anyhow::Result<()> {
         &kafka,
         wake,
         args.outbox.relay_settings(),
-        match &registry {
-            Some(client) => EventEncoding::avro(Arc::clone(client), TASK_EVENTS),
-            None => EventEncoding::Json,
-        },
+        EventEncoding::for_registry(registry.as_ref(), TASK_EVENTS),
         &RelayReadiness {
             outbox_max_age: args.readiness.ready_max_outbox_age,
             registry: registry.clone(),
@@ -337,4 +315,23 @@ pub async fn registry(args: RegistryServerArgs) -> anyhow::Result<()> {
     shutdown_signal().await;
     registry.stop().await;
     Ok(())
+}
+
+/// The schema registry an `api` or `relay` process encodes with: none with
+/// `--event-format json`; with Avro, the one given (or found in
+/// `endpoints.json`), or a one-line error saying how to give one.
+fn avro_registry(
+    format: EventFormat,
+    registry: &RegistryArgs,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<Option<Arc<RegistryClient>>> {
+    Ok(match format {
+        EventFormat::Json => None,
+        EventFormat::Avro => Some(Arc::new(RegistryClient::new(
+            &registry.resolve(data_dir)?.context(
+                "Avro events need a schema registry: pass --schema-registry URL or set SCHEMA_REGISTRY_URL \
+                 (or --event-format json)",
+            )?,
+        ))),
+    })
 }

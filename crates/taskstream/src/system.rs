@@ -186,10 +186,7 @@ impl RunningSystem {
             registry: registry.clone(),
             ..consumer_options
         };
-        let encoding = match &registry {
-            Some(client) => EventEncoding::avro(Arc::clone(client), TASK_EVENTS),
-            None => EventEncoding::Json,
-        };
+        let encoding = EventEncoding::for_registry(registry.as_ref(), TASK_EVENTS);
         let store = components::open_store(
             &config.data_dir,
             config.database.as_ref(),
