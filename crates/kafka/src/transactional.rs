@@ -245,12 +245,9 @@ impl TransactionalProducer {
         .await
     }
 
-    /// The fatal error that ended this producer, if one did.
+    /// The fatal error that ended this producer, if one did, as text.
     pub fn fatal_error(&self) -> Option<String> {
-        self.inner
-            .client()
-            .fatal_error()
-            .map(|(code, reason)| format!("{code}: {reason}"))
+        self.fatal().map(|e| e.message)
     }
 
     /// The fatal error that ended this producer, classified (fenced or
