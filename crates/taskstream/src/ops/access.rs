@@ -11,8 +11,10 @@
 use serde::Serialize;
 use taskstream_kafka::{LAG_PROBE_GROUP, TOPIC_READER_GROUP};
 
+use taskstream_services::processor::{PROCESSOR_GROUP, PROCESSOR_TRANSACTIONAL_ID};
 use taskstream_services::topics::{
-    SCHEMA_REGISTRY_GROUP, SCHEMA_REGISTRY_TOPIC, TASK_EVENTS, TASK_EVENTS_PARTITIONS,
+    ASSIGNEE_WORKLOAD, SCHEMA_REGISTRY_GROUP, SCHEMA_REGISTRY_TOPIC, TASK_EVENTS,
+    TASK_EVENTS_PARTITIONS, WORKLOAD_ALERTS, WORKLOAD_TASK_STATE,
 };
 use taskstream_services::{dead_letter_topic, AUDITOR_GROUP, NOTIFIER_GROUP};
 
@@ -125,6 +127,28 @@ pub fn components() -> Vec<ComponentAccess> {
             AUDITOR_GROUP,
             "/audit",
         ),
+        ComponentAccess {
+            name: "processor",
+            description: "the workload processor: task-events to per-assignee workload and \
+                          overload alerts, exactly once through Kafka transactions",
+            kafka_user: Some("taskstream-processor"),
+            acls: vec![
+                Acl::literal("topic", TASK_EVENTS, &["Read"]),
+                // Its state topic is read back after every restart.
+                Acl::literal("topic", WORKLOAD_TASK_STATE, &["Read", "Write"]),
+                Acl::literal("topic", ASSIGNEE_WORKLOAD, &["Write"]),
+                Acl::literal("topic", WORKLOAD_ALERTS, &["Write"]),
+                // Input offsets are committed inside its transactions
+                // (TxnOffsetCommit) and read back at start (OffsetFetch).
+                Acl::literal("group", PROCESSOR_GROUP, &["Read"]),
+                // Write covers InitProducerId, AddPartitionsToTxn,
+                // AddOffsetsToTxn and EndTxn for this id alone.
+                Acl::literal("transactionalId", PROCESSOR_TRANSACTIONAL_ID, &["Write"]),
+            ],
+            http_paths: OPERATIONAL_PATHS.to_vec(),
+            // One processor is active per transactional id: a second fences the first.
+            max_replicas: Some(1),
+        },
         ComponentAccess {
             name: "ops",
             description: "an operator running `taskstream lag` and `taskstream dlq list|replay`",

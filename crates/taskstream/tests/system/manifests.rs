@@ -294,7 +294,7 @@ fn the_rendered_chart_and_the_strimzi_resources_validate_strictly_for_dev_and_pr
         if env == "production" {
             // values-production.yaml turns the ServiceMonitors on.
             assert!(
-                text.contains("4 ServiceMonitor(s) checked structurally"),
+                text.contains("5 ServiceMonitor(s) checked structurally"),
                 "{text}"
             );
         }

@@ -63,10 +63,11 @@ The taskstream image reference.
 
 {{/*
 The taskstream components the release runs, comma-separated: the relay only
-when it is the publisher.
+when it is the publisher, the workload processor when enabled.
 */}}
 {{- define "taskstream.components" -}}
 {{- if eq .Values.publisher "relay" }}api,relay,notifier,auditor{{ else }}api,notifier,auditor{{ end }}
+{{- if .Values.processor.enabled }},processor{{ end }}
 {{- end }}
 
 {{/*
