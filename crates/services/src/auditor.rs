@@ -88,47 +88,11 @@ impl EventHandler for AuditHandler {
 
 #[cfg(test)]
 mod tests {
-    use taskstream_domain::{Cause, NewTask, Priority, Task, TaskTitle};
     use taskstream_store::{InboxStore, SqliteOptions, SqliteStore};
 
     use super::*;
+    use crate::consumer::fixtures::{delivery, event, record};
     use crate::{Deduplicated, ProcessedEvents};
-
-    fn event() -> EventEnvelope {
-        let new = NewTask {
-            title: TaskTitle::parse("audit me").unwrap(),
-            description: None,
-            priority: Priority::Medium,
-            due_at: None,
-            assignee: None,
-        };
-        Task::create(new, taskstream_domain::now(), Cause::default()).event
-    }
-
-    fn record(offset: i64) -> InboundRecord {
-        InboundRecord {
-            topic: "task-events".into(),
-            partition: 0,
-            offset,
-            key: None,
-            payload: None,
-            headers: Vec::new(),
-            timestamp_ms: None,
-        }
-    }
-
-    fn delivery<'a>(
-        group: &'a str,
-        record: &'a InboundRecord,
-        event: &'a EventEnvelope,
-    ) -> Delivery<'a> {
-        Delivery {
-            group,
-            record,
-            event,
-            span: tracing::Span::none(),
-        }
-    }
 
     #[tokio::test]
     async fn the_auditor_behind_its_inbox_records_an_event_once_whichever_group_reads_it() {
@@ -142,7 +106,7 @@ mod tests {
             ProcessedEvents::new(store.clone()),
             AuditHandler::new(store.clone()),
         );
-        let (event, first, again) = (event(), record(3), record(9));
+        let (event, first, again) = (event("audit me"), record(3), record(9));
         let id = event.id.as_uuid();
 
         let handled = auditor.handle(&delivery("auditor", &first, &event)).await;

@@ -148,10 +148,8 @@ impl<I: Inbox, H: EventHandler> EventHandler for Deduplicated<I, H> {
 mod tests {
     use std::sync::Mutex;
 
-    use taskstream_domain::{Cause, EventEnvelope, NewTask, Priority, Task, TaskTitle};
-    use taskstream_kafka::InboundRecord;
-
     use super::*;
+    use crate::consumer::fixtures::{delivery, event, record};
 
     /// Remembers what `handle` saw, by group, like a store would.
     #[derive(Default)]
@@ -178,42 +176,6 @@ mod tests {
         }
     }
 
-    fn event() -> EventEnvelope {
-        let new = NewTask {
-            title: TaskTitle::parse("dedup").unwrap(),
-            description: None,
-            priority: Priority::Medium,
-            due_at: None,
-            assignee: None,
-        };
-        Task::create(new, taskstream_domain::now(), Cause::default()).event
-    }
-
-    fn record() -> InboundRecord {
-        InboundRecord {
-            topic: "task-events".into(),
-            partition: 0,
-            offset: 7,
-            key: None,
-            payload: None,
-            headers: Vec::new(),
-            timestamp_ms: None,
-        }
-    }
-
-    fn delivery<'a>(
-        group: &'a str,
-        record: &'a InboundRecord,
-        event: &'a EventEnvelope,
-    ) -> Delivery<'a> {
-        Delivery {
-            group,
-            record,
-            event,
-            span: tracing::Span::none(),
-        }
-    }
-
     /// A batch handler that forgets the last event's outcome.
     struct ShortAnswer;
 
@@ -232,7 +194,7 @@ mod tests {
     async fn a_batch_answered_with_too_few_outcomes_fails_instead_of_panicking() {
         let state = Arc::new(Remembering::default());
         let layer = Deduplicated::new(Arc::clone(&state), ShortAnswer);
-        let (a, b, record) = (event(), event(), record());
+        let (a, b, record) = (event("dedup"), event("dedup"), record(7));
         let batch = [delivery("g", &record, &a), delivery("g", &record, &b)];
         let error = layer.handle_batch(&batch).await.unwrap_err();
         assert!(error.is_retriable(), "{error}");
@@ -246,7 +208,7 @@ mod tests {
     async fn an_event_is_handled_once_per_group_and_once_more_in_another_group() {
         let state = Arc::new(Remembering::default());
         let layer = Deduplicated::new(Arc::clone(&state), Arc::clone(&state));
-        let (event, record) = (event(), record());
+        let (event, record) = (event("dedup"), record(7));
         let first = delivery("notifier", &record, &event);
         assert_eq!(layer.handle(&first).await.unwrap(), Handled::Applied);
         assert_eq!(layer.handle(&first).await.unwrap(), Handled::Duplicate);
@@ -279,7 +241,7 @@ mod tests {
     async fn a_batch_asks_its_inbox_once_for_all_its_events() {
         let asked = Arc::new(Asked::default());
         let layer = Deduplicated::new(Arc::clone(&asked), Arc::new(Remembering::default()));
-        let (events, record) = ([event(), event(), event()], record());
+        let (events, record) = ([event("dedup"), event("dedup"), event("dedup")], record(7));
         let batch = events.each_ref().map(|e| delivery("auditor", &record, e));
         let outcomes = layer.handle_batch(&batch).await.unwrap();
         assert_eq!(outcomes, [Handled::Applied; 3]);
@@ -291,7 +253,7 @@ mod tests {
     async fn a_batch_skips_handled_events_and_repeats_within_itself() {
         let state = Arc::new(Remembering::default());
         let layer = Deduplicated::new(Arc::clone(&state), Arc::clone(&state));
-        let (old, new, record) = (event(), event(), record());
+        let (old, new, record) = (event("dedup"), event("dedup"), record(7));
         layer
             .handle(&delivery("auditor", &record, &old))
             .await

@@ -24,6 +24,8 @@
 mod dead_letter;
 mod decode;
 mod error;
+#[cfg(test)]
+pub(crate) mod fixtures;
 mod handler;
 mod inbox;
 mod metrics;

@@ -306,6 +306,7 @@ mod tests {
     use std::cell::{Cell, RefCell};
 
     use super::*;
+    use crate::consumer::fixtures::record;
 
     fn policy() -> RetryPolicy {
         RetryPolicy {
@@ -348,18 +349,6 @@ mod tests {
             self.paused.set(false);
             self.resumed_at.borrow_mut().push(offset);
             Ok(())
-        }
-    }
-
-    fn record(offset: i64) -> InboundRecord {
-        InboundRecord {
-            topic: "task-events".into(),
-            partition: 0,
-            offset,
-            key: None,
-            payload: None,
-            headers: Vec::new(),
-            timestamp_ms: None,
         }
     }
 
