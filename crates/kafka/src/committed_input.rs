@@ -114,8 +114,8 @@ impl CommittedInput {
     }
 }
 
-/// The partition ids of `topic`.
-fn partitions<C: rdkafka::ClientContext>(
+/// The partition ids of `topic`; an error if it does not exist.
+pub(crate) fn partitions<C: rdkafka::ClientContext>(
     client: &rdkafka::client::Client<C>,
     topic: &str,
     timeout: Duration,

@@ -90,21 +90,7 @@ pub async fn group_offsets(
     let consumer = client(config, format!("offsets-{group}"), Some(group))?;
     let topic = topic.to_owned();
     blocking(move || {
-        let metadata = consumer
-            .fetch_metadata(Some(&topic), timeout)
-            .map_err(admin_err("Metadata"))?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic)
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        if partitions.is_empty() {
-            return Err(KafkaError::Admin {
-                operation: "Metadata",
-                message: format!("topic {topic} does not exist"),
-            });
-        }
+        let partitions = crate::committed_input::partitions(consumer.client(), &topic, timeout)?;
         let mut tpl = TopicPartitionList::new();
         for p in &partitions {
             tpl.add_partition(&topic, *p);

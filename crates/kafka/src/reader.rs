@@ -1,5 +1,7 @@
-//! Reading a whole topic, from the start to its current end, outside any
-//! consumer group (for inspecting dead letters).
+//! Reading a topic outside any consumer group, as a `read_committed`
+//! consumer: all of it, from the start to its current end (for inspecting
+//! dead letters), or what was published after a point (for measuring when
+//! consumer groups caught up with a load).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -8,6 +10,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::committed_input::partitions;
 use crate::context::TracingContext;
 use crate::{InboundRecord, KafkaConfig, KafkaError};
 
@@ -29,73 +32,99 @@ pub async fn read_topic(
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<InboundRecord>, KafkaError> {
-    let mut rd = config.client_config();
-    // A group id is required for assignment; nothing is ever committed.
-    rd.set("group.id", TOPIC_READER_GROUP)
-        .set("enable.auto.commit", "false");
-    let consumer: BaseConsumer<TracingContext> = rd
-        .create_with_context(TracingContext::of("topic-reader", config))
-        .map_err(|e| KafkaError::Config(e.to_string()))?;
+    crate::read_committed(config, topic, timeout).await
+}
+
+/// Where each partition of `topic` ends now: the offset the next record
+/// written to it will get.
+pub async fn end_offsets(
+    config: &KafkaConfig,
+    topic: &str,
+    timeout: Duration,
+) -> Result<HashMap<i32, i64>, KafkaError> {
+    let consumer = topic_reader(config)?;
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
-        let metadata = consumer
-            .fetch_metadata(Some(&topic), timeout)
-            .map_err(err("Metadata"))?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic && t.error().is_none())
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        if partitions.is_empty() {
-            return Err(KafkaError::Admin {
-                operation: "Metadata",
-                message: format!("topic {topic} does not exist"),
-            });
-        }
-        let mut ends = HashMap::new();
+        partitions(consumer.client(), &topic, timeout)?
+            .into_iter()
+            .map(|p| {
+                let (_, high) = consumer
+                    .fetch_watermarks(&topic, p, timeout)
+                    .map_err(err("ListOffsets"))?;
+                Ok((p, high))
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| KafkaError::Consume(e.to_string()))?
+}
+
+/// Records published to a topic after a given point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// Committed records read (control records are not counted).
+    pub records: usize,
+    /// Per partition, the offset after the last record read: a consumer
+    /// group whose committed offsets reach these has consumed them all.
+    pub positions: HashMap<i32, i64>,
+}
+
+/// Reads `topic` as a `read_committed` consumer outside any group, from
+/// `from` (partition to offset; partitions missing start at their
+/// beginning) until `want` records were read. Gives up with what it read
+/// once no record arrived for `idle` — the caller compares `records` with
+/// `want`.
+pub async fn read_published(
+    config: &KafkaConfig,
+    topic: &str,
+    from: &HashMap<i32, i64>,
+    want: usize,
+    idle: Duration,
+) -> Result<Published, KafkaError> {
+    let consumer = topic_reader(config)?;
+    let topic = topic.to_owned();
+    let from = from.clone();
+    tokio::task::spawn_blocking(move || {
         let mut tpl = TopicPartitionList::new();
-        for p in partitions {
-            let (low, high) = consumer
-                .fetch_watermarks(&topic, p, timeout)
-                .map_err(err("ListOffsets"))?;
-            if high > low {
-                ends.insert(p, high);
-                tpl.add_partition_offset(&topic, p, Offset::Offset(low))
-                    .map_err(err("Assign"))?;
+        let mut positions = HashMap::new();
+        for p in partitions(consumer.client(), &topic, idle)? {
+            let start = from
+                .get(&p)
+                .map_or(Offset::Beginning, |o| Offset::Offset(*o));
+            tpl.add_partition_offset(&topic, p, start)
+                .map_err(err("Assign"))?;
+            if let Some(o) = from.get(&p) {
+                positions.insert(p, *o);
             }
-        }
-        let mut records = Vec::new();
-        if ends.is_empty() {
-            return Ok(records);
         }
         consumer.assign(&tpl).map_err(err("Assign"))?;
-        let mut deadline = Instant::now() + timeout;
-        while !ends.is_empty() {
-            if Instant::now() > deadline {
-                return Err(KafkaError::Consume(format!(
-                    "timed out reading {topic}: no record for {timeout:?}"
-                )));
-            }
+        let mut records = 0;
+        let mut last = Instant::now();
+        while records < want && last.elapsed() < idle {
             match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {
-                    deadline = Instant::now() + timeout;
-                    let partition = m.partition();
-                    if ends
-                        .get(&partition)
-                        .is_some_and(|end| m.offset() + 1 >= *end)
-                    {
-                        ends.remove(&partition);
-                    }
-                    records.push(InboundRecord::from_message(&m));
+                    last = Instant::now();
+                    records += 1;
+                    positions.insert(m.partition(), m.offset() + 1);
                 }
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => {}
                 Some(Err(e)) => return Err(err("Fetch")(e)),
                 None => {}
             }
         }
-        records.sort_by_key(|r| (r.partition, r.offset));
-        Ok(records)
+        Ok(Published { records, positions })
     })
     .await
     .map_err(|e| KafkaError::Consume(e.to_string()))?
+}
+
+fn topic_reader(config: &KafkaConfig) -> Result<BaseConsumer<TracingContext>, KafkaError> {
+    let mut rd = config.client_config();
+    // A group id is required for assignment; nothing is ever committed.
+    rd.set("group.id", TOPIC_READER_GROUP)
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed");
+    rd.create_with_context(TracingContext::of("topic-reader", config))
+        .map_err(|e| KafkaError::Config(e.to_string()))
 }

@@ -23,13 +23,15 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde_json::{json, Value};
 use taskstream_kafka::{
-    apply_topics, EventProducer, KafkaConfig, OutboundRecord, ProducerSettings, TopicSpec,
+    apply_topics, end_offsets, EventProducer, KafkaConfig, OutboundRecord, ProducerSettings,
+    TopicSpec,
 };
 use taskstream_services::topics::declared_topics;
 use taskstream_services::NOTIFIER_GROUP;
 use taskstream_store::{AuditStore, SqliteOptions, SqliteStore, Store, Synchronous, TaskStore};
 
 use crate::components::DevBrokerKind;
+use crate::ops::catch_up::{self, CatchUp};
 use crate::system::{RunningSystem, SystemConfig};
 
 #[derive(Debug, Args)]
@@ -49,9 +51,20 @@ pub struct BenchArgs {
     /// Out of every 10 requests, how many complete a task.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=5))]
     pub completions: u8,
-    /// Drive an already running API instead (only API figures are measured).
+    /// Drive an already running API from this process instead: API
+    /// figures, and with `--watch-group` how far behind each group fell.
     #[arg(long)]
     pub url: Option<String>,
+    /// With `--url`: a consumer group to watch on `--kafka-bootstrap`
+    /// (repeatable): its lag when the load ended and when it caught up.
+    #[arg(long = "watch-group", value_name = "GROUP", requires = "url")]
+    pub watch_groups: Vec<String>,
+    /// With `--watch-group`: the topic the service publishes its changes to.
+    #[arg(long, default_value = "task-events")]
+    pub watch_topic: String,
+    /// With `--watch-group`: how long to wait for the groups to catch up, in seconds.
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    pub catch_up_timeout: u64,
     /// A small run (1,000 requests, 8 clients) for smoke tests.
     #[arg(long)]
     pub quick: bool,
@@ -155,6 +168,8 @@ pub struct Report {
     pub relay_vs_raw_producer: Option<Versus>,
     pub event_bytes: usize,
     pub plot: Option<String>,
+    /// With `--url --watch-group`: the groups at the end of the load.
+    pub catch_up: Option<CatchUp>,
 }
 
 fn client(concurrency: usize) -> reqwest::Client {
@@ -580,6 +595,7 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         relay_vs_raw_producer: None,
         event_bytes: 0,
         plot: None,
+        catch_up: None,
     };
 
     if let Some(url) = &args.url {
@@ -587,10 +603,40 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
             "driving {url}: {} requests from {} clients",
             args.requests, args.concurrency
         ));
+        let watch = match (&args.kafka_bootstrap, args.watch_groups.is_empty()) {
+            (_, true) => None,
+            (None, false) => {
+                bail!("--watch-group needs --kafka-bootstrap: the cluster the groups consume from")
+            }
+            (Some(bootstrap), false) => {
+                let kafka = KafkaConfig::new(bootstrap);
+                let start = end_offsets(&kafka, &args.watch_topic, Duration::from_secs(10))
+                    .await
+                    .with_context(|| {
+                        format!("cannot read the end of {} on {bootstrap}", args.watch_topic)
+                    })?;
+                Some((kafka, start))
+            }
+        };
         let load = drive(url, args.requests, args.concurrency, args.rate, mix, quiet).await;
         report.api_per_s = (args.requests - load.errors) as f64 / load.elapsed.as_secs_f64();
         report.api_latency = Percentiles::of(&load.latency);
         report.http_errors = load.errors;
+        report.acknowledged_changes = load.acks.len();
+        if let Some((kafka, start)) = watch {
+            say("waiting for the watched groups to catch up");
+            report.catch_up = Some(
+                catch_up::measure(
+                    &kafka,
+                    &args.watch_topic,
+                    &args.watch_groups,
+                    &start,
+                    load.acks.len(),
+                    Duration::from_secs(args.catch_up_timeout),
+                )
+                .await?,
+            );
+        }
         let noop = drive(url, args.requests, args.concurrency, None, None, true).await;
         report.noop_http_latency = Some(Percentiles::of(&noop.latency));
         let noop_rate = (args.requests - noop.errors) as f64 / noop.elapsed.as_secs_f64();
@@ -880,6 +926,28 @@ fn print(report: &Report, json: bool) -> anyhow::Result<()> {
         "    relay draining / raw producer {}",
         v(&report.relay_vs_raw_producer)
     );
+    if let Some(c) = &report.catch_up {
+        let ms = |v: Option<u64>| {
+            v.map_or_else(
+                || "not within the timeout".to_owned(),
+                |ms| format!("{ms} ms"),
+            )
+        };
+        println!(
+            "  {} of {} acknowledged changes on {}; the last after {}",
+            c.published,
+            c.expected,
+            c.topic,
+            ms(c.published_after_ms)
+        );
+        for (group, g) in &c.groups {
+            println!(
+                "  group {group:<16} {:>8} behind at the end; caught up after {}",
+                g.lag_at_end,
+                ms(g.caught_up_after_ms)
+            );
+        }
+    }
     if let Some(plot) = &report.plot {
         println!("  latency plot: {plot}");
     }

@@ -7,6 +7,7 @@
 pub mod access;
 #[cfg(feature = "bench")]
 pub mod bench;
+pub mod catch_up;
 pub mod cdc;
 pub mod connect;
 pub mod dlq;

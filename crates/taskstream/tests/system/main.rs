@@ -6,6 +6,7 @@ mod at_scale;
 mod binary;
 mod broker_failures;
 mod brokers;
+mod chapter_stack;
 mod components;
 mod contention;
 mod core_loop;

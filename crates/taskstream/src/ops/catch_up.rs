@@ -1,0 +1,143 @@
+//! How far behind consumer groups were when a load ended, and when they
+//! caught up — measured from outside, so that it works for any service that
+//! publishes to a topic and consumes it in groups (taskstream's `up`, or the
+//! chapter's FastAPI stack next to it).
+//!
+//! "Caught up" is exact, not "lag reached zero once": a `read_committed`
+//! reader outside any group reads the records published since the load
+//! began until it has as many as the load's acknowledged changes; a group
+//! has caught up once its committed offsets reach the positions after those
+//! records on every partition. The group's offsets are sampled while the
+//! reader reads, so reading does not delay the figure.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Serialize;
+use taskstream_kafka::{group_offsets, read_published, KafkaConfig};
+
+/// One group at the end of a load.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupCatchUp {
+    /// Offsets between the group's committed position and the end of the
+    /// topic when the load ended (transaction markers included).
+    pub lag_at_end: i64,
+    /// From the end of the load until the group had consumed every record
+    /// the load produced; `None` if it had not within the timeout.
+    pub caught_up_after_ms: Option<u64>,
+}
+
+/// Every watched group, and the publisher, at the end of a load.
+#[derive(Debug, Clone, Serialize)]
+pub struct CatchUp {
+    pub topic: String,
+    /// Changes the load had acknowledged: the records expected on the topic.
+    pub expected: usize,
+    /// Records found on the topic (`read_committed`) since the load began.
+    pub published: usize,
+    /// From the end of the load until the last expected record was on the
+    /// topic (as seen by the reader); `None` if not all of them arrived.
+    pub published_after_ms: Option<u64>,
+    pub groups: BTreeMap<String, GroupCatchUp>,
+}
+
+struct Sample {
+    at: Duration,
+    group: String,
+    committed: HashMap<i32, i64>,
+}
+
+/// Measures [`CatchUp`] for `groups` on `topic`: `start` holds the end
+/// offsets from before the load, `expected` the changes it acknowledged.
+/// Call it right when the load ends; waits at most `timeout`.
+pub async fn measure(
+    kafka: &KafkaConfig,
+    topic: &str,
+    groups: &[String],
+    start: &HashMap<i32, i64>,
+    expected: usize,
+    timeout: Duration,
+) -> anyhow::Result<CatchUp> {
+    let ended = Instant::now();
+    let request_timeout = Duration::from_secs(10);
+    let mut report = BTreeMap::new();
+    for group in groups {
+        let offsets = group_offsets(kafka, group, topic, request_timeout)
+            .await
+            .with_context(|| format!("cannot read the offsets of group {group}"))?;
+        report.insert(
+            group.clone(),
+            GroupCatchUp {
+                lag_at_end: offsets.iter().map(|p| p.lag()).sum(),
+                caught_up_after_ms: None,
+            },
+        );
+    }
+
+    let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (kafka, topic, groups) = (kafka.clone(), topic.to_owned(), groups.to_vec());
+        let (samples, stop) = (Arc::clone(&samples), Arc::clone(&stop));
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) && ended.elapsed() < timeout {
+                for group in &groups {
+                    if let Ok(offsets) = group_offsets(&kafka, group, &topic, request_timeout).await
+                    {
+                        let committed = offsets
+                            .iter()
+                            .filter_map(|p| Some((p.partition, p.committed?)))
+                            .collect();
+                        samples.lock().expect("samples poisoned").push(Sample {
+                            at: ended.elapsed(),
+                            group: group.clone(),
+                            committed,
+                        });
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+
+    let published = read_published(kafka, topic, start, expected, Duration::from_secs(30))
+        .await
+        .with_context(|| format!("cannot read what was published to {topic}"))?;
+    let published_after_ms =
+        (published.records >= expected).then(|| ended.elapsed().as_millis() as u64);
+    let caught_up = |sample: &Sample| {
+        published
+            .positions
+            .iter()
+            .filter(|(p, end)| start.get(p).is_none_or(|s| *end > s))
+            .all(|(p, end)| sample.committed.get(p).is_some_and(|c| c >= end))
+    };
+    let settle = |report: &mut BTreeMap<String, GroupCatchUp>| {
+        let samples = samples.lock().expect("samples poisoned");
+        for (group, entry) in report.iter_mut() {
+            if entry.caught_up_after_ms.is_none() {
+                entry.caught_up_after_ms = samples
+                    .iter()
+                    .find(|s| &s.group == group && caught_up(s))
+                    .map(|s| s.at.as_millis() as u64);
+            }
+        }
+        report.values().all(|g| g.caught_up_after_ms.is_some())
+    };
+    while !settle(&mut report) && !sampler.is_finished() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = sampler.await;
+    settle(&mut report);
+    Ok(CatchUp {
+        topic: topic.to_owned(),
+        expected,
+        published: published.records,
+        published_after_ms,
+        groups: report,
+    })
+}
