@@ -276,6 +276,10 @@ pub struct UpArgs {
     /// Default: 45 (3 on `--dev-broker mock`).
     #[arg(long, env = "TASKSTREAM_SESSION_TIMEOUT", value_parser = parse_seconds)]
     pub session_timeout: Option<Duration>,
+    /// Do not run the workload processor (which runs exactly once, through
+    /// transactions, on every broker but `--dev-broker mock`).
+    #[arg(long)]
+    pub no_processor: bool,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]

@@ -89,6 +89,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     config.consumer.retry.give_up_after = args.give_up_after;
     config.http_limits = args.http_limits.limits();
     config.session_timeout = args.session_timeout;
+    if args.no_processor {
+        config.processor = None;
+    }
     config.registry = match (args.event_format, args.registry.schema_registry) {
         (EventFormat::Json, _) => RegistrySetting::Disabled,
         (EventFormat::Avro, Some(url)) => RegistrySetting::External(url),

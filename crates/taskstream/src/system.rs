@@ -10,7 +10,7 @@ use taskstream_avro::RegistryClient;
 use taskstream_broker::FlushPolicy;
 use taskstream_kafka::{ConsumerSettings, DevBroker, KafkaConfig};
 use taskstream_services::topics::TASK_EVENTS;
-use taskstream_services::{EventEncoding, RelaySettings, NOTIFIER_GROUP};
+use taskstream_services::{EventEncoding, ProcessorSettings, RelaySettings, NOTIFIER_GROUP};
 use taskstream_store::{Database, PgOptions, SqliteOptions, Store};
 use taskstream_telemetry::Metrics;
 use tokio::sync::Notify;
@@ -59,6 +59,9 @@ pub struct SystemConfig {
     /// Timeouts and the connection limit of the API's and the embedded
     /// registry's ports.
     pub http_limits: HttpLimits,
+    /// Run the workload processor (exactly once, through transactions);
+    /// never on the mock, which has no transactions.
+    pub processor: Option<ProcessorSettings>,
 }
 
 /// Where event schemas live, and so how events are encoded.
@@ -93,6 +96,7 @@ impl SystemConfig {
             registry: RegistrySetting::Embedded(SocketAddr::from(([127, 0, 0, 1], 0))),
             kafka_wait_at_start: None,
             http_limits: HttpLimits::default(),
+            processor: Some(ProcessorSettings::default()),
         }
     }
 }
@@ -237,6 +241,25 @@ impl RunningSystem {
                 &metrics,
             )?,
         ]);
+        match (&config.processor, mock) {
+            (Some(_), true) => {
+                tracing::info!("the mock has no transactions: the workload processor does not run")
+            }
+            (Some(settings), false) => {
+                let (processor, finished) =
+                    components::processor(&kafka, registry.clone(), settings.clone(), &metrics);
+                tokio::spawn(async move {
+                    if let Ok(Err(e)) = finished.await {
+                        tracing::error!(
+                            error = &e as &dyn std::error::Error,
+                            "the workload processor stopped; the rest of the system runs on"
+                        );
+                    }
+                });
+                running.push(processor);
+            }
+            (None, _) => {}
+        }
         let api_checks = components::api_checks(&store, &encoding);
         let broker_checks = dev_broker
             .as_ref()
@@ -297,6 +320,11 @@ impl RunningSystem {
     /// The process's metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The names of the components running, in shutdown order.
+    pub fn component_names(&self) -> Vec<&'static str> {
+        self.components.iter().map(Component::name).collect()
     }
 
     /// The mock cluster, when that is the embedded broker (for fault

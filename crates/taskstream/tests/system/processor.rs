@@ -523,3 +523,55 @@ async fn killing_the_transaction_coordinator_mid_run_loses_and_doubles_nothing_o
         .unwrap();
     processor.0.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_runs_the_workload_processor_and_its_counts_follow_the_api() {
+    let app = crate::helpers::spawn_app().await;
+    assert!(app.system.component_names().contains(&"processor"));
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let task = app.created(&format!("ana's task {i}"), Some("ana")).await;
+        ids.push(task["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(app.complete(&ids[0]).await.status(), 200);
+    let config = KafkaConfig::new(app.system.kafka_bootstrap());
+    let latest = eventually(
+        "ana's workload after three creates and one completion",
+        Duration::from_secs(60),
+        || {
+            let config = config.clone();
+            async move {
+                let records = read_committed(&config, ASSIGNEE_WORKLOAD, Duration::from_secs(10))
+                    .await
+                    .ok()?;
+                let latest = records
+                    .iter()
+                    .rfind(|r| r.key.as_deref() == Some(b"ana".as_slice()))?;
+                let workload: serde_json::Value =
+                    serde_json::from_slice(latest.payload.as_deref()?).ok()?;
+                (workload["open_tasks"] == 2).then_some(workload)
+            }
+        },
+    )
+    .await;
+    assert_eq!(latest["overdue_tasks"], 0, "{latest}");
+    app.system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_runs_no_processor_when_told_not_to_or_on_the_mock() {
+    for mock in [false, true] {
+        let app = crate::helpers::spawn_app_with(|config| {
+            if mock {
+                config.dev_broker = DevBrokerKind::Mock;
+            } else {
+                config.processor = None;
+            }
+        })
+        .await;
+        let running = app.system.component_names();
+        assert!(!running.contains(&"processor"), "mock: {mock}: {running:?}");
+        assert!(running.contains(&"auditor"), "mock: {mock}: {running:?}");
+        app.system.shutdown().await;
+    }
+}
