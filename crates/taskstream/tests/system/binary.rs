@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::helpers::{client, eventually};
+use crate::helpers::{client, items_when};
 
 const BIN: &str = env!("CARGO_BIN_EXE_taskstream");
 
@@ -92,19 +92,7 @@ async fn up_prints_its_endpoints_serves_the_loop_and_stops_cleanly_on_sigterm() 
             .status();
         assert_eq!(status, 200);
     }
-    let audit = eventually("30 audit items", Duration::from_secs(30), || async {
-        let body: Value = client
-            .get(format!("{http}/audit"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        let items = body["items"].as_array()?.clone();
-        (items.len() >= 30).then_some(items)
-    })
-    .await;
+    let audit = items_when(&client, &http, "/audit", 30).await;
     let distinct: std::collections::HashSet<&str> = audit
         .iter()
         .map(|e| e["event_id"].as_str().unwrap())
@@ -281,22 +269,8 @@ async fn each_component_runs_alone_and_stops_cleanly_on_sigterm() {
         .unwrap();
     let id = task["id"].as_str().unwrap().to_owned();
     // The relay polls the shared database; the auditor reads the topic.
-    eventually(
-        "the auditor in its own process to record the event",
-        Duration::from_secs(30),
-        || async {
-            let body: Value = client
-                .get(format!("{audit_url}/audit?task_id={id}"))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            (body["items"].as_array()?.len() == 1).then_some(())
-        },
-    )
-    .await;
+    let audited = items_when(&client, &audit_url, &format!("/audit?task_id={id}"), 1).await;
+    assert_eq!(audited.len(), 1, "{audited:?}");
     let relay_url = relay_http.strip_prefix("http: ").unwrap().to_owned();
     let ready = client
         .get(format!("{relay_url}/readyz"))

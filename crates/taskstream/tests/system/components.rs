@@ -15,7 +15,7 @@ use taskstream_store::SqliteOptions;
 use taskstream_telemetry::Metrics;
 use tokio::sync::Notify;
 
-use crate::helpers::{client, eventually, init_logs};
+use crate::helpers::{client, eventually, init_logs, try_items};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn components_started_from_the_library_on_random_ports_carry_a_task_change_to_both_consumers()
@@ -104,17 +104,7 @@ async fn components_started_from_the_library_on_random_ports_carry_a_task_change
     let task: Value = created.json().await.unwrap();
     let items = |path: &'static str| {
         let (client, base) = (client.clone(), base.clone());
-        async move {
-            let body: Value = client
-                .get(format!("{base}{path}"))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            body["items"].as_array().cloned()
-        }
+        async move { try_items(&client, &base, path).await }
     };
     let audited = eventually(
         "the auditor to record the event",

@@ -89,6 +89,28 @@ where
     }
 }
 
+/// The `items` of `GET {base}{path}`, or `None` while the server does not
+/// answer with a list (it may be starting, stopping or restarting).
+pub async fn try_items(client: &reqwest::Client, base: &str, path: &str) -> Option<Vec<Value>> {
+    let response = client.get(format!("{base}{path}")).send().await.ok()?;
+    let body: Value = response.json().await.ok()?;
+    body["items"].as_array().cloned()
+}
+
+/// Waits until `GET {base}{path}` lists at least `n` items and returns them.
+pub async fn items_when(client: &reqwest::Client, base: &str, path: &str, n: usize) -> Vec<Value> {
+    eventually(
+        &format!("{n} items at {path}"),
+        Duration::from_secs(30),
+        || async {
+            try_items(client, base, path)
+                .await
+                .filter(|items| items.len() >= n)
+        },
+    )
+    .await
+}
+
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)

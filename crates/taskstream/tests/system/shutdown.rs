@@ -6,10 +6,10 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::binary::{launch, ChildGuard};
-use crate::helpers::{client, eventually};
+use crate::helpers::{client, items_when};
 
 /// The bound the binary promises, plus room for a loaded test machine.
 const BOUND_WITH_SLACK: Duration = Duration::from_secs(14);
@@ -68,22 +68,7 @@ async fn up_whose_broker_died(dir: &std::path::Path) -> (ChildGuard, String) {
         .await
         .unwrap();
     assert_eq!(created.status(), 201);
-    eventually(
-        "the first event audited",
-        Duration::from_secs(30),
-        || async {
-            let body: Value = client
-                .get(format!("{http}/audit"))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            (!body["items"].as_array()?.is_empty()).then_some(())
-        },
-    )
-    .await;
+    items_when(&client, &http, "/audit", 1).await;
     broker.0.kill().unwrap();
     broker.0.wait().unwrap();
     // Writes are still acknowledged: they wait in the outbox.
