@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError as RdError;
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::context::TracingContext;
@@ -95,11 +94,7 @@ impl CommittedInput {
         loop {
             match self.inner.recv().await {
                 Ok(message) => return Ok(InboundRecord::from_message(&message)),
-                Err(RdError::MessageConsumption(
-                    RDKafkaErrorCode::BrokerTransportFailure
-                    | RDKafkaErrorCode::AllBrokersDown
-                    | RDKafkaErrorCode::Resolve,
-                )) => {}
+                Err(e) if crate::error::lost_brokers(&e) => {}
                 Err(e) => return Err(KafkaError::Consume(e.to_string())),
             }
         }
@@ -220,11 +215,7 @@ async fn read_all(
                 }
                 // A broker that went away: librdkafka reconnects, or
                 // fetches from the partition's next leader.
-                Some(Err(RdError::MessageConsumption(
-                    RDKafkaErrorCode::BrokerTransportFailure
-                    | RDKafkaErrorCode::AllBrokersDown
-                    | RDKafkaErrorCode::Resolve,
-                ))) => {}
+                Some(Err(e)) if crate::error::lost_brokers(&e) => {}
                 Some(Err(e)) => return Err(KafkaError::Consume(e.to_string())),
                 None => {}
             }

@@ -16,9 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::error::KafkaError as RdError;
 use rdkafka::message::{Headers, Message};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::context::{now_ms, GroupState, TracingContext};
@@ -216,12 +214,8 @@ impl EventConsumer {
         let message = loop {
             match self.inner.recv().await {
                 Ok(message) => break message,
-                Err(RdError::MessageConsumption(
-                    code @ (RDKafkaErrorCode::BrokerTransportFailure
-                    | RDKafkaErrorCode::AllBrokersDown
-                    | RDKafkaErrorCode::Resolve),
-                )) => {
-                    tracing::debug!(target: "kafka", group = self.group.as_str(), %code, "consumer lost its brokers; librdkafka reconnects");
+                Err(e) if crate::error::lost_brokers(&e) => {
+                    tracing::debug!(target: "kafka", group = self.group.as_str(), error = %e, "consumer lost its brokers; librdkafka reconnects");
                 }
                 Err(e) => return Err(KafkaError::Consume(e.to_string())),
             }

@@ -60,3 +60,16 @@ fn seconds(d: &std::time::Duration) -> String {
         format!("{}s", d.as_secs_f64())
     }
 }
+
+/// The client lost its connection to the brokers, or cannot resolve them:
+/// not an error for a consumer, since librdkafka reconnects by itself (or
+/// fetches from a partition's next leader).
+pub(crate) fn lost_brokers(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode::{AllBrokersDown, BrokerTransportFailure, Resolve};
+    matches!(
+        e,
+        rdkafka::error::KafkaError::MessageConsumption(
+            BrokerTransportFailure | AllBrokersDown | Resolve
+        )
+    )
+}
