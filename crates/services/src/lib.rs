@@ -24,7 +24,7 @@ pub use consumer::{
 pub use dead_letter::{dead_letter_topic, DeadLetterPublisher, ErrorClass};
 pub use encoding::{EncodingError, EventDecoder, EventEncoding, EventRecord};
 pub use notifier::{DelayedSink, LogSink, NotificationHandler, NotificationSink, NOTIFIER_GROUP};
-pub use offset_resets::{GapRepair, OffsetResets, OutboxRepair, Repair};
+pub use offset_resets::{GapRepair, OffsetResets, OutboxRepair, Repair, ReportedReset};
 pub use processor::{ProcessorError, ProcessorSettings, WorkloadProcessor};
 pub use relay::{OutboxRelay, ProducerFactory, RelayError, RelaySettings};
 pub use shutdown::{Shutdown, ShutdownTrigger};

@@ -16,7 +16,7 @@ use taskstream_api::ReadinessCheck;
 use taskstream_avro::RegistryClient;
 use taskstream_kafka::{KafkaConfig, PartitionHealth, TopicHealth, TopicProbe};
 use taskstream_services::topics::TASK_EVENTS;
-use taskstream_services::OffsetResets;
+use taskstream_services::{OffsetResets, Repair, ReportedReset};
 use taskstream_store::{OutboxStore, Store};
 
 use super::ConsumerOptions;
@@ -264,10 +264,13 @@ fn judge_topic(health: &TopicHealth) -> Result<String, String> {
 }
 
 /// No consumer of this process skipped records deleted before it read
-/// them in the last reset report window (15 minutes by default): each reset
-/// fails the check for that long, naming the group, the partition, the
-/// offsets skipped and what the repair did, so a probe or a person sees it
-/// even when the repair made it whole. The counters
+/// them, unrepaired, in the last reset report window (15 minutes by
+/// default). A reset whose repair is pending, failed, or impossible (no
+/// outbox: the events are lost) fails the check for that long; one the
+/// outbox repaired (its events republished) is named in the passing
+/// detail instead, so a person still sees it while the process stays in
+/// service. Each names the group, the partition, the offsets skipped and
+/// what the repair did. The counters
 /// `taskstream_consumer_offset_resets_total` and
 /// `taskstream_consumer_skipped_events_total` keep every reset.
 pub struct OffsetResetCheck {
@@ -292,17 +295,26 @@ impl ReadinessCheck for OffsetResetCheck {
 
     async fn check(&self) -> Result<String, String> {
         let recent = self.resets.within(self.window);
-        if recent.is_empty() {
+        let join = |resets: &[&ReportedReset]| {
+            resets
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let (repaired, unrepaired): (Vec<_>, Vec<_>) = recent
+            .iter()
+            .partition(|r| matches!(r.repair, Repair::Republished(_)));
+        if !unrepaired.is_empty() {
+            return Err(join(&unrepaired));
+        }
+        if repaired.is_empty() {
             return Ok(format!(
                 "no consumer skipped records deleted unread in the last {} s",
                 self.window.as_secs()
             ));
         }
-        Err(recent
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; "))
+        Ok(format!("repaired: {}", join(&repaired)))
     }
 }
 
@@ -361,6 +373,38 @@ impl ReadinessCheck for RegistryCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_reset_fails_readiness_until_the_outbox_republished_its_events() {
+        let options = ConsumerOptions::default();
+        let check = OffsetResetCheck::new(&options);
+        assert!(check.check().await.is_ok());
+        let reset = taskstream_kafka::OffsetReset {
+            group: "auditor".into(),
+            topic: "task-events".into(),
+            partition: 3,
+            from: 10,
+            to: 250,
+            log_start: 240,
+            detected_at_ms: 0,
+        };
+        options.resets.record(&reset);
+        let pending = check.check().await.unwrap_err();
+        assert!(
+            pending.contains("task-events[3]") && pending.contains("repair pending"),
+            "{pending}"
+        );
+        options.resets.repaired(&reset, &Repair::Unavailable);
+        let lost = check.check().await.unwrap_err();
+        assert!(lost.contains("the events are lost"), "{lost}");
+        options.resets.repaired(&reset, &Repair::Republished(240));
+        let repaired = check.check().await.unwrap();
+        assert!(
+            repaired.starts_with("repaired: ")
+                && repaired.contains("240 unhandled events republished"),
+            "{repaired}"
+        );
+    }
 
     #[tokio::test]
     async fn an_api_whose_schemas_are_not_registered_is_not_ready() {
