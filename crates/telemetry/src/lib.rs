@@ -16,6 +16,7 @@ use prometheus_client::registry::{Registry, Unit};
 use taskstream_domain::EventType;
 use taskstream_kafka::{ClientStats, StatsListener};
 
+mod process;
 mod trace_context;
 pub use trace_context::TraceParent;
 
@@ -143,7 +144,9 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Arc<Self> {
-        let mut registry = Registry::with_prefix("taskstream");
+        let mut root = Registry::default();
+        root.register_collector(Box::new(process::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("taskstream");
         let http_requests = Family::default();
         registry.register(
             "http_requests",
@@ -286,7 +289,7 @@ impl Metrics {
             transaction_duration.clone(),
         );
         Arc::new(Self {
-            registry,
+            registry: root,
             http_requests,
             http_duration,
             outbox_pending,
@@ -440,6 +443,23 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_process_metrics_carry_their_conventional_unprefixed_names() {
+        let metrics = Metrics::new();
+        metrics.relay_published.inc();
+        let text = metrics.render();
+        for name in [
+            "process_resident_memory_bytes ",
+            "process_cpu_seconds_total ",
+            "process_threads ",
+            "process_open_fds ",
+            "taskstream_relay_events_published_total 1",
+        ] {
+            assert!(text.contains(name), "no {name} in\n{text}");
+        }
+        assert!(!text.contains("taskstream_process_"), "{text}");
+    }
     use taskstream_kafka::{BrokerStats, PartitionLag};
 
     #[test]
