@@ -31,7 +31,7 @@ use taskstream_services::NOTIFIER_GROUP;
 use taskstream_store::{AuditStore, SqliteOptions, SqliteStore, Store, Synchronous, TaskStore};
 
 use crate::components::DevBrokerKind;
-use crate::ops::catch_up::{self, CatchUp};
+use crate::ops::catch_up::{self, CatchUp, Sample};
 use crate::system::{RunningSystem, SystemConfig};
 
 #[derive(Debug, Args)]
@@ -62,6 +62,10 @@ pub struct BenchArgs {
     /// With `--watch-group`: the topic the service publishes its changes to.
     #[arg(long, default_value = "task-events")]
     pub watch_topic: String,
+    /// With `--url`: every this many seconds during the load, sample the
+    /// service's resident memory (its `/metrics`) and the watched groups' lag.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub sample_every: u64,
     /// With `--watch-group`: how long to wait for the groups to catch up, in seconds.
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
     pub catch_up_timeout: u64,
@@ -170,6 +174,8 @@ pub struct Report {
     pub plot: Option<String>,
     /// With `--url --watch-group`: the groups at the end of the load.
     pub catch_up: Option<CatchUp>,
+    /// With `--url`: the service's memory and the groups' lag during the load.
+    pub samples: Vec<Sample>,
 }
 
 fn client(concurrency: usize) -> reqwest::Client {
@@ -596,6 +602,7 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         event_bytes: 0,
         plot: None,
         catch_up: None,
+        samples: Vec::new(),
     };
 
     if let Some(url) = &args.url {
@@ -618,7 +625,20 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
                 Some((kafka, start))
             }
         };
+        let sampler = catch_up::Sampler::start(
+            client(1),
+            url,
+            watch.as_ref().map(|(kafka, _)| {
+                (
+                    kafka.clone(),
+                    args.watch_topic.clone(),
+                    args.watch_groups.clone(),
+                )
+            }),
+            Duration::from_secs(args.sample_every),
+        );
         let load = drive(url, args.requests, args.concurrency, args.rate, mix, quiet).await;
+        report.samples = sampler.finish().await;
         report.api_per_s = (args.requests - load.errors) as f64 / load.elapsed.as_secs_f64();
         report.api_latency = Percentiles::of(&load.latency);
         report.http_errors = load.errors;
@@ -926,6 +946,9 @@ fn print(report: &Report, json: bool) -> anyhow::Result<()> {
         "    relay draining / raw producer {}",
         v(&report.relay_vs_raw_producer)
     );
+    if !report.samples.is_empty() {
+        print_samples(&report.samples);
+    }
     if let Some(c) = &report.catch_up {
         let ms = |v: Option<u64>| {
             v.map_or_else(
@@ -952,4 +975,42 @@ fn print(report: &Report, json: bool) -> anyhow::Result<()> {
         println!("  latency plot: {plot}");
     }
     Ok(())
+}
+
+/// Resident memory and lag at the start, the middle and the end of the load.
+fn print_samples(samples: &[Sample]) {
+    let picks = [0, samples.len() / 2, samples.len() - 1];
+    let mib = |s: &Sample| {
+        s.resident_bytes.map_or_else(
+            || "-".to_owned(),
+            |b| format!("{:.1} MiB", b as f64 / 1048576.0),
+        )
+    };
+    let at = |i: usize| format!("{:.0} s", samples[i].at_s);
+    println!(
+        "  resident memory    {} at {}, {} at {}, {} at {}",
+        mib(&samples[picks[0]]),
+        at(picks[0]),
+        mib(&samples[picks[1]]),
+        at(picks[1]),
+        mib(&samples[picks[2]]),
+        at(picks[2])
+    );
+    for group in samples[picks[2]].lag.keys() {
+        let lag = |i: usize| {
+            samples[i]
+                .lag
+                .get(group)
+                .map_or("-".to_owned(), i64::to_string)
+        };
+        println!(
+            "  lag {group:<14} {} at {}, {} at {}, {} at {}",
+            lag(picks[0]),
+            at(picks[0]),
+            lag(picks[1]),
+            at(picks[1]),
+            lag(picks[2]),
+            at(picks[2])
+        );
+    }
 }

@@ -44,7 +44,7 @@ pub struct CatchUp {
     pub groups: BTreeMap<String, GroupCatchUp>,
 }
 
-struct Sample {
+struct Commit {
     at: Duration,
     group: String,
     committed: HashMap<i32, i64>,
@@ -77,7 +77,7 @@ pub async fn measure(
         );
     }
 
-    let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
+    let samples: Arc<Mutex<Vec<Commit>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = {
         let (kafka, topic, groups) = (kafka.clone(), topic.to_owned(), groups.to_vec());
@@ -91,7 +91,7 @@ pub async fn measure(
                             .iter()
                             .filter_map(|p| Some((p.partition, p.committed?)))
                             .collect();
-                        samples.lock().expect("samples poisoned").push(Sample {
+                        samples.lock().expect("samples poisoned").push(Commit {
                             at: ended.elapsed(),
                             group: group.clone(),
                             committed,
@@ -108,7 +108,7 @@ pub async fn measure(
         .with_context(|| format!("cannot read what was published to {topic}"))?;
     let published_after_ms =
         (published.records >= expected).then(|| ended.elapsed().as_millis() as u64);
-    let caught_up = |sample: &Sample| {
+    let caught_up = |sample: &Commit| {
         published
             .positions
             .iter()
@@ -140,4 +140,86 @@ pub async fn measure(
         published_after_ms,
         groups: report,
     })
+}
+
+/// One look at a running service during a load.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    /// Seconds since the load began.
+    pub at_s: f64,
+    /// `process_resident_memory_bytes` from the service's `/metrics`, if it
+    /// serves it.
+    pub resident_bytes: Option<i64>,
+    /// Each watched group's lag (offsets) on the topic.
+    pub lag: BTreeMap<String, i64>,
+}
+
+/// Samples a service's memory and its groups' lag every `every` until
+/// stopped: for soak runs, where neither may grow.
+pub struct Sampler {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<Sample>>,
+}
+
+impl Sampler {
+    /// Starts sampling `base`'s `/metrics` and, with `kafka`, the `groups`'
+    /// lag on `topic`.
+    pub fn start(
+        http: reqwest::Client,
+        base: &str,
+        watch: Option<(KafkaConfig, String, Vec<String>)>,
+        every: Duration,
+    ) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let metrics_url = format!("{base}/metrics");
+        let task = {
+            let stop = Arc::clone(&stop);
+            tokio::spawn(async move {
+                let mut samples = Vec::new();
+                let mut next = started;
+                while !stop.load(Ordering::Relaxed) {
+                    if Instant::now() >= next {
+                        next += every;
+                        let resident_bytes = resident_bytes(&http, &metrics_url).await;
+                        let mut lag = BTreeMap::new();
+                        if let Some((kafka, topic, groups)) = &watch {
+                            for group in groups {
+                                if let Ok(offsets) =
+                                    group_offsets(kafka, group, topic, Duration::from_secs(5)).await
+                                {
+                                    lag.insert(
+                                        group.clone(),
+                                        offsets.iter().map(|p| p.lag()).sum(),
+                                    );
+                                }
+                            }
+                        }
+                        samples.push(Sample {
+                            at_s: started.elapsed().as_secs_f64(),
+                            resident_bytes,
+                            lag,
+                        });
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                samples
+            })
+        };
+        Self { stop, task }
+    }
+
+    /// Stops sampling and returns the samples, oldest first.
+    pub async fn finish(self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap_or_default()
+    }
+}
+
+async fn resident_bytes(http: &reqwest::Client, url: &str) -> Option<i64> {
+    let text = http.get(url).send().await.ok()?.text().await.ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as i64)
 }

@@ -7,6 +7,7 @@
 pub mod access;
 #[cfg(feature = "bench")]
 pub mod bench;
+#[cfg(feature = "bench")]
 pub mod catch_up;
 pub mod cdc;
 pub mod connect;

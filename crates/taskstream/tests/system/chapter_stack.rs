@@ -152,6 +152,10 @@ async fn bench_watches_the_chapter_stacks_audit_group_catch_up_and_a_group_that_
     let nobody = &catch_up["groups"]["nobody-reads-this"];
     assert!(nobody["caught_up_after_ms"].is_null(), "{report}");
     assert!(nobody["lag_at_end"].as_i64().unwrap() >= 300, "{report}");
+    // The chapter's service serves no /metrics: no memory, but the lag.
+    let first = &report["samples"][0];
+    assert!(first["resident_bytes"].is_null(), "{report}");
+    assert!(first["lag"]["chapter-audit"].is_i64(), "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,4 +198,8 @@ async fn bench_from_outside_sees_both_of_ups_groups_consume_every_acknowledged_c
             "{group} never caught up: {report}"
         );
     }
+    // Sampled during the load: the service's memory, the groups' lag.
+    let first = &report["samples"][0];
+    assert!(first["resident_bytes"].as_i64().unwrap() > 1 << 20, "{report}");
+    assert!(first["lag"]["auditor"].is_i64(), "{report}");
 }
