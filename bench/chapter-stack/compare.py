@@ -9,7 +9,8 @@ against the same broker. Then:
          against each, creates only, from the same process and settings;
          prints the medians as a Markdown table, and every run as JSON.
   kill   for each stack: creates from 16 client threads, SIGKILL of the
-         service mid-load, a restart on the same data, then counts the
+         service mid-load (with --pause-broker: during a broker outage that
+         began a second into the load), a restart on the same data, then counts the
          acknowledged creates whose event never reached the topic, those
          never audited (waiting up to --settle seconds for them), and the
          audit rows written more than once.
@@ -295,7 +296,17 @@ def kill(args) -> None:
                     base, topic, names = stacks.start_chapter(), CHAPTER_TOPIC, ("chapter-api", "chapter-audit")
                     audit_db = os.path.join(workdir, "chapter-audit.db")
                     restart = stacks.start_chapter
-                acknowledged = drive_until_killed(base, args.seconds, lambda: stacks.kill(*names))
+                broker = stacks.processes["broker"]
+
+                def outage_then_kill():
+                    stacks.kill(*names)
+                    if args.pause_broker:
+                        broker.send_signal(signal.SIGCONT)
+
+                if args.pause_broker:
+                    # The broker stops answering a second into the load.
+                    threading.Timer(1.0, broker.send_signal, args=(signal.SIGSTOP,)).start()
+                acknowledged = drive_until_killed(base, args.seconds, outage_then_kill)
                 restart()
                 acked, restarted = set(acknowledged), time.monotonic()
                 while True:
@@ -332,6 +343,11 @@ def main() -> None:
     k = sub.add_parser("kill")
     k.add_argument("--seconds", type=float, default=5, help="load before the SIGKILL")
     k.add_argument("--settle", type=float, default=60, help="longest wait after the restart for every change to arrive")
+    k.add_argument(
+        "--pause-broker",
+        action="store_true",
+        help="SIGSTOP the broker a second into the load and SIGCONT it after the kill: the service is killed during a broker outage",
+    )
     args = parser.parse_args()
     {"load": load, "kill": kill}[args.mode](args)
 
