@@ -290,19 +290,24 @@ impl Transactions {
             let Some(partition) = topic.partition(*p) else {
                 continue;
             };
-            let mut log = partition.log();
             // The marker is fsynced before the transaction is recorded
             // complete, whatever the flush policy: once the coordinator
             // says complete it never writes the marker again, so a marker
             // lost to a power failure would leave the partition's
-            // transaction open for good.
-            let written = log
-                .append_marker(txn.producer_id, txn.epoch, commit)
-                .and_then(|offset| log.sync().map(|()| offset).map_err(AppendError::Io));
+            // transaction open for good. Readers may see it before the
+            // fsync: the decision it carries is already durable, and is
+            // written again after a crash.
+            let written = {
+                let mut log = partition.log();
+                log.append_marker(txn.producer_id, txn.epoch, commit)
+                    .map(|_| log.next_offset())
+            }
+            .and_then(|next_offset| {
+                partition.appended.send_replace(next_offset);
+                partition.sync().map_err(AppendError::Io)
+            });
             match written {
-                Ok(_) => {
-                    partition.appended.send_replace(log.next_offset());
-                }
+                Ok(()) => {}
                 Err(e) => {
                     tracing::error!(transactional_id = txn.id, error = %e, "writing a transaction marker failed");
                     return Err(match e {

@@ -1,6 +1,6 @@
 //! Handlers driven directly on a broker's state: the transactional checks of
 //! Produce, OffsetFetch waiting for locks off the async workers, and the
-//! group APIs answering while an offset commit waits for its fsync.
+//! group APIs, Fetch and ListOffsets answering while an fsync runs.
 
 use std::collections::BTreeMap;
 use std::sync::mpsc;
@@ -9,13 +9,16 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, DescribeGroupsRequest, DescribeGroupsResponse, GroupId, JoinGroupRequest,
-    JoinGroupResponse, ListGroupsRequest, ListGroupsResponse, OffsetFetchRequest, ProduceRequest,
-    ProduceResponse, RequestHeader, TopicName, TransactionalId,
+    ApiKey, DescribeGroupsRequest, DescribeGroupsResponse, FetchRequest, FetchResponse, GroupId,
+    JoinGroupRequest, JoinGroupResponse, ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest,
+    ListOffsetsResponse, OffsetFetchRequest, ProduceRequest, ProduceResponse, RequestHeader,
+    TopicName, TransactionalId,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
@@ -303,4 +306,59 @@ fn join_list_and_describe_groups_answer_while_an_offset_commit_waits_for_its_fsy
         shared.offsets.fetch("stored")[&("t".to_owned(), 0)].offset,
         2
     );
+}
+
+#[test]
+fn fetch_and_list_offsets_read_a_partition_while_its_log_is_fsynced() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = broker_with_topic(&dir);
+    let topic = shared.topics.get("t").unwrap();
+    let partition = || &topic.partitions[0];
+    let mut batch = crate::storage::batch::tests::encode_batch(&["v"], 1_000);
+    partition().log().append(&mut batch).unwrap();
+    let (reached, sync_reached) = mpsc::channel();
+    let (release, released) = mpsc::channel();
+    *partition().hold_sync.lock().unwrap() = Some((reached, released));
+    let flusher = {
+        let shared = Arc::clone(&shared);
+        std::thread::spawn(move || shared.topics.get("t").unwrap().partitions[0].sync())
+    };
+    sync_reached.recv().unwrap();
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let request = FetchRequest::default()
+            .with_max_wait_ms(0)
+            .with_max_bytes(1 << 20)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(TopicName(str_bytes("t")))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(0)
+                    .with_fetch_offset(0)
+                    .with_partition_max_bytes(1 << 20)])]);
+        let fetched: FetchResponse = answer(&shared, frame(ApiKey::Fetch, 11, &request), 11).await;
+        let p = &fetched.responses[0].partitions[0];
+        assert_eq!((p.error_code, p.high_watermark), (0, 1));
+        assert!(!p.records.as_ref().unwrap().is_empty(), "the batch is read");
+
+        let request = ListOffsetsRequest::default()
+            .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+            .with_topics(vec![ListOffsetsTopic::default()
+                .with_name(TopicName(str_bytes("t")))
+                .with_partitions(vec![ListOffsetsPartition::default()
+                    .with_partition_index(0)
+                    .with_timestamp(-1)])]);
+        let listed: ListOffsetsResponse =
+            answer(&shared, frame(ApiKey::ListOffsets, 5, &request), 5).await;
+        assert_eq!(listed.topics[0].partitions[0].offset, 1);
+    });
+    assert!(
+        release.send(()).is_ok(),
+        "the fsync was still running when Fetch and ListOffsets answered"
+    );
+    flusher.join().unwrap().unwrap();
+    assert!(!partition().log().has_unsynced());
 }
