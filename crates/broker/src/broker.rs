@@ -278,7 +278,7 @@ async fn maintain(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
 fn flush_all(shared: &Shared) {
     for topic in shared.topics.all() {
         for (p, partition) in topic.partitions.iter().enumerate() {
-            if let Err(e) = partition.log().sync() {
+            if let Err(e) = partition.sync() {
                 tracing::error!(topic = topic.name, partition = p, error = %e, "fsync failed");
             }
         }

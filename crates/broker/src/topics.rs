@@ -61,6 +61,12 @@ pub(crate) enum TopicError {
 pub(crate) struct Partition {
     log: Mutex<PartitionLog>,
     pub appended: watch::Sender<i64>,
+    /// Taken by one fsync at a time ([`Partition::sync`]).
+    syncing: Mutex<()>,
+    /// Test hook: an fsync about to run says so on the sender, then waits
+    /// for the receiver (at most 10 s).
+    #[cfg(test)]
+    pub hold_sync: Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
 }
 
 impl Partition {
@@ -68,6 +74,31 @@ impl Partition {
     /// inconsistent beyond what recovery repairs, so poisoning is ignored.
     pub fn log(&self) -> MutexGuard<'_, PartitionLog> {
         self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// fsyncs everything appended to the log so far, without holding the
+    /// log's lock while the disk works: appends, fetches and ListOffsets of
+    /// the partition go on meanwhile. Callers queue for one fsync at a
+    /// time, and one that finds its appends covered by the fsync before it
+    /// returns at once, so concurrent producers share fsyncs.
+    pub fn sync(&self) -> io::Result<()> {
+        let _one_at_a_time = self.syncing.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(pending) = self.log().begin_sync()? else {
+            return Ok(());
+        };
+        #[cfg(test)]
+        if let Some((reached, release)) = self
+            .hold_sync
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            let _ = reached.send(());
+            let _ = release.recv_timeout(std::time::Duration::from_secs(10));
+        }
+        pending.run()?;
+        self.log().finish_sync(&pending);
+        Ok(())
     }
 }
 
@@ -322,6 +353,9 @@ fn load_topic(path: &Path, name: &str, defaults: &LogConfig) -> io::Result<Topic
         partitions.push(Partition {
             log: Mutex::new(log),
             appended,
+            syncing: Mutex::new(()),
+            #[cfg(test)]
+            hold_sync: Mutex::default(),
         });
     }
     Ok(Topic {

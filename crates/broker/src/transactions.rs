@@ -14,6 +14,10 @@
 //!   Ongoing ── timeout, InitProducerId, restart ──▶ (epoch + 1) PrepareAbort ──▶ CompleteAbort
 //! ```
 //!
+//! InitProducerId on an open transaction answers CONCURRENT_TRANSACTIONS
+//! once the abort is written, as Kafka does; the client's retry then bumps
+//! the epoch again (Empty at epoch + 2).
+//!
 //! A request carrying an older epoch than the current one gets
 //! PRODUCER_FENCED (INVALID_PRODUCER_EPOCH on Produce): bumping the epoch is
 //! how a successor, a timeout or a restart fences a zombie producer. Abort
@@ -286,19 +290,24 @@ impl Transactions {
             let Some(partition) = topic.partition(*p) else {
                 continue;
             };
-            let mut log = partition.log();
             // The marker is fsynced before the transaction is recorded
             // complete, whatever the flush policy: once the coordinator
             // says complete it never writes the marker again, so a marker
             // lost to a power failure would leave the partition's
-            // transaction open for good.
-            let written = log
-                .append_marker(txn.producer_id, txn.epoch, commit)
-                .and_then(|offset| log.sync().map(|()| offset).map_err(AppendError::Io));
+            // transaction open for good. Readers may see it before the
+            // fsync: the decision it carries is already durable, and is
+            // written again after a crash.
+            let written = {
+                let mut log = partition.log();
+                log.append_marker(txn.producer_id, txn.epoch, commit)
+                    .map(|_| log.next_offset())
+            }
+            .and_then(|next_offset| {
+                partition.appended.send_replace(next_offset);
+                partition.sync().map_err(AppendError::Io)
+            });
             match written {
-                Ok(_) => {
-                    partition.appended.send_replace(log.next_offset());
-                }
+                Ok(()) => {}
                 Err(e) => {
                     tracing::error!(transactional_id = txn.id, error = %e, "writing a transaction marker failed");
                     return Err(match e {
@@ -340,8 +349,12 @@ impl Transactions {
     }
 
     /// InitProducerId for a transactional id: a producer id and a new
-    /// epoch, fencing any earlier producer with this id (whose open
-    /// transaction is aborted).
+    /// epoch, fencing any earlier producer with this id.
+    ///
+    /// While a transaction of this id is open, its producer is fenced (the
+    /// epoch bumped), the transaction aborted (markers written) and the
+    /// answer is CONCURRENT_TRANSACTIONS, as from Kafka: clients retry, and
+    /// the retry gets the next epoch.
     ///
     /// With `expected` (KIP-360, InitProducerId v3+), a producer bumps its
     /// own epoch: it must hold the current one, or the one before its last
@@ -379,24 +392,36 @@ impl Transactions {
             self.save(&mut inner, txn).map_err(storage_error)?;
             return Ok((producer_id, 0));
         };
-        // A retry of the bump that made the current epoch.
-        let retry = expected.is_some_and(|(_, epoch)| {
-            epoch != txn.epoch && epoch == txn.last_epoch && txn.last_epoch >= 0
-        });
-        if let Some((pid, epoch)) = expected {
-            let open = matches!(txn.state, TxnState::Ongoing);
-            if pid != txn.producer_id || (epoch != txn.epoch && !retry) || (retry && open) {
-                return Err(ResponseError::ProducerFenced);
-            }
+        if expected.is_some_and(|(pid, _)| pid != txn.producer_id) {
+            return Err(ResponseError::ProducerFenced);
         }
         match txn.state {
-            TxnState::Ongoing => self.fence_and_abort(&mut inner, txn, stores)?,
+            TxnState::Ongoing => {
+                // As Kafka's coordinator does (`prepareInitProducerIdTransit`):
+                // fence the open transaction's producer with a bumped epoch,
+                // abort the transaction, and have the caller retry; the
+                // retry bumps the epoch a second time (or rotates the
+                // producer id once the epochs are exhausted).
+                self.fence_and_abort(&mut inner, txn, stores)?;
+                return Err(ResponseError::ConcurrentTransactions);
+            }
             TxnState::PrepareCommit | TxnState::PrepareAbort => {
-                self.complete(&mut inner, txn, stores)?;
+                // Markers whose writing failed earlier: Kafka answers
+                // CONCURRENT_TRANSACTIONS until they are written; here
+                // they are written now, and only a failure is retried.
+                self.complete(&mut inner, txn, stores)
+                    .map_err(|_| ResponseError::ConcurrentTransactions)?;
             }
             _ => {}
         }
         let mut txn = inner.txns[id].clone();
+        // A retry of the bump that made the current epoch.
+        let retry = expected.is_some_and(|(_, epoch)| {
+            epoch != txn.epoch && epoch == txn.last_epoch && txn.last_epoch >= 0
+        });
+        if expected.is_some_and(|(_, epoch)| epoch != txn.epoch && !retry) {
+            return Err(ResponseError::ProducerFenced);
+        }
         if retry {
             // Answered with the current epoch, not bumped again.
         } else if txn.epoch >= i16::MAX - 1 {
@@ -756,6 +781,67 @@ pub(crate) mod tests {
             2,
             "the state survives a restart"
         );
+    }
+
+    #[test]
+    fn init_producer_id_on_an_open_transaction_aborts_it_then_answers_concurrent_transactions_and_the_retry_gets_the_next_epoch(
+    ) {
+        let world = World::open(tempfile::tempdir().unwrap());
+        world.topics.create("t", 1, 1, BTreeMap::new()).unwrap();
+        let txns = Transactions::open(world.dir.path()).unwrap();
+        let init =
+            |expected| txns.init_producer_id(&world.stores(), &world.ids, "tx", 60_000, expected);
+        let (pid, epoch) = init(None).unwrap();
+        txns.add_partitions(&world.topics, "tx", pid, epoch, &[("t".into(), 0)])
+            .unwrap();
+        {
+            let guard = txns.guard();
+            guard.verify_produce("tx", pid, epoch, "t", 0).unwrap();
+            let topic = world.topics.get("t").unwrap();
+            topic.partitions[0]
+                .log()
+                .append(&mut transactional_batch(pid, epoch))
+                .unwrap();
+        }
+        assert_eq!(world.next_offset("t"), (0, 1));
+
+        // Another producer with the same transactional id starts.
+        assert_eq!(init(None), Err(ResponseError::ConcurrentTransactions));
+        assert_eq!(
+            world.next_offset("t"),
+            (2, 2),
+            "the abort marker is written before the answer"
+        );
+        let record = txns.get("tx").unwrap();
+        assert_eq!(
+            (record.epoch, record.state),
+            (epoch + 1, TxnState::CompleteAbort)
+        );
+        assert_eq!(
+            txns.end(&world.stores(), "tx", pid, epoch, true),
+            Err(ResponseError::ProducerFenced),
+            "the first producer is fenced"
+        );
+        assert_eq!(
+            init(None),
+            Ok((pid, epoch + 2)),
+            "the retry gets the next epoch"
+        );
+
+        // KIP-360: a producer bumping its own epoch while its transaction
+        // is open is fenced the same way, and stays fenced on its retry.
+        let current = epoch + 2;
+        txns.add_partitions(&world.topics, "tx", pid, current, &[("t".into(), 0)])
+            .unwrap();
+        assert_eq!(
+            init(Some((pid, current))),
+            Err(ResponseError::ConcurrentTransactions)
+        );
+        assert_eq!(
+            init(Some((pid, current))),
+            Err(ResponseError::ProducerFenced)
+        );
+        assert_eq!(init(None), Ok((pid, current + 2)));
     }
 
     #[test]

@@ -148,3 +148,43 @@ async fn a_transaction_left_open_by_a_restart_is_aborted_and_the_id_works_again(
     let committed = committed_reader(&broker, "t");
     assert_eq!(read_until(&committed, "committed"), ["committed"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_producer_with_the_same_transactional_id_aborts_the_open_transaction_and_fences_the_first(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path());
+    create_topic(&broker, "t", 1, &[]).await;
+    let first = transactional(&broker, "shared", 60_000);
+    first.begin_transaction().unwrap();
+    send(&first, "t", "from-first").await;
+
+    // The broker aborts the first producer's transaction; librdkafka
+    // retries InitProducerId until the abort is done.
+    let second = transactional(&broker, "shared", 60_000);
+    let committed = committed_reader(&broker, "t");
+    assert_eq!(
+        committed.fetch_watermarks("t", 0, PATIENCE).unwrap(),
+        (0, 2),
+        "the first transaction's record and its abort marker are stable"
+    );
+    second.begin_transaction().unwrap();
+    send(&second, "t", "from-second").await;
+    second.commit_transaction(PATIENCE).expect("commit");
+    assert_eq!(read_until(&committed, "from-second"), ["from-second"]);
+
+    let refused = first
+        .commit_transaction(PATIENCE)
+        .expect_err("the first producer cannot commit");
+    match &refused {
+        rdkafka::error::KafkaError::Transaction(e) => {
+            assert!(e.is_fatal(), "fencing is fatal to the first producer: {e}")
+        }
+        other => panic!("expected a transaction error, got {other}"),
+    }
+    let uncommitted = isolated_reader(&broker, "t", "read_uncommitted");
+    assert_eq!(
+        read_until(&uncommitted, "from-second"),
+        ["from-first", "from-second"]
+    );
+}

@@ -1,5 +1,6 @@
 //! Handlers driven directly on a broker's state: the transactional checks of
-//! Produce, and OffsetFetch waiting for locks off the async workers.
+//! Produce, OffsetFetch waiting for locks off the async workers, and the
+//! group APIs, Fetch and ListOffsets answering while an fsync runs.
 
 use std::collections::BTreeMap;
 use std::sync::mpsc;
@@ -8,17 +9,23 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, GroupId, OffsetFetchRequest, ProduceRequest, ProduceResponse, RequestHeader, TopicName,
-    TransactionalId,
+    ApiKey, DescribeGroupsRequest, DescribeGroupsResponse, FetchRequest, FetchResponse, GroupId,
+    JoinGroupRequest, JoinGroupResponse, ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest,
+    ListOffsetsResponse, OffsetFetchRequest, ProduceRequest, ProduceResponse, RequestHeader,
+    TopicName, TransactionalId,
 };
-use kafka_protocol::protocol::Encodable;
+use kafka_protocol::protocol::{Decodable, Encodable};
 
 use super::transactions::stores;
 use super::{dispatch, produce, str_bytes};
 use crate::broker::Shared;
+use crate::groups::offsets::Committed;
 use crate::transactions::tests::transactional_batch;
 
 fn broker_with_topic(dir: &tempfile::TempDir) -> Arc<Shared> {
@@ -202,4 +209,156 @@ fn offset_fetch_waits_for_the_transaction_lock_without_blocking_the_async_worker
         holder.join().unwrap(),
         "the async worker was free while OffsetFetch waited for the lock"
     );
+}
+
+/// A request frame: header, then body.
+fn frame(key: ApiKey, version: i16, body: &impl Encodable) -> Bytes {
+    let mut buf = BytesMut::new();
+    RequestHeader::default()
+        .with_request_api_key(key as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(1)
+        .with_client_id(Some(str_bytes("test")))
+        .encode(&mut buf, key.request_header_version(version))
+        .unwrap();
+    body.encode(&mut buf, version).unwrap();
+    buf.freeze()
+}
+
+/// Dispatches a frame; the response body, decoded (after a v0 response
+/// header: the versions used here are not flexible).
+async fn answer<R: Decodable>(shared: &Arc<Shared>, frame: Bytes, version: i16) -> R {
+    let mut response = dispatch(shared, "127.0.0.1:1".parse().unwrap(), frame)
+        .await
+        .unwrap()
+        .expect("a response")
+        .freeze();
+    let _correlation_id = bytes::Buf::get_i32(&mut response);
+    R::decode(&mut response, version).unwrap()
+}
+
+#[test]
+fn join_list_and_describe_groups_answer_while_an_offset_commit_waits_for_its_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = broker_with_topic(&dir);
+    let committed = |offset| {
+        vec![(
+            "t".to_owned(),
+            0,
+            Committed {
+                offset,
+                leader_epoch: -1,
+                metadata: None,
+            },
+        )]
+    };
+    shared.offsets.commit("stored", &committed(1)).unwrap();
+    let (reached, commit_reached) = mpsc::channel();
+    let (release, released) = mpsc::channel();
+    *shared.offsets.hold_sync.lock().unwrap() = Some((reached, released));
+    let committer = {
+        let shared = Arc::clone(&shared);
+        std::thread::spawn(move || shared.offsets.commit("stored", &committed(2)))
+    };
+    commit_reached.recv().unwrap();
+
+    // One async worker, as in the OffsetFetch test above: a handler that
+    // waited for the commit's fsync there would hold up the whole runtime.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let listed: ListGroupsResponse = answer(
+            &shared,
+            frame(ApiKey::ListGroups, 2, &ListGroupsRequest::default()),
+            2,
+        )
+        .await;
+        assert_eq!(listed.error_code, 0);
+        assert_eq!(listed.groups.len(), 1);
+        assert_eq!(listed.groups[0].group_id.0.as_str(), "stored");
+
+        let request =
+            DescribeGroupsRequest::default().with_groups(vec![GroupId(str_bytes("stored"))]);
+        let described: DescribeGroupsResponse =
+            answer(&shared, frame(ApiKey::DescribeGroups, 4, &request), 4).await;
+        assert_eq!(described.groups[0].group_state.as_str(), "Empty");
+
+        let request = JoinGroupRequest::default()
+            .with_group_id(GroupId(str_bytes("joining")))
+            .with_session_timeout_ms(10_000)
+            .with_rebalance_timeout_ms(10_000)
+            .with_protocol_type(str_bytes("consumer"))
+            .with_protocols(vec![JoinGroupRequestProtocol::default()
+                .with_name(str_bytes("range"))
+                .with_metadata(Bytes::from_static(b"m"))]);
+        let joined: JoinGroupResponse =
+            answer(&shared, frame(ApiKey::JoinGroup, 5, &request), 5).await;
+        assert_eq!(joined.error_code, 0);
+    });
+    assert!(
+        release.send(()).is_ok(),
+        "the commit was still waiting for its fsync when the group APIs answered"
+    );
+    committer.join().unwrap().unwrap();
+    assert_eq!(
+        shared.offsets.fetch("stored")[&("t".to_owned(), 0)].offset,
+        2
+    );
+}
+
+#[test]
+fn fetch_and_list_offsets_read_a_partition_while_its_log_is_fsynced() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = broker_with_topic(&dir);
+    let topic = shared.topics.get("t").unwrap();
+    let partition = || &topic.partitions[0];
+    let mut batch = crate::storage::batch::tests::encode_batch(&["v"], 1_000);
+    partition().log().append(&mut batch).unwrap();
+    let (reached, sync_reached) = mpsc::channel();
+    let (release, released) = mpsc::channel();
+    *partition().hold_sync.lock().unwrap() = Some((reached, released));
+    let flusher = {
+        let shared = Arc::clone(&shared);
+        std::thread::spawn(move || shared.topics.get("t").unwrap().partitions[0].sync())
+    };
+    sync_reached.recv().unwrap();
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let request = FetchRequest::default()
+            .with_max_wait_ms(0)
+            .with_max_bytes(1 << 20)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(TopicName(str_bytes("t")))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(0)
+                    .with_fetch_offset(0)
+                    .with_partition_max_bytes(1 << 20)])]);
+        let fetched: FetchResponse = answer(&shared, frame(ApiKey::Fetch, 11, &request), 11).await;
+        let p = &fetched.responses[0].partitions[0];
+        assert_eq!((p.error_code, p.high_watermark), (0, 1));
+        assert!(!p.records.as_ref().unwrap().is_empty(), "the batch is read");
+
+        let request = ListOffsetsRequest::default()
+            .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+            .with_topics(vec![ListOffsetsTopic::default()
+                .with_name(TopicName(str_bytes("t")))
+                .with_partitions(vec![ListOffsetsPartition::default()
+                    .with_partition_index(0)
+                    .with_timestamp(-1)])]);
+        let listed: ListOffsetsResponse =
+            answer(&shared, frame(ApiKey::ListOffsets, 5, &request), 5).await;
+        assert_eq!(listed.topics[0].partitions[0].offset, 1);
+    });
+    assert!(
+        release.send(()).is_ok(),
+        "the fsync was still running when Fetch and ListOffsets answered"
+    );
+    flusher.join().unwrap().unwrap();
+    assert!(!partition().log().has_unsynced());
 }

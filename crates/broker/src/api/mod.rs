@@ -214,9 +214,8 @@ pub(crate) async fn dispatch(
             encode(c, v, &response)?
         }
         RequestKind::OffsetFetch(request) => {
-            // OffsetFetch reads the offsets and transaction state, whose
-            // locks are held across fsyncs: wait for them off the async
-            // workers.
+            // OffsetFetch reads the transaction state (for KIP-447), whose
+            // lock is held across fsyncs: wait for it off the async workers.
             let response = blocking(shared, move |s| groups::offset_fetch(s, request)).await?;
             encode(c, v, &response)?
         }

@@ -87,20 +87,31 @@ pub(crate) fn handle(
                         }
                     };
                     let mut log = partition.log();
-                    let appended = log.append(&mut records).and_then(|appended| {
-                        if sync {
-                            log.sync()?;
-                        }
-                        Ok(appended)
-                    });
+                    let appended = log.append(&mut records);
                     drop(guard);
                     match appended {
                         Ok(appended) => {
-                            partition.appended.send_replace(log.next_offset());
+                            let (next_offset, log_start_offset) =
+                                (log.next_offset(), log.log_start_offset());
+                            drop(log);
+                            // Waiting fetches read the batch now; the fsync
+                            // (under BeforeAcknowledge) only holds this
+                            // acknowledgement, and is shared with the
+                            // producers appending meanwhile.
+                            partition.appended.send_replace(next_offset);
+                            if sync {
+                                if let Err(e) = partition.sync() {
+                                    tracing::error!(error = %e, "fsync of a log failed");
+                                    return fail(
+                                        ResponseError::KafkaStorageError,
+                                        Some(e.to_string()),
+                                    );
+                                }
+                            }
                             response
                                 .with_base_offset(appended.base_offset)
                                 .with_log_append_time_ms(-1)
-                                .with_log_start_offset(log.log_start_offset())
+                                .with_log_start_offset(log_start_offset)
                         }
                         Err(e) => {
                             drop(log);

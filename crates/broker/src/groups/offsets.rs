@@ -13,12 +13,18 @@
 //! `groups/<hex of the group id>.group` holds the protocol type of the
 //! group's members (`consumer` for consumer groups), replaced atomically
 //! when it changes.
+//!
+//! What is stored is also kept in memory, under a lock that is never held
+//! across file I/O: JoinGroup, ListGroups and DescribeGroups read it on the
+//! async workers. Writes to a group's files take that group's own writer
+//! lock across the write and its fsync, so that the file and the memory
+//! change in the same order, and groups do not wait for each other.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// One partition's committed position.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,7 +47,18 @@ struct GroupFile {
 #[derive(Debug)]
 pub(crate) struct OffsetStore {
     dir: PathBuf,
+    /// The stored state in memory; never held across file I/O.
     groups: Mutex<HashMap<String, GroupFile>>,
+    /// Per group, held across a write to its files and the fsync.
+    writers: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Test hook: a commit about to fsync says so on the sender, then
+    /// waits for the receiver (at most 10 s).
+    #[cfg(test)]
+    pub hold_sync: Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
+}
+
+fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -131,6 +148,9 @@ impl OffsetStore {
         Ok(Self {
             dir,
             groups: Mutex::new(groups),
+            writers: Mutex::default(),
+            #[cfg(test)]
+            hold_sync: Mutex::default(),
         })
     }
 
@@ -138,41 +158,60 @@ impl OffsetStore {
         self.dir.join(format!("{}.offsets", hex(group.as_bytes())))
     }
 
+    /// The writer lock of a group's files.
+    fn writer(&self, group: &str) -> Arc<Mutex<()>> {
+        Arc::clone(relock(&self.writers).entry(group.to_owned()).or_default())
+    }
+
     /// Stores a group's commits durably, then in memory.
     pub fn commit(&self, group: &str, commits: &[(String, i32, Committed)]) -> io::Result<()> {
-        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
-        let file = groups.entry(group.to_owned()).or_default();
+        let writer = self.writer(group);
+        let _writing = relock(&writer);
         let text: String = commits.iter().map(|(t, p, c)| line(t, *p, c)).collect();
         let path = self.path(group);
         let mut out = OpenOptions::new().create(true).append(true).open(&path)?;
         out.write_all(text.as_bytes())?;
-        out.sync_data()?;
-        for (topic, partition, committed) in commits {
-            file.offsets
-                .insert((topic.clone(), *partition), committed.clone());
+        #[cfg(test)]
+        if let Some((reached, release)) = relock(&self.hold_sync).take() {
+            let _ = reached.send(());
+            let _ = release.recv_timeout(std::time::Duration::from_secs(10));
         }
-        file.lines += commits.len();
-        if file.lines > 4 * file.offsets.len() + 1000 {
+        out.sync_data()?;
+        let compacted = {
+            let mut groups = relock(&self.groups);
+            let file = groups.entry(group.to_owned()).or_default();
+            for (topic, partition, committed) in commits {
+                file.offsets
+                    .insert((topic.clone(), *partition), committed.clone());
+            }
+            file.lines += commits.len();
+            (file.lines > 4 * file.offsets.len() + 1000).then(|| {
+                let latest: String = file
+                    .offsets
+                    .iter()
+                    .map(|((t, p), c)| line(t, *p, c))
+                    .collect();
+                (latest, file.offsets.len())
+            })
+        };
+        if let Some((latest, lines)) = compacted {
+            // The writer lock keeps other commits of this group out until
+            // the file is replaced.
             let tmp = path.with_extension("tmp");
-            let latest: String = file
-                .offsets
-                .iter()
-                .map(|((t, p), c)| line(t, *p, c))
-                .collect();
             fs::write(&tmp, latest)?;
             File::open(&tmp)?.sync_all()?;
             fs::rename(&tmp, &path)?;
             File::open(&self.dir)?.sync_all()?;
-            file.lines = file.offsets.len();
+            if let Some(file) = relock(&self.groups).get_mut(group) {
+                file.lines = lines;
+            }
         }
         Ok(())
     }
 
     /// A group's committed offsets.
     pub fn fetch(&self, group: &str) -> GroupOffsets {
-        self.groups
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        relock(&self.groups)
             .get(group)
             .map(|f| f.offsets.clone())
             .unwrap_or_default()
@@ -181,9 +220,7 @@ impl OffsetStore {
     /// Groups with committed offsets or a known protocol type, each with
     /// its protocol type (empty if no member ever joined).
     pub fn groups(&self) -> Vec<(String, String)> {
-        self.groups
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        relock(&self.groups)
             .iter()
             .map(|(id, f)| (id.clone(), f.protocol_type.clone().unwrap_or_default()))
             .collect()
@@ -191,18 +228,16 @@ impl OffsetStore {
 
     /// The protocol type stored for a group, if any.
     pub fn protocol_type(&self, group: &str) -> Option<String> {
-        self.groups
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        relock(&self.groups)
             .get(group)
             .and_then(|f| f.protocol_type.clone())
     }
 
     /// Stores durably the protocol type a group's members joined with.
     pub fn remember_protocol_type(&self, group: &str, protocol_type: &str) -> io::Result<()> {
-        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
-        let file = groups.entry(group.to_owned()).or_default();
-        if file.protocol_type.as_deref() == Some(protocol_type) {
+        let writer = self.writer(group);
+        let _writing = relock(&writer);
+        if self.protocol_type(group).as_deref() == Some(protocol_type) {
             return Ok(());
         }
         let path = self.dir.join(format!("{}.group", hex(group.as_bytes())));
@@ -211,7 +246,10 @@ impl OffsetStore {
         File::open(&tmp)?.sync_all()?;
         fs::rename(&tmp, &path)?;
         File::open(&self.dir)?.sync_all()?;
-        file.protocol_type = Some(protocol_type.to_owned());
+        relock(&self.groups)
+            .entry(group.to_owned())
+            .or_default()
+            .protocol_type = Some(protocol_type.to_owned());
         Ok(())
     }
 }

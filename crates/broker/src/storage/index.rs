@@ -79,6 +79,11 @@ impl<const N: usize> IndexFile<N> {
     pub fn sync(&self) -> io::Result<()> {
         self.file.sync_data()
     }
+
+    /// Another handle on the file, to fsync it without the log's lock.
+    pub fn file_handle(&self) -> io::Result<File> {
+        self.file.try_clone()
+    }
 }
 
 /// `.index` entries.

@@ -94,7 +94,25 @@ pub struct PartitionLog {
     log_start_offset: i64,
     producers: ProducerStates,
     txns: PartitionTxns,
-    unsynced: bool,
+    /// Appends so far, and how many of them are known fsynced.
+    written: u64,
+    synced: u64,
+}
+
+/// An fsync of a log's active segment, taken under the log's lock
+/// ([`PartitionLog::begin_sync`]) and run without it, so that appends and
+/// reads go on while the disk works.
+#[derive(Debug)]
+pub struct PendingSync {
+    files: [fs::File; 3],
+    through: u64,
+}
+
+impl PendingSync {
+    /// fsyncs the segment's log and index files.
+    pub fn run(&self) -> io::Result<()> {
+        self.files.iter().try_for_each(fs::File::sync_data)
+    }
 }
 
 const LOG_START_FILE: &str = "log-start-offset";
@@ -167,7 +185,8 @@ impl PartitionLog {
                 log_start_offset,
                 producers,
                 txns,
-                unsynced: false,
+                written: 0,
+                synced: 0,
             },
             report,
         ))
@@ -275,7 +294,7 @@ impl PartitionLog {
             self.txns.on_batch(&header);
             last_offset = header.last_offset();
         }
-        self.unsynced = true;
+        self.written += 1;
         Ok(Appended {
             base_offset,
             last_offset,
@@ -320,7 +339,7 @@ impl PartitionLog {
         if let Some(aborted) = self.txns.on_marker(producer_id, commit, offset) {
             self.txns.persist(&aborted)?;
         }
-        self.unsynced = true;
+        self.written += 1;
         Ok(offset)
     }
 
@@ -440,16 +459,25 @@ impl PartitionLog {
     /// Whether appended data awaits an fsync.
     #[cfg(test)]
     pub fn has_unsynced(&self) -> bool {
-        self.unsynced
+        self.written > self.synced
     }
 
-    /// fsyncs the active segment and its indexes.
-    pub fn sync(&mut self) -> io::Result<()> {
-        if self.unsynced {
-            self.active().sync()?;
-            self.unsynced = false;
+    /// The fsync that makes every append so far durable, if one is due.
+    /// Segments rolled before are already synced ([`Self::roll`]); one
+    /// rolled while the fsync runs is synced by its roll.
+    pub fn begin_sync(&self) -> io::Result<Option<PendingSync>> {
+        if self.synced >= self.written {
+            return Ok(None);
         }
-        Ok(())
+        Ok(Some(PendingSync {
+            files: self.active().file_handles()?,
+            through: self.written,
+        }))
+    }
+
+    /// Records a [`PendingSync`] that succeeded.
+    pub fn finish_sync(&mut self, done: &PendingSync) {
+        self.synced = self.synced.max(done.through);
     }
 }
 

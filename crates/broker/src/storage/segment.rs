@@ -322,6 +322,16 @@ impl Segment {
         self.time_index.sync()
     }
 
+    /// Other handles on the segment's files (log and indexes), to fsync
+    /// them without the log's lock.
+    pub fn file_handles(&self) -> io::Result<[File; 3]> {
+        Ok([
+            self.log.try_clone()?,
+            self.index.file_handle()?,
+            self.time_index.file_handle()?,
+        ])
+    }
+
     /// Deletes the segment's files.
     pub fn delete(self) -> io::Result<()> {
         for ext in ["log", "index", "timeindex", "txns"] {

@@ -408,3 +408,24 @@ fn aborted_transactions_below_the_log_start_are_forgotten_for_good() {
     let (log, _) = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
     assert_eq!(log.aborted_between(0, 4), [(1, 2)]);
 }
+
+#[test]
+fn an_append_made_while_an_fsync_runs_awaits_the_next_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = PartitionLog::open(dir.path(), small_segments()).unwrap();
+    assert!(log.begin_sync().unwrap().is_none(), "nothing to sync");
+    append_values(&mut log, 1, 1_000);
+    let pending = log.begin_sync().unwrap().expect("an fsync is due");
+    // The lock is free while the fsync runs: another append lands.
+    append_values(&mut log, 1, 2_000);
+    pending.run().unwrap();
+    log.finish_sync(&pending);
+    assert!(log.has_unsynced(), "the later append was not covered");
+    let next = log.begin_sync().unwrap().expect("another fsync is due");
+    next.run().unwrap();
+    log.finish_sync(&next);
+    assert!(!log.has_unsynced());
+    // An fsync that finishes late does not undo a later one's record.
+    log.finish_sync(&pending);
+    assert!(!log.has_unsynced());
+}
