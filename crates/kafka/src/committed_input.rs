@@ -115,7 +115,7 @@ impl CommittedInput {
 }
 
 /// The partition ids of `topic`.
-fn partitions<C: rdkafka::ClientContext>(
+pub(crate) fn partitions<C: rdkafka::ClientContext>(
     client: &rdkafka::client::Client<C>,
     topic: &str,
     timeout: Duration,

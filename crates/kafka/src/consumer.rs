@@ -155,6 +155,9 @@ impl EventConsumer {
             .set("client.id", format!("taskstream-{group}"))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
+            // librdkafka's default, stated: records of aborted (or still
+            // open) transactions never reach a handler.
+            .set("isolation.level", "read_committed")
             .set(
                 "auto.offset.reset",
                 if settings.start_from_earliest {

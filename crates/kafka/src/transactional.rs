@@ -293,3 +293,116 @@ impl TransactionalProducer {
 /// committed under (from [`crate::CommittedInput::group_metadata`]).
 #[derive(Clone)]
 pub struct GroupMetadata(pub(crate) std::sync::Arc<ConsumerGroupMetadata>);
+
+/// The offsets of one partition: the log start and the high watermark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionBounds {
+    pub partition: i32,
+    /// The first offset still in the log.
+    pub low: i64,
+    /// The offset the next record will get.
+    pub high: i64,
+}
+
+/// Every partition of `topic` with its bounds: where a transactional
+/// publisher starts reading its committed tail back after a restart.
+pub async fn partition_bounds(
+    config: &KafkaConfig,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<PartitionBounds>, KafkaError> {
+    use rdkafka::consumer::Consumer;
+
+    let consumer = tail_reader(config)?;
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let ids = crate::committed_input::partitions(consumer.client(), &topic, timeout)?;
+        ids.into_iter()
+            .map(|partition| {
+                let (low, high) = consumer
+                    .fetch_watermarks(&topic, partition, timeout)
+                    .map_err(|e| KafkaError::Admin {
+                        operation: "ListOffsets",
+                        message: e.to_string(),
+                    })?;
+                Ok(PartitionBounds {
+                    partition,
+                    low,
+                    high,
+                })
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| KafkaError::Consume(e.to_string()))?
+}
+
+/// The committed records of one partition with offsets in `from..until`,
+/// in offset order, read with `isolation.level=read_committed`: records of
+/// aborted transactions are left out, and reading stops at the last stable
+/// offset if that comes first. Fails when the cluster sends nothing for
+/// `timeout`.
+pub async fn read_committed_range(
+    config: &KafkaConfig,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    until: i64,
+    timeout: Duration,
+) -> Result<Vec<crate::InboundRecord>, KafkaError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+
+    let consumer: BaseConsumer<TracingContext> = tail_reader(config)?;
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut records = Vec::new();
+        if from >= until {
+            return Ok(records);
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, partition, Offset::Offset(from))
+            .map_err(|e| KafkaError::Consume(e.to_string()))?;
+        consumer
+            .assign(&tpl)
+            .map_err(|e| KafkaError::Consume(format!("assign: {e}")))?;
+        let mut deadline = std::time::Instant::now() + timeout;
+        loop {
+            if std::time::Instant::now() > deadline {
+                return Err(KafkaError::Consume(format!(
+                    "timed out reading {topic}/{partition} from {from}: nothing for {timeout:?}"
+                )));
+            }
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) if m.offset() >= until => return Ok(records),
+                Some(Ok(m)) => {
+                    deadline = std::time::Instant::now() + timeout;
+                    records.push(crate::InboundRecord::from_message(&m));
+                }
+                Some(Err(RdError::PartitionEOF(_))) => return Ok(records),
+                Some(Err(RdError::MessageConsumption(
+                    RDKafkaErrorCode::BrokerTransportFailure
+                    | RDKafkaErrorCode::AllBrokersDown
+                    | RDKafkaErrorCode::Resolve,
+                ))) => {}
+                Some(Err(e)) => return Err(KafkaError::Consume(e.to_string())),
+                None => {}
+            }
+        }
+    })
+    .await
+    .map_err(|e| KafkaError::Consume(e.to_string()))?
+}
+
+/// A `read_committed` consumer outside any group that never commits.
+fn tail_reader(
+    config: &KafkaConfig,
+) -> Result<rdkafka::consumer::BaseConsumer<TracingContext>, KafkaError> {
+    let mut rd = config.client_config();
+    rd.set("group.id", crate::TOPIC_READER_GROUP)
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed");
+    rd.create_with_context(TracingContext::of("tail-reader", config))
+        .map_err(|e| KafkaError::Config(e.to_string()))
+}
