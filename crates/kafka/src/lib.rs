@@ -48,6 +48,6 @@ pub use reader::{read_topic, TOPIC_READER_GROUP};
 pub use stats::{BrokerStats, ClientStats, PartitionLag, StatsListener};
 pub use topic::TopicSpec;
 pub use transactional::{
-    partition_bounds, read_committed_range, GroupMetadata, PartitionBounds, TransactionError,
-    TransactionErrorKind, TransactionSettings, TransactionalProducer,
+    CommittedTail, GroupMetadata, PartitionBounds, TransactionError, TransactionErrorKind,
+    TransactionSettings, TransactionalProducer,
 };

@@ -73,8 +73,8 @@ use std::time::Duration;
 
 use taskstream_domain::headers;
 use taskstream_kafka::{
-    partition_bounds, read_committed_range, EventProducer, KafkaConfig, KafkaError,
-    TransactionError, TransactionErrorKind, TransactionSettings, TransactionalProducer,
+    CommittedTail, EventProducer, KafkaConfig, KafkaError, TransactionError, TransactionErrorKind,
+    TransactionSettings, TransactionalProducer,
 };
 use taskstream_store::{Lease, OutboxStore, PendingMessage, StoreError};
 use taskstream_telemetry::Metrics;
@@ -705,19 +705,12 @@ impl OutboxRelay {
         const PATIENCE: Duration = Duration::from_secs(30);
         let mut marked = 0;
         for topic in self.store.unpublished_topics().await? {
-            for bounds in partition_bounds(kafka, &topic, PATIENCE).await? {
+            let tail = CommittedTail::new(kafka, &topic, PATIENCE)?;
+            for bounds in tail.partitions().await? {
                 let mut until = bounds.high;
                 while until > bounds.low {
                     let from = (until - TAIL_CHUNK).max(bounds.low);
-                    let records = read_committed_range(
-                        kafka,
-                        &topic,
-                        bounds.partition,
-                        from,
-                        until,
-                        PATIENCE,
-                    )
-                    .await?;
+                    let records = tail.read(bounds.partition, from, until).await?;
                     let ids: Vec<uuid::Uuid> = records
                         .iter()
                         .filter_map(|r| r.header_str(headers::EVENT_ID)?.parse().ok())

@@ -116,6 +116,8 @@ struct Run {
     duplicated: usize,
     /// Outbox events missing from the topic.
     missing: usize,
+    /// The restarted relay's committed transactions, from its `/metrics`.
+    committed_transactions: f64,
 }
 
 /// `up` with `delivery_args` publishes one batch and dies before marking
@@ -172,6 +174,23 @@ async fn crash_between_publish_and_mark(broker: &Broker, delivery_args: &[&str])
         .iter()
         .filter(|(id, _)| !on_topic.contains_key(id))
         .count();
+    let metrics = client()
+        .get(format!("{http}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let committed_transactions = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("taskstream_kafka_transactions_total")
+                && l.contains(r#"component="relay""#)
+                && l.contains(r#"outcome="committed""#)
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
     let pid = child.0.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
@@ -180,6 +199,7 @@ async fn crash_between_publish_and_mark(broker: &Broker, delivery_args: &[&str])
         .success());
     assert!(child.0.wait().unwrap().success(), "clean exit");
     let run = Run {
+        committed_transactions,
         events: rows.len(),
         unmarked_at_the_crash,
         duplicated,
@@ -209,6 +229,10 @@ async fn exactly_once_after_a_crash_before_the_mark(broker: &Broker) {
         "the crash left a published batch unmarked"
     );
     assert_eq!((run.duplicated, run.missing), (0, 0));
+    assert!(
+        run.committed_transactions >= 1.0,
+        "the restarted relay counts its transactions"
+    );
 }
 
 async fn at_least_once_after_a_crash_before_the_mark(broker: &Broker) {
@@ -219,6 +243,7 @@ async fn at_least_once_after_a_crash_before_the_mark(broker: &Broker) {
         run.duplicated >= 1,
         "the unmarked batch is published again at least once"
     );
+    assert_eq!(run.committed_transactions, 0.0, "no transactions");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
