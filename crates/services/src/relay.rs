@@ -192,7 +192,7 @@ enum Publisher {
         producer: std::sync::Mutex<EventProducer>,
         new_producer: ProducerFactory,
     },
-    Transactional(tokio::sync::Mutex<Transactional>),
+    Transactional(Box<tokio::sync::Mutex<Transactional>>),
 }
 
 /// The exactly-once relay's producer and what it knows of the topic.
@@ -243,12 +243,12 @@ impl OutboxRelay {
                 new_producer,
             },
             RelayPublisher::Transactional { kafka, settings } => {
-                Publisher::Transactional(tokio::sync::Mutex::new(Transactional {
+                Publisher::Transactional(Box::new(tokio::sync::Mutex::new(Transactional {
                     kafka,
                     settings,
                     producer: None,
                     recovered: false,
-                }))
+                })))
             }
         };
         Ok(Self {
@@ -425,6 +425,14 @@ impl OutboxRelay {
                 Some(won) => {
                     self.standing_by.store(false, Ordering::Relaxed);
                     *lease = Some(won);
+                    // Another relay may have published meanwhile (and died
+                    // before marking): a new producer fences it, and the
+                    // committed tail is read back before publishing.
+                    if let Publisher::Transactional(state) = &self.publisher {
+                        let mut state = state.lock().await;
+                        state.producer = None;
+                        state.recovered = false;
+                    }
                 }
                 None => {
                     if !self.standing_by.swap(true, Ordering::Relaxed) {

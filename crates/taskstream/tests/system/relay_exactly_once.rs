@@ -337,29 +337,20 @@ async fn a_consumer_never_hands_a_record_of_an_aborted_transaction_to_its_handle
     )
     .await
     .unwrap();
-    let send = |outcome: &'static str, i: usize| {
-        let key = format!("{outcome}-{i}");
-        let topic = topic.clone();
-        let producer = &producer;
-        async move {
-            producer
-                .enqueue(OutboundRecord {
-                    topic: &topic,
-                    key: key.as_bytes(),
-                    payload: outcome.as_bytes(),
-                    headers: &[],
-                })
-                .await
-                .unwrap()
-        }
-    };
     // Committed, aborted, committed: the aborted records sit between the
     // committed ones on each partition.
     for (outcome, commit) in [("committed", true), ("aborted", false), ("later", true)] {
         producer.begin().unwrap();
         let mut deliveries = Vec::new();
         for i in 0..20 {
-            deliveries.push(send(outcome, i).await);
+            let key = format!("{outcome}-{i}");
+            let record = OutboundRecord {
+                topic: &topic,
+                key: key.as_bytes(),
+                payload: outcome.as_bytes(),
+                headers: &[],
+            };
+            deliveries.push(producer.enqueue(record).await.unwrap());
         }
         // Written to the log before the abort (an abort drops what is
         // still queued in the client).
