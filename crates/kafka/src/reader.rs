@@ -32,7 +32,10 @@ pub async fn read_topic(
     let mut rd = config.client_config();
     // A group id is required for assignment; nothing is ever committed.
     rd.set("group.id", TOPIC_READER_GROUP)
-        .set("enable.auto.commit", "false");
+        .set("enable.auto.commit", "false")
+        // A transaction's commit marker takes the last offset of a
+        // partition but is never delivered: the end is where EOF is reported.
+        .set("enable.partition.eof", "true");
     let consumer: BaseConsumer<TracingContext> = rd
         .create_with_context(TracingContext::of("topic-reader", config))
         .map_err(|e| KafkaError::Config(e.to_string()))?;
@@ -88,6 +91,9 @@ pub async fn read_topic(
                         ends.remove(&partition);
                     }
                     records.push(InboundRecord::from_message(&m));
+                }
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
+                    ends.remove(&partition);
                 }
                 Some(Err(e)) => return Err(err("Fetch")(e)),
                 None => {}
