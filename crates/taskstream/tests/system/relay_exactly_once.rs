@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use taskstream_kafka::{
-    apply_topics, read_committed, read_uncommitted, ConsumerSettings, EventConsumer, KafkaConfig,
-    OutboundRecord, TopicSpec, TransactionSettings, TransactionalProducer,
+    apply_topics, group_offsets, read_committed, read_uncommitted, ConsumerSettings, EventConsumer,
+    KafkaConfig, OutboundRecord, TopicSpec, TransactionSettings, TransactionalProducer,
 };
 use taskstream_services::topics::TASK_EVENTS;
 use taskstream_testkit::Shape;
@@ -310,7 +310,8 @@ fn exactly_once_delivery_on_the_mock_cluster_is_refused_at_start_up() {
 /// transaction are in the log (a `read_uncommitted` reader sees them) but
 /// never reach the consumer's caller.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_consumer_never_hands_a_record_of_an_aborted_transaction_to_its_handler() {
+async fn a_consumer_never_hands_a_record_of_an_aborted_transaction_to_its_handler_and_commits_past_the_markers(
+) {
     let data = tempfile::tempdir().unwrap();
     let broker =
         taskstream_broker::Broker::start(taskstream_broker::BrokerConfig::new(data.path()))
@@ -390,6 +391,7 @@ async fn a_consumer_never_hands_a_record_of_an_aborted_transaction_to_its_handle
             .await
             .expect("a record comes")
             .unwrap();
+        assert!(consumer.ack(&record));
         handed.push(String::from_utf8(record.payload.unwrap()).unwrap());
     }
     // Nothing more comes: the aborted records are skipped, not late.
@@ -402,5 +404,22 @@ async fn a_consumer_never_hands_a_record_of_an_aborted_transaction_to_its_handle
     assert_eq!(
         by_outcome,
         BTreeMap::from([("committed", 20), ("later", 20)])
+    );
+    // Each partition ends with a commit marker, never delivered: once
+    // every record is handled, the group's commits move past it (two
+    // commits apart), so its lag is 0, not 1 per partition.
+    for _ in 0..2 {
+        consumer.commit_acked(true).await.unwrap();
+    }
+    let offsets = group_offsets(&kafka, consumer.group(), &topic, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(
+        offsets.iter().all(|p| p.lag() == 0),
+        "{:?}",
+        offsets
+            .iter()
+            .map(|p| (p.partition, p.committed, p.log_end))
+            .collect::<Vec<_>>()
     );
 }
