@@ -11,10 +11,11 @@
 //! the same task got through would be republished after it); rows stay
 //! pending meanwhile, so nothing is dropped. Failures that do surface (an
 //! event that cannot be encoded yet, a producer error) are retried with
-//! backoff. A row that was published but not yet marked (a
-//! crash in between) is published again: consumers de-duplicate by event id.
-//! A producer that hit a fatal error can never publish again, so the relay
-//! replaces it with a new one and carries on from the first unmarked row.
+//! backoff. With [`RelayDelivery::AtLeastOnce`] (an idempotent producer), a
+//! row that was published but not yet marked (a crash in between) is
+//! published again: consumers de-duplicate by event id. A producer that hit
+//! a fatal error can never publish again, so the relay replaces it with a
+//! new one and carries on from the first unmarked row.
 //!
 //! # Exactly once ([`RelayDelivery::ExactlyOnce`])
 //!

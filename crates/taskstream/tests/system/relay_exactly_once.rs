@@ -22,6 +22,8 @@ use taskstream_kafka::{
     KafkaConfig, OutboundRecord, TopicSpec, TransactionSettings, TransactionalProducer,
 };
 use taskstream_services::topics::TASK_EVENTS;
+use taskstream_services::{EventEncoding, OutboxRelay, RelayError, RelayPublisher, RelaySettings};
+use taskstream_store::OutboxStore;
 use taskstream_testkit::Shape;
 
 use crate::binary::ChildGuard;
@@ -421,5 +423,122 @@ async fn a_consumer_never_hands_a_record_of_an_aborted_transaction_to_its_handle
             .iter()
             .map(|p| (p.partition, p.committed, p.log_end))
             .collect::<Vec<_>>()
+    );
+}
+
+/// A relay (its own SQLite outbox and lease) with `transactional_id`,
+/// publishing to `topic` of `kafka`, driven round by round.
+async fn relay_on(
+    dir: &std::path::Path,
+    kafka: &KafkaConfig,
+    transactional_id: &str,
+    topic: &str,
+    events: usize,
+) -> (std::sync::Arc<taskstream_store::Store>, OutboxRelay) {
+    use taskstream_domain::{Cause, NewTask, Priority, Task, TaskTitle};
+    use taskstream_store::TaskStore;
+
+    let store = taskstream::components::open_store(
+        dir,
+        None,
+        &taskstream_store::SqliteOptions::default(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    for i in 0..events {
+        let change = Task::create(
+            NewTask {
+                title: TaskTitle::parse(&format!("fenced {i}")).unwrap(),
+                description: None,
+                priority: Priority::Medium,
+                due_at: None,
+                assignee: None,
+            },
+            taskstream_domain::now(),
+            Cause::default(),
+        );
+        let message = EventEncoding::Json
+            .outbox_message(
+                &change.event,
+                "task",
+                change.task.id.to_string(),
+                topic,
+                None,
+            )
+            .unwrap();
+        store.insert_task(&change.task, &message).await.unwrap();
+    }
+    let relay = OutboxRelay::new(
+        std::sync::Arc::clone(&store) as std::sync::Arc<dyn taskstream_store::OutboxStore>,
+        RelayPublisher::Transactional {
+            kafka: kafka.clone(),
+            settings: TransactionSettings::new(transactional_id),
+        },
+        std::sync::Arc::new(tokio::sync::Notify::new()),
+        RelaySettings::default(),
+        taskstream_telemetry::Metrics::new(),
+        EventEncoding::Json,
+    )
+    .unwrap();
+    (store, relay)
+}
+
+/// Two relays with one transactional id (a zombie and its successor): the
+/// newer one's producer fences the older, whose next batch fails as
+/// fenced; it gives its lease up instead of retrying the dead producer,
+/// and nothing of its cut-off transaction is visible.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_fenced_by_a_newer_one_with_its_transactional_id_gives_up_its_lease() {
+    let data = tempfile::tempdir().unwrap();
+    let broker =
+        taskstream_broker::Broker::start(taskstream_broker::BrokerConfig::new(data.path()))
+            .expect("taskstream's broker starts");
+    let kafka = KafkaConfig::new(broker.addr().to_string()).quiet();
+    let topic = format!("fenced-{}", uuid::Uuid::new_v4());
+    apply_topics(
+        &kafka,
+        &[TopicSpec {
+            name: topic.clone(),
+            partitions: 1,
+            replication_factor: 1,
+            configs: BTreeMap::new(),
+        }],
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    let id = format!("relay-{}", uuid::Uuid::new_v4());
+    let (older_dir, newer_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (older_store, older) = relay_on(older_dir.path(), &kafka, &id, &topic, 3).await;
+    assert_eq!(older.publish_pending().await.unwrap(), 3);
+    let (_newer_store, newer) = relay_on(newer_dir.path(), &kafka, &id, &topic, 2).await;
+    assert_eq!(
+        newer.publish_pending().await.unwrap(),
+        2,
+        "the newer relay publishes"
+    );
+
+    // The older one has more to publish, on a fenced producer.
+    let (_, more) = relay_on(older_dir.path(), &kafka, "unused", &topic, 2).await;
+    drop(more);
+    let error = older.publish_pending().await.expect_err("fenced");
+    let RelayError::Transaction(error) = error else {
+        panic!("a transactional failure, got {error:?}");
+    };
+    assert!(error.fenced, "{error}");
+    assert!(
+        !older.holds_lease().await,
+        "the fenced relay gave its lease up"
+    );
+    let pending = older_store.outbox_stats().await.unwrap().pending;
+    assert_eq!(pending, 2, "its cut-off batch stays pending");
+    let on_topic = read_committed(&kafka, &topic, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        on_topic.len(),
+        5,
+        "nothing of the fenced transaction is visible"
     );
 }
