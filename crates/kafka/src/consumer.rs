@@ -138,6 +138,9 @@ pub struct EventConsumer {
     positions: Mutex<HashMap<(String, i32), Position>>,
     /// Partitions that may have skipped records, for [`EventConsumer::confirm_skips`].
     suspects: Mutex<Vec<Suspect>>,
+    /// Per partition, the position past a transaction marker seen at the
+    /// last commit (see [`EventConsumer::commit_acked`]).
+    past_markers: Mutex<HashMap<(String, i32), i64>>,
 }
 
 impl EventConsumer {
@@ -153,6 +156,9 @@ impl EventConsumer {
             .set("client.id", format!("taskstream-{group}"))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
+            // librdkafka's default, stated: records of aborted (or still
+            // open) transactions never reach a handler.
+            .set("isolation.level", "read_committed")
             .set(
                 "auto.offset.reset",
                 if settings.start_from_earliest {
@@ -194,6 +200,7 @@ impl EventConsumer {
             commit_interval: settings.commit_interval,
             positions: Mutex::new(HashMap::new()),
             suspects: Mutex::new(Vec::new()),
+            past_markers: Mutex::new(HashMap::new()),
         })
     }
 
@@ -386,7 +393,19 @@ impl EventConsumer {
 
     /// Commits every acknowledged offset of the partitions this member owns,
     /// stamped with the commit time. `wait` blocks until the broker answers.
+    ///
+    /// A transactional producer leaves a commit marker after each
+    /// transaction's records: an offset no record is delivered at. A group
+    /// that handled a partition's last record would stay one offset short
+    /// of the end (a lag of 1 for ever), so when every record delivered
+    /// from a partition is acknowledged and librdkafka's position is past
+    /// the acknowledged offset — markers only, as no record came — the
+    /// commit moves to that position. It does so only when the same
+    /// position was seen at the previous commit too, so a record being
+    /// delivered at that very moment (librdkafka's position moves before
+    /// [`EventConsumer::recv`] notes the record) is never skipped.
     pub async fn commit_acked(&self, wait: bool) -> Result<(), KafkaError> {
+        self.acknowledge_markers();
         let tpl = self
             .state
             .lock()
@@ -403,6 +422,41 @@ impl EventConsumer {
         self.inner
             .commit(&tpl, mode)
             .map_err(|e| KafkaError::Commit(e.to_string()))
+    }
+
+    /// Moves the acknowledged offset of fully handled partitions past the
+    /// transaction markers that follow their last record (see
+    /// [`EventConsumer::commit_acked`]).
+    fn acknowledge_markers(&self) {
+        let Ok(positions) = self.inner.position() else {
+            return;
+        };
+        let delivered: HashMap<(String, i32), Position> =
+            self.positions.lock().expect("positions poisoned").clone();
+        let mut state = self.state.lock().expect("group state poisoned");
+        let mut past_markers = self.past_markers.lock().expect("markers poisoned");
+        let mut seen = HashMap::new();
+        for elem in positions.elements() {
+            let Offset::Offset(position) = elem.offset() else {
+                continue;
+            };
+            let key = (elem.topic().to_owned(), elem.partition());
+            let Some(&acked) = state.acked.get(&key) else {
+                continue;
+            };
+            let handled_all = delivered.get(&key).is_some_and(|d| {
+                d.next == acked && state.assignment.get(&key) == Some(&d.assignment)
+            });
+            if !handled_all || position <= acked {
+                continue;
+            }
+            if past_markers.get(&key) == Some(&position) {
+                state.acked.insert(key, position);
+            } else {
+                seen.insert(key, position);
+            }
+        }
+        *past_markers = seen;
     }
 
     /// Leaves the group cleanly: the acknowledged offsets are committed first

@@ -48,6 +48,6 @@ pub use reader::{end_offsets, read_published, read_topic, Published, TOPIC_READE
 pub use stats::{BrokerStats, ClientStats, PartitionLag, StatsListener};
 pub use topic::TopicSpec;
 pub use transactional::{
-    GroupMetadata, TransactionError, TransactionErrorKind, TransactionSettings,
-    TransactionalProducer,
+    CommittedTail, GroupMetadata, PartitionBounds, TransactionError, TransactionErrorKind,
+    TransactionSettings, TransactionalProducer,
 };

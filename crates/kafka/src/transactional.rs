@@ -293,3 +293,134 @@ impl TransactionalProducer {
 /// committed under (from [`crate::CommittedInput::group_metadata`]).
 #[derive(Clone)]
 pub struct GroupMetadata(pub(crate) std::sync::Arc<ConsumerGroupMetadata>);
+
+/// The offsets of one partition: the log start and the high watermark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionBounds {
+    pub partition: i32,
+    /// The first offset still in the log.
+    pub low: i64,
+    /// The offset the next record will get.
+    pub high: i64,
+}
+
+/// Reads back what committed transactions left on a topic: each
+/// partition's bounds, then committed records of an offset range, with
+/// `isolation.level=read_committed` and outside any group (it never
+/// commits). One client serves every read, so a publisher reading its
+/// committed tail back after a restart pays for one connection.
+pub struct CommittedTail {
+    consumer: std::sync::Arc<rdkafka::consumer::BaseConsumer<TracingContext>>,
+    topic: String,
+    timeout: Duration,
+}
+
+impl CommittedTail {
+    /// A reader of `topic`; a request the cluster does not answer within
+    /// `timeout`, or a range that brings nothing for that long, fails.
+    pub fn new(config: &KafkaConfig, topic: &str, timeout: Duration) -> Result<Self, KafkaError> {
+        let mut rd = config.client_config();
+        rd.set("group.id", crate::TOPIC_READER_GROUP)
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("isolation.level", "read_committed")
+            // The end of a range is often only known from the end of the
+            // partition: do not let the broker hold that last fetch.
+            .set("fetch.wait.max.ms", "10");
+        let consumer = rd
+            .create_with_context(TracingContext::of("tail-reader", config))
+            .map_err(|e| KafkaError::Config(e.to_string()))?;
+        Ok(Self {
+            consumer: std::sync::Arc::new(consumer),
+            topic: topic.to_owned(),
+            timeout,
+        })
+    }
+
+    /// Every partition of the topic with its bounds.
+    pub async fn partitions(&self) -> Result<Vec<PartitionBounds>, KafkaError> {
+        use rdkafka::consumer::Consumer;
+
+        let consumer = std::sync::Arc::clone(&self.consumer);
+        let (topic, timeout) = (self.topic.clone(), self.timeout);
+        tokio::task::spawn_blocking(move || {
+            let ids = crate::committed_input::partitions(consumer.client(), &topic, timeout)?;
+            ids.into_iter()
+                .map(|partition| {
+                    let (low, high) = consumer
+                        .fetch_watermarks(&topic, partition, timeout)
+                        .map_err(|e| KafkaError::Admin {
+                            operation: "ListOffsets",
+                            message: e.to_string(),
+                        })?;
+                    Ok(PartitionBounds {
+                        partition,
+                        low,
+                        high,
+                    })
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| KafkaError::Consume(e.to_string()))?
+    }
+
+    /// The committed records of `partition` with offsets in `from..until`,
+    /// in offset order: records of aborted transactions are left out, and
+    /// reading stops at the last stable offset if that comes first.
+    pub async fn read(
+        &self,
+        partition: i32,
+        from: i64,
+        until: i64,
+    ) -> Result<Vec<crate::InboundRecord>, KafkaError> {
+        use rdkafka::consumer::Consumer;
+        use rdkafka::message::Message;
+
+        let consumer = std::sync::Arc::clone(&self.consumer);
+        let (topic, timeout) = (self.topic.clone(), self.timeout);
+        tokio::task::spawn_blocking(move || {
+            let mut records = Vec::new();
+            if from >= until {
+                return Ok(records);
+            }
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&topic, partition, Offset::Offset(from))
+                .map_err(|e| KafkaError::Consume(e.to_string()))?;
+            consumer
+                .assign(&tpl)
+                .map_err(|e| KafkaError::Consume(format!("assign: {e}")))?;
+            let mut deadline = std::time::Instant::now() + timeout;
+            loop {
+                if std::time::Instant::now() > deadline {
+                    return Err(KafkaError::Consume(format!(
+                        "timed out reading {topic}/{partition} from {from}: nothing for {timeout:?}"
+                    )));
+                }
+                match consumer.poll(Duration::from_millis(100)) {
+                    Some(Ok(m)) if m.partition() != partition => {}
+                    Some(Ok(m)) if m.offset() >= until => return Ok(records),
+                    Some(Ok(m)) => {
+                        deadline = std::time::Instant::now() + timeout;
+                        let last = m.offset() + 1 >= until;
+                        records.push(crate::InboundRecord::from_message(&m));
+                        if last {
+                            return Ok(records);
+                        }
+                    }
+                    Some(Err(RdError::PartitionEOF(p))) if p == partition => return Ok(records),
+                    Some(Err(RdError::PartitionEOF(_))) => {}
+                    Some(Err(RdError::MessageConsumption(
+                        RDKafkaErrorCode::BrokerTransportFailure
+                        | RDKafkaErrorCode::AllBrokersDown
+                        | RDKafkaErrorCode::Resolve,
+                    ))) => {}
+                    Some(Err(e)) => return Err(KafkaError::Consume(e.to_string())),
+                    None => {}
+                }
+            }
+        })
+        .await
+        .map_err(|e| KafkaError::Consume(e.to_string()))?
+    }
+}

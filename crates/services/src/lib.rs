@@ -26,6 +26,9 @@ pub use encoding::{EncodingError, EventDecoder, EventEncoding, EventRecord};
 pub use notifier::{DelayedSink, LogSink, NotificationHandler, NotificationSink, NOTIFIER_GROUP};
 pub use offset_resets::{GapRepair, OffsetResets, OutboxRepair, Repair, ReportedReset};
 pub use processor::{ProcessorError, ProcessorSettings, WorkloadProcessor};
-pub use relay::{OutboxRelay, ProducerFactory, RelayError, RelaySettings};
+pub use relay::{
+    OutboxRelay, ProducerFactory, RelayDelivery, RelayError, RelayPublisher, RelaySettings,
+    RELAY_TRANSACTIONAL_ID,
+};
 pub use shutdown::{Shutdown, ShutdownTrigger};
 pub use webhook::WebhookSink;

@@ -11,10 +11,56 @@
 //! the same task got through would be republished after it); rows stay
 //! pending meanwhile, so nothing is dropped. Failures that do surface (an
 //! event that cannot be encoded yet, a producer error) are retried with
-//! backoff. A row that was published but not yet marked (a
-//! crash in between) is published again: consumers de-duplicate by event id.
-//! A producer that hit a fatal error can never publish again, so the relay
-//! replaces it with a new one and carries on from the first unmarked row.
+//! backoff. With [`RelayDelivery::AtLeastOnce`] (an idempotent producer), a
+//! row that was published but not yet marked (a crash in between) is
+//! published again: consumers de-duplicate by event id. A producer that hit
+//! a fatal error can never publish again, so the relay replaces it with a
+//! new one and carries on from the first unmarked row.
+//!
+//! # Exactly once ([`RelayDelivery::ExactlyOnce`])
+//!
+//! With a broker that has transactions, each batch is published in one
+//! Kafka transaction under a stable `transactional.id` (one per
+//! deployment), committed, and only then marked published. The lease makes
+//! one relay active; the transactional id fences a zombie: the producer
+//! is started (`init_transactions`) only once the lease is won, which makes
+//! every older producer with the id fail fatally and aborts the transaction
+//! it left open. A fenced relay gives the lease up and stands by; any
+//! other fatal error drops the producer and builds a new one (never a retry
+//! on the dead one); an abortable error aborts the batch, which is then
+//! published again on a new producer; a commit that failed retriably is
+//! made again a few times before the batch is aborted.
+//!
+//! A crash between the commit and the mark must not publish the batch
+//! again, so before it publishes anything, a relay with a new producer
+//! reads back what committed transactions left on the topic and marks it.
+//! Every record carries the outbox row's id in its `id` header (the row's
+//! `id` is unique, and it is the header Debezium writes too, so the record
+//! format does not change): for each partition of each topic that
+//! unpublished rows go to, records are read `read_committed` backwards from
+//! the end, a chunk at a time, and each record whose row is still unmarked
+//! is marked. Reading stops at a chunk holding a record whose row is marked
+//! (or pruned, or unknown), or at the log start. Why this finds every
+//! committed, unmarked row:
+//!
+//! - `read_committed` shows exactly the records of committed transactions
+//!   (after `init_transactions` nothing of ours is open any more, so the
+//!   last stable offset is the end), so every unmarked row found was
+//!   published by a committed transaction: marking it is right.
+//! - Batches are published one transaction after the other, and a batch
+//!   is marked (one statement, all or nothing) before the next one begins;
+//!   after a failed mark, recovery runs again before anything more is
+//!   published. So at most the last transaction is committed but
+//!   unmarked, and on every partition its records come after every record
+//!   of a marked batch: the first marked record met going backwards ends
+//!   the unmarked tail of that partition.
+//! - Exactly the rows found are marked, never "every seq up to the largest
+//!   seen": on PostgreSQL a lower seq can commit after a higher one, so a
+//!   row with a lower seq may still be unpublished and absent from the
+//!   topic.
+//!
+//! Records an at-least-once relay (or an earlier version) left behind are
+//! handled the same way: any unmarked row found on the topic was published.
 //!
 //! Only the relay holding the outbox's [`Lease`] publishes; another one
 //! (a second replica on PostgreSQL) stands by, asks for the lease every
@@ -26,7 +72,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use taskstream_kafka::{EventProducer, KafkaError};
+use taskstream_domain::headers;
+use taskstream_kafka::{
+    CommittedTail, EventProducer, KafkaConfig, KafkaError, TransactionError, TransactionErrorKind,
+    TransactionSettings, TransactionalProducer,
+};
 use taskstream_store::{Lease, OutboxStore, PendingMessage, StoreError};
 use taskstream_telemetry::Metrics;
 use tokio::sync::Notify;
@@ -49,7 +99,29 @@ pub struct RelaySettings {
     pub retention: Option<Duration>,
     /// How often expired messages are looked for.
     pub prune_interval: Duration,
+    /// Transactions or idempotent publishing; read by whoever builds the
+    /// relay's [`RelayPublisher`].
+    pub delivery: RelayDelivery,
+    /// Test only (fault injection): abort the process right after this
+    /// many batches were published (committed, or acknowledged), before the
+    /// last one is marked — a crash between the publish and the mark.
+    pub crash_before_mark: Option<u32>,
 }
+
+/// How the relay publishes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayDelivery {
+    /// Each batch in one Kafka transaction under `transactional_id`; a
+    /// restarted relay marks what was committed before a crash instead of
+    /// publishing it again. Needs a broker with transactions.
+    ExactlyOnce { transactional_id: String },
+    /// An idempotent producer; a crash between the publish and the mark
+    /// publishes the batch again (consumers de-duplicate by event id).
+    AtLeastOnce,
+}
+
+/// The relay's transactional id unless told otherwise.
+pub const RELAY_TRANSACTIONAL_ID: &str = "taskstream-relay";
 
 impl Default for RelaySettings {
     fn default() -> Self {
@@ -61,6 +133,8 @@ impl Default for RelaySettings {
             // As long as the task-event topic keeps them.
             retention: Some(Duration::from_secs(7 * 24 * 3600)),
             prune_interval: Duration::from_secs(600),
+            delivery: RelayDelivery::AtLeastOnce,
+            crash_before_mark: None,
         }
     }
 }
@@ -76,6 +150,9 @@ pub enum RelayError {
     /// Avro (the registry was down or refused the schema); it stays pending.
     #[error("cannot encode the event: {0}")]
     Encoding(#[from] EncodingError),
+    /// A transactional call failed (exactly-once delivery).
+    #[error(transparent)]
+    Transaction(#[from] TransactionError),
 }
 
 /// Published messages deleted per statement when pruning.
@@ -84,11 +161,56 @@ const PRUNE_BATCH: u32 = 1000;
 /// Makes the relay's producer: once at start, and again after a fatal error.
 pub type ProducerFactory = Arc<dyn Fn() -> Result<EventProducer, KafkaError> + Send + Sync>;
 
+/// How many times a commit that failed retriably is made again before the
+/// batch is aborted.
+const COMMIT_ATTEMPTS: u32 = 5;
+
+/// Records read per step when reading a partition's committed tail back.
+const TAIL_CHUNK: i64 = 1000;
+
+/// The component name in transaction metrics and logs.
+const COMPONENT: &str = "relay";
+
+/// What the relay publishes with.
+pub enum RelayPublisher {
+    /// An idempotent producer, made by the factory (at least once).
+    Idempotent(ProducerFactory),
+    /// A transactional producer on `kafka` (exactly once).
+    Transactional {
+        kafka: KafkaConfig,
+        settings: TransactionSettings,
+    },
+}
+
+impl From<ProducerFactory> for RelayPublisher {
+    fn from(factory: ProducerFactory) -> Self {
+        Self::Idempotent(factory)
+    }
+}
+
+enum Publisher {
+    Idempotent {
+        producer: std::sync::Mutex<EventProducer>,
+        new_producer: ProducerFactory,
+    },
+    Transactional(Box<tokio::sync::Mutex<Transactional>>),
+}
+
+/// The exactly-once relay's producer and what it knows of the topic.
+struct Transactional {
+    kafka: KafkaConfig,
+    settings: TransactionSettings,
+    /// Started once the lease is won; dropped after a fatal error.
+    producer: Option<TransactionalProducer>,
+    /// Whether the committed tail was read back and marked since the
+    /// producer started (and since the last failed mark).
+    recovered: bool,
+}
+
 /// Publishes the outbox. See the module docs.
 pub struct OutboxRelay {
     store: Arc<dyn OutboxStore>,
-    producer: std::sync::Mutex<EventProducer>,
-    new_producer: ProducerFactory,
+    publisher: Publisher,
     wake: Arc<Notify>,
     settings: RelaySettings,
     metrics: Arc<Metrics>,
@@ -99,23 +221,40 @@ pub struct OutboxRelay {
     lease: tokio::sync::Mutex<Option<Lease>>,
     /// Whether the standby state was logged since the lease was last held.
     standing_by: AtomicBool,
+    /// Batches published so far (for [`RelaySettings::crash_before_mark`]).
+    batches: std::sync::atomic::AtomicU32,
 }
 
 impl OutboxRelay {
-    /// `wake` is notified by writers after each commit; `new_producer`
-    /// makes the producer now, and its replacement after a fatal error.
+    /// `wake` is notified by writers after each commit. An idempotent
+    /// `publisher`'s factory makes the producer now, and its replacement
+    /// after a fatal error; a transactional one is started once the lease
+    /// is won.
     pub fn new(
         store: Arc<dyn OutboxStore>,
-        new_producer: ProducerFactory,
+        publisher: impl Into<RelayPublisher>,
         wake: Arc<Notify>,
         settings: RelaySettings,
         metrics: Arc<Metrics>,
         encoding: EventEncoding,
     ) -> Result<Self, KafkaError> {
+        let publisher = match publisher.into() {
+            RelayPublisher::Idempotent(new_producer) => Publisher::Idempotent {
+                producer: std::sync::Mutex::new(new_producer()?),
+                new_producer,
+            },
+            RelayPublisher::Transactional { kafka, settings } => {
+                Publisher::Transactional(Box::new(tokio::sync::Mutex::new(Transactional {
+                    kafka,
+                    settings,
+                    producer: None,
+                    recovered: false,
+                })))
+            }
+        };
         Ok(Self {
             store,
-            producer: std::sync::Mutex::new(new_producer()?),
-            new_producer,
+            publisher,
             wake,
             settings,
             metrics,
@@ -123,6 +262,7 @@ impl OutboxRelay {
             holder: format!("relay-{}-{}", std::process::id(), uuid::Uuid::now_v7()),
             lease: tokio::sync::Mutex::new(None),
             standing_by: AtomicBool::new(false),
+            batches: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
@@ -131,21 +271,34 @@ impl OutboxRelay {
         self.lease.lock().await.is_some()
     }
 
-    /// The producer in use.
-    fn producer(&self) -> EventProducer {
-        self.producer.lock().expect("never poisoned").clone()
+    /// The idempotent producer in use, if the relay publishes with one.
+    fn producer(&self) -> Option<EventProducer> {
+        match &self.publisher {
+            Publisher::Idempotent { producer, .. } => {
+                Some(producer.lock().expect("never poisoned").clone())
+            }
+            Publisher::Transactional(_) => None,
+        }
     }
 
-    /// Replaces the producer if a fatal error ended it; `true` if it did.
+    /// Replaces the idempotent producer if a fatal error ended it; `true`
+    /// if it did. (A transactional one is replaced where its error is seen.)
     fn replace_dead_producer(&self) -> bool {
-        let Some(reason) = self.producer().fatal_error() else {
+        let Publisher::Idempotent {
+            producer,
+            new_producer,
+        } = &self.publisher
+        else {
             return false;
         };
-        match (self.new_producer)() {
+        let Some(reason) = self.producer().and_then(|p| p.fatal_error()) else {
+            return false;
+        };
+        match new_producer() {
             Ok(fresh) => {
                 tracing::error!(%reason, "the relay's producer hit a fatal error; replaced it, unmarked events are published again");
                 self.metrics.relay_producer_restarts.inc();
-                *self.producer.lock().expect("never poisoned") = fresh;
+                *producer.lock().expect("never poisoned") = fresh;
                 true
             }
             Err(error) => {
@@ -216,12 +369,12 @@ impl OutboxRelay {
             ),
         }
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if let Err(error) = self
-            .producer()
-            .flush(left.max(Duration::from_millis(100)))
-            .await
-        {
-            tracing::warn!(%error, "producer flush incomplete");
+        // A transactional relay has nothing in flight between rounds: each
+        // batch was committed or aborted.
+        if let Some(producer) = self.producer() {
+            if let Err(error) = producer.flush(left.max(Duration::from_millis(100))).await {
+                tracing::warn!(%error, "producer flush incomplete");
+            }
         }
         // Only now: everything this relay handed the producer is settled, so
         // a standby taking over cannot publish alongside it.
@@ -273,6 +426,14 @@ impl OutboxRelay {
                 Some(won) => {
                     self.standing_by.store(false, Ordering::Relaxed);
                     *lease = Some(won);
+                    // Another relay may have published meanwhile (and died
+                    // before marking): a new producer fences it, and the
+                    // committed tail is read back before publishing.
+                    if let Publisher::Transactional(state) = &self.publisher {
+                        let mut state = state.lock().await;
+                        state.producer = None;
+                        state.recovered = false;
+                    }
                 }
                 None => {
                     if !self.standing_by.swap(true, Ordering::Relaxed) {
@@ -281,6 +442,10 @@ impl OutboxRelay {
                     return Ok(0);
                 }
             }
+        }
+        if let Publisher::Transactional(state) = &self.publisher {
+            let mut state = state.lock().await;
+            return self.publish_transactionally(&mut lease, &mut state).await;
         }
         let held = lease.as_ref().expect("acquired above");
         let batch = match self.store.pending(held, self.settings.batch_size).await {
@@ -295,7 +460,7 @@ impl OutboxRelay {
         if batch.is_empty() {
             return Ok(0);
         }
-        let producer = self.producer();
+        let producer = self.producer().expect("an idempotent relay");
         let mut deliveries = Vec::with_capacity(batch.len());
         let mut enqueue_error = None;
         for row in &batch {
@@ -335,6 +500,9 @@ impl OutboxRelay {
             }
         }
         let failure = failure.or(enqueue_error);
+        if !published.is_empty() {
+            self.crash_if_asked();
+        }
         self.store
             .mark_published(&published, taskstream_domain::now())
             .await?;
@@ -348,6 +516,242 @@ impl OutboxRelay {
                 Err(error)
             }
         }
+    }
+
+    /// Test only: aborts the process once [`RelaySettings::crash_before_mark`]
+    /// batches were published, before the last one is marked.
+    fn crash_if_asked(&self) {
+        let Some(limit) = self.settings.crash_before_mark else {
+            return;
+        };
+        let published = self.batches.fetch_add(1, Ordering::SeqCst) + 1;
+        if published >= limit {
+            tracing::error!(
+                batches = published,
+                "fault injection: the relay dies between publishing a batch and marking it"
+            );
+            std::process::abort();
+        }
+    }
+
+    /// One round of the exactly-once relay, holding the lease: start the
+    /// producer if there is none, mark what committed transactions left
+    /// unmarked, then publish one batch in one transaction and mark it.
+    async fn publish_transactionally(
+        &self,
+        lease: &mut Option<Lease>,
+        state: &mut Transactional,
+    ) -> Result<usize, RelayError> {
+        if state.producer.is_none() {
+            match TransactionalProducer::start(&state.kafka, COMPONENT, &state.settings).await {
+                Ok(producer) => {
+                    tracing::info!(
+                        transactional_id = producer.transactional_id(),
+                        "the relay's transactional producer started; older relays with this id are fenced"
+                    );
+                    state.producer = Some(producer);
+                    state.recovered = false;
+                }
+                Err(error) => return Err(self.transaction_failed(lease, state, error).await),
+            }
+        }
+        if !state.recovered {
+            let marked = self.mark_committed_tail(&state.kafka).await?;
+            if marked > 0 {
+                tracing::info!(
+                    marked,
+                    "marked events a committed transaction published before the relay stopped; they are not published again"
+                );
+            }
+            state.recovered = true;
+        }
+        let held = lease.as_ref().expect("held by the caller");
+        let batch = match self.store.pending(held, self.settings.batch_size).await {
+            Ok(batch) => batch,
+            Err(error) => {
+                *lease = None;
+                return Err(error.into());
+            }
+        };
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let began = std::time::Instant::now();
+        let producer = state.producer.as_ref().expect("started above");
+        if let Err(error) = producer.begin() {
+            return Err(self.transaction_failed(lease, state, error).await);
+        }
+        // Rows before one that cannot be encoded are published; it stays
+        // pending with its error recorded.
+        let mut enqueued = Vec::with_capacity(batch.len());
+        let mut failure = None;
+        for row in &batch {
+            match self.enqueue_transactional(producer, row).await {
+                Ok(()) => enqueued.push(row),
+                Err(error) => {
+                    self.metrics.relay_errors.inc();
+                    failure = Some((row.seq, error));
+                    break;
+                }
+            }
+        }
+        let committed = if enqueued.is_empty() {
+            Err(producer.abort().await.err())
+        } else {
+            self.commit(producer).await.map_err(Some)
+        };
+        match committed {
+            Ok(()) => {
+                self.metrics
+                    .transaction(COMPONENT, "committed", began.elapsed().as_secs_f64());
+            }
+            Err(error) => {
+                self.metrics
+                    .transaction(COMPONENT, "aborted", began.elapsed().as_secs_f64());
+                if let Some(error) = error {
+                    self.metrics.relay_errors.inc();
+                    return Err(self.transaction_failed(lease, state, error).await);
+                }
+            }
+        }
+        if !enqueued.is_empty() {
+            self.crash_if_asked();
+        }
+        let published: Vec<i64> = enqueued.iter().map(|row| row.seq).collect();
+        if let Err(error) = self
+            .store
+            .mark_published(&published, taskstream_domain::now())
+            .await
+        {
+            // Committed but unmarked: read the tail back before the next batch.
+            state.recovered = false;
+            return Err(error.into());
+        }
+        for row in &enqueued {
+            self.metrics.relay_published.inc();
+            let waited = taskstream_domain::now() - row.message.created_at;
+            self.metrics
+                .relay_latency
+                .observe(waited.num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
+        }
+        if !published.is_empty() {
+            tracing::debug!(
+                count = published.len(),
+                "events published in one transaction"
+            );
+        }
+        match failure {
+            None => Ok(published.len()),
+            Some((seq, error)) => {
+                self.store.record_failure(seq, &error.to_string()).await?;
+                Err(error)
+            }
+        }
+    }
+
+    /// Commits, making the call again while it fails retriably; aborts
+    /// when it cannot (unless the producer is dead).
+    async fn commit(&self, producer: &TransactionalProducer) -> Result<(), TransactionError> {
+        let mut attempt = 1;
+        loop {
+            match producer.commit().await {
+                Ok(()) => return Ok(()),
+                Err(error)
+                    if error.kind == TransactionErrorKind::Retriable
+                        && attempt < COMMIT_ATTEMPTS =>
+                {
+                    tracing::warn!(%error, attempt, "the relay's commit failed retriably; committing again");
+                    attempt += 1;
+                }
+                Err(error) => {
+                    if error.kind != TransactionErrorKind::Fatal {
+                        if let Err(abort) = producer.abort().await {
+                            tracing::warn!(error = %abort, "abort failed; the next producer aborts the transaction");
+                        }
+                    }
+                    return Err(error);
+                }
+            }
+        }
+    }
+
+    /// Handles a failed transactional call: a fenced relay gives the
+    /// lease up (a newer relay with the id is active) and stands by; any
+    /// other failure drops the producer — dead (fatal), or left with a gap
+    /// in its sequence numbers (abortable) — so the next round starts a
+    /// new one, whose `init_transactions` aborts what this one left open.
+    async fn transaction_failed(
+        &self,
+        lease: &mut Option<Lease>,
+        state: &mut Transactional,
+        error: TransactionError,
+    ) -> RelayError {
+        let fenced = error.fenced
+            || state
+                .producer
+                .as_ref()
+                .and_then(TransactionalProducer::fatal)
+                .is_some_and(|fatal| fatal.fenced);
+        if state.producer.take().is_some() {
+            self.metrics.relay_producer_restarts.inc();
+        }
+        state.recovered = false;
+        if fenced {
+            tracing::error!(%error, "the relay was fenced: a newer relay uses its transactional id; giving the lease up and standing by");
+            if let Some(held) = lease.take() {
+                if let Err(release) = self.store.release_lease(held).await {
+                    tracing::warn!(error = %release, "cannot release the outbox lease");
+                }
+            }
+        }
+        error.into()
+    }
+
+    /// Reads the committed tail of every partition the unpublished rows
+    /// go to and marks each row found there (see the module docs);
+    /// returns how many were marked.
+    async fn mark_committed_tail(&self, kafka: &KafkaConfig) -> Result<usize, RelayError> {
+        const PATIENCE: Duration = Duration::from_secs(30);
+        let mut marked = 0;
+        for topic in self.store.unpublished_topics().await? {
+            let tail = CommittedTail::new(kafka, &topic, PATIENCE)?;
+            for bounds in tail.partitions().await? {
+                let mut until = bounds.high;
+                while until > bounds.low {
+                    let from = (until - TAIL_CHUNK).max(bounds.low);
+                    let records = tail.read(bounds.partition, from, until).await?;
+                    let ids: Vec<uuid::Uuid> = records
+                        .iter()
+                        .filter_map(|r| r.header_str(headers::EVENT_ID)?.parse().ok())
+                        .collect();
+                    let unpublished = self.store.unpublished_among(&ids).await?;
+                    let seqs: Vec<i64> = unpublished.iter().map(|(_, seq)| *seq).collect();
+                    self.store
+                        .mark_published(&seqs, taskstream_domain::now())
+                        .await?;
+                    marked += seqs.len();
+                    // A record whose row is marked (or gone) ends the
+                    // partition's unmarked tail.
+                    if unpublished.len() < records.len() {
+                        break;
+                    }
+                    until = from;
+                }
+            }
+        }
+        Ok(marked)
+    }
+
+    async fn enqueue_transactional(
+        &self,
+        producer: &TransactionalProducer,
+        row: &PendingMessage,
+    ) -> Result<(), RelayError> {
+        let record = self.encoding.record(&row.message).await?;
+        let headers = record.borrowed_headers();
+        // The commit reports a refused record (as abortable).
+        drop(producer.enqueue(record.outbound(&headers)).await?);
+        Ok(())
     }
 
     async fn enqueue(

@@ -193,6 +193,14 @@ impl OutboxStore for Store {
         each!(self, s => s.mark_published(seqs, at).await)
     }
 
+    async fn unpublished_among(&self, ids: &[Uuid]) -> Result<Vec<(Uuid, i64)>, StoreError> {
+        each!(self, s => s.unpublished_among(ids).await)
+    }
+
+    async fn unpublished_topics(&self) -> Result<Vec<String>, StoreError> {
+        each!(self, s => s.unpublished_topics().await)
+    }
+
     async fn record_failure(&self, seq: i64, error: &str) -> Result<(), StoreError> {
         each!(self, s => s.record_failure(seq, error).await)
     }

@@ -560,6 +560,27 @@ impl OutboxStore for PgStore {
         Ok(())
     }
 
+    async fn unpublished_among(&self, ids: &[Uuid]) -> Result<Vec<(Uuid, i64)>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows =
+            sqlx::query("SELECT id, seq FROM outbox WHERE published_at IS NULL AND id = ANY($1)")
+                .bind(ids)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|row| Ok((row.uuid("outbox", "id")?, row.int("seq")?)))
+            .collect()
+    }
+
+    async fn unpublished_topics(&self) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(sql::UNPUBLISHED_TOPICS)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|row| row.text("topic")).collect()
+    }
+
     async fn record_failure(&self, seq: i64, error: &str) -> Result<(), StoreError> {
         sqlx::query(sql::RECORD_FAILURE)
             .bind(error)

@@ -39,6 +39,9 @@ pub(crate) const SELECT_PENDING: &str =
     "SELECT seq, attempts, id, aggregatetype, aggregateid, type, payload, topic, content_type, traceparent, created_at
      FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1";
 
+pub(crate) const UNPUBLISHED_TOPICS: &str =
+    "SELECT DISTINCT topic FROM outbox WHERE published_at IS NULL";
+
 pub(crate) const RECORD_FAILURE: &str =
     "UPDATE outbox SET attempts = attempts + 1, last_error = $1 WHERE seq = $2";
 

@@ -843,6 +843,33 @@ impl OutboxStore for SqliteStore {
         Ok(())
     }
 
+    async fn unpublished_among(&self, ids: &[Uuid]) -> Result<Vec<(Uuid, i64)>, StoreError> {
+        let mut found = Vec::new();
+        // SQLite's default limit on bound parameters is 32766.
+        for chunk in ids.chunks(1000) {
+            let mut sql = QueryBuilder::<Sqlite>::new(
+                "SELECT id, seq FROM outbox WHERE published_at IS NULL AND id IN (",
+            );
+            let mut list = sql.separated(", ");
+            for one in chunk {
+                list.push_bind(id(*one));
+            }
+            sql.push(")");
+            let rows = sql.build().fetch_all(&self.writer).await?;
+            for row in &rows {
+                found.push((row.uuid("outbox", "id")?, row.int("seq")?));
+            }
+        }
+        Ok(found)
+    }
+
+    async fn unpublished_topics(&self) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(sql::UNPUBLISHED_TOPICS)
+            .fetch_all(&self.writer)
+            .await?;
+        rows.iter().map(|row| row.text("topic")).collect()
+    }
+
     async fn record_failure(&self, seq: i64, error: &str) -> Result<(), StoreError> {
         sqlx::query(sql::RECORD_FAILURE)
             .bind(error)

@@ -65,6 +65,15 @@ pub trait OutboxStore: Send + Sync + 'static {
     /// Marks messages published; call only after the broker acknowledged them.
     async fn mark_published(&self, seqs: &[i64], at: DateTime<Utc>) -> Result<(), StoreError>;
 
+    /// Of the messages with ids `ids`, those still unpublished, as
+    /// `(id, seq)`. Ids of published or pruned messages (or unknown ones)
+    /// are left out. The exactly-once relay asks this of the records it
+    /// finds on the topic after a restart.
+    async fn unpublished_among(&self, ids: &[Uuid]) -> Result<Vec<(Uuid, i64)>, StoreError>;
+
+    /// The topics that unpublished messages go to.
+    async fn unpublished_topics(&self) -> Result<Vec<String>, StoreError>;
+
     /// Counts a failed attempt and remembers why; the message stays pending.
     async fn record_failure(&self, seq: i64, error: &str) -> Result<(), StoreError>;
 

@@ -475,6 +475,45 @@ async fn pruning_deletes_only_published_messages_older_than_the_cutoff() {
 }
 
 #[tokio::test]
+async fn unpublished_among_names_exactly_the_unmarked_rows_of_the_ids_asked_about() {
+    for backend in backends().await {
+        let store = &backend.store;
+        let mut ids = Vec::new();
+        for i in 0..4 {
+            let c = created(&format!("task {i}"));
+            let m = message(&c);
+            ids.push(m.id);
+            store.insert_task(&c.task, &m).await.unwrap();
+        }
+        let rows = pending_rows(store, 10).await;
+        let seq_of = |id: Uuid| rows.iter().find(|r| r.message.id == id).unwrap().seq;
+        store
+            .mark_published(&[seq_of(ids[1])], taskstream_domain::now())
+            .await
+            .unwrap();
+        // Marked, unknown and unasked rows are left out.
+        let asked = [ids[0], ids[1], ids[2], Uuid::new_v4()];
+        let mut found = store.unpublished_among(&asked).await.unwrap();
+        found.sort_unstable();
+        let mut expected = vec![(ids[0], seq_of(ids[0])), (ids[2], seq_of(ids[2]))];
+        expected.sort_unstable();
+        assert_eq!(found, expected);
+        assert!(store.unpublished_among(&[]).await.unwrap().is_empty());
+        assert_eq!(
+            store.unpublished_topics().await.unwrap(),
+            vec![rows[0].message.topic.clone()]
+        );
+        let all: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+        store
+            .mark_published(&all, taskstream_domain::now())
+            .await
+            .unwrap();
+        assert!(store.unpublished_topics().await.unwrap().is_empty());
+        backend.finish().await;
+    }
+}
+
+#[tokio::test]
 async fn a_groups_repair_requeues_only_the_published_events_it_has_not_handled() {
     for backend in backends().await {
         let store = &backend.store;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use taskstream_api::HttpLimits;
-use taskstream_services::RelaySettings;
+use taskstream_services::{RelayDelivery, RelaySettings};
 use taskstream_store::{Database, PgOptions, SqliteOptions, Synchronous};
 
 use crate::components::{parse_broker_flush, DevBrokerKind};
@@ -191,16 +191,47 @@ pub struct OutboxArgs {
     /// topic keeps it); 0 keeps every event forever.
     #[arg(long, env = "TASKSTREAM_OUTBOX_RETENTION_HOURS", default_value_t = 168)]
     pub outbox_retention_hours: u64,
+    /// How the relay publishes: `exactly-once` (each batch in one Kafka
+    /// transaction; a restarted relay never republishes) or `at-least-once`
+    /// (idempotent producer; consumers de-duplicate). Default: exactly-once,
+    /// except on `--dev-broker mock`, which has no transactions.
+    #[arg(long, env = "TASKSTREAM_RELAY_DELIVERY", value_enum)]
+    pub relay_delivery: Option<RelayDeliveryArg>,
+    /// The relay's `transactional.id` (exactly-once): one per deployment;
+    /// a relay starting with it fences an older one.
+    #[arg(long, env = "TASKSTREAM_RELAY_TRANSACTIONAL_ID", default_value = taskstream_services::RELAY_TRANSACTIONAL_ID, value_parser = parse_transactional_id)]
+    pub relay_transactional_id: String,
+}
+
+/// `--relay-delivery`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RelayDeliveryArg {
+    /// One Kafka transaction per batch.
+    ExactlyOnce,
+    /// An idempotent producer; a crash can publish a batch twice.
+    AtLeastOnce,
 }
 
 impl OutboxArgs {
-    /// The relay's settings.
-    pub fn relay_settings(&self) -> RelaySettings {
-        RelaySettings {
+    /// The relay's settings; `transactions` says whether the broker has
+    /// them (librdkafka's mock cluster does not). Asking for exactly-once
+    /// without them is an error.
+    pub fn relay_settings(&self, transactions: bool) -> anyhow::Result<RelaySettings> {
+        let delivery = match (self.relay_delivery, transactions) {
+            (Some(RelayDeliveryArg::ExactlyOnce), false) => anyhow::bail!(
+                "--relay-delivery exactly-once needs a broker with transactions, and librdkafka's mock cluster (--dev-broker mock) has none: use --relay-delivery at-least-once, or taskstream's broker"
+            ),
+            (Some(RelayDeliveryArg::AtLeastOnce), _) | (None, false) => RelayDelivery::AtLeastOnce,
+            (Some(RelayDeliveryArg::ExactlyOnce), true) | (None, true) => RelayDelivery::ExactlyOnce {
+                transactional_id: self.relay_transactional_id.clone(),
+            },
+        };
+        Ok(RelaySettings {
             retention: (self.outbox_retention_hours > 0)
                 .then(|| Duration::from_secs(self.outbox_retention_hours.saturating_mul(3600))),
+            delivery,
             ..RelaySettings::default()
-        }
+        })
     }
 }
 

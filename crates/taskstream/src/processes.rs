@@ -21,8 +21,8 @@ use crate::cli::{
     RegistryArgs, RegistryServerArgs, RelayArgs, StoreArgs, UpArgs,
 };
 use crate::components::{
-    self, readiness, Checks, Component, ConsumerOptions, EmbeddedBroker, EmbeddedBrokerSettings,
-    NotifierSink, RelayReadiness, BROKER_DIR,
+    self, readiness, Checks, Component, ConsumerOptions, DevBrokerKind, EmbeddedBroker,
+    EmbeddedBrokerSettings, NotifierSink, RelayReadiness, BROKER_DIR,
 };
 use crate::shutdown_guard::shutdown_signal;
 use crate::system::{RegistrySetting, RunningSystem, SystemConfig, STATS_INTERVAL};
@@ -85,7 +85,8 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     config.ready_max_outbox_age = args.readiness.ready_max_outbox_age;
     config.notifier_delay = args.notifier_delay_ms;
     config.notifier_webhook = args.notifier_webhook_url.clone();
-    config.relay = args.outbox.relay_settings();
+    let mock = config.kafka.is_none() && config.dev_broker == DevBrokerKind::Mock;
+    config.relay = args.outbox.relay_settings(!mock)?;
     config.consumer.retry.give_up_after = args.give_up_after;
     config.http_limits = args.http_limits.limits();
     config.session_timeout = args.session_timeout;
@@ -141,7 +142,8 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
 /// when `--http` is given.
 pub async fn relay(args: RelayArgs) -> anyhow::Result<()> {
     let metrics = Metrics::new();
-    let (kafka, _) = args.kafka.resolve(&args.store.data_dir, "relay")?;
+    let (kafka, mock) = args.kafka.resolve(&args.store.data_dir, "relay")?;
+    let settings = args.outbox.relay_settings(!mock)?;
     let kafka = kafka.with_stats(metrics.stats_listener(), STATS_INTERVAL);
     args.kafka_start.wait(&kafka).await?;
     let registry = avro_registry(args.event_format, &args.registry, &args.store.data_dir)?;
@@ -152,7 +154,7 @@ pub async fn relay(args: RelayArgs) -> anyhow::Result<()> {
         Arc::clone(&store),
         &kafka,
         wake,
-        args.outbox.relay_settings(),
+        settings,
         EventEncoding::for_registry(registry.as_ref(), TASK_EVENTS),
         &RelayReadiness {
             outbox_max_age: args.readiness.ready_max_outbox_age,

@@ -10,7 +10,10 @@ use taskstream_avro::RegistryClient;
 use taskstream_broker::FlushPolicy;
 use taskstream_kafka::{ConsumerSettings, DevBroker, KafkaConfig};
 use taskstream_services::topics::TASK_EVENTS;
-use taskstream_services::{EventEncoding, ProcessorSettings, RelaySettings, NOTIFIER_GROUP};
+use taskstream_services::{
+    EventEncoding, ProcessorSettings, RelayDelivery, RelaySettings, NOTIFIER_GROUP,
+    RELAY_TRANSACTIONAL_ID,
+};
 use taskstream_store::{Database, PgOptions, SqliteOptions, Store};
 use taskstream_telemetry::Metrics;
 use tokio::sync::Notify;
@@ -39,6 +42,8 @@ pub struct SystemConfig {
     pub database: Option<Database>,
     pub sqlite: SqliteOptions,
     pub postgres: PgOptions,
+    /// The relay's settings; exactly-once by default, which the mock
+    /// (`dev_broker` [`DevBrokerKind::Mock`]) refuses at start.
     pub relay: RelaySettings,
     pub consumer: ConsumerOptions,
     /// The consumers' `session.timeout.ms`, overriding `consumer` and the
@@ -87,7 +92,12 @@ impl SystemConfig {
             database: None,
             sqlite: SqliteOptions::default(),
             postgres: PgOptions::default(),
-            relay: RelaySettings::default(),
+            relay: RelaySettings {
+                delivery: RelayDelivery::ExactlyOnce {
+                    transactional_id: RELAY_TRANSACTIONAL_ID.to_owned(),
+                },
+                ..RelaySettings::default()
+            },
             consumer: ConsumerOptions::default(),
             session_timeout: None,
             ready_max_outbox_age: Duration::from_secs(30),
@@ -126,6 +136,12 @@ impl RunningSystem {
     /// Fails at once if another process runs the system on the same data
     /// directory (see [`DataDirLock`]).
     pub async fn start(config: SystemConfig) -> anyhow::Result<Self> {
+        if config.kafka.is_none()
+            && config.dev_broker == DevBrokerKind::Mock
+            && config.relay.delivery != RelayDelivery::AtLeastOnce
+        {
+            anyhow::bail!("the relay's exactly-once delivery needs a broker with transactions, and librdkafka's mock cluster has none: publish at least once on it");
+        }
         let instance_lock = DataDirLock::acquire(&config.data_dir, INSTANCE_LOCK_FILE, "up")?;
         if let (Some(kafka), Some(deadline)) = (&config.kafka, config.kafka_wait_at_start) {
             taskstream_kafka::wait_for_cluster(kafka, deadline).await?;

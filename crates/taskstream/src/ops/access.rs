@@ -16,7 +16,9 @@ use taskstream_services::topics::{
     ASSIGNEE_WORKLOAD, SCHEMA_REGISTRY_GROUP, SCHEMA_REGISTRY_TOPIC, TASK_EVENTS,
     TASK_EVENTS_PARTITIONS, WORKLOAD_ALERTS, WORKLOAD_TASK_STATE,
 };
-use taskstream_services::{dead_letter_topic, AUDITOR_GROUP, NOTIFIER_GROUP};
+use taskstream_services::{
+    dead_letter_topic, AUDITOR_GROUP, NOTIFIER_GROUP, RELAY_TRANSACTIONAL_ID,
+};
 
 /// A Kafka resource an ACL names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -106,9 +108,19 @@ pub fn components() -> Vec<ComponentAccess> {
         },
         ComponentAccess {
             name: "relay",
-            description: "publishes the outbox to the task-event topic",
+            description: "publishes the outbox to the task-event topic, one Kafka transaction \
+                          per batch",
             kafka_user: Some("taskstream-relay"),
-            acls: vec![Acl::literal("topic", TASK_EVENTS, &["Write"])],
+            acls: vec![
+                // Read: after a restart it reads the topic's committed tail
+                // back, to mark what a crash left published but unmarked.
+                Acl::literal("topic", TASK_EVENTS, &["Read", "Write"]),
+                // The group id that manually assigned reader carries.
+                Acl::literal("group", TOPIC_READER_GROUP, &["Read"]),
+                // Write (which implies Describe) covers InitProducerId,
+                // AddPartitionsToTxn and EndTxn for this id alone.
+                Acl::literal("transactionalId", RELAY_TRANSACTIONAL_ID, &["Write"]),
+            ],
             http_paths: OPERATIONAL_PATHS.to_vec(),
             // One publisher keeps the outbox's order on the topic.
             max_replicas: Some(1),
@@ -259,6 +271,22 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_relay_may_use_its_own_transactional_id_and_no_other() {
+        let relay = components()
+            .into_iter()
+            .find(|c| c.name == "relay")
+            .expect("the relay is declared");
+        let transactional: Vec<_> = relay
+            .acls
+            .iter()
+            .filter(|acl| acl.resource.kind == "transactionalId")
+            .collect();
+        assert_eq!(transactional.len(), 1);
+        assert_eq!(transactional[0].resource.name, RELAY_TRANSACTIONAL_ID);
+        assert_eq!(transactional[0].operations, ["Write"]);
     }
 
     #[test]

@@ -162,8 +162,13 @@ pub struct Report {
     pub end_to_end: HashMap<String, Percentiles>,
     /// The relay's rate during the load (bounded by the API's).
     pub relay_per_s: Option<f64>,
-    /// The relay draining a backlog: its own capacity.
+    /// The relay draining a backlog: its own capacity, with the delivery
+    /// the system runs (exactly-once unless the broker has no transactions).
     pub relay_drain_per_s: Option<f64>,
+    /// The same backlog drained with one transaction per batch.
+    pub relay_drain_exactly_once_per_s: Option<f64>,
+    /// The same backlog drained with the idempotent producer alone.
+    pub relay_drain_at_least_once_per_s: Option<f64>,
     pub consumer_per_s: HashMap<String, f64>,
     pub noop_http_latency: Option<Percentiles>,
     /// Ours vs the machine's ceilings, measured in the same run.
@@ -449,6 +454,7 @@ async fn relay_drain(
     registry: Option<&str>,
     count: usize,
     synchronous: Synchronous,
+    delivery: taskstream_services::RelayDelivery,
 ) -> anyhow::Result<f64> {
     use taskstream_store::OutboxStore;
     let (_dir, store) = scratch_store(synchronous).await?;
@@ -467,7 +473,10 @@ async fn relay_drain(
         Arc::clone(&store),
         kafka,
         Arc::new(tokio::sync::Notify::new()),
-        taskstream_services::RelaySettings::default(),
+        taskstream_services::RelaySettings {
+            delivery,
+            ..taskstream_services::RelaySettings::default()
+        },
         encoding,
         &metrics,
     )?;
@@ -594,6 +603,8 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         end_to_end: HashMap::new(),
         relay_per_s: None,
         relay_drain_per_s: None,
+        relay_drain_exactly_once_per_s: None,
+        relay_drain_at_least_once_per_s: None,
         consumer_per_s: HashMap::new(),
         noop_http_latency: None,
         api_vs_noop_http: None,
@@ -668,6 +679,9 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     let mut config = SystemConfig::new("127.0.0.1:0".parse()?, dir.path());
     config.sqlite.synchronous = args.sqlite_synchronous;
     config.dev_broker = args.dev_broker;
+    if args.kafka_bootstrap.is_none() && args.dev_broker == DevBrokerKind::Mock {
+        config.relay.delivery = taskstream_services::RelayDelivery::AtLeastOnce;
+    }
     if let Some(bootstrap) = &args.kafka_bootstrap {
         let kafka = KafkaConfig::new(bootstrap);
         let mut topics = declared_topics(args.replication_factor);
@@ -792,13 +806,32 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     }
     let ceiling_records = load.acks.len().max(10_000);
     let producer_rate = raw_producer(&kafka, ceiling_records, report.event_bytes).await?;
-    let drain = relay_drain(
+    // Idempotent-only publishing, then (where the broker has them) one
+    // transaction per batch: the same backlog, broker and encoding.
+    let at_least_once = relay_drain(
         &kafka,
         system.registry_url(),
         ceiling_records,
         args.sqlite_synchronous,
+        taskstream_services::RelayDelivery::AtLeastOnce,
     )
     .await?;
+    report.relay_drain_at_least_once_per_s = Some(at_least_once);
+    let mut drain = at_least_once;
+    if system.dev_broker().is_none() {
+        let exactly_once = relay_drain(
+            &kafka,
+            system.registry_url(),
+            ceiling_records,
+            args.sqlite_synchronous,
+            taskstream_services::RelayDelivery::ExactlyOnce {
+                transactional_id: format!("taskstream-bench-relay-{}", uuid::Uuid::new_v4()),
+            },
+        )
+        .await?;
+        report.relay_drain_exactly_once_per_s = Some(exactly_once);
+        drain = exactly_once;
+    }
     report.relay_drain_per_s = Some(drain);
     report.relay_vs_raw_producer = Some(Versus::new(drain, producer_rate));
     let commit_rate = store_commits(
@@ -926,6 +959,12 @@ fn print(report: &Report, json: bool) -> anyhow::Result<()> {
     }
     if let Some(r) = report.relay_drain_per_s {
         println!("  relay draining     {r:>9.0} events/s");
+    }
+    if let Some(r) = report.relay_drain_exactly_once_per_s {
+        println!("    exactly-once     {r:>9.0} events/s  (one transaction per batch)");
+    }
+    if let Some(r) = report.relay_drain_at_least_once_per_s {
+        println!("    at-least-once    {r:>9.0} events/s  (idempotent producer only)");
     }
     for (group, r) in &report.consumer_per_s {
         println!("  consumer {group:<9} {r:>9.0} events/s");

@@ -4,7 +4,9 @@
 //! audit log exactly once and in order, with its notification sent once.
 //!
 //! It runs on the dev broker (which `up` starts itself) and on Apache Kafka
-//! (`up --kafka-bootstrap`). Size it with `TASKSTREAM_CRASH_TASKS` (default
+//! (`up --kafka-bootstrap`), both with the relay's default exactly-once
+//! delivery: at the end, a `read_committed` reader of `task-events` sees
+//! every event in the outbox exactly once. Size it with `TASKSTREAM_CRASH_TASKS` (default
 //! 400) and `TASKSTREAM_CRASH_KILLS` (default 4); it prints a summary line.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -289,8 +291,23 @@ async fn sigkill_at_random_moments(broker: &Broker) {
             duplicate_effects,
             out_of_order,
         } = verdict(&load.acknowledged, &audit, &notes);
+        // The exactly-once relay (the default): a read_committed reader of
+        // task-events sees every published event once, however the kills
+        // fell between a commit and its mark.
+        let kafka = broker.kafka_config().unwrap_or_else(|| {
+            let endpoints: Value = serde_json::from_str(
+                &std::fs::read_to_string(dir.path().join("endpoints.json")).unwrap(),
+            )
+            .unwrap();
+            taskstream_kafka::KafkaConfig::new(endpoints["kafka"].as_str().unwrap())
+        });
+        let EventsOnTopic {
+            events,
+            published_twice,
+            missing: unpublished,
+        } = events_on_topic(dir.path(), &kafka.quiet()).await;
         let summary = format!(
-            "broker={} tasks={} kills={kills} acknowledged_changes={} audited={} notifications={} lost={lost} duplicate_effects={duplicate_effects} out_of_order={out_of_order}",
+            "broker={} tasks={} kills={kills} acknowledged_changes={} audited={} notifications={} lost={lost} duplicate_effects={duplicate_effects} out_of_order={out_of_order} events={events} published_twice={published_twice} unpublished={unpublished}",
             broker.name(),
             load.created,
             load.acknowledged.len(),
@@ -300,6 +317,11 @@ async fn sigkill_at_random_moments(broker: &Broker) {
         println!("{summary}");
         eprintln!("{summary} seed={seed}");
         assert_eq!((lost, duplicate_effects, out_of_order), (0, 0, 0));
+        assert_eq!(
+            (published_twice, unpublished),
+            (0, 0),
+            "every event on task-events exactly once"
+        );
         let pid = child.0.id().to_string();
         assert!(Command::new("kill")
             .args(["-TERM", &pid])
@@ -308,6 +330,62 @@ async fn sigkill_at_random_moments(broker: &Broker) {
             .success());
         let status = child.0.wait().unwrap();
         assert!(status.success(), "clean exit after the last run");
+    }
+}
+
+/// The outbox's events against `task-events`, read `read_committed`.
+pub struct EventsOnTopic {
+    /// Events in the outbox.
+    pub events: usize,
+    /// Events on the topic more than once.
+    pub published_twice: usize,
+    /// Events not on the topic (or not marked published) once the outbox drained.
+    pub missing: usize,
+}
+
+/// Waits (up to a minute) until every event in the SQLite outbox of `dir`
+/// is marked published, then counts each one on `task-events` as a
+/// `read_committed` reader sees it.
+pub async fn events_on_topic(
+    dir: &std::path::Path,
+    kafka: &taskstream_kafka::KafkaConfig,
+) -> EventsOnTopic {
+    use sqlx::Connection;
+    let url = format!("sqlite://{}", dir.join("taskstream.db").display());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let rows = loop {
+        let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let rows: Vec<(String, bool)> =
+            sqlx::query_as("SELECT id, published_at IS NOT NULL FROM outbox")
+                .fetch_all(&mut db)
+                .await
+                .unwrap();
+        db.close().await.unwrap();
+        if rows.iter().all(|(_, published)| *published) || Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let records = taskstream_kafka::read_committed(
+        kafka,
+        taskstream_services::topics::TASK_EVENTS,
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("task-events is read back");
+    let mut on_topic: HashMap<String, usize> = HashMap::new();
+    for record in &records {
+        if let Some(id) = record.header_str("id") {
+            *on_topic.entry(id.to_owned()).or_default() += 1;
+        }
+    }
+    EventsOnTopic {
+        events: rows.len(),
+        published_twice: on_topic.values().filter(|n| **n > 1).count(),
+        missing: rows
+            .iter()
+            .filter(|(id, published)| !published || !on_topic.contains_key(id))
+            .count(),
     }
 }
 

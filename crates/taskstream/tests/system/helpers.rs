@@ -46,7 +46,11 @@ pub async fn spawn_app() -> TestApp {
 /// broker, for tests that inject faults through it
 /// ([`RunningSystem::dev_broker`]).
 pub async fn spawn_app_on_mock() -> TestApp {
-    spawn_app_with(|config| config.dev_broker = taskstream::components::DevBrokerKind::Mock).await
+    spawn_app_with(|config| {
+        config.dev_broker = taskstream::components::DevBrokerKind::Mock;
+        config.relay.delivery = taskstream_services::RelayDelivery::AtLeastOnce;
+    })
+    .await
 }
 
 /// [`spawn_app`] on `broker`.

@@ -31,6 +31,7 @@ mod offset_resets;
 mod outbox_format;
 mod processor;
 mod rebalance;
+mod relay_exactly_once;
 mod relay_lease;
 mod restart;
 mod schema_registry;
