@@ -341,6 +341,37 @@ pub struct ApiArgs {
     pub store: StoreArgs,
     #[command(flatten)]
     pub http_limits: HttpLimitArgs,
+    #[command(flatten)]
+    pub publisher: PublisherArgs,
+}
+
+/// Who publishes the outbox, as far as the Task API is concerned.
+#[derive(Debug, Args)]
+pub struct PublisherArgs {
+    /// Who publishes the outbox: `relay` (`taskstream relay` marks rows and
+    /// prunes them), or `debezium`: this API then marks rows published once
+    /// Debezium's replication slot confirmed them, and prunes them past
+    /// the retention (needs PostgreSQL).
+    #[arg(
+        long,
+        env = "TASKSTREAM_PUBLISHER",
+        value_enum,
+        default_value = "relay"
+    )]
+    pub publisher: Publisher,
+    /// Debezium's replication slot (the connector's `slot.name`), with
+    /// `--publisher debezium`.
+    #[arg(long, env = "TASKSTREAM_CDC_SLOT", default_value = "taskstream_outbox")]
+    pub cdc_slot: String,
+    #[command(flatten)]
+    pub outbox: OutboxArgs,
+}
+
+/// See [`PublisherArgs::publisher`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Publisher {
+    Relay,
+    Debezium,
 }
 
 #[derive(Debug, Args)]

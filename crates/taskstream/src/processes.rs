@@ -18,11 +18,11 @@ use tokio::sync::Notify;
 
 use crate::cli::{
     ApiArgs, ConsumerArgs, DevBrokerArgs, EventFormat, HttpLimitArgs, NotifierArgs, ProcessorArgs,
-    RegistryArgs, RegistryServerArgs, RelayArgs, StoreArgs, UpArgs,
+    Publisher, RegistryArgs, RegistryServerArgs, RelayArgs, StoreArgs, UpArgs,
 };
 use crate::components::{
-    self, readiness, Checks, Component, ConsumerOptions, EmbeddedBroker, EmbeddedBrokerSettings,
-    NotifierSink, RelayReadiness, BROKER_DIR,
+    self, readiness, CaptureSettings, Checks, Component, ConsumerOptions, EmbeddedBroker,
+    EmbeddedBrokerSettings, NotifierSink, RelayReadiness, BROKER_DIR,
 };
 use crate::shutdown_guard::shutdown_signal;
 use crate::system::{RegistrySetting, RunningSystem, SystemConfig, STATS_INTERVAL};
@@ -130,6 +130,16 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
     .await?
     .with_checks(checks);
     running.insert(0, http);
+    if args.publisher.publisher == Publisher::Debezium {
+        let settings = CaptureSettings {
+            retention: args.publisher.outbox.relay_settings().retention,
+            ..CaptureSettings::for_slot(&args.publisher.cdc_slot)
+        };
+        running.push(components::capture_confirmation(
+            Arc::clone(&store),
+            settings,
+        )?);
+    }
     run_until_signal(running, &store).await;
     Ok(())
 }
