@@ -108,6 +108,16 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
     let registry = avro_registry(args.event_format, &args.registry, &args.store.data_dir)?;
     let store = open_store(&args.store).await?;
     let metrics = Metrics::new();
+    // Refused before anything is served: Debezium needs PostgreSQL.
+    let capture = (args.publisher.publisher == Publisher::Debezium)
+        .then(|| {
+            let settings = CaptureSettings {
+                retention: args.publisher.outbox.relay_settings().retention,
+                ..CaptureSettings::for_slot(&args.publisher.cdc_slot)
+            };
+            components::capture_confirmation(Arc::clone(&store), settings)
+        })
+        .transpose()?;
     let encoding = EventEncoding::for_registry(registry.as_ref(), TASK_EVENTS);
     let mut running: Vec<Component> = components::register_schemas(&encoding)
         .await?
@@ -130,16 +140,7 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
     .await?
     .with_checks(checks);
     running.insert(0, http);
-    if args.publisher.publisher == Publisher::Debezium {
-        let settings = CaptureSettings {
-            retention: args.publisher.outbox.relay_settings().retention,
-            ..CaptureSettings::for_slot(&args.publisher.cdc_slot)
-        };
-        running.push(components::capture_confirmation(
-            Arc::clone(&store),
-            settings,
-        )?);
-    }
+    running.extend(capture);
     run_until_signal(running, &store).await;
     Ok(())
 }

@@ -72,7 +72,7 @@ pub fn capture_confirmation(
                 }
                 if tokio::time::Instant::now() >= next_prune {
                     next_prune = tokio::time::Instant::now() + settings.prune_interval;
-                    if let Err(error) = prune(&*store, settings.retention).await {
+                    if let Err(error) = prune(&store, settings.retention).await {
                         tracing::warn!(%error, "cannot prune the outbox; trying again later");
                     }
                 }

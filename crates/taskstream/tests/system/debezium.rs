@@ -678,3 +678,23 @@ async fn with_debezium_a_poison_row_is_dead_lettered_and_lag_shows_the_groups_an
     drop(store);
     drop(leftovers);
 }
+
+#[test]
+fn the_api_refuses_to_confirm_debezium_captures_on_sqlite_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["api", "--http", "127.0.0.1:0", "--event-format", "json"])
+        .args(["--publisher", "debezium", "--data-dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--publisher debezium needs the outbox in PostgreSQL"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(out.stdout.is_empty(), "nothing was served");
+}
