@@ -7,6 +7,14 @@
 //! audited once and in order, and every record on `task-events` is, byte
 //! for byte, the record the relay would have sent for that outbox row (key,
 //! value, headers), so consumers cannot tell the two publishers apart.
+//!
+//! With Debezium publishing, the API's capture confirmation marks the rows
+//! the slot confirmed and the retention deletes them; a poison row is
+//! dead-lettered as with the relay; `taskstream lag --database-url` shows
+//! the groups and the slot, and a slot whose connector is gone keeps more
+//! and more WAL, in `taskstream lag` and in `/metrics`. Every test drops
+//! its slot and database even when it fails ([`Leftovers`]). A Connect
+//! worker killed mid-stream is `crates/testkit/tests/debezium.rs`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
