@@ -34,8 +34,9 @@ values-production.yaml, topics-prod.yaml), with the chart rendered by
       KafkaTopics, the config topic with one partition) as its own KafkaUser,
       the KafkaConnector is exactly `taskstream cdc connector-config` for the
       chart's database, its password is read from a Secret the workers may
-      read and nothing else, and the chart's PostgreSQL runs with
-      wal_level=logical;
+      read and nothing else, the API marks rows the connector's slot
+      confirmed (`--publisher debezium`, the connector's slot), and the
+      chart's PostgreSQL runs with wal_level=logical;
   (i) every taskstream container that stores or publishes Avro (`api` and
       `relay` with `--event-format avro`, the default) is told where the
       schema registry is.
@@ -737,6 +738,17 @@ def check_publisher(report, env, components, users, args, values, topics, docs, 
                                     "(regenerate deploy/helm/taskstream/files/outbox-connector.json with "
                                     "`taskstream cdc connector-config --database-url postgres://taskstream@postgresql:5432/taskstream "
                                     "--password-ref '${secrets:namespace/secret:password}'`)")
+    # The API marks what the slot confirmed, so the outbox does not grow forever.
+    for w in (w for w in workloads if w.component == "api"):
+        for c in w.containers():
+            given = w.env(c)
+            cargs = [str(a) for a in c.get("args") or []]
+            chosen = cargs[cargs.index("--publisher") + 1] if "--publisher" in cargs[:-1] else given.get("TASKSTREAM_PUBLISHER")
+            if chosen != "debezium":
+                problems.append(f"{w.name}/{c['name']}: publisher is debezium, but the API runs with publisher {chosen or 'relay'!r}, so nothing marks captured rows and the outbox grows forever")
+            slot = given.get("TASKSTREAM_CDC_SLOT", "taskstream_outbox")
+            if slot != config.get("slot.name"):
+                problems.append(f"{w.name}/{c['name']}: the API confirms captured rows against slot {slot!r}, the connector reads {config.get('slot.name')!r}")
     # Logical decoding on the chart's PostgreSQL.
     if (values.get("postgresql") or {}).get("enabled"):
         sets = [d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"].endswith("-postgresql")]

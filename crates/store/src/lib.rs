@@ -9,6 +9,7 @@
 //! processes sharing a database) implement all four; [`Store`] is either.
 
 mod any;
+mod capture;
 mod consumer_stores;
 mod error;
 mod health;
@@ -21,6 +22,7 @@ mod sqlite;
 mod traits;
 
 pub use any::{Database, Store};
+pub use capture::{CaptureCheckpoint, CaptureStatus};
 pub use error::StoreError;
 pub use health::{WriteFailure, WriteHealth};
 pub use postgres::{redact_url, PgOptions, PgStore, OUTBOX_CHANNEL};

@@ -213,6 +213,12 @@ pub enum RelayDeliveryArg {
 }
 
 impl OutboxArgs {
+    /// How long published events stay in the outbox; `None`: for ever.
+    pub fn retention(&self) -> Option<Duration> {
+        (self.outbox_retention_hours > 0)
+            .then(|| Duration::from_secs(self.outbox_retention_hours.saturating_mul(3600)))
+    }
+
     /// The relay's settings; `transactions` says whether the broker has
     /// them (librdkafka's mock cluster does not). Asking for exactly-once
     /// without them is an error.
@@ -227,8 +233,7 @@ impl OutboxArgs {
             },
         };
         Ok(RelaySettings {
-            retention: (self.outbox_retention_hours > 0)
-                .then(|| Duration::from_secs(self.outbox_retention_hours.saturating_mul(3600))),
+            retention: self.retention(),
             delivery,
             ..RelaySettings::default()
         })
@@ -376,6 +381,37 @@ pub struct ApiArgs {
     pub store: StoreArgs,
     #[command(flatten)]
     pub http_limits: HttpLimitArgs,
+    #[command(flatten)]
+    pub publisher: PublisherArgs,
+}
+
+/// Who publishes the outbox, as far as the Task API is concerned.
+#[derive(Debug, Args)]
+pub struct PublisherArgs {
+    /// Who publishes the outbox: `relay` (`taskstream relay` marks rows and
+    /// prunes them), or `debezium`: this API then marks rows published once
+    /// Debezium's replication slot confirmed them, and prunes them past
+    /// the retention (needs PostgreSQL).
+    #[arg(
+        long,
+        env = "TASKSTREAM_PUBLISHER",
+        value_enum,
+        default_value = "relay"
+    )]
+    pub publisher: Publisher,
+    /// Debezium's replication slot (the connector's `slot.name`), with
+    /// `--publisher debezium`.
+    #[arg(long, env = "TASKSTREAM_CDC_SLOT", default_value = "taskstream_outbox")]
+    pub cdc_slot: String,
+    #[command(flatten)]
+    pub outbox: OutboxArgs,
+}
+
+/// See [`PublisherArgs::publisher`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Publisher {
+    Relay,
+    Debezium,
 }
 
 #[derive(Debug, Args)]

@@ -18,10 +18,11 @@ use tokio::sync::Notify;
 
 use crate::cli::{
     ApiArgs, ConsumerArgs, DevBrokerArgs, EventFormat, HttpLimitArgs, NotifierArgs, ProcessorArgs,
-    RegistryArgs, RegistryServerArgs, RelayArgs, StoreArgs, UpArgs,
+    Publisher, RegistryArgs, RegistryServerArgs, RelayArgs, StoreArgs, UpArgs,
 };
 use crate::components::{
-    self, readiness, Checks, Component, ConsumerOptions, DevBrokerKind, EmbeddedBroker,
+    self, readiness, CaptureSettings, Checks, Component, ConsumerOptions, DevBrokerKind,
+    EmbeddedBroker,
     EmbeddedBrokerSettings, NotifierSink, RelayReadiness, BROKER_DIR,
 };
 use crate::shutdown_guard::shutdown_signal;
@@ -112,6 +113,16 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
     let registry = avro_registry(args.event_format, &args.registry, &args.store.data_dir)?;
     let store = open_store(&args.store).await?;
     let metrics = Metrics::new();
+    // Refused before anything is served: Debezium needs PostgreSQL.
+    let capture = (args.publisher.publisher == Publisher::Debezium)
+        .then(|| {
+            let settings = CaptureSettings {
+                retention: args.publisher.outbox.retention(),
+                ..CaptureSettings::for_slot(&args.publisher.cdc_slot)
+            };
+            components::capture_confirmation(Arc::clone(&store), settings)
+        })
+        .transpose()?;
     let encoding = EventEncoding::for_registry(registry.as_ref(), TASK_EVENTS);
     let mut running: Vec<Component> = components::register_schemas(&encoding)
         .await?
@@ -134,6 +145,7 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
     .await?
     .with_checks(checks);
     running.insert(0, http);
+    running.extend(capture);
     run_until_signal(running, &store).await;
     Ok(())
 }

@@ -126,30 +126,59 @@ impl Scratch {
         })
     }
 
-    async fn drop(self, worker: &ConnectWorker, connector: &str) {
+    /// Deletes the connector; dropping `self` then drops the slot and the
+    /// database.
+    async fn finish(self, worker: &ConnectWorker, connector: &str) {
         let _ = worker.delete_connector(connector).await;
-        let mut conn = PgConnection::connect(&self.admin).await.unwrap();
-        // The slot stays active until the deleted connector's task lets go.
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let dropped = sqlx::query(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
-                 WHERE slot_name = $1",
-            )
-            .bind(&self.name)
-            .execute(&mut conn)
-            .await;
-            if dropped.is_ok() || Instant::now() > deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A failed test drops its slot and database too: a slot left behind keeps
+/// WAL forever and keeps its database from being dropped.
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        // A thread and runtime of its own: drop cannot await, and may run
+        // while the test's runtime is unwinding.
+        let cleaned = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async {
+                    let mut conn = PgConnection::connect(&admin).await.unwrap();
+                    let deadline = Instant::now() + PATIENCE;
+                    loop {
+                        // The slot is held until its reader's session ends.
+                        let _ = sqlx::query(
+                            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+                             WHERE slot_name = $1 AND active_pid IS NOT NULL",
+                        )
+                        .bind(&name)
+                        .execute(&mut conn)
+                        .await;
+                        let dropped = sqlx::query(
+                            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+                             WHERE slot_name = $1",
+                        )
+                        .bind(&name)
+                        .execute(&mut conn)
+                        .await;
+                        if dropped.is_ok() || Instant::now() > deadline {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut conn)
+                        .await
+                        .unwrap();
+                })
+        })
+        .join();
+        if cleaned.is_err() {
+            eprintln!("could not drop replication slot and database {}", self.name);
         }
-        let _ = sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ))
-        .execute(&mut conn)
-        .await;
     }
 }
 
@@ -314,7 +343,7 @@ async fn an_outbox_row_becomes_a_record_with_the_rows_key_bytes_and_headers_unch
     .await
     .unwrap();
     assert_eq!(read, rows, "the records are the rows, in commit order");
-    pg.drop(&worker, CONNECTOR).await;
+    pg.finish(&worker, CONNECTOR).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -397,5 +426,5 @@ async fn a_connect_worker_killed_mid_stream_resumes_from_its_stored_position_and
         written.len(),
         read.len()
     );
-    pg.drop(&worker, CONNECTOR).await;
+    pg.finish(&worker, CONNECTOR).await;
 }

@@ -13,6 +13,7 @@
 
 mod api;
 mod broker;
+mod capture;
 mod consumer;
 mod http;
 mod processor;
@@ -33,6 +34,7 @@ pub use broker::{
     dev_broker, parse_broker_flush, DevBrokerKind, EmbeddedBroker, EmbeddedBrokerSettings,
     BROKER_DIR,
 };
+pub use capture::{capture_confirmation, CaptureSettings};
 pub use consumer::{auditor, notifier, ConsumerOptions, NotifierSink};
 pub use http::{http, serve};
 pub use processor::processor;

@@ -249,3 +249,11 @@ Checks the values before anything is rendered; a wrong combination fails
 {{- fail (printf "logFormat must be json or human, got %q" .Values.logFormat) }}
 {{- end }}
 {{- end }}
+
+{{/*
+The replication slot the Debezium connector reads (its slot.name in
+files/outbox-connector.json): the API confirms captured rows against it.
+*/}}
+{{- define "taskstream.cdcSlot" -}}
+{{- (.Files.Get "files/outbox-connector.json" | fromJson).config | dig "slot.name" "taskstream_outbox" }}
+{{- end }}
