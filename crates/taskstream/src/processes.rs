@@ -22,8 +22,7 @@ use crate::cli::{
 };
 use crate::components::{
     self, readiness, CaptureSettings, Checks, Component, ConsumerOptions, DevBrokerKind,
-    EmbeddedBroker,
-    EmbeddedBrokerSettings, NotifierSink, RelayReadiness, BROKER_DIR,
+    EmbeddedBroker, EmbeddedBrokerSettings, NotifierSink, RelayReadiness, BROKER_DIR,
 };
 use crate::shutdown_guard::shutdown_signal;
 use crate::system::{RegistrySetting, RunningSystem, SystemConfig, STATS_INTERVAL};

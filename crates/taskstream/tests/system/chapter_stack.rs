@@ -200,6 +200,9 @@ async fn bench_from_outside_sees_both_of_ups_groups_consume_every_acknowledged_c
     }
     // Sampled during the load: the service's memory, the groups' lag.
     let first = &report["samples"][0];
-    assert!(first["resident_bytes"].as_i64().unwrap() > 1 << 20, "{report}");
+    assert!(
+        first["resident_bytes"].as_i64().unwrap() > 1 << 20,
+        "{report}"
+    );
     assert!(first["lag"]["auditor"].is_i64(), "{report}");
 }
