@@ -533,6 +533,11 @@ fn confirm(
     } else {
         None
     };
+    // One log-start query per partition, however many gaps it shows: a
+    // transactional topic has one (a commit marker) after every
+    // transaction, and asking per gap would pace the consumer at the
+    // broker's round trip.
+    let mut log_starts: HashMap<(String, i32), Result<i64, String>> = HashMap::new();
     for suspect in suspects {
         let (topic, partition, expected, received) = match &suspect {
             Suspect::Gap {
@@ -570,10 +575,19 @@ fn confirm(
         if received <= expected {
             continue;
         }
-        match consumer.fetch_watermarks(&topic, partition, CONFIRM_TIMEOUT) {
+        let log_start = log_starts
+            .entry((topic.clone(), partition))
+            .or_insert_with(|| {
+                consumer
+                    .fetch_watermarks(&topic, partition, CONFIRM_TIMEOUT)
+                    .map(|(low, _)| low)
+                    .map_err(|e| e.to_string())
+            })
+            .clone();
+        match log_start {
             // Only records deleted unread count; any other gap (such as a
             // transaction marker) is part of the log.
-            Ok((log_start, _)) if expected < log_start => confirmed.resets.push(OffsetReset {
+            Ok(log_start) if expected < log_start => confirmed.resets.push(OffsetReset {
                 group: group.to_owned(),
                 topic,
                 partition,

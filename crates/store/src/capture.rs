@@ -86,7 +86,13 @@ const MARK_CAPTURED: &str =
 impl PgStore {
     /// Takes a [`CaptureCheckpoint`] of at most `limit` unpublished rows;
     /// see the module docs for why its position bounds their commits.
-    pub async fn capture_checkpoint(&self, limit: u32) -> Result<CaptureCheckpoint, StoreError> {
+    /// `None` while this database has no logical slot `slot`: rows a slot
+    /// created later never saw must not be confirmed by it.
+    pub async fn capture_checkpoint(
+        &self,
+        slot: &str,
+        limit: u32,
+    ) -> Result<Option<CaptureCheckpoint>, StoreError> {
         let mut tx = self.pool().begin().await?;
         // Before any query: the snapshot is taken by the first statement.
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -95,12 +101,23 @@ impl PgStore {
         let wal_position: i64 = sqlx::query_scalar(CHECKPOINT_POSITION)
             .fetch_one(&mut *tx)
             .await?;
+        // The slot view reads shared memory, not the snapshot: the slot
+        // exists now, after the position was read.
+        if sqlx::query(CONFIRMED_POSITION)
+            .bind(slot)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_none()
+        {
+            tx.commit().await?;
+            return Ok(None);
+        }
         let seqs: Vec<i64> = sqlx::query_scalar(CHECKPOINT_SEQS)
             .bind(i64::from(limit))
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(CaptureCheckpoint { wal_position, seqs })
+        Ok(Some(CaptureCheckpoint { wal_position, seqs }))
     }
 
     /// The position logical slot `slot` of this database confirmed (bytes

@@ -92,7 +92,15 @@ async fn rows_are_marked_published_only_once_the_slot_confirmed_them_and_are_the
         return;
     };
     write_tasks(&store, 3).await;
-    let checkpoint = store.capture_checkpoint(100).await.unwrap();
+    assert!(
+        store
+            .capture_checkpoint("no_such_slot", 100)
+            .await
+            .unwrap()
+            .is_none(),
+        "no checkpoint is taken for a slot that does not exist"
+    );
+    let checkpoint = store.capture_checkpoint(&slot, 100).await.unwrap().unwrap();
     assert_eq!(checkpoint.seqs.len(), 3, "{checkpoint:?}");
 
     let unknown = store
@@ -152,7 +160,7 @@ async fn a_row_whose_transaction_commits_after_the_checkpoint_is_not_marked_by_i
     .await
     .unwrap();
     write_tasks(&store, 1).await;
-    let checkpoint = store.capture_checkpoint(100).await.unwrap();
+    let checkpoint = store.capture_checkpoint(&slot, 100).await.unwrap().unwrap();
     sqlx::query("COMMIT").execute(&mut open).await.unwrap();
     let late_seq: i64 = sqlx::query_scalar("SELECT seq FROM outbox WHERE id = $1")
         .bind(late_message.id)

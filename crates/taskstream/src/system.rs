@@ -12,7 +12,6 @@ use taskstream_kafka::{ConsumerSettings, DevBroker, KafkaConfig};
 use taskstream_services::topics::TASK_EVENTS;
 use taskstream_services::{
     EventEncoding, ProcessorSettings, RelayDelivery, RelaySettings, NOTIFIER_GROUP,
-    RELAY_TRANSACTIONAL_ID,
 };
 use taskstream_store::{Database, PgOptions, SqliteOptions, Store};
 use taskstream_telemetry::Metrics;
@@ -92,12 +91,9 @@ impl SystemConfig {
             database: None,
             sqlite: SqliteOptions::default(),
             postgres: PgOptions::default(),
-            relay: RelaySettings {
-                delivery: RelayDelivery::ExactlyOnce {
-                    transactional_id: RELAY_TRANSACTIONAL_ID.to_owned(),
-                },
-                ..RelaySettings::default()
-            },
+            // At least once: one transaction per relay batch costs `up`
+            // most of its end-to-end latency (BENCHMARKS.md).
+            relay: RelaySettings::default(),
             consumer: ConsumerOptions::default(),
             session_timeout: None,
             ready_max_outbox_age: Duration::from_secs(30),

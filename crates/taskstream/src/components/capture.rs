@@ -112,8 +112,12 @@ async fn confirm(
             }
         }
     }
-    let next = pg.capture_checkpoint(settings.batch_size).await?;
-    *checkpoint = (!next.seqs.is_empty()).then_some(next);
+    // None while the slot does not exist: nothing is confirmed by a slot
+    // created after the rows were written.
+    let next = pg
+        .capture_checkpoint(&settings.slot, settings.batch_size)
+        .await?;
+    *checkpoint = next.filter(|next| !next.seqs.is_empty());
     Ok(())
 }
 

@@ -205,6 +205,9 @@ fn start(dir: &std::path::Path, broker_args: &[String]) -> (ChildGuard, String) 
         "127.0.0.1:0",
         "--data-dir",
         dir.to_str().unwrap(),
+        // Each event once on the topic, across the kills.
+        "--relay-delivery",
+        "exactly-once",
     ];
     args.extend(broker_args.iter().map(String::as_str));
     let (child, line) = launch(&args, "warn,librdkafka=off", Stdio::null());
@@ -291,7 +294,7 @@ async fn sigkill_at_random_moments(broker: &Broker) {
             duplicate_effects,
             out_of_order,
         } = verdict(&load.acknowledged, &audit, &notes);
-        // The exactly-once relay (the default): a read_committed reader of
+        // The exactly-once relay (asked for above): a read_committed reader of
         // task-events sees every published event once, however the kills
         // fell between a commit and its mark.
         let kafka = broker.kafka_config().unwrap_or_else(|| {

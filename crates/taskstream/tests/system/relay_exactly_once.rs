@@ -225,7 +225,7 @@ fn libc_sigabrt() -> i32 {
 
 async fn exactly_once_after_a_crash_before_the_mark(broker: &Broker) {
     // The default wherever the broker has transactions.
-    let run = crash_between_publish_and_mark(broker, &[]).await;
+    let run = crash_between_publish_and_mark(broker, &["--relay-delivery", "exactly-once"]).await;
     assert!(
         run.unmarked_at_the_crash >= 1,
         "the crash left a published batch unmarked"
