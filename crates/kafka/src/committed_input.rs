@@ -128,10 +128,7 @@ pub(crate) fn partitions<C: rdkafka::ClientContext>(
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect();
     if ids.is_empty() {
-        return Err(KafkaError::Admin {
-            operation: "Metadata",
-            message: format!("topic {topic} does not exist"),
-        });
+        return Err(KafkaError::UnknownTopic(topic.to_owned()));
     }
     Ok(ids)
 }

@@ -21,6 +21,9 @@ pub enum KafkaError {
     /// Committing or storing offsets failed.
     #[error("offset commit failed: {0}")]
     Commit(String),
+    /// The topic does not exist on the cluster.
+    #[error("topic {0} does not exist")]
+    UnknownTopic(String),
     /// An admin or metadata request failed.
     #[error("{operation} failed: {message}")]
     Admin {
@@ -44,9 +47,12 @@ impl KafkaError {
     pub fn is_retriable(&self) -> bool {
         match self {
             Self::Delivery { retriable, .. } => *retriable,
-            Self::Consume(_) | Self::Commit(_) | Self::Admin { .. } | Self::Unreachable { .. } => {
-                true
-            }
+            // A missing topic may be created meanwhile.
+            Self::Consume(_)
+            | Self::Commit(_)
+            | Self::Admin { .. }
+            | Self::Unreachable { .. }
+            | Self::UnknownTopic(_) => true,
             Self::Config(_) | Self::DevBroker(_) => false,
         }
     }

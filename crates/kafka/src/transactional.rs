@@ -410,11 +410,7 @@ impl CommittedTail {
                     }
                     Some(Err(RdError::PartitionEOF(p))) if p == partition => return Ok(records),
                     Some(Err(RdError::PartitionEOF(_))) => {}
-                    Some(Err(RdError::MessageConsumption(
-                        RDKafkaErrorCode::BrokerTransportFailure
-                        | RDKafkaErrorCode::AllBrokersDown
-                        | RDKafkaErrorCode::Resolve,
-                    ))) => {}
+                    Some(Err(e)) if crate::error::lost_brokers(&e) => {}
                     Some(Err(e)) => return Err(KafkaError::Consume(e.to_string())),
                     None => {}
                 }

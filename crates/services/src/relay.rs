@@ -715,7 +715,13 @@ impl OutboxRelay {
         let mut marked = 0;
         for topic in self.store.unpublished_topics().await? {
             let tail = CommittedTail::new(kafka, &topic, PATIENCE)?;
-            for bounds in tail.partitions().await? {
+            let partitions = match tail.partitions().await {
+                // Nothing was published to a topic that does not exist:
+                // its rows are published (and the topic created) as usual.
+                Err(KafkaError::UnknownTopic(_)) => continue,
+                other => other?,
+            };
+            for bounds in partitions {
                 let mut until = bounds.high;
                 while until > bounds.low {
                     let from = (until - TAIL_CHUNK).max(bounds.low);

@@ -103,9 +103,15 @@ pub async fn measure(
         })
     };
 
-    let published = read_published(kafka, topic, start, expected, Duration::from_secs(30))
-        .await
-        .with_context(|| format!("cannot read what was published to {topic}"))?;
+    let published =
+        match read_published(kafka, topic, start, expected, Duration::from_secs(30)).await {
+            Ok(published) => published,
+            Err(error) => {
+                sampler.abort();
+                return Err(error)
+                    .with_context(|| format!("cannot read what was published to {topic}"));
+            }
+        };
     let published_after_ms =
         (published.records >= expected).then(|| ended.elapsed().as_millis() as u64);
     let caught_up = |sample: &Commit| {

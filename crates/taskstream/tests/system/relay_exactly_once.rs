@@ -542,3 +542,26 @@ async fn a_relay_fenced_by_a_newer_one_with_its_transactional_id_gives_up_its_le
         "nothing of the fenced transaction is visible"
     );
 }
+
+/// An exactly-once relay whose rows go to a topic that does not exist yet
+/// reads no tail back for it (nothing can have been published there) and
+/// publishes them, the broker creating the topic, instead of failing every
+/// round on the read-back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exactly_once_relay_publishes_to_a_topic_that_does_not_exist_yet() {
+    let data = tempfile::tempdir().unwrap();
+    let broker =
+        taskstream_broker::Broker::start(taskstream_broker::BrokerConfig::new(data.path()))
+            .expect("taskstream's broker starts");
+    let kafka = KafkaConfig::new(broker.addr().to_string()).quiet();
+    let topic = format!("created-on-first-use-{}", uuid::Uuid::new_v4());
+    let dir = tempfile::tempdir().unwrap();
+    let id = format!("relay-{}", uuid::Uuid::new_v4());
+    let (store, relay) = relay_on(dir.path(), &kafka, &id, &topic, 3).await;
+    assert_eq!(relay.publish_pending().await.unwrap(), 3);
+    assert_eq!(store.outbox_stats().await.unwrap().pending, 0);
+    let on_topic = read_committed(&kafka, &topic, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(on_topic.len(), 3);
+}
