@@ -57,6 +57,7 @@ impl std::str::FromStr for EventId {
     }
 }
 
+// ANCHOR: envelope
 /// One task event with its metadata. Field names follow CloudEvents where
 /// one exists (`id`, `type`, `source`, `time`, `subject`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,3 +83,4 @@ pub struct EventEnvelope {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
 }
+// ANCHOR_END: envelope

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Task;
 
+// ANCHOR: event_type
 /// What happened to a task. The string forms (`task.created`, ...) are the
 /// public contract: they appear in envelopes, in the `type` Kafka header and
 /// in the outbox's `type` column.
@@ -22,6 +23,7 @@ pub enum EventType {
     #[serde(rename = "task.deleted")]
     TaskDeleted,
 }
+// ANCHOR_END: event_type
 
 impl EventType {
     /// Every event type, in lifecycle order.

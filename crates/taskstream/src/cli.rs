@@ -18,6 +18,8 @@ use crate::config::{
 #[cfg(feature = "bench")]
 use crate::ops::bench::BenchArgs;
 use crate::ops::cdc::CdcCommand;
+#[cfg(feature = "bench")]
+use crate::ops::demo::DemoCommand;
 use crate::ops::dlq::DlqCommand;
 use crate::ops::lag::LagArgs;
 use crate::ops::topics::TopicsCommand;
@@ -77,6 +79,10 @@ pub enum Command {
     /// Measure the system under load against this machine's own ceilings.
     #[cfg(feature = "bench")]
     Bench(BenchArgs),
+    /// Runnable demonstrations for the book (`taskstream demo coupling`).
+    #[cfg(feature = "bench")]
+    #[command(subcommand)]
+    Demo(DemoCommand),
     /// Work with the event schemas in `schemas/`.
     #[command(subcommand)]
     Schema(SchemaCommand),

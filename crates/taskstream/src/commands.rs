@@ -22,6 +22,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cdc(command) => ops::cdc::run(command),
         #[cfg(feature = "bench")]
         Command::Bench(args) => ops::bench::run(args).await,
+        #[cfg(feature = "bench")]
+        Command::Demo(command) => ops::demo::run(command).await,
         Command::Schema(command) => crate::schema::run(command).await,
     }
 }

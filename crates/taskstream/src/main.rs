@@ -9,7 +9,14 @@ use taskstream::commands::run;
 fn main() -> ExitCode {
     taskstream::shutdown_guard::install();
     let cli = Cli::parse();
-    taskstream::telemetry::init(cli.log_format);
+    #[cfg(feature = "bench")]
+    let filter = match cli.command {
+        taskstream::cli::Command::Demo(_) => taskstream::telemetry::REPORT_FILTER,
+        _ => taskstream::telemetry::DEFAULT_FILTER,
+    };
+    #[cfg(not(feature = "bench"))]
+    let filter = taskstream::telemetry::DEFAULT_FILTER;
+    taskstream::telemetry::init_with(cli.log_format, filter);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

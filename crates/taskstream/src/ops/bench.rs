@@ -114,7 +114,7 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    fn of(h: &Histogram<u64>) -> Self {
+    pub(crate) fn of(h: &Histogram<u64>) -> Self {
         let ms = |us: u64| us as f64 / 1000.0;
         Self {
             count: h.len(),
@@ -518,6 +518,22 @@ async fn store_commits(
 
 /// Writes a latency distribution plot: the share of events handled within each latency.
 fn plot(path: &PathBuf, series: &[(String, Vec<f64>)]) -> anyhow::Result<()> {
+    plot_latency_cdf(
+        path,
+        "End-to-end latency: API acknowledgement to effect stored",
+        "events handled within (%)",
+        series,
+    )
+}
+
+/// Writes an SVG of cumulative latency distributions: for each named series
+/// of latencies in milliseconds, the share (y) done within each latency (x).
+pub(crate) fn plot_latency_cdf(
+    path: &PathBuf,
+    caption: &str,
+    y_desc: &str,
+    series: &[(String, Vec<f64>)],
+) -> anyhow::Result<()> {
     use plotters::prelude::*;
     let root = SVGBackend::new(path, (900, 520)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -526,10 +542,7 @@ fn plot(path: &PathBuf, series: &[(String, Vec<f64>)]) -> anyhow::Result<()> {
         .flat_map(|(_, v)| v.iter().copied())
         .fold(1.0_f64, f64::max);
     let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "End-to-end latency: API acknowledgement to effect stored",
-            ("sans-serif", 20),
-        )
+        .caption(caption, ("sans-serif", 20))
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(55)
@@ -537,7 +550,7 @@ fn plot(path: &PathBuf, series: &[(String, Vec<f64>)]) -> anyhow::Result<()> {
     chart
         .configure_mesh()
         .x_desc("latency (ms)")
-        .y_desc("events handled within (%)")
+        .y_desc(y_desc)
         .draw()?;
     let colors = [BLUE, RED, GREEN];
     for ((name, values), color) in series.iter().zip(colors) {

@@ -2,7 +2,7 @@
 //! lag by Burrow's rules, dead letters, the Kafka users and their ACLs, the
 //! declared topics, the Debezium connector's configuration and its Kafka
 //! Connect cluster, and the
-//! benchmark (with the `bench` feature).
+//! benchmark and the book's demonstrations (with the `bench` feature).
 
 pub mod access;
 #[cfg(feature = "bench")]
@@ -11,6 +11,8 @@ pub mod bench;
 pub mod catch_up;
 pub mod cdc;
 pub mod connect;
+#[cfg(feature = "bench")]
+pub mod demo;
 pub mod dlq;
 pub mod lag;
 pub mod lag_rules;

@@ -171,7 +171,20 @@ fn topics_list_json_prints_the_declared_topics() {
     assert_eq!(task_events["replication_factor"], 3);
 }
 
-/// Starts `args` and returns the child and the first line it prints.
+/// The arguments of `taskstream up` on `data_dir` with free HTTP and
+/// registry ports.
+pub fn up_args(data_dir: &str) -> Vec<&str> {
+    vec![
+        "up",
+        "--http",
+        "127.0.0.1:0",
+        "--registry-http",
+        "127.0.0.1:0",
+        "--data-dir",
+        data_dir,
+    ]
+}
+
 /// Starts the binary with `args` and returns it with the first line it
 /// prints on stdout; the rest of its stdout is drained, so the pipe neither
 /// fills up nor closes under it. Standard error goes to `stderr`.

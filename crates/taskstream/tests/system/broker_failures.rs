@@ -27,7 +27,7 @@ use serde_json::Value;
 use taskstream_services::topics::{TASK_EVENTS, TASK_EVENTS_PARTITIONS};
 use taskstream_testkit::{KafkaCluster, Shape};
 
-use crate::binary::{launch, ChildGuard};
+use crate::binary::{launch, up_args, ChildGuard};
 use crate::brokers::{Broker, KAFKA_SESSION_TIMEOUT};
 use crate::crash::{env_or, seed, verdict, Load, Rng, Verdict};
 use crate::helpers::{client, eventually};
@@ -154,25 +154,16 @@ async fn killing_leaders_then_two_of_three_brokers_under_load_loses_and_doubles_
 
     let dir = tempfile::tempdir().unwrap();
     let session = KAFKA_SESSION_TIMEOUT.as_secs().to_string();
-    let (mut up, line): (ChildGuard, String) = launch(
-        &[
-            "up",
-            "--http",
-            "127.0.0.1:0",
-            "--registry-http",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-            "--kafka-bootstrap",
-            cluster.bootstrap_servers(),
-            "--session-timeout",
-            &session,
-            "--ready-max-outbox-age",
-            "5",
-        ],
-        "warn,librdkafka=off",
-        Stdio::null(),
-    );
+    let mut args = up_args(dir.path().to_str().unwrap());
+    args.extend([
+        "--kafka-bootstrap",
+        cluster.bootstrap_servers(),
+        "--session-timeout",
+        &session,
+        "--ready-max-outbox-age",
+        "5",
+    ]);
+    let (mut up, line): (ChildGuard, String) = launch(&args, "warn,librdkafka=off", Stdio::null());
     let http = line.strip_prefix("http: ").unwrap().to_owned();
     let client = client();
     // The load's requests must each be answered within this, brokers or not.

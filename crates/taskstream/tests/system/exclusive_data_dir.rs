@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::binary::{launch, ChildGuard};
+use crate::binary::{launch, up_args, ChildGuard};
 
 const BIN: &str = env!("CARGO_BIN_EXE_taskstream");
 
@@ -37,18 +37,6 @@ pub fn run_to_exit(args: &[&str]) -> (bool, String) {
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-fn up_args(dir: &str) -> Vec<&str> {
-    vec![
-        "up",
-        "--http",
-        "127.0.0.1:0",
-        "--registry-http",
-        "127.0.0.1:0",
-        "--data-dir",
-        dir,
-    ]
 }
 
 #[test]

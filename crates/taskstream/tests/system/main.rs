@@ -4,6 +4,7 @@
 mod as_documented;
 mod at_scale;
 mod binary;
+mod book;
 mod broker_failures;
 mod brokers;
 mod chapter_stack;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::binary::launch;
+use crate::binary::{launch, up_args};
 
 /// The Python with schemathesis installed: `TASKSTREAM_PYTHON`, else the
 /// workspace's `.venv` (which `.ci/run` fills from the interop requirements).
@@ -47,19 +47,7 @@ fn schemathesis_finds_no_server_error_and_no_response_the_openapi_document_does_
     };
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().to_str().unwrap();
-    let (_up, _) = launch(
-        &[
-            "up",
-            "--http",
-            "127.0.0.1:0",
-            "--registry-http",
-            "127.0.0.1:0",
-            "--data-dir",
-            data_dir,
-        ],
-        "warn",
-        Stdio::inherit(),
-    );
+    let (_up, _) = launch(&up_args(data_dir), "warn", Stdio::inherit());
     // `up` writes its endpoints once everything listens.
     let endpoints: Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("endpoints.json")).unwrap()).unwrap();
