@@ -152,6 +152,7 @@ impl EventConsumer {
         settings: &ConsumerSettings,
     ) -> Result<Self, KafkaError> {
         let mut rd = config.client_config();
+        // ANCHOR: consumer_settings
         rd.set("group.id", group)
             .set("client.id", format!("taskstream-{group}"))
             .set("enable.auto.commit", "false")
@@ -182,6 +183,7 @@ impl EventConsumer {
                 "fetch.wait.max.ms",
                 settings.fetch_wait.as_millis().to_string(),
             );
+        // ANCHOR_END: consumer_settings
         let mut state = GroupState::default();
         state.reset_window_ms = settings.reset_report_window.as_millis() as i64;
         let state = Arc::new(Mutex::new(state));

@@ -115,6 +115,7 @@ impl EventProducer {
         settings: &ProducerSettings,
     ) -> Result<Self, KafkaError> {
         let mut rd = config.client_config();
+        // ANCHOR: producer_settings
         rd.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", settings.linger.as_millis().to_string())
@@ -123,6 +124,7 @@ impl EventProducer {
                 settings.message_timeout.as_millis().to_string(),
             )
             .set("client.id", format!("taskstream-{client}"));
+        // ANCHOR_END: producer_settings
         let inner = rd
             .create_with_context(TracingContext::of(client, config))
             .map_err(|e| KafkaError::Config(e.to_string()))?;

@@ -21,6 +21,7 @@ use crate::ops::cdc::CdcCommand;
 #[cfg(feature = "bench")]
 use crate::ops::demo::DemoCommand;
 use crate::ops::dlq::DlqCommand;
+use crate::ops::endpoints::EndpointsArgs;
 use crate::ops::lag::LagArgs;
 use crate::ops::topics::TopicsCommand;
 use crate::ops::users::UsersCommand;
@@ -60,6 +61,8 @@ pub enum Command {
     Processor(ProcessorArgs),
     /// Run the embedded Kafka-protocol dev broker alone and print its address.
     DevBroker(DevBrokerArgs),
+    /// Print where a running `taskstream up` listens (all, or one address for scripts).
+    Endpoints(EndpointsArgs),
     /// Show consumer lag per partition, in events and seconds, with a health verdict.
     Lag(LagArgs),
     /// Inspect and replay dead letters (records a consumer group gave up on).

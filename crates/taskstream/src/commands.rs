@@ -16,6 +16,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::DevBroker(args) => processes::dev_broker(args).await,
         Command::Registry(args) => processes::registry(args).await,
         Command::Lag(args) => ops::lag::run(args).await,
+        Command::Endpoints(args) => ops::endpoints::run(args),
         Command::Dlq(command) => ops::dlq::run(command).await,
         Command::Topics(command) => ops::topics::run(command).await,
         Command::Users(command) => ops::users::run(command),

@@ -14,6 +14,7 @@ pub mod connect;
 #[cfg(feature = "bench")]
 pub mod demo;
 pub mod dlq;
+pub mod endpoints;
 pub mod lag;
 pub mod lag_rules;
 pub mod topics;
