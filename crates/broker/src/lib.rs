@@ -48,8 +48,12 @@
 //! [`FlushPolicy`]: the default, [`FlushPolicy::Interval`] (1 s), fsyncs
 //! written partitions in the background and may lose up to that much
 //! acknowledged data on power loss (Kafka's default likewise leaves flushing to
-//! the OS); [`FlushPolicy::BeforeAcknowledge`] fsyncs before each
-//! acknowledgement. Rolling a segment, and stopping, fsync too.
+//! the OS), and readers see records before they are fsynced;
+//! [`FlushPolicy::BeforeAcknowledge`] fsyncs before each acknowledgement
+//! and shows readers only what is fsynced: Fetch, the high watermark, the
+//! last stable offset and ListOffsets stop at the partition's durable
+//! offset, so no consumer reads, or commits past, a record a power loss
+//! could take back. Rolling a segment, and stopping, fsync too.
 //!
 //! # Retention
 //!
