@@ -244,6 +244,7 @@ impl PartitionLog {
     }
 
     /// Every offset below this one is fsynced.
+    #[cfg(test)]
     pub fn durable_offset(&self) -> i64 {
         self.durable_offset
     }
