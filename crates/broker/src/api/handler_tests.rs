@@ -485,3 +485,61 @@ fn under_flush_before_acknowledge_a_record_is_fetched_only_once_its_fsync_is_don
     let acknowledged = producer.join().unwrap();
     assert_eq!(outcome(&acknowledged), (0, None, 0));
 }
+
+#[test]
+fn describe_groups_shows_a_static_members_instance_id_and_leave_group_takes_it_out_by_that_id() {
+    use kafka_protocol::messages::leave_group_request::MemberIdentity;
+    use kafka_protocol::messages::{LeaveGroupRequest, LeaveGroupResponse};
+    let dir = tempfile::tempdir().unwrap();
+    let shared = broker_with_topic(&dir);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let request = JoinGroupRequest::default()
+            .with_group_id(GroupId(str_bytes("static")))
+            .with_group_instance_id(Some(str_bytes("host-1")))
+            .with_session_timeout_ms(10_000)
+            .with_rebalance_timeout_ms(10_000)
+            .with_protocol_type(str_bytes("consumer"))
+            .with_protocols(vec![JoinGroupRequestProtocol::default()
+                .with_name(str_bytes("range"))
+                .with_metadata(Bytes::from_static(b"m"))]);
+        let joined: JoinGroupResponse =
+            answer(&shared, frame(ApiKey::JoinGroup, 5, &request), 5).await;
+        assert_eq!(joined.error_code, 0);
+        assert_eq!(
+            joined.members[0]
+                .group_instance_id
+                .as_ref()
+                .map(|i| i.as_str()),
+            Some("host-1"),
+            "the leader learns each member's instance id"
+        );
+
+        let describe =
+            DescribeGroupsRequest::default().with_groups(vec![GroupId(str_bytes("static"))]);
+        let described: DescribeGroupsResponse =
+            answer(&shared, frame(ApiKey::DescribeGroups, 4, &describe), 4).await;
+        let member = &described.groups[0].members[0];
+        assert_eq!(member.member_id, joined.member_id);
+        assert_eq!(
+            member.group_instance_id.as_ref().map(|i| i.as_str()),
+            Some("host-1")
+        );
+
+        let leave = LeaveGroupRequest::default()
+            .with_group_id(GroupId(str_bytes("static")))
+            .with_members(vec![MemberIdentity::default()
+                .with_member_id(str_bytes(""))
+                .with_group_instance_id(Some(str_bytes("host-1")))]);
+        let left: LeaveGroupResponse =
+            answer(&shared, frame(ApiKey::LeaveGroup, 3, &leave), 3).await;
+        assert_eq!((left.error_code, left.members[0].error_code), (0, 0));
+        let described: DescribeGroupsResponse =
+            answer(&shared, frame(ApiKey::DescribeGroups, 4, &describe), 4).await;
+        assert_eq!(described.groups[0].group_state.as_str(), "Empty");
+        assert!(described.groups[0].members.is_empty());
+    });
+}
