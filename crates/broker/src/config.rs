@@ -14,7 +14,8 @@ use crate::storage::LogConfig;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlushPolicy {
     /// fsync a partition's log before acknowledging a produce with acks=1
-    /// or acks=all, and show readers only fsynced records: Fetch, the high
+    /// or acks=all (and after an acks=0 produce, which nobody waits for),
+    /// and show readers only fsynced records: Fetch, the high
     /// watermark, the last stable offset and ListOffsets stop at the
     /// partition's durable offset, so no consumer reads (or commits an
     /// offset past) a record that a power loss could still take back.

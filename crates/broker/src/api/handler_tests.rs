@@ -543,3 +543,36 @@ fn describe_groups_shows_a_static_members_instance_id_and_leave_group_takes_it_o
         assert!(described.groups[0].members.is_empty());
     });
 }
+
+#[test]
+fn under_flush_before_acknowledge_an_acks_0_produce_is_fsynced_and_so_fetched() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::BrokerConfig::new(dir.path());
+    config.flush = crate::FlushPolicy::BeforeAcknowledge;
+    let shared = Shared::open_for_tests_with(config);
+    shared.topics.create("t", 1, 1, BTreeMap::new()).unwrap();
+    let batch = crate::storage::batch::tests::encode_batch(&["v"], 1_000);
+    let request = ProduceRequest::default()
+        .with_acks(0)
+        .with_timeout_ms(1_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(str_bytes("t")))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(Bytes::from(batch)))])]);
+    produce::handle(&shared, request, 9);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let response: FetchResponse =
+            answer(&shared, frame(ApiKey::Fetch, 11, &fetch_request(0, 0)), 11).await;
+        let (high_watermark, _, bytes) = fetched(&response);
+        assert_eq!(
+            high_watermark, 1,
+            "no acknowledgement, but the fsync still ran"
+        );
+        assert!(bytes > 0);
+    });
+}
