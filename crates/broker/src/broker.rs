@@ -41,8 +41,15 @@ impl Shared {
     /// The state of a broker on `data_dir` with default settings, without
     /// a listener, for handler tests.
     pub(crate) fn open_for_tests(data_dir: &Path) -> Arc<Self> {
-        let config = BrokerConfig::new(data_dir);
-        let topics = Topics::open(data_dir, config.log).unwrap();
+        Self::open_for_tests_with(BrokerConfig::new(data_dir))
+    }
+
+    /// Like [`Self::open_for_tests`], with `config`.
+    pub(crate) fn open_for_tests_with(config: BrokerConfig) -> Arc<Self> {
+        let data_dir = config.data_dir.clone();
+        let data_dir = data_dir.as_path();
+        let topics =
+            Topics::open_with_visibility(data_dir, config.log, config.flush.visibility()).unwrap();
         Arc::new(Self {
             advertised_host: "127.0.0.1".into(),
             advertised_port: 9092,
@@ -100,7 +107,9 @@ impl Broker {
             _ => storage_error(e),
         })?;
         let cluster_id = cluster_id(&config.data_dir).map_err(storage_error)?;
-        let topics = Topics::open(&config.data_dir, config.log).map_err(storage_error)?;
+        let topics =
+            Topics::open_with_visibility(&config.data_dir, config.log, config.flush.visibility())
+                .map_err(storage_error)?;
         let producer_ids = ProducerIds::open(&config.data_dir).map_err(storage_error)?;
         let offsets = OffsetStore::open(&config.data_dir).map_err(storage_error)?;
         let transactions = Transactions::open(&config.data_dir).map_err(storage_error)?;

@@ -6,20 +6,37 @@ use std::time::Duration;
 
 use crate::storage::LogConfig;
 
-/// When appended data is fsynced. Either way, data is written to the
-/// segment file (the page cache) before a produce is acknowledged, so an
-/// acknowledged write survives the broker process being killed (SIGKILL);
-/// fsync is what makes it survive a power loss or kernel crash.
+/// When appended data is fsynced, and so what readers may see. Either way,
+/// data is written to the segment file (the page cache) before a produce
+/// is acknowledged, so an acknowledged write survives the broker process
+/// being killed (SIGKILL); fsync is what makes it survive a power loss or
+/// kernel crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlushPolicy {
     /// fsync a partition's log before acknowledging a produce with acks=1
-    /// or acks=all. Durable against power loss; slowest.
+    /// or acks=all (and after an acks=0 produce, which nobody waits for),
+    /// and show readers only fsynced records: Fetch, the high
+    /// watermark, the last stable offset and ListOffsets stop at the
+    /// partition's durable offset, so no consumer reads (or commits an
+    /// offset past) a record that a power loss could still take back.
+    /// Durable against power loss; slowest.
     BeforeAcknowledge,
     /// fsync every partition written to since the last flush at this
-    /// interval (and on roll and on stop). Power loss may lose up to one
-    /// interval of acknowledged data, as with Kafka's default of leaving
-    /// flushing to the OS.
+    /// interval (and on roll and on stop). Readers see records as soon as
+    /// they are written, before the fsync. Power loss may lose up to one
+    /// interval of acknowledged (and possibly consumed) data, as with
+    /// Kafka's default of leaving flushing to the OS.
     Interval(Duration),
+}
+
+impl FlushPolicy {
+    /// What readers of a partition are shown under this policy.
+    pub(crate) fn visibility(self) -> crate::storage::Visibility {
+        match self {
+            Self::BeforeAcknowledge => crate::storage::Visibility::Durable,
+            Self::Interval(_) => crate::storage::Visibility::Written,
+        }
+    }
 }
 
 /// Everything [`crate::Broker::start`] needs.

@@ -48,8 +48,12 @@
 //! [`FlushPolicy`]: the default, [`FlushPolicy::Interval`] (1 s), fsyncs
 //! written partitions in the background and may lose up to that much
 //! acknowledged data on power loss (Kafka's default likewise leaves flushing to
-//! the OS); [`FlushPolicy::BeforeAcknowledge`] fsyncs before each
-//! acknowledgement. Rolling a segment, and stopping, fsync too.
+//! the OS), and readers see records before they are fsynced;
+//! [`FlushPolicy::BeforeAcknowledge`] fsyncs before each acknowledgement
+//! and shows readers only what is fsynced: Fetch, the high watermark, the
+//! last stable offset and ListOffsets stop at the partition's durable
+//! offset, so no consumer reads, or commits past, a record a power loss
+//! could take back. Rolling a segment, and stopping, fsync too.
 //!
 //! # Retention
 //!
@@ -76,7 +80,10 @@
 //! v0–4, Heartbeat v0–4, LeaveGroup v0–4, OffsetCommit v2–8, OffsetFetch
 //! v1–7, ListGroups v0–4, DescribeGroups v0–5 (see `groups`: the broker
 //! relays the leader's assignment, enforces 6 s–30 min session timeouts
-//! and rebalance timeouts, and persists committed offsets with their
+//! and rebalance timeouts, implements static membership (KIP-345:
+//! `group.instance.id` from JoinGroup v5, SyncGroup and Heartbeat v3,
+//! LeaveGroup v3, OffsetCommit v7, TxnOffsetCommit v3, DescribeGroups
+//! v4), and persists committed offsets with their
 //! metadata in `groups/<hex group id>.offsets`, fsynced per commit). A
 //! malformed request, or one for an API or version not listed, closes its
 //! connection. A request larger than `max_request_bytes` (Kafka's
@@ -122,7 +129,7 @@
 //!
 //! Transaction protocol version 2 (KIP-890: AddPartitionsToTxn v4+ and
 //! EndTxn v4+), group membership across restarts (members rejoin;
-//! committed offsets stay), static membership (`group.instance.id`), the KIP-848 consumer protocol,
+//! committed offsets stay), the KIP-848 consumer protocol,
 //! compaction (a `compact`-only topic is accepted and keeps its whole log),
 //! fetch sessions (clients fall back to full fetches), ListOffsets by max
 //! timestamp, LogAppendTime, TLS/SASL and quotas. Compressed batches are

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::storage::log::sync_dir;
-use crate::storage::{LogConfig, PartitionLog};
+use crate::storage::{LogConfig, PartitionLog, Visibility};
 
 /// Topic configs accepted (and stored) that need nothing from a single
 /// node; the ones that shape the log are handled in [`log_config`].
@@ -97,7 +97,15 @@ impl Partition {
             let _ = release.recv_timeout(std::time::Duration::from_secs(10));
         }
         pending.run()?;
-        self.log().finish_sync(&pending);
+        let mut log = self.log();
+        log.finish_sync(&pending);
+        if log.visibility() == Visibility::Durable {
+            // The fsync is what makes the records visible: wake the
+            // fetches waiting for them.
+            let visible = log.high_watermark();
+            drop(log);
+            self.appended.send_replace(visible);
+        }
         Ok(())
     }
 }
@@ -125,6 +133,8 @@ impl Topic {
 pub(crate) struct Topics {
     dir: PathBuf,
     defaults: LogConfig,
+    /// What every partition's readers are shown.
+    visibility: Visibility,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
 }
 
@@ -189,8 +199,20 @@ pub(crate) fn log_config(
 }
 
 impl Topics {
-    /// Loads every topic under `data_dir/topics`, recovering each partition.
+    /// Loads every topic under `data_dir/topics`, recovering each
+    /// partition; readers see everything written ([`Visibility::Written`]).
+    #[cfg(test)]
     pub fn open(data_dir: &Path, defaults: LogConfig) -> io::Result<Self> {
+        Self::open_with_visibility(data_dir, defaults, Visibility::Written)
+    }
+
+    /// Like [`Self::open`], showing readers of every partition what
+    /// `visibility` says.
+    pub fn open_with_visibility(
+        data_dir: &Path,
+        defaults: LogConfig,
+        visibility: Visibility,
+    ) -> io::Result<Self> {
         let dir = data_dir.join("topics");
         fs::create_dir_all(&dir)?;
         let mut topics = BTreeMap::new();
@@ -201,12 +223,13 @@ impl Topics {
                 fs::remove_dir_all(entry.path())?;
                 continue;
             }
-            let topic = load_topic(&entry.path(), &name, &defaults)?;
+            let topic = load_topic(&entry.path(), &name, &defaults, visibility)?;
             topics.insert(name, Arc::new(topic));
         }
         Ok(Self {
             dir,
             defaults,
+            visibility,
             topics: RwLock::new(topics),
         })
     }
@@ -286,7 +309,7 @@ impl Topics {
         let path = self.dir.join(name);
         fs::rename(&staging, &path)?;
         sync_dir(&self.dir)?;
-        let topic = Arc::new(load_topic(&path, name, &self.defaults)?);
+        let topic = Arc::new(load_topic(&path, name, &self.defaults, self.visibility)?);
         topics.insert(name.to_owned(), Arc::clone(&topic));
         Ok(topic)
     }
@@ -308,7 +331,12 @@ impl Topics {
     }
 }
 
-fn load_topic(path: &Path, name: &str, defaults: &LogConfig) -> io::Result<Topic> {
+fn load_topic(
+    path: &Path,
+    name: &str,
+    defaults: &LogConfig,
+    visibility: Visibility,
+) -> io::Result<Topic> {
     let bad = |why: String| {
         io::Error::new(
             io::ErrorKind::InvalidData,
@@ -340,7 +368,8 @@ fn load_topic(path: &Path, name: &str, defaults: &LogConfig) -> io::Result<Topic
     let config = log_config(defaults, &configs).map_err(|e| bad(e.to_string()))?;
     let mut partitions = Vec::new();
     for p in 0..count {
-        let (log, report) = PartitionLog::open(&path.join(p.to_string()), config)?;
+        let (mut log, report) = PartitionLog::open(&path.join(p.to_string()), config)?;
+        log.set_visibility(visibility);
         if report.truncated_bytes > 0 {
             tracing::warn!(
                 topic = name,
@@ -349,7 +378,7 @@ fn load_topic(path: &Path, name: &str, defaults: &LogConfig) -> io::Result<Topic
                 "recovery cut a torn or corrupt tail off the log"
             );
         }
-        let (appended, _) = watch::channel(log.next_offset());
+        let (appended, _) = watch::channel(log.high_watermark());
         partitions.push(Partition {
             log: Mutex::new(log),
             appended,

@@ -45,6 +45,7 @@ enum Difference {
     DeleteRecords,
     OffsetsForTimes,
     SessionTimeoutBounds,
+    StaticMembership,
 }
 
 impl Difference {
@@ -58,6 +59,7 @@ impl Difference {
             Self::DeleteRecords => "delete-records",
             Self::OffsetsForTimes => "offsets-for-times",
             Self::SessionTimeoutBounds => "session-timeout-bounds",
+            Self::StaticMembership => "static-membership",
         }
     }
 
@@ -84,6 +86,9 @@ impl Difference {
             }
             Self::SessionTimeoutBounds => {
                 "the dev broker accepts any session timeout; Kafka refuses one below group.min.session.timeout.ms (6 s)"
+            }
+            Self::StaticMembership => {
+                "the dev broker keeps group.instance.id but treats every join as a new member (KIP-345 unimplemented): a restarted static member waits for the old one's session to time out, and an older consumer with the same instance id is never fenced"
             }
         }
     }
@@ -358,6 +363,9 @@ conformance!(
     a_consumer_whose_position_fell_off_the_log_is_told_which_partition,
     an_event_consumer_names_the_records_it_skipped_and_its_commits_say_so,
     a_session_timeout_below_the_brokers_minimum_is_refused,
+    a_static_member_restarted_without_leaving_gets_its_partitions_back_before_its_session_times_out,
+    a_second_live_consumer_with_the_same_instance_id_fences_the_first,
+    a_restarted_static_member_resumes_after_its_committed_offsets,
 );
 
 async fn acks_all_produce_reports_each_delivery_and_keeps_keys_headers_and_timestamps(
@@ -1199,6 +1207,230 @@ async fn a_session_timeout_below_the_brokers_minimum_is_refused(target: &Target)
     }
     let error = outcome.expect_err("Kafka refuses the join");
     assert!(error.contains("session timeout"), "{error}");
+}
+
+/// The session timeout of the static members below: long enough that a
+/// restart answered only when the old member's session ran out shows.
+const STATIC_SESSION: Duration = Duration::from_secs(30);
+
+/// A consumer of `group` with `group.instance.id` `instance` (KIP-345),
+/// subscribed to `topic`.
+fn static_member(target: &Target, group: &str, instance: &str, topic: &str) -> BaseConsumer {
+    let session = STATIC_SESSION.as_millis().to_string();
+    let consumer = target.consumer(
+        Some(group),
+        &[
+            ("group.instance.id", instance),
+            ("session.timeout.ms", &session),
+            ("heartbeat.interval.ms", "1000"),
+            ("auto.offset.reset", "earliest"),
+        ],
+    );
+    consumer.subscribe(&[topic]).expect("subscribe");
+    consumer
+}
+
+/// Polls `consumer` until it is assigned `partitions` partitions of
+/// `topic`, at most `within`: the records polled meanwhile, or the number
+/// of partitions it had when time ran out.
+fn poll_for_assignment(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: usize,
+    within: Duration,
+) -> Result<Vec<rdkafka::message::OwnedMessage>, usize> {
+    let mut records = Vec::new();
+    let deadline = Instant::now() + within;
+    loop {
+        let assigned = consumer
+            .assignment()
+            .map(|tpl| tpl.elements_for_topic(topic).len())
+            .unwrap_or(0);
+        if assigned == partitions {
+            return Ok(records);
+        }
+        if Instant::now() >= deadline {
+            return Err(assigned);
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => records.push(m.detach()),
+            Some(Err(e)) => panic!("consuming {topic}: {e}"),
+            None => {}
+        }
+    }
+}
+
+/// [`poll_for_assignment`] within [`PATIENCE`], failing the check otherwise.
+fn poll_until_assigned(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: usize,
+) -> Vec<rdkafka::message::OwnedMessage> {
+    poll_for_assignment(consumer, topic, partitions, PATIENCE).unwrap_or_else(|had| {
+        panic!("{partitions} partitions of {topic} not assigned in time (has {had})")
+    })
+}
+
+/// The state and member count DescribeGroups gives `group`, or `None` on
+/// the dev broker, which serves no DescribeGroups ([`Difference::GroupAdmin`]).
+fn group_state(target: &Target, group: &str) -> Option<(String, usize)> {
+    if target.differs(Difference::GroupAdmin) {
+        return None;
+    }
+    let described = target
+        .consumer(None, &[])
+        .fetch_group_list(Some(group), target.admin_timeout())
+        .expect("DescribeGroups");
+    let info = described
+        .groups()
+        .iter()
+        .find(|g| g.name() == group)
+        .expect("the group described");
+    Some((info.state().to_owned(), info.members().len()))
+}
+
+async fn a_static_member_restarted_without_leaving_gets_its_partitions_back_before_its_session_times_out(
+    target: &Target,
+) {
+    let topic = target.topic(2);
+    let group = format!("group-{}", Uuid::new_v4().simple());
+    let instance = format!("instance-{}", Uuid::new_v4().simple());
+    let first = static_member(target, &group, &instance, &topic);
+    poll_until_assigned(&first, &topic, 2);
+    // Closing a static member sends no LeaveGroup: it keeps its place.
+    drop(first);
+    let closed = Instant::now();
+    if let Some(state) = group_state(target, &group) {
+        assert_eq!(
+            state,
+            ("Stable".to_owned(), 1),
+            "the closed static member is still in the group"
+        );
+    }
+
+    let restarted = static_member(target, &group, &instance, &topic);
+    if target.differs(Difference::StaticMembership) {
+        let assigned = poll_for_assignment(&restarted, &topic, 2, STATIC_SESSION / 2);
+        assert!(
+            assigned.is_err(),
+            "the dev broker now gives a restarted static member its partitions at once"
+        );
+        return;
+    }
+    poll_until_assigned(&restarted, &topic, 2);
+    let rejoined_after = closed.elapsed();
+    eprintln!(
+        "a restarted static member was assigned its partitions {:.1} s after the old one closed (session timeout {} s)",
+        rejoined_after.as_secs_f64(),
+        STATIC_SESSION.as_secs()
+    );
+    assert!(
+        rejoined_after < STATIC_SESSION / 2,
+        "the restarted member waited for the old one's session to time out ({rejoined_after:?})"
+    );
+    if let Some(state) = group_state(target, &group) {
+        assert_eq!(
+            state,
+            ("Stable".to_owned(), 1),
+            "the restarted member took the old one's place"
+        );
+    }
+}
+
+async fn a_second_live_consumer_with_the_same_instance_id_fences_the_first(target: &Target) {
+    let topic = target.topic(1);
+    let group = format!("group-{}", Uuid::new_v4().simple());
+    let instance = format!("instance-{}", Uuid::new_v4().simple());
+    let first = static_member(target, &group, &instance, &topic);
+    poll_until_assigned(&first, &topic, 1);
+
+    let second = static_member(target, &group, &instance, &topic);
+    if target.differs(Difference::StaticMembership) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let _ = first.poll(Duration::from_millis(50));
+            let _ = second.poll(Duration::from_millis(50));
+        }
+        assert!(
+            first.client().fatal_error().is_none(),
+            "the dev broker now fences an older consumer with the same instance id"
+        );
+        return;
+    }
+    let fenced = std::thread::scope(|scope| {
+        let first = &first;
+        let fenced = scope.spawn(move || {
+            let deadline = Instant::now() + PATIENCE;
+            while Instant::now() < deadline {
+                if let Some(fatal) = first.client().fatal_error() {
+                    return Some(fatal);
+                }
+                let _ = first.poll(Duration::from_millis(100));
+            }
+            None
+        });
+        poll_until_assigned(&second, &topic, 1);
+        fenced.join().expect("the first member's poller")
+    });
+    let (code, message) = fenced.expect("the first member is fenced in time");
+    eprintln!("the older member with instance id {instance} was told: {message}");
+    assert_eq!(code, RDKafkaErrorCode::FencedInstanceId, "{message}");
+    assert!(message.contains("group.instance.id"), "{message}");
+    drop(second);
+}
+
+async fn a_restarted_static_member_resumes_after_its_committed_offsets(target: &Target) {
+    let topic = target.topic(1);
+    let group = format!("group-{}", Uuid::new_v4().simple());
+    let instance = format!("instance-{}", Uuid::new_v4().simple());
+    let producer = target.producer(&[]);
+    for i in 0..5 {
+        send_value(&producer, &topic, &format!("r{i}")).await;
+    }
+    let first = static_member(target, &group, &instance, &topic);
+    let mut seen = poll_until_assigned(&first, &topic, 1);
+    let deadline = Instant::now() + PATIENCE;
+    while seen.len() < 3 && Instant::now() < deadline {
+        match first.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => seen.push(m.detach()),
+            Some(Err(e)) => panic!("consuming: {e}"),
+            None => {}
+        }
+    }
+    assert!(seen.len() >= 3, "three records read in time");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, Offset::Offset(3))
+        .unwrap();
+    first
+        .commit(&tpl, CommitMode::Sync)
+        .expect("OffsetCommit by the static member");
+    drop(first);
+
+    let restarted = static_member(target, &group, &instance, &topic);
+    // On the dev broker the restarted member waits for the old one's
+    // session to time out first.
+    let within = if target.differs(Difference::StaticMembership) {
+        STATIC_SESSION + PATIENCE
+    } else {
+        PATIENCE
+    };
+    let mut records = poll_for_assignment(&restarted, &topic, 1, within)
+        .expect("the restarted member is assigned the partition");
+    let deadline = Instant::now() + PATIENCE;
+    while records.is_empty() && Instant::now() < deadline {
+        match restarted.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => records.push(m.detach()),
+            Some(Err(e)) => panic!("consuming: {e}"),
+            None => {}
+        }
+    }
+    let first_record = records.first().expect("a record after the restart");
+    assert_eq!(
+        first_record.offset(),
+        3,
+        "resumes right after the committed offset"
+    );
+    assert_eq!(target.committed(&group, &topic).map(|(o, _)| o), Some(3));
 }
 
 // ---- helpers ----

@@ -232,12 +232,14 @@ pub(crate) fn delete_records(
                             .with_error_code(ResponseError::UnknownTopicOrPartition.code());
                     };
                     let mut log = partition.log();
+                    // Up to the high watermark, as Kafka: under
+                    // BeforeAcknowledge not past what is fsynced.
                     let offset = if p.offset == -1 {
-                        log.next_offset()
+                        log.high_watermark()
                     } else {
                         p.offset
                     };
-                    if offset < 0 {
+                    if offset < 0 || offset > log.high_watermark() {
                         return result.with_error_code(ResponseError::OffsetOutOfRange.code());
                     }
                     match log.delete_records_before(offset) {

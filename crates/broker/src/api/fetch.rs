@@ -164,10 +164,13 @@ fn read_partition(
         .ok_or(ResponseError::UnknownTopicOrPartition)?;
     let log = partition.log();
     let last_stable_offset = log.last_stable_offset();
+    // Never past the high watermark: under BeforeAcknowledge it stops at
+    // what is fsynced.
+    let high_watermark = log.high_watermark();
     let limit = if read_committed {
         last_stable_offset
     } else {
-        i64::MAX
+        high_watermark
     };
     let records = log
         .read_below(offset, max_bytes, first_whole, limit)
@@ -185,7 +188,7 @@ fn read_partition(
     };
     Ok(PartitionRead {
         records,
-        high_watermark: log.next_offset(),
+        high_watermark,
         last_stable_offset,
         log_start_offset: log.log_start_offset(),
         aborted,

@@ -84,6 +84,10 @@ pub(crate) async fn join_group(
         .join(JoinRequest {
             group: group.clone(),
             member_id: request.member_id.as_str().to_owned(),
+            group_instance_id: request
+                .group_instance_id
+                .as_ref()
+                .map(|i| i.as_str().to_owned()),
             client_id,
             client_host,
             session_timeout_ms: request.session_timeout_ms,
@@ -123,9 +127,10 @@ pub(crate) async fn join_group(
             joined
                 .members
                 .into_iter()
-                .map(|(id, metadata)| {
+                .map(|(id, instance, metadata)| {
                     JoinGroupResponseMember::default()
                         .with_member_id(str_bytes(&id))
+                        .with_group_instance_id(instance.as_deref().map(str_bytes))
                         .with_metadata(metadata)
                 })
                 .collect(),
@@ -141,6 +146,7 @@ pub(crate) async fn sync_group(
         .sync(
             request.group_id.0.as_str(),
             request.member_id.as_str(),
+            request.group_instance_id.as_ref().map(|i| i.as_str()),
             request.generation_id,
             request
                 .assignments
@@ -160,6 +166,7 @@ pub(crate) fn heartbeat(shared: &Arc<Shared>, request: HeartbeatRequest) -> Hear
     HeartbeatResponse::default().with_error_code(shared.coordinator.heartbeat(
         request.group_id.0.as_str(),
         request.member_id.as_str(),
+        request.group_instance_id.as_ref().map(|i| i.as_str()),
         request.generation_id,
     ))
 }
@@ -173,13 +180,18 @@ pub(crate) fn leave_group(
     if version < 3 {
         let codes = shared
             .coordinator
-            .leave(group, &[request.member_id.as_str().to_owned()]);
+            .leave(group, &[(request.member_id.as_str().to_owned(), None)]);
         return LeaveGroupResponse::default().with_error_code(codes[0]);
     }
-    let ids: Vec<String> = request
+    let ids: Vec<(String, Option<String>)> = request
         .members
         .iter()
-        .map(|m| m.member_id.as_str().to_owned())
+        .map(|m| {
+            (
+                m.member_id.as_str().to_owned(),
+                m.group_instance_id.as_ref().map(|i| i.as_str().to_owned()),
+            )
+        })
         .collect();
     let codes = shared.coordinator.leave(group, &ids);
     LeaveGroupResponse::default().with_members(
@@ -205,6 +217,7 @@ pub(crate) fn offset_commit(
     let allowed = shared.coordinator.check_commit(
         group,
         request.member_id.as_str(),
+        request.group_instance_id.as_ref().map(|i| i.as_str()),
         request.generation_id_or_member_epoch,
     );
     let mut commits = Vec::new();
@@ -392,6 +405,9 @@ pub(crate) fn describe_groups(
                                 .map(|(member_id, m)| {
                                     DescribedGroupMember::default()
                                         .with_member_id(str_bytes(member_id))
+                                        .with_group_instance_id(
+                                            m.group_instance_id.as_deref().map(str_bytes),
+                                        )
                                         .with_client_id(str_bytes(&m.client_id))
                                         .with_client_host(str_bytes(&m.client_host))
                                         .with_member_metadata(m.metadata(&g.protocol))

@@ -362,3 +362,217 @@ fn fetch_and_list_offsets_read_a_partition_while_its_log_is_fsynced() {
     flusher.join().unwrap().unwrap();
     assert!(!partition().log().has_unsynced());
 }
+
+fn fetch_request(max_wait_ms: i32, isolation_level: i8) -> FetchRequest {
+    FetchRequest::default()
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_isolation_level(isolation_level)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(str_bytes("t")))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(1 << 20)])])
+}
+
+/// The high watermark, last stable offset and record bytes of t-0.
+fn fetched(response: &FetchResponse) -> (i64, i64, usize) {
+    let p = &response.responses[0].partitions[0];
+    assert_eq!(p.error_code, 0);
+    (
+        p.high_watermark,
+        p.last_stable_offset,
+        p.records.as_ref().map_or(0, |r| r.len()),
+    )
+}
+
+fn latest_offset(shared: &Arc<Shared>) -> impl std::future::Future<Output = i64> + '_ {
+    let request = ListOffsetsRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(TopicName(str_bytes("t")))
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(0)
+                .with_timestamp(-1)])]);
+    async move {
+        let listed: ListOffsetsResponse =
+            answer(shared, frame(ApiKey::ListOffsets, 5, &request), 5).await;
+        listed.topics[0].partitions[0].offset
+    }
+}
+
+#[test]
+fn under_flush_before_acknowledge_a_record_is_fetched_only_once_its_fsync_is_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::BrokerConfig::new(dir.path());
+    config.flush = crate::FlushPolicy::BeforeAcknowledge;
+    let shared = Shared::open_for_tests_with(config);
+    shared.topics.create("t", 1, 1, BTreeMap::new()).unwrap();
+    let topic = shared.topics.get("t").unwrap();
+    let (reached, sync_reached) = mpsc::channel();
+    let (release, released) = mpsc::channel();
+    *topic.partitions[0].hold_sync.lock().unwrap() = Some((reached, released));
+    let producer = {
+        let shared = Arc::clone(&shared);
+        std::thread::spawn(move || {
+            let batch = crate::storage::batch::tests::encode_batch(&["v"], 1_000);
+            let request = ProduceRequest::default()
+                .with_acks(-1)
+                .with_timeout_ms(1_000)
+                .with_topic_data(vec![TopicProduceData::default()
+                    .with_name(TopicName(str_bytes("t")))
+                    .with_partition_data(vec![PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(Bytes::from(batch)))])]);
+            produce::handle(&shared, request, 9)
+        })
+    };
+    sync_reached.recv().unwrap();
+    assert_eq!(
+        next_offset(&shared),
+        1,
+        "the record is written, its fsync held"
+    );
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        for isolation in [0, 1] {
+            let response: FetchResponse = answer(
+                &shared,
+                frame(ApiKey::Fetch, 11, &fetch_request(0, isolation)),
+                11,
+            )
+            .await;
+            assert_eq!(
+                fetched(&response),
+                (0, 0, 0),
+                "isolation level {isolation}: nothing shown before the fsync"
+            );
+        }
+        assert_eq!(latest_offset(&shared).await, 0);
+
+        // A fetch waiting for data is woken by the fsync, not the append.
+        let waiting = {
+            let shared = Arc::clone(&shared);
+            tokio::spawn(async move {
+                let response: FetchResponse = answer(
+                    &shared,
+                    frame(ApiKey::Fetch, 11, &fetch_request(20_000, 0)),
+                    11,
+                )
+                .await;
+                response
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished(), "the waiting fetch saw nothing yet");
+        release.send(()).unwrap();
+        let woken = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("the fsync wakes the waiting fetch")
+            .unwrap();
+        let (high_watermark, last_stable_offset, bytes) = fetched(&woken);
+        assert_eq!((high_watermark, last_stable_offset), (1, 1));
+        assert!(bytes > 0, "the record is fetched once fsynced");
+        assert_eq!(latest_offset(&shared).await, 1);
+    });
+    let acknowledged = producer.join().unwrap();
+    assert_eq!(outcome(&acknowledged), (0, None, 0));
+}
+
+#[test]
+fn describe_groups_shows_a_static_members_instance_id_and_leave_group_takes_it_out_by_that_id() {
+    use kafka_protocol::messages::leave_group_request::MemberIdentity;
+    use kafka_protocol::messages::{LeaveGroupRequest, LeaveGroupResponse};
+    let dir = tempfile::tempdir().unwrap();
+    let shared = broker_with_topic(&dir);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let request = JoinGroupRequest::default()
+            .with_group_id(GroupId(str_bytes("static")))
+            .with_group_instance_id(Some(str_bytes("host-1")))
+            .with_session_timeout_ms(10_000)
+            .with_rebalance_timeout_ms(10_000)
+            .with_protocol_type(str_bytes("consumer"))
+            .with_protocols(vec![JoinGroupRequestProtocol::default()
+                .with_name(str_bytes("range"))
+                .with_metadata(Bytes::from_static(b"m"))]);
+        let joined: JoinGroupResponse =
+            answer(&shared, frame(ApiKey::JoinGroup, 5, &request), 5).await;
+        assert_eq!(joined.error_code, 0);
+        assert_eq!(
+            joined.members[0]
+                .group_instance_id
+                .as_ref()
+                .map(|i| i.as_str()),
+            Some("host-1"),
+            "the leader learns each member's instance id"
+        );
+
+        let describe =
+            DescribeGroupsRequest::default().with_groups(vec![GroupId(str_bytes("static"))]);
+        let described: DescribeGroupsResponse =
+            answer(&shared, frame(ApiKey::DescribeGroups, 4, &describe), 4).await;
+        let member = &described.groups[0].members[0];
+        assert_eq!(member.member_id, joined.member_id);
+        assert_eq!(
+            member.group_instance_id.as_ref().map(|i| i.as_str()),
+            Some("host-1")
+        );
+
+        let leave = LeaveGroupRequest::default()
+            .with_group_id(GroupId(str_bytes("static")))
+            .with_members(vec![MemberIdentity::default()
+                .with_member_id(str_bytes(""))
+                .with_group_instance_id(Some(str_bytes("host-1")))]);
+        let left: LeaveGroupResponse =
+            answer(&shared, frame(ApiKey::LeaveGroup, 3, &leave), 3).await;
+        assert_eq!((left.error_code, left.members[0].error_code), (0, 0));
+        let described: DescribeGroupsResponse =
+            answer(&shared, frame(ApiKey::DescribeGroups, 4, &describe), 4).await;
+        assert_eq!(described.groups[0].group_state.as_str(), "Empty");
+        assert!(described.groups[0].members.is_empty());
+    });
+}
+
+#[test]
+fn under_flush_before_acknowledge_an_acks_0_produce_is_fsynced_and_so_fetched() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::BrokerConfig::new(dir.path());
+    config.flush = crate::FlushPolicy::BeforeAcknowledge;
+    let shared = Shared::open_for_tests_with(config);
+    shared.topics.create("t", 1, 1, BTreeMap::new()).unwrap();
+    let batch = crate::storage::batch::tests::encode_batch(&["v"], 1_000);
+    let request = ProduceRequest::default()
+        .with_acks(0)
+        .with_timeout_ms(1_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(str_bytes("t")))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(Bytes::from(batch)))])]);
+    produce::handle(&shared, request, 9);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let response: FetchResponse =
+            answer(&shared, frame(ApiKey::Fetch, 11, &fetch_request(0, 0)), 11).await;
+        let (high_watermark, _, bytes) = fetched(&response);
+        assert_eq!(
+            high_watermark, 1,
+            "no acknowledgement, but the fsync still ran"
+        );
+        assert!(bytes > 0);
+    });
+}

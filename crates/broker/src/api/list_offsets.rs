@@ -51,7 +51,7 @@ pub(crate) fn handle(
                             .with_offset(log.last_stable_offset())
                             .with_leader_epoch(epoch),
                         LATEST => response
-                            .with_offset(log.next_offset())
+                            .with_offset(log.high_watermark())
                             .with_leader_epoch(epoch),
                         EARLIEST => response
                             .with_offset(log.log_start_offset())
@@ -60,11 +60,15 @@ pub(crate) fn handle(
                             response.with_error_code(ResponseError::UnsupportedVersion.code())
                         }
                         t => match log.offset_for_timestamp(t) {
-                            Ok(Some((timestamp, offset))) => response
-                                .with_timestamp(timestamp)
-                                .with_offset(offset)
-                                .with_leader_epoch(epoch),
-                            Ok(None) => response,
+                            // Only records below the high watermark are
+                            // found, as by Kafka.
+                            Ok(Some((timestamp, offset))) if offset < log.high_watermark() => {
+                                response
+                                    .with_timestamp(timestamp)
+                                    .with_offset(offset)
+                                    .with_leader_epoch(epoch)
+                            }
+                            Ok(_) => response,
                             Err(e) => {
                                 tracing::error!(error = %e, "reading a time index failed");
                                 response.with_error_code(ResponseError::KafkaStorageError.code())

@@ -21,7 +21,9 @@ pub(crate) fn handle(
     version: i16,
 ) -> ProduceResponse {
     let acks_valid = matches!(request.acks, -1..=1);
-    let sync = shared.config.flush == FlushPolicy::BeforeAcknowledge && request.acks != 0;
+    // Under BeforeAcknowledge readers see only fsynced records, so even an
+    // acks=0 produce, which nobody waits for, is fsynced before it is done.
+    let sync = shared.config.flush == FlushPolicy::BeforeAcknowledge;
     let transactional_id = super::is_transactional_produce(&request).map(str::to_owned);
     let responses = request
         .topic_data

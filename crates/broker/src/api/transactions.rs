@@ -121,9 +121,12 @@ pub(crate) fn txn_offset_commit(
 ) -> TxnOffsetCommitResponse {
     let group = request.group_id.0.as_str();
     let allowed = if version >= 3 {
-        shared
-            .coordinator
-            .check_commit(group, request.member_id.as_str(), request.generation_id)
+        shared.coordinator.check_commit(
+            group,
+            request.member_id.as_str(),
+            request.group_instance_id.as_ref().map(|i| i.as_str()),
+            request.generation_id,
+        )
     } else {
         Ok(())
     };

@@ -8,7 +8,11 @@ use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
 /// below the versions that address topics by id only; ListOffsets stops
 /// before v7 (max-timestamp lookups); the transaction APIs stop before
 /// the versions brokers use among themselves (AddPartitionsToTxn v4+) and
-/// those of transaction protocol version 2 (KIP-890).
+/// those of transaction protocol version 2 (KIP-890). The group APIs serve
+/// static membership (KIP-345) from the versions that carry
+/// `group_instance_id`: JoinGroup v5, SyncGroup v3, Heartbeat v3,
+/// LeaveGroup v3 (members named by instance id), OffsetCommit v7,
+/// TxnOffsetCommit v3 and DescribeGroups v4; JoinGroup stops before v6.
 pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 3, 12),
     (ApiKey::Fetch, 4, 12),

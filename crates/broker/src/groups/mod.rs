@@ -4,6 +4,20 @@
 //! ([`offsets`]). The broker never assigns partitions itself; it only
 //! relays what the leader chose (range, cooperative-sticky, ...).
 //!
+//! Static membership (KIP-345): a member joining with a
+//! `group.instance.id` keeps its place in the group while its session
+//! lasts, even without heartbeats. When its process restarts and joins
+//! again with the same instance id (and no member id), it takes over the
+//! old member id's place: in a Stable group whose protocol would not
+//! change, it is answered at once with the current generation and gets its
+//! previous assignment from SyncGroup, without a rebalance of the others.
+//! A request naming the instance id with an older member id is answered
+//! FENCED_INSTANCE_ID (JoinGroup, SyncGroup, Heartbeat, OffsetCommit,
+//! LeaveGroup), so of two live processes sharing an instance id the older
+//! one is fenced. A static member that did not rejoin a rebalance stays in
+//! the group until its session times out; LeaveGroup v3+ may name it by
+//! instance id alone.
+//!
 //! Group membership lives in memory only: after a restart members rejoin
 //! (their heartbeats get UNKNOWN_MEMBER_ID) while committed offsets and the
 //! group's protocol type remain ([`offsets`]), so the group is still listed
@@ -46,6 +60,8 @@ impl GroupState {
 
 #[derive(Debug, Clone)]
 pub(crate) struct Member {
+    /// The `group.instance.id` of a static member (KIP-345).
+    pub group_instance_id: Option<String>,
     pub client_id: String,
     pub client_host: String,
     pub session_timeout: Duration,
@@ -77,6 +93,8 @@ pub(crate) struct Group {
     pub protocol: Option<String>,
     pub leader: Option<String>,
     pub members: BTreeMap<String, Member>,
+    /// Static members: `group.instance.id` to its current member id.
+    static_members: HashMap<String, String>,
     rebalance_deadline: Instant,
 }
 
@@ -89,6 +107,7 @@ impl Group {
             protocol: None,
             leader: None,
             members: BTreeMap::new(),
+            static_members: HashMap::new(),
             rebalance_deadline: Instant::now(),
         }
     }
@@ -117,7 +136,22 @@ impl Group {
         if !all_joined && now < self.rebalance_deadline {
             return false;
         }
-        self.members.retain(|_, m| m.joined);
+        // Static members that did not rejoin keep their place until their
+        // session times out (KIP-345); dynamic ones are dropped.
+        let dropped: Vec<String> = self
+            .members
+            .iter()
+            .filter(|(_, m)| !m.joined && m.group_instance_id.is_none())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in dropped {
+            self.members.remove(&id);
+        }
+        if !self.members.is_empty() && !self.members.values().any(|m| m.joined) {
+            // Only static members that did not rejoin: wait for one to
+            // rejoin, or for their sessions to time out (as Kafka does).
+            return false;
+        }
         self.generation += 1;
         if self.members.is_empty() {
             self.state = GroupState::Empty;
@@ -125,24 +159,21 @@ impl Group {
             self.leader = None;
             return true;
         }
+        // A leader that did not rejoin (a static member kept in the group)
+        // cannot assign: a member that did takes over.
         if !self
             .leader
             .as_ref()
-            .is_some_and(|l| self.members.contains_key(l))
+            .and_then(|l| self.members.get(l))
+            .is_some_and(|m| m.joined)
         {
-            self.leader = self.members.keys().next().cloned();
+            self.leader = self
+                .members
+                .iter()
+                .find(|(_, m)| m.joined)
+                .map(|(id, _)| id.clone());
         }
-        let leader = &self.members[self.leader.as_ref().expect("a leader")];
-        self.protocol = leader
-            .protocols
-            .iter()
-            .map(|(name, _)| name)
-            .find(|name| {
-                self.members
-                    .values()
-                    .all(|m| m.protocols.iter().any(|(n, _)| n == *name))
-            })
-            .cloned();
+        self.protocol = self.select_protocol();
         self.state = GroupState::CompletingRebalance;
         let generation = self.generation;
         for member in self.members.values_mut() {
@@ -154,8 +185,47 @@ impl Group {
         true
     }
 
+    /// The protocol the next generation would use: the leader's most
+    /// preferred one that every member supports.
+    fn select_protocol(&self) -> Option<String> {
+        let leader = self.members.get(self.leader.as_ref()?)?;
+        leader
+            .protocols
+            .iter()
+            .map(|(name, _)| name)
+            .find(|name| {
+                self.members
+                    .values()
+                    .all(|m| m.protocols.iter().any(|(n, _)| n == *name))
+            })
+            .cloned()
+    }
+
+    /// Whether a request naming `group_instance_id` and `member_id` comes
+    /// from a static member replaced since by a newer one (KIP-345).
+    fn fenced(&self, group_instance_id: Option<&str>, member_id: &str) -> bool {
+        group_instance_id
+            .and_then(|instance| self.static_members.get(instance))
+            .is_some_and(|current| current != member_id)
+    }
+
+    /// Whether `member_id` is a member, and, when a request names an
+    /// instance id, that instance's member.
+    fn has_member(&self, group_instance_id: Option<&str>, member_id: &str) -> bool {
+        self.members.contains_key(member_id)
+            && group_instance_id.is_none_or(|i| self.static_members.contains_key(i))
+    }
+
     fn remove_member(&mut self, member_id: &str, now: Instant) {
-        self.members.remove(member_id);
+        if let Some(instance) = self
+            .members
+            .remove(member_id)
+            .and_then(|m| m.group_instance_id)
+        {
+            if self.static_members.get(&instance).map(String::as_str) == Some(member_id) {
+                self.static_members.remove(&instance);
+            }
+        }
         if self.members.is_empty() {
             self.state = GroupState::Empty;
             self.protocol = None;
@@ -182,6 +252,8 @@ pub(crate) struct GroupSnapshot {
 pub(crate) struct JoinRequest {
     pub group: String,
     pub member_id: String,
+    /// `group.instance.id`, for a static member.
+    pub group_instance_id: Option<String>,
     pub client_id: String,
     pub client_host: String,
     pub session_timeout_ms: i32,
@@ -199,8 +271,8 @@ pub(crate) struct Joined {
     pub protocol: String,
     pub leader: String,
     pub member_id: String,
-    /// Filled for the leader only: every member and its metadata.
-    pub members: Vec<(String, Bytes)>,
+    /// Filled for the leader only: every member, its instance id and metadata.
+    pub members: Vec<(String, Option<String>, Bytes)>,
 }
 
 /// Every group, in memory.
@@ -260,6 +332,7 @@ impl Coordinator {
         if request.protocol_type.is_empty() || request.protocols.is_empty() {
             return fail(ResponseError::InconsistentGroupProtocol, &request.member_id);
         }
+        let instance = request.group_instance_id.clone();
         let member_id;
         {
             let mut groups = self.lock();
@@ -277,20 +350,32 @@ impl Coordinator {
                     return fail(ResponseError::InconsistentGroupProtocol, &request.member_id);
                 }
             }
-            member_id = if request.member_id.is_empty() {
-                format!("{}-{}", request.client_id, uuid::Uuid::new_v4())
-            } else if group.members.contains_key(&request.member_id) {
-                request.member_id.clone()
-            } else {
-                return fail(ResponseError::UnknownMemberId, &request.member_id);
-            };
             let rebalance_timeout_ms = if request.rebalance_timeout_ms < 0 {
                 request.session_timeout_ms
             } else {
                 request.rebalance_timeout_ms
             };
-            let previous = group.members.get(&member_id);
+            let replaced = match (&instance, request.member_id.is_empty()) {
+                (Some(instance), true) => group.static_members.get(instance).cloned(),
+                _ => None,
+            };
+            member_id = if request.member_id.is_empty() {
+                let prefix = instance.as_deref().unwrap_or(&request.client_id);
+                format!("{prefix}-{}", uuid::Uuid::new_v4())
+            } else if group.fenced(instance.as_deref(), &request.member_id) {
+                return fail(ResponseError::FencedInstanceId, &request.member_id);
+            } else if group.has_member(instance.as_deref(), &request.member_id) {
+                request.member_id.clone()
+            } else {
+                return fail(ResponseError::UnknownMemberId, &request.member_id);
+            };
+            let previous = match &replaced {
+                // A static member's new process takes over its place.
+                Some(old_id) => group.members.remove(old_id),
+                None => group.members.get(&member_id).cloned(),
+            };
             let member = Member {
+                group_instance_id: instance.clone(),
                 client_id: request.client_id,
                 client_host: request.client_host,
                 session_timeout: Duration::from_millis(request.session_timeout_ms as u64),
@@ -298,12 +383,57 @@ impl Coordinator {
                 protocols: request.protocols,
                 last_heartbeat: now,
                 joined: true,
-                generation: previous.map_or(-1, |m| m.generation),
-                assignment: previous.map(|m| m.assignment.clone()).unwrap_or_default(),
+                generation: previous.as_ref().map_or(-1, |m| m.generation),
+                assignment: previous.map(|m| m.assignment).unwrap_or_default(),
             };
             group.protocol_type = request.protocol_type;
-            if group.state != GroupState::PreparingRebalance {
+            if let Some(instance) = &instance {
+                group
+                    .static_members
+                    .insert(instance.clone(), member_id.clone());
+            }
+            if let Some(old_id) = &replaced {
+                let current_leader = group.leader.clone().unwrap_or_default();
+                if group.leader.as_deref() == Some(old_id) {
+                    group.leader = Some(member_id.clone());
+                }
+                tracing::info!(
+                    group = request.group,
+                    instance = instance.as_deref().unwrap_or_default(),
+                    old_member = old_id,
+                    member = member_id,
+                    "a static member rejoined and replaced its old member id"
+                );
                 group.members.insert(member_id.clone(), member);
+                if group.state == GroupState::Stable && group.select_protocol() == group.protocol {
+                    // KIP-345: no rebalance. The member keeps its
+                    // generation and assignment (SyncGroup returns it).
+                    // The answer names the leader as it was, so that a
+                    // rejoining leader does not compute an assignment a
+                    // Stable group would not hand out.
+                    group
+                        .members
+                        .get_mut(&member_id)
+                        .expect("just added")
+                        .joined = false;
+                    let joined = Joined {
+                        error: 0,
+                        generation: group.generation,
+                        protocol_type: group.protocol_type.clone(),
+                        protocol: group.protocol.clone().unwrap_or_default(),
+                        leader: current_leader,
+                        member_id: member_id.clone(),
+                        members: Vec::new(),
+                    };
+                    drop(groups);
+                    // Wakes the old process's pending join or sync, fenced.
+                    self.changed.notify_waiters();
+                    return joined;
+                }
+            } else {
+                group.members.insert(member_id.clone(), member);
+            }
+            if group.state != GroupState::PreparingRebalance {
                 group.start_rebalance(now);
                 group
                     .members
@@ -311,7 +441,6 @@ impl Coordinator {
                     .expect("just added")
                     .joined = true;
             } else {
-                group.members.insert(member_id.clone(), member);
                 // A member joining late may extend the wait to its own timeout.
                 let deadline = now + Duration::from_millis(rebalance_timeout_ms as u64);
                 group.rebalance_deadline = group.rebalance_deadline.max(deadline);
@@ -329,6 +458,9 @@ impl Coordinator {
             |groups, now| {
                 let group = groups.get_mut(&group_id)?;
                 group.maybe_complete_join(now);
+                if group.fenced(instance.as_deref(), &me) {
+                    return Some(fail(ResponseError::FencedInstanceId, &me));
+                }
                 let Some(member) = group.members.get(&me) else {
                     return Some(fail(ResponseError::UnknownMemberId, &me));
                 };
@@ -343,7 +475,13 @@ impl Coordinator {
                     group
                         .members
                         .iter()
-                        .map(|(id, m)| (id.clone(), m.metadata(&protocol)))
+                        .map(|(id, m)| {
+                            (
+                                id.clone(),
+                                m.group_instance_id.clone(),
+                                m.metadata(&protocol),
+                            )
+                        })
                         .collect()
                 } else {
                     Vec::new()
@@ -368,11 +506,20 @@ impl Coordinator {
         &self,
         group_id: &str,
         member_id: &str,
+        group_instance_id: Option<&str>,
         generation: i32,
         assignments: Vec<(String, Bytes)>,
     ) -> (i16, Bytes, String, String) {
         let now = Instant::now();
         let session_timeout;
+        let fenced = || {
+            (
+                error(ResponseError::FencedInstanceId),
+                Bytes::new(),
+                String::new(),
+                String::new(),
+            )
+        };
         {
             let mut groups = self.lock();
             let Some(group) = groups.get_mut(group_id) else {
@@ -383,7 +530,11 @@ impl Coordinator {
                     String::new(),
                 );
             };
-            let Some(member) = group.members.get_mut(member_id) else {
+            if group.fenced(group_instance_id, member_id) {
+                return fenced();
+            }
+            let known = group.has_member(group_instance_id, member_id);
+            let Some(member) = group.members.get_mut(member_id).filter(|_| known) else {
                 return (
                     error(ResponseError::UnknownMemberId),
                     Bytes::new(),
@@ -423,6 +574,7 @@ impl Coordinator {
         self.changed.notify_waiters();
         let group_id = group_id.to_owned();
         let member_id = member_id.to_owned();
+        let instance = group_instance_id.map(str::to_owned);
         self.wait_for(
             now + session_timeout,
             |groups, _| {
@@ -435,6 +587,9 @@ impl Coordinator {
                 let Some(group) = groups.get(&group_id) else {
                     return Some(rebalancing);
                 };
+                if group.fenced(instance.as_deref(), &member_id) {
+                    return Some(fenced());
+                }
                 if group.generation != generation || group.state == GroupState::PreparingRebalance {
                     return Some(rebalancing);
                 }
@@ -461,14 +616,24 @@ impl Coordinator {
         .await
     }
 
-    pub fn heartbeat(&self, group_id: &str, member_id: &str, generation: i32) -> i16 {
+    pub fn heartbeat(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        group_instance_id: Option<&str>,
+        generation: i32,
+    ) -> i16 {
         let mut groups = self.lock();
         let Some(group) = groups.get_mut(group_id) else {
             return error(ResponseError::UnknownMemberId);
         };
+        if group.fenced(group_instance_id, member_id) {
+            return error(ResponseError::FencedInstanceId);
+        }
         let state = group.state;
         let current = group.generation;
-        let Some(member) = group.members.get_mut(member_id) else {
+        let known = group.has_member(group_instance_id, member_id);
+        let Some(member) = group.members.get_mut(member_id).filter(|_| known) else {
             return error(ResponseError::UnknownMemberId);
         };
         member.last_heartbeat = Instant::now();
@@ -481,18 +646,33 @@ impl Coordinator {
         0
     }
 
-    /// LeaveGroup for each member id; an error code per member.
-    pub fn leave(&self, group_id: &str, member_ids: &[String]) -> Vec<i16> {
+    /// LeaveGroup for each `(member id, group instance id)`; an error code
+    /// per member. A static member may be named by its instance id alone
+    /// (an empty member id); naming it with an older member id is fenced.
+    pub fn leave(&self, group_id: &str, members: &[(String, Option<String>)]) -> Vec<i16> {
         let now = Instant::now();
         let mut groups = self.lock();
-        let codes = member_ids
+        let codes = members
             .iter()
-            .map(|id| match groups.get_mut(group_id) {
-                Some(group) if group.members.contains_key(id) => {
-                    group.remove_member(id, now);
-                    0
+            .map(|(id, instance)| {
+                let Some(group) = groups.get_mut(group_id) else {
+                    return error(ResponseError::UnknownMemberId);
+                };
+                let id = match instance {
+                    None => id.clone(),
+                    Some(instance) => match group.static_members.get(instance) {
+                        None => return error(ResponseError::UnknownMemberId),
+                        Some(current) if !id.is_empty() && current != id => {
+                            return error(ResponseError::FencedInstanceId)
+                        }
+                        Some(current) => current.clone(),
+                    },
+                };
+                if !group.members.contains_key(&id) {
+                    return error(ResponseError::UnknownMemberId);
                 }
-                _ => error(ResponseError::UnknownMemberId),
+                group.remove_member(&id, now);
+                0
             })
             .collect();
         drop(groups);
@@ -505,6 +685,7 @@ impl Coordinator {
         &self,
         group_id: &str,
         member_id: &str,
+        group_instance_id: Option<&str>,
         generation: i32,
     ) -> Result<(), i16> {
         let groups = self.lock();
@@ -517,7 +698,10 @@ impl Coordinator {
                 Ok(())
             };
         }
-        let Some(group) = group.filter(|g| g.members.contains_key(member_id)) else {
+        if group.is_some_and(|g| g.fenced(group_instance_id, member_id)) {
+            return Err(error(ResponseError::FencedInstanceId));
+        }
+        let Some(group) = group.filter(|g| g.has_member(group_instance_id, member_id)) else {
             return Err(error(ResponseError::UnknownMemberId));
         };
         if generation != group.generation {
@@ -584,6 +768,7 @@ mod tests {
         JoinRequest {
             group: group.to_owned(),
             member_id: member_id.to_owned(),
+            group_instance_id: None,
             client_id: "test".to_owned(),
             client_host: "/127.0.0.1".to_owned(),
             session_timeout_ms: MIN_SESSION_TIMEOUT_MS,
@@ -619,22 +804,23 @@ mod tests {
             .sync(
                 "g",
                 &joined.member_id,
+                None,
                 1,
                 vec![(joined.member_id.clone(), assignment.clone())],
             )
             .await;
         assert_eq!((code, got, protocol.as_str()), (0, assignment, "range"));
-        assert_eq!(coordinator.heartbeat("g", &joined.member_id, 1), 0);
+        assert_eq!(coordinator.heartbeat("g", &joined.member_id, None, 1), 0);
 
         // A heartbeat just inside the session keeps the member...
         coordinator.backdate_heartbeat("g", &joined.member_id, MIN_SESSION_TIMEOUT_MS as u64 - 500);
         coordinator.expire();
-        assert_eq!(coordinator.heartbeat("g", &joined.member_id, 1), 0);
+        assert_eq!(coordinator.heartbeat("g", &joined.member_id, None, 1), 0);
         // ...one just past it drops the member.
         coordinator.backdate_heartbeat("g", &joined.member_id, MIN_SESSION_TIMEOUT_MS as u64 + 1);
         coordinator.expire();
         assert_eq!(
-            coordinator.heartbeat("g", &joined.member_id, 1),
+            coordinator.heartbeat("g", &joined.member_id, None, 1),
             ResponseError::UnknownMemberId.code()
         );
         let snapshot = coordinator.describe_all();
@@ -652,5 +838,173 @@ mod tests {
         );
         let stranger = coordinator.join(join_request("g", "nobody")).await;
         assert_eq!(stranger.error, ResponseError::UnknownMemberId.code());
+    }
+
+    fn static_join(group: &str, member_id: &str, instance: &str) -> JoinRequest {
+        JoinRequest {
+            group_instance_id: Some(instance.to_owned()),
+            ..join_request(group, member_id)
+        }
+    }
+
+    /// A static member `instance` alone in group `g`, synced with `assignment`.
+    async fn stable_static_member(
+        coordinator: &Coordinator,
+        instance: &str,
+        assignment: &Bytes,
+    ) -> String {
+        let joined = coordinator.join(static_join("g", "", instance)).await;
+        assert_eq!((joined.error, joined.generation), (0, 1));
+        assert!(
+            joined.member_id.starts_with(instance),
+            "{}",
+            joined.member_id
+        );
+        let member = joined.member_id;
+        let (code, got, _, _) = coordinator
+            .sync(
+                "g",
+                &member,
+                Some(instance),
+                1,
+                vec![(member.clone(), assignment.clone())],
+            )
+            .await;
+        assert_eq!((code, &got), (0, assignment));
+        member
+    }
+
+    #[tokio::test]
+    async fn a_static_member_that_rejoins_gets_its_assignment_back_and_its_old_member_id_is_fenced()
+    {
+        let coordinator = Coordinator::default();
+        let assignment = Bytes::from_static(b"p0 and p1");
+        let old = stable_static_member(&coordinator, "i", &assignment).await;
+
+        // The restarted process joins with the instance id and no member id.
+        let rejoined = coordinator.join(static_join("g", "", "i")).await;
+        assert_eq!(rejoined.error, 0);
+        assert_eq!(rejoined.generation, 1, "no rebalance: the same generation");
+        assert_ne!(rejoined.member_id, old, "a new member id");
+        assert_eq!(
+            rejoined.leader, old,
+            "the leader as it was, so it does not assign"
+        );
+        assert!(rejoined.members.is_empty());
+        let new = rejoined.member_id;
+        let (code, got, _, protocol) = coordinator.sync("g", &new, Some("i"), 1, Vec::new()).await;
+        assert_eq!((code, got, protocol.as_str()), (0, assignment, "range"));
+        assert_eq!(coordinator.heartbeat("g", &new, Some("i"), 1), 0);
+        let snapshot = coordinator.describe_all();
+        assert_eq!(snapshot[0].state, GroupState::Stable);
+        assert_eq!(snapshot[0].members.len(), 1);
+        assert_eq!(
+            snapshot[0].members[0].1.group_instance_id.as_deref(),
+            Some("i")
+        );
+
+        // The old process is fenced wherever it names the instance id.
+        let fenced = ResponseError::FencedInstanceId.code();
+        assert_eq!(coordinator.heartbeat("g", &old, Some("i"), 1), fenced);
+        assert_eq!(
+            coordinator
+                .sync("g", &old, Some("i"), 1, Vec::new())
+                .await
+                .0,
+            fenced
+        );
+        assert_eq!(
+            coordinator.check_commit("g", &old, Some("i"), 1),
+            Err(fenced)
+        );
+        assert_eq!(
+            coordinator.join(static_join("g", &old, "i")).await.error,
+            fenced
+        );
+        assert_eq!(
+            coordinator.leave("g", &[(old.clone(), Some("i".into()))]),
+            [fenced]
+        );
+        // Without the instance id, the old member id is simply unknown.
+        assert_eq!(
+            coordinator.heartbeat("g", &old, None, 1),
+            ResponseError::UnknownMemberId.code()
+        );
+        assert_eq!(coordinator.describe_all()[0].state, GroupState::Stable);
+    }
+
+    #[tokio::test]
+    async fn a_static_member_leaves_by_instance_id_alone() {
+        let coordinator = Coordinator::default();
+        stable_static_member(&coordinator, "i", &Bytes::from_static(b"a")).await;
+        assert_eq!(
+            coordinator.leave("g", &[(String::new(), Some("other".into()))]),
+            [ResponseError::UnknownMemberId.code()]
+        );
+        assert_eq!(
+            coordinator.leave("g", &[(String::new(), Some("i".into()))]),
+            [0]
+        );
+        let snapshot = coordinator.describe_all();
+        assert_eq!(snapshot[0].state, GroupState::Empty);
+        // The instance id is free again: a join makes a new member and generation.
+        let joined = coordinator.join(static_join("g", "", "i")).await;
+        assert_eq!((joined.error, joined.generation), (0, 3));
+        assert_eq!(joined.leader, joined.member_id);
+    }
+
+    #[tokio::test]
+    async fn a_static_member_that_misses_a_rebalance_keeps_its_place_until_its_session_times_out() {
+        let coordinator = Coordinator::default();
+        let mut first = static_join("g", "", "i");
+        first.rebalance_timeout_ms = 100;
+        let joined = coordinator.join(first).await;
+        let absent = joined.member_id;
+        coordinator
+            .sync(
+                "g",
+                &absent,
+                Some("i"),
+                1,
+                vec![(absent.clone(), Bytes::from_static(b"a"))],
+            )
+            .await;
+
+        // A dynamic member joins; the static one never rejoins the
+        // rebalance, which completes at its timeout with both members.
+        let mut second = join_request("g", "");
+        second.rebalance_timeout_ms = 100;
+        let joined = coordinator.join(second).await;
+        assert_eq!((joined.error, joined.generation), (0, 2));
+        assert_eq!(
+            joined.leader, joined.member_id,
+            "a member that rejoined leads"
+        );
+        let ids: Vec<&str> = joined
+            .members
+            .iter()
+            .map(|(id, _, _)| id.as_str())
+            .collect();
+        assert!(
+            ids.contains(&absent.as_str()),
+            "the static member kept its place: {ids:?}"
+        );
+        let instances: Vec<Option<&str>> = joined
+            .members
+            .iter()
+            .map(|(_, i, _)| i.as_deref())
+            .collect();
+        assert!(instances.contains(&Some("i")), "{instances:?}");
+
+        // Its session runs out: it is dropped, and the group rebalances.
+        coordinator.backdate_heartbeat("g", &absent, MIN_SESSION_TIMEOUT_MS as u64 + 1);
+        coordinator.expire();
+        let snapshot = coordinator.describe_all();
+        assert_eq!(snapshot[0].members.len(), 1);
+        assert_eq!(snapshot[0].state, GroupState::PreparingRebalance);
+        assert_eq!(
+            coordinator.heartbeat("g", &absent, Some("i"), 2),
+            ResponseError::UnknownMemberId.code()
+        );
     }
 }

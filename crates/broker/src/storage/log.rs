@@ -84,6 +84,21 @@ pub struct Appended {
     pub last_offset: i64,
 }
 
+/// What readers of a partition (Fetch, ListOffsets, the high watermark
+/// and last stable offset) are shown of what was appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Visibility {
+    /// Everything written to the segment file (the page cache): what a
+    /// killed process keeps. Fits a flush policy that acknowledges before
+    /// fsync.
+    #[default]
+    Written,
+    /// Only what an fsync covered: what a power loss keeps. Fits a flush
+    /// policy that fsyncs before acknowledging, so that no reader sees
+    /// (and no consumer commits past) a record a crash could still lose.
+    Durable,
+}
+
 /// A partition's log on disk. Not thread-safe: the caller holds a lock.
 #[derive(Debug)]
 pub struct PartitionLog {
@@ -97,6 +112,11 @@ pub struct PartitionLog {
     /// Appends so far, and how many of them are known fsynced.
     written: u64,
     synced: u64,
+    /// Every offset below this one is fsynced (log and indexes). Raised
+    /// by a finished [`PendingSync`] and by a roll; read under the same
+    /// lock as the rest of the log, so fetches pay no extra lock for it.
+    durable_offset: i64,
+    visibility: Visibility,
 }
 
 /// An fsync of a log's active segment, taken under the log's lock
@@ -106,6 +126,8 @@ pub struct PartitionLog {
 pub struct PendingSync {
     files: [fs::File; 3],
     through: u64,
+    /// The log's next offset when the sync was taken: it covers everything below.
+    through_offset: i64,
 }
 
 impl PendingSync {
@@ -158,6 +180,9 @@ impl PartitionLog {
                         }
                     },
                 )?;
+                // What a killed process left in the page cache may not be
+                // on disk yet: make it durable before anyone reads it.
+                segment.sync()?;
                 report = r;
                 segments.insert(last, segment);
             }
@@ -187,6 +212,8 @@ impl PartitionLog {
                 txns,
                 written: 0,
                 synced: 0,
+                durable_offset: next,
+                visibility: Visibility::Written,
             },
             report,
         ))
@@ -204,6 +231,32 @@ impl PartitionLog {
             .values_mut()
             .next_back()
             .expect("a log always has a segment")
+    }
+
+    /// Sets what readers are shown (see [`Visibility`]).
+    pub fn set_visibility(&mut self, visibility: Visibility) {
+        self.visibility = visibility;
+    }
+
+    /// What readers are shown.
+    pub fn visibility(&self) -> Visibility {
+        self.visibility
+    }
+
+    /// Every offset below this one is fsynced.
+    #[cfg(test)]
+    pub fn durable_offset(&self) -> i64 {
+        self.durable_offset
+    }
+
+    /// The high watermark readers are shown: the end of the log, or under
+    /// [`Visibility::Durable`] the end of what an fsync covered. Fetch
+    /// returns nothing at or beyond it.
+    pub fn high_watermark(&self) -> i64 {
+        match self.visibility {
+            Visibility::Written => self.next_offset(),
+            Visibility::Durable => self.durable_offset.min(self.next_offset()),
+        }
     }
 
     /// The first offset still in the log.
@@ -343,9 +396,12 @@ impl PartitionLog {
         Ok(offset)
     }
 
-    /// The last stable offset: below it, every transaction has ended.
+    /// The last stable offset: below it, every transaction has ended. It
+    /// never passes the [`Self::high_watermark`].
     pub fn last_stable_offset(&self) -> i64 {
-        self.txns.last_stable_offset(self.next_offset())
+        self.txns
+            .last_stable_offset(self.next_offset())
+            .min(self.high_watermark())
     }
 
     /// Aborted transactions overlapping `from..to`: `(producer id, first offset)`.
@@ -358,6 +414,9 @@ impl PartitionLog {
         let next = self.next_offset();
         self.txns.snapshot(next)?;
         self.active_mut().seal()?;
+        // Sealing fsynced the segment; the ones before were fsynced when
+        // they were sealed.
+        self.durable_offset = self.durable_offset.max(next);
         let segment = Segment::create(&self.dir, next)?;
         sync_dir(&self.dir)?;
         self.segments.insert(next, segment);
@@ -390,7 +449,7 @@ impl PartitionLog {
     }
 
     /// Like [`Self::read`], but only batches that end below `limit` (the
-    /// last stable offset, for `read_committed`).
+    /// high watermark, or the last stable offset for `read_committed`).
     pub fn read_below(
         &self,
         offset: i64,
@@ -472,12 +531,15 @@ impl PartitionLog {
         Ok(Some(PendingSync {
             files: self.active().file_handles()?,
             through: self.written,
+            through_offset: self.next_offset(),
         }))
     }
 
-    /// Records a [`PendingSync`] that succeeded.
+    /// Records a [`PendingSync`] that succeeded, making what it covered
+    /// durable (and, under [`Visibility::Durable`], visible).
     pub fn finish_sync(&mut self, done: &PendingSync) {
         self.synced = self.synced.max(done.through);
+        self.durable_offset = self.durable_offset.max(done.through_offset);
     }
 }
 

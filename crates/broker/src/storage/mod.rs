@@ -11,4 +11,4 @@ pub(crate) mod txn;
 #[cfg(test)]
 mod tests;
 
-pub use log::{AppendError, LogConfig, PartitionLog, ReadError};
+pub use log::{AppendError, LogConfig, PartitionLog, ReadError, Visibility};

@@ -429,3 +429,69 @@ fn an_append_made_while_an_fsync_runs_awaits_the_next_fsync() {
     log.finish_sync(&pending);
     assert!(!log.has_unsynced());
 }
+
+#[test]
+fn under_durable_visibility_readers_see_only_what_an_fsync_covered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
+    log.set_visibility(Visibility::Durable);
+    append_values(&mut log, 1, 1_000);
+    assert_eq!(log.next_offset(), 2, "the batch is written");
+    assert_eq!(log.high_watermark(), 0, "but not fsynced, so not shown");
+    assert_eq!(log.last_stable_offset(), 0);
+    assert!(log
+        .read_below(0, 1 << 20, true, log.high_watermark())
+        .unwrap()
+        .is_empty());
+
+    // An fsync covers what was appended when it was taken; a batch
+    // appended while it runs waits for the next one.
+    let pending = log.begin_sync().unwrap().expect("an fsync is due");
+    append_values(&mut log, 1, 2_000);
+    pending.run().unwrap();
+    log.finish_sync(&pending);
+    assert_eq!(log.durable_offset(), 2);
+    assert_eq!((log.high_watermark(), log.last_stable_offset()), (2, 2));
+    let shown = log
+        .read_below(0, 1 << 20, true, log.high_watermark())
+        .unwrap();
+    assert_eq!(batches_in(&shown), [(0, 2)], "only the fsynced batch");
+
+    let pending = log.begin_sync().unwrap().expect("the second batch is due");
+    pending.run().unwrap();
+    log.finish_sync(&pending);
+    assert_eq!(log.high_watermark(), 4);
+
+    // Under the default, written is visible.
+    log.set_visibility(Visibility::Written);
+    append_values(&mut log, 1, 3_000);
+    assert_eq!((log.high_watermark(), log.durable_offset()), (6, 4));
+}
+
+#[test]
+fn a_roll_and_a_restart_make_everything_before_them_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = PartitionLog::open(dir.path(), small_segments()).unwrap();
+    log.set_visibility(Visibility::Durable);
+    append_values(&mut log, 50, 1_000);
+    assert!(log.segment_count() > 1, "1 KiB segments roll");
+    let rolled_at = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().into_string().ok())
+        .filter_map(|name| name.strip_suffix(".log")?.parse::<i64>().ok())
+        .max()
+        .unwrap();
+    assert!(rolled_at > 0);
+    assert_eq!(
+        log.high_watermark(),
+        rolled_at,
+        "sealed segments were fsynced"
+    );
+    drop(log);
+    let (log, _) = PartitionLog::open(dir.path(), small_segments()).unwrap();
+    assert_eq!(
+        log.durable_offset(),
+        100,
+        "recovery fsyncs the last segment"
+    );
+}
