@@ -41,6 +41,11 @@ pub struct ConsumerSettings {
     /// them) is written into the partition's commit metadata, where
     /// `taskstream lag` reports it.
     pub reset_report_window: Duration,
+    /// Static membership (KIP-345, `group.instance.id`): a member that
+    /// restarts with the same id within the session timeout takes its
+    /// partitions back at once, without a rebalance; `None` is a dynamic
+    /// member, which leaves the group when it closes. Unique per group.
+    pub group_instance_id: Option<String>,
 }
 
 impl ConsumerSettings {
@@ -67,6 +72,7 @@ impl Default for ConsumerSettings {
             session_timeout: Duration::from_secs(45),
             fetch_wait: Duration::from_millis(100),
             reset_report_window: Duration::from_secs(15 * 60),
+            group_instance_id: None,
         }
     }
 }
@@ -184,6 +190,9 @@ impl EventConsumer {
                 settings.fetch_wait.as_millis().to_string(),
             );
         // ANCHOR_END: consumer_settings
+        if let Some(id) = &settings.group_instance_id {
+            rd.set("group.instance.id", id);
+        }
         let mut state = GroupState::default();
         state.reset_window_ms = settings.reset_report_window.as_millis() as i64;
         let state = Arc::new(Mutex::new(state));

@@ -195,6 +195,13 @@ impl RunningSystem {
         if let Some(timeout) = config.session_timeout {
             consumer_options.kafka.session_timeout = timeout;
         }
+        // Static members: an `up` restarted on this data directory (after a
+        // crash too) takes its partitions back at once instead of waiting
+        // out the session timeout of its previous self. The mock does not
+        // implement static membership.
+        if !mock && consumer_options.kafka.group_instance_id.is_none() {
+            consumer_options.kafka.group_instance_id = Some(group_instance_id(&config.data_dir)?);
+        }
         let registry = registry_url
             .as_deref()
             .map(|url| Arc::new(RegistryClient::new(url)));
@@ -384,4 +391,26 @@ impl Drop for RunningSystem {
             std::mem::forget(broker);
         }
     }
+}
+
+/// The file in the data directory that holds `up`'s `group.instance.id`.
+pub const GROUP_INSTANCE_ID_FILE: &str = "group-instance-id";
+
+/// This data directory's `group.instance.id`: made once (a random UUID) and
+/// kept, so that it is the same across restarts and differs between data
+/// directories, and so machines (only one `up` runs per data directory).
+fn group_instance_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let path = data_dir.join(GROUP_INSTANCE_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot read {}", path.display()));
+        }
+    }
+    let id = format!("taskstream-up-{}", uuid::Uuid::new_v4());
+    std::fs::write(&path, &id).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(id)
 }

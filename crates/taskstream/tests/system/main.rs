@@ -38,5 +38,6 @@ mod restart;
 mod schema_registry;
 mod schemathesis;
 mod shutdown;
+mod static_membership;
 mod unreachable_kafka;
 mod webhook;
