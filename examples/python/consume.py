@@ -5,8 +5,9 @@ processed (at least once), and print what it processed.
 
     KAFKA_BOOTSTRAP=$(taskstream endpoints kafka) python examples/python/consume.py lesson-events my-group
 
-It stops after --idle seconds without a new record (so that it can run in a
-script); a real service would run until it is told to stop.
+It stops once it has owned partitions and seen no new record for --idle
+seconds (so that it can run in a script); a real service would run until it is
+told to stop.
 """
 
 import argparse
@@ -20,12 +21,41 @@ parser = argparse.ArgumentParser()
 parser.add_argument("topic")
 parser.add_argument("group")
 parser.add_argument("--idle", type=float, default=5.0, help="stop after this many idle seconds")
+parser.add_argument(
+    "--max-wait", type=float, default=60.0, help="give up after this many seconds without partitions"
+)
+parser.add_argument(
+    "--crash-before-commit",
+    type=int,
+    metavar="N",
+    help="lesson 8: die (without committing) right after processing the N-th record",
+)
+parser.add_argument(
+    "--seen",
+    metavar="FILE",
+    help="lesson 8: remember processed event ids in FILE and skip repeats (an idempotent consumer)",
+)
 args = parser.parse_args()
+
+# ANCHOR: idempotent
+seen = set()
+if args.seen and os.path.exists(args.seen):
+    with open(args.seen) as f:
+        seen = {line.strip() for line in f}
 
 
 def process(event):
-    """The business logic: here, just say what happened."""
+    """The business logic: here, just say what happened — once per event id with --seen."""
+    if event["id"] in seen:
+        print(f"skipped {event['type']} of {event['subject']} (already processed)", flush=True)
+        return
     print(f"processed {event['type']} of {event['subject']}", flush=True)
+    if args.seen:
+        # In a real service this write and the business effect share one database transaction.
+        with open(args.seen, "a") as f:
+            f.write(event["id"] + "\n")
+        seen.add(event["id"])
+# ANCHOR_END: idempotent
 
 
 # ANCHOR: consumer
@@ -36,24 +66,47 @@ consumer = Consumer(
         "auto.offset.reset": "earliest",  # a new group starts at the beginning
         "enable.auto.commit": False,  # we commit, after processing
         "partition.assignment.strategy": "cooperative-sticky",
+        "session.timeout.ms": 6000,  # a member silent this long is dropped from the group
     }
 )
+owned = set()
 
 
 def assigned(consumer, partitions):
-    print("assigned:", sorted(p.partition for p in partitions), flush=True)
+    # With cooperative-sticky, each call hands over only the *new* partitions.
+    owned.update(p.partition for p in partitions)
+    if partitions:
+        print(f"assigned {sorted(p.partition for p in partitions)}, owns {sorted(owned)}", flush=True)
 
 
-consumer.subscribe([args.topic], on_assign=assigned)
-last = time.monotonic()
+def revoked(consumer, partitions):
+    owned.difference_update(p.partition for p in partitions)
+    if partitions:
+        print(f"revoked {sorted(p.partition for p in partitions)}, owns {sorted(owned)}", flush=True)
+
+
+consumer.subscribe([args.topic], on_assign=assigned, on_revoke=revoked)
+processed = 0
+started = last = time.monotonic()
 try:
-    while time.monotonic() - last < args.idle:
+    while True:
         msg = consumer.poll(0.5)
+        now = time.monotonic()
+        if not owned:
+            last = now  # idle time counts only while we own partitions
+            if now - started > args.max_wait:
+                raise SystemExit(f"no partitions assigned within {args.max_wait} s")
         if msg is None:
+            if now - last >= args.idle:
+                break
             continue
         if msg.error():
             raise KafkaException(msg.error())
         process(json.loads(msg.value()))
+        processed += 1
+        if processed == args.crash_before_commit:
+            print("crashing before the commit", flush=True)
+            os._exit(1)  # no commit, no leave: as if the process were killed
         # Commit the offset of the *next* record to read, only now that this one is done:
         # a crash before this line means the record is processed again (at least once).
         consumer.commit(message=msg, asynchronous=False)

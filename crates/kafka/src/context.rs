@@ -200,6 +200,7 @@ fn keys(tpl: &TopicPartitionList) -> HashSet<(String, i32)> {
 }
 
 impl ConsumerContext for TracingContext {
+    // ANCHOR: pre_rebalance
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let client = self.client.as_str();
         match rebalance {
@@ -237,6 +238,7 @@ impl ConsumerContext for TracingContext {
             Rebalance::Error(e) => tracing::warn!(client, error = %e, "rebalance error"),
         }
     }
+    // ANCHOR_END: pre_rebalance
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let (Rebalance::Assign(tpl), Some(group)) = (rebalance, &self.group) {

@@ -87,6 +87,7 @@ fn ignored(d: &Delivery<'_>) {
         .in_scope(|| tracing::debug!(target: "inbox", "duplicate delivery ignored"));
 }
 
+// ANCHOR: deduplicated
 #[async_trait]
 impl<I: Inbox, H: EventHandler> EventHandler for Deduplicated<I, H> {
     async fn handle(&self, delivery: &Delivery<'_>) -> Result<Handled, HandleError> {
@@ -97,6 +98,7 @@ impl<I: Inbox, H: EventHandler> EventHandler for Deduplicated<I, H> {
         }
         self.inner.handle(delivery).await
     }
+    // ANCHOR_END: deduplicated
 
     async fn handle_batch(&self, batch: &[Delivery<'_>]) -> Result<Vec<Handled>, HandleError> {
         let Some(group) = batch.first().map(|d| d.group) else {
