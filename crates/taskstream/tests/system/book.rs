@@ -305,3 +305,47 @@ fn the_table_of_contents_names_every_lesson_that_exists_and_no_missing_file() {
         );
     }
 }
+
+#[test]
+fn every_written_lesson_says_what_the_reader_will_do_and_ends_with_three_try_with_ai_prompts_and_what_to_read_next(
+) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../book/src");
+    let mut problems = Vec::new();
+    let lessons: Vec<PathBuf> = lessons(&src)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("/part-"))
+        .collect();
+    assert!(!lessons.is_empty(), "the book has written lessons");
+    for lesson in lessons {
+        let text = std::fs::read_to_string(&lesson).unwrap();
+        let name = lesson.strip_prefix(&src).unwrap().display().to_string();
+        if !text.contains("**After this lesson you will be able to") {
+            problems.push(format!(
+                "{name}: no \"After this lesson you will be able to\""
+            ));
+        }
+        let Some((_, prompts)) = text.split_once("\n## Try With AI\n") else {
+            problems.push(format!("{name}: no \"## Try With AI\" section"));
+            continue;
+        };
+        let prompts = prompts.split("\n## ").next().unwrap_or_default();
+        let numbered = prompts
+            .lines()
+            .filter(|l| {
+                ["1. ", "2. ", "3. ", "4. "]
+                    .iter()
+                    .any(|n| l.starts_with(n))
+            })
+            .count();
+        let explained = prompts.matches("**Trains:**").count();
+        if numbered != 3 || explained != 3 {
+            problems.push(format!(
+                "{name}: {numbered} Try With AI prompts with {explained} explanations (want 3 and 3)"
+            ));
+        }
+        if !text.contains("\n## Read next\n") {
+            problems.push(format!("{name}: no \"## Read next\" section"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
