@@ -227,9 +227,12 @@ async fn every_runnable_block_in_the_book_succeeds_against_a_fresh_up_with_the_o
             continue;
         }
         // Blocks run where a reader runs them: a directory with the
-        // repository's examples/ (a scratch one, for the files they write).
+        // repository's examples/ and schemas/ (a scratch one, for the files
+        // they write).
         let workdir = tempfile::tempdir().unwrap();
-        std::os::unix::fs::symlink(repo.join("examples"), workdir.path().join("examples")).unwrap();
+        for shared in ["examples", "schemas"] {
+            std::os::unix::fs::symlink(repo.join(shared), workdir.path().join(shared)).unwrap();
+        }
         match run_lesson(blocks, workdir.path(), &http, data.path(), shims.path()).await {
             Err(why) => failures.push(format!("{name}: {why}")),
             Ok(outputs) => {
