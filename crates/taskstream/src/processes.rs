@@ -278,9 +278,11 @@ pub async fn saga(args: SagaCmdArgs) -> anyhow::Result<()> {
         &kafka,
         consumer_args.group.as_deref(),
         &options,
-        encoding,
-        args.saga.settings(),
-        &wakes,
+        components::SagaRun {
+            settings: args.saga.settings(),
+            encoding,
+            wakes: wakes.clone(),
+        },
         &metrics,
     )?;
     if let Some(addr) = consumer_args.http {

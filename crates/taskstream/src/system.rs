@@ -268,9 +268,11 @@ impl RunningSystem {
                 &kafka,
                 None,
                 &consumer_options,
-                encoding.clone(),
-                settings.clone(),
-                &saga_wakes,
+                components::SagaRun {
+                    settings: settings.clone(),
+                    encoding: encoding.clone(),
+                    wakes: saga_wakes.clone(),
+                },
                 &metrics,
             )?);
         }

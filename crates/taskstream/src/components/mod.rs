@@ -44,7 +44,7 @@ pub use readiness::{
 };
 pub use registry::{registry, REGISTRY_FILE};
 pub use relay::{relay, relay_with_readiness, RelayReadiness};
-pub use saga::{saga, SagaWakes};
+pub use saga::{saga, SagaRun, SagaWakes};
 pub use store::{open_store, outbox_listener, DATABASE_FILE};
 
 /// How long a component may take to stop before it is abandoned.

@@ -25,19 +25,30 @@ pub struct SagaWakes {
     pub timer: Arc<Notify>,
 }
 
+/// What the saga runs with, besides its consumer group.
+#[derive(Clone)]
+pub struct SagaRun {
+    pub settings: SagaSettings,
+    /// How the task events it writes while compensating are stored.
+    pub encoding: EventEncoding,
+    pub wakes: SagaWakes,
+}
+
 /// Starts the saga orchestrator in `group` (default `saga`) behind the
-/// group's inbox, and the saga timer. Task events it writes while
-/// compensating are stored in `encoding`.
+/// group's inbox, and the saga timer.
 pub fn saga(
     store: Arc<Store>,
     kafka: &KafkaConfig,
     group: Option<&str>,
     options: &ConsumerOptions,
-    encoding: EventEncoding,
-    settings: SagaSettings,
-    wakes: &SagaWakes,
+    run: SagaRun,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Vec<Component>> {
+    let SagaRun {
+        settings,
+        encoding,
+        wakes,
+    } = run;
     let group = group.unwrap_or(SAGA_GROUP);
     let compensator = Arc::new(Compensator::new(
         store.clone(),
