@@ -442,3 +442,91 @@ async fn a_saga_and_its_deadline_survive_a_sigkill_and_a_restart() {
     }
     terminate(&mut up);
 }
+
+/// `taskstream saga` as its own process beside `taskstream api`, `relay`
+/// and `notifier`, sharing PostgreSQL, on `broker_args`' Kafka: a decline
+/// answered by the API process is compensated by the saga process, and an
+/// unanswered assignment times out there.
+async fn saga_as_its_own_process(kafka: &str, database: &str, dir: &tempfile::TempDir) {
+    use crate::at_scale::start;
+    let common = ["--kafka-bootstrap", kafka, "--event-format", "json"];
+    let (mut api, api_url) = start("api", &["--event-format", "json"], database, dir);
+    let (mut relay, _) = start("relay", &common, database, dir);
+    let mut saga_args = common.to_vec();
+    saga_args.extend([
+        "--saga-accept-timeout",
+        "3s",
+        "--saga-poll-interval",
+        "200ms",
+        "--saga-team-queue",
+        "ops",
+    ]);
+    let (mut saga, saga_url) = start("saga", &saga_args, database, dir);
+    let client = client();
+    let declined = create(&client, &api_url, "declined across processes", "ana").await;
+    let unanswered = create(&client, &api_url, "unanswered across processes", "ana").await;
+    saga_when(&client, &api_url, &declined, "awaiting_acceptance").await;
+    assert_eq!(
+        answer(&client, &api_url, &declined, "decline")
+            .await
+            .status(),
+        200
+    );
+    let done = saga_when(&client, &api_url, &declined, "compensated").await;
+    assert_eq!(done["outcome"], "declined");
+    let timed_out = saga_when(&client, &api_url, &unanswered, "compensated").await;
+    assert_eq!(timed_out["outcome"], "timed_out");
+    for task in [&declined, &unanswered] {
+        let current = get(&client, format!("{api_url}/tasks/{task}"))
+            .await
+            .unwrap();
+        assert_eq!(current["assignee"], "ops");
+    }
+    // The saga process serves the sagas too, and is ready.
+    let id = done["id"].as_str().unwrap();
+    let seen = get(&client, format!("{saga_url}/sagas/{id}"))
+        .await
+        .unwrap();
+    assert_eq!(seen["state"], "compensated");
+    let ready = client
+        .get(format!("{saga_url}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    for child in [&mut saga, &mut relay, &mut api] {
+        terminate(child);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_saga_runs_as_its_own_process_on_postgres_and_the_dev_broker() {
+    let Some((admin, database)) = crate::at_scale::scratch_database().await else {
+        return;
+    };
+    let (mut broker, line) = launch(&["dev-broker"], "warn", Stdio::null());
+    let kafka = line.strip_prefix("kafka: ").unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    saga_as_its_own_process(&kafka, &database, &dir).await;
+    terminate(&mut broker);
+    crate::at_scale::drop_database(&admin, &database).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_saga_runs_as_its_own_process_on_postgres_and_apache_kafka() {
+    let Some(kafka) = crate::brokers::Broker::apache_kafka(
+        taskstream_testkit::Shape::SingleNode,
+        "the standalone saga",
+    )
+    .await
+    else {
+        return;
+    };
+    let Some((admin, database)) = crate::at_scale::scratch_database().await else {
+        return;
+    };
+    let bootstrap = kafka.kafka_config().unwrap().bootstrap_servers;
+    let dir = tempfile::tempdir().unwrap();
+    saga_as_its_own_process(&bootstrap, &database, &dir).await;
+    crate::at_scale::drop_database(&admin, &database).await;
+}
