@@ -611,6 +611,7 @@ mod sagas {
 
     use super::backends;
     use crate::common::{created, message, pending_rows};
+    use taskstream_store::{HandledBy, OutboxStore};
 
     fn saga_event(saga: Uuid, step: &str, at: DateTime<Utc>) -> (NewSagaStep, OutboxMessage) {
         let id = Uuid::now_v7();
@@ -742,6 +743,48 @@ mod sagas {
                 vec!["saga.started", "saga.acceptance_requested"]
             );
             assert_eq!(store.held_capacity("ana").await.unwrap(), 1);
+            backend.finish().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_consumer_groups_repair_never_republishes_saga_events() {
+        for backend in backends().await {
+            let store = &backend.store;
+            let change = created("assigned");
+            store
+                .insert_task(&change.task, &message(&change))
+                .await
+                .unwrap();
+            store.start_saga(&start("t", "ana", 5)).await.unwrap();
+            let seqs: Vec<i64> = pending_rows(store, 10)
+                .await
+                .iter()
+                .map(|p| p.seq)
+                .collect();
+            assert_eq!(seqs.len(), 3);
+            store
+                .mark_published(&seqs, taskstream_domain::now())
+                .await
+                .unwrap();
+            // Neither the notifier nor the audit log handles saga events:
+            // only the task event is theirs to have republished.
+            for by in [HandledBy::Processed("notifier"), HandledBy::AuditLog] {
+                assert_eq!(store.requeue_events_unhandled_by(by).await.unwrap(), 1);
+                let pending = pending_rows(store, 10).await;
+                assert_eq!(
+                    pending
+                        .iter()
+                        .map(|p| p.message.event_type.as_str())
+                        .collect::<Vec<_>>(),
+                    vec!["task.created"]
+                );
+                store
+                    .mark_published(&seqs, taskstream_domain::now())
+                    .await
+                    .unwrap();
+            }
+            assert_eq!(store.requeue_unhandled_events("notifier").await.unwrap(), 1);
             backend.finish().await;
         }
     }
