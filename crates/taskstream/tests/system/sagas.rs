@@ -530,3 +530,33 @@ async fn the_saga_runs_as_its_own_process_on_postgres_and_apache_kafka() {
     saga_as_its_own_process(&bootstrap, &database, &dir).await;
     crate::at_scale::drop_database(&admin, &database).await;
 }
+
+#[test]
+fn saga_flags_are_checked_at_start_up_with_one_line_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    for (command, flag, value, hint) in [
+        ("up", "--saga-accept-timeout", "0s", "between 1ms and 24h"),
+        ("saga", "--saga-accept-timeout", "2d", "between 1ms and 24h"),
+        (
+            "up",
+            "--saga-max-open-per-assignee",
+            "0",
+            "not in 1..=100000",
+        ),
+        ("saga", "--saga-team-queue", "   ", "must not be empty"),
+        ("up", "--saga-poll-interval", "soon", "between 1ms and 24h"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_taskstream"))
+            .args([command, &format!("{flag}={value}")])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{command} {flag} {value}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(flag) && stderr.contains(hint),
+            "{command} {flag}={value}: {stderr}"
+        );
+    }
+}
