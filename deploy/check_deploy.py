@@ -472,7 +472,7 @@ def check_environment(report, env, components, users, args, values, topics, docs
         c = components[w.component]
         for container in w.containers():
             e = w.env(container)
-            if w.component in ("notifier", "auditor"):
+            if w.component in ("notifier", "auditor", "saga"):
                 group = e.get("TASKSTREAM_GROUP") or w.component
                 if c["kafka_user"] and not allowed(c, "group", group, "Read"):
                     problems.append(f"{w.name}: consumer group {group!r} is not readable by {c['kafka_user']}")
@@ -613,10 +613,10 @@ def check_environment(report, env, components, users, args, values, topics, docs
 
 
 def check_registry(report, env, workloads):
-    """(i) the API encodes Avro with schema ids from the registry, so it needs one."""
+    """(i) the API (and the saga, for its compensations' task events) encodes Avro with schema ids from the registry, so it needs one."""
     problems, checked = [], 0
     for w in workloads:
-        if w.component not in ("api", "relay"):
+        if w.component not in ("api", "relay", "saga"):
             continue
         for container in w.containers():
             args_ = [str(a) for a in container.get("args") or []]

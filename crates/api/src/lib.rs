@@ -13,6 +13,7 @@ mod observability;
 mod problem;
 mod request_id;
 mod router;
+mod sagas;
 pub mod server;
 mod service;
 mod tasks;

@@ -27,6 +27,7 @@ use crate::{Problem, TaskService};
         (name = "tasks", description = "Tasks; every change publishes an event"),
         (name = "audit", description = "Events recorded by the audit-log service"),
         (name = "notifications", description = "Notifications sent by the notification service"),
+        (name = "sagas", description = "Assignment sagas: the assignee accepts or declines; a decline, a timeout or a full assignee is compensated"),
         (name = "health", description = "Probes"),
     )
 )]
@@ -57,6 +58,13 @@ impl ApiBuilder {
     /// Serves `/tasks`.
     pub fn tasks(mut self, service: TaskService) -> Self {
         self.router = self.router.merge(crate::tasks::routes(service));
+        self
+    }
+
+    /// Serves `/sagas/{id}`, `POST /tasks/{id}/accept` and
+    /// `POST /tasks/{id}/decline`.
+    pub fn sagas(mut self, commands: taskstream_services::saga::SagaCommands) -> Self {
+        self.router = self.router.merge(crate::sagas::routes(commands));
         self
     }
 

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use taskstream_domain::{NewTask, Task, TaskChange, TaskId, TaskPatch, TransitionError};
 use taskstream_services::{EncodingError, EventEncoding};
-use taskstream_store::{OutboxMessage, StoreError, TaskQuery, TaskStore};
+use taskstream_store::{OutboxMessage, Saga, SagaStore, StoreError, TaskQuery, TaskStore};
 use tokio::sync::{Notify, OwnedMutexGuard};
 
 use crate::RequestContext;
@@ -60,6 +60,8 @@ pub struct TaskService {
     relay_wake: Arc<Notify>,
     topic: String,
     locks: Arc<TaskLocks>,
+    /// Where `get` finds a task's saga, when sagas run.
+    sagas: Option<Arc<dyn SagaStore>>,
 }
 
 /// How long a change keeps retrying while writers in other processes get
@@ -87,6 +89,21 @@ impl TaskService {
             relay_wake,
             topic: topic.into(),
             locks: Arc::default(),
+            sagas: None,
+        }
+    }
+
+    /// The same service, linking each task to its saga in `sagas`.
+    pub fn with_sagas(mut self, sagas: Arc<dyn SagaStore>) -> Self {
+        self.sagas = Some(sagas);
+        self
+    }
+
+    /// The task's current or last saga, when sagas run.
+    pub async fn saga_of(&self, id: TaskId) -> Result<Option<Saga>, ServiceError> {
+        match &self.sagas {
+            Some(sagas) => Ok(sagas.latest_saga_for_task(&id.to_string()).await?),
+            None => Ok(None),
         }
     }
 

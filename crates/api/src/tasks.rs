@@ -18,6 +18,7 @@ use utoipa_axum::routes;
 
 use crate::body::{double_option, JsonBody};
 use crate::request_id::RequestContext;
+use crate::sagas::SagaLink;
 use crate::{FieldProblem, Problem, ServiceError, TaskService};
 
 /// Routes under `/tasks`.
@@ -451,7 +452,7 @@ async fn list_tasks(
     get, path = "/tasks/{id}", tag = "tasks",
     params(("id" = uuid::Uuid, Path, description = "Task id")),
     responses(
-        (status = 200, description = "The task", body = Task, headers(("ETag" = String))),
+        (status = 200, description = "The task, with a link to its current or last assignment saga when it has one", body = TaskWithSaga, headers(("ETag" = String))),
         (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -459,8 +460,31 @@ async fn get_task(
     State(service): State<TaskService>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, Problem> {
-    let task = service.get(task_id(path)?).await?;
-    Ok(task_response(StatusCode::OK, task))
+    let id = task_id(path)?;
+    let task = service.get(id).await?;
+    let Some(saga) = service.saga_of(id).await? else {
+        return Ok(task_response(StatusCode::OK, task));
+    };
+    let version = task.version;
+    let mut response = Json(TaskWithSaga {
+        task,
+        saga: Some(SagaLink::from(&saga)),
+    })
+    .into_response();
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{version}\"")) {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    Ok(response)
+}
+
+/// A task and, additively, the link to its assignment saga.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct TaskWithSaga {
+    #[serde(flatten)]
+    task: Task,
+    /// The task's current or last assignment saga (absent when it never had one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    saga: Option<SagaLink>,
 }
 
 /// Change some of a task's fields. Emits `task.updated` when anything changed.

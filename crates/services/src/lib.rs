@@ -11,6 +11,7 @@ mod notifier;
 pub mod offset_resets;
 pub mod processor;
 mod relay;
+pub mod saga;
 mod shutdown;
 pub mod topics;
 mod webhook;

@@ -24,6 +24,13 @@ pub const WORKLOAD_ALERTS: &str = "workload-alerts";
 /// offsets always come from the same transaction.
 pub const WORKLOAD_TASK_STATE: &str = "workload-task-state";
 
+/// The assignment saga's events (`saga.started`, `saga.accepted`,
+/// `saga.escalated`...), keyed by saga id; see [`crate::saga`].
+pub const TASK_SAGAS: &str = "task-sagas";
+
+/// Partitions of the saga topic.
+pub const TASK_SAGAS_PARTITIONS: i32 = 3;
+
 /// The topic a Confluent Schema Registry keeps its schemas in (`kafkastore.topic`).
 pub const SCHEMA_REGISTRY_TOPIC: &str = "_schemas";
 
@@ -93,6 +100,19 @@ pub fn declared_topics(replication_factor: i32) -> Vec<TopicSpec> {
             ]),
         },
         compacted(WORKLOAD_TASK_STATE, 1, replication_factor),
+        TopicSpec {
+            name: TASK_SAGAS.to_owned(),
+            partitions: TASK_SAGAS_PARTITIONS,
+            replication_factor,
+            configs: BTreeMap::from([
+                ("cleanup.policy".to_owned(), "delete".to_owned()),
+                ("min.insync.replicas".to_owned(), min_insync.to_string()),
+                (
+                    "retention.ms".to_owned(),
+                    (7 * 24 * 3600 * 1000_i64).to_string(),
+                ),
+            ]),
+        },
     ]
 }
 

@@ -284,6 +284,48 @@ impl NotificationStore for Store {
     }
 }
 
+#[async_trait]
+impl crate::SagaStore for Store {
+    async fn start_saga(&self, start: &crate::SagaStart) -> Result<crate::SagaStarted, StoreError> {
+        each!(self, s => s.start_saga(start).await)
+    }
+
+    async fn transition_saga(
+        &self,
+        t: &crate::SagaTransition,
+    ) -> Result<Option<crate::Saga>, StoreError> {
+        each!(self, s => s.transition_saga(t).await)
+    }
+
+    async fn saga(&self, id: Uuid) -> Result<Option<crate::Saga>, StoreError> {
+        each!(self, s => s.saga(id).await)
+    }
+
+    async fn saga_history(&self, id: Uuid) -> Result<Vec<crate::SagaStep>, StoreError> {
+        each!(self, s => s.saga_history(id).await)
+    }
+
+    async fn latest_saga_for_task(&self, task_id: &str) -> Result<Option<crate::Saga>, StoreError> {
+        each!(self, s => s.latest_saga_for_task(task_id).await)
+    }
+
+    async fn open_sagas_for_task(&self, task_id: &str) -> Result<Vec<crate::Saga>, StoreError> {
+        each!(self, s => s.open_sagas_for_task(task_id).await)
+    }
+
+    async fn due_sagas(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<crate::Saga>, StoreError> {
+        each!(self, s => s.due_sagas(now, limit).await)
+    }
+
+    async fn held_capacity(&self, assignee: &str) -> Result<i64, StoreError> {
+        each!(self, s => s.held_capacity(assignee).await)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Database;

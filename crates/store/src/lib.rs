@@ -17,6 +17,7 @@ mod postgres;
 mod records;
 mod replication;
 mod rows;
+mod sagas;
 mod sql;
 mod sqlite;
 mod traits;
@@ -31,5 +32,9 @@ pub use records::{
     TaskQuery,
 };
 pub use replication::{replication_slots_at, ReplicationSlot};
+pub use sagas::{
+    NewSagaStep, Saga, SagaEffects, SagaStart, SagaStarted, SagaState, SagaStep, SagaStore,
+    SagaTaskWrite, SagaTransition,
+};
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 pub use traits::{AuditStore, InboxStore, NotificationStore, OutboxStore, TaskStore};

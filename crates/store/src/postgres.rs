@@ -611,6 +611,28 @@ impl OutboxStore for PgStore {
 
 consumer_stores!(PgStore, Postgres, writer = pool, reader = pool);
 
+/// Serialises the capacity checks of one assignee's sagas across processes
+/// until the transaction ends, so two starts cannot both see the last free
+/// slot.
+async fn lock_assignee(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    assignee: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('taskstream-saga:' || $1, 0))")
+        .bind(assignee)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+crate::sagas::saga_stores!(
+    PgStore,
+    Postgres,
+    writer = pool,
+    reader = pool,
+    lock = lock_assignee
+);
+
 #[cfg(test)]
 mod tests {
     use super::redact_url;

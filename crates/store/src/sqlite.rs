@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::consumer_stores::consumer_stores;
+
 use crate::health::WriteHealth;
 use crate::rows::{self, StoredRow};
 use crate::{
@@ -897,6 +898,24 @@ impl OutboxStore for SqliteStore {
 }
 
 consumer_stores!(SqliteStore, Sqlite, writer = writer, reader = reader);
+
+/// Capacity checks need no lock of their own on SQLite: its one writer
+/// connection per process, and the database's write lock across processes,
+/// already serialise the transactions that count and reserve.
+async fn no_assignee_lock(
+    _tx: &mut sqlx::Transaction<'_, Sqlite>,
+    _assignee: &str,
+) -> Result<(), StoreError> {
+    Ok(())
+}
+
+crate::sagas::saga_stores!(
+    SqliteStore,
+    Sqlite,
+    writer = writer,
+    reader = reader,
+    lock = no_assignee_lock
+);
 
 #[cfg(test)]
 mod tests {

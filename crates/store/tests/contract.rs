@@ -595,3 +595,429 @@ async fn a_groups_repair_requeues_only_the_published_events_it_has_not_handled()
         backend.finish().await;
     }
 }
+
+mod sagas {
+    //! The saga store: starts keyed by their trigger, capacity counted in
+    //! the start's transaction, steps applied once from the states they
+    //! expect, together with their outbox rows and task changes.
+
+    use chrono::{DateTime, Utc};
+    use taskstream_domain::{Assignee, Cause, TaskPatch};
+    use taskstream_store::{
+        InboxStore, NewSagaStep, NotificationStore, OutboxMessage, SagaEffects, SagaStart,
+        SagaStarted, SagaState, SagaStore, SagaTaskWrite, SagaTransition, StoreError, TaskStore,
+    };
+    use uuid::Uuid;
+
+    use super::backends;
+    use crate::common::{created, message, pending_rows};
+    use taskstream_store::{HandledBy, OutboxStore};
+
+    fn saga_event(saga: Uuid, step: &str, at: DateTime<Utc>) -> (NewSagaStep, OutboxMessage) {
+        let id = Uuid::now_v7();
+        (
+            NewSagaStep {
+                step: step.to_owned(),
+                state: SagaState::AwaitingAcceptance,
+                detail: Some(format!("{step} detail")),
+                event_id: id,
+                causation_id: Some("cause".to_owned()),
+                at,
+            },
+            OutboxMessage {
+                id,
+                aggregate_type: "saga".into(),
+                aggregate_id: saga.to_string(),
+                event_type: format!("saga.{step}"),
+                topic: "task-sagas".into(),
+                payload: b"{}".to_vec(),
+                content_type: "application/vnd.taskstream.saga+json".into(),
+                traceparent: None,
+                created_at: at,
+            },
+        )
+    }
+
+    fn effects(
+        saga: Uuid,
+        state: SagaState,
+        holds: bool,
+        deadline: Option<DateTime<Utc>>,
+        names: &[&str],
+    ) -> SagaEffects {
+        let at = taskstream_domain::now();
+        let (mut steps, mut outbox) = (Vec::new(), Vec::new());
+        for name in names {
+            let (mut step, message) = saga_event(saga, name, at);
+            step.state = state;
+            steps.push(step);
+            outbox.push(message);
+        }
+        SagaEffects {
+            state,
+            outcome: None,
+            holds_capacity: holds,
+            deadline_at: deadline,
+            steps,
+            outbox,
+            notifications: Vec::new(),
+        }
+    }
+
+    fn start(task_id: &str, assignee: &str, max_open: i64) -> SagaStart {
+        let id = Uuid::now_v7();
+        let at = taskstream_domain::now();
+        SagaStart {
+            group: "saga".into(),
+            id,
+            task_id: task_id.into(),
+            assignee: assignee.into(),
+            task_version: 1,
+            trigger_event_id: Uuid::now_v7(),
+            correlation_id: Some("req-1".into()),
+            at,
+            max_open,
+            reserved: effects(
+                id,
+                SagaState::AwaitingAcceptance,
+                true,
+                Some(at + chrono::Duration::seconds(60)),
+                &["started", "acceptance_requested"],
+            ),
+            full: SagaEffects {
+                outcome: Some("capacity_exceeded".into()),
+                ..effects(
+                    id,
+                    SagaState::Compensating,
+                    false,
+                    Some(at),
+                    &["started", "capacity_exceeded"],
+                )
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_saga_starts_once_per_trigger_and_records_its_steps_and_events() {
+        for backend in backends().await {
+            let store = &backend.store;
+            let s = start("task-1", "ana", 2);
+            assert_eq!(store.start_saga(&s).await.unwrap(), SagaStarted::Reserved);
+            // The same trigger again (a redelivery) writes nothing.
+            let mut again = s.clone();
+            again.id = Uuid::now_v7();
+            assert_eq!(
+                store.start_saga(&again).await.unwrap(),
+                SagaStarted::Duplicate
+            );
+            assert!(store.saga(again.id).await.unwrap().is_none());
+
+            let saga = store.saga(s.id).await.unwrap().unwrap();
+            assert_eq!(saga.state, SagaState::AwaitingAcceptance);
+            assert!(saga.holds_capacity);
+            assert_eq!(saga.task_version, 1);
+            assert_eq!(saga.correlation_id.as_deref(), Some("req-1"));
+            assert_eq!(
+                store.latest_saga_for_task("task-1").await.unwrap(),
+                Some(saga.clone())
+            );
+            let history = store.saga_history(s.id).await.unwrap();
+            assert_eq!(
+                history
+                    .iter()
+                    .map(|h| (h.seq, h.step.as_str()))
+                    .collect::<Vec<_>>(),
+                vec![(1, "started"), (2, "acceptance_requested")]
+            );
+            assert_eq!(history[0].event_id, s.reserved.outbox[0].id);
+            assert!(store
+                .is_processed("saga", s.trigger_event_id)
+                .await
+                .unwrap());
+            let pending = pending_rows(store, 10).await;
+            assert_eq!(
+                pending
+                    .iter()
+                    .map(|p| p.message.event_type.as_str())
+                    .collect::<Vec<_>>(),
+                vec!["saga.started", "saga.acceptance_requested"]
+            );
+            assert_eq!(store.held_capacity("ana").await.unwrap(), 1);
+            backend.finish().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_consumer_groups_repair_never_republishes_saga_events() {
+        for backend in backends().await {
+            let store = &backend.store;
+            let change = created("assigned");
+            store
+                .insert_task(&change.task, &message(&change))
+                .await
+                .unwrap();
+            store.start_saga(&start("t", "ana", 5)).await.unwrap();
+            let seqs: Vec<i64> = pending_rows(store, 10)
+                .await
+                .iter()
+                .map(|p| p.seq)
+                .collect();
+            assert_eq!(seqs.len(), 3);
+            store
+                .mark_published(&seqs, taskstream_domain::now())
+                .await
+                .unwrap();
+            // Neither the notifier nor the audit log handles saga events:
+            // only the task event is theirs to have republished.
+            for by in [HandledBy::Processed("notifier"), HandledBy::AuditLog] {
+                assert_eq!(store.requeue_events_unhandled_by(by).await.unwrap(), 1);
+                let pending = pending_rows(store, 10).await;
+                assert_eq!(
+                    pending
+                        .iter()
+                        .map(|p| p.message.event_type.as_str())
+                        .collect::<Vec<_>>(),
+                    vec!["task.created"]
+                );
+                store
+                    .mark_published(&seqs, taskstream_domain::now())
+                    .await
+                    .unwrap();
+            }
+            assert_eq!(store.requeue_unhandled_events("notifier").await.unwrap(), 1);
+            backend.finish().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_start_beyond_the_assignees_capacity_takes_the_full_branch() {
+        for backend in backends().await {
+            let store = &backend.store;
+            assert_eq!(
+                store.start_saga(&start("t1", "bo", 1)).await.unwrap(),
+                SagaStarted::Reserved
+            );
+            let over = start("t2", "bo", 1);
+            assert_eq!(
+                store.start_saga(&over).await.unwrap(),
+                SagaStarted::AtCapacity
+            );
+            let saga = store.saga(over.id).await.unwrap().unwrap();
+            assert_eq!(saga.state, SagaState::Compensating);
+            assert_eq!(saga.outcome.as_deref(), Some("capacity_exceeded"));
+            assert!(!saga.holds_capacity);
+            assert_eq!(store.held_capacity("bo").await.unwrap(), 1);
+            // Someone else's capacity is their own.
+            assert_eq!(
+                store.start_saga(&start("t3", "cy", 1)).await.unwrap(),
+                SagaStarted::Reserved
+            );
+            backend.finish().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_transition_applies_once_from_the_states_it_expects() {
+        for backend in backends().await {
+            let store = &backend.store;
+            let s = start("task-2", "ana", 5);
+            store.start_saga(&s).await.unwrap();
+            let accept = SagaTransition {
+                saga_id: s.id,
+                from: vec![SagaState::AwaitingAcceptance],
+                only_while_holding: false,
+                effects: SagaEffects {
+                    outcome: Some("accepted".into()),
+                    ..effects(s.id, SagaState::Completed, true, None, &["accepted"])
+                },
+                task_writes: Vec::new(),
+                processed: Some(("saga".into(), Uuid::now_v7())),
+            };
+            let done = store.transition_saga(&accept).await.unwrap().unwrap();
+            assert_eq!(done.state, SagaState::Completed);
+            assert_eq!(done.version, 2);
+            assert!(done.deadline_at.is_none());
+            // The same step again, or a racing timeout, finds the saga moved on.
+            let mut repeat = accept.clone();
+            repeat.effects = effects(s.id, SagaState::Completed, true, None, &["accepted"]);
+            assert!(store.transition_saga(&repeat).await.unwrap().is_none());
+            assert_eq!(store.saga_history(s.id).await.unwrap().len(), 3);
+            assert_eq!(pending_rows(store, 10).await.len(), 3);
+            assert!(store
+                .is_processed("saga", accept.processed.as_ref().unwrap().1)
+                .await
+                .unwrap());
+
+            // A release applies only while the saga holds capacity.
+            let release = SagaTransition {
+                saga_id: s.id,
+                from: vec![SagaState::Completed],
+                only_while_holding: true,
+                effects: effects(
+                    s.id,
+                    SagaState::Completed,
+                    false,
+                    None,
+                    &["capacity_released"],
+                ),
+                task_writes: Vec::new(),
+                processed: None,
+            };
+            assert!(store.transition_saga(&release).await.unwrap().is_some());
+            let mut twice = release.clone();
+            twice.effects = effects(
+                s.id,
+                SagaState::Completed,
+                false,
+                None,
+                &["capacity_released"],
+            );
+            assert!(store.transition_saga(&twice).await.unwrap().is_none());
+            assert_eq!(store.held_capacity("ana").await.unwrap(), 0);
+            assert!(store
+                .open_sagas_for_task("task-2")
+                .await
+                .unwrap()
+                .is_empty());
+            backend.finish().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn deadlines_are_found_once_due_and_a_compensation_writes_the_task_with_it() {
+        for backend in backends().await {
+            let store = &backend.store;
+            let change = created("assigned");
+            store
+                .insert_task(&change.task, &message(&change))
+                .await
+                .unwrap();
+            let task_id = change.task.id.to_string();
+            let s = start(&task_id, "ana", 5);
+            store.start_saga(&s).await.unwrap();
+            let now = taskstream_domain::now();
+            assert!(store.due_sagas(now, 10).await.unwrap().is_empty());
+            let due = store
+                .due_sagas(now + chrono::Duration::seconds(61), 10)
+                .await
+                .unwrap();
+            assert_eq!(due.iter().map(|d| d.id).collect::<Vec<_>>(), vec![s.id]);
+
+            let unassigned = change
+                .task
+                .update(
+                    TaskPatch {
+                        assignee: Some(None),
+                        ..TaskPatch::default()
+                    },
+                    now,
+                    Cause::default(),
+                )
+                .unwrap()
+                .unwrap();
+            let escalated = unassigned
+                .task
+                .update(
+                    TaskPatch {
+                        assignee: Some(Some(Assignee::parse("team-queue").unwrap())),
+                        ..TaskPatch::default()
+                    },
+                    now,
+                    Cause::default(),
+                )
+                .unwrap()
+                .unwrap();
+            let mut compensate = SagaTransition {
+                saga_id: s.id,
+                from: vec![SagaState::AwaitingAcceptance],
+                only_while_holding: false,
+                effects: effects(
+                    s.id,
+                    SagaState::Compensated,
+                    false,
+                    None,
+                    &["unassigned", "escalated"],
+                ),
+                task_writes: vec![
+                    SagaTaskWrite {
+                        task: unassigned.task.clone(),
+                        expected_version: 1,
+                        event: message(&unassigned),
+                    },
+                    SagaTaskWrite {
+                        task: escalated.task.clone(),
+                        // Stale: the whole step rolls back.
+                        expected_version: 1,
+                        event: message(&escalated),
+                    },
+                ],
+                processed: None,
+            };
+            compensate
+                .effects
+                .notifications
+                .push(taskstream_store::NotificationRecord {
+                    id: Uuid::now_v7(),
+                    event_id: compensate.effects.outbox[1].id,
+                    event_type: "saga.escalated".into(),
+                    task_id: task_id.clone(),
+                    kind: "saga_escalated".into(),
+                    recipient: "team-queue".into(),
+                    message: "needs an owner".into(),
+                    channel: "saga".into(),
+                    sent_at: now,
+                });
+            let err = store.transition_saga(&compensate).await.unwrap_err();
+            assert!(matches!(err, StoreError::VersionConflict { .. }), "{err:?}");
+            assert_eq!(
+                store.saga(s.id).await.unwrap().unwrap().state,
+                SagaState::AwaitingAcceptance
+            );
+            assert_eq!(
+                store.task(change.task.id).await.unwrap().unwrap(),
+                change.task
+            );
+            assert_eq!(store.saga_history(s.id).await.unwrap().len(), 2);
+            assert!(store
+                .notifications(Some(&task_id), 10)
+                .await
+                .unwrap()
+                .is_empty());
+
+            compensate.task_writes[1].expected_version = 2;
+            let done = store.transition_saga(&compensate).await.unwrap().unwrap();
+            assert_eq!(done.state, SagaState::Compensated);
+            assert!(!done.holds_capacity);
+            assert_eq!(
+                store.task(change.task.id).await.unwrap().unwrap(),
+                escalated.task
+            );
+            let types: Vec<_> = pending_rows(store, 20)
+                .await
+                .into_iter()
+                .map(|p| p.message.event_type)
+                .collect();
+            assert_eq!(
+                types,
+                vec![
+                    "task.created",
+                    "saga.started",
+                    "saga.acceptance_requested",
+                    "task.updated",
+                    "task.updated",
+                    "saga.unassigned",
+                    "saga.escalated"
+                ]
+            );
+            let sent = store.notifications(Some(&task_id), 10).await.unwrap();
+            assert_eq!(sent.len(), 1);
+            assert_eq!(sent[0].recipient, "team-queue");
+            assert!(store
+                .due_sagas(now + chrono::Duration::days(2), 10)
+                .await
+                .unwrap()
+                .is_empty());
+            backend.finish().await;
+        }
+    }
+}

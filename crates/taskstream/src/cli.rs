@@ -47,7 +47,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run everything in one process: dev broker (unless --kafka-bootstrap), API, relay, notifier, auditor.
+    /// Run everything in one process: dev broker (unless --kafka-bootstrap), API, relay, notifier, auditor, saga.
     Up(UpArgs),
     /// Run the Task API alone (it writes tasks and their events to the outbox).
     Api(ApiArgs),
@@ -57,6 +57,8 @@ pub enum Command {
     Notifier(NotifierArgs),
     /// Run the audit-log service alone (consumer group `auditor`).
     Auditor(ConsumerArgs),
+    /// Run the assignment saga alone (consumer group `saga` and its deadline timer).
+    Saga(SagaCmdArgs),
     /// Run the workload processor: per-assignee open/overdue counts and overload alerts, exactly once.
     Processor(ProcessorArgs),
     /// Run the embedded Kafka-protocol dev broker alone and print its address.
@@ -334,6 +336,12 @@ pub struct UpArgs {
     /// transactions, on every broker but `--dev-broker mock`).
     #[arg(long)]
     pub no_processor: bool,
+    /// Do not run the assignment saga (its endpoints still answer; nothing
+    /// starts sagas or acts on their deadlines).
+    #[arg(long)]
+    pub no_saga: bool,
+    #[command(flatten)]
+    pub saga: SagaArgs,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]
@@ -497,6 +505,56 @@ pub struct NotifierArgs {
     /// POST every notification to this http URL (JSON, with an Idempotency-Key header) instead of logging it.
     #[arg(long, env = "TASKSTREAM_NOTIFIER_WEBHOOK_URL", hide_env_values = true)]
     pub webhook_url: Option<String>,
+}
+
+/// How the assignment saga behaves (`up` and `saga`).
+#[derive(Debug, Clone, Args)]
+pub struct SagaArgs {
+    /// The most assignment sagas that may hold an assignee's capacity at
+    /// once (waiting for acceptance, or accepted and not yet completed); an
+    /// assignment beyond it is compensated at once.
+    #[arg(long, env = "TASKSTREAM_SAGA_MAX_OPEN_PER_ASSIGNEE", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub saga_max_open_per_assignee: u32,
+    /// How long an assignee has to accept (`POST /tasks/{id}/accept`)
+    /// before the assignment is compensated: 10s, 30m, 24h (at most 24h).
+    #[arg(long, env = "TASKSTREAM_SAGA_ACCEPT_TIMEOUT", default_value = "24h", value_parser = crate::config::parse_duration)]
+    pub saga_accept_timeout: Duration,
+    /// Who compensated tasks are escalated to (an assignee name that never
+    /// starts a saga itself).
+    #[arg(long, env = "TASKSTREAM_SAGA_TEAM_QUEUE", default_value = "team-queue", value_parser = parse_team_queue)]
+    pub saga_team_queue: taskstream_domain::Assignee,
+    /// How often the saga timer looks for deadlines that passed (10s, 500ms...).
+    #[arg(long, env = "TASKSTREAM_SAGA_POLL_INTERVAL", default_value = "1s", value_parser = crate::config::parse_duration)]
+    pub saga_poll_interval: Duration,
+}
+
+fn parse_team_queue(raw: &str) -> Result<taskstream_domain::Assignee, String> {
+    taskstream_domain::Assignee::parse(raw).map_err(|e| e.message)
+}
+
+impl SagaArgs {
+    /// The saga's settings.
+    pub fn settings(&self) -> taskstream_services::saga::SagaSettings {
+        taskstream_services::saga::SagaSettings {
+            max_open_per_assignee: self.saga_max_open_per_assignee,
+            accept_timeout: self.saga_accept_timeout,
+            team_queue: self.saga_team_queue.clone(),
+            poll_interval: self.saga_poll_interval,
+        }
+    }
+}
+
+/// `taskstream saga`.
+#[derive(Debug, Args)]
+pub struct SagaCmdArgs {
+    #[command(flatten)]
+    pub consumer: ConsumerArgs,
+    /// How task events it writes while compensating are stored (Avro needs
+    /// a schema registry).
+    #[arg(long, value_enum, default_value = "avro")]
+    pub event_format: EventFormat,
+    #[command(flatten)]
+    pub saga: SagaArgs,
 }
 
 #[derive(Debug, Args)]

@@ -13,6 +13,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Notifier(args) => processes::notifier(args).await,
         Command::Auditor(args) => processes::auditor(args).await,
         Command::Processor(args) => processes::processor(args).await,
+        Command::Saga(args) => processes::saga(args).await,
         Command::DevBroker(args) => processes::dev_broker(args).await,
         Command::Registry(args) => processes::registry(args).await,
         Command::Lag(args) => ops::lag::run(args).await,

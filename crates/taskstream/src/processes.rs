@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 
 use crate::cli::{
     ApiArgs, ConsumerArgs, DevBrokerArgs, EventFormat, HttpLimitArgs, NotifierArgs, ProcessorArgs,
-    Publisher, RegistryArgs, RegistryServerArgs, RelayArgs, StoreArgs, UpArgs,
+    Publisher, RegistryArgs, RegistryServerArgs, RelayArgs, SagaCmdArgs, StoreArgs, UpArgs,
 };
 use crate::components::{
     self, readiness, CaptureSettings, Checks, Component, ConsumerOptions, DevBrokerKind,
@@ -93,6 +93,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     if args.no_processor {
         config.processor = None;
     }
+    config.saga = (!args.no_saga).then(|| args.saga.settings());
     config.registry = match (args.event_format, args.registry.schema_registry) {
         (EventFormat::Json, _) => RegistrySetting::Disabled,
         (EventFormat::Avro, Some(url)) => RegistrySetting::External(url),
@@ -243,6 +244,69 @@ async fn consumer(
         running.push(serve(addr, &args.http_limits, api, &metrics, &store, checks).await?);
     }
     running.push(consumer);
+    run_until_signal(running, &store).await;
+    Ok(())
+}
+
+/// `taskstream saga`: the assignment saga alone (its orchestrator's
+/// consumer group and its timer), with `/sagas`, accept and decline,
+/// /readyz and /metrics when `--http` is given.
+pub async fn saga(args: SagaCmdArgs) -> anyhow::Result<()> {
+    let consumer_args = &args.consumer;
+    let metrics = Metrics::new();
+    let (kafka, dev_broker) = consumer_args
+        .kafka
+        .resolve(&consumer_args.store.data_dir, "saga")?;
+    let kafka = kafka.with_stats(metrics.stats_listener(), STATS_INTERVAL);
+    consumer_args.kafka_start.wait(&kafka).await?;
+    let registry = avro_registry(
+        args.event_format,
+        &consumer_args.registry,
+        &consumer_args.store.data_dir,
+    )?;
+    let store = open_store(&consumer_args.store).await?;
+    let encoding = EventEncoding::for_registry(registry.as_ref(), TASK_EVENTS);
+    // The compensation writes task events: their schemas first.
+    let mut running: Vec<Component> = components::register_schemas(&encoding)
+        .await?
+        .into_iter()
+        .collect();
+    let options = consumer_options(consumer_args, dev_broker, registry.clone());
+    let wakes = components::SagaWakes::default();
+    let saga = components::saga(
+        Arc::clone(&store),
+        &kafka,
+        consumer_args.group.as_deref(),
+        &options,
+        components::SagaRun {
+            settings: args.saga.settings(),
+            encoding,
+            wakes: wakes.clone(),
+        },
+        &metrics,
+    )?;
+    if let Some(addr) = consumer_args.http {
+        let checks = readiness::assemble(saga.iter().map(Component::readiness_checks));
+        let commands = taskstream_services::saga::SagaCommands::new(
+            store.clone(),
+            Arc::clone(&wakes.timer),
+            Arc::clone(&wakes.relay),
+        );
+        let api = ApiBuilder::new().sagas(commands);
+        running.insert(
+            0,
+            serve(
+                addr,
+                &consumer_args.http_limits,
+                api,
+                &metrics,
+                &store,
+                checks,
+            )
+            .await?,
+        );
+    }
+    running.extend(saga);
     run_until_signal(running, &store).await;
     Ok(())
 }

@@ -9,6 +9,7 @@ use taskstream_api::HttpLimits;
 use taskstream_avro::RegistryClient;
 use taskstream_broker::FlushPolicy;
 use taskstream_kafka::{ConsumerSettings, DevBroker, KafkaConfig};
+use taskstream_services::saga::SagaSettings;
 use taskstream_services::topics::TASK_EVENTS;
 use taskstream_services::{
     EventEncoding, ProcessorSettings, RelayDelivery, RelaySettings, NOTIFIER_GROUP,
@@ -66,6 +67,9 @@ pub struct SystemConfig {
     /// Run the workload processor (exactly once, through transactions);
     /// never on the mock, which has no transactions.
     pub processor: Option<ProcessorSettings>,
+    /// Run the assignment saga with these settings (`None` by default;
+    /// `taskstream up` runs it unless `--no-saga`).
+    pub saga: Option<SagaSettings>,
 }
 
 /// Where event schemas live, and so how events are encoded.
@@ -103,6 +107,7 @@ impl SystemConfig {
             kafka_wait_at_start: None,
             http_limits: HttpLimits::default(),
             processor: Some(ProcessorSettings::default()),
+            saga: None,
         }
     }
 }
@@ -260,6 +265,24 @@ impl RunningSystem {
                 &metrics,
             )?,
         ]);
+        let saga_wakes = components::SagaWakes {
+            relay: Arc::clone(&wake),
+            timer: Arc::new(Notify::new()),
+        };
+        if let Some(settings) = &config.saga {
+            running.extend(components::saga(
+                Arc::clone(&store),
+                &kafka,
+                None,
+                &consumer_options,
+                components::SagaRun {
+                    settings: settings.clone(),
+                    encoding: encoding.clone(),
+                    wakes: saga_wakes.clone(),
+                },
+                &metrics,
+            )?);
+        }
         match (&config.processor, mock) {
             (Some(_), true) => {
                 tracing::info!("the mock has no transactions: the workload processor does not run")
@@ -290,10 +313,15 @@ impl RunningSystem {
                 .chain(registry_component.iter().map(Component::readiness_checks))
                 .chain([&broker_checks[..]]),
         );
-        let api = components::task_api(Arc::clone(&store), wake, encoding)
-            .audit(store.clone())
-            .notifications(store.clone())
-            .observability(Arc::clone(&metrics), Some(store.clone()), checks);
+        let api = components::task_api_with_sagas(
+            Arc::clone(&store),
+            wake,
+            encoding,
+            Arc::clone(&saga_wakes.timer),
+        )
+        .audit(store.clone())
+        .notifications(store.clone())
+        .observability(Arc::clone(&metrics), Some(store.clone()), checks);
         let (http_addr, http) = components::http(config.http, api, &config.http_limits).await?;
         let http = http.with_checks(api_checks);
         let system = Self {

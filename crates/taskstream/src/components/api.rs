@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use taskstream_api::{ApiBuilder, ReadinessCheck};
+use taskstream_services::saga::SagaCommands;
 use taskstream_services::topics::TASK_EVENTS;
 use taskstream_services::EventEncoding;
 use taskstream_store::Store;
@@ -19,9 +20,27 @@ const MAX_REGISTRATION_PAUSE: Duration = Duration::from_secs(5);
 /// The Task API's routes over `store`, writing each event into the outbox
 /// in `encoding`; `relay_wake` is notified after each commit. Call
 /// [`register_schemas`] first, so that writes can encode.
+///
+/// It serves the assignment sagas too (`/sagas/{id}`, accept and decline,
+/// and each task's link to its saga); a decline is compensated by the saga
+/// timer of whichever process runs it (see [`task_api_with_sagas`]).
 pub fn task_api(store: Arc<Store>, relay_wake: Arc<Notify>, encoding: EventEncoding) -> ApiBuilder {
-    let service = taskstream_api::TaskService::new(store, encoding, relay_wake, TASK_EVENTS);
-    ApiBuilder::new().tasks(service)
+    task_api_with_sagas(store, relay_wake, encoding, Arc::new(Notify::new()))
+}
+
+/// [`task_api`], waking the saga timer of this process (`saga_timer_wake`)
+/// after a decline, so that it compensates at once.
+pub fn task_api_with_sagas(
+    store: Arc<Store>,
+    relay_wake: Arc<Notify>,
+    encoding: EventEncoding,
+    saga_timer_wake: Arc<Notify>,
+) -> ApiBuilder {
+    let commands = SagaCommands::new(store.clone(), saga_timer_wake, Arc::clone(&relay_wake));
+    let service =
+        taskstream_api::TaskService::new(store.clone(), encoding, relay_wake, TASK_EVENTS)
+            .with_sagas(store);
+    ApiBuilder::new().tasks(service).sagas(commands)
 }
 
 /// The Task API's readiness: it is ready while the store takes writes and,

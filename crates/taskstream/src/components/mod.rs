@@ -20,6 +20,7 @@ mod processor;
 pub mod readiness;
 mod registry;
 mod relay;
+mod saga;
 mod store;
 
 use std::sync::Arc;
@@ -29,7 +30,7 @@ use taskstream_api::ReadinessCheck;
 use taskstream_services::{Shutdown, ShutdownTrigger};
 use tokio::task::JoinHandle;
 
-pub use api::{api_checks, register_schemas, task_api};
+pub use api::{api_checks, register_schemas, task_api, task_api_with_sagas};
 pub use broker::{
     dev_broker, parse_broker_flush, DevBrokerKind, EmbeddedBroker, EmbeddedBrokerSettings,
     BROKER_DIR,
@@ -43,6 +44,7 @@ pub use readiness::{
 };
 pub use registry::{registry, REGISTRY_FILE};
 pub use relay::{relay, relay_with_readiness, RelayReadiness};
+pub use saga::{saga, SagaRun, SagaWakes};
 pub use store::{open_store, outbox_listener, DATABASE_FILE};
 
 /// How long a component may take to stop before it is abandoned.

@@ -12,9 +12,10 @@ use serde::Serialize;
 use taskstream_kafka::{LAG_PROBE_GROUP, TOPIC_READER_GROUP};
 
 use taskstream_services::processor::{PROCESSOR_GROUP, PROCESSOR_TRANSACTIONAL_ID};
+use taskstream_services::saga::SAGA_GROUP;
 use taskstream_services::topics::{
     ASSIGNEE_WORKLOAD, SCHEMA_REGISTRY_GROUP, SCHEMA_REGISTRY_TOPIC, TASK_EVENTS,
-    TASK_EVENTS_PARTITIONS, WORKLOAD_ALERTS, WORKLOAD_TASK_STATE,
+    TASK_EVENTS_PARTITIONS, TASK_SAGAS, WORKLOAD_ALERTS, WORKLOAD_TASK_STATE,
 };
 use taskstream_services::{
     dead_letter_topic, AUDITOR_GROUP, NOTIFIER_GROUP, RELAY_TRANSACTIONAL_ID,
@@ -101,7 +102,13 @@ pub fn components() -> Vec<ComponentAccess> {
             acls: vec![],
             http_paths: [
                 &OPERATIONAL_PATHS[..],
-                &["/tasks", "/audit", "/notifications", "/openapi.json"],
+                &[
+                    "/tasks",
+                    "/sagas",
+                    "/audit",
+                    "/notifications",
+                    "/openapi.json",
+                ],
             ]
             .concat(),
             max_replicas: None,
@@ -115,6 +122,8 @@ pub fn components() -> Vec<ComponentAccess> {
                 // Read: after a restart it reads the topic's committed tail
                 // back, to mark what a crash left published but unmarked.
                 Acl::literal("topic", TASK_EVENTS, &["Read", "Write"]),
+                // The assignment saga's events go through the outbox too.
+                Acl::literal("topic", TASK_SAGAS, &["Read", "Write"]),
                 // The group id that manually assigned reader carries.
                 Acl::literal("group", TOPIC_READER_GROUP, &["Read"]),
                 // Write (which implies Describe) covers InitProducerId,
@@ -138,6 +147,14 @@ pub fn components() -> Vec<ComponentAccess> {
             "the audit-log service (consumer group auditor)",
             AUDITOR_GROUP,
             "/audit",
+        ),
+        consumer(
+            "saga",
+            "taskstream-saga",
+            "the assignment saga's orchestrator (consumer group saga) and its deadline timer; \
+             its saga events and task changes go through the outbox",
+            SAGA_GROUP,
+            "/sagas",
         ),
         ComponentAccess {
             name: "processor",

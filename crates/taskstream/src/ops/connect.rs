@@ -53,8 +53,14 @@ pub fn connect_acls() -> Vec<Acl> {
             &["Read", "Write", "DescribeConfigs"],
         ));
     }
-    // The outbox event router's destination, the relay's only grant.
+    // The outbox event router's destinations (each row's `topic`), the
+    // relay's grants.
     acls.push(Acl::literal("topic", TASK_EVENTS, &["Write"]));
+    acls.push(Acl::literal(
+        "topic",
+        taskstream_services::topics::TASK_SAGAS,
+        &["Write"],
+    ));
     acls
 }
 

@@ -208,6 +208,8 @@ fn start(dir: &std::path::Path, broker_args: &[String]) -> (ChildGuard, String) 
         // Each event once on the topic, across the kills.
         "--relay-delivery",
         "exactly-once",
+        // Its load is task events only (sagas have a harness of their own).
+        "--no-saga",
     ];
     args.extend(broker_args.iter().map(String::as_str));
     let (child, line) = launch(&args, "warn,librdkafka=off", Stdio::null());
@@ -643,4 +645,338 @@ async fn a_killed_up_restarts_on_its_own_broker_with_every_published_record_and_
         .unwrap()
         .success());
     assert!(child.0.wait().unwrap().success(), "clean exit");
+}
+
+/// The assignment saga under the crash harness: `taskstream up` with
+/// sagas, under creations of assigned tasks and the assignees' answers
+/// (accept, decline, or none: a timeout), killed with SIGKILL at random
+/// moments. At the end every saga has ended in exactly one terminal
+/// state; no step (answer, timeout, compensation) is in its history twice;
+/// every acknowledged answer decided its saga; each compensation changed
+/// its task exactly once (its `task.updated` events, by causation, in the
+/// audit log); and `task-sagas`, read back `read_committed`, holds every
+/// step's event exactly once. Size it with `TASKSTREAM_CRASH_SAGAS`
+/// (default 60) and `TASKSTREAM_CRASH_KILLS` (default 4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_ends_each_saga_once_and_applies_no_step_twice() {
+    use sqlx::Connection;
+
+    let tasks = env_or("TASKSTREAM_CRASH_SAGAS", 60);
+    let kills = env_or("TASKSTREAM_CRASH_KILLS", 4);
+    let seed = seed();
+    eprintln!("saga crash harness: seed={seed}");
+    let mut rng = Rng(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let client = client();
+    let start_sagas = |dir: std::path::PathBuf| {
+        let args = [
+            "up",
+            "--http",
+            "127.0.0.1:0",
+            "--registry-http",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--relay-delivery",
+            "exactly-once",
+            "--saga-accept-timeout",
+            "5s",
+            // Some assignments beyond it, most within.
+            "--saga-max-open-per-assignee",
+            "16",
+            "--saga-poll-interval",
+            "200ms",
+        ];
+        let (child, line) = launch(&args, "warn,librdkafka=off", Stdio::null());
+        (child, line.strip_prefix("http: ").unwrap().to_owned())
+    };
+    let assignees = ["ana", "bo", "cy"];
+    let mut created = 0;
+    // (task id, "accept" | "decline") answers not yet given.
+    let mut pending: Vec<(String, &str)> = Vec::new();
+    // Answers the API acknowledged with 200.
+    let mut acknowledged: Vec<(String, &str)> = Vec::new();
+    let mut refused = 0;
+    for round in 0..=kills {
+        let (mut child, http) = tokio::task::spawn_blocking({
+            let dir = dir.path().to_owned();
+            move || start_sagas(dir)
+        })
+        .await
+        .unwrap();
+        let deadline =
+            (round < kills).then(|| Instant::now() + Duration::from_millis(300 + rng.below(1200)));
+        let killer = deadline.map(|d| {
+            let pid = child.0.id().to_string();
+            tokio::spawn(async move {
+                tokio::time::sleep_until(d.into()).await;
+                Command::new("kill").args(["-KILL", &pid]).status().unwrap();
+            })
+        });
+        let mut pace = tokio::time::interval(Duration::from_millis(30));
+        while deadline.is_none_or(|d| Instant::now() < d)
+            && (created < tasks || !pending.is_empty())
+        {
+            pace.tick().await;
+            let answer_now = !pending.is_empty() && (created >= tasks || rng.below(2) == 0);
+            if answer_now {
+                let (task, what) = pending.swap_remove(rng.below(pending.len() as u64) as usize);
+                match client
+                    .post(format!("{http}/tasks/{task}/{what}"))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                {
+                    Ok(200) => acknowledged.push((task, what)),
+                    Ok(409) => refused += 1,
+                    // No saga yet (404), or cut off by a kill: ask again later.
+                    _ => pending.push((task, what)),
+                }
+            } else if created < tasks {
+                let assignee = assignees[rng.below(3) as usize];
+                let Ok(response) = client
+                    .post(format!("{http}/tasks"))
+                    .json(&json!({ "title": "saga crash test", "assignee": assignee }))
+                    .send()
+                    .await
+                else {
+                    continue;
+                };
+                let Ok(task) = response.json::<Value>().await else {
+                    continue;
+                };
+                let Some(id) = task["id"].as_str() else {
+                    continue;
+                };
+                created += 1;
+                match rng.below(10) {
+                    0..=3 => pending.push((id.to_owned(), "accept")),
+                    4..=6 => pending.push((id.to_owned(), "decline")),
+                    // Never answered: it times out.
+                    _ => {}
+                }
+            }
+        }
+        if let Some(killer) = killer {
+            killer.await.unwrap();
+            child.0.wait().unwrap();
+            continue;
+        }
+
+        // The last run: wait until every saga of every task has ended.
+        let url = format!("sqlite://{}", dir.path().join("taskstream.db").display());
+        type SagaRow = (String, String, String, Option<String>, i64);
+        let sagas: Vec<SagaRow> =
+            eventually("every saga to end", Duration::from_secs(90), || async {
+                let mut db = sqlx::SqliteConnection::connect(&url).await.ok()?;
+                let rows: Vec<SagaRow> =
+                    sqlx::query_as("SELECT id, task_id, state, outcome, holds_capacity FROM sagas")
+                        .fetch_all(&mut db)
+                        .await
+                        .ok()?;
+                let (tasks_with_sagas,): (i64,) =
+                    sqlx::query_as("SELECT COUNT(DISTINCT task_id) FROM sagas")
+                        .fetch_one(&mut db)
+                        .await
+                        .ok()?;
+                db.close().await.ok()?;
+                let ended = rows.iter().all(|(_, _, state, _, _)| {
+                    ["completed", "compensated", "superseded"].contains(&state.as_str())
+                });
+                (ended && tasks_with_sagas as usize >= created).then_some(rows)
+            })
+            .await;
+        let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let history: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT saga_id, step, event_id FROM saga_history ORDER BY saga_id, seq",
+        )
+        .fetch_all(&mut db)
+        .await
+        .unwrap();
+        // Each saga: one terminal state, each step at most once, the
+        // history agreeing with the state, no capacity left held but by
+        // accepted work.
+        let mut steps_of: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (saga, step, _) in &history {
+            steps_of
+                .entry(saga.as_str())
+                .or_default()
+                .push(step.as_str());
+        }
+        let mut twice = 0;
+        let mut inconsistent = 0;
+        for (id, _, state, outcome, holds) in &sagas {
+            let steps = steps_of.get(id.as_str()).cloned().unwrap_or_default();
+            let distinct: HashSet<&&str> = steps.iter().collect();
+            twice += steps.len() - distinct.len();
+            let decisions = steps
+                .iter()
+                .filter(|s| {
+                    [
+                        "accepted",
+                        "declined",
+                        "timed_out",
+                        "capacity_exceeded",
+                        "superseded",
+                    ]
+                    .contains(s)
+                })
+                .count();
+            let consistent = decisions == 1
+                && match state.as_str() {
+                    "completed" => {
+                        outcome.as_deref() == Some("accepted") && steps.contains(&"accepted")
+                    }
+                    "compensated" => {
+                        *holds == 0 && steps.last() == Some(&"escalated")
+                            || steps.last() == Some(&"capacity_released")
+                                && !steps.contains(&"escalated")
+                    }
+                    "superseded" => *holds == 0,
+                    _ => false,
+                };
+            if !consistent {
+                eprintln!("inconsistent saga {id}: {state} {outcome:?} holds={holds} {steps:?}");
+                inconsistent += 1;
+            }
+        }
+        // Every acknowledged answer decided its task's saga.
+        let mut undecided = 0;
+        for (task, what) in &acknowledged {
+            let decided = sagas.iter().any(|(_, t, _, outcome, _)| {
+                t == task
+                    && outcome.as_deref()
+                        == Some(if *what == "accept" {
+                            "accepted"
+                        } else {
+                            "declined"
+                        })
+            });
+            if !decided {
+                undecided += 1;
+            }
+        }
+        // Each compensating step changed its task exactly once: the
+        // task.updated events it caused, in the audit log.
+        let compensating_steps: HashSet<&str> = history
+            .iter()
+            .filter(|(_, step, _)| step == "unassigned" || step == "escalated")
+            .map(|(_, _, event)| event.as_str())
+            .collect();
+        let envelopes = eventually(
+            "the compensations audited",
+            Duration::from_secs(60),
+            || async {
+                let mut db = sqlx::SqliteConnection::connect(&url).await.ok()?;
+                let rows: Vec<(String,)> = sqlx::query_as("SELECT envelope FROM audit_log")
+                    .fetch_all(&mut db)
+                    .await
+                    .ok()?;
+                db.close().await.ok()?;
+                let caused = rows
+                    .iter()
+                    .filter(|(e,)| {
+                        serde_json::from_str::<Value>(e).ok().and_then(|v| {
+                            v["causation_id"]
+                                .as_str()
+                                .map(|c| compensating_steps.contains(c))
+                        }) == Some(true)
+                    })
+                    .count();
+                (caused >= compensating_steps.len()).then_some(rows)
+            },
+        )
+        .await;
+        let mut task_changes: HashMap<String, usize> = HashMap::new();
+        for (envelope,) in &envelopes {
+            let v: Value = serde_json::from_str(envelope).unwrap();
+            if let Some(cause) = v["causation_id"]
+                .as_str()
+                .filter(|c| compensating_steps.contains(c))
+            {
+                *task_changes.entry(cause.to_owned()).or_default() += 1;
+            }
+        }
+        let compensations_twice = task_changes.values().filter(|n| **n > 1).count();
+        let compensations_missing = compensating_steps.len() - task_changes.len();
+        db.close().await.unwrap();
+
+        // task-sagas holds every step's event exactly once.
+        let endpoints: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("endpoints.json")).unwrap(),
+        )
+        .unwrap();
+        let kafka =
+            taskstream_kafka::KafkaConfig::new(endpoints["kafka"].as_str().unwrap()).quiet();
+        let step_events: HashSet<&str> = history.iter().map(|(_, _, e)| e.as_str()).collect();
+        let on_topic = eventually(
+            "every saga event on task-sagas",
+            Duration::from_secs(60),
+            || async {
+                let records = taskstream_kafka::read_committed(
+                    &kafka,
+                    taskstream_services::topics::TASK_SAGAS,
+                    Duration::from_secs(10),
+                )
+                .await
+                .ok()?;
+                let mut seen: HashMap<String, usize> = HashMap::new();
+                for r in &records {
+                    if let Some(id) = r.header_str("id") {
+                        *seen.entry(id.to_owned()).or_default() += 1;
+                    }
+                }
+                step_events
+                    .iter()
+                    .all(|e| seen.contains_key(*e))
+                    .then_some(seen)
+            },
+        )
+        .await;
+        let events_twice = on_topic.values().filter(|n| **n > 1).count();
+        let strangers = on_topic
+            .keys()
+            .filter(|id| !step_events.contains(id.as_str()))
+            .count();
+
+        let by_state = |s: &str| sagas.iter().filter(|r| r.2 == s).count();
+        let summary = format!(
+            "sagas={} completed={} compensated={} superseded={} kills={kills} tasks={created} acknowledged_answers={} refused_answers={refused} steps={} steps_twice={twice} inconsistent={inconsistent} undecided={undecided} compensation_changes={} compensations_twice={compensations_twice} compensations_missing={compensations_missing} saga_events_twice={events_twice} unknown_saga_events={strangers}",
+            sagas.len(),
+            by_state("completed"),
+            by_state("compensated"),
+            by_state("superseded"),
+            acknowledged.len(),
+            history.len(),
+            task_changes.len(),
+        );
+        println!("{summary}");
+        eprintln!("{summary} seed={seed}");
+        assert_eq!(
+            (twice, inconsistent, undecided),
+            (0, 0, 0),
+            "each saga ends once, each step once, each acknowledged answer decides"
+        );
+        assert_eq!(
+            (compensations_twice, compensations_missing),
+            (0, 0),
+            "each compensation changes its task exactly once"
+        );
+        assert_eq!(
+            (events_twice, strangers),
+            (0, 0),
+            "each saga event once on task-sagas"
+        );
+        assert!(sagas.len() >= created, "a saga per assigned task");
+        let pid = child.0.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        assert!(
+            child.0.wait().unwrap().success(),
+            "clean exit after the last run"
+        );
+    }
 }

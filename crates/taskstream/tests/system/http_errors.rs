@@ -301,11 +301,14 @@ async fn the_openapi_document_describes_exactly_the_served_routes() {
             "GET /metrics",
             "GET /notifications",
             "GET /readyz",
+            "GET /sagas/{id}",
             "GET /tasks",
             "GET /tasks/{id}",
             "PATCH /tasks/{id}",
             "POST /tasks",
+            "POST /tasks/{id}/accept",
             "POST /tasks/{id}/complete",
+            "POST /tasks/{id}/decline",
         ]
     );
     // Every documented GET without path parameters answers.

@@ -35,6 +35,7 @@ mod rebalance;
 mod relay_exactly_once;
 mod relay_lease;
 mod restart;
+mod sagas;
 mod schema_registry;
 mod schemathesis;
 mod shutdown;

@@ -292,9 +292,10 @@ fn the_rendered_chart_and_the_strimzi_resources_validate_strictly_for_dev_and_pr
         );
         assert!(text.contains("0 problem(s)"), "{env}: {text}");
         if env == "production" {
-            // values-production.yaml turns the ServiceMonitors on.
+            // values-production.yaml turns the ServiceMonitors on (one per
+            // taskstream component: api, relay, notifier, auditor, processor, saga).
             assert!(
-                text.contains("5 ServiceMonitor(s) checked structurally"),
+                text.contains("6 ServiceMonitor(s) checked structurally"),
                 "{text}"
             );
         }

@@ -63,11 +63,12 @@ The taskstream image reference.
 
 {{/*
 The taskstream components the release runs, comma-separated: the relay only
-when it is the publisher, the workload processor when enabled.
+when it is the publisher, the workload processor and the saga when enabled.
 */}}
 {{- define "taskstream.components" -}}
 {{- if eq .Values.publisher "relay" }}api,relay,notifier,auditor{{ else }}api,notifier,auditor{{ end }}
 {{- if .Values.processor.enabled }},processor{{ end }}
+{{- if .Values.saga.enabled }},saga{{ end }}
 {{- end }}
 
 {{/*

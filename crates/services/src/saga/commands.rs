@@ -1,0 +1,141 @@
+//! Accept and decline: the assignee's answers, as commands on the task's
+//! current saga. Both are idempotent: repeating the answer that ended the
+//! wait changes nothing and says so; any other answer to a saga that no
+//! longer waits is refused.
+
+use std::sync::Arc;
+
+use taskstream_store::{Saga, SagaEffects, SagaState, SagaStore, SagaTransition, StoreError};
+use tokio::sync::Notify;
+
+use super::events::{SagaRef, Steps};
+
+/// The assignee's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SagaDecision {
+    Accept,
+    Decline,
+}
+
+impl SagaDecision {
+    /// The saga's outcome this answer leads to.
+    fn outcome(self) -> &'static str {
+        match self {
+            Self::Accept => "accepted",
+            Self::Decline => "declined",
+        }
+    }
+}
+
+/// Why an answer was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SagaCommandError {
+    #[error("task {0} has no saga")]
+    NoSaga(String),
+    /// The saga ended otherwise, or no longer waits for an answer.
+    #[error("the task's saga {} is {} ({}), not waiting for an answer", .0.id, .0.state, .0.outcome.as_deref().unwrap_or("no outcome yet"))]
+    NotWaiting(Box<Saga>),
+    /// Other answers or the timer kept winning the race for the saga.
+    #[error("the task's saga kept changing; try again")]
+    Contended,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Applies answers to sagas.
+#[derive(Clone)]
+pub struct SagaCommands {
+    store: Arc<dyn SagaStore>,
+    timer_wake: Arc<Notify>,
+    relay_wake: Arc<Notify>,
+}
+
+impl SagaCommands {
+    /// `timer_wake` makes a timer in this process compensate a decline at
+    /// once (in another process the timer finds it on its next scan);
+    /// `relay_wake` is notified after every commit.
+    pub fn new(
+        store: Arc<dyn SagaStore>,
+        timer_wake: Arc<Notify>,
+        relay_wake: Arc<Notify>,
+    ) -> Self {
+        Self {
+            store,
+            timer_wake,
+            relay_wake,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn SagaStore> {
+        &self.store
+    }
+
+    /// Answers the task's current saga. Returns the saga after the answer
+    /// and whether this call changed it (`false`: the same answer had
+    /// already been given). `request_id` becomes the step's causation.
+    pub async fn decide(
+        &self,
+        task_id: &str,
+        decision: SagaDecision,
+        request_id: Option<&str>,
+    ) -> Result<(Saga, bool), SagaCommandError> {
+        // A second round only when another answer or the timer won a race.
+        for _ in 0..3 {
+            let saga = self
+                .store
+                .latest_saga_for_task(task_id)
+                .await?
+                .ok_or_else(|| SagaCommandError::NoSaga(task_id.to_owned()))?;
+            if saga.state != SagaState::AwaitingAcceptance {
+                let same = saga.outcome.as_deref() == Some(decision.outcome())
+                    && match decision {
+                        SagaDecision::Accept => saga.state == SagaState::Completed,
+                        SagaDecision::Decline => {
+                            matches!(saga.state, SagaState::Compensating | SagaState::Compensated)
+                        }
+                    };
+                return if same {
+                    Ok((saga, false))
+                } else {
+                    Err(SagaCommandError::NotWaiting(Box::new(saga)))
+                };
+            }
+            let r = SagaRef::from(&saga);
+            let now = taskstream_domain::now();
+            let mut steps = Steps::new(&r, now, request_id.map(str::to_owned));
+            let (state, deadline) = match decision {
+                SagaDecision::Accept => (SagaState::Completed, None),
+                SagaDecision::Decline => (SagaState::Compensating, Some(now)),
+            };
+            steps.push(
+                decision.outcome(),
+                state,
+                Some(format!("{} by {}", decision.outcome(), saga.assignee)),
+            );
+            let t = SagaTransition {
+                saga_id: saga.id,
+                from: vec![SagaState::AwaitingAcceptance],
+                only_while_holding: false,
+                effects: SagaEffects {
+                    state,
+                    outcome: Some(decision.outcome().to_owned()),
+                    holds_capacity: saga.holds_capacity,
+                    deadline_at: deadline,
+                    steps: steps.steps,
+                    outbox: steps.outbox,
+                    notifications: Vec::new(),
+                },
+                task_writes: Vec::new(),
+                processed: None,
+            };
+            if let Some(saga) = self.store.transition_saga(&t).await? {
+                self.relay_wake.notify_one();
+                if decision == SagaDecision::Decline {
+                    self.timer_wake.notify_one();
+                }
+                return Ok((saga, true));
+            }
+        }
+        Err(SagaCommandError::Contended)
+    }
+}
