@@ -467,6 +467,7 @@ async fn group_commit_loop(
     }
 }
 
+// ANCHOR: insert_all
 /// Inserts every new task of the group, and their outbox rows, with one
 /// statement per table: SQLite work per statement is small, but each
 /// statement is a round trip to the database thread.
@@ -509,6 +510,7 @@ async fn insert_all(
     outbox.build().execute(&mut **tx).await?;
     Ok(())
 }
+// ANCHOR_END: insert_all
 
 /// Whether a write's error leaves the surrounding transaction intact.
 fn fails_alone(error: &StoreError) -> bool {
