@@ -30,6 +30,7 @@ parser.add_argument(
     metavar="N",
     help="lesson 8: die (without committing) right after processing the N-th record",
 )
+parser.add_argument("--delay", type=float, default=0.0, help="lesson 19: seconds of work per record")
 parser.add_argument(
     "--seen",
     metavar="FILE",
@@ -49,6 +50,7 @@ def process(event):
     if event["id"] in seen:
         print(f"skipped {event['type']} of {event['subject']} (already processed)", flush=True)
         return
+    time.sleep(args.delay)
     print(f"processed {event['type']} of {event['subject']}", flush=True)
     if args.seen:
         # In a real service this write and the business effect share one database transaction.

@@ -6,16 +6,23 @@ each record's delivery report (partition and offset).
     KAFKA_BOOTSTRAP=$(taskstream endpoints kafka) python examples/python/produce.py lesson-events
 """
 
+import argparse
 import json
 import os
 import sys
+import time
 import uuid
 
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+parser = argparse.ArgumentParser()
+parser.add_argument("topic", nargs="?", default="lesson-events")
+parser.add_argument("--count", type=int, help="lesson 19: send this many task.created events instead")
+parser.add_argument("--rate", type=float, default=10.0, help="with --count: events per second")
+args = parser.parse_args()
 bootstrap = os.environ.get("KAFKA_BOOTSTRAP", "localhost:9092")
-topic = sys.argv[1] if len(sys.argv) > 1 else "lesson-events"
+topic = args.topic
 
 # ANCHOR: create_topic
 admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -44,6 +51,17 @@ def delivered(err, msg):
     else:
         print(f"delivered {msg.key().decode()} to partition {msg.partition()} at offset {msg.offset()}")
 
+
+if args.count is not None:
+    # Lesson 19: a steady stream of `--count` events, `--rate` a second, to watch a slow
+    # consumer fall behind it.
+    for i in range(args.count):
+        event = {"id": str(uuid.uuid4()), "type": "task.created", "subject": f"task-{i}"}
+        producer.produce(topic, key=f"task-{i}", value=json.dumps(event))
+        producer.poll(0)
+        time.sleep(1 / args.rate)
+    producer.flush(10)
+    sys.exit(0)
 
 events = [("task-1", "task.created"), ("task-2", "task.created"), ("task-1", "task.completed")]
 for task_id, event_type in events:
