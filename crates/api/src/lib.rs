@@ -15,6 +15,7 @@ mod request_id;
 mod router;
 pub mod server;
 mod service;
+mod suggestions;
 mod tasks;
 
 pub use observability::ReadinessCheck;
@@ -22,4 +23,4 @@ pub use problem::{FieldProblem, Problem};
 pub use request_id::RequestContext;
 pub use router::ApiBuilder;
 pub use server::{serve, ErrorResponder, HttpLimits};
-pub use service::{ServiceError, TaskService};
+pub use service::{ServiceError, SuggestionError, TaskService};

@@ -19,6 +19,7 @@ mod replication;
 mod rows;
 mod sql;
 mod sqlite;
+mod suggestion_stores;
 mod traits;
 
 pub use any::{Database, Store};
@@ -28,8 +29,10 @@ pub use health::{WriteFailure, WriteHealth};
 pub use postgres::{redact_url, PgOptions, PgStore, OUTBOX_CHANNEL};
 pub use records::{
     AuditEntry, HandledBy, Lease, NotificationRecord, OutboxMessage, OutboxStats, PendingMessage,
-    TaskQuery,
+    SuggestionRecord, SuggestionStatus, TaskQuery,
 };
 pub use replication::{replication_slots_at, ReplicationSlot};
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
-pub use traits::{AuditStore, InboxStore, NotificationStore, OutboxStore, TaskStore};
+pub use traits::{
+    AuditStore, InboxStore, NotificationStore, OutboxStore, SuggestionStore, TaskStore,
+};

@@ -24,6 +24,7 @@ use uuid::Uuid;
 use crate::consumer_stores::consumer_stores;
 use crate::health::WriteHealth;
 use crate::rows::{self, StoredRow};
+use crate::suggestion_stores::suggestion_store;
 use crate::{
     sql, HandledBy, Lease, OutboxMessage, OutboxStats, OutboxStore, PendingMessage, StoreError,
     TaskQuery, TaskStore,
@@ -897,6 +898,7 @@ impl OutboxStore for SqliteStore {
 }
 
 consumer_stores!(SqliteStore, Sqlite, writer = writer, reader = reader);
+suggestion_store!(SqliteStore, Sqlite, writer = writer, reader = reader);
 
 #[cfg(test)]
 mod tests {
