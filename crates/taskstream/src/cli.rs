@@ -11,7 +11,9 @@ use taskstream_api::HttpLimits;
 use taskstream_services::{RelayDelivery, RelaySettings};
 use taskstream_store::{Database, PgOptions, SqliteOptions, Synchronous};
 
-use crate::components::{parse_broker_flush, DevBrokerKind};
+use taskstream_services::agent::{AssigneeMap, LocalModel};
+
+use crate::components::{parse_broker_flush, AgentSettings, AutoAccept, DevBrokerKind};
 use crate::config::{
     parse_http_timeout, parse_millis, parse_seconds, Endpoints, KafkaArgs, KafkaStartArgs, Secret,
 };
@@ -54,6 +56,8 @@ pub enum Command {
     Notifier(NotifierArgs),
     /// Run the audit-log service alone (consumer group `auditor`).
     Auditor(ConsumerArgs),
+    /// Run the triage agent alone (consumer group `triage-agent`), or ask it (`ask`), or evaluate it on history (`replay`).
+    Agent(AgentArgs),
     /// Run the workload processor: per-assignee open/overdue counts and overload alerts, exactly once.
     Processor(ProcessorArgs),
     /// Run the embedded Kafka-protocol dev broker alone and print its address.
@@ -325,6 +329,11 @@ pub struct UpArgs {
     /// transactions, on every broker but `--dev-broker mock`).
     #[arg(long)]
     pub no_processor: bool,
+    /// Do not run the triage agent.
+    #[arg(long, env = "TASKSTREAM_NO_AGENT")]
+    pub no_agent: bool,
+    #[command(flatten)]
+    pub agent: AgentModelArgs,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]
@@ -547,4 +556,56 @@ fn parse_transactional_id(raw: &str) -> Result<String, String> {
         ));
     }
     Ok(raw.to_owned())
+}
+
+/// How the triage agent answers (see `taskstream_services::agent`).
+#[derive(Debug, Clone, Args)]
+pub struct AgentModelArgs {
+    /// Which words name which assignee for the local model:
+    /// `keyword=assignee,...` (one word per keyword, matched case-insensitively).
+    #[arg(long, env = "TASKSTREAM_AGENT_ASSIGNEES", default_value = "", value_parser = AssigneeMap::parse)]
+    pub agent_assignees: AssigneeMap,
+    /// Accept suggestions without a person when they satisfy this rule:
+    /// `min-confidence=N` (0 to 100), through the same command as
+    /// `POST /tasks/{id}/suggestions/{sid}/accept`. Default: never.
+    #[arg(long, env = "TASKSTREAM_AGENT_AUTO_ACCEPT")]
+    pub agent_auto_accept: Option<AutoAccept>,
+}
+
+impl AgentModelArgs {
+    /// The agent's settings.
+    pub fn settings(&self) -> anyhow::Result<AgentSettings> {
+        Ok(AgentSettings {
+            model: std::sync::Arc::new(LocalModel::new(self.agent_assignees.clone())),
+            auto_accept: self.agent_auto_accept,
+        })
+    }
+}
+
+/// `taskstream agent`: run the agent, or one of its tools.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AgentArgs {
+    #[command(subcommand)]
+    pub command: Option<AgentCommand>,
+    #[command(flatten)]
+    pub run: AgentRunArgs,
+}
+
+/// What `taskstream agent` can do besides running.
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Ask the running agent for a suggestion over Kafka (request-reply) and wait for its answer.
+    Ask(crate::ops::agent::AskArgs),
+    /// Re-run the agent over the task-event history and compare its suggestions with what people did.
+    Replay(crate::ops::agent::ReplayArgs),
+}
+
+/// `taskstream agent` (running).
+#[derive(Debug, Args)]
+pub struct AgentRunArgs {
+    #[command(flatten)]
+    pub consumer: ConsumerArgs,
+    #[command(flatten)]
+    pub model: AgentModelArgs,
 }

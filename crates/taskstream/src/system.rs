@@ -9,6 +9,7 @@ use taskstream_api::HttpLimits;
 use taskstream_avro::RegistryClient;
 use taskstream_broker::FlushPolicy;
 use taskstream_kafka::{ConsumerSettings, DevBroker, KafkaConfig};
+use taskstream_services::agent::LocalModel;
 use taskstream_services::topics::TASK_EVENTS;
 use taskstream_services::{
     EventEncoding, ProcessorSettings, RelayDelivery, RelaySettings, NOTIFIER_GROUP,
@@ -18,7 +19,7 @@ use taskstream_telemetry::Metrics;
 use tokio::sync::Notify;
 
 use crate::components::{
-    self, readiness, Component, ConsumerOptions, DevBrokerKind, EmbeddedBroker,
+    self, readiness, AgentSettings, Component, ConsumerOptions, DevBrokerKind, EmbeddedBroker,
     EmbeddedBrokerSettings, RelayReadiness, BROKER_DIR,
 };
 use crate::config::Endpoints;
@@ -66,6 +67,8 @@ pub struct SystemConfig {
     /// Run the workload processor (exactly once, through transactions);
     /// never on the mock, which has no transactions.
     pub processor: Option<ProcessorSettings>,
+    /// Run the triage agent with these settings.
+    pub agent: Option<AgentSettings>,
 }
 
 /// Where event schemas live, and so how events are encoded.
@@ -103,6 +106,10 @@ impl SystemConfig {
             kafka_wait_at_start: None,
             http_limits: HttpLimits::default(),
             processor: Some(ProcessorSettings::default()),
+            agent: Some(AgentSettings {
+                model: Arc::new(LocalModel::default()),
+                auto_accept: None,
+            }),
         }
     }
 }
@@ -253,6 +260,23 @@ impl RunningSystem {
                 &metrics,
             )?,
         ]);
+        if let Some(agent) = &config.agent {
+            running.push(components::agent(
+                Arc::clone(&store),
+                &kafka,
+                None,
+                &consumer_options,
+                agent,
+                Arc::clone(&wake),
+                encoding.clone(),
+                &metrics,
+            )?);
+            running.push(components::agent_responder(
+                &kafka,
+                &consumer_options,
+                agent,
+            )?);
+        }
         match (&config.processor, mock) {
             (Some(_), true) => {
                 tracing::info!("the mock has no transactions: the workload processor does not run")

@@ -14,6 +14,8 @@ mod event;
 mod handler;
 mod local;
 mod model;
+mod openai;
+mod request_reply;
 
 pub use event::{
     correlation_of, outbox_message, suggestion, suggestion_event, SuggestionData, SuggestionEvent,
@@ -22,6 +24,11 @@ pub use event::{
 pub use handler::{SuggestionListener, TriageHandler};
 pub use local::{AssigneeMap, LocalModel};
 pub use model::{ModelError, Triage, TriageInput, TriageModel};
+pub use openai::{OpenAiModel, OpenAiSettings};
+pub use request_reply::{
+    allowed_reply_topic, ask, AskError, TriageReply, TriageRequest, TriageResponder,
+    CORRELATION_ID, DEADLINE, REPLY_TO, REQUESTS_GROUP,
+};
 
 /// The agent's consumer group.
 pub const AGENT_GROUP: &str = "triage-agent";

@@ -16,12 +16,16 @@ use super::{Component, SchemasCheck, StoreCheck};
 /// The longest pause between two attempts to register the event schemas.
 const MAX_REGISTRATION_PAUSE: Duration = Duration::from_secs(5);
 
-/// The Task API's routes over `store`, writing each event into the outbox
+/// The Task API's routes over `store` (the tasks and the triage agent's
+/// suggestions on them), writing each event into the outbox
 /// in `encoding`; `relay_wake` is notified after each commit. Call
 /// [`register_schemas`] first, so that writes can encode.
 pub fn task_api(store: Arc<Store>, relay_wake: Arc<Notify>, encoding: EventEncoding) -> ApiBuilder {
-    let service = taskstream_api::TaskService::new(store, encoding, relay_wake, TASK_EVENTS);
-    ApiBuilder::new().tasks(service)
+    let service =
+        taskstream_api::TaskService::new(store.clone(), encoding, relay_wake, TASK_EVENTS);
+    ApiBuilder::new()
+        .tasks(service.clone())
+        .suggestions(service, store)
 }
 
 /// The Task API's readiness: it is ready while the store takes writes and,

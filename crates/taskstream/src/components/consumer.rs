@@ -45,7 +45,7 @@ impl ConsumerOptions {
 /// A consumer is ready while the store answers, Kafka takes the events,
 /// no offset reset was reported lately and the schema registry (if any)
 /// answers.
-fn checks(store: &Arc<Store>, kafka: &KafkaConfig, options: &ConsumerOptions) -> Checks {
+pub(super) fn checks(store: &Arc<Store>, kafka: &KafkaConfig, options: &ConsumerOptions) -> Checks {
     let mut checks: Checks = vec![
         Arc::new(StoreCheck::new(Arc::clone(store))),
         Arc::new(KafkaCheck::new(kafka)),
@@ -57,13 +57,13 @@ fn checks(store: &Arc<Store>, kafka: &KafkaConfig, options: &ConsumerOptions) ->
     checks
 }
 
-fn consumer<H: EventHandler>(
+pub(super) fn consumer<H: EventHandler>(
     name: &'static str,
     kafka: &KafkaConfig,
     group: &str,
     options: &ConsumerOptions,
     handler: H,
-    repair: Arc<dyn GapRepair>,
+    repair: Option<Arc<dyn GapRepair>>,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Component> {
     let consumer = EventConsumer::subscribe(kafka, group, &[TASK_EVENTS], &options.kafka)
@@ -78,7 +78,7 @@ fn consumer<H: EventHandler>(
         DeadLetterPublisher::new(producer),
         options.retry.clone(),
     )
-    .with_offset_resets(Arc::clone(&options.resets), Some(repair));
+    .with_offset_resets(Arc::clone(&options.resets), repair);
     Ok(Component::spawn(name, move |shutdown| {
         service.run(shutdown)
     }))
@@ -104,7 +104,16 @@ pub fn auditor(
         ProcessedEvents::new(store.clone()),
         AuditHandler::new(store),
     );
-    Ok(consumer("auditor", kafka, group, options, handler, repair, metrics)?.with_checks(checks))
+    Ok(consumer(
+        "auditor",
+        kafka,
+        group,
+        options,
+        handler,
+        Some(repair),
+        metrics,
+    )?
+    .with_checks(checks))
 }
 
 /// Starts the notification service in `group` (default `notifier`), shaped
@@ -140,7 +149,16 @@ pub fn notifier(
         ProcessedEvents::new(store.clone()),
         NotificationHandler::new(store, sink),
     );
-    Ok(consumer("notifier", kafka, group, options, handler, repair, metrics)?.with_checks(checks))
+    Ok(consumer(
+        "notifier",
+        kafka,
+        group,
+        options,
+        handler,
+        Some(repair),
+        metrics,
+    )?
+    .with_checks(checks))
 }
 
 /// How long the notifier waits for a webhook to answer (a slower one is

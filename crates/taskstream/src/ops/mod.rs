@@ -5,6 +5,7 @@
 //! benchmark (with the `bench` feature).
 
 pub mod access;
+pub mod agent;
 #[cfg(feature = "bench")]
 pub mod bench;
 #[cfg(feature = "bench")]
