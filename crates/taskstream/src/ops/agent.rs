@@ -14,12 +14,12 @@ use serde::Serialize;
 use taskstream_avro::RegistryClient;
 use taskstream_domain::{EventEnvelope, EventType, Task};
 use taskstream_services::agent::{
-    ask as ask_agent, AssigneeMap, LocalModel, Triage, TriageInput, TriageModel, TriageRequest,
+    ask as ask_agent, Triage, TriageInput, TriageModel, TriageRequest,
 };
 use taskstream_services::topics::{TASK_EVENTS, TASK_TRIAGE_REPLIES};
 use taskstream_services::EventDecoder;
 
-use crate::cli::RegistryArgs;
+use crate::cli::{AgentModelArgs, RegistryArgs};
 use crate::config::{parse_seconds, KafkaArgs};
 
 /// `taskstream agent ask`.
@@ -66,12 +66,13 @@ pub struct ReplayArgs {
     /// always does, outside any consumer group, committing nothing).
     #[arg(long, required = true)]
     pub from_beginning: bool,
-    /// The model to evaluate: `local` (the rules and keywords, with --agent-assignees).
-    #[arg(long, default_value = "local", value_parser = parse_replay_model)]
-    pub model: ReplayModel,
-    /// The local model's keyword map, as for the agent.
-    #[arg(long, env = "TASKSTREAM_AGENT_ASSIGNEES", default_value = "", value_parser = AssigneeMap::parse)]
-    pub agent_assignees: AssigneeMap,
+    /// The model to evaluate: `local` (the rules and keywords, with
+    /// --agent-assignees) or the base URL of an OpenAI-compatible API (with
+    /// the --agent-model-* and --agent-api-key* flags).
+    #[arg(long, default_value = "local")]
+    pub model: String,
+    #[command(flatten)]
+    pub agent: AgentModelArgs,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -85,19 +86,6 @@ pub struct ReplayArgs {
     pub registry: RegistryArgs,
     #[command(flatten)]
     pub kafka: KafkaArgs,
-}
-
-/// Which model a replay runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReplayModel {
-    Local,
-}
-
-fn parse_replay_model(raw: &str) -> Result<ReplayModel, String> {
-    match raw {
-        "local" => Ok(ReplayModel::Local),
-        other => Err(format!("expected `local`, got {other:?}")),
-    }
 }
 
 /// How often one field's suggestion matched what people finally set.
@@ -250,9 +238,12 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     // One task's events share a partition, so per task they are in order;
     // across partitions, order by time.
     history.sort_by_key(|e| e.time);
-    let model: Arc<dyn TriageModel> = match args.model {
-        ReplayModel::Local => Arc::new(LocalModel::new(args.agent_assignees)),
+    let mut agent = args.agent.clone();
+    agent.agent_model_url = match args.model.as_str() {
+        "local" => None,
+        url => Some(crate::cli::parse_model_url(url).map_err(anyhow::Error::msg)?),
     };
+    let model: Arc<dyn TriageModel> = agent.model()?;
     let report = evaluate(&*model, &history).await;
     if args.json {
         super::emit(&format!("{}\n", serde_json::to_string(&report)?))
@@ -277,6 +268,8 @@ mod tests {
         };
         Task::create(new, taskstream_domain::now(), Cause::default())
     }
+
+    use taskstream_services::agent::{AssigneeMap, LocalModel};
 
     #[tokio::test]
     async fn replay_compares_each_suggestion_with_the_final_state_of_its_task() {
