@@ -284,37 +284,6 @@ impl NotificationStore for Store {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::Database;
-
-    #[test]
-    fn database_urls_parse_and_print_without_passwords() {
-        let pg: Database = "postgres://app:hunter2@db:5432/tasks".parse().unwrap();
-        assert_eq!(pg.to_string(), "postgres://app:<redacted>@db:5432/tasks");
-        assert!(!format!("{pg:?}").contains("hunter2"));
-        assert_eq!(
-            "sqlite:data/t.db".parse::<Database>().unwrap(),
-            Database::Sqlite("data/t.db".into())
-        );
-        for bad in [
-            "mysql://root:pw@db/x",
-            "host=db password=pw",
-            "jdbc:postgresql://u:pw@db/x",
-        ] {
-            let err = bad.parse::<Database>().unwrap_err();
-            assert!(err.contains("postgres://") && !err.contains("pw"), "{err}");
-        }
-        let query: Database = "postgres://app@db/tasks?sslmode=require&password=hunter2"
-            .parse()
-            .unwrap();
-        assert_eq!(
-            query.to_string(),
-            "postgres://app@db/tasks?sslmode=require&password=<redacted>"
-        );
-    }
-}
-
 #[async_trait]
 impl SuggestionStore for Store {
     async fn record_suggestion(
@@ -345,5 +314,36 @@ impl SuggestionStore for Store {
 
     async fn reject_suggestion(&self, id: Uuid, at: DateTime<Utc>) -> Result<(), StoreError> {
         each!(self, s => s.reject_suggestion(id, at).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Database;
+
+    #[test]
+    fn database_urls_parse_and_print_without_passwords() {
+        let pg: Database = "postgres://app:hunter2@db:5432/tasks".parse().unwrap();
+        assert_eq!(pg.to_string(), "postgres://app:<redacted>@db:5432/tasks");
+        assert!(!format!("{pg:?}").contains("hunter2"));
+        assert_eq!(
+            "sqlite:data/t.db".parse::<Database>().unwrap(),
+            Database::Sqlite("data/t.db".into())
+        );
+        for bad in [
+            "mysql://root:pw@db/x",
+            "host=db password=pw",
+            "jdbc:postgresql://u:pw@db/x",
+        ] {
+            let err = bad.parse::<Database>().unwrap_err();
+            assert!(err.contains("postgres://") && !err.contains("pw"), "{err}");
+        }
+        let query: Database = "postgres://app@db/tasks?sslmode=require&password=hunter2"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            query.to_string(),
+            "postgres://app@db/tasks?sslmode=require&password=<redacted>"
+        );
     }
 }

@@ -59,7 +59,7 @@ pub enum Command {
     /// Run the audit-log service alone (consumer group `auditor`).
     Auditor(ConsumerArgs),
     /// Run the triage agent alone (consumer group `triage-agent`), or ask it (`ask`), or evaluate it on history (`replay`).
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Run the workload processor: per-assignee open/overdue counts and overload alerts, exactly once.
     Processor(ProcessorArgs),
     /// Run the embedded Kafka-protocol dev broker alone and print its address.
@@ -335,7 +335,7 @@ pub struct UpArgs {
     #[arg(long, env = "TASKSTREAM_NO_AGENT")]
     pub no_agent: bool,
     #[command(flatten)]
-    pub agent: AgentModelArgs,
+    pub agent: Box<AgentModelArgs>,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]

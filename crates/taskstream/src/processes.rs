@@ -243,8 +243,10 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         args.group.as_deref(),
         &options,
         &settings,
-        Arc::new(Notify::new()),
-        encoding,
+        components::OutboxWrites {
+            relay_wake: Arc::new(Notify::new()),
+            encoding,
+        },
         &metrics,
     )?;
     if let Some(addr) = args.http {

@@ -267,8 +267,10 @@ impl RunningSystem {
                 None,
                 &consumer_options,
                 agent,
-                Arc::clone(&wake),
-                encoding.clone(),
+                components::OutboxWrites {
+                    relay_wake: Arc::clone(&wake),
+                    encoding: encoding.clone(),
+                },
                 &metrics,
             )?);
             running.push(components::agent_responder(

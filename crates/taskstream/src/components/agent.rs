@@ -61,11 +61,18 @@ impl std::fmt::Debug for AgentSettings {
     }
 }
 
+/// How the agent's process writes to the outbox.
+pub struct OutboxWrites {
+    /// Notified after each commit, so a relay in this process publishes at once.
+    pub relay_wake: Arc<Notify>,
+    /// The task events' format, for the changes an auto-accept rule makes.
+    pub encoding: EventEncoding,
+}
+
 /// Starts the triage agent in `group` (default `triage-agent`). Its
-/// suggestions go to `task-suggestions` through `store`'s outbox;
-/// `relay_wake` is notified after each. With an auto-accept rule, the
-/// suggestions it allows are accepted through the Task API's command
-/// (writing events in `encoding`), as a person's would be.
+/// suggestions go to `task-suggestions` through `store`'s outbox (see
+/// [`OutboxWrites`]). With an auto-accept rule, the suggestions it allows
+/// are accepted through the Task API's command, as a person's would be.
 ///
 /// Records deleted before the agent read them are reported like every
 /// consumer's, but not repaired: suggesting for old tasks again is not
@@ -76,10 +83,13 @@ pub fn agent(
     group: Option<&str>,
     options: &ConsumerOptions,
     settings: &AgentSettings,
-    relay_wake: Arc<Notify>,
-    encoding: EventEncoding,
+    writes: OutboxWrites,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Component> {
+    let OutboxWrites {
+        relay_wake,
+        encoding,
+    } = writes;
     let group = group.unwrap_or(AGENT_GROUP);
     let checks = checks(&store, kafka, options);
     let mut handler =

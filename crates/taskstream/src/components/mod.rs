@@ -30,7 +30,7 @@ use taskstream_api::ReadinessCheck;
 use taskstream_services::{Shutdown, ShutdownTrigger};
 use tokio::task::JoinHandle;
 
-pub use agent::{agent, agent_responder, AgentSettings, AutoAccept};
+pub use agent::{agent, agent_responder, AgentSettings, AutoAccept, OutboxWrites};
 pub use api::{api_checks, register_schemas, task_api};
 pub use broker::{
     dev_broker, parse_broker_flush, DevBrokerKind, EmbeddedBroker, EmbeddedBrokerSettings,
