@@ -55,21 +55,25 @@ pub(crate) const OUTBOX_STATS: &str = "SELECT (SELECT COUNT(*) FROM outbox) AS t
             COUNT(*) AS pending, MIN(created_at) AS oldest
      FROM outbox WHERE published_at IS NULL";
 
+/// Requeueing concerns task events (`aggregatetype = 'task'`) only: other
+/// rows (the triage agent's suggestions) go to topics the consumers do not
+/// read, so their absence from the audit log says nothing.
+///
 /// Unpublishes events that the audit log or consumer `$1` has not handled.
 pub(crate) const REQUEUE_UNHANDLED: &str = "UPDATE outbox SET published_at = NULL
-     WHERE published_at IS NOT NULL
+     WHERE published_at IS NOT NULL AND aggregatetype = 'task'
        AND (NOT EXISTS (SELECT 1 FROM audit_log a WHERE a.event_id = outbox.id)
             OR NOT EXISTS (SELECT 1 FROM processed_events p
                            WHERE p.consumer = $1 AND p.event_id = outbox.id))";
 
 /// Unpublishes events without an audit-log entry.
 pub(crate) const REQUEUE_UNAUDITED: &str = "UPDATE outbox SET published_at = NULL
-     WHERE published_at IS NOT NULL
+     WHERE published_at IS NOT NULL AND aggregatetype = 'task'
        AND NOT EXISTS (SELECT 1 FROM audit_log a WHERE a.event_id = outbox.id)";
 
 /// Unpublishes events that consumer `$1` has not processed.
 pub(crate) const REQUEUE_UNPROCESSED: &str = "UPDATE outbox SET published_at = NULL
-     WHERE published_at IS NOT NULL
+     WHERE published_at IS NOT NULL AND aggregatetype = 'task'
        AND NOT EXISTS (SELECT 1 FROM processed_events p
                        WHERE p.consumer = $1 AND p.event_id = outbox.id)";
 

@@ -760,3 +760,42 @@ async fn accepting_a_suggestion_writes_the_task_once_and_a_second_accept_or_a_st
         backend.finish().await;
     }
 }
+
+#[tokio::test]
+async fn a_repair_requeues_task_events_only_never_the_agents_suggestion_events() {
+    for backend in backends().await {
+        let store = &backend.store;
+        let change = created("repair me");
+        store
+            .insert_task(&change.task, &message(&change))
+            .await
+            .unwrap();
+        let suggestion = suggestion_for(&change);
+        store
+            .record_suggestion("triage-agent", &suggestion, &suggested_row(&suggestion))
+            .await
+            .unwrap();
+        let seqs: Vec<i64> = pending_rows(store, 10)
+            .await
+            .iter()
+            .map(|p| p.seq)
+            .collect();
+        assert_eq!(seqs.len(), 2);
+        store
+            .mark_published(&seqs, taskstream_domain::now())
+            .await
+            .unwrap();
+        // Neither row is in the audit log: only the task event is the auditor's business.
+        let requeued = store
+            .requeue_events_unhandled_by(HandledBy::AuditLog)
+            .await
+            .unwrap();
+        assert_eq!(requeued, 1);
+        let again = store.requeue_unhandled_events("notifier").await.unwrap();
+        assert_eq!(again, 0);
+        let pending = pending_rows(store, 10).await;
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].message.topic, "task-events");
+        backend.finish().await;
+    }
+}

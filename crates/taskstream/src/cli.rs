@@ -574,7 +574,8 @@ pub struct AgentModelArgs {
     pub agent_auto_accept: Option<AutoAccept>,
     /// An OpenAI-compatible API to ask instead of the local model
     /// (`POST {URL}/chat/completions`, JSON mode), e.g. http://127.0.0.1:11434/v1.
-    #[arg(long, env = "TASKSTREAM_AGENT_MODEL_URL", value_parser = parse_model_url)]
+    /// Checked at start-up, without repeating it (it might hold a key).
+    #[arg(long, env = "TASKSTREAM_AGENT_MODEL_URL", hide_env_values = true)]
     pub agent_model_url: Option<String>,
     /// The model the API is asked for (the request's `model`).
     #[arg(
@@ -607,7 +608,7 @@ pub struct AgentModelArgs {
 }
 
 /// An http(s) base URL for the model's API.
-pub(crate) fn parse_model_url(raw: &str) -> Result<String, String> {
+fn parse_model_url(raw: &str) -> Result<String, String> {
     let url = raw.trim().trim_end_matches('/');
     match url.split_once("://") {
         Some(("http" | "https", rest)) if !rest.is_empty() && !rest.contains('@') => {
@@ -627,6 +628,9 @@ impl AgentModelArgs {
                 self.agent_assignees.clone(),
             )));
         };
+        let url = parse_model_url(url).map_err(|e| {
+            anyhow::anyhow!("invalid --agent-model-url / TASKSTREAM_AGENT_MODEL_URL: {e}")
+        })?;
         let api_key = match (&self.agent_api_key, &self.agent_api_key_file) {
             (Some(key), _) => Some(key.expose().to_owned()),
             (None, Some(path)) => Some(
@@ -640,7 +644,7 @@ impl AgentModelArgs {
             (None, None) => None,
         };
         let model = OpenAiModel::new(OpenAiSettings {
-            url: url.clone(),
+            url,
             model: self.agent_model_name.clone(),
             api_key,
             timeout: self.agent_model_timeout,

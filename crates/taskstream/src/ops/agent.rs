@@ -241,7 +241,7 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let mut agent = args.agent.clone();
     agent.agent_model_url = match args.model.as_str() {
         "local" => None,
-        url => Some(crate::cli::parse_model_url(url).map_err(anyhow::Error::msg)?),
+        url => Some(url.to_owned()),
     };
     let model: Arc<dyn TriageModel> = agent.model()?;
     let report = evaluate(&*model, &history).await;

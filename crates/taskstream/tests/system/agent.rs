@@ -462,3 +462,96 @@ async fn agent_replay_reports_how_often_the_suggestions_matched_what_people_did(
     );
     app.system.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auto_accept_rule_accepts_confident_suggestions_through_the_command_and_leaves_the_rest()
+{
+    let app = spawn_app_with(|c| {
+        c.agent = Some(AgentSettings {
+            auto_accept: Some("min-confidence=70".parse().unwrap()),
+            ..local_agent()
+        })
+    })
+    .await;
+    // Three fields suggested: confidence 100, accepted.
+    let sure = app.created("urgent: database down by friday", None).await;
+    let sure_id = sure["id"].as_str().unwrap();
+    // One field: confidence 40, left for a person.
+    let unsure = app.created("urgent: call the vendor", None).await;
+    let unsure_id = unsure["id"].as_str().unwrap();
+    let accepted = eventually(
+        "the suggestion accepted",
+        Duration::from_secs(30),
+        || async {
+            let items = app.items(&format!("/tasks/{sure_id}/suggestions")).await;
+            items.first().filter(|s| s["status"] == "accepted").cloned()
+        },
+    )
+    .await;
+    let task: Value = app
+        .client
+        .get(app.url(&format!("/tasks/{sure_id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(task["version"], 2);
+    assert_eq!(task["priority"], "high");
+    assert_eq!(task["assignee"], "ana");
+    assert_eq!(task["due_at"], accepted["due_at"]);
+    let left = suggestions_when(&app, unsure_id, 1).await;
+    assert_eq!(left[0]["status"], "pending");
+    assert_eq!(left[0]["confidence"], 40);
+    app.system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_agent_settings_stop_the_binary_at_start_with_one_line() {
+    for (args, expected) in [
+        (vec!["up", "--agent-auto-accept", "70"], "min-confidence=N"),
+        (
+            vec!["up", "--agent-auto-accept", "min-confidence=101"],
+            "0 to 100",
+        ),
+        (
+            vec!["agent", "--agent-model-url", "ftp://models.example"],
+            "http(s) URL",
+        ),
+        (
+            vec![
+                "agent",
+                "--agent-model-url",
+                "http://user:key@127.0.0.1:9/v1",
+            ],
+            "without credentials",
+        ),
+        (
+            vec!["agent", "--agent-assignees", "database"],
+            "keyword=assignee",
+        ),
+        (
+            vec!["agent", "--agent-max-requests-per-minute", "0"],
+            "agent-max-requests-per-minute",
+        ),
+        (
+            vec![
+                "agent",
+                "ask",
+                "--title",
+                "x",
+                "--reply-topic",
+                "task-events",
+                "--kafka-bootstrap",
+                "127.0.0.1:9",
+            ],
+            "not a reply topic",
+        ),
+    ] {
+        let (ok, _, stderr) = run(args.iter().map(|a| (*a).to_owned()).collect()).await;
+        assert!(!ok, "{args:?}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!stderr.contains("user:key"), "{stderr}");
+    }
+}
