@@ -391,7 +391,13 @@ async fn agent_ask_times_out_with_one_line_and_a_failure_when_no_agent_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_replay_reports_how_often_the_suggestions_matched_what_people_did() {
     // The running agent (no keyword map) suggests too; replay must add nothing to that.
-    let app = spawn_app_with(|_| {}).await;
+    let app = spawn_app_with(|c| {
+        c.agent = Some(AgentSettings {
+            model: Arc::new(LocalModel::default()),
+            auto_accept: None,
+        })
+    })
+    .await;
     // Suggested high and ana; people set exactly that.
     let a = app.created("urgent: database down", None).await;
     let response = app

@@ -303,9 +303,12 @@ async fn the_openapi_document_describes_exactly_the_served_routes() {
             "GET /readyz",
             "GET /tasks",
             "GET /tasks/{id}",
+            "GET /tasks/{id}/suggestions",
             "PATCH /tasks/{id}",
             "POST /tasks",
             "POST /tasks/{id}/complete",
+            "POST /tasks/{id}/suggestions/{sid}/accept",
+            "POST /tasks/{id}/suggestions/{sid}/reject",
         ]
     );
     // Every documented GET without path parameters answers.
