@@ -117,6 +117,7 @@ fn ids(path: Result<Path<(String, String)>, PathRejection>) -> Result<(TaskId, U
     responses(
         (status = 200, description = "The task's suggestions", body = SuggestionPage),
         (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database did not answer", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn list_suggestions(
@@ -130,7 +131,11 @@ async fn list_suggestions(
             error = &e as &dyn std::error::Error,
             "reading suggestions failed"
         );
-        Problem::from_store(&e)
+        if e.is_transient() {
+            Problem::unavailable("the database did not answer; try again shortly")
+        } else {
+            Problem::internal()
+        }
     })?;
     Ok(Json(SuggestionPage {
         items: records.into_iter().map(SuggestionItem::from).collect(),
