@@ -16,6 +16,7 @@ mod router;
 mod sagas;
 pub mod server;
 mod service;
+mod suggestions;
 mod tasks;
 
 pub use observability::ReadinessCheck;
@@ -23,4 +24,4 @@ pub use problem::{FieldProblem, Problem};
 pub use request_id::RequestContext;
 pub use router::ApiBuilder;
 pub use server::{serve, ErrorResponder, HttpLimits};
-pub use service::{ServiceError, TaskService};
+pub use service::{ServiceError, SuggestionError, TaskService};

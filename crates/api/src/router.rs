@@ -7,7 +7,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use taskstream_store::{AuditStore, NotificationStore, OutboxStore};
+use taskstream_store::{AuditStore, NotificationStore, OutboxStore, SuggestionStore};
 use taskstream_telemetry::Metrics;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
@@ -25,6 +25,7 @@ use crate::{Problem, TaskService};
     ),
     tags(
         (name = "tasks", description = "Tasks; every change publishes an event"),
+        (name = "suggestions", description = "The triage agent's suggestions, and the commands that accept or reject them"),
         (name = "audit", description = "Events recorded by the audit-log service"),
         (name = "notifications", description = "Notifications sent by the notification service"),
         (name = "sagas", description = "Assignment sagas: the assignee accepts or declines; a decline, a timeout or a full assignee is compensated"),
@@ -65,6 +66,15 @@ impl ApiBuilder {
     /// `POST /tasks/{id}/decline`.
     pub fn sagas(mut self, commands: taskstream_services::saga::SagaCommands) -> Self {
         self.router = self.router.merge(crate::sagas::routes(commands));
+        self
+    }
+
+    /// Serves `/tasks/{id}/suggestions` and the commands on a suggestion,
+    /// writing through `service`.
+    pub fn suggestions(mut self, service: TaskService, store: Arc<dyn SuggestionStore>) -> Self {
+        self.router = self
+            .router
+            .merge(crate::suggestions::routes(service, store));
         self
     }
 

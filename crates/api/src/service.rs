@@ -20,10 +20,16 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use taskstream_domain::{NewTask, Task, TaskChange, TaskId, TaskPatch, TransitionError};
+use taskstream_domain::{
+    Assignee, NewTask, Priority, Task, TaskChange, TaskId, TaskPatch, TransitionError,
+};
 use taskstream_services::{EncodingError, EventEncoding};
-use taskstream_store::{OutboxMessage, Saga, SagaStore, StoreError, TaskQuery, TaskStore};
+use taskstream_store::{
+    OutboxMessage, Saga, SagaStore, StoreError, SuggestionRecord, SuggestionStatus, SuggestionStore,
+    TaskQuery, TaskStore,
+};
 use tokio::sync::{Notify, OwnedMutexGuard};
+use uuid::Uuid;
 
 use crate::RequestContext;
 
@@ -50,6 +56,37 @@ pub enum ServiceError {
     Encoding(#[from] EncodingError),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Why a suggestion was not accepted or rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum SuggestionError {
+    #[error("task {task} has no suggestion {suggestion}")]
+    NotFound { task: TaskId, suggestion: Uuid },
+    /// Accepted or rejected already: a suggestion is resolved once.
+    #[error("suggestion {suggestion} is already {}", status.as_str())]
+    Resolved {
+        suggestion: Uuid,
+        status: SuggestionStatus,
+    },
+    /// The task changed since the suggestion was made for it.
+    #[error("suggestion {suggestion} was made for version {suggested_for} of the task, which is now at version {current}")]
+    Stale {
+        suggestion: Uuid,
+        suggested_for: i64,
+        current: i64,
+    },
+    /// The stored suggestion holds a value the task cannot take.
+    #[error("suggestion {suggestion} cannot be applied: {detail}")]
+    Unusable { suggestion: Uuid, detail: String },
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+}
+
+impl From<StoreError> for SuggestionError {
+    fn from(e: StoreError) -> Self {
+        Self::Service(ServiceError::Store(e))
+    }
 }
 
 /// Executes task commands against a [`TaskStore`].
@@ -187,6 +224,101 @@ impl TaskService {
         .await
     }
 
+    /// Accepts suggestion `suggestion_id` of task `id`: applies its
+    /// priority, assignee and due date through the normal write path (the
+    /// task and its `task.updated` event in one transaction), and marks it
+    /// accepted in that same transaction. Refused, changing nothing, when
+    /// it was accepted or rejected already, or when the task changed since
+    /// the suggestion was made (stale).
+    pub async fn accept_suggestion(
+        &self,
+        suggestions: &dyn SuggestionStore,
+        id: TaskId,
+        suggestion_id: Uuid,
+        context: &RequestContext,
+    ) -> Result<Task, SuggestionError> {
+        let _turn = self.locks.lock(id).await;
+        let suggestion = pending_suggestion(suggestions, id, suggestion_id).await?;
+        let current = self.get(id).await?;
+        if current.version != suggestion.task_version {
+            return Err(SuggestionError::Stale {
+                suggestion: suggestion_id,
+                suggested_for: suggestion.task_version,
+                current: current.version,
+            });
+        }
+        let patch = patch_of(&suggestion)?;
+        let now = taskstream_domain::now();
+        let change = current
+            .update(patch, now, context.cause())
+            .map_err(ServiceError::from)?;
+        let outcome = match &change {
+            Some(next) => {
+                let message = self.outbox_message(next, context)?;
+                suggestions
+                    .accept_suggestion(
+                        suggestion_id,
+                        Some((&next.task, current.version, &message)),
+                        now,
+                    )
+                    .await
+            }
+            None => {
+                suggestions
+                    .accept_suggestion(suggestion_id, None, now)
+                    .await
+            }
+        };
+        match outcome {
+            Ok(()) => {}
+            Err(StoreError::SuggestionNotPending { .. }) => {
+                return Err(resolved(suggestions, suggestion_id).await)
+            }
+            Err(StoreError::VersionConflict { .. }) => {
+                let now_at = self.get(id).await?.version;
+                return Err(SuggestionError::Stale {
+                    suggestion: suggestion_id,
+                    suggested_for: suggestion.task_version,
+                    current: now_at,
+                });
+            }
+            Err(e) => return Err(store_failure(e, id).into()),
+        }
+        let Some(next) = change else {
+            return Ok(current);
+        };
+        self.relay_wake.notify_one();
+        log_change(&next);
+        Ok(next.task)
+    }
+
+    /// Rejects suggestion `suggestion_id` of task `id`; the task is not touched.
+    pub async fn reject_suggestion(
+        &self,
+        suggestions: &dyn SuggestionStore,
+        id: TaskId,
+        suggestion_id: Uuid,
+    ) -> Result<SuggestionRecord, SuggestionError> {
+        pending_suggestion(suggestions, id, suggestion_id).await?;
+        match suggestions
+            .reject_suggestion(suggestion_id, taskstream_domain::now())
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::SuggestionNotPending { .. }) => {
+                return Err(resolved(suggestions, suggestion_id).await)
+            }
+            Err(e) => return Err(e.into()),
+        }
+        suggestions
+            .suggestion(suggestion_id)
+            .await?
+            .ok_or(SuggestionError::NotFound {
+                task: id,
+                suggestion: suggestion_id,
+            })
+    }
+
     /// Read, change, and write back if nobody wrote in between (optimistic
     /// concurrency on `version`). Changes to one task take turns inside this
     /// process; a collision with another process is retried for up to
@@ -243,6 +375,67 @@ impl TaskService {
             }
         }
     }
+}
+
+/// Suggestion `suggestion_id` of task `id`, if it is still pending.
+async fn pending_suggestion(
+    suggestions: &dyn SuggestionStore,
+    id: TaskId,
+    suggestion_id: Uuid,
+) -> Result<SuggestionRecord, SuggestionError> {
+    let suggestion = suggestions
+        .suggestion(suggestion_id)
+        .await?
+        .filter(|s| s.task_id == id.to_string())
+        .ok_or(SuggestionError::NotFound {
+            task: id,
+            suggestion: suggestion_id,
+        })?;
+    if suggestion.status != SuggestionStatus::Pending {
+        return Err(SuggestionError::Resolved {
+            suggestion: suggestion_id,
+            status: suggestion.status,
+        });
+    }
+    Ok(suggestion)
+}
+
+/// The refusal for a suggestion that a concurrent command resolved first.
+async fn resolved(suggestions: &dyn SuggestionStore, suggestion_id: Uuid) -> SuggestionError {
+    match suggestions.suggestion(suggestion_id).await {
+        Ok(Some(s)) => SuggestionError::Resolved {
+            suggestion: suggestion_id,
+            status: s.status,
+        },
+        Ok(None) | Err(_) => SuggestionError::Resolved {
+            suggestion: suggestion_id,
+            status: SuggestionStatus::Accepted,
+        },
+    }
+}
+
+/// The change a suggestion asks for: only the fields it has an opinion on.
+fn patch_of(s: &SuggestionRecord) -> Result<TaskPatch, SuggestionError> {
+    let unusable = |detail: String| SuggestionError::Unusable {
+        suggestion: s.id,
+        detail,
+    };
+    let priority = s
+        .priority
+        .as_deref()
+        .map(|p| Priority::parse(p).ok_or_else(|| unusable(format!("priority {p:?}"))))
+        .transpose()?;
+    let assignee = s
+        .assignee
+        .as_deref()
+        .map(|a| Assignee::parse(a).map_err(|e| unusable(e.message)))
+        .transpose()?;
+    Ok(TaskPatch {
+        priority,
+        assignee: assignee.map(Some),
+        due_at: s.due_at.map(Some),
+        ..TaskPatch::default()
+    })
 }
 
 /// A random duration between half of `pause` and `pause`.

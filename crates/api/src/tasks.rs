@@ -207,7 +207,7 @@ impl UpdateTaskRequest {
     }
 }
 
-fn task_id(path: Result<Path<String>, PathRejection>) -> Result<TaskId, Problem> {
+pub(crate) fn task_id(path: Result<Path<String>, PathRejection>) -> Result<TaskId, Problem> {
     let Path(raw) = path.map_err(|e| Problem::not_found(e.body_text()))?;
     raw.parse()
         .map_err(|_| Problem::not_found(format!("no task with id {raw:?}")))
@@ -325,7 +325,7 @@ async fn expected_version(
 }
 
 /// A task response with its `ETag` (the version).
-fn task_response(status: StatusCode, task: Task) -> Response {
+pub(crate) fn task_response(status: StatusCode, task: Task) -> Response {
     let mut response = (status, Json(&task)).into_response();
     if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", task.version)) {
         response.headers_mut().insert(header::ETAG, etag);

@@ -44,7 +44,9 @@ pub use offsets::{
     group_offsets, list_groups, record_timestamps, PartitionOffsets, LAG_PROBE_GROUP,
 };
 pub use producer::{Delivery, DeliveryFuture, EventProducer, OutboundRecord, ProducerSettings};
-pub use reader::{end_offsets, read_published, read_topic, Published, TOPIC_READER_GROUP};
+pub use reader::{
+    await_record, end_offsets, read_published, read_topic, Published, TOPIC_READER_GROUP,
+};
 pub use stats::{BrokerStats, ClientStats, PartitionLag, StatsListener};
 pub use topic::TopicSpec;
 pub use transactional::{

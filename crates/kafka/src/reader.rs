@@ -128,3 +128,52 @@ fn topic_reader(config: &KafkaConfig) -> Result<BaseConsumer<TracingContext>, Ka
     rd.create_with_context(TracingContext::of("topic-reader", config))
         .map_err(|e| KafkaError::Config(e.to_string()))
 }
+
+/// Waits for the first record of `topic` after `from` (partition to offset;
+/// partitions missing start at their beginning) that `wanted` accepts, as a
+/// `read_committed` consumer outside any group that commits nothing.
+/// `None` once `wait` has passed without one (a request-reply caller's
+/// deadline).
+pub async fn await_record<F>(
+    config: &KafkaConfig,
+    topic: &str,
+    from: &HashMap<i32, i64>,
+    wait: Duration,
+    wanted: F,
+) -> Result<Option<crate::InboundRecord>, KafkaError>
+where
+    F: Fn(&crate::InboundRecord) -> bool + Send + 'static,
+{
+    let consumer = topic_reader(config)?;
+    let topic = topic.to_owned();
+    let from = from.clone();
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + wait;
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions(consumer.client(), &topic, wait)? {
+            let start = from
+                .get(&p)
+                .map_or(Offset::Beginning, |o| Offset::Offset(*o));
+            tpl.add_partition_offset(&topic, p, start)
+                .map_err(err("Assign"))?;
+        }
+        consumer.assign(&tpl).map_err(err("Assign"))?;
+        while Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    let record = crate::InboundRecord::from_message(&m);
+                    if wanted(&record) {
+                        return Ok(Some(record));
+                    }
+                }
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e)) if crate::error::lost_brokers(&e) => {}
+                Some(Err(e)) => return Err(err("Fetch")(e)),
+                None => {}
+            }
+        }
+        Ok(None)
+    })
+    .await
+    .map_err(|e| KafkaError::Consume(e.to_string()))?
+}

@@ -238,7 +238,10 @@ impl EventEncoding {
     /// Fails (retriably while the registry is unreachable) when that row
     /// cannot be converted; it then stays pending.
     pub async fn record(&self, message: &OutboxMessage) -> Result<EventRecord, EncodingError> {
-        let legacy_json = message.content_type == headers::JSON_CONTENT_TYPE;
+        // Only task events were ever stored as JSON by earlier versions;
+        // other rows (the agent's suggestions) are JSON by design.
+        let legacy_json =
+            message.content_type == headers::JSON_CONTENT_TYPE && message.aggregate_type == "task";
         let (value, content_type) = match self {
             Self::Avro(encoder) if legacy_json => {
                 let event = JsonCodec.decode(&message.payload).map_err(|source| {

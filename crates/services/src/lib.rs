@@ -2,6 +2,7 @@
 //! events, and the two services that consume them independently, each in its
 //! own consumer group: the notification service and the audit-log service.
 
+pub mod agent;
 mod auditor;
 mod backoff;
 mod consumer;

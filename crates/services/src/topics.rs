@@ -31,6 +31,15 @@ pub const TASK_SAGAS: &str = "task-sagas";
 /// Partitions of the saga topic.
 pub const TASK_SAGAS_PARTITIONS: i32 = 3;
 
+/// The triage agent's suggestions (`task.triage_suggested`, JSON), keyed by task id.
+pub const TASK_SUGGESTIONS: &str = "task-suggestions";
+
+/// Requests to the triage agent from synchronous callers (`taskstream agent ask`).
+pub const TASK_TRIAGE_REQUESTS: &str = "task-triage-requests";
+
+/// The default topic the agent's replies go to (a request names its own in `reply-to`).
+pub const TASK_TRIAGE_REPLIES: &str = "task-triage-replies";
+
 /// The topic a Confluent Schema Registry keeps its schemas in (`kafkastore.topic`).
 pub const SCHEMA_REGISTRY_TOPIC: &str = "_schemas";
 
@@ -113,7 +122,26 @@ pub fn declared_topics(replication_factor: i32) -> Vec<TopicSpec> {
                 ),
             ]),
         },
+        plain(TASK_SUGGESTIONS, TASK_EVENTS_PARTITIONS, replication_factor),
+        plain(TASK_TRIAGE_REQUESTS, 3, replication_factor),
+        plain(TASK_TRIAGE_REPLIES, 3, replication_factor),
     ]
+}
+
+/// A topic that deletes old records (the broker's retention).
+fn plain(name: &str, partitions: i32, replication_factor: i32) -> TopicSpec {
+    TopicSpec {
+        name: name.to_owned(),
+        partitions,
+        replication_factor,
+        configs: BTreeMap::from([
+            ("cleanup.policy".to_owned(), "delete".to_owned()),
+            (
+                "min.insync.replicas".to_owned(),
+                replication_factor.clamp(1, 2).to_string(),
+            ),
+        ]),
+    }
 }
 
 /// A compacted topic: it keeps the latest record of each key.

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::{
     AuditEntry, AuditStore, HandledBy, InboxStore, Lease, NotificationRecord, NotificationStore,
     OutboxMessage, OutboxStats, OutboxStore, PendingMessage, PgOptions, PgStore, SqliteOptions,
-    SqliteStore, StoreError, TaskQuery, TaskStore, WriteHealth,
+    SqliteStore, StoreError, SuggestionRecord, SuggestionStore, TaskQuery, TaskStore, WriteHealth,
 };
 
 /// Where the state lives.
@@ -323,6 +323,39 @@ impl crate::SagaStore for Store {
 
     async fn held_capacity(&self, assignee: &str) -> Result<i64, StoreError> {
         each!(self, s => s.held_capacity(assignee).await)
+    }
+}
+
+#[async_trait]
+impl SuggestionStore for Store {
+    async fn record_suggestion(
+        &self,
+        group: &str,
+        suggestion: &SuggestionRecord,
+        event: &OutboxMessage,
+    ) -> Result<bool, StoreError> {
+        each!(self, s => s.record_suggestion(group, suggestion, event).await)
+    }
+
+    async fn suggestion(&self, id: Uuid) -> Result<Option<SuggestionRecord>, StoreError> {
+        each!(self, s => s.suggestion(id).await)
+    }
+
+    async fn suggestions(&self, task_id: &str) -> Result<Vec<SuggestionRecord>, StoreError> {
+        each!(self, s => s.suggestions(task_id).await)
+    }
+
+    async fn accept_suggestion(
+        &self,
+        id: Uuid,
+        change: Option<(&Task, i64, &OutboxMessage)>,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        each!(self, s => s.accept_suggestion(id, change, at).await)
+    }
+
+    async fn reject_suggestion(&self, id: Uuid, at: DateTime<Utc>) -> Result<(), StoreError> {
+        each!(self, s => s.reject_suggestion(id, at).await)
     }
 }
 

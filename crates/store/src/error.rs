@@ -13,6 +13,10 @@ pub enum StoreError {
     /// Another writer changed the task first; re-read and try again.
     #[error("task {task_id} changed concurrently (expected version {expected})")]
     VersionConflict { task_id: String, expected: i64 },
+    /// The suggestion was accepted or rejected already (or does not
+    /// exist); nothing was written.
+    #[error("suggestion {id} is not pending")]
+    SuggestionNotPending { id: String },
     /// A stored value could not be read back into a domain type.
     #[error("corrupt row in {table}: {detail}")]
     Corrupt { table: &'static str, detail: String },

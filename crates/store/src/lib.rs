@@ -20,6 +20,7 @@ mod rows;
 mod sagas;
 mod sql;
 mod sqlite;
+mod suggestion_stores;
 mod traits;
 
 pub use any::{Database, Store};
@@ -29,7 +30,7 @@ pub use health::{WriteFailure, WriteHealth};
 pub use postgres::{redact_url, PgOptions, PgStore, OUTBOX_CHANNEL};
 pub use records::{
     AuditEntry, HandledBy, Lease, NotificationRecord, OutboxMessage, OutboxStats, PendingMessage,
-    TaskQuery,
+    SuggestionRecord, SuggestionStatus, TaskQuery,
 };
 pub use replication::{replication_slots_at, ReplicationSlot};
 pub use sagas::{
@@ -37,4 +38,6 @@ pub use sagas::{
     SagaTaskWrite, SagaTransition,
 };
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
-pub use traits::{AuditStore, InboxStore, NotificationStore, OutboxStore, TaskStore};
+pub use traits::{
+    AuditStore, InboxStore, NotificationStore, OutboxStore, SuggestionStore, TaskStore,
+};

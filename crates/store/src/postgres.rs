@@ -27,6 +27,7 @@ use uuid::Uuid;
 use crate::consumer_stores::consumer_stores;
 use crate::health::WriteHealth;
 use crate::rows::{self, StoredRow};
+use crate::suggestion_stores::suggestion_store;
 use crate::{
     sql, HandledBy, Lease, OutboxMessage, OutboxStats, OutboxStore, PendingMessage, StoreError,
     TaskQuery, TaskStore,
@@ -610,6 +611,7 @@ impl OutboxStore for PgStore {
 }
 
 consumer_stores!(PgStore, Postgres, writer = pool, reader = pool);
+suggestion_store!(PgStore, Postgres, writer = pool, reader = pool);
 
 /// Serialises the capacity checks of one assignee's sagas across processes
 /// until the transaction ends, so two starts cannot both see the last free

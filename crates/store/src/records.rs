@@ -127,3 +127,59 @@ pub enum HandledBy<'a> {
     /// A consumer that marks events in `processed_events` under this name.
     Processed(&'a str),
 }
+
+/// Where a triage suggestion is in its life: `pending` until a person (or a
+/// configured rule) accepts or rejects it; then final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SuggestionStatus {
+    Pending,
+    Accepted,
+    Rejected,
+}
+
+impl SuggestionStatus {
+    /// The stored and wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Accepted => "accepted",
+            Self::Rejected => "rejected",
+        }
+    }
+
+    /// Parses the stored and wire name.
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "pending" => Some(Self::Pending),
+            "accepted" => Some(Self::Accepted),
+            "rejected" => Some(Self::Rejected),
+            _ => None,
+        }
+    }
+}
+
+/// A suggestion the triage agent made for a task, from one task event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SuggestionRecord {
+    /// Derived from `event_id`, so the same event always names the same suggestion.
+    pub id: Uuid,
+    /// The task event the suggestion answers (its causation).
+    pub event_id: Uuid,
+    pub task_id: String,
+    /// The task's version the suggestion was made for: accepting it once
+    /// the task has moved on is refused as stale.
+    pub task_version: i64,
+    /// `low`, `medium` or `high`, when the model suggests one.
+    pub priority: Option<String>,
+    pub assignee: Option<String>,
+    pub due_at: Option<DateTime<Utc>>,
+    /// How sure the model is, 0 to 100.
+    pub confidence: u8,
+    /// Which model made it (`local`, or the remote model's name).
+    pub model: String,
+    /// Why, in a sentence or two.
+    pub rationale: String,
+    pub status: SuggestionStatus,
+    pub created_at: DateTime<Utc>,
+    pub resolved_at: Option<DateTime<Utc>>,
+}

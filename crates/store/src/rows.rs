@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use crate::{
     AuditEntry, NotificationRecord, OutboxMessage, OutboxStats, PendingMessage, StoreError,
+    SuggestionRecord, SuggestionStatus,
 };
 
 /// A stored value that cannot be read back.
@@ -215,4 +216,30 @@ pub(crate) fn notification(row: &impl StoredRow) -> Result<NotificationRecord, S
 pub(crate) fn processed_time(row: &impl StoredRow) -> Result<(Uuid, DateTime<Utc>), StoreError> {
     const T: &str = "processed_events";
     Ok((row.uuid(T, "event_id")?, row.time(T, "processed_at")?))
+}
+
+/// A `suggestions` row.
+pub(crate) fn suggestion(row: &impl StoredRow) -> Result<SuggestionRecord, StoreError> {
+    const T: &str = "suggestions";
+    let status = row.text("status")?;
+    let confidence = row.int("confidence")?;
+    Ok(SuggestionRecord {
+        id: row.uuid(T, "id")?,
+        event_id: row.uuid(T, "event_id")?,
+        task_id: row.text("task_id")?,
+        task_version: row.int("task_version")?,
+        priority: row.opt_text("priority")?,
+        assignee: row.opt_text("assignee")?,
+        due_at: row.opt_time(T, "due_at")?,
+        confidence: u8::try_from(confidence)
+            .ok()
+            .filter(|c| *c <= 100)
+            .ok_or_else(|| corrupt(T, format!("confidence {confidence}")))?,
+        model: row.text("model")?,
+        rationale: row.text("rationale")?,
+        status: SuggestionStatus::parse(&status)
+            .ok_or_else(|| corrupt(T, format!("status {status:?}")))?,
+        created_at: row.time(T, "created_at")?,
+        resolved_at: row.opt_time(T, "resolved_at")?,
+    })
 }

@@ -55,8 +55,10 @@ pub(crate) const OUTBOX_STATS: &str = "SELECT (SELECT COUNT(*) FROM outbox) AS t
             COUNT(*) AS pending, MIN(created_at) AS oldest
      FROM outbox WHERE published_at IS NULL";
 
-/// Unpublishes task events that the audit log or consumer `$1` has not
-/// handled (saga events on `task-sagas` are not theirs to handle).
+/// Unpublishes task events (`aggregatetype = 'task'`) that the audit log
+/// or consumer `$1` has not handled. Other rows (saga events on
+/// `task-sagas`, the triage agent's suggestions) go to topics these
+/// consumers do not read, so their absence from the audit log says nothing.
 pub(crate) const REQUEUE_UNHANDLED: &str = "UPDATE outbox SET published_at = NULL
      WHERE published_at IS NOT NULL AND aggregatetype = 'task'
        AND (NOT EXISTS (SELECT 1 FROM audit_log a WHERE a.event_id = outbox.id)

@@ -25,6 +25,7 @@ use crate::consumer_stores::consumer_stores;
 
 use crate::health::WriteHealth;
 use crate::rows::{self, StoredRow};
+use crate::suggestion_stores::suggestion_store;
 use crate::{
     sql, HandledBy, Lease, OutboxMessage, OutboxStats, OutboxStore, PendingMessage, StoreError,
     TaskQuery, TaskStore,
@@ -900,6 +901,7 @@ impl OutboxStore for SqliteStore {
 }
 
 consumer_stores!(SqliteStore, Sqlite, writer = writer, reader = reader);
+suggestion_store!(SqliteStore, Sqlite, writer = writer, reader = reader);
 
 /// Capacity checks need no lock of their own on SQLite: its one writer
 /// connection per process, and the database's write lock across processes,

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::{
     AuditEntry, Lease, NotificationRecord, OutboxMessage, OutboxStats, PendingMessage, StoreError,
-    TaskQuery,
+    SuggestionRecord, TaskQuery,
 };
 
 /// Tasks, written only together with the event that records the change.
@@ -160,4 +160,43 @@ pub trait NotificationStore: InboxStore {
         task_id: Option<&str>,
         limit: u32,
     ) -> Result<Vec<NotificationRecord>, StoreError>;
+}
+
+/// The triage agent's suggestions, and the command that applies one.
+#[async_trait]
+pub trait SuggestionStore: InboxStore {
+    /// Stores `suggestion`, enqueues its `task.triage_suggested` outbox
+    /// row `event` and marks the triggering event (`suggestion.event_id`)
+    /// processed by `group`, atomically. Returns `false`, writing nothing,
+    /// when the group had processed that event already or a suggestion for
+    /// it exists: one suggestion per task event, however often it comes.
+    async fn record_suggestion(
+        &self,
+        group: &str,
+        suggestion: &SuggestionRecord,
+        event: &OutboxMessage,
+    ) -> Result<bool, StoreError>;
+
+    /// One suggestion.
+    async fn suggestion(&self, id: Uuid) -> Result<Option<SuggestionRecord>, StoreError>;
+
+    /// A task's suggestions, oldest first.
+    async fn suggestions(&self, task_id: &str) -> Result<Vec<SuggestionRecord>, StoreError>;
+
+    /// Accepts pending suggestion `id`: marks it accepted and writes the
+    /// changed `task` (if its stored version is `expected_version`) with
+    /// its outbox row `event`, atomically. `task` and `event` are `None`
+    /// when accepting changes nothing. Fails with
+    /// [`StoreError::SuggestionNotPending`] or
+    /// [`StoreError::VersionConflict`], writing nothing.
+    async fn accept_suggestion(
+        &self,
+        id: Uuid,
+        change: Option<(&Task, i64, &OutboxMessage)>,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Rejects pending suggestion `id`; fails with
+    /// [`StoreError::SuggestionNotPending`] otherwise.
+    async fn reject_suggestion(&self, id: Uuid, at: DateTime<Utc>) -> Result<(), StoreError>;
 }

@@ -13,8 +13,8 @@ use sqlx::Connection;
 use taskstream_domain::Cause;
 use taskstream_store::{
     AuditEntry, AuditStore, HandledBy, InboxStore, NotificationRecord, NotificationStore,
-    OutboxStore, PgOptions, PgStore, SqliteOptions, SqliteStore, Store, StoreError, TaskQuery,
-    TaskStore,
+    OutboxStore, PgOptions, PgStore, SqliteOptions, SqliteStore, Store, StoreError,
+    SuggestionRecord, SuggestionStatus, SuggestionStore, TaskQuery, TaskStore,
 };
 use uuid::Uuid;
 
@@ -1019,5 +1019,209 @@ mod sagas {
                 .is_empty());
             backend.finish().await;
         }
+    }
+}
+
+/// A pending suggestion for `change`'s task, answering its event.
+fn suggestion_for(change: &taskstream_domain::TaskChange) -> SuggestionRecord {
+    SuggestionRecord {
+        id: Uuid::now_v7(),
+        event_id: change.event.id.as_uuid(),
+        task_id: change.task.id.to_string(),
+        task_version: change.task.version,
+        priority: Some("low".into()),
+        assignee: Some("bo".into()),
+        due_at: None,
+        confidence: 70,
+        model: "local".into(),
+        rationale: "because".into(),
+        status: SuggestionStatus::Pending,
+        created_at: taskstream_domain::now(),
+        resolved_at: None,
+    }
+}
+
+/// The `task.triage_suggested` outbox row of `suggestion`.
+fn suggested_row(suggestion: &SuggestionRecord) -> taskstream_store::OutboxMessage {
+    taskstream_store::OutboxMessage {
+        id: Uuid::now_v7(),
+        aggregate_type: "suggestion".into(),
+        aggregate_id: suggestion.task_id.clone(),
+        event_type: "task.triage_suggested".into(),
+        topic: "task-suggestions".into(),
+        payload: b"{}".to_vec(),
+        content_type: "application/json".into(),
+        traceparent: None,
+        created_at: suggestion.created_at,
+    }
+}
+
+#[tokio::test]
+async fn a_suggestion_is_recorded_once_per_task_event_with_its_outbox_row() {
+    for backend in backends().await {
+        let store = &backend.store;
+        let change = created("triage me");
+        store
+            .insert_task(&change.task, &message(&change))
+            .await
+            .unwrap();
+        let suggestion = suggestion_for(&change);
+        let row = suggested_row(&suggestion);
+        assert!(store
+            .record_suggestion("triage-agent", &suggestion, &row)
+            .await
+            .unwrap());
+        // The same event again, as a redelivery or from another group,
+        // adds neither a suggestion nor an outbox row.
+        let again = SuggestionRecord {
+            id: Uuid::now_v7(),
+            ..suggestion.clone()
+        };
+        assert!(!store
+            .record_suggestion("triage-agent", &again, &suggested_row(&again))
+            .await
+            .unwrap());
+        assert!(!store
+            .record_suggestion("triage-agent-2", &again, &suggested_row(&again))
+            .await
+            .unwrap());
+        assert!(store
+            .is_processed("triage-agent", change.event.id.as_uuid())
+            .await
+            .unwrap());
+        let listed = store
+            .suggestions(&change.task.id.to_string())
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].id, suggestion.id);
+        assert_eq!(listed[0].confidence, 70);
+        assert_eq!(
+            store.suggestion(suggestion.id).await.unwrap().unwrap(),
+            listed[0]
+        );
+        let pending = pending_rows(store, 10).await;
+        let suggested: Vec<_> = pending
+            .iter()
+            .filter(|p| p.message.topic == "task-suggestions")
+            .collect();
+        assert_eq!(suggested.len(), 1);
+        assert_eq!(suggested[0].message, row);
+        backend.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn accepting_a_suggestion_writes_the_task_once_and_a_second_accept_or_a_stale_one_writes_nothing(
+) {
+    for backend in backends().await {
+        let store = &backend.store;
+        let change = created("accept me");
+        store
+            .insert_task(&change.task, &message(&change))
+            .await
+            .unwrap();
+        let suggestion = suggestion_for(&change);
+        store
+            .record_suggestion("triage-agent", &suggestion, &suggested_row(&suggestion))
+            .await
+            .unwrap();
+        let patch = taskstream_domain::TaskPatch {
+            priority: Some(taskstream_domain::Priority::Low),
+            ..Default::default()
+        };
+        let updated = change
+            .task
+            .update(patch, taskstream_domain::now(), Cause::default())
+            .unwrap()
+            .unwrap();
+        // A stale version refuses the whole command: the suggestion stays pending.
+        let stale = store
+            .accept_suggestion(
+                suggestion.id,
+                Some((&updated.task, 7, &message(&updated))),
+                taskstream_domain::now(),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(stale, StoreError::VersionConflict { .. }),
+            "{stale}"
+        );
+        let pending = store.suggestion(suggestion.id).await.unwrap().unwrap();
+        assert_eq!(pending.status, SuggestionStatus::Pending);
+
+        store
+            .accept_suggestion(
+                suggestion.id,
+                Some((&updated.task, 1, &message(&updated))),
+                taskstream_domain::now(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store.task(change.task.id).await.unwrap().unwrap(),
+            updated.task
+        );
+        let accepted = store.suggestion(suggestion.id).await.unwrap().unwrap();
+        assert_eq!(accepted.status, SuggestionStatus::Accepted);
+        assert!(accepted.resolved_at.is_some());
+
+        let again = store
+            .accept_suggestion(suggestion.id, None, taskstream_domain::now())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(again, StoreError::SuggestionNotPending { .. }),
+            "{again}"
+        );
+        let rejected = store
+            .reject_suggestion(suggestion.id, taskstream_domain::now())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(rejected, StoreError::SuggestionNotPending { .. }),
+            "{rejected}"
+        );
+        backend.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn a_repair_requeues_task_events_only_never_the_agents_suggestion_events() {
+    for backend in backends().await {
+        let store = &backend.store;
+        let change = created("repair me");
+        store
+            .insert_task(&change.task, &message(&change))
+            .await
+            .unwrap();
+        let suggestion = suggestion_for(&change);
+        store
+            .record_suggestion("triage-agent", &suggestion, &suggested_row(&suggestion))
+            .await
+            .unwrap();
+        let seqs: Vec<i64> = pending_rows(store, 10)
+            .await
+            .iter()
+            .map(|p| p.seq)
+            .collect();
+        assert_eq!(seqs.len(), 2);
+        store
+            .mark_published(&seqs, taskstream_domain::now())
+            .await
+            .unwrap();
+        // Neither row is in the audit log: only the task event is the auditor's business.
+        let requeued = store
+            .requeue_events_unhandled_by(HandledBy::AuditLog)
+            .await
+            .unwrap();
+        assert_eq!(requeued, 1);
+        let again = store.requeue_unhandled_events("notifier").await.unwrap();
+        assert_eq!(again, 0);
+        let pending = pending_rows(store, 10).await;
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].message.topic, "task-events");
+        backend.finish().await;
     }
 }

@@ -11,7 +11,11 @@ use taskstream_api::HttpLimits;
 use taskstream_services::{RelayDelivery, RelaySettings};
 use taskstream_store::{Database, PgOptions, SqliteOptions, Synchronous};
 
-use crate::components::{parse_broker_flush, DevBrokerKind};
+use taskstream_services::agent::{
+    AssigneeMap, LocalModel, OpenAiModel, OpenAiSettings, TriageModel,
+};
+
+use crate::components::{parse_broker_flush, AgentSettings, AutoAccept, DevBrokerKind};
 use crate::config::{
     parse_http_timeout, parse_millis, parse_seconds, Endpoints, KafkaArgs, KafkaStartArgs, Secret,
 };
@@ -59,6 +63,8 @@ pub enum Command {
     Auditor(ConsumerArgs),
     /// Run the assignment saga alone (consumer group `saga` and its deadline timer).
     Saga(SagaCmdArgs),
+    /// Run the triage agent alone (consumer group `triage-agent`), or ask it (`ask`), or evaluate it on history (`replay`).
+    Agent(Box<AgentArgs>),
     /// Run the workload processor: per-assignee open/overdue counts and overload alerts, exactly once.
     Processor(ProcessorArgs),
     /// Run the embedded Kafka-protocol dev broker alone and print its address.
@@ -342,6 +348,11 @@ pub struct UpArgs {
     pub no_saga: bool,
     #[command(flatten)]
     pub saga: SagaArgs,
+    /// Do not run the triage agent.
+    #[arg(long, env = "TASKSTREAM_NO_AGENT")]
+    pub no_agent: bool,
+    #[command(flatten)]
+    pub agent: Box<AgentModelArgs>,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]
@@ -614,4 +625,137 @@ fn parse_transactional_id(raw: &str) -> Result<String, String> {
         ));
     }
     Ok(raw.to_owned())
+}
+
+/// How the triage agent answers (see `taskstream_services::agent`).
+#[derive(Debug, Clone, Args)]
+pub struct AgentModelArgs {
+    /// Which words name which assignee for the local model:
+    /// `keyword=assignee,...` (one word per keyword, matched case-insensitively).
+    #[arg(long, env = "TASKSTREAM_AGENT_ASSIGNEES", default_value = "", value_parser = AssigneeMap::parse)]
+    pub agent_assignees: AssigneeMap,
+    /// Accept suggestions without a person when they satisfy this rule:
+    /// `min-confidence=N` (0 to 100), through the same command as
+    /// `POST /tasks/{id}/suggestions/{sid}/accept`. Default: never.
+    #[arg(long, env = "TASKSTREAM_AGENT_AUTO_ACCEPT")]
+    pub agent_auto_accept: Option<AutoAccept>,
+    /// An OpenAI-compatible API to ask instead of the local model
+    /// (`POST {URL}/chat/completions`, JSON mode), e.g. http://127.0.0.1:11434/v1.
+    /// Checked at start-up, without repeating it (it might hold a key).
+    #[arg(long, env = "TASKSTREAM_AGENT_MODEL_URL", hide_env_values = true)]
+    pub agent_model_url: Option<String>,
+    /// The model the API is asked for (the request's `model`).
+    #[arg(
+        long,
+        env = "TASKSTREAM_AGENT_MODEL_NAME",
+        default_value = "gpt-4o-mini"
+    )]
+    pub agent_model_name: String,
+    /// Seconds one request to the model may take.
+    #[arg(long, env = "TASKSTREAM_AGENT_MODEL_TIMEOUT", default_value = "30", value_parser = parse_seconds)]
+    pub agent_model_timeout: Duration,
+    /// Retries (with backoff) of a request that timed out or was answered 429 or 5xx.
+    #[arg(long, env = "TASKSTREAM_AGENT_MODEL_RETRIES", default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=10))]
+    pub agent_model_retries: u32,
+    /// The most requests to the model in any minute; past it, events are
+    /// dead-lettered (replay them later with `taskstream dlq replay`).
+    #[arg(long, env = "TASKSTREAM_AGENT_MAX_REQUESTS_PER_MINUTE", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub agent_max_requests_per_minute: u32,
+    /// The API key (sent as a bearer token; never logged).
+    #[arg(
+        long,
+        env = "TASKSTREAM_AGENT_API_KEY",
+        hide_env_values = true,
+        conflicts_with = "agent_api_key_file"
+    )]
+    pub agent_api_key: Option<Secret>,
+    /// A file holding the API key (a mounted secret); surrounding whitespace is ignored.
+    #[arg(long, env = "TASKSTREAM_AGENT_API_KEY_FILE")]
+    pub agent_api_key_file: Option<PathBuf>,
+}
+
+/// An http(s) base URL for the model's API.
+fn parse_model_url(raw: &str) -> Result<String, String> {
+    let url = raw.trim().trim_end_matches('/');
+    match url.split_once("://") {
+        Some(("http" | "https", rest)) if !rest.is_empty() && !rest.contains('@') => {
+            Ok(url.to_owned())
+        }
+        _ => Err(
+            "expected an http(s) URL without credentials, such as http://127.0.0.1:11434/v1 (the key goes in --agent-api-key or --agent-api-key-file)".into(),
+        ),
+    }
+}
+
+impl AgentModelArgs {
+    /// The model these flags ask for.
+    pub fn model(&self) -> anyhow::Result<std::sync::Arc<dyn TriageModel>> {
+        let Some(url) = &self.agent_model_url else {
+            return Ok(std::sync::Arc::new(LocalModel::new(
+                self.agent_assignees.clone(),
+            )));
+        };
+        let url = parse_model_url(url).map_err(|e| {
+            anyhow::anyhow!("invalid --agent-model-url / TASKSTREAM_AGENT_MODEL_URL: {e}")
+        })?;
+        let api_key = match (&self.agent_api_key, &self.agent_api_key_file) {
+            (Some(key), _) => Some(key.expose().to_owned()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| {
+                        format!("cannot read --agent-api-key-file {}", path.display())
+                    })?
+                    .trim()
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        };
+        let model = OpenAiModel::new(OpenAiSettings {
+            url,
+            model: self.agent_model_name.clone(),
+            api_key,
+            timeout: self.agent_model_timeout,
+            retries: self.agent_model_retries,
+            max_requests_per_minute: self.agent_max_requests_per_minute,
+            initial_backoff: Duration::from_millis(500),
+        })
+        .map_err(anyhow::Error::msg)?;
+        Ok(std::sync::Arc::new(model))
+    }
+
+    /// The agent's settings.
+    pub fn settings(&self) -> anyhow::Result<AgentSettings> {
+        Ok(AgentSettings {
+            model: self.model()?,
+            auto_accept: self.agent_auto_accept,
+        })
+    }
+}
+
+/// `taskstream agent`: run the agent, or one of its tools.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AgentArgs {
+    #[command(subcommand)]
+    pub command: Option<AgentCommand>,
+    #[command(flatten)]
+    pub run: AgentRunArgs,
+}
+
+/// What `taskstream agent` can do besides running.
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Ask the running agent for a suggestion over Kafka (request-reply) and wait for its answer.
+    Ask(crate::ops::agent::AskArgs),
+    /// Re-run the agent over the task-event history and compare its suggestions with what people did.
+    Replay(crate::ops::agent::ReplayArgs),
+}
+
+/// `taskstream agent` (running).
+#[derive(Debug, Args)]
+pub struct AgentRunArgs {
+    #[command(flatten)]
+    pub consumer: ConsumerArgs,
+    #[command(flatten)]
+    pub model: AgentModelArgs,
 }

@@ -12,6 +12,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Relay(args) => processes::relay(args).await,
         Command::Notifier(args) => processes::notifier(args).await,
         Command::Auditor(args) => processes::auditor(args).await,
+        Command::Agent(args) => processes::agent(*args).await,
         Command::Processor(args) => processes::processor(args).await,
         Command::Saga(args) => processes::saga(args).await,
         Command::DevBroker(args) => processes::dev_broker(args).await,

@@ -17,8 +17,9 @@ use taskstream_telemetry::Metrics;
 use tokio::sync::Notify;
 
 use crate::cli::{
-    ApiArgs, ConsumerArgs, DevBrokerArgs, EventFormat, HttpLimitArgs, NotifierArgs, ProcessorArgs,
-    Publisher, RegistryArgs, RegistryServerArgs, RelayArgs, SagaCmdArgs, StoreArgs, UpArgs,
+    AgentArgs, AgentCommand, ApiArgs, ConsumerArgs, DevBrokerArgs, EventFormat, HttpLimitArgs,
+    NotifierArgs, ProcessorArgs, Publisher, RegistryArgs, RegistryServerArgs, RelayArgs, SagaCmdArgs,
+    StoreArgs, UpArgs,
 };
 use crate::components::{
     self, readiness, CaptureSettings, Checks, Component, ConsumerOptions, DevBrokerKind,
@@ -94,6 +95,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         config.processor = None;
     }
     config.saga = (!args.no_saga).then(|| args.saga.settings());
+    config.agent = match args.no_agent {
+        true => None,
+        false => Some(args.agent.settings()?),
+    };
     config.registry = match (args.event_format, args.registry.schema_registry) {
         (EventFormat::Json, _) => RegistrySetting::Disabled,
         (EventFormat::Avro, Some(url)) => RegistrySetting::External(url),
@@ -202,6 +207,68 @@ pub async fn notifier(args: NotifierArgs) -> anyhow::Result<()> {
         delay: args.delay_ms,
     };
     consumer("notifier", args.consumer, sink).await
+}
+
+/// `taskstream agent`: the triage agent alone (with its `/metrics`,
+/// `/readyz` and `/healthz` when `--http` is given), or one of its tools.
+pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    match args.command {
+        Some(AgentCommand::Ask(ask)) => return crate::ops::agent::ask(ask).await,
+        Some(AgentCommand::Replay(replay)) => return crate::ops::agent::replay(replay).await,
+        None => {}
+    }
+    let settings = args.run.model.settings()?;
+    let args = args.run.consumer;
+    let metrics = Metrics::new();
+    let (kafka, dev_broker) = args.kafka.resolve(&args.store.data_dir, "agent")?;
+    let kafka = kafka.with_stats(metrics.stats_listener(), STATS_INTERVAL);
+    args.kafka_start.wait(&kafka).await?;
+    let store = open_store(&args.store).await?;
+    let registry = args
+        .registry
+        .resolve(&args.store.data_dir)?
+        .map(|url| Arc::new(RegistryClient::new(&url)));
+    let options = consumer_options(&args, dev_broker, registry.clone());
+    // Accepted suggestions write task events, in the deployment's format.
+    let encoding = EventEncoding::for_registry(registry.as_ref(), TASK_EVENTS);
+    let mut running: Vec<Component> = match settings.auto_accept {
+        Some(_) => components::register_schemas(&encoding)
+            .await?
+            .into_iter()
+            .collect(),
+        None => Vec::new(),
+    };
+    let agent = components::agent(
+        Arc::clone(&store),
+        &kafka,
+        args.group.as_deref(),
+        &options,
+        &settings,
+        components::OutboxWrites {
+            relay_wake: Arc::new(Notify::new()),
+            encoding,
+        },
+        &metrics,
+    )?;
+    if let Some(addr) = args.http {
+        let checks = readiness::assemble([agent.readiness_checks()]);
+        running.insert(
+            0,
+            serve(
+                addr,
+                &args.http_limits,
+                ApiBuilder::new(),
+                &metrics,
+                &store,
+                checks,
+            )
+            .await?,
+        );
+    }
+    running.push(agent);
+    running.push(components::agent_responder(&kafka, &options, &settings)?);
+    run_until_signal(running, &store).await;
+    Ok(())
 }
 
 /// `taskstream auditor`: the audit-log service alone.

@@ -10,6 +10,7 @@ use taskstream_avro::RegistryClient;
 use taskstream_broker::FlushPolicy;
 use taskstream_kafka::{ConsumerSettings, DevBroker, KafkaConfig};
 use taskstream_services::saga::SagaSettings;
+use taskstream_services::agent::LocalModel;
 use taskstream_services::topics::TASK_EVENTS;
 use taskstream_services::{
     EventEncoding, ProcessorSettings, RelayDelivery, RelaySettings, NOTIFIER_GROUP,
@@ -19,7 +20,7 @@ use taskstream_telemetry::Metrics;
 use tokio::sync::Notify;
 
 use crate::components::{
-    self, readiness, Component, ConsumerOptions, DevBrokerKind, EmbeddedBroker,
+    self, readiness, AgentSettings, Component, ConsumerOptions, DevBrokerKind, EmbeddedBroker,
     EmbeddedBrokerSettings, RelayReadiness, BROKER_DIR,
 };
 use crate::config::Endpoints;
@@ -70,6 +71,8 @@ pub struct SystemConfig {
     /// Run the assignment saga with these settings (`None` by default;
     /// `taskstream up` runs it unless `--no-saga`).
     pub saga: Option<SagaSettings>,
+    /// Run the triage agent with these settings.
+    pub agent: Option<AgentSettings>,
 }
 
 /// Where event schemas live, and so how events are encoded.
@@ -108,6 +111,10 @@ impl SystemConfig {
             http_limits: HttpLimits::default(),
             processor: Some(ProcessorSettings::default()),
             saga: None,
+            agent: Some(AgentSettings {
+                model: Arc::new(LocalModel::default()),
+                auto_accept: None,
+            }),
         }
     }
 }
@@ -281,6 +288,25 @@ impl RunningSystem {
                     wakes: saga_wakes.clone(),
                 },
                 &metrics,
+            )?);
+        }
+        if let Some(agent) = &config.agent {
+            running.push(components::agent(
+                Arc::clone(&store),
+                &kafka,
+                None,
+                &consumer_options,
+                agent,
+                components::OutboxWrites {
+                    relay_wake: Arc::clone(&wake),
+                    encoding: encoding.clone(),
+                },
+                &metrics,
+            )?);
+            running.push(components::agent_responder(
+                &kafka,
+                &consumer_options,
+                agent,
             )?);
         }
         match (&config.processor, mock) {

@@ -17,7 +17,8 @@ use super::{Component, SchemasCheck, StoreCheck};
 /// The longest pause between two attempts to register the event schemas.
 const MAX_REGISTRATION_PAUSE: Duration = Duration::from_secs(5);
 
-/// The Task API's routes over `store`, writing each event into the outbox
+/// The Task API's routes over `store` (the tasks and the triage agent's
+/// suggestions on them), writing each event into the outbox
 /// in `encoding`; `relay_wake` is notified after each commit. Call
 /// [`register_schemas`] first, so that writes can encode.
 ///
@@ -39,8 +40,11 @@ pub fn task_api_with_sagas(
     let commands = SagaCommands::new(store.clone(), saga_timer_wake, Arc::clone(&relay_wake));
     let service =
         taskstream_api::TaskService::new(store.clone(), encoding, relay_wake, TASK_EVENTS)
-            .with_sagas(store);
-    ApiBuilder::new().tasks(service).sagas(commands)
+            .with_sagas(store.clone());
+    ApiBuilder::new()
+        .tasks(service.clone())
+        .sagas(commands)
+        .suggestions(service, store)
 }
 
 /// The Task API's readiness: it is ready while the store takes writes and,

@@ -11,6 +11,7 @@
 //! process (or a test) can run any subset of them and stop one without the
 //! others.
 
+mod agent;
 mod api;
 mod broker;
 mod capture;
@@ -30,6 +31,7 @@ use taskstream_api::ReadinessCheck;
 use taskstream_services::{Shutdown, ShutdownTrigger};
 use tokio::task::JoinHandle;
 
+pub use agent::{agent, agent_responder, AgentSettings, AutoAccept, OutboxWrites};
 pub use api::{api_checks, register_schemas, task_api, task_api_with_sagas};
 pub use broker::{
     dev_broker, parse_broker_flush, DevBrokerKind, EmbeddedBroker, EmbeddedBrokerSettings,

@@ -327,6 +327,7 @@ async fn event_way(args: &CouplingArgs) -> anyhow::Result<Way> {
     let mut config = SystemConfig::new("127.0.0.1:0".parse()?, dir.path());
     config.notifier_webhook = Some(notify_url);
     config.processor = None;
+    config.agent = None;
     let system = RunningSystem::start(config)
         .await
         .context("cannot start taskstream for the event-driven side")?;

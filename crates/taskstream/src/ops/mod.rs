@@ -5,6 +5,7 @@
 //! benchmark and the book's demonstrations (with the `bench` feature).
 
 pub mod access;
+pub mod agent;
 #[cfg(feature = "bench")]
 pub mod bench;
 #[cfg(feature = "bench")]

@@ -269,6 +269,19 @@ async fn each_component_runs_alone_and_stops_cleanly_on_sigterm() {
         dir.path(),
     );
     let audit_url = audit_http.strip_prefix("http: ").unwrap().to_owned();
+    let (mut agent, agent_http) = spawn_printing(
+        &[
+            "agent",
+            "--http",
+            "127.0.0.1:0",
+            "--kafka-bootstrap",
+            &kafka,
+            "--schema-registry",
+            &registry_url,
+        ],
+        dir.path(),
+    );
+    let agent_url = agent_http.strip_prefix("http: ").unwrap().to_owned();
 
     let client = client();
     let task: Value = client
@@ -284,6 +297,15 @@ async fn each_component_runs_alone_and_stops_cleanly_on_sigterm() {
     // The relay polls the shared database; the auditor reads the topic.
     let audited = items_when(&client, &audit_url, &format!("/audit?task_id={id}"), 1).await;
     assert_eq!(audited.len(), 1, "{audited:?}");
+    // The agent, in its own process, suggested through the shared database.
+    let suggested = items_when(&client, &api_url, &format!("/tasks/{id}/suggestions"), 1).await;
+    assert_eq!(suggested[0]["model"], "local");
+    let agent_ready = client
+        .get(format!("{agent_url}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(agent_ready.status(), 200);
     let relay_url = relay_http.strip_prefix("http: ").unwrap().to_owned();
     let ready = client
         .get(format!("{relay_url}/readyz"))
@@ -327,6 +349,7 @@ async fn each_component_runs_alone_and_stops_cleanly_on_sigterm() {
         &mut api,
         &mut relay,
         &mut auditor,
+        &mut agent,
         &mut registry,
         &mut broker,
     ] {

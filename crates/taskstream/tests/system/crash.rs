@@ -210,6 +210,9 @@ fn start(dir: &std::path::Path, broker_args: &[String]) -> (ChildGuard, String) 
         "exactly-once",
         // Its load is task events only (sagas have a harness of their own).
         "--no-saga",
+        // The harness counts task events and the three groups' effects;
+        // the triage agent is not part of it yet.
+        "--no-agent",
     ];
     args.extend(broker_args.iter().map(String::as_str));
     let (child, line) = launch(&args, "warn,librdkafka=off", Stdio::null());

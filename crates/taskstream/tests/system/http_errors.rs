@@ -304,11 +304,14 @@ async fn the_openapi_document_describes_exactly_the_served_routes() {
             "GET /sagas/{id}",
             "GET /tasks",
             "GET /tasks/{id}",
+            "GET /tasks/{id}/suggestions",
             "PATCH /tasks/{id}",
             "POST /tasks",
             "POST /tasks/{id}/accept",
             "POST /tasks/{id}/complete",
             "POST /tasks/{id}/decline",
+            "POST /tasks/{id}/suggestions/{sid}/accept",
+            "POST /tasks/{id}/suggestions/{sid}/reject",
         ]
     );
     // Every documented GET without path parameters answers.

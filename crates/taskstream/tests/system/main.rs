@@ -1,6 +1,7 @@
 //! End-to-end tests: the whole system on random ports, driven over HTTP and
 //! read back through the read-only views, Kafka and the store.
 
+mod agent;
 mod as_documented;
 mod at_scale;
 mod binary;

@@ -53,6 +53,8 @@ async fn up_whose_broker_died(dir: &std::path::Path) -> (ChildGuard, String) {
             &kafka,
             "--event-format",
             "json",
+            // Only the task's own event may wait in the outbox, not a suggestion.
+            "--no-agent",
             "--data-dir",
             data_dir,
         ],
