@@ -62,7 +62,7 @@ pub(crate) struct SagaView {
 pub(crate) struct SagaStepView {
     seq: i64,
     /// `started`, `acceptance_requested`, `accepted`, `declined`,
-    /// `timed_out`, `capacity_exceeded`, `unassigned`, `capacity_released`,
+    /// `timed_out`, `capacity_exceeded`, `unassigned`, `capacity_released`, `nothing_to_undo`,
     /// `escalated`, `superseded`.
     step: String,
     /// The saga's state after the step.
@@ -142,7 +142,9 @@ impl From<SagaCommandError> for Problem {
     fn from(e: SagaCommandError) -> Self {
         match e {
             e @ SagaCommandError::NoSaga(_) => Problem::not_found(e.to_string()),
-            e @ SagaCommandError::NotWaiting(_) => Problem::conflict(e.to_string()),
+            e @ (SagaCommandError::NotWaiting(_) | SagaCommandError::DeadlinePassed(_)) => {
+                Problem::conflict(e.to_string())
+            }
             e @ SagaCommandError::Contended => Problem::unavailable(e.to_string()),
             SagaCommandError::Store(e) => store_problem(&e),
         }

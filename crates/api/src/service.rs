@@ -25,8 +25,8 @@ use taskstream_domain::{
 };
 use taskstream_services::{EncodingError, EventEncoding};
 use taskstream_store::{
-    OutboxMessage, Saga, SagaStore, StoreError, SuggestionRecord, SuggestionStatus, SuggestionStore,
-    TaskQuery, TaskStore,
+    OutboxMessage, Saga, SagaStore, StoreError, SuggestionRecord, SuggestionStatus,
+    SuggestionStore, TaskQuery, TaskStore,
 };
 use tokio::sync::{Notify, OwnedMutexGuard};
 use uuid::Uuid;

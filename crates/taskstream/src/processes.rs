@@ -18,8 +18,8 @@ use tokio::sync::Notify;
 
 use crate::cli::{
     AgentArgs, AgentCommand, ApiArgs, ConsumerArgs, DevBrokerArgs, EventFormat, HttpLimitArgs,
-    NotifierArgs, ProcessorArgs, Publisher, RegistryArgs, RegistryServerArgs, RelayArgs, SagaCmdArgs,
-    StoreArgs, UpArgs,
+    NotifierArgs, ProcessorArgs, Publisher, RegistryArgs, RegistryServerArgs, RelayArgs,
+    SagaCmdArgs, StoreArgs, UpArgs,
 };
 use crate::components::{
     self, readiness, CaptureSettings, Checks, Component, ConsumerOptions, DevBrokerKind,

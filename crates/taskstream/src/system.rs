@@ -9,8 +9,8 @@ use taskstream_api::HttpLimits;
 use taskstream_avro::RegistryClient;
 use taskstream_broker::FlushPolicy;
 use taskstream_kafka::{ConsumerSettings, DevBroker, KafkaConfig};
-use taskstream_services::saga::SagaSettings;
 use taskstream_services::agent::LocalModel;
+use taskstream_services::saga::SagaSettings;
 use taskstream_services::topics::TASK_EVENTS;
 use taskstream_services::{
     EventEncoding, ProcessorSettings, RelayDelivery, RelaySettings, NOTIFIER_GROUP,

@@ -35,6 +35,10 @@ pub enum SagaCommandError {
     /// The saga ended otherwise, or no longer waits for an answer.
     #[error("the task's saga {} is {} ({}), not waiting for an answer", .0.id, .0.state, .0.outcome.as_deref().unwrap_or("no outcome yet"))]
     NotWaiting(Box<Saga>),
+    /// The saga's deadline passed before the answer came: the timer times
+    /// it out (and compensates) instead.
+    #[error("the task's saga {} stopped waiting for an answer at {}; it is timing out", .0.id, .0.deadline_at.map(|d| d.to_rfc3339()).unwrap_or_default())]
+    DeadlinePassed(Box<Saga>),
     /// Other answers or the timer kept winning the race for the saga.
     #[error("the task's saga kept changing; try again")]
     Contended,
@@ -100,8 +104,14 @@ impl SagaCommands {
                     Err(SagaCommandError::NotWaiting(Box::new(saga)))
                 };
             }
-            let r = SagaRef::from(&saga);
             let now = taskstream_domain::now();
+            if saga.deadline_at.is_some_and(|deadline| deadline <= now) {
+                // The timer has not got to it yet (it runs every poll
+                // interval, or not at all while the saga process is down),
+                // but the answer is late: the saga times out.
+                return Err(SagaCommandError::DeadlinePassed(Box::new(saga)));
+            }
+            let r = SagaRef::from(&saga);
             let mut steps = Steps::new(&r, now, request_id.map(str::to_owned));
             let (state, deadline) = match decision {
                 SagaDecision::Accept => (SagaState::Completed, None),

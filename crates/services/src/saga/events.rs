@@ -25,7 +25,7 @@ pub struct SagaEvent {
     /// `saga.<step>`: `saga.started`, `saga.acceptance_requested`,
     /// `saga.accepted`, `saga.declined`, `saga.timed_out`,
     /// `saga.capacity_exceeded`, `saga.unassigned`,
-    /// `saga.capacity_released`, `saga.escalated`, `saga.superseded`.
+    /// `saga.capacity_released`, `saga.nothing_to_undo`, `saga.escalated`, `saga.superseded`.
     #[serde(rename = "type")]
     pub event_type: String,
     pub saga_id: Uuid,

@@ -198,11 +198,15 @@ impl Compensator {
                     )),
                 );
                 let first = self.task_write(&task, None, saga, unassigned, now)?;
-                steps.push(
-                    "capacity_released",
-                    SagaState::Compensating,
-                    Some(format!("{} holds one assignment less", saga.assignee)),
-                );
+                // Only a saga that held a slot gives one back: one refused
+                // for capacity never took it.
+                if saga.holds_capacity {
+                    steps.push(
+                        "capacity_released",
+                        SagaState::Compensating,
+                        Some(format!("{} holds one assignment less", saga.assignee)),
+                    );
+                }
                 let escalated = steps.push(
                     "escalated",
                     SagaState::Compensated,
@@ -233,14 +237,15 @@ impl Compensator {
             _ => {
                 // Someone else reassigned, completed or deleted the task
                 // meanwhile: there is nothing to take back or escalate.
-                steps.push(
-                    "capacity_released",
-                    SagaState::Compensated,
-                    Some(format!(
-                        "the task is no longer {}'s open task; not unassigned or escalated",
-                        saga.assignee
-                    )),
+                let detail = format!(
+                    "the task is no longer {}'s open task; not unassigned or escalated",
+                    saga.assignee
                 );
+                let step = match saga.holds_capacity {
+                    true => "capacity_released",
+                    false => "nothing_to_undo",
+                };
+                steps.push(step, SagaState::Compensated, Some(detail));
             }
         }
         Ok(SagaTransition {
@@ -325,56 +330,25 @@ impl SagaOrchestrator {
     async fn release_earlier(&self, event: &EventEnvelope, why: &str) -> Result<(), SagaStepError> {
         let task = &event.data.task;
         let task_id = task.id.to_string();
-        for saga in self.store.open_sagas_for_task(&task_id).await? {
-            if saga.task_version >= task.version {
-                continue;
+        for mut saga in self.store.open_sagas_for_task(&task_id).await? {
+            // An answer or the timer may move the saga between the read and
+            // the step (an accept racing the task's deletion): then look at
+            // it again, so that an accepted saga still gives its slot back.
+            for _ in 0..3 {
+                if saga.task_version >= task.version {
+                    break;
+                }
+                let Some(t) = release_step(&saga, event, why) else {
+                    break;
+                };
+                if self.store.transition_saga(&t).await?.is_some() {
+                    break;
+                }
+                match self.store.saga(saga.id).await? {
+                    Some(now) => saga = now,
+                    None => break,
+                }
             }
-            let r = SagaRef::from(&saga);
-            let now = taskstream_domain::now();
-            let mut steps = Steps::new(&r, now, Some(event.id.to_string()));
-            let (from, state, outcome, only_while_holding) = match saga.state {
-                SagaState::AwaitingAcceptance => {
-                    steps.push("superseded", SagaState::Superseded, Some(why.to_owned()));
-                    (
-                        vec![SagaState::AwaitingAcceptance],
-                        SagaState::Superseded,
-                        Some("superseded".to_owned()),
-                        false,
-                    )
-                }
-                SagaState::Completed => {
-                    steps.push(
-                        "capacity_released",
-                        SagaState::Completed,
-                        Some(why.to_owned()),
-                    );
-                    (
-                        vec![SagaState::Completed],
-                        SagaState::Completed,
-                        saga.outcome.clone(),
-                        true,
-                    )
-                }
-                // A compensation in progress finds the task as it is.
-                _ => continue,
-            };
-            let t = SagaTransition {
-                saga_id: saga.id,
-                from,
-                only_while_holding,
-                effects: SagaEffects {
-                    state,
-                    outcome,
-                    holds_capacity: false,
-                    deadline_at: None,
-                    steps: steps.steps,
-                    outbox: steps.outbox,
-                    notifications: Vec::new(),
-                },
-                task_writes: Vec::new(),
-                processed: None,
-            };
-            self.store.transition_saga(&t).await?;
         }
         Ok(())
     }
@@ -517,4 +491,55 @@ impl EventHandler for SagaOrchestrator {
         }
         Ok(Handled::Applied)
     }
+}
+
+/// The step that ends `saga` because of `event` (its task changed hands, was
+/// completed or deleted): a waiting saga is superseded, an accepted one
+/// releases its capacity. `None` for a saga in another state (a
+/// compensation in progress finds the task as it is).
+fn release_step(saga: &Saga, event: &EventEnvelope, why: &str) -> Option<SagaTransition> {
+    let r = SagaRef::from(saga);
+    let now = taskstream_domain::now();
+    let mut steps = Steps::new(&r, now, Some(event.id.to_string()));
+    let (from, state, outcome, only_while_holding) = match saga.state {
+        SagaState::AwaitingAcceptance => {
+            steps.push("superseded", SagaState::Superseded, Some(why.to_owned()));
+            (
+                vec![SagaState::AwaitingAcceptance],
+                SagaState::Superseded,
+                Some("superseded".to_owned()),
+                false,
+            )
+        }
+        SagaState::Completed if saga.holds_capacity => {
+            steps.push(
+                "capacity_released",
+                SagaState::Completed,
+                Some(why.to_owned()),
+            );
+            (
+                vec![SagaState::Completed],
+                SagaState::Completed,
+                saga.outcome.clone(),
+                true,
+            )
+        }
+        _ => return None,
+    };
+    Some(SagaTransition {
+        saga_id: saga.id,
+        from,
+        only_while_holding,
+        effects: SagaEffects {
+            state,
+            outcome,
+            holds_capacity: false,
+            deadline_at: None,
+            steps: steps.steps,
+            outbox: steps.outbox,
+            notifications: Vec::new(),
+        },
+        task_writes: Vec::new(),
+        processed: None,
+    })
 }

@@ -43,11 +43,28 @@ impl SagaTimer {
                 .due_sagas(taskstream_domain::now(), SCAN_LIMIT)
                 .await?;
             let mut progressed = false;
+            let mut failed = None;
             for saga in &due {
-                if self.compensator.act_on_due(saga).await? {
-                    changed += 1;
-                    progressed = true;
+                // One saga that cannot be handled now (a task under heavy
+                // editing, a database hiccup) must not hold back the others.
+                match self.compensator.act_on_due(saga).await {
+                    Ok(true) => {
+                        changed += 1;
+                        progressed = true;
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(
+                            saga = %saga.id,
+                            error = &e as &dyn std::error::Error,
+                            "a due saga could not be handled; it is tried again at the next scan"
+                        );
+                        failed = Some(e);
+                    }
                 }
+            }
+            if let (Some(e), false) = (failed, progressed) {
+                return Err(e);
             }
             // A full page whose sagas all changed may hide more behind it.
             if due.len() < SCAN_LIMIT as usize || !progressed {

@@ -832,8 +832,10 @@ async fn sigkill_at_random_moments_ends_each_saga_once_and_applies_no_step_twice
                     }
                     "compensated" => {
                         *holds == 0 && steps.last() == Some(&"escalated")
-                            || steps.last() == Some(&"capacity_released")
-                                && !steps.contains(&"escalated")
+                            || matches!(
+                                steps.last(),
+                                Some(&"capacity_released" | &"nothing_to_undo")
+                            ) && !steps.contains(&"escalated")
                     }
                     "superseded" => *holds == 0,
                     _ => false,
