@@ -730,7 +730,7 @@ impl OutboxRelay {
                         .iter()
                         .filter_map(|r| r.header_str(headers::EVENT_ID)?.parse().ok())
                         .collect();
-                    let unpublished = self.store.unpublished_among(&ids).await?;
+                    let unpublished = self.store.unpublished_among(&topic, &ids).await?;
                     let seqs: Vec<i64> = unpublished.iter().map(|(_, seq)| *seq).collect();
                     self.store
                         .mark_published(&seqs, taskstream_domain::now())
