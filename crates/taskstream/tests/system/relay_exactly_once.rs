@@ -565,3 +565,114 @@ async fn an_exactly_once_relay_publishes_to_a_topic_that_does_not_exist_yet() {
         .unwrap();
     assert_eq!(on_topic.len(), 3);
 }
+
+/// One committed record on `topic`'s partition 0 (the record, then its
+/// commit marker), from `producer`.
+async fn commit_one(producer: &TransactionalProducer, topic: &str, payload: &str) {
+    producer.begin().unwrap();
+    let record = OutboundRecord {
+        topic,
+        key: b"k",
+        payload: payload.as_bytes(),
+        headers: &[],
+    };
+    let delivery = producer.enqueue(record).await.unwrap();
+    delivery.await.unwrap();
+    producer.commit().await.unwrap();
+}
+
+/// A partition whose last offsets are a commit marker: once the group
+/// moved past the marker, the log starting after it (records deleted by
+/// retention or `DeleteRecords`) deleted nothing the group had to read,
+/// and the next record is no skip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_start_moved_past_the_commit_marker_the_group_moved_past_is_no_skip() {
+    let data = tempfile::tempdir().unwrap();
+    let broker =
+        taskstream_broker::Broker::start(taskstream_broker::BrokerConfig::new(data.path()))
+            .expect("taskstream's broker starts");
+    let kafka = KafkaConfig::new(broker.addr().to_string()).quiet();
+    let topic = format!("markers-last-{}", uuid::Uuid::new_v4());
+    apply_topics(
+        &kafka,
+        &[TopicSpec {
+            name: topic.clone(),
+            partitions: 1,
+            replication_factor: 1,
+            configs: BTreeMap::new(),
+        }],
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    let producer = TransactionalProducer::start(
+        &kafka,
+        "test",
+        &TransactionSettings::new(format!("markers-{}", uuid::Uuid::new_v4())),
+    )
+    .await
+    .unwrap();
+    commit_one(&producer, &topic, "first").await;
+
+    let consumer = EventConsumer::subscribe(
+        &kafka,
+        &format!("past-markers-{}", uuid::Uuid::new_v4()),
+        &[&topic],
+        &ConsumerSettings::default(),
+    )
+    .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+        .await
+        .expect("a record comes")
+        .unwrap();
+    assert_eq!(first.offset, 0);
+    assert!(consumer.confirm_skips().await.is_empty());
+    assert!(consumer.ack(&first));
+    // The commits move past the marker (two commits apart).
+    crate::helpers::eventually(
+        "the group moves past the marker",
+        Duration::from_secs(30),
+        || {
+            let (kafka, consumer, topic) = (&kafka, &consumer, &topic);
+            async move {
+                // Polling moves librdkafka's position past the marker.
+                let more = tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await;
+                assert!(more.is_err(), "an unexpected record: {more:?}");
+                consumer.commit_acked(true).await.ok()?;
+                let offsets =
+                    group_offsets(kafka, consumer.group(), topic, Duration::from_secs(10))
+                        .await
+                        .ok()?;
+                offsets.iter().all(|p| p.committed == Some(2)).then_some(())
+            }
+        },
+    )
+    .await;
+
+    // The log now starts after the marker.
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", broker.addr().to_string())
+            .create()
+            .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, rdkafka::Offset::Offset(2))
+        .unwrap();
+    let deleted = admin
+        .delete_records(&tpl, &rdkafka::admin::AdminOptions::new())
+        .await
+        .unwrap();
+    assert!(deleted.elements().iter().all(|e| e.error().is_ok()));
+
+    commit_one(&producer, &topic, "second").await;
+    let second = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+        .await
+        .expect("a record comes")
+        .unwrap();
+    assert_eq!(second.offset, 2);
+    let resets = consumer.confirm_skips().await;
+    assert!(
+        resets.is_empty(),
+        "a marker the group had moved past was taken for skipped records: {resets:?}"
+    );
+}
