@@ -319,17 +319,14 @@ impl CommittedTail {
     /// A reader of `topic`; a request the cluster does not answer within
     /// `timeout`, or a range that brings nothing for that long, fails.
     pub fn new(config: &KafkaConfig, topic: &str, timeout: Duration) -> Result<Self, KafkaError> {
-        let mut rd = config.client_config();
-        rd.set("group.id", crate::TOPIC_READER_GROUP)
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true")
-            .set("isolation.level", "read_committed")
-            // The end of a range is often only known from the end of the
-            // partition: do not let the broker hold that last fetch.
-            .set("fetch.wait.max.ms", "10");
-        let consumer = rd
-            .create_with_context(TracingContext::of("tail-reader", config))
-            .map_err(|e| KafkaError::Config(e.to_string()))?;
+        // The end of a range is often only known from the end of the
+        // partition: do not let the broker hold that last fetch.
+        let consumer = crate::reader::outside_group_reader(
+            config,
+            "tail-reader",
+            crate::reader::Isolation::ReadCommitted,
+            Some(Duration::from_millis(10)),
+        )?;
         Ok(Self {
             consumer: std::sync::Arc::new(consumer),
             topic: topic.to_owned(),
