@@ -144,6 +144,8 @@ pub struct TransactionalProducer {
     inner: FutureProducer<TracingContext>,
     transactional_id: String,
     operation_timeout: Duration,
+    /// Who uses it, in logs.
+    client: String,
 }
 
 impl TransactionalProducer {
@@ -177,6 +179,7 @@ impl TransactionalProducer {
             inner,
             transactional_id: settings.transactional_id.clone(),
             operation_timeout: settings.operation_timeout,
+            client: client.to_owned(),
         };
         producer
             .blocking("init_transactions", |p, timeout| {
@@ -234,6 +237,24 @@ impl TransactionalProducer {
             p.commit_transaction(timeout)
         })
         .await
+    }
+
+    /// Commits the current transaction, making the call again while it
+    /// fails retriably, `attempts` calls at most. The last error is
+    /// returned as it came: the caller aborts (unless it is fatal).
+    pub async fn commit_retrying(&self, attempts: u32) -> Result<(), TransactionError> {
+        let mut attempt = 1;
+        loop {
+            match self.commit().await {
+                Err(error)
+                    if error.kind == TransactionErrorKind::Retriable && attempt < attempts =>
+                {
+                    tracing::warn!(component = self.client.as_str(), %error, attempt, "commit failed retriably; committing again");
+                    attempt += 1;
+                }
+                outcome => return outcome,
+            }
+        }
     }
 
     /// Aborts the current transaction: none of its records or offsets

@@ -652,27 +652,16 @@ impl OutboxRelay {
     /// Commits, making the call again while it fails retriably; aborts
     /// when it cannot (unless the producer is dead).
     async fn commit(&self, producer: &TransactionalProducer) -> Result<(), TransactionError> {
-        let mut attempt = 1;
-        loop {
-            match producer.commit().await {
-                Ok(()) => return Ok(()),
-                Err(error)
-                    if error.kind == TransactionErrorKind::Retriable
-                        && attempt < COMMIT_ATTEMPTS =>
-                {
-                    tracing::warn!(%error, attempt, "the relay's commit failed retriably; committing again");
-                    attempt += 1;
-                }
-                Err(error) => {
-                    if error.kind != TransactionErrorKind::Fatal {
-                        if let Err(abort) = producer.abort().await {
-                            tracing::warn!(error = %abort, "abort failed; the next producer aborts the transaction");
-                        }
-                    }
-                    return Err(error);
-                }
+        let error = match producer.commit_retrying(COMMIT_ATTEMPTS).await {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        if error.kind != TransactionErrorKind::Fatal {
+            if let Err(abort) = producer.abort().await {
+                tracing::warn!(error = %abort, "abort failed; the next producer aborts the transaction");
             }
         }
+        Err(error)
     }
 
     /// Handles a failed transactional call: a fenced relay gives the
