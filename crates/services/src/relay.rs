@@ -447,16 +447,7 @@ impl OutboxRelay {
             let mut state = state.lock().await;
             return self.publish_transactionally(&mut lease, &mut state).await;
         }
-        let held = lease.as_ref().expect("acquired above");
-        let batch = match self.store.pending(held, self.settings.batch_size).await {
-            Ok(batch) => batch,
-            Err(error) => {
-                // The lease may have ended with the failure: win it again
-                // (or stand by) before publishing anything more.
-                *lease = None;
-                return Err(error.into());
-            }
-        };
+        let batch = self.claim_batch(&mut lease).await?;
         if batch.is_empty() {
             return Ok(0);
         }
@@ -518,6 +509,23 @@ impl OutboxRelay {
         }
     }
 
+    /// The next batch of pending rows, under the held lease. A failure
+    /// may have ended the lease: it is dropped, to be won again (or to
+    /// stand by) before anything more is published.
+    async fn claim_batch(
+        &self,
+        lease: &mut Option<Lease>,
+    ) -> Result<Vec<PendingMessage>, RelayError> {
+        let held = lease.as_ref().expect("held by the caller");
+        match self.store.pending(held, self.settings.batch_size).await {
+            Ok(batch) => Ok(batch),
+            Err(error) => {
+                *lease = None;
+                Err(error.into())
+            }
+        }
+    }
+
     /// Test only: aborts the process once [`RelaySettings::crash_before_mark`]
     /// batches were published, before the last one is marked.
     fn crash_if_asked(&self) {
@@ -565,14 +573,7 @@ impl OutboxRelay {
             }
             state.recovered = true;
         }
-        let held = lease.as_ref().expect("held by the caller");
-        let batch = match self.store.pending(held, self.settings.batch_size).await {
-            Ok(batch) => batch,
-            Err(error) => {
-                *lease = None;
-                return Err(error.into());
-            }
-        };
+        let batch = self.claim_batch(lease).await?;
         if batch.is_empty() {
             return Ok(0);
         }
