@@ -1179,7 +1179,7 @@ pub(crate) mod tests {
             let (txns, stores, world) = (&txns, &stores, &world);
             let other = scope.spawn(move || {
                 let (b, b_epoch) = txns
-                    .init_producer_id(&stores, &world.ids, "b", 60_000, None)
+                    .init_producer_id(stores, &world.ids, "b", 60_000, None)
                     .unwrap();
                 txns.add_partitions(&world.topics, "b", b, b_epoch, &[("u".into(), 0)])
                     .unwrap();
@@ -1190,7 +1190,7 @@ pub(crate) mod tests {
             });
             let proceeded = done_rx.recv_timeout(std::time::Duration::from_secs(5));
             assert_eq!(
-                txns.end(&stores, "a", a, a_epoch, true),
+                txns.end(stores, "a", a, a_epoch, true),
                 Err(ResponseError::ConcurrentTransactions),
                 "a retried EndTxn waits for the markers being written"
             );
