@@ -566,6 +566,39 @@ async fn an_exactly_once_relay_publishes_to_a_topic_that_does_not_exist_yet() {
     assert_eq!(on_topic.len(), 3);
 }
 
+/// taskstream's broker on a fresh directory, with a topic named after
+/// `prefix` (one partition, `configs`) created on it: the directory, the
+/// broker, a client configuration and the topic's name.
+async fn broker_with_topic(
+    prefix: &str,
+    configs: BTreeMap<String, String>,
+) -> (
+    tempfile::TempDir,
+    taskstream_broker::RunningBroker,
+    KafkaConfig,
+    String,
+) {
+    let data = tempfile::tempdir().unwrap();
+    let broker =
+        taskstream_broker::Broker::start(taskstream_broker::BrokerConfig::new(data.path()))
+            .expect("taskstream's broker starts");
+    let kafka = KafkaConfig::new(broker.addr().to_string()).quiet();
+    let topic = format!("{prefix}-{}", uuid::Uuid::new_v4());
+    apply_topics(
+        &kafka,
+        &[TopicSpec {
+            name: topic.clone(),
+            partitions: 1,
+            replication_factor: 1,
+            configs,
+        }],
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    (data, broker, kafka, topic)
+}
+
 /// A relay whose drain at shutdown times out in the middle of a
 /// transaction (one record sent, the next one's encoding waiting on a
 /// schema registry that never answers) aborts that transaction: left
@@ -577,24 +610,7 @@ async fn a_drain_cut_short_mid_transaction_aborts_the_transaction() {
     use taskstream_domain::{Cause, NewTask, Priority, Task, TaskTitle};
     use taskstream_store::TaskStore;
 
-    let data = tempfile::tempdir().unwrap();
-    let broker =
-        taskstream_broker::Broker::start(taskstream_broker::BrokerConfig::new(data.path()))
-            .expect("taskstream's broker starts");
-    let kafka = KafkaConfig::new(broker.addr().to_string()).quiet();
-    let topic = format!("cut-short-{}", uuid::Uuid::new_v4());
-    apply_topics(
-        &kafka,
-        &[TopicSpec {
-            name: topic.clone(),
-            partitions: 1,
-            replication_factor: 1,
-            configs: BTreeMap::new(),
-        }],
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
+    let (_data, _broker, kafka, topic) = broker_with_topic("cut-short", BTreeMap::new()).await;
     // Accepts connections and never answers.
     let silent_registry = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let registry = std::sync::Arc::new(taskstream_avro::RegistryClient::new(&format!(
@@ -780,24 +796,11 @@ async fn bare_relay(
 /// one with the broken sequence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_record_aborts_the_relays_transaction_and_the_batch_stays_pending() {
-    let data = tempfile::tempdir().unwrap();
-    let broker =
-        taskstream_broker::Broker::start(taskstream_broker::BrokerConfig::new(data.path()))
-            .expect("taskstream's broker starts");
-    let kafka = KafkaConfig::new(broker.addr().to_string()).quiet();
-    let topic = format!("refusing-{}", uuid::Uuid::new_v4());
-    apply_topics(
-        &kafka,
-        &[TopicSpec {
-            name: topic.clone(),
-            partitions: 1,
-            replication_factor: 1,
-            configs: BTreeMap::from([("max.message.bytes".to_owned(), "2000".to_owned())]),
-        }],
-        Duration::from_secs(30),
+    let (_data, _broker, kafka, topic) = broker_with_topic(
+        "refusing",
+        BTreeMap::from([("max.message.bytes".to_owned(), "2000".to_owned())]),
     )
-    .await
-    .unwrap();
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let (store, relay) = bare_relay(
         dir.path(),
@@ -841,24 +844,7 @@ async fn a_refused_record_aborts_the_relays_transaction_and_the_batch_stays_pend
 /// batch is committed once and marked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_commit_that_times_out_is_made_again_and_the_batch_committed_once() {
-    let data = tempfile::tempdir().unwrap();
-    let broker =
-        taskstream_broker::Broker::start(taskstream_broker::BrokerConfig::new(data.path()))
-            .expect("taskstream's broker starts");
-    let direct = KafkaConfig::new(broker.addr().to_string()).quiet();
-    let topic = format!("slow-commit-{}", uuid::Uuid::new_v4());
-    apply_topics(
-        &direct,
-        &[TopicSpec {
-            name: topic.clone(),
-            partitions: 1,
-            replication_factor: 1,
-            configs: BTreeMap::new(),
-        }],
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
+    let (_data, broker, direct, topic) = broker_with_topic("slow-commit", BTreeMap::new()).await;
     let proxy = taskstream_testkit::FaultProxy::start(&broker.addr().to_string())
         .await
         .unwrap();
@@ -920,24 +906,7 @@ async fn commit_one(producer: &TransactionalProducer, topic: &str, payload: &str
 /// and the next record is no skip.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_start_moved_past_the_commit_marker_the_group_moved_past_is_no_skip() {
-    let data = tempfile::tempdir().unwrap();
-    let broker =
-        taskstream_broker::Broker::start(taskstream_broker::BrokerConfig::new(data.path()))
-            .expect("taskstream's broker starts");
-    let kafka = KafkaConfig::new(broker.addr().to_string()).quiet();
-    let topic = format!("markers-last-{}", uuid::Uuid::new_v4());
-    apply_topics(
-        &kafka,
-        &[TopicSpec {
-            name: topic.clone(),
-            partitions: 1,
-            replication_factor: 1,
-            configs: BTreeMap::new(),
-        }],
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
+    let (_data, broker, kafka, topic) = broker_with_topic("markers-last", BTreeMap::new()).await;
     let producer = TransactionalProducer::start(
         &kafka,
         "test",
