@@ -34,14 +34,37 @@
 //! and an Ongoing one is aborted with a bumped epoch. The file is rewritten
 //! with only the latest records once it holds many stale lines.
 //!
+//! # Locking
+//!
+//! The coordinator's lock covers the in-memory records and the writing of
+//! a line, never an fsync: a change is written under the lock, and the
+//! request then waits, without the lock, until an fsync covers its line
+//! (requests waiting together share one fsync). Markers are written and
+//! fsynced without the lock too, the partitions of a transaction in
+//! parallel: while they are, the transaction is Prepare*, which refuses
+//! its producer's appends, and the id is marked as being completed, so
+//! that another request for it answers CONCURRENT_TRANSACTIONS (as
+//! Kafka's coordinator does while markers are pending) instead of writing
+//! them twice. So one transactional id's commit never holds up another
+//! id's requests, nor the appends of any producer.
+//!
+//! The Complete* record that follows the markers is written without
+//! waiting for its fsync (the next fsync of the file covers it): if it is
+//! lost, the restart finds the decision and completes the transaction
+//! again, writing markers that no open transaction follows (which readers
+//! ignore) and the same offsets. Nothing later of that id can be durable
+//! without it: every later change of the id waits for an fsync.
+//!
 //! Committed offsets sent with a transaction (TxnOffsetCommit) are kept in
 //! the record and written to the group's offsets when the commit completes.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
 
 use kafka_protocol::error::ResponseError;
 use serde::{Deserialize, Serialize};
@@ -106,13 +129,33 @@ struct Inner {
     txns: HashMap<String, TxnRecord>,
     out: File,
     lines: usize,
+    /// Ids whose markers a request is writing now, without the lock.
+    completing: HashSet<String>,
 }
+
+/// The fsyncs of `transactions.log`, taken one at a time and shared.
+#[derive(Debug)]
+struct Synced {
+    /// Every line up to this one (see [`Transactions::written`]) is durable.
+    through: u64,
+    /// A handle on the current file.
+    file: File,
+}
+
+/// A line written to `transactions.log`, not yet known to be durable:
+/// [`Transactions::sync`] waits for it.
+#[must_use = "a change is answered only once it is durable"]
+#[derive(Debug, Clone, Copy)]
+struct Written(u64);
 
 /// The coordinator; see the module docs.
 #[derive(Debug)]
 pub(crate) struct Transactions {
     path: PathBuf,
     inner: Mutex<Inner>,
+    /// Lines written so far (the sequence number of the last one).
+    written: AtomicU64,
+    synced: Mutex<Synced>,
 }
 
 /// A held coordinator lock: produce appends for a transaction happen under
@@ -179,9 +222,20 @@ impl Transactions {
         if complete != text.len() {
             out.set_len(complete as u64)?;
         }
+        let synced = Synced {
+            through: 0,
+            file: out.try_clone()?,
+        };
         Ok(Self {
             path,
-            inner: Mutex::new(Inner { txns, out, lines }),
+            inner: Mutex::new(Inner {
+                txns,
+                out,
+                lines,
+                completing: HashSet::new(),
+            }),
+            written: AtomicU64::new(0),
+            synced: Mutex::new(synced),
         })
     }
 
@@ -194,12 +248,13 @@ impl Transactions {
         Guard(self.lock())
     }
 
-    /// Stores a record durably, then in memory.
-    fn save(&self, inner: &mut Inner, record: TxnRecord) -> io::Result<()> {
+    /// Writes a record and keeps it in memory; durable once
+    /// [`Transactions::sync`] returned for the answer.
+    fn save(&self, inner: &mut Inner, record: TxnRecord) -> io::Result<Written> {
         let mut line = serde_json::to_string(&record).map_err(io::Error::other)?;
         line.push('\n');
         inner.out.write_all(line.as_bytes())?;
-        inner.out.sync_data()?;
+        let written = Written(self.written.fetch_add(1, Ordering::SeqCst) + 1);
         inner.lines += 1;
         inner.txns.insert(record.id.clone(), record);
         if inner.lines > 4 * inner.txns.len() + 1000 {
@@ -217,16 +272,42 @@ impl Transactions {
             }
             inner.out = OpenOptions::new().append(true).open(&self.path)?;
             inner.lines = inner.txns.len();
+            // The new file holds every record, fsynced.
+            let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+            synced.file = inner.out.try_clone()?;
+            synced.through = synced.through.max(written.0);
         }
+        Ok(written)
+    }
+
+    /// Waits, without the coordinator lock, until an fsync covers
+    /// `written`: one fsync at a time, and one covers every line written
+    /// before it began.
+    fn sync(&self, written: Written) -> io::Result<()> {
+        let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+        if synced.through >= written.0 {
+            return Ok(());
+        }
+        let target = self.written.load(Ordering::SeqCst);
+        synced.file.sync_data()?;
+        synced.through = synced.through.max(target);
         Ok(())
+    }
+
+    /// Saves `record` and waits until it is durable, releasing `inner`
+    /// first.
+    fn save_durably(&self, mut inner: MutexGuard<'_, Inner>, record: TxnRecord) -> io::Result<()> {
+        let written = self.save(&mut inner, record)?;
+        drop(inner);
+        self.sync(written)
     }
 
     /// Completes every transaction left unfinished by the last run:
     /// decided ones the way they were decided, open ones by an abort with
     /// a bumped epoch. Called once at start.
     pub fn recover(&self, stores: &Stores<'_>) -> io::Result<usize> {
-        let mut inner = self.lock();
-        let unfinished: Vec<TxnRecord> = inner
+        let unfinished: Vec<TxnRecord> = self
+            .lock()
             .txns
             .values()
             .filter(|t| {
@@ -239,14 +320,15 @@ impl Transactions {
             .collect();
         let count = unfinished.len();
         for txn in unfinished {
+            let inner = self.lock();
             let done = if txn.state == TxnState::Ongoing {
                 tracing::info!(
                     transactional_id = txn.id,
                     "aborting a transaction left open by the last run"
                 );
-                self.fence_and_abort(&mut inner, txn, stores)
+                self.fence_and_abort(inner, txn, stores)
             } else {
-                self.complete(&mut inner, txn, stores)
+                self.claim_and_complete(inner, txn, None, stores)
             };
             done.map_err(|e| io::Error::other(format!("{e:?}")))?;
         }
@@ -256,67 +338,106 @@ impl Transactions {
     /// Fences the producer of an open transaction and aborts it: the epoch
     /// is bumped (forgetting the previous one, so that the fenced producer
     /// cannot claim it back through KIP-360), the decision stored, then the
-    /// abort markers written with the new epoch.
+    /// abort markers written with the new epoch. Releases `inner`.
     fn fence_and_abort(
         &self,
-        inner: &mut Inner,
+        mut inner: MutexGuard<'_, Inner>,
         mut txn: TxnRecord,
         stores: &Stores<'_>,
     ) -> Result<(), ResponseError> {
         txn.epoch = txn.epoch.saturating_add(1);
         txn.last_epoch = no_epoch();
         txn.state = TxnState::PrepareAbort;
-        self.save(inner, txn.clone()).map_err(storage_error)?;
-        self.complete(inner, txn, stores)
+        let decided = self.save(&mut inner, txn.clone()).map_err(storage_error)?;
+        self.claim_and_complete(inner, txn, Some(decided), stores)
+    }
+
+    /// Completes a prepared transaction unless another request is doing so
+    /// (then CONCURRENT_TRANSACTIONS): claims it under `inner`, releases
+    /// the lock, waits for the decision (`decided`) to be durable, and
+    /// writes the markers and offsets (see [`Transactions::complete`]).
+    fn claim_and_complete(
+        &self,
+        mut inner: MutexGuard<'_, Inner>,
+        txn: TxnRecord,
+        decided: Option<Written>,
+        stores: &Stores<'_>,
+    ) -> Result<(), ResponseError> {
+        if !inner.completing.insert(txn.id.clone()) {
+            return Err(ResponseError::ConcurrentTransactions);
+        }
+        drop(inner);
+        let id = txn.id.clone();
+        let done = match decided {
+            Some(decided) => self.sync(decided).map_err(storage_error),
+            None => Ok(()),
+        }
+        .and_then(|()| self.complete(txn, stores));
+        self.lock().completing.remove(&id);
+        done
     }
 
     /// Writes a prepared transaction's markers (and, for a commit, its
-    /// offsets) and records it complete.
-    fn complete(
-        &self,
-        inner: &mut Inner,
-        mut txn: TxnRecord,
-        stores: &Stores<'_>,
-    ) -> Result<(), ResponseError> {
+    /// offsets) and records it complete. Runs without the coordinator
+    /// lock, for an id claimed in [`Inner::completing`].
+    fn complete(&self, mut txn: TxnRecord, stores: &Stores<'_>) -> Result<(), ResponseError> {
         let commit = match txn.state {
             TxnState::PrepareCommit => true,
             TxnState::PrepareAbort => false,
             _ => return Ok(()),
         };
-        for (topic, p) in &txn.partitions {
-            let Some(topic) = stores.topics.get(topic) else {
+        let began = Instant::now();
+        let mut marked = Vec::with_capacity(txn.partitions.len());
+        for (name, p) in &txn.partitions {
+            let Some(topic) = stores.topics.get(name) else {
                 continue; // deleted since
             };
-            let Some(partition) = topic.partition(*p) else {
+            if topic.partition(*p).is_none() {
                 continue;
-            };
-            // The marker is fsynced before the transaction is recorded
-            // complete, whatever the flush policy: once the coordinator
-            // says complete it never writes the marker again, so a marker
-            // lost to a power failure would leave the partition's
-            // transaction open for good. Readers may see it before the
-            // fsync: the decision it carries is already durable, and is
-            // written again after a crash.
-            let written = {
+            }
+            let partition = topic.partition(*p).expect("checked above");
+            let appended = {
                 let mut log = partition.log();
                 log.append_marker(txn.producer_id, txn.epoch, commit)
                     .map(|_| log.next_offset())
-            }
-            .and_then(|next_offset| {
-                partition.appended.send_replace(next_offset);
-                partition.sync().map_err(AppendError::Io)
-            });
-            match written {
-                Ok(()) => {}
-                Err(e) => {
-                    tracing::error!(transactional_id = txn.id, error = %e, "writing a transaction marker failed");
-                    return Err(match e {
-                        AppendError::Io(_) => ResponseError::KafkaStorageError,
-                        _ => ResponseError::UnknownServerError,
-                    });
+            };
+            match appended {
+                Ok(next_offset) => {
+                    partition.appended.send_replace(next_offset);
+                    marked.push((topic, *p));
                 }
+                Err(e) => return Err(marker_failed(&txn.id, e)),
             }
         }
+        let appended_us = began.elapsed().as_micros() as u64;
+        // The markers are fsynced before the transaction is recorded
+        // complete, whatever the flush policy: once the coordinator says
+        // complete it never writes the marker again, so a marker lost to
+        // a power failure would leave the partition's transaction open for
+        // good. Readers may see them before the fsync: the decision they
+        // carry is already durable, and is written again after a crash.
+        // The partitions' fsyncs run side by side.
+        let synced = std::thread::scope(|scope| {
+            let handles: Vec<_> = marked
+                .iter()
+                .skip(1)
+                .map(|(topic, p)| scope.spawn(move || topic.partition(*p).expect("marked").sync()))
+                .collect();
+            let first = marked.first().map_or(Ok(()), |(topic, p)| {
+                topic.partition(*p).expect("marked").sync()
+            });
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(io::Error::other("fsync panicked")))
+                })
+                .fold(first, |all, one| all.and(one))
+        });
+        if let Err(e) = synced {
+            return Err(marker_failed(&txn.id, AppendError::Io(e)));
+        }
+        let markers_us = began.elapsed().as_micros() as u64;
         if commit {
             let mut by_group: BTreeMap<&str, Vec<(String, i32, Committed)>> = BTreeMap::new();
             for o in &txn.offsets {
@@ -337,6 +458,16 @@ impl Transactions {
                 })?;
             }
         }
+        tracing::debug!(
+            transactional_id = txn.id,
+            commit,
+            partitions = marked.len(),
+            groups = txn.groups.len(),
+            appended_us,
+            markers_synced_us = markers_us,
+            total_us = began.elapsed().as_micros() as u64,
+            "transaction markers written"
+        );
         txn.state = if commit {
             TxnState::CompleteCommit
         } else {
@@ -345,7 +476,11 @@ impl Transactions {
         txn.partitions.clear();
         txn.groups.clear();
         txn.offsets.clear();
-        self.save(inner, txn).map_err(storage_error)
+        // Not waited for: see "Locking" in the module docs.
+        let mut inner = self.lock();
+        self.save(&mut inner, txn)
+            .map(|_unsynced| ())
+            .map_err(storage_error)
     }
 
     /// InitProducerId for a transactional id: a producer id and a new
@@ -354,7 +489,8 @@ impl Transactions {
     /// While a transaction of this id is open, its producer is fenced (the
     /// epoch bumped), the transaction aborted (markers written) and the
     /// answer is CONCURRENT_TRANSACTIONS, as from Kafka: clients retry, and
-    /// the retry gets the next epoch.
+    /// the retry gets the next epoch. So is it while another request writes
+    /// the markers of this id's transaction.
     ///
     /// With `expected` (KIP-360, InitProducerId v3+), a producer bumps its
     /// own epoch: it must hold the current one, or the one before its last
@@ -363,6 +499,8 @@ impl Transactions {
     /// aborted on timeout or by a restart was fenced by that bump, and stays
     /// fenced, as in Kafka (`TransactionMetadata.prepareIncrementProducerEpoch`
     /// after an epoch fence, which forgets the last epoch).
+    ///
+    /// A failure to store the state answers KAFKA_STORAGE_ERROR.
     pub fn init_producer_id(
         &self,
         stores: &Stores<'_>,
@@ -389,11 +527,14 @@ impl Transactions {
                 groups: BTreeSet::new(),
                 offsets: Vec::new(),
             };
-            self.save(&mut inner, txn).map_err(storage_error)?;
+            self.save_durably(inner, txn).map_err(storage_error)?;
             return Ok((producer_id, 0));
         };
         if expected.is_some_and(|(pid, _)| pid != txn.producer_id) {
             return Err(ResponseError::ProducerFenced);
+        }
+        if inner.completing.contains(id) {
+            return Err(ResponseError::ConcurrentTransactions);
         }
         match txn.state {
             TxnState::Ongoing => {
@@ -402,19 +543,31 @@ impl Transactions {
                 // abort the transaction, and have the caller retry; the
                 // retry bumps the epoch a second time (or rotates the
                 // producer id once the epochs are exhausted).
-                self.fence_and_abort(&mut inner, txn, stores)?;
+                self.fence_and_abort(inner, txn, stores)?;
                 return Err(ResponseError::ConcurrentTransactions);
             }
             TxnState::PrepareCommit | TxnState::PrepareAbort => {
                 // Markers whose writing failed earlier: Kafka answers
                 // CONCURRENT_TRANSACTIONS until they are written; here
-                // they are written now, and only a failure is retried.
-                self.complete(&mut inner, txn, stores)
-                    .map_err(|_| ResponseError::ConcurrentTransactions)?;
+                // they are written now. A failure to write them is the
+                // storage's, and answered so.
+                self.claim_and_complete(inner, txn, None, stores)?;
+                inner = self.lock();
             }
             _ => {}
         }
-        let mut txn = inner.txns[id].clone();
+        let Some(mut txn) = inner.txns.get(id).cloned() else {
+            return Err(ResponseError::ConcurrentTransactions);
+        };
+        if txn.state != TxnState::Empty
+            && !matches!(
+                txn.state,
+                TxnState::CompleteCommit | TxnState::CompleteAbort
+            )
+        {
+            // Another request changed it meanwhile: ask again.
+            return Err(ResponseError::ConcurrentTransactions);
+        }
         // A retry of the bump that made the current epoch.
         let retry = expected.is_some_and(|(_, epoch)| {
             epoch != txn.epoch && epoch == txn.last_epoch && txn.last_epoch >= 0
@@ -439,7 +592,7 @@ impl Transactions {
         txn.timeout_ms = timeout_ms;
         txn.state = TxnState::Empty;
         let answer = (txn.producer_id, txn.epoch);
-        self.save(&mut inner, txn).map_err(storage_error)?;
+        self.save_durably(inner, txn).map_err(storage_error)?;
         Ok(answer)
     }
 
@@ -516,7 +669,7 @@ impl Transactions {
         let before = txn.partitions.len();
         txn.partitions.extend(partitions.iter().cloned());
         if txn.partitions.len() != before || inner.txns.get(id) != Some(&txn) {
-            self.save(&mut inner, txn)
+            self.save_durably(inner, txn)
                 .map_err(|e| PartitionErrors::All(storage_error(e)))?;
         }
         Ok(())
@@ -534,7 +687,7 @@ impl Transactions {
         let mut txn = Self::check(&mut inner, id, producer_id, epoch)?.clone();
         Self::begin(&mut txn);
         txn.groups.insert(group.to_owned());
-        self.save(&mut inner, txn).map_err(storage_error)
+        self.save_durably(inner, txn).map_err(storage_error)
     }
 
     /// TxnOffsetCommit: offsets committed for `group` if, and when, the
@@ -557,11 +710,13 @@ impl Transactions {
                 .retain(|p| (&p.group, &p.topic, p.partition) != (&o.group, &o.topic, o.partition));
             txn.offsets.push(o);
         }
-        self.save(&mut inner, txn).map_err(storage_error)
+        self.save_durably(inner, txn).map_err(storage_error)
     }
 
     /// EndTxn: commits or aborts the open transaction. Repeating the
-    /// decision of a completed transaction succeeds (a retried EndTxn).
+    /// decision of a completed transaction succeeds (a retried EndTxn);
+    /// repeating it while another request writes its markers answers
+    /// CONCURRENT_TRANSACTIONS.
     pub fn end(
         &self,
         stores: &Stores<'_>,
@@ -570,6 +725,7 @@ impl Transactions {
         epoch: i16,
         commit: bool,
     ) -> Result<(), ResponseError> {
+        let began = Instant::now();
         let mut inner = self.lock();
         let txn = inner
             .txns
@@ -581,29 +737,37 @@ impl Transactions {
             return Err(ResponseError::ProducerFenced);
         }
         let mut txn = txn;
-        match (txn.state, commit) {
+        let ended = match (txn.state, commit) {
             (TxnState::Ongoing, _) => {
                 txn.state = if commit {
                     TxnState::PrepareCommit
                 } else {
                     TxnState::PrepareAbort
                 };
-                self.save(&mut inner, txn.clone()).map_err(storage_error)?;
-                self.complete(&mut inner, txn, stores)
+                let decided = self.save(&mut inner, txn.clone()).map_err(storage_error)?;
+                self.claim_and_complete(inner, txn, Some(decided), stores)
             }
             (TxnState::PrepareCommit, true) | (TxnState::PrepareAbort, false) => {
-                self.complete(&mut inner, txn, stores)
+                self.claim_and_complete(inner, txn, None, stores)
             }
             (TxnState::CompleteCommit, true) | (TxnState::CompleteAbort, false) => Ok(()),
             _ => Err(ResponseError::InvalidTxnState),
-        }
+        };
+        tracing::debug!(
+            transactional_id = id,
+            commit,
+            ok = ended.is_ok(),
+            elapsed_us = began.elapsed().as_micros() as u64,
+            "EndTxn answered"
+        );
+        ended
     }
 
     /// Aborts, with a bumped epoch, every transaction open longer than its
     /// timeout. Returns the transactional ids aborted.
     pub fn expire(&self, stores: &Stores<'_>, now_ms: i64) -> Vec<String> {
-        let mut inner = self.lock();
-        let expired: Vec<TxnRecord> = inner
+        let expired: Vec<TxnRecord> = self
+            .lock()
             .txns
             .values()
             .filter(|t| {
@@ -613,13 +777,18 @@ impl Transactions {
             .collect();
         let mut aborted = Vec::new();
         for txn in expired {
+            let inner = self.lock();
+            // Still the same open transaction?
+            if inner.txns.get(&txn.id) != Some(&txn) {
+                continue;
+            }
             tracing::info!(
                 transactional_id = txn.id,
                 timeout_ms = txn.timeout_ms,
                 "aborting a transaction open longer than its timeout"
             );
             let id = txn.id.clone();
-            match self.fence_and_abort(&mut inner, txn, stores) {
+            match self.fence_and_abort(inner, txn, stores) {
                 Ok(()) => aborted.push(id),
                 Err(e) => tracing::error!(transactional_id = id, error = ?e, "aborting failed"),
             }
@@ -640,6 +809,14 @@ impl Transactions {
     #[cfg(test)]
     pub fn get(&self, id: &str) -> Option<TxnRecord> {
         self.lock().txns.get(id).cloned()
+    }
+}
+
+fn marker_failed(id: &str, e: AppendError) -> ResponseError {
+    tracing::error!(transactional_id = id, error = %e, "writing a transaction marker failed");
+    match e {
+        AppendError::Io(_) => ResponseError::KafkaStorageError,
+        _ => ResponseError::UnknownServerError,
     }
 }
 
@@ -973,5 +1150,98 @@ pub(crate) mod tests {
             Ok((pid, current + 2)),
             "a new producer bumps past the fencing epoch"
         );
+    }
+
+    #[test]
+    fn a_transaction_whose_markers_are_being_fsynced_holds_up_no_other_transactional_id() {
+        let world = World::open(tempfile::tempdir().unwrap());
+        world.topics.create("t", 1, 1, BTreeMap::new()).unwrap();
+        world.topics.create("u", 1, 1, BTreeMap::new()).unwrap();
+        let txns = Transactions::open(world.dir.path()).unwrap();
+        let stores = world.stores();
+        let (a, a_epoch) = txns
+            .init_producer_id(&stores, &world.ids, "a", 60_000, None)
+            .unwrap();
+        txns.add_partitions(&world.topics, "a", a, a_epoch, &[("t".into(), 0)])
+            .unwrap();
+        let (reached, reached_rx) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel();
+        *world.topics.get("t").unwrap().partitions[0]
+            .hold_sync
+            .lock()
+            .unwrap() = Some((reached, released));
+        std::thread::scope(|scope| {
+            let committing = scope.spawn(|| txns.end(&stores, "a", a, a_epoch, true));
+            reached_rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .expect("the commit reaches its marker's fsync");
+            let (done, done_rx) = std::sync::mpsc::channel();
+            let (txns, stores, world) = (&txns, &stores, &world);
+            let other = scope.spawn(move || {
+                let (b, b_epoch) = txns
+                    .init_producer_id(stores, &world.ids, "b", 60_000, None)
+                    .unwrap();
+                txns.add_partitions(&world.topics, "b", b, b_epoch, &[("u".into(), 0)])
+                    .unwrap();
+                txns.guard()
+                    .verify_produce("b", b, b_epoch, "u", 0)
+                    .unwrap();
+                let _ = done.send(());
+            });
+            let proceeded = done_rx.recv_timeout(std::time::Duration::from_secs(5));
+            assert_eq!(
+                txns.end(stores, "a", a, a_epoch, true),
+                Err(ResponseError::ConcurrentTransactions),
+                "a retried EndTxn waits for the markers being written"
+            );
+            release.send(()).unwrap();
+            other.join().unwrap();
+            committing.join().unwrap().unwrap();
+            assert!(
+                proceeded.is_ok(),
+                "another transactional id waited for this one's fsync"
+            );
+        });
+        assert_eq!(txns.get("a").unwrap().state, TxnState::CompleteCommit);
+        txns.end(&stores, "a", a, a_epoch, true).unwrap();
+    }
+
+    #[test]
+    fn init_producer_id_answers_a_storage_error_when_the_markers_it_must_finish_cannot_be_stored() {
+        let world = World::open(tempfile::tempdir().unwrap());
+        world.topics.create("t", 1, 1, BTreeMap::new()).unwrap();
+        let txns = Transactions::open(world.dir.path()).unwrap();
+        let init = || txns.init_producer_id(&world.stores(), &world.ids, "tx", 60_000, None);
+        let (pid, epoch) = init().unwrap();
+        txns.add_partitions(&world.topics, "tx", pid, epoch, &[("t".into(), 0)])
+            .unwrap();
+        txns.add_offsets("tx", pid, epoch, "g").unwrap();
+        let offset = PendingOffset {
+            group: "g".into(),
+            topic: "t".into(),
+            partition: 0,
+            offset: 3,
+            leader_epoch: -1,
+            metadata: None,
+        };
+        txns.txn_offset_commit("tx", pid, epoch, vec![offset])
+            .unwrap();
+        // The group's offsets file cannot be written: a directory is where
+        // it goes.
+        let blocker = world.dir.path().join("groups").join("67.offsets");
+        fs::create_dir_all(&blocker).unwrap();
+        assert_eq!(
+            txns.end(&world.stores(), "tx", pid, epoch, true),
+            Err(ResponseError::KafkaStorageError)
+        );
+        assert_eq!(txns.get("tx").unwrap().state, TxnState::PrepareCommit);
+        assert_eq!(
+            init(),
+            Err(ResponseError::KafkaStorageError),
+            "a storage failure is not a transaction in progress"
+        );
+        fs::remove_dir(&blocker).unwrap();
+        assert_eq!(init(), Ok((pid, epoch + 1)), "the commit is finished first");
+        assert_eq!(world.offsets.fetch("g")[&("t".to_owned(), 0)].offset, 3);
     }
 }

@@ -16,11 +16,12 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError as RdError;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::context::TracingContext;
+use crate::reader::{outside_group_reader, Isolation};
 use crate::transactional::GroupMetadata;
 use crate::{InboundRecord, KafkaConfig, KafkaError};
 
@@ -143,7 +144,7 @@ pub async fn read_committed(
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<InboundRecord>, KafkaError> {
-    read_all(config, topic, timeout, true).await
+    read_all(config, topic, timeout, Isolation::ReadCommitted).await
 }
 
 /// Like [`read_committed`] but `read_uncommitted`: records of aborted and
@@ -154,30 +155,16 @@ pub async fn read_uncommitted(
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<InboundRecord>, KafkaError> {
-    read_all(config, topic, timeout, false).await
+    read_all(config, topic, timeout, Isolation::ReadUncommitted).await
 }
 
 async fn read_all(
     config: &KafkaConfig,
     topic: &str,
     timeout: Duration,
-    committed: bool,
+    isolation: Isolation,
 ) -> Result<Vec<InboundRecord>, KafkaError> {
-    let mut rd = config.client_config();
-    rd.set("group.id", crate::TOPIC_READER_GROUP)
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set(
-            "isolation.level",
-            if committed {
-                "read_committed"
-            } else {
-                "read_uncommitted"
-            },
-        );
-    let consumer: BaseConsumer<TracingContext> = rd
-        .create_with_context(TracingContext::of("topic-reader", config))
-        .map_err(|e| KafkaError::Config(e.to_string()))?;
+    let consumer = outside_group_reader(config, "topic-reader", isolation, None)?;
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
         let ids = partitions(consumer.client(), &topic, timeout)?;

@@ -447,6 +447,7 @@ impl EventConsumer {
         let mut state = self.state.lock().expect("group state poisoned");
         let mut past_markers = self.past_markers.lock().expect("markers poisoned");
         let mut seen = HashMap::new();
+        let mut moved = Vec::new();
         for elem in positions.elements() {
             let Offset::Offset(position) = elem.offset() else {
                 continue;
@@ -462,12 +463,24 @@ impl EventConsumer {
                 continue;
             }
             if past_markers.get(&key) == Some(&position) {
-                state.acked.insert(key, position);
+                state.acked.insert(key.clone(), position);
+                moved.push((key, position));
             } else {
                 seen.insert(key, position);
             }
         }
         *past_markers = seen;
+        drop(past_markers);
+        drop(state);
+        // The next record is expected past the markers too: the offsets
+        // they take are no gap, and a log start that moves past them
+        // (retention) deleted nothing this group had still to read.
+        let mut delivered = self.positions.lock().expect("positions poisoned");
+        for (key, position) in moved {
+            if let Some(p) = delivered.get_mut(&key) {
+                p.next = p.next.max(position);
+            }
+        }
     }
 
     /// Leaves the group cleanly: the acknowledged offsets are committed first
@@ -544,10 +557,14 @@ fn confirm(
     } else {
         None
     };
-    // One log-start query per partition, however many gaps it shows: a
-    // transactional topic has one (a commit marker) after every
-    // transaction, and asking per gap would pace the consumer at the
-    // broker's round trip.
+    // The log start librdkafka learnt from the fetch that brought the
+    // record after the gap, or a later one, answers without a round trip
+    // (log starts only grow): records deleted unread were skipped only if
+    // the log started past them then. A transactional topic has a gap (a
+    // commit marker) after every transaction, so asking the broker at
+    // every gap would pace the consumer at its round trip. Only when
+    // librdkafka knows no log start yet is the broker asked, once per
+    // partition.
     let mut log_starts: HashMap<(String, i32), Result<i64, String>> = HashMap::new();
     for suspect in suspects {
         let (topic, partition, expected, received) = match &suspect {
@@ -588,11 +605,12 @@ fn confirm(
         }
         let log_start = log_starts
             .entry((topic.clone(), partition))
-            .or_insert_with(|| {
-                consumer
+            .or_insert_with(|| match fetched_log_start(consumer, &topic, partition) {
+                Some(low) => Ok(low),
+                None => consumer
                     .fetch_watermarks(&topic, partition, CONFIRM_TIMEOUT)
                     .map(|(low, _)| low)
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| e.to_string()),
             })
             .clone();
         match log_start {
@@ -615,4 +633,29 @@ fn confirm(
         }
     }
     confirmed
+}
+
+/// The log start of `topic`/`partition` in the last fetch response
+/// librdkafka handled for it (`None` before the first, or from a broker
+/// that does not send it).
+fn fetched_log_start(
+    consumer: &StreamConsumer<TracingContext>,
+    topic: &str,
+    partition: i32,
+) -> Option<i64> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1_i64, -1_i64);
+    // SAFETY: the client pointer is valid for the life of `consumer`; the
+    // call only reads the partition's cached offsets into the two locals.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && low >= 0)
+        .then_some(low)
 }

@@ -42,7 +42,7 @@ pub async fn end_offsets(
     topic: &str,
     timeout: Duration,
 ) -> Result<HashMap<i32, i64>, KafkaError> {
-    let consumer = topic_reader(config)?;
+    let consumer = outside_group_reader(config, "topic-reader", Isolation::ReadCommitted, None)?;
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
         partitions(consumer.client(), &topic, timeout)?
@@ -81,7 +81,7 @@ pub async fn read_published(
     want: usize,
     idle: Duration,
 ) -> Result<Published, KafkaError> {
-    let consumer = topic_reader(config)?;
+    let consumer = outside_group_reader(config, "topic-reader", Isolation::ReadCommitted, None)?;
     let topic = topic.to_owned();
     let from = from.clone();
     tokio::task::spawn_blocking(move || {
@@ -118,14 +118,40 @@ pub async fn read_published(
     .map_err(|e| KafkaError::Consume(e.to_string()))?
 }
 
-fn topic_reader(config: &KafkaConfig) -> Result<BaseConsumer<TracingContext>, KafkaError> {
+/// Which records of transactions a reader sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Isolation {
+    /// Committed records only, up to the last stable offset.
+    ReadCommitted,
+    /// Every record, of aborted and open transactions too.
+    ReadUncommitted,
+}
+
+/// A consumer that reads partitions it assigns itself, outside any group
+/// (it carries [`TOPIC_READER_GROUP`], which assignment needs, and never
+/// commits), reporting the end of each partition; `client` names it in
+/// logs, and `fetch_wait` bounds how long the broker may hold a fetch.
+pub(crate) fn outside_group_reader(
+    config: &KafkaConfig,
+    client: &str,
+    isolation: Isolation,
+    fetch_wait: Option<Duration>,
+) -> Result<BaseConsumer<TracingContext>, KafkaError> {
     let mut rd = config.client_config();
-    // A group id is required for assignment; nothing is ever committed.
     rd.set("group.id", TOPIC_READER_GROUP)
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
-        .set("isolation.level", "read_committed");
-    rd.create_with_context(TracingContext::of("topic-reader", config))
+        .set(
+            "isolation.level",
+            match isolation {
+                Isolation::ReadCommitted => "read_committed",
+                Isolation::ReadUncommitted => "read_uncommitted",
+            },
+        );
+    if let Some(wait) = fetch_wait {
+        rd.set("fetch.wait.max.ms", wait.as_millis().to_string());
+    }
+    rd.create_with_context(TracingContext::of(client, config))
         .map_err(|e| KafkaError::Config(e.to_string()))
 }
 

@@ -83,6 +83,9 @@ impl TransactionError {
             RdError::Transaction(e) if e.txn_requires_abort() => TransactionErrorKind::Abortable,
             RdError::Transaction(e) if e.is_retriable() => TransactionErrorKind::Retriable,
             _ if fatal.is_some() => TransactionErrorKind::Fatal,
+            // Records not all acknowledged in time: the transaction is
+            // still open, and the same call may succeed.
+            RdError::Flush(RDKafkaErrorCode::OperationTimedOut) => TransactionErrorKind::Retriable,
             // Anything librdkafka does not call retriable or abortable
             // (an unexpected state): a new producer starts clean, and its
             // `init_transactions` aborts what this one left open.
@@ -144,6 +147,8 @@ pub struct TransactionalProducer {
     inner: FutureProducer<TracingContext>,
     transactional_id: String,
     operation_timeout: Duration,
+    /// Who uses it, in logs.
+    client: String,
 }
 
 impl TransactionalProducer {
@@ -177,6 +182,7 @@ impl TransactionalProducer {
             inner,
             transactional_id: settings.transactional_id.clone(),
             operation_timeout: settings.operation_timeout,
+            client: client.to_owned(),
         };
         producer
             .blocking("init_transactions", |p, timeout| {
@@ -231,9 +237,28 @@ impl TransactionalProducer {
     /// Commits the current transaction (flushing its records first).
     pub async fn commit(&self) -> Result<(), TransactionError> {
         self.blocking("commit_transaction", |p, timeout| {
+            flush_promptly(p, timeout)?;
             p.commit_transaction(timeout)
         })
         .await
+    }
+
+    /// Commits the current transaction, making the call again while it
+    /// fails retriably, `attempts` calls at most. The last error is
+    /// returned as it came: the caller aborts (unless it is fatal).
+    pub async fn commit_retrying(&self, attempts: u32) -> Result<(), TransactionError> {
+        let mut attempt = 1;
+        loop {
+            match self.commit().await {
+                Err(error)
+                    if error.kind == TransactionErrorKind::Retriable && attempt < attempts =>
+                {
+                    tracing::warn!(component = self.client.as_str(), %error, attempt, "commit failed retriably; committing again");
+                    attempt += 1;
+                }
+                outcome => return outcome,
+            }
+        }
     }
 
     /// Aborts the current transaction: none of its records or offsets
@@ -289,6 +314,29 @@ impl TransactionalProducer {
     }
 }
 
+/// Waits until the delivery report of every queued record was served,
+/// with librdkafka's own flush (which the producer's polling thread
+/// answers at once). rust-rdkafka's `commit_transaction` flushes first
+/// too, but between its checks it polls the event queue for up to 100 ms,
+/// a queue that the producer's polling thread serves: every commit waited
+/// about 100 ms longer than its records took. After this, its flush finds
+/// nothing left and the commit is sent at once. A flush that times out
+/// fails the commit retriably (the transaction is still open).
+fn flush_promptly(
+    producer: &FutureProducer<TracingContext>,
+    timeout: Duration,
+) -> rdkafka::error::KafkaResult<()> {
+    let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: the client pointer is valid for the life of `producer`, and
+    // `rd_kafka_flush` may be called from any thread.
+    let flushed =
+        unsafe { rdkafka::bindings::rd_kafka_flush(producer.client().native_ptr(), timeout_ms) };
+    match flushed {
+        rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => Ok(()),
+        code => Err(RdError::Flush(code.into())),
+    }
+}
+
 /// The consumer-group identity that offsets sent with a transaction are
 /// committed under (from [`crate::CommittedInput::group_metadata`]).
 #[derive(Clone)]
@@ -319,17 +367,14 @@ impl CommittedTail {
     /// A reader of `topic`; a request the cluster does not answer within
     /// `timeout`, or a range that brings nothing for that long, fails.
     pub fn new(config: &KafkaConfig, topic: &str, timeout: Duration) -> Result<Self, KafkaError> {
-        let mut rd = config.client_config();
-        rd.set("group.id", crate::TOPIC_READER_GROUP)
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true")
-            .set("isolation.level", "read_committed")
-            // The end of a range is often only known from the end of the
-            // partition: do not let the broker hold that last fetch.
-            .set("fetch.wait.max.ms", "10");
-        let consumer = rd
-            .create_with_context(TracingContext::of("tail-reader", config))
-            .map_err(|e| KafkaError::Config(e.to_string()))?;
+        // The end of a range is often only known from the end of the
+        // partition: do not let the broker hold that last fetch.
+        let consumer = crate::reader::outside_group_reader(
+            config,
+            "tail-reader",
+            crate::reader::Isolation::ReadCommitted,
+            Some(Duration::from_millis(10)),
+        )?;
         Ok(Self {
             consumer: std::sync::Arc::new(consumer),
             topic: topic.to_owned(),

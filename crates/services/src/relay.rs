@@ -171,6 +171,9 @@ const TAIL_CHUNK: i64 = 1000;
 /// The component name in transaction metrics and logs.
 const COMPONENT: &str = "relay";
 
+/// The least time given to aborting a transaction the drain cut short.
+const ABORT_PATIENCE: Duration = Duration::from_secs(2);
+
 /// What the relay publishes with.
 pub enum RelayPublisher {
     /// An idempotent producer, made by the factory (at least once).
@@ -205,6 +208,10 @@ struct Transactional {
     /// Whether the committed tail was read back and marked since the
     /// producer started (and since the last failed mark).
     recovered: bool,
+    /// Whether a transaction was begun and not yet committed or aborted:
+    /// a round cut short (the drain timing out) leaves it open, and it is
+    /// aborted then.
+    open: bool,
 }
 
 /// Publishes the outbox. See the module docs.
@@ -249,6 +256,7 @@ impl OutboxRelay {
                     settings,
                     producer: None,
                     recovered: false,
+                    open: false,
                 })))
             }
         };
@@ -370,7 +378,9 @@ impl OutboxRelay {
         }
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         // A transactional relay has nothing in flight between rounds: each
-        // batch was committed or aborted.
+        // batch was committed or aborted, except the one a timed-out drain
+        // cut short.
+        self.abort_cut_short(left.max(ABORT_PATIENCE)).await;
         if let Some(producer) = self.producer() {
             if let Err(error) = producer.flush(left.max(Duration::from_millis(100))).await {
                 tracing::warn!(%error, "producer flush incomplete");
@@ -382,6 +392,35 @@ impl OutboxRelay {
             if let Err(error) = self.store.release_lease(lease).await {
                 tracing::warn!(%error, "cannot release the outbox lease; a standby takes over when the session ends");
             }
+        }
+    }
+
+    /// Aborts the transaction a round cut short left open (the drain timed
+    /// out mid-transaction): left open, the coordinator would abort it only
+    /// after the transaction timeout, and `read_committed` consumers of its
+    /// partitions would wait that long. Its rows stay pending.
+    async fn abort_cut_short(&self, patience: Duration) {
+        let Publisher::Transactional(state) = &self.publisher else {
+            return;
+        };
+        let mut state = state.lock().await;
+        if !std::mem::take(&mut state.open) {
+            return;
+        }
+        let Some(producer) = state.producer.as_ref() else {
+            return;
+        };
+        match tokio::time::timeout(patience, producer.abort()).await {
+            Ok(Ok(())) => {
+                self.metrics.transaction(COMPONENT, "aborted", 0.0);
+                tracing::info!("aborted the transaction the drain cut short; its events are published on next start");
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cannot abort the transaction the drain cut short; the next relay's producer aborts it")
+            }
+            Err(_) => tracing::warn!(
+                "aborting the transaction the drain cut short timed out; the next relay's producer aborts it"
+            ),
         }
     }
 
@@ -447,16 +486,7 @@ impl OutboxRelay {
             let mut state = state.lock().await;
             return self.publish_transactionally(&mut lease, &mut state).await;
         }
-        let held = lease.as_ref().expect("acquired above");
-        let batch = match self.store.pending(held, self.settings.batch_size).await {
-            Ok(batch) => batch,
-            Err(error) => {
-                // The lease may have ended with the failure: win it again
-                // (or stand by) before publishing anything more.
-                *lease = None;
-                return Err(error.into());
-            }
-        };
+        let batch = self.claim_batch(&mut lease).await?;
         if batch.is_empty() {
             return Ok(0);
         }
@@ -518,6 +548,23 @@ impl OutboxRelay {
         }
     }
 
+    /// The next batch of pending rows, under the held lease. A failure
+    /// may have ended the lease: it is dropped, to be won again (or to
+    /// stand by) before anything more is published.
+    async fn claim_batch(
+        &self,
+        lease: &mut Option<Lease>,
+    ) -> Result<Vec<PendingMessage>, RelayError> {
+        let held = lease.as_ref().expect("held by the caller");
+        match self.store.pending(held, self.settings.batch_size).await {
+            Ok(batch) => Ok(batch),
+            Err(error) => {
+                *lease = None;
+                Err(error.into())
+            }
+        }
+    }
+
     /// Test only: aborts the process once [`RelaySettings::crash_before_mark`]
     /// batches were published, before the last one is marked.
     fn crash_if_asked(&self) {
@@ -565,14 +612,8 @@ impl OutboxRelay {
             }
             state.recovered = true;
         }
-        let held = lease.as_ref().expect("held by the caller");
-        let batch = match self.store.pending(held, self.settings.batch_size).await {
-            Ok(batch) => batch,
-            Err(error) => {
-                *lease = None;
-                return Err(error.into());
-            }
-        };
+        let claimed = std::time::Instant::now();
+        let batch = self.claim_batch(lease).await?;
         if batch.is_empty() {
             return Ok(0);
         }
@@ -581,6 +622,8 @@ impl OutboxRelay {
         if let Err(error) = producer.begin() {
             return Err(self.transaction_failed(lease, state, error).await);
         }
+        state.open = true;
+        let producer = state.producer.as_ref().expect("started above");
         // Rows before one that cannot be encoded are published; it stays
         // pending with its error recorded.
         let mut enqueued = Vec::with_capacity(batch.len());
@@ -595,11 +638,14 @@ impl OutboxRelay {
                 }
             }
         }
+        let enqueued_at = began.elapsed();
         let committed = if enqueued.is_empty() {
             Err(producer.abort().await.err())
         } else {
             self.commit(producer).await.map_err(Some)
         };
+        state.open = false;
+        let committed_at = began.elapsed();
         match committed {
             Ok(()) => {
                 self.metrics
@@ -627,6 +673,14 @@ impl OutboxRelay {
             state.recovered = false;
             return Err(error.into());
         }
+        tracing::debug!(
+            rows = enqueued.len(),
+            claim_us = (began - claimed).as_micros() as u64,
+            enqueue_us = enqueued_at.as_micros() as u64,
+            commit_us = (committed_at - enqueued_at).as_micros() as u64,
+            mark_us = (began.elapsed() - committed_at).as_micros() as u64,
+            "relay transaction"
+        );
         for row in &enqueued {
             self.metrics.relay_published.inc();
             let waited = taskstream_domain::now() - row.message.created_at;
@@ -652,27 +706,16 @@ impl OutboxRelay {
     /// Commits, making the call again while it fails retriably; aborts
     /// when it cannot (unless the producer is dead).
     async fn commit(&self, producer: &TransactionalProducer) -> Result<(), TransactionError> {
-        let mut attempt = 1;
-        loop {
-            match producer.commit().await {
-                Ok(()) => return Ok(()),
-                Err(error)
-                    if error.kind == TransactionErrorKind::Retriable
-                        && attempt < COMMIT_ATTEMPTS =>
-                {
-                    tracing::warn!(%error, attempt, "the relay's commit failed retriably; committing again");
-                    attempt += 1;
-                }
-                Err(error) => {
-                    if error.kind != TransactionErrorKind::Fatal {
-                        if let Err(abort) = producer.abort().await {
-                            tracing::warn!(error = %abort, "abort failed; the next producer aborts the transaction");
-                        }
-                    }
-                    return Err(error);
-                }
+        let error = match producer.commit_retrying(COMMIT_ATTEMPTS).await {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        if error.kind != TransactionErrorKind::Fatal {
+            if let Err(abort) = producer.abort().await {
+                tracing::warn!(error = %abort, "abort failed; the next producer aborts the transaction");
             }
         }
+        Err(error)
     }
 
     /// Handles a failed transactional call: a fenced relay gives the
@@ -696,6 +739,7 @@ impl OutboxRelay {
             self.metrics.relay_producer_restarts.inc();
         }
         state.recovered = false;
+        state.open = false;
         if fenced {
             tracing::error!(%error, "the relay was fenced: a newer relay uses its transactional id; giving the lease up and standing by");
             if let Some(held) = lease.take() {
@@ -730,7 +774,7 @@ impl OutboxRelay {
                         .iter()
                         .filter_map(|r| r.header_str(headers::EVENT_ID)?.parse().ok())
                         .collect();
-                    let unpublished = self.store.unpublished_among(&ids).await?;
+                    let unpublished = self.store.unpublished_among(&topic, &ids).await?;
                     let seqs: Vec<i64> = unpublished.iter().map(|(_, seq)| *seq).collect();
                     self.store
                         .mark_published(&seqs, taskstream_domain::now())

@@ -193,8 +193,12 @@ impl OutboxStore for Store {
         each!(self, s => s.mark_published(seqs, at).await)
     }
 
-    async fn unpublished_among(&self, ids: &[Uuid]) -> Result<Vec<(Uuid, i64)>, StoreError> {
-        each!(self, s => s.unpublished_among(ids).await)
+    async fn unpublished_among(
+        &self,
+        topic: &str,
+        ids: &[Uuid],
+    ) -> Result<Vec<(Uuid, i64)>, StoreError> {
+        each!(self, s => s.unpublished_among(topic, ids).await)
     }
 
     async fn unpublished_topics(&self) -> Result<Vec<String>, StoreError> {

@@ -561,15 +561,21 @@ impl OutboxStore for PgStore {
         Ok(())
     }
 
-    async fn unpublished_among(&self, ids: &[Uuid]) -> Result<Vec<(Uuid, i64)>, StoreError> {
+    async fn unpublished_among(
+        &self,
+        topic: &str,
+        ids: &[Uuid],
+    ) -> Result<Vec<(Uuid, i64)>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let rows =
-            sqlx::query("SELECT id, seq FROM outbox WHERE published_at IS NULL AND id = ANY($1)")
-                .bind(ids)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query(
+            "SELECT id, seq FROM outbox WHERE published_at IS NULL AND topic = $1 AND id = ANY($2)",
+        )
+        .bind(topic)
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|row| Ok((row.uuid("outbox", "id")?, row.int("seq")?)))
             .collect()

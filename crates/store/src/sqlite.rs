@@ -847,13 +847,19 @@ impl OutboxStore for SqliteStore {
         Ok(())
     }
 
-    async fn unpublished_among(&self, ids: &[Uuid]) -> Result<Vec<(Uuid, i64)>, StoreError> {
+    async fn unpublished_among(
+        &self,
+        topic: &str,
+        ids: &[Uuid],
+    ) -> Result<Vec<(Uuid, i64)>, StoreError> {
         let mut found = Vec::new();
         // SQLite's default limit on bound parameters is 32766.
         for chunk in ids.chunks(1000) {
             let mut sql = QueryBuilder::<Sqlite>::new(
-                "SELECT id, seq FROM outbox WHERE published_at IS NULL AND id IN (",
+                "SELECT id, seq FROM outbox WHERE published_at IS NULL AND topic = ",
             );
+            sql.push_bind(topic);
+            sql.push(" AND id IN (");
             let mut list = sql.separated(", ");
             for one in chunk {
                 list.push_bind(id(*one));

@@ -65,11 +65,17 @@ pub trait OutboxStore: Send + Sync + 'static {
     /// Marks messages published; call only after the broker acknowledged them.
     async fn mark_published(&self, seqs: &[i64], at: DateTime<Utc>) -> Result<(), StoreError>;
 
-    /// Of the messages with ids `ids`, those still unpublished, as
-    /// `(id, seq)`. Ids of published or pruned messages (or unknown ones)
-    /// are left out. The exactly-once relay asks this of the records it
-    /// finds on the topic after a restart.
-    async fn unpublished_among(&self, ids: &[Uuid]) -> Result<Vec<(Uuid, i64)>, StoreError>;
+    /// Of the messages for `topic` with ids `ids`, those still
+    /// unpublished, as `(id, seq)`. Ids of published or pruned messages,
+    /// of messages for another topic (or unknown ones) are left out. The
+    /// exactly-once relay asks this of the records it finds on `topic`
+    /// after a restart: a record there says nothing of a row that goes
+    /// elsewhere.
+    async fn unpublished_among(
+        &self,
+        topic: &str,
+        ids: &[Uuid],
+    ) -> Result<Vec<(Uuid, i64)>, StoreError>;
 
     /// The topics that unpublished messages go to.
     async fn unpublished_topics(&self) -> Result<Vec<String>, StoreError>;

@@ -475,7 +475,9 @@ async fn pruning_deletes_only_published_messages_older_than_the_cutoff() {
 }
 
 #[tokio::test]
-async fn unpublished_among_names_exactly_the_unmarked_rows_of_the_ids_asked_about() {
+async fn unpublished_among_names_exactly_the_unmarked_rows_of_the_ids_asked_about_for_their_topic()
+{
+    const TOPIC: &str = "task-events";
     for backend in backends().await {
         let store = &backend.store;
         let mut ids = Vec::new();
@@ -493,12 +495,26 @@ async fn unpublished_among_names_exactly_the_unmarked_rows_of_the_ids_asked_abou
             .unwrap();
         // Marked, unknown and unasked rows are left out.
         let asked = [ids[0], ids[1], ids[2], Uuid::new_v4()];
-        let mut found = store.unpublished_among(&asked).await.unwrap();
+        let mut found = store.unpublished_among(TOPIC, &asked).await.unwrap();
         found.sort_unstable();
         let mut expected = vec![(ids[0], seq_of(ids[0])), (ids[2], seq_of(ids[2]))];
         expected.sort_unstable();
         assert_eq!(found, expected);
-        assert!(store.unpublished_among(&[]).await.unwrap().is_empty());
+        assert!(store
+            .unpublished_among(TOPIC, &[])
+            .await
+            .unwrap()
+            .is_empty());
+        // A record with a row's id found on another topic says nothing
+        // of that row.
+        assert!(
+            store
+                .unpublished_among("another-topic", &asked)
+                .await
+                .unwrap()
+                .is_empty(),
+            "rows for one topic were named for another"
+        );
         assert_eq!(
             store.unpublished_topics().await.unwrap(),
             vec![rows[0].message.topic.clone()]

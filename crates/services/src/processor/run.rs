@@ -358,20 +358,10 @@ impl WorkloadProcessor {
             .map(|((topic, partition), next)| (topic, partition, next))
             .collect();
         producer.send_offsets(group, &offsets).await.map_err(fail)?;
-        let mut attempt = 1;
-        loop {
-            match producer.commit().await {
-                Ok(()) => return Ok(()),
-                Err(error)
-                    if error.kind == TransactionErrorKind::Retriable
-                        && attempt < COMMIT_ATTEMPTS =>
-                {
-                    tracing::warn!(component = COMPONENT, %error, attempt, "commit failed retriably; committing again");
-                    attempt += 1;
-                }
-                Err(error) => return Err(fail(error)),
-            }
-        }
+        producer
+            .commit_retrying(COMMIT_ATTEMPTS)
+            .await
+            .map_err(fail)
     }
 
     /// Applies one input record and sends its outputs in the open

@@ -92,6 +92,11 @@ pub struct BenchArgs {
     /// Replication factor of the topics created on `--kafka-bootstrap`.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=5))]
     pub replication_factor: i32,
+    /// How the system's relay publishes during the load: `exactly-once`
+    /// (one transaction per batch; not on `--dev-broker mock`) or
+    /// `at-least-once`. Default: as `taskstream up` publishes.
+    #[arg(long, value_enum)]
+    pub relay_delivery: Option<crate::cli::RelayDeliveryArg>,
 }
 
 fn parse_rate(raw: &str) -> Result<f64, String> {
@@ -693,7 +698,21 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     config.sqlite.synchronous = args.sqlite_synchronous;
     config.dev_broker = args.dev_broker;
     if args.kafka_bootstrap.is_none() && args.dev_broker == DevBrokerKind::Mock {
+        if args.relay_delivery == Some(crate::cli::RelayDeliveryArg::ExactlyOnce) {
+            bail!("--relay-delivery exactly-once needs a broker with transactions, and librdkafka's mock cluster has none");
+        }
         config.relay.delivery = taskstream_services::RelayDelivery::AtLeastOnce;
+    }
+    match args.relay_delivery {
+        Some(crate::cli::RelayDeliveryArg::AtLeastOnce) => {
+            config.relay.delivery = taskstream_services::RelayDelivery::AtLeastOnce;
+        }
+        Some(crate::cli::RelayDeliveryArg::ExactlyOnce) => {
+            config.relay.delivery = taskstream_services::RelayDelivery::ExactlyOnce {
+                transactional_id: taskstream_services::RELAY_TRANSACTIONAL_ID.to_owned(),
+            };
+        }
+        None => {}
     }
     if let Some(bootstrap) = &args.kafka_bootstrap {
         let kafka = KafkaConfig::new(bootstrap);

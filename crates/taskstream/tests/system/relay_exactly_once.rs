@@ -567,3 +567,416 @@ async fn an_exactly_once_relay_publishes_to_a_topic_that_does_not_exist_yet() {
         .unwrap();
     assert_eq!(on_topic.len(), 3);
 }
+
+/// taskstream's broker on a fresh directory, with a topic named after
+/// `prefix` (one partition, `configs`) created on it: the directory, the
+/// broker, a client configuration and the topic's name.
+async fn broker_with_topic(
+    prefix: &str,
+    configs: BTreeMap<String, String>,
+) -> (
+    tempfile::TempDir,
+    taskstream_broker::RunningBroker,
+    KafkaConfig,
+    String,
+) {
+    let data = tempfile::tempdir().unwrap();
+    let broker =
+        taskstream_broker::Broker::start(taskstream_broker::BrokerConfig::new(data.path()))
+            .expect("taskstream's broker starts");
+    let kafka = KafkaConfig::new(broker.addr().to_string()).quiet();
+    let topic = format!("{prefix}-{}", uuid::Uuid::new_v4());
+    apply_topics(
+        &kafka,
+        &[TopicSpec {
+            name: topic.clone(),
+            partitions: 1,
+            replication_factor: 1,
+            configs,
+        }],
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    (data, broker, kafka, topic)
+}
+
+/// A relay whose drain at shutdown times out in the middle of a
+/// transaction (one record sent, the next one's encoding waiting on a
+/// schema registry that never answers) aborts that transaction: left
+/// open, it would hold every `read_committed` reader of the partition at
+/// its first record until the transaction timeout (a minute). Its rows
+/// stay pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_cut_short_mid_transaction_aborts_the_transaction() {
+    use taskstream_domain::{Cause, NewTask, Priority, Task, TaskTitle};
+    use taskstream_store::TaskStore;
+
+    let (_data, _broker, kafka, topic) = broker_with_topic("cut-short", BTreeMap::new()).await;
+    // Accepts connections and never answers.
+    let silent_registry = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let registry = std::sync::Arc::new(taskstream_avro::RegistryClient::new(&format!(
+        "http://{}",
+        silent_registry.local_addr().unwrap()
+    )));
+    let dir = tempfile::tempdir().unwrap();
+    let store = taskstream::components::open_store(
+        dir.path(),
+        None,
+        &taskstream_store::SqliteOptions::default(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    // Rows stored as Avro are published as stored; a row an earlier
+    // version stored as JSON is converted, which asks the registry.
+    let insert = |title: &str, stored_as_avro: bool| {
+        let change = Task::create(
+            NewTask {
+                title: TaskTitle::parse(title).unwrap(),
+                description: None,
+                priority: Priority::Medium,
+                due_at: None,
+                assignee: None,
+            },
+            taskstream_domain::now(),
+            Cause::default(),
+        );
+        let mut message = EventEncoding::Json
+            .outbox_message(
+                &change.event,
+                "task",
+                change.task.id.to_string(),
+                &topic,
+                None,
+            )
+            .unwrap();
+        if stored_as_avro {
+            message.content_type = taskstream_avro::AVRO_CONTENT_TYPE.to_owned();
+        }
+        let store = std::sync::Arc::clone(&store);
+        async move {
+            store.insert_task(&change.task, &message).await.unwrap();
+            message.id
+        }
+    };
+    insert("published before the shutdown", true).await;
+    let relay = OutboxRelay::new(
+        std::sync::Arc::clone(&store) as std::sync::Arc<dyn OutboxStore>,
+        RelayPublisher::Transactional {
+            kafka: kafka.clone(),
+            settings: TransactionSettings::new(format!("relay-{}", uuid::Uuid::new_v4())),
+        },
+        std::sync::Arc::new(tokio::sync::Notify::new()),
+        RelaySettings {
+            // Only the first round and the drain publish.
+            poll_interval: Duration::from_secs(3600),
+            drain_timeout: Duration::from_secs(1),
+            ..RelaySettings::default()
+        },
+        taskstream_telemetry::Metrics::new(),
+        EventEncoding::avro(registry, &topic),
+    )
+    .unwrap();
+    let (trigger, shutdown) = taskstream_services::Shutdown::new();
+    let running = tokio::spawn(relay.run(shutdown));
+    crate::helpers::eventually(
+        "the first row is published",
+        Duration::from_secs(30),
+        || {
+            let store = std::sync::Arc::clone(&store);
+            async move { (store.outbox_stats().await.ok()?.pending == 0).then_some(()) }
+        },
+    )
+    .await;
+
+    let sent = insert("sent, then cut short", true).await;
+    insert("waits on the registry", false).await;
+    trigger.trigger();
+    tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("the relay stops")
+        .unwrap();
+
+    let everything = read_uncommitted(&kafka, &topic, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let cut_short = everything
+        .iter()
+        .find(|r| r.header_str("id") == Some(sent.to_string().as_str()))
+        .expect("the drain sent the first row of its transaction");
+    let ends = taskstream_kafka::end_offsets(&kafka, &topic, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(
+        ends[&0] > cut_short.offset,
+        "read_committed readers stop at the cut-short transaction ({} <= {}): it was left open",
+        ends[&0],
+        cut_short.offset
+    );
+    let committed = read_committed(&kafka, &topic, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(committed.len(), 1, "only the first row is visible");
+    assert_eq!(store.outbox_stats().await.unwrap().pending, 2);
+}
+
+/// `n` rows for `topic` in `store`'s outbox, each stored as Avro (so
+/// published as stored) with a payload of `size` bytes; returns their ids.
+async fn insert_rows(
+    store: &taskstream_store::Store,
+    topic: &str,
+    n: usize,
+    size: usize,
+) -> Vec<uuid::Uuid> {
+    use taskstream_domain::{Cause, NewTask, Priority, Task, TaskTitle};
+    use taskstream_store::TaskStore;
+
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let change = Task::create(
+            NewTask {
+                title: TaskTitle::parse(&format!("row {i}")).unwrap(),
+                description: None,
+                priority: Priority::Medium,
+                due_at: None,
+                assignee: None,
+            },
+            taskstream_domain::now(),
+            Cause::default(),
+        );
+        let mut message = EventEncoding::Json
+            .outbox_message(
+                &change.event,
+                "task",
+                change.task.id.to_string(),
+                topic,
+                None,
+            )
+            .unwrap();
+        message.content_type = taskstream_avro::AVRO_CONTENT_TYPE.to_owned();
+        message.payload = vec![b'x'; size];
+        store.insert_task(&change.task, &message).await.unwrap();
+        ids.push(message.id);
+    }
+    ids
+}
+
+/// A relay with its own SQLite outbox publishing through `kafka` with
+/// `settings`.
+async fn bare_relay(
+    dir: &std::path::Path,
+    kafka: &KafkaConfig,
+    settings: TransactionSettings,
+) -> (std::sync::Arc<taskstream_store::Store>, OutboxRelay) {
+    let store = taskstream::components::open_store(
+        dir,
+        None,
+        &taskstream_store::SqliteOptions::default(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let relay = OutboxRelay::new(
+        std::sync::Arc::clone(&store) as std::sync::Arc<dyn OutboxStore>,
+        RelayPublisher::Transactional {
+            kafka: kafka.clone(),
+            settings,
+        },
+        std::sync::Arc::new(tokio::sync::Notify::new()),
+        RelaySettings::default(),
+        taskstream_telemetry::Metrics::new(),
+        EventEncoding::Json,
+    )
+    .unwrap();
+    (store, relay)
+}
+
+/// A record the broker refuses makes the relay's transaction abortable:
+/// the relay aborts it (none of the batch becomes visible, none of it is
+/// marked) and publishes the batch again on a new producer, never on the
+/// one with the broken sequence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_record_aborts_the_relays_transaction_and_the_batch_stays_pending() {
+    let (_data, _broker, kafka, topic) = broker_with_topic(
+        "refusing",
+        BTreeMap::from([("max.message.bytes".to_owned(), "2000".to_owned())]),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, relay) = bare_relay(
+        dir.path(),
+        &kafka,
+        TransactionSettings::new(format!("relay-{}", uuid::Uuid::new_v4())),
+    )
+    .await;
+    insert_rows(&store, &topic, 3, 100).await;
+    insert_rows(&store, &topic, 1, 10_000).await;
+    for round in 0..2 {
+        let error = relay
+            .publish_pending()
+            .await
+            .expect_err("the broker refuses");
+        let RelayError::Transaction(error) = error else {
+            panic!("a transactional failure in round {round}, got {error:?}");
+        };
+        assert_eq!(
+            error.kind,
+            taskstream_kafka::TransactionErrorKind::Abortable,
+            "{error}"
+        );
+        assert!(!error.fenced, "{error}");
+        assert!(
+            relay.holds_lease().await,
+            "an abortable error keeps the lease"
+        );
+        assert_eq!(store.outbox_stats().await.unwrap().pending, 4);
+    }
+    let visible = read_committed(&kafka, &topic, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(
+        visible.is_empty(),
+        "an aborted batch is invisible: {visible:?}"
+    );
+}
+
+/// A commit that times out (the broker's answers held back for longer
+/// than the producer's operation timeout) is made again, not aborted: the
+/// batch is committed once and marked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_commit_that_times_out_is_made_again_and_the_batch_committed_once() {
+    let (_data, broker, direct, topic) = broker_with_topic("slow-commit", BTreeMap::new()).await;
+    let proxy = taskstream_testkit::FaultProxy::start(&broker.addr().to_string())
+        .await
+        .unwrap();
+    let kafka = KafkaConfig::new(proxy.bootstrap_servers()).quiet();
+    let dir = tempfile::tempdir().unwrap();
+    let operation_timeout = Duration::from_secs(1);
+    let (store, relay) = bare_relay(
+        dir.path(),
+        &kafka,
+        TransactionSettings {
+            operation_timeout,
+            ..TransactionSettings::new(format!("relay-{}", uuid::Uuid::new_v4()))
+        },
+    )
+    .await;
+    insert_rows(&store, &topic, 2, 100).await;
+    assert_eq!(relay.publish_pending().await.unwrap(), 2, "a first batch");
+
+    insert_rows(&store, &topic, 3, 100).await;
+    proxy.stall_responses();
+    let relay = std::sync::Arc::new(relay);
+    let publishing = tokio::spawn({
+        let relay = std::sync::Arc::clone(&relay);
+        async move { relay.publish_pending().await }
+    });
+    // Two operation timeouts: the first commit attempts time out.
+    tokio::time::sleep(operation_timeout * 5 / 2).await;
+    proxy.resume_responses();
+    let published = publishing
+        .await
+        .unwrap()
+        .expect("committed on a later attempt");
+    assert_eq!(published, 3);
+    assert_eq!(store.outbox_stats().await.unwrap().pending, 0);
+    let on_topic = read_committed(&direct, &topic, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(on_topic.len(), 5, "each row committed once");
+}
+
+/// One committed record on `topic`'s partition 0 (the record, then its
+/// commit marker), from `producer`.
+async fn commit_one(producer: &TransactionalProducer, topic: &str, payload: &str) {
+    producer.begin().unwrap();
+    let record = OutboundRecord {
+        topic,
+        key: b"k",
+        payload: payload.as_bytes(),
+        headers: &[],
+    };
+    let delivery = producer.enqueue(record).await.unwrap();
+    delivery.await.unwrap();
+    producer.commit().await.unwrap();
+}
+
+/// A partition whose last offsets are a commit marker: once the group
+/// moved past the marker, the log starting after it (records deleted by
+/// retention or `DeleteRecords`) deleted nothing the group had to read,
+/// and the next record is no skip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_start_moved_past_the_commit_marker_the_group_moved_past_is_no_skip() {
+    let (_data, broker, kafka, topic) = broker_with_topic("markers-last", BTreeMap::new()).await;
+    let producer = TransactionalProducer::start(
+        &kafka,
+        "test",
+        &TransactionSettings::new(format!("markers-{}", uuid::Uuid::new_v4())),
+    )
+    .await
+    .unwrap();
+    commit_one(&producer, &topic, "first").await;
+
+    let consumer = EventConsumer::subscribe(
+        &kafka,
+        &format!("past-markers-{}", uuid::Uuid::new_v4()),
+        &[&topic],
+        &ConsumerSettings::default(),
+    )
+    .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+        .await
+        .expect("a record comes")
+        .unwrap();
+    assert_eq!(first.offset, 0);
+    assert!(consumer.confirm_skips().await.is_empty());
+    assert!(consumer.ack(&first));
+    // The commits move past the marker (two commits apart).
+    crate::helpers::eventually(
+        "the group moves past the marker",
+        Duration::from_secs(30),
+        || {
+            let (kafka, consumer, topic) = (&kafka, &consumer, &topic);
+            async move {
+                // Polling moves librdkafka's position past the marker.
+                let more = tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await;
+                assert!(more.is_err(), "an unexpected record: {more:?}");
+                consumer.commit_acked(true).await.ok()?;
+                let offsets =
+                    group_offsets(kafka, consumer.group(), topic, Duration::from_secs(10))
+                        .await
+                        .ok()?;
+                offsets.iter().all(|p| p.committed == Some(2)).then_some(())
+            }
+        },
+    )
+    .await;
+
+    // The log now starts after the marker.
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", broker.addr().to_string())
+            .create()
+            .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, rdkafka::Offset::Offset(2))
+        .unwrap();
+    let deleted = admin
+        .delete_records(&tpl, &rdkafka::admin::AdminOptions::new())
+        .await
+        .unwrap();
+    assert!(deleted.elements().iter().all(|e| e.error().is_ok()));
+
+    commit_one(&producer, &topic, "second").await;
+    let second = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+        .await
+        .expect("a record comes")
+        .unwrap();
+    assert_eq!(second.offset, 2);
+    let resets = consumer.confirm_skips().await;
+    assert!(
+        resets.is_empty(),
+        "a marker the group had moved past was taken for skipped records: {resets:?}"
+    );
+}
