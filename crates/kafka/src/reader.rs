@@ -170,7 +170,7 @@ pub async fn await_record<F>(
 where
     F: Fn(&crate::InboundRecord) -> bool + Send + 'static,
 {
-    let consumer = topic_reader(config)?;
+    let consumer = outside_group_reader(config, "topic-reader", Isolation::ReadCommitted, None)?;
     let topic = topic.to_owned();
     let from = from.clone();
     tokio::task::spawn_blocking(move || {

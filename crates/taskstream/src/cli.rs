@@ -210,9 +210,8 @@ pub struct OutboxArgs {
     pub outbox_retention_hours: u64,
     /// How the relay publishes: `exactly-once` (each batch in one Kafka
     /// transaction; a restarted relay never republishes) or `at-least-once`
-    /// (idempotent producer; consumers de-duplicate). Default: at-least-once
-    /// under `up` (see BENCHMARKS.md for what transactions cost there);
-    /// exactly-once for `relay` on a broker with transactions.
+    /// (idempotent producer; consumers de-duplicate). Default: exactly-once
+    /// on a broker with transactions, at-least-once on `--dev-broker mock`.
     #[arg(long, env = "TASKSTREAM_RELAY_DELIVERY", value_enum)]
     pub relay_delivery: Option<RelayDeliveryArg>,
     /// The relay's `transactional.id` (exactly-once): one per deployment;
@@ -238,18 +237,11 @@ impl OutboxArgs {
     }
 
     /// The relay's settings; `transactions` says whether the broker has
-    /// them (librdkafka's mock cluster does not), `exactly_once_by_default`
-    /// whether to use them when not told. Asking for exactly-once without
-    /// them is an error.
-    pub fn relay_settings(
-        &self,
-        transactions: bool,
-        exactly_once_by_default: bool,
-    ) -> anyhow::Result<RelaySettings> {
-        let asked = self
-            .relay_delivery
-            .or(exactly_once_by_default.then_some(RelayDeliveryArg::ExactlyOnce));
-        let delivery = match (asked, transactions) {
+    /// them (all but librdkafka's mock). Without `--relay-delivery`, the
+    /// relay publishes exactly once where it can, at least once on the mock;
+    /// asking for exactly-once without transactions is an error.
+    pub fn relay_settings(&self, transactions: bool) -> anyhow::Result<RelaySettings> {
+        let delivery = match (self.relay_delivery, transactions) {
             (Some(RelayDeliveryArg::ExactlyOnce), false) => anyhow::bail!(
                 "--relay-delivery exactly-once needs a broker with transactions, and librdkafka's mock cluster (--dev-broker mock) has none: use --relay-delivery at-least-once, or taskstream's broker"
             ),

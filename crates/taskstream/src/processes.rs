@@ -87,7 +87,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     config.notifier_delay = args.notifier_delay_ms;
     config.notifier_webhook = args.notifier_webhook_url.clone();
     let mock = config.kafka.is_none() && config.dev_broker == DevBrokerKind::Mock;
-    config.relay = args.outbox.relay_settings(!mock, false)?;
+    config.relay = args.outbox.relay_settings(!mock)?;
     config.consumer.retry.give_up_after = args.give_up_after;
     config.http_limits = args.http_limits.limits();
     config.session_timeout = args.session_timeout;
@@ -160,7 +160,7 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
 pub async fn relay(args: RelayArgs) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let (kafka, mock) = args.kafka.resolve(&args.store.data_dir, "relay")?;
-    let settings = args.outbox.relay_settings(!mock, true)?;
+    let settings = args.outbox.relay_settings(!mock)?;
     let kafka = kafka.with_stats(metrics.stats_listener(), STATS_INTERVAL);
     args.kafka_start.wait(&kafka).await?;
     let registry = avro_registry(args.event_format, &args.registry, &args.store.data_dir)?;

@@ -98,8 +98,9 @@ impl SystemConfig {
             database: None,
             sqlite: SqliteOptions::default(),
             postgres: PgOptions::default(),
-            // At least once: one transaction per relay batch costs `up`
-            // most of its end-to-end latency (BENCHMARKS.md).
+            // At least once in process (tests choose; `bench` follows
+            // `up`): `taskstream up` publishes exactly once where the
+            // broker has transactions (`--relay-delivery`).
             relay: RelaySettings::default(),
             consumer: ConsumerOptions::default(),
             session_timeout: None,

@@ -317,6 +317,7 @@ impl WorkloadProcessor {
         }
     }
 
+    // ANCHOR: transact
     /// One transaction, from `first` on: each record's outputs are sent as
     /// it is processed, more records are taken until the batch is full or
     /// its linger time is over, then the offsets after them go into the
@@ -363,6 +364,7 @@ impl WorkloadProcessor {
             .await
             .map_err(fail)
     }
+    // ANCHOR_END: transact
 
     /// Applies one input record and sends its outputs in the open
     /// transaction.

@@ -703,7 +703,13 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         }
         config.relay.delivery = taskstream_services::RelayDelivery::AtLeastOnce;
     }
-    match args.relay_delivery {
+    // As `taskstream up` publishes: exactly once where the broker has
+    // transactions, unless asked otherwise.
+    let mock = args.kafka_bootstrap.is_none() && args.dev_broker == DevBrokerKind::Mock;
+    match args
+        .relay_delivery
+        .or((!mock).then_some(crate::cli::RelayDeliveryArg::ExactlyOnce))
+    {
         Some(crate::cli::RelayDeliveryArg::AtLeastOnce) => {
             config.relay.delivery = taskstream_services::RelayDelivery::AtLeastOnce;
         }
