@@ -9,7 +9,7 @@ use taskstream_store::{SuggestionRecord, SuggestionStore};
 use tokio::sync::Notify;
 
 use super::event::{outbox_message, suggestion, suggestion_event};
-use super::model::{TriageInput, TriageModel};
+use super::model::{ModelError, TriageInput, TriageModel};
 use crate::{Delivery, EventHandler, HandleError, Handled};
 
 /// Told about each suggestion once it is stored (the configured
@@ -79,10 +79,7 @@ impl EventHandler for TriageHandler {
             .model
             .triage(&TriageInput::of(&event.data.task))
             .await
-            .map_err(|e| HandleError::Permanent {
-                message: format!("model {}: {e}", self.model.name()),
-                source: Some(Box::new(e)),
-            })?;
+            .map_err(|e| model_failure(self.model.name(), e))?;
         let record = suggestion(event, self.model.name(), &triage);
         let announced = suggestion_event(event, &record);
         let message = outbox_message(&announced, &self.topic, event.traceparent.clone());
@@ -101,6 +98,24 @@ impl EventHandler for TriageHandler {
             listener.recorded(&record).await;
         }
         Ok(Handled::Applied)
+    }
+}
+
+/// What a model's failure means for the event: time heals an outage and a
+/// spent budget (the consumer holds the partition and asks again with
+/// backoff, dead-lettering only after `--give-up-after`); an answer that is
+/// not a suggestion would be the same next time, so it is dead-lettered.
+fn model_failure(model: &str, e: ModelError) -> HandleError {
+    let message = format!("model {model}: {e}");
+    match e {
+        ModelError::Unavailable(_) | ModelError::BudgetExhausted(_) => HandleError::Transient {
+            message,
+            source: Some(Box::new(e)),
+        },
+        ModelError::Unparsable(_) => HandleError::Permanent {
+            message,
+            source: Some(Box::new(e)),
+        },
     }
 }
 
@@ -182,5 +197,13 @@ mod tests {
             .is_processed("triage-agent", created.id.as_uuid())
             .await
             .unwrap());
+    }
+
+    #[test]
+    fn an_unreachable_model_or_a_spent_budget_holds_the_event_and_a_garbage_answer_dead_letters_it() {
+        use super::{model_failure, ModelError};
+        assert!(model_failure("m", ModelError::Unavailable("down".into())).is_retriable());
+        assert!(model_failure("m", ModelError::BudgetExhausted("60/min".into())).is_retriable());
+        assert!(!model_failure("m", ModelError::Unparsable("{}".into())).is_retriable());
     }
 }
