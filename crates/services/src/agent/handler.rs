@@ -200,7 +200,8 @@ mod tests {
     }
 
     #[test]
-    fn an_unreachable_model_or_a_spent_budget_holds_the_event_and_a_garbage_answer_dead_letters_it() {
+    fn an_unreachable_model_or_a_spent_budget_holds_the_event_and_a_garbage_answer_dead_letters_it()
+    {
         use super::{model_failure, ModelError};
         assert!(model_failure("m", ModelError::Unavailable("down".into())).is_retriable());
         assert!(model_failure("m", ModelError::BudgetExhausted("60/min".into())).is_retriable());
