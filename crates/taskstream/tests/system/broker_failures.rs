@@ -162,6 +162,10 @@ async fn killing_leaders_then_two_of_three_brokers_under_load_loses_and_doubles_
         &session,
         "--ready-max-outbox-age",
         "5",
+        // The checks count task events and their effects: no saga changes
+        // tasks behind the load's back, no agent adds suggestion rows.
+        "--no-saga",
+        "--no-agent",
     ]);
     let (mut up, line): (ChildGuard, String) = launch(&args, "warn,librdkafka=off", Stdio::null());
     let http = line.strip_prefix("http: ").unwrap().to_owned();

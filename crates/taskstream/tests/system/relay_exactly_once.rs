@@ -47,8 +47,9 @@ fn up(dir: &std::path::Path, args: &[String], crash: bool) -> (ChildGuard, Strin
         ])
         .arg("--data-dir")
         .arg(dir)
-        // The checks compare the outbox with task-events: no suggestion rows.
-        .arg("--no-agent")
+        // The checks compare the outbox with task-events: no suggestion
+        // rows, no saga events.
+        .args(["--no-agent", "--no-saga"])
         .args(args)
         .env("RUST_LOG", "warn,librdkafka=off")
         .stdout(Stdio::piped())
