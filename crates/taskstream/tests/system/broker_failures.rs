@@ -215,7 +215,7 @@ async fn killing_leaders_then_two_of_three_brokers_under_load_loses_and_doubles_
         ticks.tick().await;
         load.round(&load_client, &mut rng, &[http.as_str()]).await;
     }
-    let (audit, notes) = load.settled(&client, &http, Duration::from_secs(120)).await;
+    let (audit, notes) = load.settled(&client, &http, Duration::from_secs(240)).await;
     watcher.abort();
 
     let Verdict {
@@ -393,14 +393,16 @@ async fn failures(
         c.restart_node(second).unwrap();
     })
     .await;
-    eventually("the outbox to drain", Duration::from_secs(180), || async {
+    // Bounds, not speed: a transactional relay whose coordinator died
+    // retries its commit before it replaces its producer.
+    eventually("the outbox to drain", Duration::from_secs(300), || async {
         (outbox(client, http).await?.pending == 0.0).then_some(())
     })
     .await;
     let drained = back_at.elapsed();
     eventually(
         "/readyz to be ready again",
-        Duration::from_secs(60),
+        Duration::from_secs(120),
         || async { (readiness(client, http).await?.0 == 200).then_some(()) },
     )
     .await;
