@@ -91,6 +91,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     config.consumer.retry.give_up_after = args.give_up_after;
     config.http_limits = args.http_limits.limits();
     config.session_timeout = args.session_timeout;
+    config.static_membership = args.static_membership;
     if args.no_processor {
         config.processor = None;
     }

@@ -51,6 +51,9 @@ pub struct SystemConfig {
     /// dev broker's 3 s: how long a crashed process's partitions wait
     /// before its group hands them on.
     pub session_timeout: Option<Duration>,
+    /// Consumers join as static members with the data directory's
+    /// `group.instance.id` (`--static-membership`).
+    pub static_membership: bool,
     /// `/readyz` fails when the oldest unpublished event is older than this.
     pub ready_max_outbox_age: Duration,
     /// Wait this long before each notification (a slow notifier on purpose).
@@ -104,6 +107,7 @@ impl SystemConfig {
             relay: RelaySettings::default(),
             consumer: ConsumerOptions::default(),
             session_timeout: None,
+            static_membership: false,
             ready_max_outbox_age: Duration::from_secs(30),
             notifier_delay: Duration::ZERO,
             notifier_webhook: None,
@@ -212,7 +216,7 @@ impl RunningSystem {
         // crash too) takes its partitions back at once instead of waiting
         // out the session timeout of its previous self. The mock does not
         // implement static membership.
-        if !mock && consumer_options.kafka.group_instance_id.is_none() {
+        if config.static_membership && !mock && consumer_options.kafka.group_instance_id.is_none() {
             consumer_options.kafka.group_instance_id = Some(group_instance_id(&config.data_dir)?);
         }
         let registry = registry_url

@@ -23,6 +23,7 @@ async fn start(data_dir: &str, kafka: &str) -> (ChildGuard, String) {
         kafka.into(),
         "--session-timeout".into(),
         SESSION_TIMEOUT_S.to_string(),
+        "--static-membership".into(),
     ]);
     let (child, line) = tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
