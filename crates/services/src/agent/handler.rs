@@ -68,6 +68,7 @@ impl TriageHandler {
     }
 }
 
+// ANCHOR: handler
 #[async_trait]
 impl EventHandler for TriageHandler {
     async fn handle(&self, d: &Delivery<'_>) -> Result<Handled, HandleError> {
@@ -100,7 +101,9 @@ impl EventHandler for TriageHandler {
         Ok(Handled::Applied)
     }
 }
+// ANCHOR_END: handler
 
+// ANCHOR: failure
 /// What a model's failure means for the event: time heals an outage and a
 /// spent budget (the consumer holds the partition and asks again with
 /// backoff, dead-lettering only after `--give-up-after`); an answer that is
@@ -118,6 +121,7 @@ fn model_failure(model: &str, e: ModelError) -> HandleError {
         },
     }
 }
+// ANCHOR_END: failure
 
 #[cfg(test)]
 mod tests {

@@ -38,9 +38,11 @@ pub struct Triage {
     pub rationale: String,
 }
 
-/// Why a model gave no answer. Each is final for the event: the agent
-/// dead-letters it (retries happen inside the model, before it answers
-/// this), and `taskstream dlq replay` asks again later.
+/// Why a model gave no answer, after the retries inside the model. An
+/// outage or a spent budget is transient: the agent holds the event's
+/// partition and asks again with backoff. An answer that is not a
+/// suggestion is final for the event: the agent dead-letters it, and
+/// `taskstream dlq replay` asks again later.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ModelError {
@@ -55,6 +57,7 @@ pub enum ModelError {
     BudgetExhausted(String),
 }
 
+// ANCHOR: model
 /// Suggests a priority, an assignee and a due date for a new task.
 #[async_trait]
 pub trait TriageModel: Send + Sync + 'static {
@@ -66,3 +69,4 @@ pub trait TriageModel: Send + Sync + 'static {
     /// the same way.
     async fn triage(&self, input: &TriageInput) -> Result<Triage, ModelError>;
 }
+// ANCHOR_END: model
