@@ -6,6 +6,7 @@ mod as_documented;
 mod at_scale;
 mod binary;
 mod book;
+mod capstone;
 mod broker_failures;
 mod brokers;
 mod chapter_stack;
