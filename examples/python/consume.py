@@ -61,6 +61,7 @@ def process(event):
 
 
 # ANCHOR: consumer
+# ANCHOR: settings
 consumer = Consumer(
     {
         "bootstrap.servers": os.environ.get("KAFKA_BOOTSTRAP", "localhost:9092"),
@@ -71,6 +72,7 @@ consumer = Consumer(
         "session.timeout.ms": 6000,  # a member silent this long is dropped from the group
     }
 )
+# ANCHOR_END: settings
 owned = set()
 
 
@@ -102,6 +104,7 @@ try:
             if now - last >= args.idle:
                 break
             continue
+        # ANCHOR: process_then_commit
         if msg.error():
             raise KafkaException(msg.error())
         process(json.loads(msg.value()))
@@ -113,6 +116,7 @@ try:
         # a crash before this line means the record is processed again (at least once).
         consumer.commit(message=msg, asynchronous=False)
         print(f"  committed partition {msg.partition()} offset {msg.offset() + 1}", flush=True)
+        # ANCHOR_END: process_then_commit
         last = time.monotonic()
 finally:
     consumer.close()  # leaves the group at once, so its partitions move without waiting
