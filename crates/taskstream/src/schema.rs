@@ -34,8 +34,7 @@ pub enum SchemaCommand {
 
 /// The recorded versions of a record, oldest first: `history/<Name>/vN.avsc`.
 fn history(dir: &Path, record: &str) -> anyhow::Result<Vec<(u32, Schema)>> {
-    let simple = record.rsplit('.').next().unwrap_or(record);
-    let folder = dir.join("history").join(simple);
+    let folder = dir.join("history").join(simple_name(record));
     let Ok(entries) = std::fs::read_dir(&folder) else {
         return Ok(Vec::new());
     };
@@ -58,6 +57,35 @@ fn history(dir: &Path, record: &str) -> anyhow::Result<Vec<(u32, Schema)>> {
     }
     versions.sort_by_key(|(n, _)| *n);
     Ok(versions)
+}
+
+/// `Name` of `namespace.Name`.
+fn simple_name(record: &str) -> &str {
+    record.rsplit('.').next().unwrap_or(record)
+}
+
+/// A record schema's full name (`namespace.Name`).
+fn full_name(schema: &Schema) -> Option<String> {
+    match schema {
+        Schema::Record(record) => Some(record.name.fullname(None)),
+        _ => None,
+    }
+}
+
+/// The records with a folder of recorded versions in `<dir>/history/`.
+fn recorded_records(dir: &Path) -> anyhow::Result<Vec<String>> {
+    let Ok(entries) = std::fs::read_dir(dir.join("history")) else {
+        return Ok(Vec::new());
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
 }
 
 /// Runs a `schema` subcommand.
@@ -93,8 +121,34 @@ pub async fn run(command: SchemaCommand) -> anyhow::Result<()> {
             }
         }
         None => {
+            // An event type recorded in history/ must still have a schema:
+            // its records stay on the topic, and a reader finds the
+            // writer's schema by name.
+            for recorded in recorded_records(&dir)? {
+                if !schemas.iter().any(|s| simple_name(&s.record_name) == recorded) {
+                    println!(
+                        "FAIL  {recorded}: recorded in history/, but no schema in {} declares it; \
+                         records of a removed or renamed event type can no longer be read",
+                        dir.display()
+                    );
+                    failures.push(recorded);
+                }
+            }
             for s in schemas.iter() {
                 let versions = history(&dir, &s.record_name)?;
+                if let Some((n, latest)) = versions.last() {
+                    let recorded = full_name(latest);
+                    if recorded.as_deref() != Some(s.record_name.as_str()) {
+                        println!(
+                            "FAIL  {}: v{n} is {}; a reader finds the writer's schema by its \
+                             full name, so a renamed record or namespace is a new event type",
+                            s.record_name,
+                            recorded.as_deref().unwrap_or("not a record"),
+                        );
+                        failures.push(s.record_name.clone());
+                        continue;
+                    }
+                }
                 if versions.is_empty() {
                     println!(
                         "ok    {}: no recorded versions to compare with",

@@ -246,6 +246,45 @@ fn schema_check_passes_the_repository_and_refuses_a_required_field_naming_it() {
     assert!(ok, "{text}");
 }
 
+#[test]
+fn schema_check_refuses_a_record_moved_to_another_namespace_and_a_recorded_record_that_is_gone() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_schemas(tmp.path());
+    let schemas = tmp.path().join("schemas");
+    let path = schemas.join("task_completed.avsc");
+
+    // Same simple name, another namespace: Avro's own check passes it, but
+    // readers look the writer's schema up by full name.
+    let original = std::fs::read_to_string(&path).unwrap();
+    let mut schema: Value = serde_json::from_str(&original).unwrap();
+    schema["namespace"] = json!("acme.events");
+    std::fs::write(&path, serde_json::to_string_pretty(&schema).unwrap()).unwrap();
+    let (ok, text) = schema_check(&schemas, &[]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(
+            "FAIL  acme.events.TaskCompleted: v1 is taskstream.events.TaskCompleted; a reader finds"
+        ),
+        "{text}"
+    );
+
+    // Renamed to a new simple name: the recorded TaskCompleted has no schema left.
+    schema["namespace"] = json!("taskstream.events");
+    schema["name"] = json!("TaskFinished");
+    std::fs::write(&path, serde_json::to_string_pretty(&schema).unwrap()).unwrap();
+    let (ok, text) = schema_check(&schemas, &[]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("FAIL  TaskCompleted: recorded in history/, but no schema"),
+        "{text}"
+    );
+
+    // Put back, it passes again.
+    std::fs::write(&path, original).unwrap();
+    let (ok, text) = schema_check(&schemas, &[]);
+    assert!(ok, "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_check_asks_the_registry_when_given_one() {
     let app = spawn_app().await;
