@@ -15,7 +15,7 @@ import json
 import os
 import time
 
-from confluent_kafka import Consumer, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException
 
 parser = argparse.ArgumentParser()
 parser.add_argument("topic")
@@ -104,6 +104,8 @@ try:
             if now - last >= args.idle:
                 break
             continue
+        if msg.error() and msg.error().code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            continue  # subscribed before the producer created the topic: wait for it
         # ANCHOR: process_then_commit
         if msg.error():
             raise KafkaException(msg.error())

@@ -227,10 +227,10 @@ async fn every_runnable_block_in_the_book_succeeds_against_a_fresh_up_with_the_o
             continue;
         }
         // Blocks run where a reader runs them: a directory with the
-        // repository's examples/ and schemas/ (a scratch one, for the files
+        // repository's examples/, schemas/ and skills/ (a scratch one, for the files
         // they write).
         let workdir = tempfile::tempdir().unwrap();
-        for shared in ["examples", "schemas"] {
+        for shared in ["examples", "schemas", "skills"] {
             std::os::unix::fs::symlink(repo.join(shared), workdir.path().join(shared)).unwrap();
         }
         match run_lesson(blocks, workdir.path(), &http, data.path(), shims.path()).await {

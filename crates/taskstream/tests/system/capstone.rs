@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::binary::{launch, up_args, ChildGuard};
-use crate::helpers::{client, eventually};
+use crate::binary::ChildGuard;
+use crate::helpers::{client, eventually, try_items};
 use crate::interop::{python, skip_or_fail};
 
 const BIN: &str = env!("CARGO_BIN_EXE_taskstream");
@@ -29,22 +29,9 @@ struct System {
 }
 
 impl System {
-    async fn start(python: PathBuf) -> Self {
+    fn start(python: PathBuf) -> Self {
         let data = tempfile::tempdir().unwrap();
-        let args: Vec<String> = up_args(data.path().to_str().unwrap())
-            .into_iter()
-            .map(String::from)
-            .collect();
-        let (up, first) = tokio::task::spawn_blocking(move || {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            launch(&args, "warn,librdkafka=off", Stdio::inherit())
-        })
-        .await
-        .unwrap();
-        let http = first
-            .strip_prefix("http: ")
-            .expect("up's first line is its HTTP endpoint")
-            .to_owned();
+        let (up, http) = crate::sagas::start_up(data.path(), &[]);
         let db = data.path().join("inbox.db");
         Self {
             _up: up,
@@ -194,7 +181,7 @@ async fn the_capstone_inbox_passes_its_acceptance_scenarios_against_a_fresh_up()
         skip_or_fail("the capstone's acceptance scenarios");
         return;
     };
-    let system = System::start(python).await;
+    let system = System::start(python);
     let _inbox = system.inbox();
 
     // US1 / 1: created assigned to bo: one notification, and the audit log
@@ -205,16 +192,8 @@ async fn the_capstone_inbox_passes_its_acceptance_scenarios_against_a_fresh_up()
         "the audit log recording the task's creation",
         Duration::from_secs(60),
         || async {
-            let audit: Value = client()
-                .get(format!("{}/audit?task_id={a}", system.http))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            audit["items"]
-                .as_array()?
+            try_items(&client(), &system.http, &format!("/audit?task_id={a}"))
+                .await?
                 .iter()
                 .any(|e| e["event_type"] == "task.created")
                 .then_some(())
@@ -334,7 +313,7 @@ async fn the_capstone_inbox_killed_during_200_creations_notifies_each_person_exa
         skip_or_fail("the capstone's crash scenario");
         return;
     };
-    let system = System::start(python).await;
+    let system = System::start(python);
     let mut inbox = system.inbox();
 
     let http = system.http.clone();
