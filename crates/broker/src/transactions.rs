@@ -31,7 +31,11 @@
 //! last line is ignored), fsynced before the change is answered. A decision
 //! (PrepareCommit/PrepareAbort) is durable before any marker is written, so
 //! after a restart every transaction is completed the way it was decided,
-//! and an Ongoing one is aborted with a bumped epoch. The file is rewritten
+//! and an Ongoing one is aborted with a bumped epoch. A request that finds
+//! a decision it did not write itself (a retry after a failed fsync, the
+//! recovery at start) writes the decision again and waits for that line's
+//! fsync before any marker: after a failed fsync, a later one that
+//! succeeds does not prove the earlier line reached the disk. The file is rewritten
 //! with only the latest records once it holds many stale lines.
 //!
 //! # Locking
@@ -156,6 +160,8 @@ pub(crate) struct Transactions {
     /// Lines written so far (the sequence number of the last one).
     written: AtomicU64,
     synced: Mutex<Synced>,
+    #[cfg(test)]
+    hooks: tests::Hooks,
 }
 
 /// A held coordinator lock: produce appends for a transaction happen under
@@ -236,6 +242,8 @@ impl Transactions {
             }),
             written: AtomicU64::new(0),
             synced: Mutex::new(synced),
+            #[cfg(test)]
+            hooks: tests::Hooks::default(),
         })
     }
 
@@ -289,6 +297,8 @@ impl Transactions {
             return Ok(());
         }
         let target = self.written.load(Ordering::SeqCst);
+        #[cfg(test)]
+        self.hooks.fsync()?;
         synced.file.sync_data()?;
         synced.through = synced.through.max(target);
         Ok(())
@@ -354,8 +364,16 @@ impl Transactions {
 
     /// Completes a prepared transaction unless another request is doing so
     /// (then CONCURRENT_TRANSACTIONS): claims it under `inner`, releases
-    /// the lock, waits for the decision (`decided`) to be durable, and
-    /// writes the markers and offsets (see [`Transactions::complete`]).
+    /// the lock, waits for the decision to be durable, and writes the
+    /// markers and offsets (see [`Transactions::complete`]).
+    ///
+    /// `decided` is the decision's line when the caller just wrote it.
+    /// Without it (a retried EndTxn or InitProducerId after a failure, a
+    /// restart), nothing says the decision is durable: its fsync may have
+    /// failed, and a second fsync is no proof, since a failed writeback
+    /// may leave the line in memory only, marked clean. So the decision
+    /// is written again and that line waited for; if it cannot be made
+    /// durable, the answer is an error and no marker is written.
     fn claim_and_complete(
         &self,
         mut inner: MutexGuard<'_, Inner>,
@@ -363,16 +381,20 @@ impl Transactions {
         decided: Option<Written>,
         stores: &Stores<'_>,
     ) -> Result<(), ResponseError> {
-        if !inner.completing.insert(txn.id.clone()) {
+        if inner.completing.contains(&txn.id) {
             return Err(ResponseError::ConcurrentTransactions);
         }
+        let decided = match decided {
+            Some(decided) => decided,
+            None => self.save(&mut inner, txn.clone()).map_err(storage_error)?,
+        };
+        inner.completing.insert(txn.id.clone());
         drop(inner);
         let id = txn.id.clone();
-        let done = match decided {
-            Some(decided) => self.sync(decided).map_err(storage_error),
-            None => Ok(()),
-        }
-        .and_then(|()| self.complete(txn, stores));
+        let done = self
+            .sync(decided)
+            .map_err(storage_error)
+            .and_then(|()| self.complete(txn, stores));
         self.lock().completing.remove(&id);
         done
     }
@@ -836,8 +858,30 @@ fn storage_error(e: io::Error) -> ResponseError {
 pub(crate) mod tests {
     use std::collections::BTreeMap;
 
+    use std::sync::atomic::AtomicUsize;
+
     use super::*;
     use crate::storage::LogConfig;
+
+    /// Faults the tests inject into the coordinator.
+    #[derive(Debug, Default)]
+    pub(super) struct Hooks {
+        /// How many of the next fsyncs of `transactions.log` fail.
+        pub fail_syncs: AtomicUsize,
+    }
+
+    impl Hooks {
+        /// Called before each fsync of `transactions.log`.
+        pub fn fsync(&self) -> io::Result<()> {
+            let failing = self
+                .fail_syncs
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            match failing {
+                Ok(_) => Err(io::Error::other("injected fsync failure")),
+                Err(_) => Ok(()),
+            }
+        }
+    }
 
     struct World {
         dir: tempfile::TempDir,
@@ -1243,5 +1287,56 @@ pub(crate) mod tests {
         fs::remove_dir(&blocker).unwrap();
         assert_eq!(init(), Ok((pid, epoch + 1)), "the commit is finished first");
         assert_eq!(world.offsets.fetch("g")[&("t".to_owned(), 0)].offset, 3);
+    }
+
+    #[test]
+    fn a_decision_whose_fsync_failed_writes_no_marker_until_a_retry_makes_it_durable() {
+        let world = World::open(tempfile::tempdir().unwrap());
+        world.topics.create("t", 1, 1, BTreeMap::new()).unwrap();
+        let txns = Transactions::open(world.dir.path()).unwrap();
+        let (pid, epoch) = txns
+            .init_producer_id(&world.stores(), &world.ids, "tx", 60_000, None)
+            .unwrap();
+        txns.add_partitions(&world.topics, "tx", pid, epoch, &[("t".into(), 0)])
+            .unwrap();
+        {
+            let guard = txns.guard();
+            guard.verify_produce("tx", pid, epoch, "t", 0).unwrap();
+            let topic = world.topics.get("t").unwrap();
+            topic.partitions[0]
+                .log()
+                .append(&mut transactional_batch(pid, epoch))
+                .unwrap();
+        }
+        let end = || txns.end(&world.stores(), "tx", pid, epoch, true);
+
+        // The disk refuses the fsyncs of the commit decision, of the
+        // retried EndTxn's and of InitProducerId's.
+        txns.hooks.fail_syncs.store(3, Ordering::SeqCst);
+        assert_eq!(end(), Err(ResponseError::KafkaStorageError));
+        assert_eq!(txns.get("tx").unwrap().state, TxnState::PrepareCommit);
+        assert_eq!(
+            end(),
+            Err(ResponseError::KafkaStorageError),
+            "a retry cannot write markers for a decision that is not durable"
+        );
+        assert_eq!(
+            world.next_offset("t"),
+            (0, 1),
+            "no marker for a decision that may be lost"
+        );
+        assert_eq!(
+            txns.init_producer_id(&world.stores(), &world.ids, "tx", 60_000, None),
+            Err(ResponseError::KafkaStorageError),
+            "nor for InitProducerId, which finishes the transaction first"
+        );
+        assert_eq!(world.next_offset("t"), (0, 1));
+
+        // The disk works again: the retry makes the decision durable, then
+        // writes the marker.
+        txns.hooks.fail_syncs.store(0, Ordering::SeqCst);
+        end().unwrap();
+        assert_eq!(world.next_offset("t"), (2, 2), "the commit marker");
+        assert_eq!(txns.get("tx").unwrap().state, TxnState::CompleteCommit);
     }
 }
