@@ -49,7 +49,8 @@
 //! its producer's appends, and the id is marked as being completed, so
 //! that another request for it answers CONCURRENT_TRANSACTIONS (as
 //! Kafka's coordinator does while markers are pending) instead of writing
-//! them twice. So one transactional id's commit never holds up another
+//! them twice. The mark is dropped however the request ends (an error, a
+//! panic), so a later request completes the decision. So one transactional id's commit never holds up another
 //! id's requests, nor the appends of any producer.
 //!
 //! The Complete* record that follows the markers is written without
@@ -194,6 +195,22 @@ impl Guard<'_> {
             return Err(ResponseError::InvalidTxnState);
         }
         Ok(())
+    }
+}
+
+/// A transactional id claimed in [`Inner::completing`], released when
+/// dropped: neither an error, nor a panic, nor an early return while its
+/// markers are written leaves the id answering CONCURRENT_TRANSACTIONS
+/// until a restart. Made once the coordinator lock is released (its drop
+/// takes the lock).
+struct Claim<'a> {
+    txns: &'a Transactions,
+    id: String,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.txns.lock().completing.remove(&self.id);
     }
 }
 
@@ -390,13 +407,13 @@ impl Transactions {
         };
         inner.completing.insert(txn.id.clone());
         drop(inner);
-        let id = txn.id.clone();
-        let done = self
-            .sync(decided)
+        let _claimed = Claim {
+            txns: self,
+            id: txn.id.clone(),
+        };
+        self.sync(decided)
             .map_err(storage_error)
-            .and_then(|()| self.complete(txn, stores));
-        self.lock().completing.remove(&id);
-        done
+            .and_then(|()| self.complete(txn, stores))
     }
 
     /// Writes a prepared transaction's markers (and, for a commit, its
@@ -408,6 +425,8 @@ impl Transactions {
             TxnState::PrepareAbort => false,
             _ => return Ok(()),
         };
+        #[cfg(test)]
+        self.hooks.completing();
         let began = Instant::now();
         let mut marked = Vec::with_capacity(txn.partitions.len());
         for (name, p) in &txn.partitions {
@@ -868,6 +887,8 @@ pub(crate) mod tests {
     pub(super) struct Hooks {
         /// How many of the next fsyncs of `transactions.log` fail.
         pub fail_syncs: AtomicUsize,
+        /// How many of the next completions panic before their markers.
+        pub panic_completions: AtomicUsize,
     }
 
     impl Hooks {
@@ -879,6 +900,16 @@ pub(crate) mod tests {
             match failing {
                 Ok(_) => Err(io::Error::other("injected fsync failure")),
                 Err(_) => Ok(()),
+            }
+        }
+
+        /// Called as a transaction's completion begins.
+        pub fn completing(&self) {
+            let panicking =
+                self.panic_completions
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            if panicking.is_ok() {
+                panic!("injected panic while completing a transaction");
             }
         }
     }
@@ -1338,5 +1369,58 @@ pub(crate) mod tests {
         end().unwrap();
         assert_eq!(world.next_offset("t"), (2, 2), "the commit marker");
         assert_eq!(txns.get("tx").unwrap().state, TxnState::CompleteCommit);
+    }
+
+    #[test]
+    fn a_completion_that_panics_leaves_the_transactional_id_to_the_next_request() {
+        let world = World::open(tempfile::tempdir().unwrap());
+        world.topics.create("t", 1, 1, BTreeMap::new()).unwrap();
+        let txns = Transactions::open(world.dir.path()).unwrap();
+        let init = || txns.init_producer_id(&world.stores(), &world.ids, "tx", 60_000, None);
+        let (pid, epoch) = init().unwrap();
+        let open_transaction = |epoch| {
+            txns.add_partitions(&world.topics, "tx", pid, epoch, &[("t".into(), 0)])
+                .unwrap();
+            let guard = txns.guard();
+            guard.verify_produce("tx", pid, epoch, "t", 0).unwrap();
+            let topic = world.topics.get("t").unwrap();
+            topic.partitions[0]
+                .log()
+                .append(&mut transactional_batch(pid, epoch))
+                .unwrap();
+        };
+        let end_panicking = |epoch, commit| {
+            txns.hooks.panic_completions.store(1, Ordering::SeqCst);
+            let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                txns.end(&world.stores(), "tx", pid, epoch, commit)
+            }));
+            assert!(ended.is_err(), "the completion panicked");
+        };
+
+        open_transaction(epoch);
+        end_panicking(epoch, true);
+        assert_eq!(txns.get("tx").unwrap().state, TxnState::PrepareCommit);
+        assert_eq!(world.next_offset("t"), (0, 1), "no marker yet");
+        assert_eq!(
+            txns.end(&world.stores(), "tx", pid, epoch, true),
+            Ok(()),
+            "the retried EndTxn completes the commit"
+        );
+        assert_eq!(world.next_offset("t"), (2, 2));
+
+        open_transaction(epoch);
+        end_panicking(epoch, false);
+        assert_eq!(txns.get("tx").unwrap().state, TxnState::PrepareAbort);
+        let (_, next) = world.next_offset("t");
+        assert_eq!(
+            init(),
+            Ok((pid, epoch + 1)),
+            "InitProducerId completes the abort, then bumps the epoch"
+        );
+        assert_eq!(
+            world.next_offset("t"),
+            (next + 1, next + 1),
+            "the abort marker"
+        );
     }
 }
