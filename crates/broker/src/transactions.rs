@@ -1528,6 +1528,44 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_recovery_at_start_writes_no_marker_for_a_decision_it_cannot_make_durable() {
+        let world = World::open(tempfile::tempdir().unwrap());
+        world.topics.create("t", 1, 1, BTreeMap::new()).unwrap();
+        let txns = Transactions::open(world.dir.path()).unwrap();
+        let (pid, epoch) = txns
+            .init_producer_id(&world.stores(), &world.ids, "tx", 60_000, None)
+            .unwrap();
+        txns.add_partitions(&world.topics, "tx", pid, epoch, &[("t".into(), 0)])
+            .unwrap();
+        {
+            let guard = txns.guard();
+            guard.verify_produce("tx", pid, epoch, "t", 0).unwrap();
+            let topic = world.topics.get("t").unwrap();
+            topic.partitions[0]
+                .log()
+                .append(&mut transactional_batch(pid, epoch))
+                .unwrap();
+        }
+        txns.hooks.fail_syncs.store(1, Ordering::SeqCst);
+        assert_eq!(
+            txns.end(&world.stores(), "tx", pid, epoch, true),
+            Err(ResponseError::KafkaStorageError)
+        );
+        drop(txns);
+
+        // The broker restarts; the decision line is in the file, perhaps
+        // not on the disk.
+        let txns = Transactions::open(world.dir.path()).unwrap();
+        assert_eq!(txns.get("tx").unwrap().state, TxnState::PrepareCommit);
+        txns.hooks.fail_syncs.store(1, Ordering::SeqCst);
+        assert!(txns.recover(&world.stores()).is_err());
+        assert_eq!(world.next_offset("t"), (0, 1), "no marker");
+        assert_eq!(txns.recover(&world.stores()).unwrap(), 1);
+        assert_eq!(world.next_offset("t"), (2, 2), "the commit marker");
+        assert_eq!(txns.get("tx").unwrap().state, TxnState::CompleteCommit);
+    }
+
+    #[test]
     fn a_completion_that_panics_leaves_the_transactional_id_to_the_next_request() {
         let world = World::open(tempfile::tempdir().unwrap());
         world.topics.create("t", 1, 1, BTreeMap::new()).unwrap();
