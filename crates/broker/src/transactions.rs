@@ -31,22 +31,40 @@
 //! last line is ignored), fsynced before the change is answered. A decision
 //! (PrepareCommit/PrepareAbort) is durable before any marker is written, so
 //! after a restart every transaction is completed the way it was decided,
-//! and an Ongoing one is aborted with a bumped epoch. The file is rewritten
-//! with only the latest records once it holds many stale lines.
+//! and an Ongoing one is aborted with a bumped epoch. A request that finds
+//! a decision it did not write itself (a retry after a failed fsync, the
+//! recovery at start) writes the decision again and waits for that line's
+//! fsync before any marker: after a failed fsync, a later one that
+//! succeeds does not prove the earlier line reached the disk.
+//!
+//! # Compaction
+//!
+//! The file is rewritten with only the latest records once it holds many
+//! stale lines. Under the lock, the records are written to
+//! `transactions.tmp`, and every later line goes to both files. Without
+//! the lock, the new file is fsynced while requests go on. Then, in the
+//! queue of fsyncs (no line is found durable meanwhile), what was written
+//! to it since is fsynced, it is renamed over `transactions.log` under the
+//! lock, and the directory is fsynced. A line found durable before the
+//! rename is durable in both files; one written after it is found durable
+//! only once the rename is. A failure leaves `transactions.log` as it was.
 //!
 //! # Locking
 //!
 //! The coordinator's lock covers the in-memory records and the writing of
-//! a line, never an fsync: a change is written under the lock, and the
-//! request then waits, without the lock, until an fsync covers its line
-//! (requests waiting together share one fsync). Markers are written and
+//! a line (and of the records a compaction starts from), never an fsync:
+//! a change is written under the lock, and the request then waits,
+//! without the lock, until an fsync covers its line (requests waiting
+//! together share one fsync). Markers are written and
 //! fsynced without the lock too, the partitions of a transaction in
 //! parallel: while they are, the transaction is Prepare*, which refuses
 //! its producer's appends, and the id is marked as being completed, so
 //! that another request for it answers CONCURRENT_TRANSACTIONS (as
 //! Kafka's coordinator does while markers are pending) instead of writing
-//! them twice. So one transactional id's commit never holds up another
-//! id's requests, nor the appends of any producer.
+//! them twice. The mark is dropped however the request ends (an error, a
+//! panic), so a later request completes the decision. So one
+//! transactional id's commit never holds up another id's requests, nor
+//! the appends of any producer.
 //!
 //! The Complete* record that follows the markers is written without
 //! waiting for its fsync (the next fsync of the file covers it): if it is
@@ -131,6 +149,21 @@ struct Inner {
     lines: usize,
     /// Ids whose markers a request is writing now, without the lock.
     completing: HashSet<String>,
+    /// The rewrite of the file under way, if any.
+    compacting: Option<Compacting>,
+}
+
+/// A rewrite of `transactions.log` under way (see "Compaction" in the
+/// module docs).
+#[derive(Debug)]
+struct Compacting {
+    /// `transactions.tmp`: the latest records, then every line written
+    /// since.
+    file: File,
+    /// Lines in it.
+    lines: usize,
+    /// A line could not be written to it: the rewrite is given up.
+    failed: bool,
 }
 
 /// The fsyncs of `transactions.log`, taken one at a time and shared.
@@ -140,6 +173,9 @@ struct Synced {
     through: u64,
     /// A handle on the current file.
     file: File,
+    /// The directory is to be fsynced before a line of the current file
+    /// is durable: the rename that made it current may not be.
+    dir_unsynced: bool,
 }
 
 /// A line written to `transactions.log`, not yet known to be durable:
@@ -156,11 +192,34 @@ pub(crate) struct Transactions {
     /// Lines written so far (the sequence number of the last one).
     written: AtomicU64,
     synced: Mutex<Synced>,
+    /// A handle on `transactions.tmp` whose compaction is to be finished
+    /// (fsynced and swapped in) by the next request that can, without
+    /// the coordinator lock.
+    to_compact: Mutex<Option<File>>,
+    /// Stale lines the file may hold beyond four per transactional id
+    /// before it is compacted.
+    stale_lines: usize,
+    #[cfg(test)]
+    hooks: tests::Hooks,
 }
 
 /// A held coordinator lock: produce appends for a transaction happen under
 /// it, so that no batch lands after the transaction's markers.
 pub(crate) struct Guard<'a>(MutexGuard<'a, Inner>);
+
+impl Synced {
+    /// fsyncs the directory of `path` if a rename in it may not be
+    /// durable yet.
+    fn sync_dir(&mut self, path: &Path) -> io::Result<()> {
+        if self.dir_unsynced {
+            if let Some(dir) = path.parent() {
+                File::open(dir)?.sync_all()?;
+            }
+            self.dir_unsynced = false;
+        }
+        Ok(())
+    }
+}
 
 impl Guard<'_> {
     /// Whether `producer_id` at `epoch` may append to `topic`/`partition`
@@ -188,6 +247,22 @@ impl Guard<'_> {
             return Err(ResponseError::InvalidTxnState);
         }
         Ok(())
+    }
+}
+
+/// A transactional id claimed in [`Inner::completing`], released when
+/// dropped: neither an error, nor a panic, nor an early return while its
+/// markers are written leaves the id answering CONCURRENT_TRANSACTIONS
+/// until a restart. Made once the coordinator lock is released (its drop
+/// takes the lock).
+struct Claim<'a> {
+    txns: &'a Transactions,
+    id: String,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.txns.lock().completing.remove(&self.id);
     }
 }
 
@@ -225,6 +300,7 @@ impl Transactions {
         let synced = Synced {
             through: 0,
             file: out.try_clone()?,
+            dir_unsynced: false,
         };
         Ok(Self {
             path,
@@ -233,9 +309,14 @@ impl Transactions {
                 out,
                 lines,
                 completing: HashSet::new(),
+                compacting: None,
             }),
             written: AtomicU64::new(0),
             synced: Mutex::new(synced),
+            to_compact: Mutex::new(None),
+            stale_lines: 1000,
+            #[cfg(test)]
+            hooks: tests::Hooks::default(),
         })
     }
 
@@ -249,35 +330,110 @@ impl Transactions {
     }
 
     /// Writes a record and keeps it in memory; durable once
-    /// [`Transactions::sync`] returned for the answer.
+    /// [`Transactions::sync`] returned for the answer. May start a
+    /// compaction, which a later [`Transactions::finish_compaction`]
+    /// finishes.
     fn save(&self, inner: &mut Inner, record: TxnRecord) -> io::Result<Written> {
         let mut line = serde_json::to_string(&record).map_err(io::Error::other)?;
         line.push('\n');
         inner.out.write_all(line.as_bytes())?;
+        // Into the compacted file too, before the line is counted: an
+        // fsync of that file covers every line counted before it began.
+        if let Some(compacting) = inner.compacting.as_mut().filter(|c| !c.failed) {
+            match compacting.file.write_all(line.as_bytes()) {
+                Ok(()) => compacting.lines += 1,
+                Err(e) => {
+                    tracing::warn!(error = %e, "compacting transactions.log failed");
+                    compacting.failed = true;
+                }
+            }
+        }
         let written = Written(self.written.fetch_add(1, Ordering::SeqCst) + 1);
         inner.lines += 1;
         inner.txns.insert(record.id.clone(), record);
-        if inner.lines > 4 * inner.txns.len() + 1000 {
-            let tmp = self.path.with_extension("tmp");
-            let mut text = String::new();
-            for record in inner.txns.values() {
-                text.push_str(&serde_json::to_string(record).map_err(io::Error::other)?);
-                text.push('\n');
+        if inner.compacting.is_none() && inner.lines > 4 * inner.txns.len() + self.stale_lines {
+            if let Err(e) = self.start_compaction(inner) {
+                tracing::warn!(error = %e, "compacting transactions.log failed");
+                let _ = fs::remove_file(self.path.with_extension("tmp"));
             }
-            fs::write(&tmp, text)?;
-            File::open(&tmp)?.sync_all()?;
-            fs::rename(&tmp, &self.path)?;
-            if let Some(dir) = self.path.parent() {
-                File::open(dir)?.sync_all()?;
-            }
-            inner.out = OpenOptions::new().append(true).open(&self.path)?;
-            inner.lines = inner.txns.len();
-            // The new file holds every record, fsynced.
-            let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
-            synced.file = inner.out.try_clone()?;
-            synced.through = synced.through.max(written.0);
         }
         Ok(written)
+    }
+
+    /// Writes the latest records to `transactions.tmp`, which from now on
+    /// gets every line `transactions.log` gets. Under the lock; no fsync.
+    fn start_compaction(&self, inner: &mut Inner) -> io::Result<()> {
+        let mut text = String::new();
+        for record in inner.txns.values() {
+            text.push_str(&serde_json::to_string(record).map_err(io::Error::other)?);
+            text.push('\n');
+        }
+        let mut file = File::create(self.path.with_extension("tmp"))?;
+        file.write_all(text.as_bytes())?;
+        let to_sync = file.try_clone()?;
+        inner.compacting = Some(Compacting {
+            file,
+            lines: inner.txns.len(),
+            failed: false,
+        });
+        *self.to_compact.lock().unwrap_or_else(|e| e.into_inner()) = Some(to_sync);
+        Ok(())
+    }
+
+    /// Finishes a compaction started by [`Transactions::save`], if any:
+    /// called without the coordinator lock. A failure keeps
+    /// `transactions.log` as it is.
+    fn finish_compaction(&self) {
+        let Some(file) = self
+            .to_compact
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return;
+        };
+        if let Err(e) = self.swap_compacted(file) {
+            tracing::warn!(error = %e, "compacting transactions.log failed");
+            self.lock().compacting = None;
+            let _ = fs::remove_file(self.path.with_extension("tmp"));
+        }
+    }
+
+    /// fsyncs the compacted file without any lock (the other requests
+    /// go on writing lines to both files and having the current one
+    /// fsynced); then, holding the fsyncs' lock so that no line is found
+    /// durable meanwhile, fsyncs what was written to it since, renames it
+    /// over `transactions.log` under the coordinator lock, and fsyncs the
+    /// directory. Every line found durable before the rename is durable
+    /// in both files, so whichever the directory names after a crash
+    /// holds it; a line written later is found durable only once the
+    /// rename is.
+    fn swap_compacted(&self, file: File) -> io::Result<()> {
+        #[cfg(test)]
+        self.hooks.compaction_fsync();
+        file.sync_data()?;
+        let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+        let target = self.written.load(Ordering::SeqCst);
+        file.sync_data()?;
+        let mut inner = self.lock();
+        if inner.compacting.as_ref().is_none_or(|c| c.failed) {
+            return Err(io::Error::other(
+                "a line could not be written to the compacted file",
+            ));
+        }
+        fs::rename(self.path.with_extension("tmp"), &self.path)?;
+        let compacting = inner.compacting.take().expect("checked above");
+        inner.out = compacting.file;
+        inner.lines = compacting.lines;
+        drop(inner);
+        synced.file = file;
+        synced.through = synced.through.max(target);
+        synced.dir_unsynced = true;
+        if let Err(e) = synced.sync_dir(&self.path) {
+            // The next fsync tries again before it finds a line durable.
+            tracing::warn!(error = %e, "fsyncing the data directory failed");
+        }
+        Ok(())
     }
 
     /// Waits, without the coordinator lock, until an fsync covers
@@ -289,7 +445,10 @@ impl Transactions {
             return Ok(());
         }
         let target = self.written.load(Ordering::SeqCst);
+        #[cfg(test)]
+        self.hooks.fsync()?;
         synced.file.sync_data()?;
+        synced.sync_dir(&self.path)?;
         synced.through = synced.through.max(target);
         Ok(())
     }
@@ -299,7 +458,9 @@ impl Transactions {
     fn save_durably(&self, mut inner: MutexGuard<'_, Inner>, record: TxnRecord) -> io::Result<()> {
         let written = self.save(&mut inner, record)?;
         drop(inner);
-        self.sync(written)
+        let synced = self.sync(written);
+        self.finish_compaction();
+        synced
     }
 
     /// Completes every transaction left unfinished by the last run:
@@ -354,8 +515,16 @@ impl Transactions {
 
     /// Completes a prepared transaction unless another request is doing so
     /// (then CONCURRENT_TRANSACTIONS): claims it under `inner`, releases
-    /// the lock, waits for the decision (`decided`) to be durable, and
-    /// writes the markers and offsets (see [`Transactions::complete`]).
+    /// the lock, waits for the decision to be durable, and writes the
+    /// markers and offsets (see [`Transactions::complete`]).
+    ///
+    /// `decided` is the decision's line when the caller just wrote it.
+    /// Without it (a retried EndTxn or InitProducerId after a failure, a
+    /// restart), nothing says the decision is durable: its fsync may have
+    /// failed, and a second fsync is no proof, since a failed writeback
+    /// may leave the line in memory only, marked clean. So the decision
+    /// is written again and that line waited for; if it cannot be made
+    /// durable, the answer is an error and no marker is written.
     fn claim_and_complete(
         &self,
         mut inner: MutexGuard<'_, Inner>,
@@ -363,17 +532,25 @@ impl Transactions {
         decided: Option<Written>,
         stores: &Stores<'_>,
     ) -> Result<(), ResponseError> {
-        if !inner.completing.insert(txn.id.clone()) {
+        if inner.completing.contains(&txn.id) {
             return Err(ResponseError::ConcurrentTransactions);
         }
+        let decided = match decided {
+            Some(decided) => decided,
+            None => self.save(&mut inner, txn.clone()).map_err(storage_error)?,
+        };
+        inner.completing.insert(txn.id.clone());
         drop(inner);
-        let id = txn.id.clone();
-        let done = match decided {
-            Some(decided) => self.sync(decided).map_err(storage_error),
-            None => Ok(()),
-        }
-        .and_then(|()| self.complete(txn, stores));
-        self.lock().completing.remove(&id);
+        let claimed = Claim {
+            txns: self,
+            id: txn.id.clone(),
+        };
+        let done = self
+            .sync(decided)
+            .map_err(storage_error)
+            .and_then(|()| self.complete(txn, stores));
+        drop(claimed);
+        self.finish_compaction();
         done
     }
 
@@ -386,6 +563,8 @@ impl Transactions {
             TxnState::PrepareAbort => false,
             _ => return Ok(()),
         };
+        #[cfg(test)]
+        self.hooks.completing();
         let began = Instant::now();
         let mut marked = Vec::with_capacity(txn.partitions.len());
         for (name, p) in &txn.partitions {
@@ -836,8 +1015,60 @@ fn storage_error(e: io::Error) -> ResponseError {
 pub(crate) mod tests {
     use std::collections::BTreeMap;
 
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
     use super::*;
     use crate::storage::LogConfig;
+
+    /// Faults the tests inject into the coordinator.
+    #[derive(Debug, Default)]
+    pub(super) struct Hooks {
+        /// How many of the next fsyncs of `transactions.log` fail.
+        pub fail_syncs: AtomicUsize,
+        /// How many of the next completions panic before their markers.
+        pub panic_completions: AtomicUsize,
+        /// The next compaction's fsync says so on the sender, then waits
+        /// for the receiver (at most 10 s).
+        pub hold_compaction: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
+    }
+
+    impl Hooks {
+        /// Called before each fsync of `transactions.log`.
+        pub fn fsync(&self) -> io::Result<()> {
+            let failing = self
+                .fail_syncs
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            match failing {
+                Ok(_) => Err(io::Error::other("injected fsync failure")),
+                Err(_) => Ok(()),
+            }
+        }
+
+        /// Called before a compacted file is fsynced.
+        pub fn compaction_fsync(&self) {
+            let hold = self
+                .hold_compaction
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some((reached, release)) = hold {
+                let _ = reached.send(());
+                let _ = release.recv_timeout(Duration::from_secs(10));
+            }
+        }
+
+        /// Called as a transaction's completion begins.
+        pub fn completing(&self) {
+            let panicking =
+                self.panic_completions
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            if panicking.is_ok() {
+                panic!("injected panic while completing a transaction");
+            }
+        }
+    }
 
     struct World {
         dir: tempfile::TempDir,
@@ -1243,5 +1474,206 @@ pub(crate) mod tests {
         fs::remove_dir(&blocker).unwrap();
         assert_eq!(init(), Ok((pid, epoch + 1)), "the commit is finished first");
         assert_eq!(world.offsets.fetch("g")[&("t".to_owned(), 0)].offset, 3);
+    }
+
+    #[test]
+    fn a_decision_whose_fsync_failed_writes_no_marker_until_a_retry_makes_it_durable() {
+        let world = World::open(tempfile::tempdir().unwrap());
+        world.topics.create("t", 1, 1, BTreeMap::new()).unwrap();
+        let txns = Transactions::open(world.dir.path()).unwrap();
+        let (pid, epoch) = txns
+            .init_producer_id(&world.stores(), &world.ids, "tx", 60_000, None)
+            .unwrap();
+        txns.add_partitions(&world.topics, "tx", pid, epoch, &[("t".into(), 0)])
+            .unwrap();
+        {
+            let guard = txns.guard();
+            guard.verify_produce("tx", pid, epoch, "t", 0).unwrap();
+            let topic = world.topics.get("t").unwrap();
+            topic.partitions[0]
+                .log()
+                .append(&mut transactional_batch(pid, epoch))
+                .unwrap();
+        }
+        let end = || txns.end(&world.stores(), "tx", pid, epoch, true);
+
+        // The disk refuses the fsyncs of the commit decision, of the
+        // retried EndTxn's and of InitProducerId's.
+        txns.hooks.fail_syncs.store(3, Ordering::SeqCst);
+        assert_eq!(end(), Err(ResponseError::KafkaStorageError));
+        assert_eq!(txns.get("tx").unwrap().state, TxnState::PrepareCommit);
+        assert_eq!(
+            end(),
+            Err(ResponseError::KafkaStorageError),
+            "a retry cannot write markers for a decision that is not durable"
+        );
+        assert_eq!(
+            world.next_offset("t"),
+            (0, 1),
+            "no marker for a decision that may be lost"
+        );
+        assert_eq!(
+            txns.init_producer_id(&world.stores(), &world.ids, "tx", 60_000, None),
+            Err(ResponseError::KafkaStorageError),
+            "nor for InitProducerId, which finishes the transaction first"
+        );
+        assert_eq!(world.next_offset("t"), (0, 1));
+
+        // The disk works again: the retry makes the decision durable, then
+        // writes the marker.
+        txns.hooks.fail_syncs.store(0, Ordering::SeqCst);
+        end().unwrap();
+        assert_eq!(world.next_offset("t"), (2, 2), "the commit marker");
+        assert_eq!(txns.get("tx").unwrap().state, TxnState::CompleteCommit);
+    }
+
+    #[test]
+    fn the_recovery_at_start_writes_no_marker_for_a_decision_it_cannot_make_durable() {
+        let world = World::open(tempfile::tempdir().unwrap());
+        world.topics.create("t", 1, 1, BTreeMap::new()).unwrap();
+        let txns = Transactions::open(world.dir.path()).unwrap();
+        let (pid, epoch) = txns
+            .init_producer_id(&world.stores(), &world.ids, "tx", 60_000, None)
+            .unwrap();
+        txns.add_partitions(&world.topics, "tx", pid, epoch, &[("t".into(), 0)])
+            .unwrap();
+        {
+            let guard = txns.guard();
+            guard.verify_produce("tx", pid, epoch, "t", 0).unwrap();
+            let topic = world.topics.get("t").unwrap();
+            topic.partitions[0]
+                .log()
+                .append(&mut transactional_batch(pid, epoch))
+                .unwrap();
+        }
+        txns.hooks.fail_syncs.store(1, Ordering::SeqCst);
+        assert_eq!(
+            txns.end(&world.stores(), "tx", pid, epoch, true),
+            Err(ResponseError::KafkaStorageError)
+        );
+        drop(txns);
+
+        // The broker restarts; the decision line is in the file, perhaps
+        // not on the disk.
+        let txns = Transactions::open(world.dir.path()).unwrap();
+        assert_eq!(txns.get("tx").unwrap().state, TxnState::PrepareCommit);
+        txns.hooks.fail_syncs.store(1, Ordering::SeqCst);
+        assert!(txns.recover(&world.stores()).is_err());
+        assert_eq!(world.next_offset("t"), (0, 1), "no marker");
+        assert_eq!(txns.recover(&world.stores()).unwrap(), 1);
+        assert_eq!(world.next_offset("t"), (2, 2), "the commit marker");
+        assert_eq!(txns.get("tx").unwrap().state, TxnState::CompleteCommit);
+    }
+
+    #[test]
+    fn a_completion_that_panics_leaves_the_transactional_id_to_the_next_request() {
+        let world = World::open(tempfile::tempdir().unwrap());
+        world.topics.create("t", 1, 1, BTreeMap::new()).unwrap();
+        let txns = Transactions::open(world.dir.path()).unwrap();
+        let init = || txns.init_producer_id(&world.stores(), &world.ids, "tx", 60_000, None);
+        let (pid, epoch) = init().unwrap();
+        let open_transaction = |epoch| {
+            txns.add_partitions(&world.topics, "tx", pid, epoch, &[("t".into(), 0)])
+                .unwrap();
+            let guard = txns.guard();
+            guard.verify_produce("tx", pid, epoch, "t", 0).unwrap();
+            let topic = world.topics.get("t").unwrap();
+            topic.partitions[0]
+                .log()
+                .append(&mut transactional_batch(pid, epoch))
+                .unwrap();
+        };
+        let end_panicking = |epoch, commit| {
+            txns.hooks.panic_completions.store(1, Ordering::SeqCst);
+            let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                txns.end(&world.stores(), "tx", pid, epoch, commit)
+            }));
+            assert!(ended.is_err(), "the completion panicked");
+        };
+
+        open_transaction(epoch);
+        end_panicking(epoch, true);
+        assert_eq!(txns.get("tx").unwrap().state, TxnState::PrepareCommit);
+        assert_eq!(world.next_offset("t"), (0, 1), "no marker yet");
+        assert_eq!(
+            txns.end(&world.stores(), "tx", pid, epoch, true),
+            Ok(()),
+            "the retried EndTxn completes the commit"
+        );
+        assert_eq!(world.next_offset("t"), (2, 2));
+
+        open_transaction(epoch);
+        end_panicking(epoch, false);
+        assert_eq!(txns.get("tx").unwrap().state, TxnState::PrepareAbort);
+        let (_, next) = world.next_offset("t");
+        assert_eq!(
+            init(),
+            Ok((pid, epoch + 1)),
+            "InitProducerId completes the abort, then bumps the epoch"
+        );
+        assert_eq!(
+            world.next_offset("t"),
+            (next + 1, next + 1),
+            "the abort marker"
+        );
+    }
+
+    #[test]
+    fn compacting_the_log_holds_up_no_other_transactional_id_and_loses_no_change_made_meanwhile() {
+        let world = World::open(tempfile::tempdir().unwrap());
+        world.topics.create("u", 1, 1, BTreeMap::new()).unwrap();
+        let mut txns = Transactions::open(world.dir.path()).unwrap();
+        txns.stale_lines = 10;
+        let stores = world.stores();
+        let (a, a_epoch) = txns
+            .init_producer_id(&stores, &world.ids, "a", 60_000, None)
+            .unwrap();
+        let (reached, reached_rx) = mpsc::channel();
+        let (release, released) = mpsc::channel();
+        *txns.hooks.hold_compaction.lock().unwrap() = Some((reached, released));
+        let (txns, stores, world) = (&txns, &stores, &world);
+        std::thread::scope(|scope| {
+            // Each AddOffsetsToTxn writes a line: enough of them to compact.
+            let writing = scope.spawn(move || {
+                for group in 0..30 {
+                    txns.add_offsets("a", a, a_epoch, &format!("g{group}"))
+                        .unwrap();
+                }
+            });
+            reached_rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("a compaction reaches its fsync");
+            let (done, done_rx) = mpsc::channel();
+            let other = scope.spawn(move || {
+                let (b, b_epoch) = txns
+                    .init_producer_id(stores, &world.ids, "b", 60_000, None)
+                    .unwrap();
+                txns.add_partitions(&world.topics, "b", b, b_epoch, &[("u".into(), 0)])
+                    .unwrap();
+                txns.guard()
+                    .verify_produce("b", b, b_epoch, "u", 0)
+                    .unwrap();
+                let _ = done.send(());
+            });
+            let proceeded = done_rx.recv_timeout(Duration::from_secs(5));
+            release.send(()).unwrap();
+            other.join().unwrap();
+            writing.join().unwrap();
+            assert!(
+                proceeded.is_ok(),
+                "another transactional id waited for the compaction's fsync"
+            );
+        });
+
+        // 33 lines were written; the file holds fewer, and every change,
+        // those made during the compaction's fsync included.
+        let text = fs::read_to_string(world.dir.path().join(FILE)).unwrap();
+        assert!(text.lines().count() < 33, "compacted:\n{text}");
+        let reopened = Transactions::open(world.dir.path()).unwrap();
+        for id in ["a", "b"] {
+            assert_eq!(reopened.get(id), txns.get(id), "{id}");
+        }
+        assert_eq!(reopened.get("a").unwrap().groups.len(), 30);
+        assert_eq!(reopened.get("b").unwrap().state, TxnState::Ongoing);
     }
 }

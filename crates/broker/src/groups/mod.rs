@@ -18,6 +18,15 @@
 //! the group until its session times out; LeaveGroup v3+ may name it by
 //! instance id alone.
 //!
+//! A member's instance id is the one it joined with: rejoining by its
+//! member id without the instance id (JoinGroup before v5) keeps it
+//! static. A process that joins without an instance id and without a
+//! member id is a new, dynamic member; the static member it may have been
+//! keeps its place (and what the leader assigns it) until its session
+//! times out or it leaves, as in Kafka. A new process with the instance
+//! id takes over a member's place only while that member is in the group;
+//! otherwise it joins as a new member, with a rebalance.
+//!
 //! Group membership lives in memory only: after a restart members rejoin
 //! (their heartbeats get UNKNOWN_MEMBER_ID) while committed offsets and the
 //! group's protocol type remain ([`offsets`]), so the group is still listed
@@ -356,7 +365,11 @@ impl Coordinator {
                 request.rebalance_timeout_ms
             };
             let replaced = match (&instance, request.member_id.is_empty()) {
-                (Some(instance), true) => group.static_members.get(instance).cloned(),
+                (Some(instance), true) => group
+                    .static_members
+                    .get(instance)
+                    .filter(|old| group.members.contains_key(*old))
+                    .cloned(),
                 _ => None,
             };
             member_id = if request.member_id.is_empty() {
@@ -375,7 +388,14 @@ impl Coordinator {
                 None => group.members.get(&member_id).cloned(),
             };
             let member = Member {
-                group_instance_id: instance.clone(),
+                // A member's instance id is the one it was made with: a
+                // static member rejoining by member id without its
+                // instance id (JoinGroup before v5) stays static, as in
+                // Kafka, so that the instance id is freed when it goes.
+                group_instance_id: match &previous {
+                    Some(previous) => previous.group_instance_id.clone(),
+                    None => instance.clone(),
+                },
                 client_id: request.client_id,
                 client_host: request.client_host,
                 session_timeout: Duration::from_millis(request.session_timeout_ms as u64),
@@ -1006,5 +1026,139 @@ mod tests {
             coordinator.heartbeat("g", &absent, Some("i"), 2),
             ResponseError::UnknownMemberId.code()
         );
+        // The live member rejoins: the leader now assigns to it alone.
+        let live = joined.member_id;
+        assert_eq!(
+            coordinator.heartbeat("g", &live, None, 2),
+            ResponseError::RebalanceInProgress.code()
+        );
+        let rejoined = coordinator.join(join_request("g", &live)).await;
+        assert_eq!((rejoined.error, rejoined.generation), (0, 3));
+        assert_eq!(rejoined.leader, live);
+        let ids: Vec<&str> = rejoined
+            .members
+            .iter()
+            .map(|(id, _, _)| id.as_str())
+            .collect();
+        assert_eq!(ids, [live.as_str()]);
+    }
+
+    #[tokio::test]
+    async fn a_static_member_that_rejoined_without_its_instance_id_and_left_frees_the_instance_id()
+    {
+        let coordinator = Coordinator::default();
+        let s = stable_static_member(&coordinator, "i", &Bytes::from_static(b"p0 p1")).await;
+
+        // A dynamic member joins; the static one rejoins the rebalance by
+        // its member id, without its instance id (JoinGroup before v5).
+        let (d, s_again) = tokio::join!(
+            coordinator.join(join_request("g", "")),
+            coordinator.join(join_request("g", &s))
+        );
+        assert_eq!((d.error, d.generation), (0, 2));
+        assert_eq!((s_again.error, s_again.generation), (0, 2));
+        assert_eq!(s_again.leader, s);
+        let d = d.member_id;
+        let assign = vec![
+            (s.clone(), Bytes::from_static(b"p0")),
+            (d.clone(), Bytes::from_static(b"p1")),
+        ];
+        let (s_synced, d_synced) = tokio::join!(
+            coordinator.sync("g", &s, None, 2, assign),
+            coordinator.sync("g", &d, None, 2, Vec::new())
+        );
+        assert_eq!((s_synced.0, s_synced.1), (0, Bytes::from_static(b"p0")));
+        assert_eq!((d_synced.0, d_synced.1), (0, Bytes::from_static(b"p1")));
+
+        // It leaves by member id alone (LeaveGroup before v3); the other
+        // member takes every partition.
+        assert_eq!(coordinator.leave("g", &[(s.clone(), None)]), [0]);
+        let d_alone = coordinator.join(join_request("g", &d)).await;
+        assert_eq!((d_alone.error, d_alone.generation), (0, 3));
+        let (code, _, _, _) = coordinator
+            .sync(
+                "g",
+                &d,
+                None,
+                3,
+                vec![(d.clone(), Bytes::from_static(b"p0 p1"))],
+            )
+            .await;
+        assert_eq!(code, 0);
+
+        // A new process with the instance id joins: a new member, so the
+        // group rebalances; the other member learns it from its heartbeat,
+        // as a client does, and rejoins.
+        let (joined, d_rejoined) =
+            tokio::join!(coordinator.join(static_join("g", "", "i")), async {
+                let code = coordinator.heartbeat("g", &d, None, 3);
+                if code == ResponseError::RebalanceInProgress.code() {
+                    Some(coordinator.join(join_request("g", &d)).await)
+                } else {
+                    None
+                }
+            });
+        assert_eq!(joined.error, 0);
+        let new = joined.member_id;
+        let (new_synced, d_synced) = match d_rejoined {
+            Some(d_rejoined) => {
+                assert_eq!((d_rejoined.error, d_rejoined.generation), (0, 4));
+                assert_eq!(d_rejoined.leader, d);
+                let mut members: Vec<(&str, Option<&str>)> = d_rejoined
+                    .members
+                    .iter()
+                    .map(|(id, i, _)| (id.as_str(), i.as_deref()))
+                    .collect();
+                members.sort();
+                let mut expected = vec![(d.as_str(), None), (new.as_str(), Some("i"))];
+                expected.sort();
+                assert_eq!(members, expected, "the live members only");
+                let assign = vec![
+                    (new.clone(), Bytes::from_static(b"p0")),
+                    (d.clone(), Bytes::from_static(b"p1")),
+                ];
+                let (new_synced, d_synced) = tokio::join!(
+                    coordinator.sync("g", &new, Some("i"), joined.generation, Vec::new()),
+                    coordinator.sync("g", &d, None, 4, assign)
+                );
+                (new_synced, Some(d_synced))
+            }
+            None => (
+                coordinator
+                    .sync("g", &new, Some("i"), joined.generation, Vec::new())
+                    .await,
+                None,
+            ),
+        };
+        assert_eq!(
+            (new_synced.0, new_synced.1),
+            (0, Bytes::from_static(b"p0")),
+            "the new member's assignment"
+        );
+        let d_synced = d_synced.expect("the group rebalanced");
+        assert_eq!((d_synced.0, d_synced.1), (0, Bytes::from_static(b"p1")));
+    }
+
+    #[tokio::test]
+    async fn a_static_member_that_rejoins_without_its_instance_id_stays_static() {
+        let coordinator = Coordinator::default();
+        let s = stable_static_member(&coordinator, "i", &Bytes::from_static(b"a")).await;
+        let again = coordinator.join(join_request("g", &s)).await;
+        assert_eq!((again.error, again.generation), (0, 2));
+        assert_eq!(
+            again.members,
+            [(s.clone(), Some("i".to_owned()), Bytes::from_static(b"meta"))]
+        );
+        let snapshot = coordinator.describe_all();
+        assert_eq!(
+            snapshot[0].members[0].1.group_instance_id.as_deref(),
+            Some("i")
+        );
+        // Still named by its instance id: LeaveGroup v3+ finds it.
+        assert_eq!(
+            coordinator.leave("g", &[(String::new(), Some("i".into()))]),
+            [0]
+        );
+        assert_eq!(coordinator.describe_all()[0].state, GroupState::Empty);
     }
 }
