@@ -657,8 +657,9 @@ pub struct AgentModelArgs {
     /// Retries (with backoff) of a request that timed out or was answered 429 or 5xx.
     #[arg(long, env = "TASKSTREAM_AGENT_MODEL_RETRIES", default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=10))]
     pub agent_model_retries: u32,
-    /// The most requests to the model in any minute; past it, events are
-    /// dead-lettered (replay them later with `taskstream dlq replay`).
+    /// The most requests to the model in any minute; past it, the agent
+    /// holds the event's partition and asks again with backoff, and
+    /// dead-letters the event only after --give-up-after.
     #[arg(long, env = "TASKSTREAM_AGENT_MAX_REQUESTS_PER_MINUTE", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub agent_max_requests_per_minute: u32,
     /// The API key (sent as a bearer token; never logged).
@@ -673,6 +674,13 @@ pub struct AgentModelArgs {
     #[arg(long, env = "TASKSTREAM_AGENT_API_KEY_FILE")]
     pub agent_api_key_file: Option<PathBuf>,
 }
+
+/// The backoff before a remote model's first retry; it doubles up to
+/// [`MODEL_MAX_BACKOFF`].
+const MODEL_INITIAL_BACKOFF: Duration = Duration::from_millis(500);
+/// The longest backoff between two requests to a remote model (the
+/// model's own cap, `taskstream_services::agent::OpenAiModel`).
+const MODEL_MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// An http(s) base URL for the model's API.
 fn parse_model_url(raw: &str) -> Result<String, String> {
@@ -717,14 +725,45 @@ impl AgentModelArgs {
             timeout: self.agent_model_timeout,
             retries: self.agent_model_retries,
             max_requests_per_minute: self.agent_max_requests_per_minute,
-            initial_backoff: Duration::from_millis(500),
+            initial_backoff: MODEL_INITIAL_BACKOFF,
         })
         .map_err(anyhow::Error::msg)?;
         Ok(std::sync::Arc::new(model))
     }
 
-    /// The agent's settings.
-    pub fn settings(&self) -> anyhow::Result<AgentSettings> {
+    /// The longest one event's triage can take with these flags: every
+    /// attempt timing out, and the longest backoff before each retry.
+    pub fn worst_case_triage(&self) -> Duration {
+        let attempts = self.agent_model_retries + 1;
+        let mut backoff = MODEL_INITIAL_BACKOFF;
+        let mut total = self.agent_model_timeout * attempts;
+        for _ in 0..self.agent_model_retries {
+            total += backoff;
+            backoff = (backoff * 2).min(MODEL_MAX_BACKOFF);
+        }
+        total
+    }
+
+    /// The agent's settings, for a consumer that must poll at least every
+    /// `max_poll_interval`: a remote model's worst case must fit in it, or
+    /// the group would remove the agent while it waits on the model, and
+    /// the event would be retried by the next member, and the next.
+    pub fn settings(&self, max_poll_interval: Duration) -> anyhow::Result<AgentSettings> {
+        if self.agent_model_url.is_some() {
+            let worst = self.worst_case_triage();
+            if worst >= max_poll_interval {
+                anyhow::bail!(
+                    "--agent-model-timeout ({} s) over {} attempt(s) with their backoff can take {} s, \
+                     not under the consumer's max.poll.interval.ms ({} s): lower \
+                     --agent-model-timeout or --agent-model-retries, or raise it with \
+                     --kafka-property max.poll.interval.ms=N",
+                    self.agent_model_timeout.as_secs_f64(),
+                    self.agent_model_retries + 1,
+                    worst.as_secs_f64(),
+                    max_poll_interval.as_secs_f64(),
+                );
+            }
+        }
         Ok(AgentSettings {
             model: self.model()?,
             auto_accept: self.agent_auto_accept,
@@ -758,4 +797,76 @@ pub struct AgentRunArgs {
     pub consumer: ConsumerArgs,
     #[command(flatten)]
     pub model: AgentModelArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn agent_args(extra: &[&str]) -> AgentArgs {
+        let mut args = vec!["taskstream", "agent"];
+        args.extend_from_slice(extra);
+        match Cli::try_parse_from(args).expect("the flags parse").command {
+            Command::Agent(agent) => *agent,
+            other => panic!("not the agent: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_remote_models_worst_case_counts_every_attempt_and_the_backoffs_between_them() {
+        let args = agent_args(&["--agent-model-timeout", "30", "--agent-model-retries", "2"]);
+        // 3 attempts of 30 s, backoffs of 0.5 s and 1 s.
+        assert_eq!(
+            args.run.model.worst_case_triage(),
+            Duration::from_millis(91_500)
+        );
+        let args = agent_args(&["--agent-model-timeout", "1", "--agent-model-retries", "7"]);
+        // 8 s of attempts; 0.5 + 1 + 2 + 4 + 8 + 10 + 10 s of backoff (capped at 10 s).
+        assert_eq!(
+            args.run.model.worst_case_triage(),
+            Duration::from_millis(43_500)
+        );
+    }
+
+    #[test]
+    fn a_remote_model_that_could_outlast_max_poll_interval_is_refused_at_start_up() {
+        let url = "http://127.0.0.1:9/v1";
+        let slow = agent_args(&[
+            "--agent-model-url",
+            url,
+            "--agent-model-timeout",
+            "120",
+            "--agent-model-retries",
+            "2",
+        ]);
+        let poll = slow.run.consumer.kafka.max_poll_interval().unwrap();
+        assert_eq!(poll, Duration::from_secs(300));
+        let error = slow.run.model.settings(poll).err().expect("refused");
+        let message = error.to_string();
+        assert!(
+            message.contains("max.poll.interval.ms (300 s)") && message.contains("361.5 s"),
+            "{message}"
+        );
+        // Raising max.poll.interval.ms is the documented way out.
+        let raised = agent_args(&[
+            "--agent-model-url",
+            url,
+            "--agent-model-timeout",
+            "120",
+            "--kafka-property",
+            "max.poll.interval.ms=600000",
+        ]);
+        let poll = raised.run.consumer.kafka.max_poll_interval().unwrap();
+        assert_eq!(poll, Duration::from_secs(600));
+        assert!(raised.run.model.settings(poll).is_ok());
+        // The local model never waits on a network.
+        let local = agent_args(&["--agent-model-timeout", "1000"]);
+        assert!(local.run.model.settings(Duration::from_secs(300)).is_ok());
+        // A max.poll.interval.ms that is not a number is one clear line.
+        let bad = agent_args(&["--kafka-property", "max.poll.interval.ms=5m"]);
+        let error = bad.run.consumer.kafka.max_poll_interval().unwrap_err();
+        assert!(error.to_string().contains("expected milliseconds"), "{error}");
+    }
 }

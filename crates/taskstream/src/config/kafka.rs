@@ -164,6 +164,28 @@ pub fn check_bootstrap(raw: &str) -> Result<String, String> {
 }
 
 impl KafkaArgs {
+    /// librdkafka's `max.poll.interval.ms` for these flags: the one given
+    /// with --kafka-property, else librdkafka's default of five minutes.
+    /// A consumer that does not poll for this long leaves its group.
+    pub fn max_poll_interval(&self) -> anyhow::Result<std::time::Duration> {
+        match self
+            .kafka_properties
+            .iter()
+            .rev()
+            .find(|(key, _)| key == "max.poll.interval.ms")
+        {
+            None => Ok(std::time::Duration::from_secs(300)),
+            Some((_, value)) => value
+                .parse::<u64>()
+                .map(std::time::Duration::from_millis)
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "--kafka-property max.poll.interval.ms={value}: expected milliseconds, a whole number"
+                    )
+                }),
+        }
+    }
+
     /// The client configuration for `bootstrap`: security settings checked
     /// for consistency, then the extra properties on top.
     fn build(&self, bootstrap: &str) -> anyhow::Result<KafkaConfig> {
