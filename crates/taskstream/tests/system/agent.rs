@@ -2,7 +2,8 @@
 //! `task-suggestions` and in the API; accepting it updates the task once;
 //! a redelivered event adds nothing; what the model cannot answer is
 //! dead-lettered; `agent ask` answers over Kafka or times out cleanly; and
-//! `agent replay` measures agreement on a known history.
+//! `agent replay` measures agreement on a known history. Each runs on
+//! taskstream's broker and on Apache Kafka.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -14,7 +15,9 @@ use taskstream_kafka::{read_topic, EventProducer, KafkaConfig, OutboundRecord, P
 use taskstream_services::agent::{AssigneeMap, LocalModel, OpenAiModel, OpenAiSettings};
 use taskstream_services::dead_letter_topic;
 use taskstream_services::topics::{TASK_EVENTS, TASK_SUGGESTIONS};
+use taskstream_testkit::Shape;
 
+use crate::brokers::Broker;
 use crate::helpers::{eventually, spawn_app_with, TestApp};
 
 const BIN: &str = env!("CARGO_BIN_EXE_taskstream");
@@ -81,10 +84,12 @@ async fn accept(app: &TestApp, task_id: &str, suggestion_id: &str) -> reqwest::R
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_created_task_gets_one_suggestion_that_accepting_applies_once_and_a_redelivery_adds_nothing(
-) {
-    let app = spawn_app_with(|c| c.agent = Some(local_agent())).await;
+async fn suggest_accept_and_redeliver(broker: &Broker) {
+    let app = spawn_app_with(|c| {
+        broker.configure(c);
+        c.agent = Some(local_agent());
+    })
+    .await;
     let kafka = KafkaConfig::new(app.system.kafka_bootstrap());
     let response = app
         .client
@@ -228,6 +233,23 @@ async fn a_created_task_gets_one_suggestion_that_accepting_applies_once_and_a_re
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_created_task_gets_one_suggestion_that_accepting_applies_once_and_a_redelivery_adds_nothing(
+) {
+    suggest_accept_and_redeliver(&Broker::Dev).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_created_task_gets_one_suggestion_that_accepting_applies_once_and_a_redelivery_adds_nothing_on_apache_kafka(
+) {
+    let Some(kafka) =
+        Broker::apache_kafka(Shape::SingleNode, "the triage agent's suggestions").await
+    else {
+        return;
+    };
+    suggest_accept_and_redeliver(&kafka).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_suggestion_made_stale_by_a_later_change_is_refused_and_leaves_the_task_alone() {
     let app = spawn_app_with(|c| c.agent = Some(local_agent())).await;
     let task = app.created("urgent fix", None).await;
@@ -283,8 +305,7 @@ async fn garbage_model() -> String {
     format!("http://{addr}/v1")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_model_that_answers_garbage_gets_the_event_dead_lettered_and_no_suggestion() {
+async fn garbage_is_dead_lettered(broker: &Broker) {
     let url = garbage_model().await;
     let model = OpenAiModel::new(OpenAiSettings {
         url,
@@ -297,6 +318,7 @@ async fn a_model_that_answers_garbage_gets_the_event_dead_lettered_and_no_sugges
     })
     .unwrap();
     let app = spawn_app_with(|c| {
+        broker.configure(c);
         c.agent = Some(AgentSettings {
             model: Arc::new(model),
             auto_accept: None,
@@ -324,6 +346,25 @@ async fn a_model_that_answers_garbage_gets_the_event_dead_lettered_and_no_sugges
     app.system.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_that_answers_garbage_gets_the_event_dead_lettered_and_no_suggestion() {
+    garbage_is_dead_lettered(&Broker::Dev).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_that_answers_garbage_gets_the_event_dead_lettered_and_no_suggestion_on_apache_kafka(
+) {
+    let Some(kafka) = Broker::apache_kafka(
+        Shape::SingleNode,
+        "the agent dead-lettering a model's garbage",
+    )
+    .await
+    else {
+        return;
+    };
+    garbage_is_dead_lettered(&kafka).await;
+}
+
 /// Runs the binary with `args`, returning (success, stdout, stderr).
 async fn run(args: Vec<String>) -> (bool, String, String) {
     let out = tokio::task::spawn_blocking(move || Command::new(BIN).args(&args).output().unwrap())
@@ -336,9 +377,12 @@ async fn run(args: Vec<String>) -> (bool, String, String) {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agent_ask_gets_the_running_agents_reply_over_kafka() {
-    let app = spawn_app_with(|c| c.agent = Some(local_agent())).await;
+async fn ask_is_answered(broker: &Broker) {
+    let app = spawn_app_with(|c| {
+        broker.configure(c);
+        c.agent = Some(local_agent());
+    })
+    .await;
     let bootstrap = app.system.kafka_bootstrap().to_owned();
     let (ok, stdout, stderr) = run(vec![
         "agent".into(),
@@ -360,6 +404,19 @@ async fn agent_ask_gets_the_running_agents_reply_over_kafka() {
         .as_str()
         .is_some_and(|c| !c.is_empty()));
     app.system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_ask_gets_the_running_agents_reply_over_kafka() {
+    ask_is_answered(&Broker::Dev).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_ask_gets_the_running_agents_reply_over_kafka_on_apache_kafka() {
+    let Some(kafka) = Broker::apache_kafka(Shape::SingleNode, "agent ask").await else {
+        return;
+    };
+    ask_is_answered(&kafka).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -388,10 +445,10 @@ async fn agent_ask_times_out_with_one_line_and_a_failure_when_no_agent_runs() {
     app.system.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agent_replay_reports_how_often_the_suggestions_matched_what_people_did() {
+async fn replay_measures_agreement(broker: &Broker) {
     // The running agent (no keyword map) suggests too; replay must add nothing to that.
     let app = spawn_app_with(|c| {
+        broker.configure(c);
         c.agent = Some(AgentSettings {
             model: Arc::new(LocalModel::default()),
             auto_accept: None,
@@ -470,9 +527,21 @@ async fn agent_replay_reports_how_often_the_suggestions_matched_what_people_did(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_auto_accept_rule_accepts_confident_suggestions_through_the_command_and_leaves_the_rest()
-{
+async fn agent_replay_reports_how_often_the_suggestions_matched_what_people_did() {
+    replay_measures_agreement(&Broker::Dev).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_replay_reports_how_often_the_suggestions_matched_what_people_did_on_apache_kafka() {
+    let Some(kafka) = Broker::apache_kafka(Shape::SingleNode, "agent replay").await else {
+        return;
+    };
+    replay_measures_agreement(&kafka).await;
+}
+
+async fn auto_accept_applies_confident_ones(broker: &Broker) {
     let app = spawn_app_with(|c| {
+        broker.configure(c);
         c.agent = Some(AgentSettings {
             auto_accept: Some("min-confidence=70".parse().unwrap()),
             ..local_agent()
@@ -511,6 +580,22 @@ async fn an_auto_accept_rule_accepts_confident_suggestions_through_the_command_a
     assert_eq!(left[0]["status"], "pending");
     assert_eq!(left[0]["confidence"], 40);
     app.system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auto_accept_rule_accepts_confident_suggestions_through_the_command_and_leaves_the_rest()
+{
+    auto_accept_applies_confident_ones(&Broker::Dev).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auto_accept_rule_accepts_confident_suggestions_through_the_command_and_leaves_the_rest_on_apache_kafka(
+) {
+    let Some(kafka) = Broker::apache_kafka(Shape::SingleNode, "the agent's auto-accept rule").await
+    else {
+        return;
+    };
+    auto_accept_applies_confident_ones(&kafka).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
