@@ -11,10 +11,16 @@ how many replicas it may run. Against it, for the development environment
 values-production.yaml, topics-prod.yaml), with the chart rendered by
 `helm template`:
 
-  (a) every topic a component uses exists as a KafkaTopic;
+  (a) every topic a component uses exists as a KafkaTopic (topics granted by
+      prefix, such as the triage agent's `task-triage-replies.<name>`, are
+      created by whoever names them, and only noted);
   (b) every KafkaUser in users.yaml grants exactly the ACLs its component
-      needs, no more, no less, and the chart's consumer groups and topics are
-      among them;
+      needs, no more, no less; every taskstream workload the chart renders is
+      a component the binary declares; and the chart's consumer groups
+      (TASKSTREAM_GROUP of the notifier, the auditor, the saga and the triage
+      agent) and topics are among its ACLs, and whoever publishes the outbox
+      (the relay, or Kafka Connect) may write every topic the deployed
+      components write through it;
   (c) no consumer may run more replicas than its topics have partitions, the
       chart runs no more than the binary allows, and a single-instance
       component is never doubled by a rolling update;
@@ -37,9 +43,14 @@ values-production.yaml, topics-prod.yaml), with the chart rendered by
       read and nothing else, the API marks rows the connector's slot
       confirmed (`--publisher debezium`, the connector's slot), and the
       chart's PostgreSQL runs with wal_level=logical;
-  (i) every taskstream container that stores or publishes Avro (`api` and
-      `relay` with `--event-format avro`, the default) is told where the
-      schema registry is.
+  (i) every taskstream container that stores or publishes Avro (`api`,
+      `relay` and `saga` with `--event-format avro`, the default) or reads it
+      from task-events (the consumers, the processor and the triage agent,
+      whose auto-accept rule also stores task events, with `eventFormat:
+      avro`) is told where the schema registry is;
+  (j) secrets reach the containers only from Secrets: the database URL, the
+      Kafka password and the triage agent's model API key are never literal
+      values, and the agent's key file lies in a mounted Secret.
 
 --components FILE replaces the output of `users list --json` (to check what a
 changed declaration would break); --taskstream is still asked for (g).
@@ -125,7 +136,7 @@ def load_components(args):
         raise SystemExit(f"{source}: not the expected document ({e})")
     by_name = {}
     for c in components:
-        missing = {"name", "kafka_user", "http_paths", "max_replicas", "acls"} - set(c)
+        missing = {"name", "kafka_user", "http_paths", "max_replicas", "acls", "outbox_topics"} - set(c)
         if missing:
             raise SystemExit(f"{source}: component {c.get('name', '?')} lacks {sorted(missing)}")
         by_name[c["name"]] = c
@@ -253,6 +264,21 @@ class Workload:
                 for k in keys:
                     refs.append((None, v["name"], v["secret"]["secretName"], k))
         return refs
+
+
+# Components that join a consumer group named by TASKSTREAM_GROUP.
+GROUP_CONSUMERS = ("notifier", "auditor", "saga", "agent")
+# Components that read task-events, and so decode Avro when the events are Avro.
+EVENT_READERS = ("notifier", "auditor", "saga", "processor", "agent")
+# Variables holding secrets: never literal values in a manifest.
+SECRET_ENV = ("TASKSTREAM_DATABASE_URL", "KAFKA_SASL_PASSWORD", "TASKSTREAM_AGENT_API_KEY",
+              "SCHEMA_REGISTRY_KAFKASTORE_SASL_JAAS_CONFIG")
+
+
+def runs_taskstream(workload, container):
+    """Whether the container runs a taskstream subcommand named after its component."""
+    args = [str(a) for a in container.get("args") or []]
+    return not container.get("command") and bool(args) and args[0] == workload.component
 
 
 def listen_port(workload, container):
@@ -460,7 +486,10 @@ def check_environment(report, env, components, users, args, values, topics, docs
             found = [t for t in topics if (t.startswith(name) if pattern == "prefix" else t == name)]
             if found:
                 continue
-            if "Create" in ops or "All" in ops:
+            if pattern == "prefix":
+                notes.append(f"{c['name']} may use topics named {name}* (prefix); none is a KafkaTopic: "
+                             "whoever names one creates it")
+            elif "Create" in ops or "All" in ops:
                 notes.append(f"{c['name']} creates topic {name!r} itself (its ACLs allow Create); it is not a KafkaTopic")
             else:
                 problems.append(f"{c['name']} uses topic {name!r}{' (prefix)' if pattern == 'prefix' else ''}, which is not a KafkaTopic in {args.topics_file}")
@@ -468,14 +497,33 @@ def check_environment(report, env, components, users, args, values, topics, docs
 
     # (b), chart side: the groups and topics the chart configures are covered by the component's ACLs.
     problems = []
+    publisher = components.get("connect" if values.get("publisher", "relay") == "debezium" else "relay")
+    for w in workloads:
+        for container in w.containers():
+            if runs_taskstream(w, container) and w.component not in components:
+                problems.append(f"{w.kind} {w.name} runs `taskstream {w.component}`, which the binary does not declare "
+                                "(taskstream users list): its KafkaUser, ACLs, paths and cap go unchecked")
     for w in ours:
         c = components[w.component]
         for container in w.containers():
             e = w.env(container)
-            if w.component in ("notifier", "auditor", "saga"):
-                group = e.get("TASKSTREAM_GROUP") or w.component
-                if c["kafka_user"] and not allowed(c, "group", group, "Read"):
+            if w.component in GROUP_CONSUMERS:
+                # Set explicitly, so that what the chart runs is what is checked.
+                group = e.get("TASKSTREAM_GROUP")
+                if not isinstance(group, str):
+                    problems.append(f"{w.name}: TASKSTREAM_GROUP is not set, so its consumer group is the binary's default, unchecked")
+                elif c["kafka_user"] and not allowed(c, "group", group, "Read"):
                     problems.append(f"{w.name}: consumer group {group!r} is not readable by {c['kafka_user']}")
+            if c["outbox_topics"] and publisher is not None and publisher["kafka_user"]:
+                # Rows it writes to the outbox go to these topics: the relay
+                # writes them (and reads their tails back after a restart),
+                # or Kafka Connect writes them.
+                needed = ("Read", "Write") if publisher["name"] == "relay" else ("Write",)
+                for topic in c["outbox_topics"]:
+                    for op in needed:
+                        if not allowed(publisher, "topic", topic, op):
+                            problems.append(f"{w.name}: {c['name']} writes {topic!r} through the outbox, but "
+                                            f"{publisher['kafka_user']}, which publishes it, may not {op} it")
             if w.component == "schema-registry":
                 for var in ("SCHEMA_REGISTRY_KAFKASTORE_GROUP_ID", "SCHEMA_REGISTRY_SCHEMA_REGISTRY_GROUP_ID"):
                     group = e.get(var)
@@ -497,7 +545,10 @@ def check_environment(report, env, components, users, args, values, topics, docs
     for c in components.values():
         read_topics = [key[3] for key, ops in acl_map(c["acls"]).items()
                        if key[2] == "topic" and key[4] == "literal" and ({"Read", "All"} & ops)]
-        partitions = [topics[t] for t in read_topics if t in topics]
+        # A replica has work while any topic it reads has a partition left for
+        # it: the triage agent's group on task-events (6 partitions) keeps
+        # instances busy that its requests group (3) leaves idle.
+        partitions = [max(topics[t] for t in read_topics if t in topics)] if any(t in topics for t in read_topics) else []
         if c["max_replicas"] is not None and partitions and c["max_replicas"] > min(partitions):
             problems.append(f"{c['name']} allows {c['max_replicas']} replicas, but reads a topic with {min(partitions)} partitions")
         for w in (w for w in ours if w.component == c["name"]):
@@ -609,24 +660,59 @@ def check_environment(report, env, components, users, args, values, topics, docs
     else:
         report.check(f"[{env}] (g) not checked: no --taskstream binary to ask", [])
     check_publisher(report, env, components, users, args, values, topics, docs, workloads)
-    check_registry(report, env, workloads)
+    check_registry(report, env, workloads, values)
+    check_secrets(report, env, workloads)
 
 
-def check_registry(report, env, workloads):
-    """(i) the API (and the saga, for its compensations' task events) encodes Avro with schema ids from the registry, so it needs one."""
+def check_registry(report, env, workloads, values):
+    """(i) the API (and the saga, for its compensations' task events) encodes Avro with schema ids
+    from the registry, so it needs one; so does every reader of Avro task events (and the triage
+    agent's auto-accept rule, which stores task events)."""
     problems, checked = [], 0
+    chart_format = values.get("eventFormat", "avro")
     for w in workloads:
-        if w.component not in ("api", "relay", "saga"):
+        if w.component not in ("api", "relay", "saga") + EVENT_READERS:
             continue
         for container in w.containers():
             args_ = [str(a) for a in container.get("args") or []]
-            fmt = args_[args_.index("--event-format") + 1] if "--event-format" in args_[:-1] else "avro"
+            fmt = args_[args_.index("--event-format") + 1] if "--event-format" in args_[:-1] else (
+                "avro" if w.component in ("api", "relay", "saga") else chart_format)
             if fmt != "avro":
                 continue
             checked += 1
             if not isinstance(w.env(container).get("SCHEMA_REGISTRY_URL"), str):
-                problems.append(f"{w.name}/{container['name']}: stores or publishes Avro but has no SCHEMA_REGISTRY_URL")
-    report.check(f"[{env}] (i) the {checked} containers that encode Avro know the schema registry", problems)
+                problems.append(f"{w.name}/{container['name']}: reads, stores or publishes Avro but has no SCHEMA_REGISTRY_URL")
+    report.check(f"[{env}] (i) the {checked} containers that encode or decode Avro know the schema registry", problems)
+
+
+def check_secrets(report, env, workloads):
+    """(j) secrets come from Secrets, never from literal values."""
+    problems, checked = [], 0
+    for w in workloads:
+        volumes = {v["name"]: v for v in w.pod.get("volumes") or []}
+        for container in w.containers(init=True) + w.containers():
+            where = f"{w.name}/{container['name']}"
+            for var in container.get("env") or []:
+                if var["name"] in SECRET_ENV:
+                    checked += 1
+                    if "secretKeyRef" not in (var.get("valueFrom") or {}):
+                        problems.append(f"{where}: {var['name']} is not read from a Secret (secretKeyRef)")
+            secret_mounts = {m["mountPath"].rstrip("/"): volumes[m["name"]] for m in container.get("volumeMounts") or []
+                             if "secret" in volumes.get(m["name"], {})}
+            key_file = w.env(container).get("TASKSTREAM_AGENT_API_KEY_FILE")
+            if key_file is None:
+                continue
+            checked += 1
+            directory, _, name = str(key_file).rpartition("/")
+            volume = secret_mounts.get(directory)
+            if volume is None:
+                problems.append(f"{where}: TASKSTREAM_AGENT_API_KEY_FILE={key_file} is not in a mounted Secret")
+                continue
+            items = volume["secret"].get("items")
+            if items is not None and name not in {i.get("path") for i in items}:
+                problems.append(f"{where}: TASKSTREAM_AGENT_API_KEY_FILE={key_file}: the Secret {volume['secret'].get('secretName')!r} "
+                                f"mounted at {directory} has no item with path {name!r}")
+    report.check(f"[{env}] (j) the {checked} secret values reach their containers from Secrets only", problems)
 
 
 def check_publisher(report, env, components, users, args, values, topics, docs, workloads):

@@ -11,11 +11,13 @@
 use serde::Serialize;
 use taskstream_kafka::{LAG_PROBE_GROUP, TOPIC_READER_GROUP};
 
+use taskstream_services::agent::{AGENT_GROUP, REQUESTS_GROUP};
 use taskstream_services::processor::{PROCESSOR_GROUP, PROCESSOR_TRANSACTIONAL_ID};
 use taskstream_services::saga::SAGA_GROUP;
 use taskstream_services::topics::{
     ASSIGNEE_WORKLOAD, SCHEMA_REGISTRY_GROUP, SCHEMA_REGISTRY_TOPIC, TASK_EVENTS,
-    TASK_EVENTS_PARTITIONS, TASK_SAGAS, WORKLOAD_ALERTS, WORKLOAD_TASK_STATE,
+    TASK_EVENTS_PARTITIONS, TASK_SAGAS, TASK_SUGGESTIONS, TASK_TRIAGE_REPLIES,
+    TASK_TRIAGE_REQUESTS, WORKLOAD_ALERTS, WORKLOAD_TASK_STATE,
 };
 use taskstream_services::{
     dead_letter_topic, AUDITOR_GROUP, NOTIFIER_GROUP, RELAY_TRANSACTIONAL_ID,
@@ -29,7 +31,8 @@ pub struct AclResource {
     #[serde(rename = "type")]
     pub kind: &'static str,
     pub name: String,
-    /// Always `literal`: no component is granted a prefix.
+    /// `literal`, or `prefix` for the one family of topics named at run
+    /// time: the triage agent's reply topics (`task-triage-replies.<name>`).
     pub pattern_type: &'static str,
 }
 
@@ -56,7 +59,28 @@ impl Acl {
             operations: operations.to_vec(),
         }
     }
+
+    /// Every resource whose name starts with `prefix`.
+    pub(crate) fn prefixed(
+        kind: &'static str,
+        prefix: impl Into<String>,
+        operations: &[&'static str],
+    ) -> Self {
+        Self {
+            resource: AclResource {
+                kind,
+                name: prefix.into(),
+                pattern_type: "prefix",
+            },
+            operations: operations.to_vec(),
+        }
+    }
 }
+
+/// The topics rows of the outbox are published to, by the relay or by
+/// Debezium: task events (the API, the saga, the agent's auto-accept
+/// rule), the saga's events and the triage agent's suggestions.
+pub(crate) const OUTBOX_TOPICS: [&str; 3] = [TASK_EVENTS, TASK_SAGAS, TASK_SUGGESTIONS];
 
 /// A component and its footprint on the cluster.
 #[derive(Debug, Clone, Serialize)]
@@ -71,6 +95,10 @@ pub struct ComponentAccess {
     pub http_paths: Vec<&'static str>,
     /// The most replicas that can do useful work at once, when there is a cap.
     pub max_replicas: Option<i32>,
+    /// The topics the rows it writes to the outbox are published to:
+    /// whoever publishes the outbox (the relay, or Kafka Connect) must be
+    /// allowed to write them.
+    pub outbox_topics: Vec<&'static str>,
 }
 
 /// Paths every taskstream component serves on its `--http` listener.
@@ -80,7 +108,7 @@ pub const OPERATIONAL_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 /// registry it relies on.
 pub fn components() -> Vec<ComponentAccess> {
     let dlq = dead_letter_topic(TASK_EVENTS);
-    let consumer = |name, user, description, group: &str, view| ComponentAccess {
+    let consumer = |name, user, description, group: &str, view, outbox: &[_]| ComponentAccess {
         name,
         description,
         kafka_user: Some(user),
@@ -92,6 +120,7 @@ pub fn components() -> Vec<ComponentAccess> {
         ],
         http_paths: [&OPERATIONAL_PATHS[..], &[view]].concat(),
         max_replicas: Some(TASK_EVENTS_PARTITIONS),
+        outbox_topics: outbox.to_vec(),
     };
     vec![
         ComponentAccess {
@@ -112,27 +141,30 @@ pub fn components() -> Vec<ComponentAccess> {
             ]
             .concat(),
             max_replicas: None,
+            outbox_topics: vec![TASK_EVENTS],
         },
         ComponentAccess {
             name: "relay",
             description: "publishes the outbox to the task-event topic, one Kafka transaction \
                           per batch",
             kafka_user: Some("taskstream-relay"),
-            acls: vec![
-                // Read: after a restart it reads the topic's committed tail
+            acls: OUTBOX_TOPICS
+                .iter()
+                // Read: after a restart it reads each topic's committed tail
                 // back, to mark what a crash left published but unmarked.
-                Acl::literal("topic", TASK_EVENTS, &["Read", "Write"]),
-                // The assignment saga's events go through the outbox too.
-                Acl::literal("topic", TASK_SAGAS, &["Read", "Write"]),
-                // The group id that manually assigned reader carries.
-                Acl::literal("group", TOPIC_READER_GROUP, &["Read"]),
-                // Write (which implies Describe) covers InitProducerId,
-                // AddPartitionsToTxn and EndTxn for this id alone.
-                Acl::literal("transactionalId", RELAY_TRANSACTIONAL_ID, &["Write"]),
-            ],
+                .map(|topic| Acl::literal("topic", *topic, &["Read", "Write"]))
+                .chain([
+                    // The group id that manually assigned reader carries.
+                    Acl::literal("group", TOPIC_READER_GROUP, &["Read"]),
+                    // Write (which implies Describe) covers InitProducerId,
+                    // AddPartitionsToTxn and EndTxn for this id alone.
+                    Acl::literal("transactionalId", RELAY_TRANSACTIONAL_ID, &["Write"]),
+                ])
+                .collect(),
             http_paths: OPERATIONAL_PATHS.to_vec(),
             // One publisher keeps the outbox's order on the topic.
             max_replicas: Some(1),
+            outbox_topics: vec![],
         },
         consumer(
             "notifier",
@@ -140,6 +172,7 @@ pub fn components() -> Vec<ComponentAccess> {
             "the notification service (consumer group notifier)",
             NOTIFIER_GROUP,
             "/notifications",
+            &[],
         ),
         consumer(
             "auditor",
@@ -147,6 +180,7 @@ pub fn components() -> Vec<ComponentAccess> {
             "the audit-log service (consumer group auditor)",
             AUDITOR_GROUP,
             "/audit",
+            &[],
         ),
         consumer(
             "saga",
@@ -155,7 +189,34 @@ pub fn components() -> Vec<ComponentAccess> {
              its saga events and task changes go through the outbox",
             SAGA_GROUP,
             "/sagas",
+            // Its saga events, and the task changes of its compensations.
+            &[TASK_SAGAS, TASK_EVENTS],
         ),
+        ComponentAccess {
+            name: "agent",
+            description: "the triage agent (consumer groups triage-agent and \
+                          triage-agent-requests); its suggestions go through the outbox",
+            kafka_user: Some("taskstream-agent"),
+            acls: vec![
+                Acl::literal("topic", TASK_EVENTS, &["Read"]),
+                Acl::literal("group", AGENT_GROUP, &["Read"]),
+                // Events the model cannot answer go to the dead-letter topic.
+                Acl::literal("topic", dlq.clone(), &["Write"]),
+                // Request-reply: it reads the requests in their own group and
+                // answers on the default reply topic or a caller's own
+                // `task-triage-replies.<name>`; it never produces, in a
+                // transaction or otherwise, to any other topic.
+                Acl::literal("topic", TASK_TRIAGE_REQUESTS, &["Read"]),
+                Acl::literal("group", REQUESTS_GROUP, &["Read"]),
+                Acl::literal("topic", TASK_TRIAGE_REPLIES, &["Write"]),
+                Acl::prefixed("topic", format!("{TASK_TRIAGE_REPLIES}."), &["Write"]),
+            ],
+            http_paths: OPERATIONAL_PATHS.to_vec(),
+            // Its group on task-events shares at most that many partitions.
+            max_replicas: Some(TASK_EVENTS_PARTITIONS),
+            // Its suggestions, and the task changes its auto-accept rule makes.
+            outbox_topics: vec![TASK_SUGGESTIONS, TASK_EVENTS],
+        },
         ComponentAccess {
             name: "processor",
             description: "the workload processor: task-events to per-assignee workload and \
@@ -177,6 +238,7 @@ pub fn components() -> Vec<ComponentAccess> {
             http_paths: OPERATIONAL_PATHS.to_vec(),
             // One processor is active per transactional id: a second fences the first.
             max_replicas: Some(1),
+            outbox_topics: vec![],
         },
         ComponentAccess {
             name: "ops",
@@ -195,6 +257,7 @@ pub fn components() -> Vec<ComponentAccess> {
             ],
             http_paths: vec![],
             max_replicas: None,
+            outbox_topics: vec![],
         },
         ComponentAccess {
             name: "connect",
@@ -205,6 +268,7 @@ pub fn components() -> Vec<ComponentAccess> {
             // Its REST API and probes are Strimzi's, not taskstream's.
             http_paths: vec![],
             max_replicas: None,
+            outbox_topics: vec![],
         },
         ComponentAccess {
             name: "schema-registry",
@@ -221,6 +285,7 @@ pub fn components() -> Vec<ComponentAccess> {
             ],
             http_paths: vec!["/subjects", "/schemas/ids/{id}", "/config"],
             max_replicas: None,
+            outbox_topics: vec![],
         },
     ]
 }
@@ -269,8 +334,27 @@ pub fn render_strimzi_users(cluster: &str) -> String {
 mod tests {
     use super::*;
 
+    /// Whether `component`'s ACLs allow `operation` on the resource `kind` `name`.
+    fn allows(component: &ComponentAccess, kind: &str, name: &str, operation: &str) -> bool {
+        component.acls.iter().any(|acl| {
+            acl.resource.kind == kind
+                && match acl.resource.pattern_type {
+                    "prefix" => name.starts_with(&acl.resource.name),
+                    _ => name == acl.resource.name,
+                }
+                && acl.operations.contains(&operation)
+        })
+    }
+
+    fn component(name: &str) -> ComponentAccess {
+        components()
+            .into_iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("{name} is declared"))
+    }
+
     #[test]
-    fn users_are_unique_and_grant_only_literal_resources() {
+    fn users_are_unique_and_grant_only_literal_resources_but_the_reply_topics() {
         let comps = components();
         let mut users: Vec<_> = comps.iter().filter_map(|c| c.kafka_user).collect();
         let n = users.len();
@@ -279,7 +363,15 @@ mod tests {
         assert_eq!(users.len(), n, "two components share a Kafka user");
         for c in &comps {
             for acl in &c.acls {
-                assert_eq!(acl.resource.pattern_type, "literal");
+                if acl.resource.pattern_type == "prefix" {
+                    assert_eq!(
+                        (c.name, acl.resource.kind, acl.resource.name.as_str()),
+                        ("agent", "topic", "task-triage-replies."),
+                        "only the agent's reply topics are granted by prefix"
+                    );
+                } else {
+                    assert_eq!(acl.resource.pattern_type, "literal");
+                }
                 assert!(!acl.operations.is_empty(), "{}: empty grant", c.name);
                 assert!(
                     !acl.operations.contains(&"All"),
@@ -310,9 +402,75 @@ mod tests {
     fn consumers_are_capped_at_the_partition_count() {
         for c in components()
             .iter()
-            .filter(|c| ["notifier", "auditor"].contains(&c.name))
+            .filter(|c| ["notifier", "auditor", "saga", "agent"].contains(&c.name))
         {
             assert_eq!(c.max_replicas, Some(TASK_EVENTS_PARTITIONS), "{}", c.name);
+        }
+    }
+
+    #[test]
+    fn the_agent_may_use_its_groups_and_answer_on_every_reply_topic_it_accepts_and_no_other() {
+        use taskstream_services::agent::allowed_reply_topic;
+        let agent = component("agent");
+        assert_eq!(agent.kafka_user, Some("taskstream-agent"));
+        for group in [AGENT_GROUP, REQUESTS_GROUP] {
+            assert!(allows(&agent, "group", group, "Read"), "{group}");
+        }
+        for topic in [TASK_EVENTS, TASK_TRIAGE_REQUESTS] {
+            assert!(allows(&agent, "topic", topic, "Read"), "{topic}");
+        }
+        assert!(allows(
+            &agent,
+            "topic",
+            &dead_letter_topic(TASK_EVENTS),
+            "Write"
+        ));
+        // The topics the agent answers on are exactly those it may write,
+        // apart from the dead-letter topic.
+        for (topic, answered) in [
+            (TASK_TRIAGE_REPLIES, true),
+            ("task-triage-replies.cli-7", true),
+            ("task-triage-replies.team_a.v2", true),
+            ("task-triage-replies.", false),
+            ("task-triage-replies-other", false),
+            ("task-triage-repliesx", false),
+            (TASK_SUGGESTIONS, false),
+            (TASK_EVENTS, false),
+            (TASK_TRIAGE_REQUESTS, false),
+        ] {
+            assert_eq!(allowed_reply_topic(topic), answered, "{topic}");
+            assert_eq!(
+                allows(&agent, "topic", topic, "Write"),
+                answered || topic == "task-triage-replies.",
+                "{topic}"
+            );
+        }
+        // Its suggestions and accepted changes go through the outbox: no
+        // transactional id, and nothing else to write.
+        assert!(agent
+            .acls
+            .iter()
+            .all(|acl| ["topic", "group"].contains(&acl.resource.kind)));
+    }
+
+    #[test]
+    fn whoever_publishes_the_outbox_may_write_every_topic_its_rows_name() {
+        let relay = component("relay");
+        let connect = component("connect");
+        let written: Vec<_> = components()
+            .into_iter()
+            .flat_map(|c| c.outbox_topics)
+            .collect();
+        assert!(written.contains(&TASK_SUGGESTIONS), "{written:?}");
+        for topic in written {
+            assert!(OUTBOX_TOPICS.contains(&topic), "{topic}");
+            for operation in ["Read", "Write"] {
+                assert!(
+                    allows(&relay, "topic", topic, operation),
+                    "relay {operation} {topic}"
+                );
+            }
+            assert!(allows(&connect, "topic", topic, "Write"), "connect {topic}");
         }
     }
 }

@@ -7,9 +7,8 @@
 use std::collections::BTreeMap;
 
 use taskstream_kafka::TopicSpec;
-use taskstream_services::topics::TASK_EVENTS;
 
-use super::access::Acl;
+use super::access::{Acl, OUTBOX_TOPICS};
 
 /// The Connect cluster's group id (`spec.groupId` of the `KafkaConnect`).
 pub const CONNECT_GROUP: &str = "taskstream-connect";
@@ -55,18 +54,16 @@ pub fn connect_acls() -> Vec<Acl> {
     }
     // The outbox event router's destinations (each row's `topic`), the
     // relay's grants.
-    acls.push(Acl::literal("topic", TASK_EVENTS, &["Write"]));
-    acls.push(Acl::literal(
-        "topic",
-        taskstream_services::topics::TASK_SAGAS,
-        &["Write"],
-    ));
+    for topic in OUTBOX_TOPICS {
+        acls.push(Acl::literal("topic", topic, &["Write"]));
+    }
     acls
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use taskstream_services::topics::TASK_EVENTS;
 
     #[test]
     fn the_internal_topics_are_compacted_and_the_config_topic_has_one_partition() {

@@ -38,11 +38,16 @@ pub fn run(command: UsersCommand) -> anyhow::Result<()> {
                 let user = c.kafka_user.unwrap_or("(none: no Kafka access)");
                 writeln!(text, "  kafka user: {user}")?;
                 for acl in &c.acls {
+                    // A prefix grant covers every name that starts with it.
+                    let name = match acl.resource.pattern_type {
+                        "prefix" => format!("{}*", acl.resource.name),
+                        _ => acl.resource.name.clone(),
+                    };
                     writeln!(
                         text,
                         "  {:<6} {:<28} {}",
                         acl.resource.kind,
-                        acl.resource.name,
+                        name,
                         acl.operations.join(", ")
                     )?;
                 }

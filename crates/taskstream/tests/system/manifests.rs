@@ -293,9 +293,10 @@ fn the_rendered_chart_and_the_strimzi_resources_validate_strictly_for_dev_and_pr
         assert!(text.contains("0 problem(s)"), "{env}: {text}");
         if env == "production" {
             // values-production.yaml turns the ServiceMonitors on (one per
-            // taskstream component: api, relay, notifier, auditor, processor, saga).
+            // taskstream component: api, relay, notifier, auditor, processor,
+            // saga, agent).
             assert!(
-                text.contains("6 ServiceMonitor(s) checked structurally"),
+                text.contains("7 ServiceMonitor(s) checked structurally"),
                 "{text}"
             );
         }
@@ -420,11 +421,59 @@ fn more_consumers_than_partitions_and_other_bad_values_fail_to_render() {
             "relay.eventFormat=json",
             "relay.eventFormat is now eventFormat",
         ),
+        (
+            "saga.replicas=7",
+            "saga.replicas (7) exceeds kafka.taskEventsPartitions (6)",
+        ),
+        (
+            "agent.replicas=7",
+            "agent.replicas (7) exceeds kafka.taskEventsPartitions (6)",
+        ),
+        (
+            "agent.assignees={database}",
+            "agent.assignees: expected keyword=assignee",
+        ),
+        (
+            "agent.assignees={two words=ana}",
+            "agent.assignees: expected keyword=assignee",
+        ),
+        (
+            "agent.autoAccept.enabled=true,agent.autoAccept.minConfidence=101",
+            "agent.autoAccept.minConfidence must be a whole number from 0 to 100, got 101",
+        ),
+        (
+            "agent.model.url=https://user:secret@models.example/v1",
+            "agent.model.url must be an http(s) URL without credentials",
+        ),
+        (
+            "agent.model.url=ftp://models.example/v1",
+            "agent.model.url must be an http(s) URL without credentials",
+        ),
+        (
+            "agent.model.apiKeySecret.name=triage-model",
+            "agent.model.apiKeySecret.name is set but agent.model.url is empty",
+        ),
     ] {
         let out = render(&helm, &["values.yaml"], &["--set", set]);
         assert!(!out.status.success(), "--set {set} rendered");
         assert!(text(&out).contains(message), "--set {set}: {}", text(&out));
+        assert!(
+            !text(&out).contains("secret@"),
+            "--set {set}: the refusal repeats the credentials: {}",
+            text(&out)
+        );
     }
+    // A disabled agent is not checked: it is not rendered.
+    let out = render(
+        &helm,
+        &["values.yaml"],
+        &["--set", "agent.enabled=false", "--set", "agent.replicas=7"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("app.kubernetes.io/component: agent"),
+        "the agent runs although disabled"
+    );
     // Production values with a user left out fail too.
     let out = render(
         &helm,
@@ -499,7 +548,7 @@ fn the_chart_and_the_strimzi_resources_agree_with_what_the_binary_declares() {
     let (ok, text) = check_deploy(&python, &helm, &[]);
     assert!(ok, "{text}");
     for check in [
-        "(a)", "(b)", "(c)", "(d)", "(e)", "(f)", "(g)", "(h)", "(i)",
+        "(a)", "(b)", "(c)", "(d)", "(e)", "(f)", "(g)", "(h)", "(i)", "(j)",
     ] {
         for env in [
             "[dev]",
@@ -515,13 +564,165 @@ fn the_chart_and_the_strimzi_resources_agree_with_what_the_binary_declares() {
     }
     assert!(text.contains("0 failing"), "{text}");
 
+    // The triage agent runs as its own user, in the groups and on the topics
+    // the binary declares for it; its suggestions reach task-suggestions
+    // through the publisher of the outbox.
+    let agent = declared_components()["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "agent")
+        .cloned()
+        .expect("users list declares the agent");
+    assert_eq!(agent["kafka_user"], "taskstream-agent");
+    assert_eq!(agent["max_replicas"], 6);
+    let grants: Vec<String> = agent["acls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            format!(
+                "{} {} {} {}",
+                a["resource"]["type"].as_str().unwrap(),
+                a["resource"]["name"].as_str().unwrap(),
+                a["resource"]["patternType"].as_str().unwrap(),
+                a["operations"]
+            )
+        })
+        .collect();
+    assert_eq!(
+        grants,
+        [
+            r#"topic task-events literal ["Read"]"#,
+            r#"group triage-agent literal ["Read"]"#,
+            r#"topic task-events.dlq literal ["Write"]"#,
+            r#"topic task-triage-requests literal ["Read"]"#,
+            r#"group triage-agent-requests literal ["Read"]"#,
+            r#"topic task-triage-replies literal ["Write"]"#,
+            r#"topic task-triage-replies. prefix ["Write"]"#,
+        ]
+    );
+    assert!(
+        text.contains("agent may use topics named task-triage-replies.* (prefix)"),
+        "{text}"
+    );
+
     // Optional settings render variables the binary reads too.
-    for set in [
-        "notifier.webhookUrl=http://hooks.example:9000/notify",
-        "notifier.webhookSecret.name=notifier-webhook",
+    for sets in [
+        &["notifier.webhookUrl=http://hooks.example:9000/notify"][..],
+        &["notifier.webhookSecret.name=notifier-webhook"],
+        &[
+            "agent.model.url=http://ollama.example:11434/v1",
+            "agent.model.apiKeySecret.name=triage-model",
+            "agent.assignees={database=ana,frontend=bo}",
+            "agent.autoAccept.enabled=true",
+            "agent.replicas=3",
+        ],
     ] {
-        let (ok, text) = check_deploy(&python, &helm, &["--set", set]);
-        assert!(ok, "--set {set}: {text}");
+        let args: Vec<&str> = sets.iter().flat_map(|set| ["--set", set]).collect();
+        let (ok, text) = check_deploy(&python, &helm, &args);
+        assert!(ok, "{sets:?}: {text}");
+        assert!(!text.contains("(j) the 0 secret"), "{sets:?}: {text}");
+    }
+}
+
+/// The documents of a YAML stream, as JSON (read by the checkers' Python).
+fn yaml_documents(python: &Path, yaml: &[u8]) -> Vec<Value> {
+    use std::io::Write;
+    let mut child = Command::new(python)
+        .args([
+            "-c",
+            "import json, sys, yaml; json.dump([d for d in yaml.safe_load_all(sys.stdin) if d], sys.stdout)",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(yaml).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap()
+}
+
+#[test]
+fn the_agents_model_key_is_mounted_from_its_secret_and_never_in_the_environment() {
+    let Some((helm, python)) = helm_and_python("rendering the chart") else {
+        return;
+    };
+    let out = render(
+        &helm,
+        &["values.yaml", "values-production.yaml"],
+        &[
+            "--set",
+            "agent.model.url=https://models.example/v1",
+            "--set",
+            "agent.model.apiKeySecret.name=triage-model",
+            "--set",
+            "agent.model.apiKeySecret.key=token",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let docs = yaml_documents(&python, &out.stdout);
+    let agent = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "taskstream-agent")
+        .expect("the agent's Deployment is rendered");
+    let pod = &agent["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert_eq!(container["args"][0], "agent");
+    let env: Vec<&Value> = container["env"].as_array().unwrap().iter().collect();
+    let var = |name: &str| env.iter().find(|v| v["name"] == name).copied();
+    assert!(
+        var("TASKSTREAM_AGENT_API_KEY").is_none(),
+        "the key is in the environment"
+    );
+    assert_eq!(
+        var("TASKSTREAM_AGENT_API_KEY_FILE").unwrap()["value"],
+        "/etc/taskstream/agent-model/api-key"
+    );
+    assert_eq!(
+        var("TASKSTREAM_AGENT_MODEL_URL").unwrap()["value"],
+        "https://models.example/v1"
+    );
+    // The production user and its Secret, over SASL.
+    assert_eq!(
+        var("KAFKA_SASL_USERNAME").unwrap()["value"],
+        "taskstream-agent"
+    );
+    let mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == "/etc/taskstream/agent-model")
+        .expect("the key's Secret is mounted");
+    assert_eq!(mount["readOnly"], true);
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    assert_eq!(volume["secret"]["secretName"], "triage-model");
+    assert_eq!(volume["secret"]["items"][0]["key"], "token");
+    assert_eq!(volume["secret"]["items"][0]["path"], "api-key");
+    assert_eq!(volume["secret"]["defaultMode"], 0o440);
+    // Probes on its --http listener, and the hardened context of every component.
+    for (probe, path) in [
+        ("startupProbe", "/healthz"),
+        ("livenessProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+    ] {
+        assert_eq!(container[probe]["httpGet"]["path"], path, "{probe}");
+        assert_eq!(container[probe]["httpGet"]["port"], "http", "{probe}");
+    }
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    for kind in ["Service", "PodDisruptionBudget", "ServiceMonitor"] {
+        assert!(
+            docs.iter()
+                .any(|d| d["kind"] == kind && d["metadata"]["name"] == "taskstream-agent"),
+            "no {kind} for the agent"
+        );
     }
 }
 
@@ -614,6 +815,90 @@ fn the_deployment_check_catches_drifted_acls_caps_paths_and_users() {
     assert!(
         text.contains(
             "KafkaConnect authenticates as 'taskstream-relay', the connect component is taskstream-connect"
+        ),
+        "{text}"
+    );
+
+    // The triage agent's requests group no longer declared: users.yaml grants more than it uses.
+    let no_requests_group = with("agent", &|c| {
+        c["acls"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|a| a["resource"]["name"] != "triage-agent-requests")
+    });
+    let (ok, text) = check_deploy(
+        &python,
+        &helm,
+        &["--components", no_requests_group.to_str().unwrap()],
+    );
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(
+            "KafkaUser taskstream-agent grants ['Read'] on group 'triage-agent-requests', which agent does not use"
+        ),
+        "{text}"
+    );
+
+    // users.yaml without the agent's grant on the callers' reply topics.
+    let users = std::fs::read_to_string(repo().join("deploy/strimzi/users.yaml")).unwrap();
+    let grant = "      - resource:\n          type: topic\n          name: task-triage-replies.\n          patternType: prefix\n        operations: [Write]\n";
+    assert!(users.contains(grant), "users.yaml lacks {grant:?}");
+    let fewer_grants = dir.path().join("users.yaml");
+    std::fs::write(&fewer_grants, users.replacen(grant, "", 1)).unwrap();
+    let (ok, text) = check_deploy(&python, &helm, &["--users", fewer_grants.to_str().unwrap()]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(
+            "KafkaUser taskstream-agent lacks ['Write'] on topic 'task-triage-replies.' (prefix), which agent needs"
+        ),
+        "{text}"
+    );
+
+    // The agent in a consumer group its user may not read.
+    let (ok, text) = check_deploy(&python, &helm, &["--set", "agent.group=triage"]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(
+            "taskstream-agent: consumer group 'triage' is not readable by taskstream-agent"
+        ),
+        "{text}"
+    );
+
+    // The chart runs the agent, but the binary declares no such component.
+    let mut undeclared = declared.clone();
+    undeclared["components"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|c| c["name"] != "agent");
+    let undeclared_path = dir.path().join("undeclared.json");
+    std::fs::write(&undeclared_path, serde_json::to_vec(&undeclared).unwrap()).unwrap();
+    let (ok, text) = check_deploy(
+        &python,
+        &helm,
+        &["--components", undeclared_path.to_str().unwrap()],
+    );
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("Deployment taskstream-agent runs `taskstream agent`, which the binary does not declare"),
+        "{text}"
+    );
+
+    // The relay no longer allowed to publish the agent's suggestions.
+    let relay_without_suggestions = with("relay", &|c| {
+        c["acls"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|a| a["resource"]["name"] != "task-suggestions")
+    });
+    let (ok, text) = check_deploy(
+        &python,
+        &helm,
+        &["--components", relay_without_suggestions.to_str().unwrap()],
+    );
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(
+            "taskstream-agent: agent writes 'task-suggestions' through the outbox, but taskstream-relay, which publishes it, may not Write it"
         ),
         "{text}"
     );

@@ -63,12 +63,21 @@ The taskstream image reference.
 
 {{/*
 The taskstream components the release runs, comma-separated: the relay only
-when it is the publisher, the workload processor and the saga when enabled.
+when it is the publisher, the workload processor, the saga and the triage
+agent when enabled.
 */}}
 {{- define "taskstream.components" -}}
 {{- if eq .Values.publisher "relay" }}api,relay,notifier,auditor{{ else }}api,notifier,auditor{{ end }}
 {{- if .Values.processor.enabled }},processor{{ end }}
 {{- if .Values.saga.enabled }},saga{{ end }}
+{{- if .Values.agent.enabled }},agent{{ end }}
+{{- end }}
+
+{{/*
+Where the triage agent's model API key is mounted, from agent.model.apiKeySecret.
+*/}}
+{{- define "taskstream.agentKeyDir" -}}
+/etc/taskstream/agent-model
 {{- end }}
 
 {{/*
@@ -179,7 +188,8 @@ Checks the values before anything is rendered; a wrong combination fails
 {{- if lt $partitions 1 }}
 {{- fail (printf "kafka.taskEventsPartitions must be at least 1, got %v" .Values.kafka.taskEventsPartitions) }}
 {{- end }}
-{{- range $component := list "notifier" "auditor" }}
+{{- range $component := list "notifier" "auditor" "saga" "agent" }}
+{{- if has $component (splitList "," (include "taskstream.components" $)) }}
 {{- $replicas := int (index $.Values $component).replicas }}
 {{- if gt $replicas $partitions }}
 {{- fail (printf "%s.replicas (%d) exceeds kafka.taskEventsPartitions (%d): a consumer group cannot use more instances than task-events has partitions; the extra ones would sit idle" $component $replicas $partitions) }}
@@ -187,6 +197,10 @@ Checks the values before anything is rendered; a wrong combination fails
 {{- if lt $replicas 1 }}
 {{- fail (printf "%s.replicas must be at least 1, got %d" $component $replicas) }}
 {{- end }}
+{{- end }}
+{{- end }}
+{{- if .Values.agent.enabled }}
+{{- include "taskstream.validateAgent" . }}
 {{- end }}
 {{- if not (has .Values.kafka.securityProtocol (list "plaintext" "ssl" "sasl_plaintext" "sasl_ssl")) }}
 {{- fail (printf "kafka.securityProtocol must be plaintext, ssl, sasl_plaintext or sasl_ssl, got %q" .Values.kafka.securityProtocol) }}
@@ -257,4 +271,34 @@ files/outbox-connector.json): the API confirms captured rows against it.
 */}}
 {{- define "taskstream.cdcSlot" -}}
 {{- (.Files.Get "files/outbox-connector.json" | fromJson).config | dig "slot.name" "taskstream_outbox" }}
+{{- end }}
+
+{{/*
+Checks the triage agent's values (agent.enabled), as the binary would at start.
+*/}}
+{{- define "taskstream.validateAgent" -}}
+{{- $agent := .Values.agent }}
+{{- range $entry := $agent.assignees }}
+{{- if not (regexMatch "^\\s*[\\p{L}\\p{N}]+\\s*=[^,]*[^,\\s][^,]*$" (toString $entry)) }}
+{{- fail (printf "agent.assignees: expected keyword=assignee (one word of letters and digits, an assignee without commas), got %q" (toString $entry)) }}
+{{- end }}
+{{- end }}
+{{- if $agent.autoAccept.enabled }}
+{{- $min := $agent.autoAccept.minConfidence }}
+{{- if not (regexMatch "^[0-9]+$" (toString $min)) }}
+{{- fail (printf "agent.autoAccept.minConfidence must be a whole number from 0 to 100, got %v" $min) }}
+{{- end }}
+{{- if gt (int $min) 100 }}
+{{- fail (printf "agent.autoAccept.minConfidence must be a whole number from 0 to 100, got %v" $min) }}
+{{- end }}
+{{- end }}
+{{- with $agent.model.url }}
+{{- if not (regexMatch "^https?://[^@]+$" (toString .)) }}
+{{- fail "agent.model.url must be an http(s) URL without credentials, such as http://ollama:11434/v1 (the key goes in a Secret named by agent.model.apiKeySecret.name)" }}
+{{- end }}
+{{- else }}
+{{- if $agent.model.apiKeySecret.name }}
+{{- fail "agent.model.apiKeySecret.name is set but agent.model.url is empty: the local model uses no key" }}
+{{- end }}
+{{- end }}
 {{- end }}
