@@ -867,6 +867,9 @@ mod tests {
         // A max.poll.interval.ms that is not a number is one clear line.
         let bad = agent_args(&["--kafka-property", "max.poll.interval.ms=5m"]);
         let error = bad.run.consumer.kafka.max_poll_interval().unwrap_err();
-        assert!(error.to_string().contains("expected milliseconds"), "{error}");
+        assert!(
+            error.to_string().contains("expected milliseconds"),
+            "{error}"
+        );
     }
 }

@@ -125,7 +125,10 @@ pub async fn run(command: SchemaCommand) -> anyhow::Result<()> {
             // its records stay on the topic, and a reader finds the
             // writer's schema by name.
             for recorded in recorded_records(&dir)? {
-                if !schemas.iter().any(|s| simple_name(&s.record_name) == recorded) {
+                if !schemas
+                    .iter()
+                    .any(|s| simple_name(&s.record_name) == recorded)
+                {
                     println!(
                         "FAIL  {recorded}: recorded in history/, but no schema in {} declares it; \
                          records of a removed or renamed event type can no longer be read",

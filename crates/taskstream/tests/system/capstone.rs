@@ -187,7 +187,10 @@ async fn the_capstone_inbox_passes_its_acceptance_scenarios_against_a_fresh_up()
     // US1 / 1: created assigned to bo: one notification, and the audit log
     // has the same event.
     let a = system.create("Write the capstone spec", Some("bo")).await;
-    assert_eq!(system.inbox_when("bo", 1).await, [("assigned".into(), a.clone())]);
+    assert_eq!(
+        system.inbox_when("bo", 1).await,
+        [("assigned".into(), a.clone())]
+    );
     eventually(
         "the audit log recording the task's creation",
         Duration::from_secs(60),
@@ -204,19 +207,31 @@ async fn the_capstone_inbox_passes_its_acceptance_scenarios_against_a_fresh_up()
     // US1 / 2: reassigned to cy: cy assigned, bo unassigned.
     system.patch(&a, json!({ "assignee": "cy" })).await;
     assert_eq!(kinds(&system.inbox_when("cy", 1).await, &a), ["assigned"]);
-    assert_eq!(kinds(&system.inbox_when("bo", 2).await, &a), ["assigned", "unassigned"]);
+    assert_eq!(
+        kinds(&system.inbox_when("bo", 2).await, &a),
+        ["assigned", "unassigned"]
+    );
 
     // US3 / 1: completed: its assignee is told.
-    system.send(reqwest::Method::POST, &format!("/tasks/{a}/complete")).await;
-    assert_eq!(kinds(&system.inbox_when("cy", 2).await, &a), ["assigned", "completed"]);
+    system
+        .send(reqwest::Method::POST, &format!("/tasks/{a}/complete"))
+        .await;
+    assert_eq!(
+        kinds(&system.inbox_when("cy", 2).await, &a),
+        ["assigned", "completed"]
+    );
 
     // US1 / 3 and US3 / 2: an unassigned task's edit and an assigned task's
     // deletion notify nobody; a later task (the sentinel) shows the inbox
     // read past them.
     let b = system.create("Nobody's task", None).await;
-    system.patch(&b, json!({ "title": "Still nobody's task" })).await;
+    system
+        .patch(&b, json!({ "title": "Still nobody's task" }))
+        .await;
     let d = system.create("Deleted soon", Some("dee")).await;
-    system.send(reqwest::Method::DELETE, &format!("/tasks/{d}")).await;
+    system
+        .send(reqwest::Method::DELETE, &format!("/tasks/{d}"))
+        .await;
 
     // US3 / 3: bo declines through the assignment saga: bo unassigned, the
     // team queue assigned.
@@ -229,7 +244,9 @@ async fn the_capstone_inbox_passes_its_acceptance_scenarios_against_a_fresh_up()
         },
     )
     .await;
-    system.send(reqwest::Method::POST, &format!("/tasks/{e}/decline")).await;
+    system
+        .send(reqwest::Method::POST, &format!("/tasks/{e}/decline"))
+        .await;
     assert_eq!(
         kinds(&system.inbox_when("team-queue", 1).await, &e),
         ["assigned"]
@@ -337,9 +354,7 @@ async fn the_capstone_inbox_killed_during_200_creations_notifies_each_person_exa
     eventually(
         "the inbox storing its first notifications",
         Duration::from_secs(60),
-        || async {
-            (system.stats()["notifications"].as_u64().unwrap_or(0) >= 20).then_some(())
-        },
+        || async { (system.stats()["notifications"].as_u64().unwrap_or(0) >= 20).then_some(()) },
     )
     .await;
     inbox.0.kill().unwrap();
