@@ -2,6 +2,7 @@
 //! read back through the read-only views, Kafka and the store.
 
 mod agent;
+mod agent_crash;
 mod as_documented;
 mod at_scale;
 mod binary;
