@@ -35,7 +35,12 @@
 //! a decision it did not write itself (a retry after a failed fsync, the
 //! recovery at start) writes the decision again and waits for that line's
 //! fsync before any marker: after a failed fsync, a later one that
-//! succeeds does not prove the earlier line reached the disk.
+//! succeeds does not prove the earlier line reached the disk. For the
+//! same reason a failed fsync fails for every line it covered, not only
+//! for the request that asked for it: each request whose line it covered
+//! is answered an error (nothing is reported durable that was written
+//! before the failure and not written again since), and the client's
+//! retry writes its change again.
 //!
 //! # Compaction
 //!
@@ -171,6 +176,13 @@ struct Compacting {
 struct Synced {
     /// Every line up to this one (see [`Transactions::written`]) is durable.
     through: u64,
+    /// Lines after `failed_after` and up to `failed_through` were
+    /// written when an fsync failed: a later fsync that succeeds does not
+    /// prove they reached the disk (a failed writeback may leave their
+    /// pages in memory only, marked clean), so none of them is ever
+    /// reported durable; their changes are written again instead.
+    failed_after: u64,
+    failed_through: u64,
     /// A handle on the current file.
     file: File,
     /// The directory is to be fsynced before a line of the current file
@@ -206,20 +218,6 @@ pub(crate) struct Transactions {
 /// A held coordinator lock: produce appends for a transaction happen under
 /// it, so that no batch lands after the transaction's markers.
 pub(crate) struct Guard<'a>(MutexGuard<'a, Inner>);
-
-impl Synced {
-    /// fsyncs the directory of `path` if a rename in it may not be
-    /// durable yet.
-    fn sync_dir(&mut self, path: &Path) -> io::Result<()> {
-        if self.dir_unsynced {
-            if let Some(dir) = path.parent() {
-                File::open(dir)?.sync_all()?;
-            }
-            self.dir_unsynced = false;
-        }
-        Ok(())
-    }
-}
 
 impl Guard<'_> {
     /// Whether `producer_id` at `epoch` may append to `topic`/`partition`
@@ -299,6 +297,8 @@ impl Transactions {
         }
         let synced = Synced {
             through: 0,
+            failed_after: 0,
+            failed_through: 0,
             file: out.try_clone()?,
             dir_unsynced: false,
         };
@@ -429,7 +429,7 @@ impl Transactions {
         synced.file = file;
         synced.through = synced.through.max(target);
         synced.dir_unsynced = true;
-        if let Err(e) = synced.sync_dir(&self.path) {
+        if let Err(e) = self.sync_dir(&mut synced) {
             // The next fsync tries again before it finds a line durable.
             tracing::warn!(error = %e, "fsyncing the data directory failed");
         }
@@ -439,17 +439,51 @@ impl Transactions {
     /// Waits, without the coordinator lock, until an fsync covers
     /// `written`: one fsync at a time, and one covers every line written
     /// before it began.
+    ///
+    /// An fsync that fails fails for every line it covers, whoever asked
+    /// for it: the line of each request waiting meanwhile is reported
+    /// lost (see [`Synced::failed_through`]), and its change is to be
+    /// written again, in a new line, before it is answered.
     fn sync(&self, written: Written) -> io::Result<()> {
         let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+        if synced.failed_after < written.0 && written.0 <= synced.failed_through {
+            return Err(io::Error::other(
+                "an fsync of transactions.log failed after this change was written",
+            ));
+        }
         if synced.through >= written.0 {
             return Ok(());
         }
+        #[cfg(test)]
+        self.hooks.before_fsync();
         let target = self.written.load(Ordering::SeqCst);
         #[cfg(test)]
-        self.hooks.fsync()?;
-        synced.file.sync_data()?;
-        synced.sync_dir(&self.path)?;
+        let fsynced = self.hooks.fsync().and_then(|()| synced.file.sync_data());
+        #[cfg(not(test))]
+        let fsynced = synced.file.sync_data();
+        if let Err(e) = fsynced {
+            if synced.failed_through == 0 {
+                synced.failed_after = synced.through;
+            }
+            synced.failed_through = synced.failed_through.max(target);
+            return Err(e);
+        }
+        self.sync_dir(&mut synced)?;
         synced.through = synced.through.max(target);
+        Ok(())
+    }
+
+    /// fsyncs the directory of `transactions.log` if a rename in it may
+    /// not be durable yet.
+    fn sync_dir(&self, synced: &mut Synced) -> io::Result<()> {
+        if synced.dir_unsynced {
+            #[cfg(test)]
+            self.hooks.dir_fsync()?;
+            if let Some(dir) = self.path.parent() {
+                File::open(dir)?.sync_all()?;
+            }
+            synced.dir_unsynced = false;
+        }
         Ok(())
     }
 
@@ -1032,39 +1066,61 @@ pub(crate) mod tests {
         /// The next compaction's fsync says so on the sender, then waits
         /// for the receiver (at most 10 s).
         pub hold_compaction: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
+        /// The next fsync of `transactions.log` says so on the sender,
+        /// then waits for the receiver (at most 30 s) before it sees
+        /// which lines it covers.
+        pub hold_fsync: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
+        /// How many of the next fsyncs of the data directory fail.
+        pub fail_dir_syncs: AtomicUsize,
+    }
+
+    /// Takes one from `n` if it is not 0.
+    fn take_one(n: &AtomicUsize) -> bool {
+        n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    /// Says so on the sender of a held hook, if any, then waits for its
+    /// receiver.
+    fn hold(hook: &Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>, wait: Duration) {
+        let held = hook.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some((reached, release)) = held {
+            let _ = reached.send(());
+            let _ = release.recv_timeout(wait);
+        }
     }
 
     impl Hooks {
+        /// Called as an fsync of `transactions.log` begins, before it
+        /// sees which lines it covers.
+        pub fn before_fsync(&self) {
+            hold(&self.hold_fsync, Duration::from_secs(30));
+        }
+
         /// Called before each fsync of `transactions.log`.
         pub fn fsync(&self) -> io::Result<()> {
-            let failing = self
-                .fail_syncs
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-            match failing {
-                Ok(_) => Err(io::Error::other("injected fsync failure")),
-                Err(_) => Ok(()),
+            match take_one(&self.fail_syncs) {
+                true => Err(io::Error::other("injected fsync failure")),
+                false => Ok(()),
+            }
+        }
+
+        /// Called before each fsync of the data directory.
+        pub fn dir_fsync(&self) -> io::Result<()> {
+            match take_one(&self.fail_dir_syncs) {
+                true => Err(io::Error::other("injected directory fsync failure")),
+                false => Ok(()),
             }
         }
 
         /// Called before a compacted file is fsynced.
         pub fn compaction_fsync(&self) {
-            let hold = self
-                .hold_compaction
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
-            if let Some((reached, release)) = hold {
-                let _ = reached.send(());
-                let _ = release.recv_timeout(Duration::from_secs(10));
-            }
+            hold(&self.hold_compaction, Duration::from_secs(10));
         }
 
         /// Called as a transaction's completion begins.
         pub fn completing(&self) {
-            let panicking =
-                self.panic_completions
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-            if panicking.is_ok() {
+            if take_one(&self.panic_completions) {
                 panic!("injected panic while completing a transaction");
             }
         }
@@ -1675,5 +1731,73 @@ pub(crate) mod tests {
         }
         assert_eq!(reopened.get("a").unwrap().groups.len(), 30);
         assert_eq!(reopened.get("b").unwrap().state, TxnState::Ongoing);
+    }
+
+    /// Waits until `done` holds: a liveness bound, not a timing claim.
+    fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn a_failed_fsync_fails_for_every_change_it_covered_not_only_for_the_request_that_asked_for_it()
+    {
+        let world = World::open(tempfile::tempdir().unwrap());
+        world.topics.create("t", 1, 1, BTreeMap::new()).unwrap();
+        let txns = Transactions::open(world.dir.path()).unwrap();
+        let stores = world.stores();
+        let (a, a_epoch) = txns
+            .init_producer_id(&stores, &world.ids, "a", 60_000, None)
+            .unwrap();
+        let (b, b_epoch) = txns
+            .init_producer_id(&stores, &world.ids, "b", 60_000, None)
+            .unwrap();
+        txns.add_partitions(&world.topics, "a", a, a_epoch, &[("t".into(), 0)])
+            .unwrap();
+        {
+            let guard = txns.guard();
+            guard.verify_produce("a", a, a_epoch, "t", 0).unwrap();
+            let topic = world.topics.get("t").unwrap();
+            topic.partitions[0]
+                .log()
+                .append(&mut transactional_batch(a, a_epoch))
+                .unwrap();
+        }
+        let (reached, reached_rx) = mpsc::channel();
+        let (release, released) = mpsc::channel();
+        *txns.hooks.hold_fsync.lock().unwrap() = Some((reached, released));
+        txns.hooks.fail_syncs.store(1, Ordering::SeqCst);
+        let (txns, stores) = (&txns, &stores);
+        std::thread::scope(|scope| {
+            // B's change starts an fsync, which will fail...
+            let b_adds = scope.spawn(move || txns.add_offsets("b", b, b_epoch, "g"));
+            reached_rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("B's fsync begins");
+            // ...after A's commit decision was written: it covers it.
+            let a_ends = scope.spawn(move || txns.end(stores, "a", a, a_epoch, true));
+            wait_until("A's decision is written", || {
+                txns.get("a").unwrap().state == TxnState::PrepareCommit
+            });
+            release.send(()).unwrap();
+            assert_eq!(
+                b_adds.join().unwrap(),
+                Err(ResponseError::KafkaStorageError)
+            );
+            assert_eq!(
+                a_ends.join().unwrap(),
+                Err(ResponseError::KafkaStorageError),
+                "A's decision may not be on the disk: the fsync that covered it failed"
+            );
+        });
+        assert_eq!(world.next_offset("t"), (0, 1), "no marker");
+
+        // The retry writes the decision again, and that line is durable.
+        txns.end(stores, "a", a, a_epoch, true).unwrap();
+        assert_eq!(world.next_offset("t"), (2, 2), "the commit marker");
+        txns.add_offsets("b", b, b_epoch, "g").unwrap();
     }
 }
