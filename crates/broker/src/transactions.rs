@@ -407,7 +407,8 @@ impl Transactions {
     /// directory. Every line found durable before the rename is durable
     /// in both files, so whichever the directory names after a crash
     /// holds it; a line written later is found durable only once the
-    /// rename is.
+    /// rename is (if the directory's fsync fails, by the next fsync that
+    /// gets it done).
     fn swap_compacted(&self, file: File) -> io::Result<()> {
         #[cfg(test)]
         self.hooks.compaction_fsync();
@@ -427,11 +428,14 @@ impl Transactions {
         inner.lines = compacting.lines;
         drop(inner);
         synced.file = file;
-        synced.through = synced.through.max(target);
         synced.dir_unsynced = true;
-        if let Err(e) = self.sync_dir(&mut synced) {
-            // The next fsync tries again before it finds a line durable.
-            tracing::warn!(error = %e, "fsyncing the data directory failed");
+        match self.sync_dir(&mut synced) {
+            // Every line written before `target` is in the new file, fsynced.
+            Ok(()) => synced.through = synced.through.max(target),
+            // The rename may be lost, and those lines with it (only the
+            // ones found durable before it are in the old file for sure):
+            // the next fsync tries again before it finds one durable.
+            Err(e) => tracing::warn!(error = %e, "fsyncing the data directory failed"),
         }
         Ok(())
     }
@@ -1799,5 +1803,38 @@ pub(crate) mod tests {
         txns.end(stores, "a", a, a_epoch, true).unwrap();
         assert_eq!(world.next_offset("t"), (2, 2), "the commit marker");
         txns.add_offsets("b", b, b_epoch, "g").unwrap();
+    }
+
+    #[test]
+    fn a_line_of_the_compacted_file_is_not_found_durable_while_its_rename_may_be_lost() {
+        let world = World::open(tempfile::tempdir().unwrap());
+        let mut txns = Transactions::open(world.dir.path()).unwrap();
+        txns.stale_lines = 0;
+        let (pid, epoch) = txns
+            .init_producer_id(&world.stores(), &world.ids, "tx", 60_000, None)
+            .unwrap();
+        for group in ["g0", "g1", "g2"] {
+            txns.add_offsets("tx", pid, epoch, group).unwrap();
+        }
+        // The fifth line of one transactional id starts a compaction; it
+        // is renamed in before that line's request waits for its fsync.
+        let mut record = txns.get("tx").unwrap();
+        record.groups.insert("g3".into());
+        let written = txns.save(&mut txns.lock(), record).unwrap();
+        assert!(txns.lock().compacting.is_some(), "a compaction started");
+        txns.hooks.fail_dir_syncs.store(1, Ordering::SeqCst);
+        txns.finish_compaction();
+        assert!(
+            !txns.path.with_extension("tmp").exists(),
+            "renamed over transactions.log"
+        );
+        txns.hooks.fail_dir_syncs.store(1, Ordering::SeqCst);
+        assert!(
+            txns.sync(written).is_err(),
+            "the line is in the renamed file only, and the rename may be lost"
+        );
+        txns.sync(written).unwrap();
+        let reopened = Transactions::open(world.dir.path()).unwrap();
+        assert_eq!(reopened.get("tx"), txns.get("tx"));
     }
 }
