@@ -847,6 +847,7 @@ impl Transactions {
     }
 
     /// AddPartitionsToTxn: every partition must exist, else none is added.
+    /// Answered once the record is durable, even if it held them all.
     pub fn add_partitions(
         &self,
         topics: &Topics,
@@ -883,13 +884,13 @@ impl Transactions {
             ));
         }
         Self::begin(&mut txn);
-        let before = txn.partitions.len();
         txn.partitions.extend(partitions.iter().cloned());
-        if txn.partitions.len() != before || inner.txns.get(id) != Some(&txn) {
-            self.save_durably(inner, txn)
-                .map_err(|e| PartitionErrors::All(storage_error(e)))?;
-        }
-        Ok(())
+        // Written and waited for even when nothing is new: the memory
+        // holds a change before it is durable, so partitions found there
+        // may be those of an earlier request whose fsync failed, which
+        // this one retries.
+        self.save_durably(inner, txn)
+            .map_err(|e| PartitionErrors::All(storage_error(e)))
     }
 
     /// AddOffsetsToTxn: the transaction will commit offsets for `group`.
@@ -1836,5 +1837,31 @@ pub(crate) mod tests {
         txns.sync(written).unwrap();
         let reopened = Transactions::open(world.dir.path()).unwrap();
         assert_eq!(reopened.get("tx"), txns.get("tx"));
+    }
+
+    #[test]
+    fn a_retried_add_partitions_is_answered_only_once_the_partitions_are_durable() {
+        let world = World::open(tempfile::tempdir().unwrap());
+        world.topics.create("t", 1, 1, BTreeMap::new()).unwrap();
+        let txns = Transactions::open(world.dir.path()).unwrap();
+        let (pid, epoch) = txns
+            .init_producer_id(&world.stores(), &world.ids, "tx", 60_000, None)
+            .unwrap();
+        let add = || {
+            txns.add_partitions(&world.topics, "tx", pid, epoch, &[("t".into(), 0)])
+                .map_err(|e| format!("{e:?}"))
+        };
+        let refused = Err(format!(
+            "{:?}",
+            PartitionErrors::All(ResponseError::KafkaStorageError)
+        ));
+        txns.hooks.fail_syncs.store(2, Ordering::SeqCst);
+        assert_eq!(add(), refused);
+        assert_eq!(
+            add(),
+            refused,
+            "the retry finds the partition in memory, not on the disk"
+        );
+        assert_eq!(add(), Ok(()));
     }
 }
