@@ -28,7 +28,10 @@
 //!
 //! `transactions.log` in the data directory holds one JSON line per change
 //! of a transactional id's record (the last line for an id wins; a torn
-//! last line is ignored), fsynced before the change is answered. A decision
+//! last line is ignored), fsynced before the change is answered. A line
+//! that could be written only in part (a full disk) is cut off again, or,
+//! if even that fails, the next line starts on a line of its own, so
+//! that only the torn one is unreadable. A decision
 //! (PrepareCommit/PrepareAbort) is durable before any marker is written, so
 //! after a restart every transaction is completed the way it was decided,
 //! and an Ongoing one is aborted with a bumped epoch. A request that finds
@@ -152,6 +155,9 @@ struct Inner {
     txns: HashMap<String, TxnRecord>,
     out: File,
     lines: usize,
+    /// A line could not be written whole, nor its start cut off again:
+    /// the next one begins with a new line.
+    torn: bool,
     /// Ids whose markers a request is writing now, without the lock.
     completing: HashSet<String>,
     /// The rewrite of the file under way, if any.
@@ -308,6 +314,7 @@ impl Transactions {
                 txns,
                 out,
                 lines,
+                torn: false,
                 completing: HashSet::new(),
                 compacting: None,
             }),
@@ -336,7 +343,26 @@ impl Transactions {
     fn save(&self, inner: &mut Inner, record: TxnRecord) -> io::Result<Written> {
         let mut line = serde_json::to_string(&record).map_err(io::Error::other)?;
         line.push('\n');
-        inner.out.write_all(line.as_bytes())?;
+        // After an unreadable fragment, on a line of its own.
+        let after_fragment;
+        let bytes = if inner.torn {
+            after_fragment = format!("\n{line}");
+            after_fragment.as_bytes()
+        } else {
+            line.as_bytes()
+        };
+        let len = inner.out.metadata()?.len();
+        if let Err(e) = self.write_line(&mut inner.out, bytes) {
+            // A part of the line may be written (the disk is full): it is
+            // cut off, else the next line would be appended to it, and
+            // both be unreadable.
+            if let Err(cut) = self.truncate(&inner.out, len) {
+                tracing::warn!(error = %cut, "cutting off a torn line of transactions.log failed");
+                inner.torn = true;
+            }
+            return Err(e);
+        }
+        inner.torn = false;
         // Into the compacted file too, before the line is counted: an
         // fsync of that file covers every line counted before it began.
         if let Some(compacting) = inner.compacting.as_mut().filter(|c| !c.failed) {
@@ -358,6 +384,23 @@ impl Transactions {
             }
         }
         Ok(written)
+    }
+
+    /// Writes `line` to `out`.
+    fn write_line(&self, out: &mut File, line: &[u8]) -> io::Result<()> {
+        #[cfg(test)]
+        if let Some(part) = self.hooks.short_write() {
+            out.write_all(&line[..part.min(line.len())])?;
+            return Err(io::Error::other("injected short write"));
+        }
+        out.write_all(line)
+    }
+
+    /// Cuts `out` back to `len` bytes.
+    fn truncate(&self, out: &File, len: u64) -> io::Result<()> {
+        #[cfg(test)]
+        self.hooks.truncate()?;
+        out.set_len(len)
     }
 
     /// Writes the latest records to `transactions.tmp`, which from now on
@@ -1077,6 +1120,11 @@ pub(crate) mod tests {
         pub hold_fsync: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
         /// How many of the next fsyncs of the data directory fail.
         pub fail_dir_syncs: AtomicUsize,
+        /// The next line written to `transactions.log` fails after this
+        /// many of its bytes.
+        pub short_write: Mutex<Option<usize>>,
+        /// How many of the next truncations of `transactions.log` fail.
+        pub fail_truncates: AtomicUsize,
     }
 
     /// Takes one from `n` if it is not 0.
@@ -1106,6 +1154,23 @@ pub(crate) mod tests {
         pub fn fsync(&self) -> io::Result<()> {
             match take_one(&self.fail_syncs) {
                 true => Err(io::Error::other("injected fsync failure")),
+                false => Ok(()),
+            }
+        }
+
+        /// Called before a line is written to `transactions.log`: how many
+        /// of its bytes to write before failing, if it is to fail.
+        pub fn short_write(&self) -> Option<usize> {
+            self.short_write
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+        }
+
+        /// Called before `transactions.log` is truncated.
+        pub fn truncate(&self) -> io::Result<()> {
+            match take_one(&self.fail_truncates) {
+                true => Err(io::Error::other("injected truncation failure")),
                 false => Ok(()),
             }
         }
@@ -1863,5 +1928,39 @@ pub(crate) mod tests {
             "the retry finds the partition in memory, not on the disk"
         );
         assert_eq!(add(), Ok(()));
+    }
+
+    #[test]
+    fn a_line_written_in_part_leaves_the_next_one_readable() {
+        let world = World::open(tempfile::tempdir().unwrap());
+        let txns = Transactions::open(world.dir.path()).unwrap();
+        let (pid, epoch) = txns
+            .init_producer_id(&world.stores(), &world.ids, "tx", 60_000, None)
+            .unwrap();
+        // The disk fills up in the middle of a line: it is cut off.
+        *txns.hooks.short_write.lock().unwrap() = Some(10);
+        assert_eq!(
+            txns.add_offsets("tx", pid, epoch, "g0"),
+            Err(ResponseError::KafkaStorageError)
+        );
+        txns.add_offsets("tx", pid, epoch, "g1").unwrap();
+        let reopened = Transactions::open(world.dir.path()).unwrap();
+        assert_eq!(reopened.get("tx"), txns.get("tx"));
+        assert_eq!(
+            reopened.get("tx").unwrap().groups,
+            BTreeSet::from(["g1".to_owned()])
+        );
+
+        // If it cannot be cut off, the next line begins on a line of its own.
+        *txns.hooks.short_write.lock().unwrap() = Some(10);
+        txns.hooks.fail_truncates.store(1, Ordering::SeqCst);
+        assert_eq!(
+            txns.add_offsets("tx", pid, epoch, "g2"),
+            Err(ResponseError::KafkaStorageError)
+        );
+        txns.add_offsets("tx", pid, epoch, "g3").unwrap();
+        let reopened = Transactions::open(world.dir.path()).unwrap();
+        assert_eq!(reopened.get("tx"), txns.get("tx"));
+        assert!(reopened.get("tx").unwrap().groups.contains("g3"));
     }
 }
