@@ -45,6 +45,22 @@
 //! before the failure and not written again since), and the client's
 //! retry writes its change again.
 //!
+//! # Storage failures
+//!
+//! A change that could not be written or fsynced (to `transactions.log`,
+//! or a marker, or a committed offset) is answered NOT_COORDINATOR, as
+//! Kafka's coordinator answers a storage failure of its log
+//! (`TransactionStateManager.appendTransactionToLog`), InitProducerId
+//! included: clients look the coordinator up again and retry, where
+//! KAFKA_STORAGE_ERROR on EndTxn is fatal to a Java producer. A decision
+//! whose line could not be written leaves the transaction Ongoing; one
+//! whose fsync failed leaves it Prepare*, since the line may be on the
+//! disk already and the decision cannot be taken back. Either way the
+//! client's retried EndTxn completes it the same way (writing the
+//! decision again first). Unlike Kafka's, which forgets a decision it
+//! could not store, the coordinator then refuses the opposite decision
+//! (INVALID_TXN_STATE), as Kafka does for a stored one.
+//!
 //! # Compaction
 //!
 //! The file is rewritten with only the latest records once it holds many
@@ -714,7 +730,7 @@ impl Transactions {
             for (group, commits) in by_group {
                 stores.offsets.commit(group, &commits).map_err(|e| {
                     tracing::error!(group, error = %e, "storing transactional offsets failed");
-                    ResponseError::KafkaStorageError
+                    ResponseError::NotCoordinator
                 })?;
             }
         }
@@ -760,7 +776,8 @@ impl Transactions {
     /// fenced, as in Kafka (`TransactionMetadata.prepareIncrementProducerEpoch`
     /// after an epoch fence, which forgets the last epoch).
     ///
-    /// A failure to store the state answers KAFKA_STORAGE_ERROR.
+    /// A failure to store the state answers NOT_COORDINATOR, as from
+    /// Kafka (see "Storage failures" in the module docs).
     pub fn init_producer_id(
         &self,
         stores: &Stores<'_>,
@@ -810,7 +827,7 @@ impl Transactions {
                 // Markers whose writing failed earlier: Kafka answers
                 // CONCURRENT_TRANSACTIONS until they are written; here
                 // they are written now. A failure to write them is the
-                // storage's, and answered so.
+                // storage's, and answered NOT_COORDINATOR.
                 self.claim_and_complete(inner, txn, None, stores)?;
                 inner = self.lock();
             }
@@ -1073,10 +1090,12 @@ impl Transactions {
     }
 }
 
+/// The answer to a marker that could not be written: a storage failure
+/// is answered as [`storage_error`] answers it.
 fn marker_failed(id: &str, e: AppendError) -> ResponseError {
     tracing::error!(transactional_id = id, error = %e, "writing a transaction marker failed");
     match e {
-        AppendError::Io(_) => ResponseError::KafkaStorageError,
+        AppendError::Io(_) => ResponseError::NotCoordinator,
         _ => ResponseError::UnknownServerError,
     }
 }
@@ -1088,9 +1107,14 @@ pub(crate) enum PartitionErrors {
     Each(Vec<((String, i32), ResponseError)>),
 }
 
+/// The answer to a change the coordinator could not store (see "Storage
+/// failures" in the module docs): NOT_COORDINATOR, as from Kafka's
+/// coordinator (`TransactionStateManager.appendTransactionToLog` answers a
+/// KAFKA_STORAGE_ERROR of its log so), which every client retries, where
+/// KAFKA_STORAGE_ERROR on EndTxn is fatal to a Java producer.
 fn storage_error(e: io::Error) -> ResponseError {
     tracing::error!(error = %e, "transaction state storage failed");
-    ResponseError::KafkaStorageError
+    ResponseError::NotCoordinator
 }
 
 #[cfg(test)]
@@ -1564,7 +1588,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn init_producer_id_answers_a_storage_error_when_the_markers_it_must_finish_cannot_be_stored() {
+    fn init_producer_id_answers_not_coordinator_when_the_markers_it_must_finish_cannot_be_stored() {
         let world = World::open(tempfile::tempdir().unwrap());
         world.topics.create("t", 1, 1, BTreeMap::new()).unwrap();
         let txns = Transactions::open(world.dir.path()).unwrap();
@@ -1589,12 +1613,12 @@ pub(crate) mod tests {
         fs::create_dir_all(&blocker).unwrap();
         assert_eq!(
             txns.end(&world.stores(), "tx", pid, epoch, true),
-            Err(ResponseError::KafkaStorageError)
+            Err(ResponseError::NotCoordinator)
         );
         assert_eq!(txns.get("tx").unwrap().state, TxnState::PrepareCommit);
         assert_eq!(
             init(),
-            Err(ResponseError::KafkaStorageError),
+            Err(ResponseError::NotCoordinator),
             "a storage failure is not a transaction in progress"
         );
         fs::remove_dir(&blocker).unwrap();
@@ -1626,11 +1650,11 @@ pub(crate) mod tests {
         // The disk refuses the fsyncs of the commit decision, of the
         // retried EndTxn's and of InitProducerId's.
         txns.hooks.fail_syncs.store(3, Ordering::SeqCst);
-        assert_eq!(end(), Err(ResponseError::KafkaStorageError));
+        assert_eq!(end(), Err(ResponseError::NotCoordinator));
         assert_eq!(txns.get("tx").unwrap().state, TxnState::PrepareCommit);
         assert_eq!(
             end(),
-            Err(ResponseError::KafkaStorageError),
+            Err(ResponseError::NotCoordinator),
             "a retry cannot write markers for a decision that is not durable"
         );
         assert_eq!(
@@ -1640,7 +1664,7 @@ pub(crate) mod tests {
         );
         assert_eq!(
             txns.init_producer_id(&world.stores(), &world.ids, "tx", 60_000, None),
-            Err(ResponseError::KafkaStorageError),
+            Err(ResponseError::NotCoordinator),
             "nor for InitProducerId, which finishes the transaction first"
         );
         assert_eq!(world.next_offset("t"), (0, 1));
@@ -1675,7 +1699,7 @@ pub(crate) mod tests {
         txns.hooks.fail_syncs.store(1, Ordering::SeqCst);
         assert_eq!(
             txns.end(&world.stores(), "tx", pid, epoch, true),
-            Err(ResponseError::KafkaStorageError)
+            Err(ResponseError::NotCoordinator)
         );
         drop(txns);
 
@@ -1853,13 +1877,10 @@ pub(crate) mod tests {
                 txns.get("a").unwrap().state == TxnState::PrepareCommit
             });
             release.send(()).unwrap();
-            assert_eq!(
-                b_adds.join().unwrap(),
-                Err(ResponseError::KafkaStorageError)
-            );
+            assert_eq!(b_adds.join().unwrap(), Err(ResponseError::NotCoordinator));
             assert_eq!(
                 a_ends.join().unwrap(),
-                Err(ResponseError::KafkaStorageError),
+                Err(ResponseError::NotCoordinator),
                 "A's decision may not be on the disk: the fsync that covered it failed"
             );
         });
@@ -1918,7 +1939,7 @@ pub(crate) mod tests {
         };
         let refused = Err(format!(
             "{:?}",
-            PartitionErrors::All(ResponseError::KafkaStorageError)
+            PartitionErrors::All(ResponseError::NotCoordinator)
         ));
         txns.hooks.fail_syncs.store(2, Ordering::SeqCst);
         assert_eq!(add(), refused);
@@ -1941,7 +1962,7 @@ pub(crate) mod tests {
         *txns.hooks.short_write.lock().unwrap() = Some(10);
         assert_eq!(
             txns.add_offsets("tx", pid, epoch, "g0"),
-            Err(ResponseError::KafkaStorageError)
+            Err(ResponseError::NotCoordinator)
         );
         txns.add_offsets("tx", pid, epoch, "g1").unwrap();
         let reopened = Transactions::open(world.dir.path()).unwrap();
@@ -1956,11 +1977,68 @@ pub(crate) mod tests {
         txns.hooks.fail_truncates.store(1, Ordering::SeqCst);
         assert_eq!(
             txns.add_offsets("tx", pid, epoch, "g2"),
-            Err(ResponseError::KafkaStorageError)
+            Err(ResponseError::NotCoordinator)
         );
         txns.add_offsets("tx", pid, epoch, "g3").unwrap();
         let reopened = Transactions::open(world.dir.path()).unwrap();
         assert_eq!(reopened.get("tx"), txns.get("tx"));
         assert!(reopened.get("tx").unwrap().groups.contains("g3"));
+    }
+
+    #[test]
+    fn a_decision_that_could_not_be_stored_is_answered_not_coordinator_and_the_retry_completes_it()
+    {
+        let world = World::open(tempfile::tempdir().unwrap());
+        world.topics.create("t", 1, 1, BTreeMap::new()).unwrap();
+        let txns = Transactions::open(world.dir.path()).unwrap();
+        let (pid, epoch) = txns
+            .init_producer_id(&world.stores(), &world.ids, "tx", 60_000, None)
+            .unwrap();
+        let open = |epoch| {
+            txns.add_partitions(&world.topics, "tx", pid, epoch, &[("t".into(), 0)])
+                .unwrap();
+            let _guard = txns.guard();
+            let topic = world.topics.get("t").unwrap();
+            topic.partitions[0]
+                .log()
+                .append(&mut transactional_batch(pid, epoch))
+                .unwrap();
+        };
+        let end = |commit| txns.end(&world.stores(), "tx", pid, epoch, commit);
+
+        // The decision's line cannot be written: nothing is decided.
+        open(epoch);
+        *txns.hooks.short_write.lock().unwrap() = Some(0);
+        assert_eq!(end(true), Err(ResponseError::NotCoordinator));
+        assert_eq!(txns.get("tx").unwrap().state, TxnState::Ongoing);
+        assert_eq!(end(true), Ok(()), "the retry commits");
+        assert_eq!(world.next_offset("t"), (2, 2), "the commit marker");
+
+        // Its fsync fails: the decision may be on the disk, and stands.
+        open(epoch);
+        let (_, next) = world.next_offset("t");
+        txns.hooks.fail_syncs.store(1, Ordering::SeqCst);
+        assert_eq!(end(false), Err(ResponseError::NotCoordinator));
+        assert_eq!(txns.get("tx").unwrap().state, TxnState::PrepareAbort);
+        assert_eq!(end(true), Err(ResponseError::InvalidTxnState));
+        assert_eq!(end(false), Ok(()), "the retry aborts");
+        assert_eq!(
+            world.next_offset("t"),
+            (next + 1, next + 1),
+            "the abort marker"
+        );
+        assert_eq!(txns.get("tx").unwrap().state, TxnState::CompleteAbort);
+
+        // InitProducerId answers the same.
+        txns.hooks.fail_syncs.store(1, Ordering::SeqCst);
+        assert_eq!(
+            txns.init_producer_id(&world.stores(), &world.ids, "tx", 60_000, None),
+            Err(ResponseError::NotCoordinator)
+        );
+        assert_eq!(
+            txns.add_offsets("tx", pid, epoch, "g"),
+            Err(ResponseError::ProducerFenced),
+            "the bump is kept: it may be on the disk"
+        );
     }
 }
