@@ -71,7 +71,8 @@
 //! to it since is fsynced, it is renamed over `transactions.log` under the
 //! lock, and the directory is fsynced. A line found durable before the
 //! rename is durable in both files; one written after it is found durable
-//! only once the rename is. A failure leaves `transactions.log` as it was.
+//! only once the rename is. A failure leaves `transactions.log` as it was,
+//! and the next compaction waits until the file holds twice as many lines.
 //!
 //! # Locking
 //!
@@ -178,6 +179,10 @@ struct Inner {
     completing: HashSet<String>,
     /// The rewrite of the file under way, if any.
     compacting: Option<Compacting>,
+    /// No rewrite starts before the file holds this many lines: after one
+    /// failed, the next waits until the file has doubled, rather than
+    /// start again with every change.
+    compact_from: usize,
 }
 
 /// A rewrite of `transactions.log` under way (see "Compaction" in the
@@ -333,6 +338,7 @@ impl Transactions {
                 torn: false,
                 completing: HashSet::new(),
                 compacting: None,
+                compact_from: 0,
             }),
             written: AtomicU64::new(0),
             synced: Mutex::new(synced),
@@ -393,10 +399,12 @@ impl Transactions {
         let written = Written(self.written.fetch_add(1, Ordering::SeqCst) + 1);
         inner.lines += 1;
         inner.txns.insert(record.id.clone(), record);
-        if inner.compacting.is_none() && inner.lines > 4 * inner.txns.len() + self.stale_lines {
+        if inner.compacting.is_none()
+            && inner.lines > 4 * inner.txns.len() + self.stale_lines
+            && inner.lines >= inner.compact_from
+        {
             if let Err(e) = self.start_compaction(inner) {
-                tracing::warn!(error = %e, "compacting transactions.log failed");
-                let _ = fs::remove_file(self.path.with_extension("tmp"));
+                self.compaction_failed(inner, &e);
             }
         }
         Ok(written)
@@ -452,10 +460,18 @@ impl Transactions {
             return;
         };
         if let Err(e) = self.swap_compacted(file) {
-            tracing::warn!(error = %e, "compacting transactions.log failed");
-            self.lock().compacting = None;
-            let _ = fs::remove_file(self.path.with_extension("tmp"));
+            self.compaction_failed(&mut self.lock(), &e);
         }
+    }
+
+    /// Gives a compaction up: under the lock, so that the file removed is
+    /// not that of a compaction started since. The next one waits until
+    /// the file has doubled.
+    fn compaction_failed(&self, inner: &mut Inner, e: &io::Error) {
+        tracing::warn!(error = %e, "compacting transactions.log failed");
+        inner.compacting = None;
+        inner.compact_from = inner.lines.saturating_mul(2);
+        let _ = fs::remove_file(self.path.with_extension("tmp"));
     }
 
     /// fsyncs the compacted file without any lock (the other requests
@@ -470,7 +486,7 @@ impl Transactions {
     /// gets it done).
     fn swap_compacted(&self, file: File) -> io::Result<()> {
         #[cfg(test)]
-        self.hooks.compaction_fsync();
+        self.hooks.compaction_fsync()?;
         file.sync_data()?;
         let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
         let target = self.written.load(Ordering::SeqCst);
@@ -1149,6 +1165,10 @@ pub(crate) mod tests {
         pub short_write: Mutex<Option<usize>>,
         /// How many of the next truncations of `transactions.log` fail.
         pub fail_truncates: AtomicUsize,
+        /// Compactions that reached their fsync.
+        pub compactions: AtomicUsize,
+        /// How many of the next compactions fail at their fsync.
+        pub fail_compactions: AtomicUsize,
     }
 
     /// Takes one from `n` if it is not 0.
@@ -1208,8 +1228,13 @@ pub(crate) mod tests {
         }
 
         /// Called before a compacted file is fsynced.
-        pub fn compaction_fsync(&self) {
+        pub fn compaction_fsync(&self) -> io::Result<()> {
+            self.compactions.fetch_add(1, Ordering::SeqCst);
             hold(&self.hold_compaction, Duration::from_secs(10));
+            match take_one(&self.fail_compactions) {
+                true => Err(io::Error::other("injected compaction failure")),
+                false => Ok(()),
+            }
         }
 
         /// Called as a transaction's completion begins.
@@ -2040,5 +2065,39 @@ pub(crate) mod tests {
             Err(ResponseError::ProducerFenced),
             "the bump is kept: it may be on the disk"
         );
+    }
+
+    #[test]
+    fn after_a_failed_compaction_the_next_waits_until_the_file_has_doubled() {
+        let world = World::open(tempfile::tempdir().unwrap());
+        let mut txns = Transactions::open(world.dir.path()).unwrap();
+        txns.stale_lines = 0;
+        let (pid, epoch) = txns
+            .init_producer_id(&world.stores(), &world.ids, "tx", 60_000, None)
+            .unwrap();
+        let compactions = || txns.hooks.compactions.load(Ordering::SeqCst);
+        let add = |group: usize| {
+            txns.add_offsets("tx", pid, epoch, &format!("g{group}"))
+                .unwrap()
+        };
+        for group in 1..4 {
+            add(group);
+        }
+        assert_eq!(compactions(), 0);
+        // The fifth line of one transactional id starts a compaction.
+        txns.hooks.fail_compactions.store(1, Ordering::SeqCst);
+        add(4);
+        assert_eq!(compactions(), 1);
+        assert!(!txns.path.with_extension("tmp").exists());
+        for group in 5..9 {
+            add(group);
+        }
+        assert_eq!(compactions(), 1, "none again before 10 lines");
+        add(9);
+        assert_eq!(compactions(), 2);
+        let text = fs::read_to_string(&txns.path).unwrap();
+        assert_eq!(text.lines().count(), 1, "compacted:\n{text}");
+        let reopened = Transactions::open(world.dir.path()).unwrap();
+        assert_eq!(reopened.get("tx"), txns.get("tx"));
     }
 }
