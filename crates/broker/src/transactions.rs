@@ -1152,7 +1152,8 @@ pub(crate) mod tests {
         /// How many of the next completions panic before their markers.
         pub panic_completions: AtomicUsize,
         /// The next compaction's fsync says so on the sender, then waits
-        /// for the receiver (at most 10 s).
+        /// for the receiver (at most 120 s: longer than a test waits for
+        /// what goes on meanwhile).
         pub hold_compaction: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
         /// The next fsync of `transactions.log` says so on the sender,
         /// then waits for the receiver (at most 30 s) before it sees
@@ -1230,7 +1231,7 @@ pub(crate) mod tests {
         /// Called before a compacted file is fsynced.
         pub fn compaction_fsync(&self) -> io::Result<()> {
             self.compactions.fetch_add(1, Ordering::SeqCst);
-            hold(&self.hold_compaction, Duration::from_secs(10));
+            hold(&self.hold_compaction, Duration::from_secs(120));
             match take_one(&self.fail_compactions) {
                 true => Err(io::Error::other("injected compaction failure")),
                 false => Ok(()),
@@ -1816,7 +1817,7 @@ pub(crate) mod tests {
                 }
             });
             reached_rx
-                .recv_timeout(Duration::from_secs(10))
+                .recv_timeout(Duration::from_secs(30))
                 .expect("a compaction reaches its fsync");
             let (done, done_rx) = mpsc::channel();
             let other = scope.spawn(move || {
@@ -1830,7 +1831,8 @@ pub(crate) mod tests {
                     .unwrap();
                 let _ = done.send(());
             });
-            let proceeded = done_rx.recv_timeout(Duration::from_secs(5));
+            // A liveness bound, shorter than the compaction is held.
+            let proceeded = done_rx.recv_timeout(Duration::from_secs(30));
             release.send(()).unwrap();
             other.join().unwrap();
             writing.join().unwrap();
