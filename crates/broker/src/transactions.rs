@@ -103,7 +103,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -420,11 +420,13 @@ impl Transactions {
         out.write_all(line)
     }
 
-    /// Cuts `out` back to `len` bytes.
-    fn truncate(&self, out: &File, len: u64) -> io::Result<()> {
+    /// Cuts `out` back to `len` bytes, where the next write goes (the
+    /// file a compaction wrote is not opened to append).
+    fn truncate(&self, mut out: &File, len: u64) -> io::Result<()> {
         #[cfg(test)]
         self.hooks.truncate()?;
-        out.set_len(len)
+        out.set_len(len)?;
+        out.seek(SeekFrom::Start(len)).map(|_| ())
     }
 
     /// Writes the latest records to `transactions.tmp`, which from now on
@@ -2101,5 +2103,34 @@ pub(crate) mod tests {
         assert_eq!(text.lines().count(), 1, "compacted:\n{text}");
         let reopened = Transactions::open(world.dir.path()).unwrap();
         assert_eq!(reopened.get("tx"), txns.get("tx"));
+    }
+
+    #[test]
+    fn a_line_written_in_part_to_a_compacted_file_leaves_the_next_one_readable() {
+        let world = World::open(tempfile::tempdir().unwrap());
+        let mut txns = Transactions::open(world.dir.path()).unwrap();
+        txns.stale_lines = 0;
+        let (pid, epoch) = txns
+            .init_producer_id(&world.stores(), &world.ids, "tx", 60_000, None)
+            .unwrap();
+        for group in 1..5 {
+            txns.add_offsets("tx", pid, epoch, &format!("g{group}"))
+                .unwrap();
+        }
+        let text = fs::read_to_string(&txns.path).unwrap();
+        assert_eq!(text.lines().count(), 1, "compacted:\n{text}");
+        // The file written by the compaction is the one the next line
+        // goes to, in part.
+        *txns.hooks.short_write.lock().unwrap() = Some(10);
+        assert_eq!(
+            txns.add_offsets("tx", pid, epoch, "g5"),
+            Err(ResponseError::NotCoordinator)
+        );
+        txns.add_offsets("tx", pid, epoch, "g6").unwrap();
+        let reopened = Transactions::open(world.dir.path()).unwrap();
+        assert_eq!(reopened.get("tx"), txns.get("tx"));
+        assert!(reopened.get("tx").unwrap().groups.contains("g6"));
+        let text = fs::read_to_string(&txns.path).unwrap();
+        assert!(!text.contains('\0'), "no hole:\n{text:?}");
     }
 }
