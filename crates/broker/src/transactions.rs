@@ -204,7 +204,7 @@ struct Synced {
     /// Every line up to this one (see [`Transactions::written`]) is durable.
     through: u64,
     /// Lines after `failed_after` and up to `failed_through` were
-    /// written when an fsync failed: a later fsync that succeeds does not
+    /// written before an fsync failed: a later fsync that succeeds does not
     /// prove they reached the disk (a failed writeback may leave their
     /// pages in memory only, marked clean), so none of them is ever
     /// reported durable; their changes are written again instead.
@@ -546,7 +546,10 @@ impl Transactions {
             if synced.failed_through == 0 {
                 synced.failed_after = synced.through;
             }
-            synced.failed_through = synced.failed_through.max(target);
+            // Lines written while it ran too: the failed writeback may
+            // have taken their pages.
+            let written = self.written.load(Ordering::SeqCst);
+            synced.failed_through = synced.failed_through.max(written);
             return Err(e);
         }
         self.sync_dir(&mut synced)?;
@@ -1161,6 +1164,8 @@ pub(crate) mod tests {
         /// then waits for the receiver (at most 30 s) before it sees
         /// which lines it covers.
         pub hold_fsync: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
+        /// The same, once it has seen which lines it covers.
+        pub hold_running_fsync: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
         /// How many of the next fsyncs of the data directory fail.
         pub fail_dir_syncs: AtomicUsize,
         /// The next line written to `transactions.log` fails after this
@@ -1199,6 +1204,7 @@ pub(crate) mod tests {
 
         /// Called before each fsync of `transactions.log`.
         pub fn fsync(&self) -> io::Result<()> {
+            hold(&self.hold_running_fsync, Duration::from_secs(30));
             match take_one(&self.fail_syncs) {
                 true => Err(io::Error::other("injected fsync failure")),
                 false => Ok(()),
@@ -1865,9 +1871,22 @@ pub(crate) mod tests {
         }
     }
 
+    type Hold = Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>;
+
     #[test]
     fn a_failed_fsync_fails_for_every_change_it_covered_not_only_for_the_request_that_asked_for_it()
     {
+        a_failed_fsync_fails_for_a_change_written_while_it_is(|hooks| &hooks.hold_fsync);
+    }
+
+    #[test]
+    fn a_failed_fsync_fails_for_every_change_written_while_it_ran() {
+        a_failed_fsync_fails_for_a_change_written_while_it_is(|hooks| &hooks.hold_running_fsync);
+    }
+
+    /// B's fsync is held at `hold` while A's decision is written, then
+    /// fails: A's decision is not found durable by the next fsync.
+    fn a_failed_fsync_fails_for_a_change_written_while_it_is(hold: fn(&Hooks) -> &Hold) {
         let world = World::open(tempfile::tempdir().unwrap());
         world.topics.create("t", 1, 1, BTreeMap::new()).unwrap();
         let txns = Transactions::open(world.dir.path()).unwrap();
@@ -1891,7 +1910,7 @@ pub(crate) mod tests {
         }
         let (reached, reached_rx) = mpsc::channel();
         let (release, released) = mpsc::channel();
-        *txns.hooks.hold_fsync.lock().unwrap() = Some((reached, released));
+        *hold(&txns.hooks).lock().unwrap() = Some((reached, released));
         txns.hooks.fail_syncs.store(1, Ordering::SeqCst);
         let (txns, stores) = (&txns, &stores);
         std::thread::scope(|scope| {
@@ -1900,7 +1919,7 @@ pub(crate) mod tests {
             reached_rx
                 .recv_timeout(Duration::from_secs(30))
                 .expect("B's fsync begins");
-            // ...after A's commit decision was written: it covers it.
+            // ...once A's commit decision is written.
             let a_ends = scope.spawn(move || txns.end(stores, "a", a, a_epoch, true));
             wait_until("A's decision is written", || {
                 txns.get("a").unwrap().state == TxnState::PrepareCommit
@@ -1910,7 +1929,7 @@ pub(crate) mod tests {
             assert_eq!(
                 a_ends.join().unwrap(),
                 Err(ResponseError::NotCoordinator),
-                "A's decision may not be on the disk: the fsync that covered it failed"
+                "A's decision may not be on the disk: the fsync that failed may have covered it"
             );
         });
         assert_eq!(world.next_offset("t"), (0, 1), "no marker");
