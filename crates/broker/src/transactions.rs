@@ -28,14 +28,38 @@
 //!
 //! `transactions.log` in the data directory holds one JSON line per change
 //! of a transactional id's record (the last line for an id wins; a torn
-//! last line is ignored), fsynced before the change is answered. A decision
+//! last line is ignored), fsynced before the change is answered. A line
+//! that could be written only in part (a full disk) is cut off again, or,
+//! if even that fails, the next line starts on a line of its own, so
+//! that only the torn one is unreadable. A decision
 //! (PrepareCommit/PrepareAbort) is durable before any marker is written, so
 //! after a restart every transaction is completed the way it was decided,
 //! and an Ongoing one is aborted with a bumped epoch. A request that finds
 //! a decision it did not write itself (a retry after a failed fsync, the
 //! recovery at start) writes the decision again and waits for that line's
 //! fsync before any marker: after a failed fsync, a later one that
-//! succeeds does not prove the earlier line reached the disk.
+//! succeeds does not prove the earlier line reached the disk. For the
+//! same reason a failed fsync fails for every line it covered, not only
+//! for the request that asked for it: each request whose line it covered
+//! is answered an error (nothing is reported durable that was written
+//! before the failure and not written again since), and the client's
+//! retry writes its change again.
+//!
+//! # Storage failures
+//!
+//! A change that could not be written or fsynced (to `transactions.log`,
+//! or a marker, or a committed offset) is answered NOT_COORDINATOR, as
+//! Kafka's coordinator answers a storage failure of its log
+//! (`TransactionStateManager.appendTransactionToLog`), InitProducerId
+//! included: clients look the coordinator up again and retry, where
+//! KAFKA_STORAGE_ERROR on EndTxn is fatal to a Java producer. A decision
+//! whose line could not be written leaves the transaction Ongoing; one
+//! whose fsync failed leaves it Prepare*, since the line may be on the
+//! disk already and the decision cannot be taken back. Either way the
+//! client's retried EndTxn completes it the same way (writing the
+//! decision again first). Unlike Kafka's, which forgets a decision it
+//! could not store, the coordinator then refuses the opposite decision
+//! (INVALID_TXN_STATE), as Kafka does for a stored one.
 //!
 //! # Compaction
 //!
@@ -47,7 +71,8 @@
 //! to it since is fsynced, it is renamed over `transactions.log` under the
 //! lock, and the directory is fsynced. A line found durable before the
 //! rename is durable in both files; one written after it is found durable
-//! only once the rename is. A failure leaves `transactions.log` as it was.
+//! only once the rename is. A failure leaves `transactions.log` as it was,
+//! and the next compaction waits until the file holds twice as many lines.
 //!
 //! # Locking
 //!
@@ -78,7 +103,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -147,10 +172,17 @@ struct Inner {
     txns: HashMap<String, TxnRecord>,
     out: File,
     lines: usize,
+    /// A line could not be written whole, nor its start cut off again:
+    /// the next one begins with a new line.
+    torn: bool,
     /// Ids whose markers a request is writing now, without the lock.
     completing: HashSet<String>,
     /// The rewrite of the file under way, if any.
     compacting: Option<Compacting>,
+    /// No rewrite starts before the file holds this many lines: after one
+    /// failed, the next waits until the file has doubled, rather than
+    /// start again with every change.
+    compact_from: usize,
 }
 
 /// A rewrite of `transactions.log` under way (see "Compaction" in the
@@ -171,6 +203,13 @@ struct Compacting {
 struct Synced {
     /// Every line up to this one (see [`Transactions::written`]) is durable.
     through: u64,
+    /// Lines after `failed_after` and up to `failed_through` were
+    /// written before an fsync failed: a later fsync that succeeds does not
+    /// prove they reached the disk (a failed writeback may leave their
+    /// pages in memory only, marked clean), so none of them is ever
+    /// reported durable; their changes are written again instead.
+    failed_after: u64,
+    failed_through: u64,
     /// A handle on the current file.
     file: File,
     /// The directory is to be fsynced before a line of the current file
@@ -206,20 +245,6 @@ pub(crate) struct Transactions {
 /// A held coordinator lock: produce appends for a transaction happen under
 /// it, so that no batch lands after the transaction's markers.
 pub(crate) struct Guard<'a>(MutexGuard<'a, Inner>);
-
-impl Synced {
-    /// fsyncs the directory of `path` if a rename in it may not be
-    /// durable yet.
-    fn sync_dir(&mut self, path: &Path) -> io::Result<()> {
-        if self.dir_unsynced {
-            if let Some(dir) = path.parent() {
-                File::open(dir)?.sync_all()?;
-            }
-            self.dir_unsynced = false;
-        }
-        Ok(())
-    }
-}
 
 impl Guard<'_> {
     /// Whether `producer_id` at `epoch` may append to `topic`/`partition`
@@ -299,6 +324,8 @@ impl Transactions {
         }
         let synced = Synced {
             through: 0,
+            failed_after: 0,
+            failed_through: 0,
             file: out.try_clone()?,
             dir_unsynced: false,
         };
@@ -308,8 +335,10 @@ impl Transactions {
                 txns,
                 out,
                 lines,
+                torn: false,
                 completing: HashSet::new(),
                 compacting: None,
+                compact_from: 0,
             }),
             written: AtomicU64::new(0),
             synced: Mutex::new(synced),
@@ -336,7 +365,26 @@ impl Transactions {
     fn save(&self, inner: &mut Inner, record: TxnRecord) -> io::Result<Written> {
         let mut line = serde_json::to_string(&record).map_err(io::Error::other)?;
         line.push('\n');
-        inner.out.write_all(line.as_bytes())?;
+        // After an unreadable fragment, on a line of its own.
+        let after_fragment;
+        let bytes = if inner.torn {
+            after_fragment = format!("\n{line}");
+            after_fragment.as_bytes()
+        } else {
+            line.as_bytes()
+        };
+        let len = inner.out.metadata()?.len();
+        if let Err(e) = self.write_line(&mut inner.out, bytes) {
+            // A part of the line may be written (the disk is full): it is
+            // cut off, else the next line would be appended to it, and
+            // both be unreadable.
+            if let Err(cut) = self.truncate(&inner.out, len) {
+                tracing::warn!(error = %cut, "cutting off a torn line of transactions.log failed");
+                inner.torn = true;
+            }
+            return Err(e);
+        }
+        inner.torn = false;
         // Into the compacted file too, before the line is counted: an
         // fsync of that file covers every line counted before it began.
         if let Some(compacting) = inner.compacting.as_mut().filter(|c| !c.failed) {
@@ -351,13 +399,34 @@ impl Transactions {
         let written = Written(self.written.fetch_add(1, Ordering::SeqCst) + 1);
         inner.lines += 1;
         inner.txns.insert(record.id.clone(), record);
-        if inner.compacting.is_none() && inner.lines > 4 * inner.txns.len() + self.stale_lines {
+        if inner.compacting.is_none()
+            && inner.lines > 4 * inner.txns.len() + self.stale_lines
+            && inner.lines >= inner.compact_from
+        {
             if let Err(e) = self.start_compaction(inner) {
-                tracing::warn!(error = %e, "compacting transactions.log failed");
-                let _ = fs::remove_file(self.path.with_extension("tmp"));
+                self.compaction_failed(inner, &e);
             }
         }
         Ok(written)
+    }
+
+    /// Writes `line` to `out`.
+    fn write_line(&self, out: &mut File, line: &[u8]) -> io::Result<()> {
+        #[cfg(test)]
+        if let Some(part) = self.hooks.short_write() {
+            out.write_all(&line[..part.min(line.len())])?;
+            return Err(io::Error::other("injected short write"));
+        }
+        out.write_all(line)
+    }
+
+    /// Cuts `out` back to `len` bytes, where the next write goes (the
+    /// file a compaction wrote is not opened to append).
+    fn truncate(&self, mut out: &File, len: u64) -> io::Result<()> {
+        #[cfg(test)]
+        self.hooks.truncate()?;
+        out.set_len(len)?;
+        out.seek(SeekFrom::Start(len)).map(|_| ())
     }
 
     /// Writes the latest records to `transactions.tmp`, which from now on
@@ -393,10 +462,18 @@ impl Transactions {
             return;
         };
         if let Err(e) = self.swap_compacted(file) {
-            tracing::warn!(error = %e, "compacting transactions.log failed");
-            self.lock().compacting = None;
-            let _ = fs::remove_file(self.path.with_extension("tmp"));
+            self.compaction_failed(&mut self.lock(), &e);
         }
+    }
+
+    /// Gives a compaction up: under the lock, so that the file removed is
+    /// not that of a compaction started since. The next one waits until
+    /// the file has doubled.
+    fn compaction_failed(&self, inner: &mut Inner, e: &io::Error) {
+        tracing::warn!(error = %e, "compacting transactions.log failed");
+        inner.compacting = None;
+        inner.compact_from = inner.lines.saturating_mul(2);
+        let _ = fs::remove_file(self.path.with_extension("tmp"));
     }
 
     /// fsyncs the compacted file without any lock (the other requests
@@ -407,10 +484,11 @@ impl Transactions {
     /// directory. Every line found durable before the rename is durable
     /// in both files, so whichever the directory names after a crash
     /// holds it; a line written later is found durable only once the
-    /// rename is.
+    /// rename is (if the directory's fsync fails, by the next fsync that
+    /// gets it done).
     fn swap_compacted(&self, file: File) -> io::Result<()> {
         #[cfg(test)]
-        self.hooks.compaction_fsync();
+        self.hooks.compaction_fsync()?;
         file.sync_data()?;
         let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
         let target = self.written.load(Ordering::SeqCst);
@@ -427,11 +505,14 @@ impl Transactions {
         inner.lines = compacting.lines;
         drop(inner);
         synced.file = file;
-        synced.through = synced.through.max(target);
         synced.dir_unsynced = true;
-        if let Err(e) = synced.sync_dir(&self.path) {
-            // The next fsync tries again before it finds a line durable.
-            tracing::warn!(error = %e, "fsyncing the data directory failed");
+        match self.sync_dir(&mut synced) {
+            // Every line written before `target` is in the new file, fsynced.
+            Ok(()) => synced.through = synced.through.max(target),
+            // The rename may be lost, and those lines with it (only the
+            // ones found durable before it are in the old file for sure):
+            // the next fsync tries again before it finds one durable.
+            Err(e) => tracing::warn!(error = %e, "fsyncing the data directory failed"),
         }
         Ok(())
     }
@@ -439,17 +520,54 @@ impl Transactions {
     /// Waits, without the coordinator lock, until an fsync covers
     /// `written`: one fsync at a time, and one covers every line written
     /// before it began.
+    ///
+    /// An fsync that fails fails for every line it covers, whoever asked
+    /// for it: the line of each request waiting meanwhile is reported
+    /// lost (see [`Synced::failed_through`]), and its change is to be
+    /// written again, in a new line, before it is answered.
     fn sync(&self, written: Written) -> io::Result<()> {
         let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+        if synced.failed_after < written.0 && written.0 <= synced.failed_through {
+            return Err(io::Error::other(
+                "an fsync of transactions.log failed after this change was written",
+            ));
+        }
         if synced.through >= written.0 {
             return Ok(());
         }
+        #[cfg(test)]
+        self.hooks.before_fsync();
         let target = self.written.load(Ordering::SeqCst);
         #[cfg(test)]
-        self.hooks.fsync()?;
-        synced.file.sync_data()?;
-        synced.sync_dir(&self.path)?;
+        let fsynced = self.hooks.fsync().and_then(|()| synced.file.sync_data());
+        #[cfg(not(test))]
+        let fsynced = synced.file.sync_data();
+        if let Err(e) = fsynced {
+            if synced.failed_through == 0 {
+                synced.failed_after = synced.through;
+            }
+            // Lines written while it ran too: the failed writeback may
+            // have taken their pages.
+            let written = self.written.load(Ordering::SeqCst);
+            synced.failed_through = synced.failed_through.max(written);
+            return Err(e);
+        }
+        self.sync_dir(&mut synced)?;
         synced.through = synced.through.max(target);
+        Ok(())
+    }
+
+    /// fsyncs the directory of `transactions.log` if a rename in it may
+    /// not be durable yet.
+    fn sync_dir(&self, synced: &mut Synced) -> io::Result<()> {
+        if synced.dir_unsynced {
+            #[cfg(test)]
+            self.hooks.dir_fsync()?;
+            if let Some(dir) = self.path.parent() {
+                File::open(dir)?.sync_all()?;
+            }
+            synced.dir_unsynced = false;
+        }
         Ok(())
     }
 
@@ -633,7 +751,7 @@ impl Transactions {
             for (group, commits) in by_group {
                 stores.offsets.commit(group, &commits).map_err(|e| {
                     tracing::error!(group, error = %e, "storing transactional offsets failed");
-                    ResponseError::KafkaStorageError
+                    ResponseError::NotCoordinator
                 })?;
             }
         }
@@ -679,7 +797,8 @@ impl Transactions {
     /// fenced, as in Kafka (`TransactionMetadata.prepareIncrementProducerEpoch`
     /// after an epoch fence, which forgets the last epoch).
     ///
-    /// A failure to store the state answers KAFKA_STORAGE_ERROR.
+    /// A failure to store the state answers NOT_COORDINATOR, as from
+    /// Kafka (see "Storage failures" in the module docs).
     pub fn init_producer_id(
         &self,
         stores: &Stores<'_>,
@@ -729,7 +848,7 @@ impl Transactions {
                 // Markers whose writing failed earlier: Kafka answers
                 // CONCURRENT_TRANSACTIONS until they are written; here
                 // they are written now. A failure to write them is the
-                // storage's, and answered so.
+                // storage's, and answered NOT_COORDINATOR.
                 self.claim_and_complete(inner, txn, None, stores)?;
                 inner = self.lock();
             }
@@ -809,6 +928,7 @@ impl Transactions {
     }
 
     /// AddPartitionsToTxn: every partition must exist, else none is added.
+    /// Answered once the record is durable, even if it held them all.
     pub fn add_partitions(
         &self,
         topics: &Topics,
@@ -845,13 +965,13 @@ impl Transactions {
             ));
         }
         Self::begin(&mut txn);
-        let before = txn.partitions.len();
         txn.partitions.extend(partitions.iter().cloned());
-        if txn.partitions.len() != before || inner.txns.get(id) != Some(&txn) {
-            self.save_durably(inner, txn)
-                .map_err(|e| PartitionErrors::All(storage_error(e)))?;
-        }
-        Ok(())
+        // Written and waited for even when nothing is new: the memory
+        // holds a change before it is durable, so partitions found there
+        // may be those of an earlier request whose fsync failed, which
+        // this one retries.
+        self.save_durably(inner, txn)
+            .map_err(|e| PartitionErrors::All(storage_error(e)))
     }
 
     /// AddOffsetsToTxn: the transaction will commit offsets for `group`.
@@ -991,10 +1111,12 @@ impl Transactions {
     }
 }
 
+/// The answer to a marker that could not be written: a storage failure
+/// is answered as [`storage_error`] answers it.
 fn marker_failed(id: &str, e: AppendError) -> ResponseError {
     tracing::error!(transactional_id = id, error = %e, "writing a transaction marker failed");
     match e {
-        AppendError::Io(_) => ResponseError::KafkaStorageError,
+        AppendError::Io(_) => ResponseError::NotCoordinator,
         _ => ResponseError::UnknownServerError,
     }
 }
@@ -1006,9 +1128,14 @@ pub(crate) enum PartitionErrors {
     Each(Vec<((String, i32), ResponseError)>),
 }
 
+/// The answer to a change the coordinator could not store (see "Storage
+/// failures" in the module docs): NOT_COORDINATOR, as from Kafka's
+/// coordinator (`TransactionStateManager.appendTransactionToLog` answers a
+/// KAFKA_STORAGE_ERROR of its log so), which every client retries, where
+/// KAFKA_STORAGE_ERROR on EndTxn is fatal to a Java producer.
 fn storage_error(e: io::Error) -> ResponseError {
     tracing::error!(error = %e, "transaction state storage failed");
-    ResponseError::KafkaStorageError
+    ResponseError::NotCoordinator
 }
 
 #[cfg(test)]
@@ -1030,41 +1157,98 @@ pub(crate) mod tests {
         /// How many of the next completions panic before their markers.
         pub panic_completions: AtomicUsize,
         /// The next compaction's fsync says so on the sender, then waits
-        /// for the receiver (at most 10 s).
+        /// for the receiver (at most 120 s: longer than a test waits for
+        /// what goes on meanwhile).
         pub hold_compaction: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
+        /// The next fsync of `transactions.log` says so on the sender,
+        /// then waits for the receiver (at most 30 s) before it sees
+        /// which lines it covers.
+        pub hold_fsync: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
+        /// The same, once it has seen which lines it covers.
+        pub hold_running_fsync: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
+        /// How many of the next fsyncs of the data directory fail.
+        pub fail_dir_syncs: AtomicUsize,
+        /// The next line written to `transactions.log` fails after this
+        /// many of its bytes.
+        pub short_write: Mutex<Option<usize>>,
+        /// How many of the next truncations of `transactions.log` fail.
+        pub fail_truncates: AtomicUsize,
+        /// Compactions that reached their fsync.
+        pub compactions: AtomicUsize,
+        /// How many of the next compactions fail at their fsync.
+        pub fail_compactions: AtomicUsize,
+    }
+
+    /// Takes one from `n` if it is not 0.
+    fn take_one(n: &AtomicUsize) -> bool {
+        n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    /// Says so on the sender of a held hook, if any, then waits for its
+    /// receiver.
+    fn hold(hook: &Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>, wait: Duration) {
+        let held = hook.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some((reached, release)) = held {
+            let _ = reached.send(());
+            let _ = release.recv_timeout(wait);
+        }
     }
 
     impl Hooks {
+        /// Called as an fsync of `transactions.log` begins, before it
+        /// sees which lines it covers.
+        pub fn before_fsync(&self) {
+            hold(&self.hold_fsync, Duration::from_secs(30));
+        }
+
         /// Called before each fsync of `transactions.log`.
         pub fn fsync(&self) -> io::Result<()> {
-            let failing = self
-                .fail_syncs
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-            match failing {
-                Ok(_) => Err(io::Error::other("injected fsync failure")),
-                Err(_) => Ok(()),
+            hold(&self.hold_running_fsync, Duration::from_secs(30));
+            match take_one(&self.fail_syncs) {
+                true => Err(io::Error::other("injected fsync failure")),
+                false => Ok(()),
+            }
+        }
+
+        /// Called before a line is written to `transactions.log`: how many
+        /// of its bytes to write before failing, if it is to fail.
+        pub fn short_write(&self) -> Option<usize> {
+            self.short_write
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+        }
+
+        /// Called before `transactions.log` is truncated.
+        pub fn truncate(&self) -> io::Result<()> {
+            match take_one(&self.fail_truncates) {
+                true => Err(io::Error::other("injected truncation failure")),
+                false => Ok(()),
+            }
+        }
+
+        /// Called before each fsync of the data directory.
+        pub fn dir_fsync(&self) -> io::Result<()> {
+            match take_one(&self.fail_dir_syncs) {
+                true => Err(io::Error::other("injected directory fsync failure")),
+                false => Ok(()),
             }
         }
 
         /// Called before a compacted file is fsynced.
-        pub fn compaction_fsync(&self) {
-            let hold = self
-                .hold_compaction
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
-            if let Some((reached, release)) = hold {
-                let _ = reached.send(());
-                let _ = release.recv_timeout(Duration::from_secs(10));
+        pub fn compaction_fsync(&self) -> io::Result<()> {
+            self.compactions.fetch_add(1, Ordering::SeqCst);
+            hold(&self.hold_compaction, Duration::from_secs(120));
+            match take_one(&self.fail_compactions) {
+                true => Err(io::Error::other("injected compaction failure")),
+                false => Ok(()),
             }
         }
 
         /// Called as a transaction's completion begins.
         pub fn completing(&self) {
-            let panicking =
-                self.panic_completions
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-            if panicking.is_ok() {
+            if take_one(&self.panic_completions) {
                 panic!("injected panic while completing a transaction");
             }
         }
@@ -1438,7 +1622,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn init_producer_id_answers_a_storage_error_when_the_markers_it_must_finish_cannot_be_stored() {
+    fn init_producer_id_answers_not_coordinator_when_the_markers_it_must_finish_cannot_be_stored() {
         let world = World::open(tempfile::tempdir().unwrap());
         world.topics.create("t", 1, 1, BTreeMap::new()).unwrap();
         let txns = Transactions::open(world.dir.path()).unwrap();
@@ -1463,12 +1647,12 @@ pub(crate) mod tests {
         fs::create_dir_all(&blocker).unwrap();
         assert_eq!(
             txns.end(&world.stores(), "tx", pid, epoch, true),
-            Err(ResponseError::KafkaStorageError)
+            Err(ResponseError::NotCoordinator)
         );
         assert_eq!(txns.get("tx").unwrap().state, TxnState::PrepareCommit);
         assert_eq!(
             init(),
-            Err(ResponseError::KafkaStorageError),
+            Err(ResponseError::NotCoordinator),
             "a storage failure is not a transaction in progress"
         );
         fs::remove_dir(&blocker).unwrap();
@@ -1500,11 +1684,11 @@ pub(crate) mod tests {
         // The disk refuses the fsyncs of the commit decision, of the
         // retried EndTxn's and of InitProducerId's.
         txns.hooks.fail_syncs.store(3, Ordering::SeqCst);
-        assert_eq!(end(), Err(ResponseError::KafkaStorageError));
+        assert_eq!(end(), Err(ResponseError::NotCoordinator));
         assert_eq!(txns.get("tx").unwrap().state, TxnState::PrepareCommit);
         assert_eq!(
             end(),
-            Err(ResponseError::KafkaStorageError),
+            Err(ResponseError::NotCoordinator),
             "a retry cannot write markers for a decision that is not durable"
         );
         assert_eq!(
@@ -1514,7 +1698,7 @@ pub(crate) mod tests {
         );
         assert_eq!(
             txns.init_producer_id(&world.stores(), &world.ids, "tx", 60_000, None),
-            Err(ResponseError::KafkaStorageError),
+            Err(ResponseError::NotCoordinator),
             "nor for InitProducerId, which finishes the transaction first"
         );
         assert_eq!(world.next_offset("t"), (0, 1));
@@ -1549,7 +1733,7 @@ pub(crate) mod tests {
         txns.hooks.fail_syncs.store(1, Ordering::SeqCst);
         assert_eq!(
             txns.end(&world.stores(), "tx", pid, epoch, true),
-            Err(ResponseError::KafkaStorageError)
+            Err(ResponseError::NotCoordinator)
         );
         drop(txns);
 
@@ -1641,7 +1825,7 @@ pub(crate) mod tests {
                 }
             });
             reached_rx
-                .recv_timeout(Duration::from_secs(10))
+                .recv_timeout(Duration::from_secs(30))
                 .expect("a compaction reaches its fsync");
             let (done, done_rx) = mpsc::channel();
             let other = scope.spawn(move || {
@@ -1655,7 +1839,8 @@ pub(crate) mod tests {
                     .unwrap();
                 let _ = done.send(());
             });
-            let proceeded = done_rx.recv_timeout(Duration::from_secs(5));
+            // A liveness bound, shorter than the compaction is held.
+            let proceeded = done_rx.recv_timeout(Duration::from_secs(30));
             release.send(()).unwrap();
             other.join().unwrap();
             writing.join().unwrap();
@@ -1675,5 +1860,296 @@ pub(crate) mod tests {
         }
         assert_eq!(reopened.get("a").unwrap().groups.len(), 30);
         assert_eq!(reopened.get("b").unwrap().state, TxnState::Ongoing);
+    }
+
+    /// Waits until `done` holds: a liveness bound, not a timing claim.
+    fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    type Hold = Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>;
+
+    #[test]
+    fn a_failed_fsync_fails_for_every_change_it_covered_not_only_for_the_request_that_asked_for_it()
+    {
+        a_failed_fsync_fails_for_a_change_written_while_it_is(|hooks| &hooks.hold_fsync);
+    }
+
+    #[test]
+    fn a_failed_fsync_fails_for_every_change_written_while_it_ran() {
+        a_failed_fsync_fails_for_a_change_written_while_it_is(|hooks| &hooks.hold_running_fsync);
+    }
+
+    /// B's fsync is held at `hold` while A's decision is written, then
+    /// fails: A's decision is not found durable by the next fsync.
+    fn a_failed_fsync_fails_for_a_change_written_while_it_is(hold: fn(&Hooks) -> &Hold) {
+        let world = World::open(tempfile::tempdir().unwrap());
+        world.topics.create("t", 1, 1, BTreeMap::new()).unwrap();
+        let txns = Transactions::open(world.dir.path()).unwrap();
+        let stores = world.stores();
+        let (a, a_epoch) = txns
+            .init_producer_id(&stores, &world.ids, "a", 60_000, None)
+            .unwrap();
+        let (b, b_epoch) = txns
+            .init_producer_id(&stores, &world.ids, "b", 60_000, None)
+            .unwrap();
+        txns.add_partitions(&world.topics, "a", a, a_epoch, &[("t".into(), 0)])
+            .unwrap();
+        {
+            let guard = txns.guard();
+            guard.verify_produce("a", a, a_epoch, "t", 0).unwrap();
+            let topic = world.topics.get("t").unwrap();
+            topic.partitions[0]
+                .log()
+                .append(&mut transactional_batch(a, a_epoch))
+                .unwrap();
+        }
+        let (reached, reached_rx) = mpsc::channel();
+        let (release, released) = mpsc::channel();
+        *hold(&txns.hooks).lock().unwrap() = Some((reached, released));
+        txns.hooks.fail_syncs.store(1, Ordering::SeqCst);
+        let (txns, stores) = (&txns, &stores);
+        std::thread::scope(|scope| {
+            // B's change starts an fsync, which will fail...
+            let b_adds = scope.spawn(move || txns.add_offsets("b", b, b_epoch, "g"));
+            reached_rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("B's fsync begins");
+            // ...once A's commit decision is written.
+            let a_ends = scope.spawn(move || txns.end(stores, "a", a, a_epoch, true));
+            wait_until("A's decision is written", || {
+                txns.get("a").unwrap().state == TxnState::PrepareCommit
+            });
+            release.send(()).unwrap();
+            assert_eq!(b_adds.join().unwrap(), Err(ResponseError::NotCoordinator));
+            assert_eq!(
+                a_ends.join().unwrap(),
+                Err(ResponseError::NotCoordinator),
+                "A's decision may not be on the disk: the fsync that failed may have covered it"
+            );
+        });
+        assert_eq!(world.next_offset("t"), (0, 1), "no marker");
+
+        // The retry writes the decision again, and that line is durable.
+        txns.end(stores, "a", a, a_epoch, true).unwrap();
+        assert_eq!(world.next_offset("t"), (2, 2), "the commit marker");
+        txns.add_offsets("b", b, b_epoch, "g").unwrap();
+    }
+
+    #[test]
+    fn a_line_of_the_compacted_file_is_not_found_durable_while_its_rename_may_be_lost() {
+        let world = World::open(tempfile::tempdir().unwrap());
+        let mut txns = Transactions::open(world.dir.path()).unwrap();
+        txns.stale_lines = 0;
+        let (pid, epoch) = txns
+            .init_producer_id(&world.stores(), &world.ids, "tx", 60_000, None)
+            .unwrap();
+        for group in ["g0", "g1", "g2"] {
+            txns.add_offsets("tx", pid, epoch, group).unwrap();
+        }
+        // The fifth line of one transactional id starts a compaction; it
+        // is renamed in before that line's request waits for its fsync.
+        let mut record = txns.get("tx").unwrap();
+        record.groups.insert("g3".into());
+        let written = txns.save(&mut txns.lock(), record).unwrap();
+        assert!(txns.lock().compacting.is_some(), "a compaction started");
+        txns.hooks.fail_dir_syncs.store(1, Ordering::SeqCst);
+        txns.finish_compaction();
+        assert!(
+            !txns.path.with_extension("tmp").exists(),
+            "renamed over transactions.log"
+        );
+        txns.hooks.fail_dir_syncs.store(1, Ordering::SeqCst);
+        assert!(
+            txns.sync(written).is_err(),
+            "the line is in the renamed file only, and the rename may be lost"
+        );
+        txns.sync(written).unwrap();
+        let reopened = Transactions::open(world.dir.path()).unwrap();
+        assert_eq!(reopened.get("tx"), txns.get("tx"));
+    }
+
+    #[test]
+    fn a_retried_add_partitions_is_answered_only_once_the_partitions_are_durable() {
+        let world = World::open(tempfile::tempdir().unwrap());
+        world.topics.create("t", 1, 1, BTreeMap::new()).unwrap();
+        let txns = Transactions::open(world.dir.path()).unwrap();
+        let (pid, epoch) = txns
+            .init_producer_id(&world.stores(), &world.ids, "tx", 60_000, None)
+            .unwrap();
+        let add = || {
+            txns.add_partitions(&world.topics, "tx", pid, epoch, &[("t".into(), 0)])
+                .map_err(|e| format!("{e:?}"))
+        };
+        let refused = Err(format!(
+            "{:?}",
+            PartitionErrors::All(ResponseError::NotCoordinator)
+        ));
+        txns.hooks.fail_syncs.store(2, Ordering::SeqCst);
+        assert_eq!(add(), refused);
+        assert_eq!(
+            add(),
+            refused,
+            "the retry finds the partition in memory, not on the disk"
+        );
+        assert_eq!(add(), Ok(()));
+    }
+
+    #[test]
+    fn a_line_written_in_part_leaves_the_next_one_readable() {
+        let world = World::open(tempfile::tempdir().unwrap());
+        let txns = Transactions::open(world.dir.path()).unwrap();
+        let (pid, epoch) = txns
+            .init_producer_id(&world.stores(), &world.ids, "tx", 60_000, None)
+            .unwrap();
+        // The disk fills up in the middle of a line: it is cut off.
+        *txns.hooks.short_write.lock().unwrap() = Some(10);
+        assert_eq!(
+            txns.add_offsets("tx", pid, epoch, "g0"),
+            Err(ResponseError::NotCoordinator)
+        );
+        txns.add_offsets("tx", pid, epoch, "g1").unwrap();
+        let reopened = Transactions::open(world.dir.path()).unwrap();
+        assert_eq!(reopened.get("tx"), txns.get("tx"));
+        assert_eq!(
+            reopened.get("tx").unwrap().groups,
+            BTreeSet::from(["g1".to_owned()])
+        );
+
+        // If it cannot be cut off, the next line begins on a line of its own.
+        *txns.hooks.short_write.lock().unwrap() = Some(10);
+        txns.hooks.fail_truncates.store(1, Ordering::SeqCst);
+        assert_eq!(
+            txns.add_offsets("tx", pid, epoch, "g2"),
+            Err(ResponseError::NotCoordinator)
+        );
+        txns.add_offsets("tx", pid, epoch, "g3").unwrap();
+        let reopened = Transactions::open(world.dir.path()).unwrap();
+        assert_eq!(reopened.get("tx"), txns.get("tx"));
+        assert!(reopened.get("tx").unwrap().groups.contains("g3"));
+    }
+
+    #[test]
+    fn a_decision_that_could_not_be_stored_is_answered_not_coordinator_and_the_retry_completes_it()
+    {
+        let world = World::open(tempfile::tempdir().unwrap());
+        world.topics.create("t", 1, 1, BTreeMap::new()).unwrap();
+        let txns = Transactions::open(world.dir.path()).unwrap();
+        let (pid, epoch) = txns
+            .init_producer_id(&world.stores(), &world.ids, "tx", 60_000, None)
+            .unwrap();
+        let open = |epoch| {
+            txns.add_partitions(&world.topics, "tx", pid, epoch, &[("t".into(), 0)])
+                .unwrap();
+            let _guard = txns.guard();
+            let topic = world.topics.get("t").unwrap();
+            topic.partitions[0]
+                .log()
+                .append(&mut transactional_batch(pid, epoch))
+                .unwrap();
+        };
+        let end = |commit| txns.end(&world.stores(), "tx", pid, epoch, commit);
+
+        // The decision's line cannot be written: nothing is decided.
+        open(epoch);
+        *txns.hooks.short_write.lock().unwrap() = Some(0);
+        assert_eq!(end(true), Err(ResponseError::NotCoordinator));
+        assert_eq!(txns.get("tx").unwrap().state, TxnState::Ongoing);
+        assert_eq!(end(true), Ok(()), "the retry commits");
+        assert_eq!(world.next_offset("t"), (2, 2), "the commit marker");
+
+        // Its fsync fails: the decision may be on the disk, and stands.
+        open(epoch);
+        let (_, next) = world.next_offset("t");
+        txns.hooks.fail_syncs.store(1, Ordering::SeqCst);
+        assert_eq!(end(false), Err(ResponseError::NotCoordinator));
+        assert_eq!(txns.get("tx").unwrap().state, TxnState::PrepareAbort);
+        assert_eq!(end(true), Err(ResponseError::InvalidTxnState));
+        assert_eq!(end(false), Ok(()), "the retry aborts");
+        assert_eq!(
+            world.next_offset("t"),
+            (next + 1, next + 1),
+            "the abort marker"
+        );
+        assert_eq!(txns.get("tx").unwrap().state, TxnState::CompleteAbort);
+
+        // InitProducerId answers the same.
+        txns.hooks.fail_syncs.store(1, Ordering::SeqCst);
+        assert_eq!(
+            txns.init_producer_id(&world.stores(), &world.ids, "tx", 60_000, None),
+            Err(ResponseError::NotCoordinator)
+        );
+        assert_eq!(
+            txns.add_offsets("tx", pid, epoch, "g"),
+            Err(ResponseError::ProducerFenced),
+            "the bump is kept: it may be on the disk"
+        );
+    }
+
+    #[test]
+    fn after_a_failed_compaction_the_next_waits_until_the_file_has_doubled() {
+        let world = World::open(tempfile::tempdir().unwrap());
+        let mut txns = Transactions::open(world.dir.path()).unwrap();
+        txns.stale_lines = 0;
+        let (pid, epoch) = txns
+            .init_producer_id(&world.stores(), &world.ids, "tx", 60_000, None)
+            .unwrap();
+        let compactions = || txns.hooks.compactions.load(Ordering::SeqCst);
+        let add = |group: usize| {
+            txns.add_offsets("tx", pid, epoch, &format!("g{group}"))
+                .unwrap()
+        };
+        for group in 1..4 {
+            add(group);
+        }
+        assert_eq!(compactions(), 0);
+        // The fifth line of one transactional id starts a compaction.
+        txns.hooks.fail_compactions.store(1, Ordering::SeqCst);
+        add(4);
+        assert_eq!(compactions(), 1);
+        assert!(!txns.path.with_extension("tmp").exists());
+        for group in 5..9 {
+            add(group);
+        }
+        assert_eq!(compactions(), 1, "none again before 10 lines");
+        add(9);
+        assert_eq!(compactions(), 2);
+        let text = fs::read_to_string(&txns.path).unwrap();
+        assert_eq!(text.lines().count(), 1, "compacted:\n{text}");
+        let reopened = Transactions::open(world.dir.path()).unwrap();
+        assert_eq!(reopened.get("tx"), txns.get("tx"));
+    }
+
+    #[test]
+    fn a_line_written_in_part_to_a_compacted_file_leaves_the_next_one_readable() {
+        let world = World::open(tempfile::tempdir().unwrap());
+        let mut txns = Transactions::open(world.dir.path()).unwrap();
+        txns.stale_lines = 0;
+        let (pid, epoch) = txns
+            .init_producer_id(&world.stores(), &world.ids, "tx", 60_000, None)
+            .unwrap();
+        for group in 1..5 {
+            txns.add_offsets("tx", pid, epoch, &format!("g{group}"))
+                .unwrap();
+        }
+        let text = fs::read_to_string(&txns.path).unwrap();
+        assert_eq!(text.lines().count(), 1, "compacted:\n{text}");
+        // The file written by the compaction is the one the next line
+        // goes to, in part.
+        *txns.hooks.short_write.lock().unwrap() = Some(10);
+        assert_eq!(
+            txns.add_offsets("tx", pid, epoch, "g5"),
+            Err(ResponseError::NotCoordinator)
+        );
+        txns.add_offsets("tx", pid, epoch, "g6").unwrap();
+        let reopened = Transactions::open(world.dir.path()).unwrap();
+        assert_eq!(reopened.get("tx"), txns.get("tx"));
+        assert!(reopened.get("tx").unwrap().groups.contains("g6"));
+        let text = fs::read_to_string(&txns.path).unwrap();
+        assert!(!text.contains('\0'), "no hole:\n{text:?}");
     }
 }
