@@ -843,7 +843,9 @@ mod tests {
         ]);
         let poll = slow.run.consumer.kafka.max_poll_interval().unwrap();
         assert_eq!(poll, Duration::from_secs(300));
-        let error = slow.run.model.settings(poll).err().expect("refused");
+        let Err(error) = slow.run.model.settings(poll) else {
+            panic!("a worst case over max.poll.interval.ms is refused");
+        };
         let message = error.to_string();
         assert!(
             message.contains("max.poll.interval.ms (300 s)") && message.contains("361.5 s"),
