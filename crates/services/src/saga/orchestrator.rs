@@ -106,6 +106,7 @@ impl Compensator {
                 saga_id: saga.id,
                 from: vec![SagaState::AwaitingAcceptance],
                 only_while_holding: false,
+                only_while_assigned: None,
                 effects: SagaEffects {
                     state: SagaState::Compensating,
                     outcome: Some("timed_out".to_owned()),
@@ -252,6 +253,7 @@ impl Compensator {
             saga_id: saga.id,
             from: vec![SagaState::Compensating],
             only_while_holding: false,
+            only_while_assigned: None,
             effects: SagaEffects {
                 state: SagaState::Compensated,
                 outcome: saga.outcome.clone(),
@@ -530,6 +532,7 @@ fn release_step(saga: &Saga, event: &EventEnvelope, why: &str) -> Option<SagaTra
         saga_id: saga.id,
         from,
         only_while_holding,
+        only_while_assigned: None,
         effects: SagaEffects {
             state,
             outcome,
