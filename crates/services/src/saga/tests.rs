@@ -1,4 +1,4 @@
-//! The orchestrator and the assignee's answers on a real
+//! The orchestrator, its compensation and the assignee's answers on a real
 //! store, with the task changing hands before the orchestrator has read the
 //! change (the window in which only the store can tell).
 
@@ -7,7 +7,9 @@ use std::sync::Arc;
 use taskstream_domain::{
     Assignee, Cause, NewTask, Priority, Task, TaskChange, TaskPatch, TaskTitle,
 };
-use taskstream_store::{SagaState, SagaStore, SqliteOptions, SqliteStore, TaskStore};
+use taskstream_store::{
+    NotificationStore, SagaState, SagaStore, SqliteOptions, SqliteStore, TaskStore,
+};
 use tokio::sync::Notify;
 
 use super::orchestrator::SagaBackend;
@@ -207,4 +209,67 @@ async fn an_answer_to_the_saga_of_an_assignment_made_again_to_the_same_person_is
         SagaState::AwaitingAcceptance
     );
     assert_eq!(f.task(&task).await, again.task);
+}
+
+#[tokio::test]
+async fn a_late_compensation_leaves_a_new_assignment_to_the_same_person_alone() {
+    let f = Fixture::new().await;
+    let task = f.assigned("bo").await;
+    let tid = task.id.to_string();
+    let (declined, _) = f
+        .commands
+        .decide(&tid, SagaDecision::Decline, None)
+        .await
+        .unwrap();
+    assert_eq!(declined.state, SagaState::Compensating);
+    // Before the timer compensates, the task is unassigned and given to bo
+    // again: a new assignment, which the declined saga did not make.
+    let unassigned = f.assign(&task, None).await;
+    let again = f.assign(&unassigned.task, Some("bo")).await;
+
+    assert!(f.compensator.compensate(declined.id).await.unwrap());
+    assert_eq!(f.task(&task).await, again.task, "bo keeps the task");
+    let done = f.store.saga(declined.id).await.unwrap().unwrap();
+    assert_eq!(done.state, SagaState::Compensated);
+    assert!(!done.holds_capacity);
+    let steps = f.steps(&done).await;
+    assert_eq!(steps.last().map(String::as_str), Some("capacity_released"));
+    assert!(!steps.iter().any(|s| s == "unassigned" || s == "escalated"));
+    assert!(f
+        .store
+        .notifications(Some(&tid), 10)
+        .await
+        .unwrap()
+        .iter()
+        .all(|n| n.kind != "saga_escalated"));
+}
+
+#[tokio::test]
+async fn a_compensation_still_undoes_its_assignment_after_other_edits() {
+    let f = Fixture::new().await;
+    let task = f.assigned("bo").await;
+    let renamed = f
+        .patch(
+            &task,
+            TaskPatch {
+                title: Some(TaskTitle::parse("rotate the keys today").unwrap()),
+                ..TaskPatch::default()
+            },
+        )
+        .await;
+    let (declined, _) = f
+        .commands
+        .decide(&task.id.to_string(), SagaDecision::Decline, None)
+        .await
+        .unwrap();
+    assert!(f.compensator.compensate(declined.id).await.unwrap());
+    let now = f.task(&task).await;
+    assert_eq!(now.version, renamed.task.version + 2);
+    assert_eq!(now.assignee.unwrap().as_str(), "team-queue");
+    let steps = f.steps(&f.saga(&task).await).await;
+    assert!(steps.ends_with(&[
+        "unassigned".to_owned(),
+        "capacity_released".to_owned(),
+        "escalated".to_owned()
+    ]));
 }
