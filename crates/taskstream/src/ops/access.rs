@@ -11,11 +11,12 @@
 use serde::Serialize;
 use taskstream_kafka::{LAG_PROBE_GROUP, TOPIC_READER_GROUP};
 
+use taskstream_services::agent::{AGENT_GROUP, REQUESTS_GROUP};
 use taskstream_services::processor::{PROCESSOR_GROUP, PROCESSOR_TRANSACTIONAL_ID};
 use taskstream_services::saga::SAGA_GROUP;
 use taskstream_services::topics::{
     ASSIGNEE_WORKLOAD, SCHEMA_REGISTRY_GROUP, SCHEMA_REGISTRY_TOPIC, TASK_EVENTS,
-    TASK_EVENTS_PARTITIONS, TASK_SAGAS, WORKLOAD_ALERTS, WORKLOAD_TASK_STATE,
+    TASK_EVENTS_PARTITIONS, TASK_SAGAS, TASK_TRIAGE_REQUESTS, WORKLOAD_ALERTS, WORKLOAD_TASK_STATE,
 };
 use taskstream_services::{
     dead_letter_topic, AUDITOR_GROUP, NOTIFIER_GROUP, RELAY_TRANSACTIONAL_ID,
@@ -185,10 +186,16 @@ pub fn components() -> Vec<ComponentAccess> {
             acls: vec![
                 // lag reads the oldest unconsumed record's timestamp; replay re-publishes.
                 Acl::literal("topic", TASK_EVENTS, &["Read", "Write"]),
+                Acl::literal("topic", TASK_TRIAGE_REQUESTS, &["Read"]),
                 Acl::literal("topic", dlq, &["Read"]),
-                // Committed offsets of the groups it watches (OffsetFetch).
+                // Committed offsets of the groups it watches by default, the
+                // ones `up` runs (OffsetFetch).
                 Acl::literal("group", NOTIFIER_GROUP, &["Describe"]),
                 Acl::literal("group", AUDITOR_GROUP, &["Describe"]),
+                Acl::literal("group", SAGA_GROUP, &["Describe"]),
+                Acl::literal("group", AGENT_GROUP, &["Describe"]),
+                Acl::literal("group", PROCESSOR_GROUP, &["Describe"]),
+                Acl::literal("group", REQUESTS_GROUP, &["Describe"]),
                 // The group ids its manually assigned readers carry.
                 Acl::literal("group", LAG_PROBE_GROUP, &["Read"]),
                 Acl::literal("group", TOPIC_READER_GROUP, &["Read"]),
