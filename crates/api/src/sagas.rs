@@ -142,9 +142,9 @@ impl From<SagaCommandError> for Problem {
     fn from(e: SagaCommandError) -> Self {
         match e {
             e @ SagaCommandError::NoSaga(_) => Problem::not_found(e.to_string()),
-            e @ (SagaCommandError::NotWaiting(_) | SagaCommandError::DeadlinePassed(_)) => {
-                Problem::conflict(e.to_string())
-            }
+            e @ (SagaCommandError::NotWaiting(_)
+            | SagaCommandError::DeadlinePassed(_)
+            | SagaCommandError::NotAssigned { .. }) => Problem::conflict(e.to_string()),
             e @ SagaCommandError::Contended => Problem::unavailable(e.to_string()),
             SagaCommandError::Store(e) => store_problem(&e),
         }
@@ -209,7 +209,7 @@ async fn decide(
     responses(
         (status = 200, description = "The saga after the answer", body = SagaView),
         (status = 404, description = "No such task, or it has no saga", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The task's saga no longer waits for an answer (declined, timed out, over capacity, superseded)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The task's saga no longer waits for an answer (declined, timed out, over capacity, superseded), or the task was reassigned, unassigned, assigned again, completed or deleted since the saga asked", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The database did not answer", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -230,7 +230,7 @@ async fn accept_task(
     responses(
         (status = 200, description = "The saga after the answer", body = SagaView),
         (status = 404, description = "No such task, or it has no saga", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The task's saga no longer waits for an answer (accepted, timed out, over capacity, superseded)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The task's saga no longer waits for an answer (accepted, timed out, over capacity, superseded), or the task was reassigned, unassigned, assigned again, completed or deleted since the saga asked", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The database did not answer", body = Problem, content_type = "application/problem+json"),
     )
 )]

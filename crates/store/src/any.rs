@@ -301,6 +301,10 @@ impl crate::SagaStore for Store {
         each!(self, s => s.transition_saga(t).await)
     }
 
+    async fn saga_task(&self, task_id: &str) -> Result<Option<crate::SagaTask>, StoreError> {
+        each!(self, s => s.saga_task(task_id).await)
+    }
+
     async fn saga(&self, id: Uuid) -> Result<Option<crate::Saga>, StoreError> {
         each!(self, s => s.saga(id).await)
     }

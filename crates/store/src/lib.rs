@@ -34,8 +34,8 @@ pub use records::{
 };
 pub use replication::{replication_slots_at, ReplicationSlot};
 pub use sagas::{
-    NewSagaStep, Saga, SagaEffects, SagaStart, SagaStarted, SagaState, SagaStep, SagaStore,
-    SagaTaskWrite, SagaTransition,
+    NewSagaStep, Saga, SagaAssignment, SagaEffects, SagaStart, SagaStarted, SagaState, SagaStep,
+    SagaStore, SagaTask, SagaTaskWrite, SagaTransition,
 };
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 pub use traits::{

@@ -38,6 +38,7 @@ pub(crate) trait StoredRow {
     fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError>;
     fn int(&self, column: &str) -> Result<i64, StoreError>;
     fn int32(&self, column: &str) -> Result<i32, StoreError>;
+    fn opt_int(&self, column: &str) -> Result<Option<i64>, StoreError>;
     fn bytes(&self, column: &str) -> Result<Vec<u8>, StoreError>;
     fn uuid(&self, table: &'static str, column: &str) -> Result<Uuid, StoreError>;
     fn time(&self, table: &'static str, column: &str) -> Result<DateTime<Utc>, StoreError>;
@@ -61,6 +62,9 @@ macro_rules! plain_columns {
             Ok(self.try_get(column)?)
         }
         fn int32(&self, column: &str) -> Result<i32, StoreError> {
+            Ok(self.try_get(column)?)
+        }
+        fn opt_int(&self, column: &str) -> Result<Option<i64>, StoreError> {
             Ok(self.try_get(column)?)
         }
         fn bytes(&self, column: &str) -> Result<Vec<u8>, StoreError> {

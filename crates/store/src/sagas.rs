@@ -179,6 +179,51 @@ pub struct SagaTaskWrite {
     pub event: OutboxMessage,
 }
 
+/// The task a saga is about, as it is now, and the version its current
+/// assignee (or lack of one) dates from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SagaTask {
+    pub task: Task,
+    /// The version at which the assignee was last set or cleared; `None`
+    /// when it has not changed since the task was created.
+    pub assigned_version: Option<i64>,
+}
+
+impl SagaTask {
+    /// Whether the task is still `saga`'s: open, assigned to the saga's
+    /// assignee, and not assigned again since the saga started (an
+    /// unassignment and a new assignment to the same person start a new
+    /// saga; the old one no longer speaks for the task).
+    pub fn is_assignment_of(&self, saga: &Saga) -> bool {
+        self.task.status == taskstream_domain::TaskStatus::Open
+            && self.task.assignee.as_ref().map(|a| a.as_str()) == Some(saga.assignee.as_str())
+            && self
+                .assigned_version
+                .is_none_or(|since| since <= saga.task_version)
+    }
+}
+
+/// The assignment a step applies to: task `task_id` still open, assigned to
+/// `assignee`, and not assigned again after version `since_version` (see
+/// [`SagaTask::is_assignment_of`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SagaAssignment {
+    pub task_id: Uuid,
+    pub assignee: String,
+    pub since_version: i64,
+}
+
+impl SagaAssignment {
+    /// The assignment `saga` started from; `None` if its task id is not one.
+    pub fn of(saga: &Saga) -> Option<Self> {
+        Some(Self {
+            task_id: Uuid::parse_str(&saga.task_id).ok()?,
+            assignee: saga.assignee.clone(),
+            since_version: saga.task_version,
+        })
+    }
+}
+
 /// One step of saga `saga_id`, applied only while it is in one of `from`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SagaTransition {
@@ -187,6 +232,11 @@ pub struct SagaTransition {
     /// Applies only while the saga still holds capacity (a release that
     /// must not happen twice).
     pub only_while_holding: bool,
+    /// Applies only while the task is still this assignment's (an answer
+    /// of the assignee): checked in the step's transaction, holding the
+    /// task's row until it commits, so a reassignment racing the step
+    /// lands before or after it, never in between.
+    pub only_while_assigned: Option<SagaAssignment>,
     pub effects: SagaEffects,
     /// Task changes written in the same transaction; if a task moved past
     /// its expected version, nothing is written and
@@ -206,8 +256,13 @@ pub trait SagaStore: Send + Sync + 'static {
 
     /// Applies a step atomically. `Ok(None)` (writing nothing, not even the
     /// processed mark) when the saga is unknown or no longer in one of
-    /// `from`; otherwise the saga as it is now.
+    /// `from`, or when the task is no longer `only_while_assigned`'s;
+    /// otherwise the saga as it is now.
     async fn transition_saga(&self, t: &SagaTransition) -> Result<Option<Saga>, StoreError>;
+
+    /// Task `task_id` (a saga's `task_id`) and the version its assignment
+    /// dates from; `None` if there is no such task.
+    async fn saga_task(&self, task_id: &str) -> Result<Option<SagaTask>, StoreError>;
 
     async fn saga(&self, id: Uuid) -> Result<Option<Saga>, StoreError>;
 
@@ -264,6 +319,20 @@ pub(crate) fn step_row(row: &impl crate::rows::StoredRow) -> Result<SagaStep, St
         at: row.time(T, "at")?,
     })
 }
+
+/// A `tasks` row, with the version its assignment dates from.
+pub(crate) fn saga_task_row(row: &impl crate::rows::StoredRow) -> Result<SagaTask, StoreError> {
+    Ok(SagaTask {
+        task: crate::rows::task(row)?,
+        assigned_version: row.opt_int("assigned_version")?,
+    })
+}
+
+/// Matches the task's row only while it is still the assignment
+/// `($2, since $3)`'s (see [`SagaTask::is_assignment_of`]), and locks it.
+pub(crate) const HOLD_ASSIGNMENT: &str = "UPDATE tasks SET version = version
+     WHERE id = $1 AND status = 'open' AND assignee = $2
+       AND (assigned_version IS NULL OR assigned_version <= $3)";
 
 pub(crate) const SAGA_COLUMNS: &str = "id, task_id, assignee, state, outcome, holds_capacity, deadline_at, task_version, trigger_event_id, correlation_id, version, created_at, updated_at";
 
@@ -378,6 +447,19 @@ macro_rules! saga_stores {
                 t: &$crate::SagaTransition,
             ) -> Result<Option<$crate::Saga>, $crate::StoreError> {
                 let mut tx = self.$writer.begin().await?;
+                if let Some(a) = &t.only_while_assigned {
+                    // Changes nothing but takes the task's row lock: a
+                    // reassignment waits for this step, or this step sees it.
+                    let current = sqlx::query($crate::sagas::HOLD_ASSIGNMENT)
+                        .bind(id(a.task_id))
+                        .bind(&a.assignee)
+                        .bind(a.since_version)
+                        .execute(&mut *tx)
+                        .await?;
+                    if current.rows_affected() != 1 {
+                        return Ok(None);
+                    }
+                }
                 let e = &t.effects;
                 let now = e.steps.last().map_or_else(taskstream_domain::now, |s| s.at);
                 let mut sql = sqlx::QueryBuilder::<$db>::new("UPDATE sagas SET state = ");
@@ -442,6 +524,20 @@ macro_rules! saga_stores {
                 write_saga_effects(&mut tx, t.saga_id, e).await?;
                 tx.commit().await?;
                 Ok(Some(saga))
+            }
+
+            async fn saga_task(
+                &self,
+                task_id: &str,
+            ) -> Result<Option<$crate::sagas::SagaTask>, $crate::StoreError> {
+                let Ok(task_id) = uuid::Uuid::parse_str(task_id) else {
+                    return Ok(None);
+                };
+                let row = sqlx::query($crate::sql::TASK_BY_ID)
+                    .bind(id(task_id))
+                    .fetch_optional(&self.$writer)
+                    .await?;
+                row.as_ref().map($crate::sagas::saga_task_row).transpose()
             }
 
             async fn saga(

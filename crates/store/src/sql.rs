@@ -14,10 +14,13 @@ macro_rules! insert_task {
     };
 }
 
-/// Replaces a task whose stored version is `$11`.
+/// Replaces a task whose stored version is `$11`. A change of assignee
+/// records the new version as the one the assignment dates from
+/// (`assigned_version`, read by [`crate::SagaStore::saga_task`]).
 macro_rules! update_task {
     () => {
         "UPDATE tasks SET title = $1, description = $2, priority = $3, status = $4, due_at = $5,
+            assigned_version = CASE WHEN assignee IS DISTINCT FROM $6 THEN $7 ELSE assigned_version END,
             assignee = $6, version = $7, updated_at = $8, completed_at = $9
          WHERE id = $10 AND version = $11"
     };

@@ -842,6 +842,7 @@ mod sagas {
                 saga_id: s.id,
                 from: vec![SagaState::AwaitingAcceptance],
                 only_while_holding: false,
+                only_while_assigned: None,
                 effects: SagaEffects {
                     outcome: Some("accepted".into()),
                     ..effects(s.id, SagaState::Completed, true, None, &["accepted"])
@@ -869,6 +870,7 @@ mod sagas {
                 saga_id: s.id,
                 from: vec![SagaState::Completed],
                 only_while_holding: true,
+                only_while_assigned: None,
                 effects: effects(
                     s.id,
                     SagaState::Completed,
@@ -895,6 +897,120 @@ mod sagas {
                 .await
                 .unwrap()
                 .is_empty());
+            backend.finish().await;
+        }
+    }
+
+    /// `task` with its assignee set to `assignee` (or cleared), saved.
+    async fn reassign(
+        store: &taskstream_store::Store,
+        task: &taskstream_domain::Task,
+        assignee: Option<&str>,
+    ) -> taskstream_domain::Task {
+        let change = task
+            .update(
+                TaskPatch {
+                    assignee: Some(assignee.map(|a| Assignee::parse(a).unwrap())),
+                    ..TaskPatch::default()
+                },
+                taskstream_domain::now(),
+                Cause::default(),
+            )
+            .unwrap()
+            .unwrap();
+        store
+            .save_task(&change.task, task.version, &message(&change))
+            .await
+            .unwrap();
+        change.task
+    }
+
+    #[tokio::test]
+    async fn a_task_remembers_the_version_its_assignment_dates_from_and_an_answer_needs_it() {
+        for backend in backends().await {
+            let store = &backend.store;
+            let change = created("assigned to ana");
+            store
+                .insert_task(&change.task, &message(&change))
+                .await
+                .unwrap();
+            let task_id = change.task.id.to_string();
+            let s = start(&task_id, "ana", 5);
+            store.start_saga(&s).await.unwrap();
+            let saga = store.saga(s.id).await.unwrap().unwrap();
+            let read = store.saga_task(&task_id).await.unwrap().unwrap();
+            assert_eq!(read.task, change.task);
+            assert_eq!(read.assigned_version, None, "unchanged since created");
+            assert!(read.is_assignment_of(&saga));
+            assert!(store.saga_task("not-a-task").await.unwrap().is_none());
+
+            // Other edits leave the assignment's version alone.
+            let renamed = change
+                .task
+                .update(
+                    TaskPatch {
+                        title: Some(taskstream_domain::TaskTitle::parse("renamed").unwrap()),
+                        ..TaskPatch::default()
+                    },
+                    taskstream_domain::now(),
+                    Cause::default(),
+                )
+                .unwrap()
+                .unwrap();
+            store
+                .save_task(&renamed.task, 1, &message(&renamed))
+                .await
+                .unwrap();
+            let read = store.saga_task(&task_id).await.unwrap().unwrap();
+            assert_eq!(read.assigned_version, None);
+            assert!(read.is_assignment_of(&saga));
+
+            // Unassigned, then assigned to ana again: a new assignment.
+            let unassigned = reassign(store, &renamed.task, None).await;
+            assert_eq!(
+                store
+                    .saga_task(&task_id)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .assigned_version,
+                Some(3)
+            );
+            let again = reassign(store, &unassigned, Some("ana")).await;
+            let read = store.saga_task(&task_id).await.unwrap().unwrap();
+            assert_eq!((read.assigned_version, read.task.version), (Some(4), 4));
+            assert!(!read.is_assignment_of(&saga));
+
+            // The old saga's answer finds the task no longer its own and
+            // writes nothing; the task is not touched.
+            let accept = SagaTransition {
+                saga_id: s.id,
+                from: vec![SagaState::AwaitingAcceptance],
+                only_while_holding: false,
+                only_while_assigned: taskstream_store::SagaAssignment::of(&saga),
+                effects: effects(s.id, SagaState::Completed, true, None, &["accepted"]),
+                task_writes: Vec::new(),
+                processed: None,
+            };
+            assert!(store.transition_saga(&accept).await.unwrap().is_none());
+            assert_eq!(store.saga(s.id).await.unwrap().unwrap(), saga);
+            assert_eq!(store.saga_history(s.id).await.unwrap().len(), 2);
+            assert_eq!(store.task(change.task.id).await.unwrap().unwrap(), again);
+
+            // The answer of a saga that started from the current assignment applies.
+            let mut current = start(&task_id, "ana", 5);
+            current.task_version = 4;
+            store.start_saga(&current).await.unwrap();
+            let fresh = store.saga(current.id).await.unwrap().unwrap();
+            let accept = SagaTransition {
+                saga_id: current.id,
+                only_while_assigned: taskstream_store::SagaAssignment::of(&fresh),
+                effects: effects(current.id, SagaState::Completed, true, None, &["accepted"]),
+                ..accept
+            };
+            let done = store.transition_saga(&accept).await.unwrap().unwrap();
+            assert_eq!(done.state, SagaState::Completed);
+            assert_eq!(store.task(change.task.id).await.unwrap().unwrap(), again);
             backend.finish().await;
         }
     }
@@ -947,6 +1063,7 @@ mod sagas {
                 saga_id: s.id,
                 from: vec![SagaState::AwaitingAcceptance],
                 only_while_holding: false,
+                only_while_assigned: None,
                 effects: effects(
                     s.id,
                     SagaState::Compensated,

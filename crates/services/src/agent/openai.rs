@@ -1,9 +1,12 @@
 //! A [`TriageModel`] behind any OpenAI-compatible chat-completions
 //! endpoint (`POST {url}/chat/completions`), asked for a JSON object.
 //!
-//! The reply's message content must be a JSON object:
+//! The reply's message content must be a JSON object with these fields and
+//! no others:
 //! `{"priority": "low"|"medium"|"high"|null, "assignee": string|null,
-//! "due_at": RFC 3339|null, "confidence": 0-100, "rationale": string}`.
+//! "due_at": RFC 3339|null, "confidence": 0-100, "rationale": string}`,
+//! alone, or alone inside one Markdown code fence (`` ```json `` or
+//! `` ``` ``), as models often wrap it; nothing may come before or after.
 //! Anything else is [`ModelError::Unparsable`] (dead-lettered, not retried).
 //!
 //! A request that times out, cannot connect, or is answered 429 or 5xx is
@@ -230,7 +233,7 @@ fn parse_completion(body: &[u8]) -> Result<Triage, String> {
         .next()
         .and_then(|c| c.message.content)
         .ok_or("the completion has no message content")?;
-    let answer: Answer = serde_json::from_str(content.trim())
+    let answer: Answer = serde_json::from_str(unfenced(&content))
         .map_err(|e| format!("the content is not the suggestion object: {e}"))?;
     let priority = answer
         .priority
@@ -264,6 +267,26 @@ fn parse_completion(body: &[u8]) -> Result<Triage, String> {
         confidence: confidence.round() as u8,
         rationale: answer.rationale.unwrap_or_default(),
     })
+}
+
+/// The content without the one code fence wrapping all of it, if it is
+/// so wrapped (an opening `` ``` `` or `` ```json `` line, a closing
+/// `` ``` ``); otherwise the content as it is, to be parsed (and refused if
+/// anything surrounds the object).
+fn unfenced(content: &str) -> &str {
+    let content = content.trim();
+    let fenced = content
+        .strip_prefix("```")
+        .and_then(|rest| rest.strip_suffix("```"))
+        .and_then(|inner| inner.split_once('\n'))
+        .filter(|(info, body)| {
+            let info = info.trim();
+            (info.is_empty() || info.eq_ignore_ascii_case("json")) && !body.contains("```")
+        });
+    match fenced {
+        Some((_, body)) => body.trim(),
+        None => content,
+    }
 }
 
 #[cfg(test)]
@@ -459,5 +482,64 @@ mod tests {
         assert!(parse_completion(b"{}").is_err());
         let ok = parse(r#"{"priority":"LOW","assignee":null,"confidence":40}"#).unwrap();
         assert_eq!((ok.priority, ok.confidence), (Some(Priority::Low), 40));
+    }
+
+    fn parse(content: &str) -> Result<Triage, String> {
+        parse_completion(completion(content).to_string().as_bytes())
+    }
+
+    const OBJECT: &str = r#"{"priority":"high","assignee":"ana","confidence":80,"rationale":"r"}"#;
+
+    #[test]
+    fn a_suggestion_object_with_a_field_it_does_not_define_is_refused() {
+        for extra in [
+            r#""mood":"happy""#,
+            r#""Priority":"low""#,
+            r#""reasoning":"because""#,
+            r#""confidence_pct":80"#,
+        ] {
+            let content = format!(r#"{{"priority":"high","confidence":80,{extra}}}"#);
+            let error = parse(&content).unwrap_err();
+            assert!(error.contains("unknown field"), "{content}: {error}");
+            let fenced = format!("```json\n{content}\n```");
+            assert!(parse(&fenced).unwrap_err().contains("unknown field"));
+        }
+    }
+
+    #[test]
+    fn a_reply_wrapped_in_one_json_code_fence_is_read() {
+        for content in [
+            format!("```json\n{OBJECT}\n```"),
+            format!("```JSON\n{OBJECT}\n```"),
+            format!("```\n{OBJECT}\n```"),
+            format!("  \n```json\n  {OBJECT}  \n```\n "),
+            format!("```json\r\n{OBJECT}\r\n```"),
+            "```json\n{\n  \"priority\": \"high\",\n  \"assignee\": \"ana\",\n  \"confidence\": 80,\n  \"rationale\": \"r\"\n}\n```".to_owned(),
+        ] {
+            let triage = parse(&content).unwrap_or_else(|e| panic!("{content:?}: {e}"));
+            assert_eq!(
+                (triage.priority, triage.assignee.as_deref(), triage.confidence),
+                (Some(Priority::High), Some("ana"), 80),
+                "{content:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn anything_around_the_object_or_its_fence_is_refused() {
+        for content in [
+            format!("Here is my suggestion:\n```json\n{OBJECT}\n```"),
+            format!("```json\n{OBJECT}\n```\nHope this helps!"),
+            format!("Sure! {OBJECT}"),
+            format!("{OBJECT} Let me know."),
+            format!("```python\n{OBJECT}\n```"),
+            format!("```json {OBJECT}```"),
+            format!("```json\n{OBJECT}"),
+            format!("```json\n{OBJECT}\n```\n```json\n{OBJECT}\n```"),
+            format!("```json\n{OBJECT}\n``` ```"),
+            format!("`{OBJECT}`"),
+        ] {
+            assert!(parse(&content).is_err(), "{content:?} was accepted");
+        }
     }
 }

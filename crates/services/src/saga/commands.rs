@@ -1,11 +1,15 @@
 //! Accept and decline: the assignee's answers, as commands on the task's
 //! current saga. Both are idempotent: repeating the answer that ended the
 //! wait changes nothing and says so; any other answer to a saga that no
-//! longer waits is refused.
+//! longer waits is refused, and so is an answer to a saga whose assignment
+//! is no longer the task's (reassigned, unassigned, assigned again,
+//! completed or deleted before the orchestrator ended that saga).
 
 use std::sync::Arc;
 
-use taskstream_store::{Saga, SagaEffects, SagaState, SagaStore, SagaTransition, StoreError};
+use taskstream_store::{
+    Saga, SagaAssignment, SagaEffects, SagaState, SagaStore, SagaTask, SagaTransition, StoreError,
+};
 use tokio::sync::Notify;
 
 use super::events::{SagaRef, Steps};
@@ -39,6 +43,11 @@ pub enum SagaCommandError {
     /// it out (and compensates) instead.
     #[error("the task's saga {} stopped waiting for an answer at {}; it is timing out", .0.id, .0.deadline_at.map(|d| d.to_rfc3339()).unwrap_or_default())]
     DeadlinePassed(Box<Saga>),
+    /// The task changed hands (or ended) after the saga asked its
+    /// assignee: the saga no longer decides the task, and the orchestrator
+    /// supersedes it when it reads the change.
+    #[error("the task's saga {} asked {} to accept the assignment of version {}, but {}; that saga no longer decides the task", .saga.id, .saga.assignee, .saga.task_version, .now)]
+    NotAssigned { saga: Box<Saga>, now: String },
     /// Other answers or the timer kept winning the race for the saga.
     #[error("the task's saga kept changing; try again")]
     Contended,
@@ -111,6 +120,13 @@ impl SagaCommands {
                 // but the answer is late: the saga times out.
                 return Err(SagaCommandError::DeadlinePassed(Box::new(saga)));
             }
+            let current = self.store.saga_task(task_id).await?;
+            if !current.as_ref().is_some_and(|c| c.is_assignment_of(&saga)) {
+                return Err(SagaCommandError::NotAssigned {
+                    now: describe(current.as_ref(), &saga),
+                    saga: Box::new(saga),
+                });
+            }
             let r = SagaRef::from(&saga);
             let mut steps = Steps::new(&r, now, request_id.map(str::to_owned));
             let (state, deadline) = match decision {
@@ -126,6 +142,9 @@ impl SagaCommands {
                 saga_id: saga.id,
                 from: vec![SagaState::AwaitingAcceptance],
                 only_while_holding: false,
+                // A reassignment racing this answer is seen by the next
+                // round's check.
+                only_while_assigned: SagaAssignment::of(&saga),
                 effects: SagaEffects {
                     state,
                     outcome: Some(decision.outcome().to_owned()),
@@ -147,5 +166,32 @@ impl SagaCommands {
             }
         }
         Err(SagaCommandError::Contended)
+    }
+}
+
+/// What became of the task `saga` asked about, for the refusal.
+fn describe(current: Option<&SagaTask>, saga: &Saga) -> String {
+    use taskstream_domain::TaskStatus;
+    let Some(current) = current else {
+        return "the task no longer exists".to_owned();
+    };
+    let task = &current.task;
+    match (task.status, &task.assignee) {
+        (TaskStatus::Deleted, _) => format!("the task was deleted (version {})", task.version),
+        (TaskStatus::Completed, _) => {
+            format!("the task was completed (version {})", task.version)
+        }
+        (TaskStatus::Open, None) => format!(
+            "the task was unassigned (version {})",
+            current.assigned_version.unwrap_or(task.version)
+        ),
+        (TaskStatus::Open, Some(a)) if a.as_str() == saga.assignee => format!(
+            "the task was assigned to {a} again at version {}, which a saga of its own asks about",
+            current.assigned_version.unwrap_or(task.version)
+        ),
+        (TaskStatus::Open, Some(a)) => format!(
+            "the task was reassigned to {a} (version {})",
+            current.assigned_version.unwrap_or(task.version)
+        ),
     }
 }

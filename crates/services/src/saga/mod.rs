@@ -20,6 +20,8 @@
 mod commands;
 pub mod events;
 mod orchestrator;
+#[cfg(test)]
+mod tests;
 mod timer;
 
 use std::time::Duration;

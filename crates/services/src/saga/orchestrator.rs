@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use taskstream_domain::{Cause, EventEnvelope, EventType, Task, TaskId, TaskPatch, TaskStatus};
+use taskstream_domain::{Cause, EventEnvelope, EventType, Task, TaskPatch, TaskStatus};
 use taskstream_store::{
     NotificationRecord, Saga, SagaEffects, SagaStart, SagaStarted, SagaState, SagaStore,
     SagaTaskWrite, SagaTransition, StoreError, TaskStore,
@@ -106,6 +106,7 @@ impl Compensator {
                 saga_id: saga.id,
                 from: vec![SagaState::AwaitingAcceptance],
                 only_while_holding: false,
+                only_while_assigned: None,
                 effects: SagaEffects {
                     state: SagaState::Compensating,
                     outcome: Some("timed_out".to_owned()),
@@ -170,10 +171,7 @@ impl Compensator {
         let r = SagaRef::from(saga);
         let now = taskstream_domain::now();
         let mut steps = Steps::new(&r, now, self.last_step(saga).await?);
-        let task = match saga.task_id.parse::<TaskId>() {
-            Ok(id) => self.store.task(id).await?,
-            Err(_) => None,
-        };
+        let current = self.store.saga_task(&saga.task_id).await?;
         let team = &self.settings.team_queue;
         let why = match saga.outcome.as_deref() {
             Some("declined") => "declined it",
@@ -183,11 +181,12 @@ impl Compensator {
         };
         let mut task_writes = Vec::new();
         let mut notifications = Vec::new();
-        match task {
-            Some(task)
-                if task.status == TaskStatus::Open
-                    && task.assignee.as_ref().map(|a| a.as_str()) == Some(&saga.assignee) =>
-            {
+        match current {
+            // Only the assignment this saga started from is undone: not one
+            // made after it, even to the same person (that one has its own
+            // saga).
+            Some(current) if current.is_assignment_of(saga) => {
+                let task = current.task;
                 let unassigned = steps.push(
                     "unassigned",
                     SagaState::Compensating,
@@ -236,10 +235,11 @@ impl Compensator {
             }
             _ => {
                 // Someone else reassigned, completed or deleted the task
-                // meanwhile: there is nothing to take back or escalate.
+                // meanwhile, or assigned it again after this saga started:
+                // there is nothing of this saga's to take back or escalate.
                 let detail = format!(
-                    "the task is no longer {}'s open task; not unassigned or escalated",
-                    saga.assignee
+                    "the task is no longer the open task {} was assigned at version {}; not unassigned or escalated",
+                    saga.assignee, saga.task_version
                 );
                 let step = match saga.holds_capacity {
                     true => "capacity_released",
@@ -252,6 +252,7 @@ impl Compensator {
             saga_id: saga.id,
             from: vec![SagaState::Compensating],
             only_while_holding: false,
+            only_while_assigned: None,
             effects: SagaEffects {
                 state: SagaState::Compensated,
                 outcome: saga.outcome.clone(),
@@ -530,6 +531,7 @@ fn release_step(saga: &Saga, event: &EventEnvelope, why: &str) -> Option<SagaTra
         saga_id: saga.id,
         from,
         only_while_holding,
+        only_while_assigned: None,
         effects: SagaEffects {
             state,
             outcome,

@@ -247,10 +247,16 @@ pub fn components() -> Vec<ComponentAccess> {
             acls: vec![
                 // lag reads the oldest unconsumed record's timestamp; replay re-publishes.
                 Acl::literal("topic", TASK_EVENTS, &["Read", "Write"]),
+                Acl::literal("topic", TASK_TRIAGE_REQUESTS, &["Read"]),
                 Acl::literal("topic", dlq, &["Read"]),
-                // Committed offsets of the groups it watches (OffsetFetch).
+                // Committed offsets of the groups it watches by default, the
+                // ones `up` runs (OffsetFetch).
                 Acl::literal("group", NOTIFIER_GROUP, &["Describe"]),
                 Acl::literal("group", AUDITOR_GROUP, &["Describe"]),
+                Acl::literal("group", SAGA_GROUP, &["Describe"]),
+                Acl::literal("group", AGENT_GROUP, &["Describe"]),
+                Acl::literal("group", PROCESSOR_GROUP, &["Describe"]),
+                Acl::literal("group", REQUESTS_GROUP, &["Describe"]),
                 // The group ids its manually assigned readers carry.
                 Acl::literal("group", LAG_PROBE_GROUP, &["Read"]),
                 Acl::literal("group", TOPIC_READER_GROUP, &["Read"]),

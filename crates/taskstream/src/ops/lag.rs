@@ -11,7 +11,10 @@ use anyhow::Context;
 use clap::Args;
 use taskstream_kafka::{group_offsets, list_groups, record_timestamps, KafkaConfig};
 
-use taskstream_services::topics::TASK_EVENTS;
+use taskstream_services::agent::{AGENT_GROUP, REQUESTS_GROUP};
+use taskstream_services::processor::PROCESSOR_GROUP;
+use taskstream_services::saga::SAGA_GROUP;
+use taskstream_services::topics::{TASK_EVENTS, TASK_TRIAGE_REQUESTS};
 use taskstream_services::{AUDITOR_GROUP, NOTIFIER_GROUP};
 use taskstream_store::ReplicationSlot;
 
@@ -20,7 +23,10 @@ use crate::config::{KafkaArgs, KafkaTimeoutArgs};
 
 #[derive(Debug, Args)]
 pub struct LagArgs {
-    /// A consumer group to show (repeatable); default: auditor and notifier.
+    /// A consumer group to show (repeatable); default: the groups `up` runs
+    /// on --topic that have committed offsets on it (on task-events: auditor,
+    /// notifier, saga, triage-agent, workload-processor; on
+    /// task-triage-requests: triage-agent-requests).
     #[arg(long = "group", value_name = "GROUP")]
     pub groups: Vec<String>,
     /// Every consumer group on the cluster (needs ListGroups; the dev broker lacks it).
@@ -74,12 +80,20 @@ pub async fn run(args: LagArgs) -> anyhow::Result<()> {
     let kafka = kafka.quiet();
     let timeout = args.timeout.timeout;
     args.timeout.reach(&kafka).await?;
+    let by_default = !args.all_groups && args.groups.is_empty();
     let groups = if args.all_groups {
         list_groups(&kafka, timeout).await.context(
             "cannot list consumer groups (the dev broker cannot; name them with --group)",
         )?
-    } else if args.groups.is_empty() {
-        vec![AUDITOR_GROUP.to_owned(), NOTIFIER_GROUP.to_owned()]
+    } else if by_default {
+        let groups = default_groups(&args.topic);
+        if groups.is_empty() {
+            anyhow::bail!(
+                "no taskstream group reads topic {}; name the groups with --group",
+                args.topic
+            );
+        }
+        groups.iter().map(|g| (*g).to_owned()).collect()
     } else {
         args.groups.clone()
     };
@@ -95,6 +109,11 @@ pub async fn run(args: LagArgs) -> anyhow::Result<()> {
                         kafka.bootstrap_servers
                     )
                 })?;
+            // A group `up` may run but this deployment does not (`--no-saga`,
+            // `--no-agent`) has nothing to report, rather than a lag.
+            if by_default && offsets.iter().all(|p| p.committed.is_none()) {
+                continue;
+            }
             tracker.observe(group, &args.topic, &offsets, now_ms());
         }
         observations += 1;
@@ -119,6 +138,22 @@ pub async fn run(args: LagArgs) -> anyhow::Result<()> {
             _ = tokio::time::sleep(args.interval) => {}
             _ = crate::shutdown_guard::shutdown_signal() => return Ok(()),
         }
+    }
+}
+
+/// The consumer groups `taskstream up` runs on `topic`: what `lag` shows
+/// when no group is named.
+fn default_groups(topic: &str) -> &'static [&'static str] {
+    match topic {
+        TASK_EVENTS => &[
+            AUDITOR_GROUP,
+            NOTIFIER_GROUP,
+            SAGA_GROUP,
+            AGENT_GROUP,
+            PROCESSOR_GROUP,
+        ],
+        TASK_TRIAGE_REQUESTS => &[REQUESTS_GROUP],
+        _ => &[],
     }
 }
 
@@ -347,6 +382,41 @@ fn emit(text: &str) -> anyhow::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn by_default_lag_watches_every_group_up_runs_on_the_topic() {
+        assert_eq!(
+            default_groups(TASK_EVENTS),
+            [
+                "auditor",
+                "notifier",
+                "saga",
+                "triage-agent",
+                "workload-processor"
+            ]
+        );
+        assert_eq!(
+            default_groups(TASK_TRIAGE_REQUESTS),
+            ["triage-agent-requests"]
+        );
+        assert!(default_groups("assignee-workload").is_empty());
+        // The operator's user may read the committed offsets of each.
+        let ops = crate::ops::access::components()
+            .into_iter()
+            .find(|c| c.name == "ops")
+            .unwrap();
+        for group in default_groups(TASK_EVENTS)
+            .iter()
+            .chain(default_groups(TASK_TRIAGE_REQUESTS))
+        {
+            assert!(
+                ops.acls
+                    .iter()
+                    .any(|a| a.resource.kind == "group" && a.resource.name == *group),
+                "{group}"
+            );
+        }
+    }
 
     fn slot(name: &str, active: bool, wal_status: &str, retained: i64) -> ReplicationSlot {
         ReplicationSlot {

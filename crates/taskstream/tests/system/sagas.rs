@@ -577,3 +577,67 @@ async fn an_answer_after_the_deadline_is_refused_even_before_the_timer_times_the
     assert_eq!(still["state"], "awaiting_acceptance");
     terminate(&mut up);
 }
+
+/// `taskstream lag --json` with its default groups, against the `up` whose
+/// endpoints are in `dir`.
+async fn default_lag(dir: &std::path::Path) -> Value {
+    let dir = dir.to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_taskstream"))
+            .args(["lag", "--json", "--samples", "2", "--interval", "0.1"])
+            .arg("--data-dir")
+            .arg(&dir)
+            .env_remove("KAFKA_BOOTSTRAP_SERVERS")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_by_default_shows_every_group_up_runs_the_saga_and_the_agent_included() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut up, base) = start_up(dir.path(), &[]);
+    let client = client();
+    let task = create(&client, &base, "watch the lag", "bo").await;
+    saga_when(&client, &base, &task, "awaiting_acceptance").await;
+    let want = ["auditor", "notifier", "saga", "triage-agent"];
+    // Each group shows once it has committed what it read.
+    let report = eventually(
+        "lag to show the groups up runs",
+        Duration::from_secs(30),
+        || async {
+            let report = default_lag(dir.path()).await;
+            let names: Vec<&str> = report["groups"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|g| g["group"].as_str())
+                .collect();
+            want.iter()
+                .all(|w| names.contains(w))
+                .then_some(report.clone())
+        },
+    )
+    .await;
+    for group in want {
+        let g = report["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["group"] == group)
+            .unwrap();
+        assert!(
+            g["partitions"].as_array().is_some_and(|p| !p.is_empty()),
+            "{g}"
+        );
+    }
+    terminate(&mut up);
+}
