@@ -141,8 +141,10 @@ fn store_problem(e: &taskstream_store::StoreError) -> Problem {
 impl From<SagaCommandError> for Problem {
     fn from(e: SagaCommandError) -> Self {
         match e {
-            e @ SagaCommandError::NoSaga(_) => Problem::not_found(e.to_string()),
-            e @ (SagaCommandError::NotWaiting(_)
+            e @ SagaCommandError::NoTask(_) => Problem::not_found(e.to_string()),
+            // The task exists; it is its state that has no question to answer.
+            e @ (SagaCommandError::NoSaga(_)
+            | SagaCommandError::NotWaiting(_)
             | SagaCommandError::DeadlinePassed(_)
             | SagaCommandError::NotAssigned { .. }) => Problem::conflict(e.to_string()),
             e @ SagaCommandError::Contended => Problem::unavailable(e.to_string()),
@@ -208,8 +210,8 @@ async fn decide(
     params(("id" = Uuid, Path, description = "Task id")),
     responses(
         (status = 200, description = "The saga after the answer", body = SagaView),
-        (status = 404, description = "No such task, or it has no saga", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The task's saga no longer waits for an answer (declined, timed out, over capacity, superseded), or the task was reassigned, unassigned, assigned again, completed or deleted since the saga asked", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The task has no saga, or its saga no longer waits for an answer (declined, timed out, over capacity, superseded), or the task was reassigned, unassigned, assigned again, completed or deleted since the saga asked", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The database did not answer", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -229,8 +231,8 @@ async fn accept_task(
     params(("id" = Uuid, Path, description = "Task id")),
     responses(
         (status = 200, description = "The saga after the answer", body = SagaView),
-        (status = 404, description = "No such task, or it has no saga", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The task's saga no longer waits for an answer (accepted, timed out, over capacity, superseded), or the task was reassigned, unassigned, assigned again, completed or deleted since the saga asked", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such task", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The task has no saga, or its saga no longer waits for an answer (accepted, timed out, over capacity, superseded), or the task was reassigned, unassigned, assigned again, completed or deleted since the saga asked", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The database did not answer", body = Problem, content_type = "application/problem+json"),
     )
 )]

@@ -447,19 +447,6 @@ macro_rules! saga_stores {
                 t: &$crate::SagaTransition,
             ) -> Result<Option<$crate::Saga>, $crate::StoreError> {
                 let mut tx = self.$writer.begin().await?;
-                if let Some(a) = &t.only_while_assigned {
-                    // Changes nothing but takes the task's row lock: a
-                    // reassignment waits for this step, or this step sees it.
-                    let current = sqlx::query($crate::sagas::HOLD_ASSIGNMENT)
-                        .bind(id(a.task_id))
-                        .bind(&a.assignee)
-                        .bind(a.since_version)
-                        .execute(&mut *tx)
-                        .await?;
-                    if current.rows_affected() != 1 {
-                        return Ok(None);
-                    }
-                }
                 let e = &t.effects;
                 let now = e.steps.last().map_or_else(taskstream_domain::now, |s| s.at);
                 let mut sql = sqlx::QueryBuilder::<$db>::new("UPDATE sagas SET state = ");
@@ -489,6 +476,22 @@ macro_rules! saga_stores {
                     return Ok(None);
                 };
                 let saga = $crate::sagas::saga_row(&row)?;
+                if let Some(a) = &t.only_while_assigned {
+                    // Changes nothing but takes the task's row lock: a
+                    // reassignment waits for this step, or this step sees it
+                    // (and the saga's update above is rolled back). Taken
+                    // after the saga's row, as a compensation takes them,
+                    // so that the two never wait on each other.
+                    let current = sqlx::query($crate::sagas::HOLD_ASSIGNMENT)
+                        .bind(id(a.task_id))
+                        .bind(&a.assignee)
+                        .bind(a.since_version)
+                        .execute(&mut *tx)
+                        .await?;
+                    if current.rows_affected() != 1 {
+                        return Ok(None);
+                    }
+                }
                 for w in &t.task_writes {
                     let task = &w.task;
                     let updated = sqlx::query($crate::sql::UPDATE_TASK)

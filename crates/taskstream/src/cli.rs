@@ -744,21 +744,42 @@ impl AgentModelArgs {
         total
     }
 
+    /// The longest the consumer can spend on one event without polling:
+    /// it calls the agent up to `retry.max_attempts` times in a row, with
+    /// `retry`'s backoff between the calls, before it holds the partition
+    /// (and polls again).
+    pub fn worst_case_event(&self, retry: &taskstream_services::RetryPolicy) -> Duration {
+        let attempts = retry.max_attempts.max(1);
+        let mut backoff = retry.initial_backoff;
+        let mut total = self.worst_case_triage() * attempts;
+        for _ in 1..attempts {
+            total += backoff;
+            backoff = (backoff * 2).min(retry.max_backoff);
+        }
+        total
+    }
+
     /// The agent's settings, for a consumer that must poll at least every
-    /// `max_poll_interval`: a remote model's worst case must fit in it, or
-    /// the group would remove the agent while it waits on the model, and
-    /// the event would be retried by the next member, and the next.
-    pub fn settings(&self, max_poll_interval: Duration) -> anyhow::Result<AgentSettings> {
+    /// `max_poll_interval` and retries a failed event as `retry` says: a
+    /// remote model's worst case must fit in it, or the group would remove
+    /// the agent while it waits on the model, and the event would be
+    /// retried by the next member, and the next.
+    pub fn settings(
+        &self,
+        max_poll_interval: Duration,
+        retry: &taskstream_services::RetryPolicy,
+    ) -> anyhow::Result<AgentSettings> {
         if self.agent_model_url.is_some() {
-            let worst = self.worst_case_triage();
+            let worst = self.worst_case_event(retry);
             if worst >= max_poll_interval {
                 anyhow::bail!(
-                    "--agent-model-timeout ({} s) over {} attempt(s) with their backoff can take {} s, \
-                     not under the consumer's max.poll.interval.ms ({} s): lower \
-                     --agent-model-timeout or --agent-model-retries, or raise it with \
+                    "--agent-model-timeout ({} s) over {} attempt(s), each event tried {} time(s) in a row, \
+                     can take {} s with the backoffs, not under the consumer's max.poll.interval.ms ({} s): \
+                     lower --agent-model-timeout or --agent-model-retries, or raise it with \
                      --kafka-property max.poll.interval.ms=N",
                     self.agent_model_timeout.as_secs_f64(),
                     self.agent_model_retries + 1,
+                    retry.max_attempts.max(1),
                     worst.as_secs_f64(),
                     max_poll_interval.as_secs_f64(),
                 );
@@ -843,12 +864,18 @@ mod tests {
         ]);
         let poll = slow.run.consumer.kafka.max_poll_interval().unwrap();
         assert_eq!(poll, Duration::from_secs(300));
-        let Err(error) = slow.run.model.settings(poll) else {
+        let retry = taskstream_services::RetryPolicy::default();
+        // Each event is tried 3 times in a row (0.2 s and 0.4 s apart).
+        assert_eq!(
+            slow.run.model.worst_case_event(&retry),
+            Duration::from_millis(3 * 361_500 + 600)
+        );
+        let Err(error) = slow.run.model.settings(poll, &retry) else {
             panic!("a worst case over max.poll.interval.ms is refused");
         };
         let message = error.to_string();
         assert!(
-            message.contains("max.poll.interval.ms (300 s)") && message.contains("361.5 s"),
+            message.contains("max.poll.interval.ms (300 s)") && message.contains("1085.1 s"),
             "{message}"
         );
         // Raising max.poll.interval.ms is the documented way out.
@@ -858,14 +885,29 @@ mod tests {
             "--agent-model-timeout",
             "120",
             "--kafka-property",
-            "max.poll.interval.ms=600000",
+            "max.poll.interval.ms=1200000",
         ]);
         let poll = raised.run.consumer.kafka.max_poll_interval().unwrap();
-        assert_eq!(poll, Duration::from_secs(600));
-        assert!(raised.run.model.settings(poll).is_ok());
+        assert_eq!(poll, Duration::from_secs(1200));
+        assert!(raised.run.model.settings(poll, &retry).is_ok());
+        // The defaults fit: 3 × (3 × 30 s + 1.5 s) + 0.6 s = 275.1 s.
+        let defaults = agent_args(&["--agent-model-url", url]);
+        assert_eq!(
+            defaults.run.model.worst_case_event(&retry),
+            Duration::from_millis(275_100)
+        );
+        assert!(defaults
+            .run
+            .model
+            .settings(Duration::from_secs(300), &retry)
+            .is_ok());
         // The local model never waits on a network.
         let local = agent_args(&["--agent-model-timeout", "1000"]);
-        assert!(local.run.model.settings(Duration::from_secs(300)).is_ok());
+        assert!(local
+            .run
+            .model
+            .settings(Duration::from_secs(300), &retry)
+            .is_ok());
         // A max.poll.interval.ms that is not a number is one clear line.
         let bad = agent_args(&["--kafka-property", "max.poll.interval.ms=5m"]);
         let error = bad.run.consumer.kafka.max_poll_interval().unwrap_err();

@@ -98,7 +98,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     config.saga = (!args.no_saga).then(|| args.saga.settings());
     config.agent = match args.no_agent {
         true => None,
-        false => Some(args.agent.settings(args.kafka.max_poll_interval()?)?),
+        false => Some(
+            args.agent
+                .settings(args.kafka.max_poll_interval()?, &config.consumer.retry)?,
+        ),
     };
     config.registry = match (args.event_format, args.registry.schema_registry) {
         (EventFormat::Json, _) => RegistrySetting::Disabled,
@@ -218,10 +221,10 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         Some(AgentCommand::Replay(replay)) => return crate::ops::agent::replay(replay).await,
         None => {}
     }
-    let settings = args
-        .run
-        .model
-        .settings(args.run.consumer.kafka.max_poll_interval()?)?;
+    let settings = args.run.model.settings(
+        args.run.consumer.kafka.max_poll_interval()?,
+        &RetryPolicy::default(),
+    )?;
     let args = args.run.consumer;
     let metrics = Metrics::new();
     let (kafka, dev_broker) = args.kafka.resolve(&args.store.data_dir, "agent")?;

@@ -279,9 +279,12 @@ fn unfenced(content: &str) -> &str {
         .strip_prefix("```")
         .and_then(|rest| rest.strip_suffix("```"))
         .and_then(|inner| inner.split_once('\n'))
-        .filter(|(info, body)| {
+        // A second fence, or text after the object, stays in the body for
+        // the JSON parser to refuse; a ``` inside a string of the object is
+        // just text.
+        .filter(|(info, _)| {
             let info = info.trim();
-            (info.is_empty() || info.eq_ignore_ascii_case("json")) && !body.contains("```")
+            info.is_empty() || info.eq_ignore_ascii_case("json")
         });
     match fenced {
         Some((_, body)) => body.trim(),
@@ -515,6 +518,8 @@ mod tests {
             format!("  \n```json\n  {OBJECT}  \n```\n "),
             format!("```json\r\n{OBJECT}\r\n```"),
             "```json\n{\n  \"priority\": \"high\",\n  \"assignee\": \"ana\",\n  \"confidence\": 80,\n  \"rationale\": \"r\"\n}\n```".to_owned(),
+            // A fence inside a string of the object is text, not a second fence.
+            "```json\n{\"priority\": \"high\", \"assignee\": \"ana\", \"confidence\": 80, \"rationale\": \"the log shows ``` marks\"}\n```".to_owned(),
         ] {
             let triage = parse(&content).unwrap_or_else(|e| panic!("{content:?}: {e}"));
             assert_eq!(

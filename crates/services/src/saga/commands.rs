@@ -34,6 +34,10 @@ impl SagaDecision {
 /// Why an answer was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum SagaCommandError {
+    /// No such task.
+    #[error("no task with id {0}")]
+    NoTask(String),
+    /// The task exists, but no saga ever asked about it.
     #[error("task {0} has no saga")]
     NoSaga(String),
     /// The saga ended otherwise, or no longer waits for an answer.
@@ -94,11 +98,12 @@ impl SagaCommands {
     ) -> Result<(Saga, bool), SagaCommandError> {
         // A second round only when another answer or the timer won a race.
         for _ in 0..3 {
-            let saga = self
-                .store
-                .latest_saga_for_task(task_id)
-                .await?
-                .ok_or_else(|| SagaCommandError::NoSaga(task_id.to_owned()))?;
+            let Some(saga) = self.store.latest_saga_for_task(task_id).await? else {
+                return Err(match self.store.saga_task(task_id).await? {
+                    Some(_) => SagaCommandError::NoSaga(task_id.to_owned()),
+                    None => SagaCommandError::NoTask(task_id.to_owned()),
+                });
+            };
             if saga.state != SagaState::AwaitingAcceptance {
                 let same = saga.outcome.as_deref() == Some(decision.outcome())
                     && match decision {

@@ -100,6 +100,12 @@ pub async fn run(args: LagArgs) -> anyhow::Result<()> {
     let mut tracker = LagTracker::new(args.samples as usize);
     let mut observations = 0usize;
     loop {
+        // The groups the cluster knows now: a default group it does not know
+        // and that never committed is one this deployment does not run.
+        let known = match by_default {
+            true => list_groups(&kafka, timeout).await.ok(),
+            false => None,
+        };
         for group in &groups {
             let offsets = group_offsets(&kafka, group, &args.topic, timeout)
                 .await
@@ -110,8 +116,15 @@ pub async fn run(args: LagArgs) -> anyhow::Result<()> {
                     )
                 })?;
             // A group `up` may run but this deployment does not (`--no-saga`,
-            // `--no-agent`) has nothing to report, rather than a lag.
-            if by_default && offsets.iter().all(|p| p.committed.is_none()) {
+            // `--no-agent`) has nothing to report, rather than a lag. One the
+            // cluster knows (its members are up, but it never committed: it
+            // may fail on its first event) is shown, as are the auditor and
+            // the notifier, which every deployment runs.
+            if by_default
+                && !ALWAYS_SHOWN.contains(&group.as_str())
+                && offsets.iter().all(|p| p.committed.is_none())
+                && known.as_ref().is_some_and(|k| !k.contains(group))
+            {
                 continue;
             }
             tracker.observe(group, &args.topic, &offsets, now_ms());
@@ -143,6 +156,9 @@ pub async fn run(args: LagArgs) -> anyhow::Result<()> {
 
 /// The consumer groups `taskstream up` runs on `topic`: what `lag` shows
 /// when no group is named.
+/// Default groups shown even before they commit anything.
+const ALWAYS_SHOWN: [&str; 2] = [AUDITOR_GROUP, NOTIFIER_GROUP];
+
 fn default_groups(topic: &str) -> &'static [&'static str] {
     match topic {
         TASK_EVENTS => &[

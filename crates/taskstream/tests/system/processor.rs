@@ -313,7 +313,7 @@ async fn sigkill_the_processor_at_random_moments(target: Target) {
     // at a random moment. Kills go on (a bounded number of times) until at
     // least one cut a transaction off after it wrote records: what the
     // read_uncommitted reader below must be shown to see.
-    let max_kills = kills * 4;
+    let max_kills = kills * 10;
     let mut done_kills = 0;
     let mut cut_off = false;
     loop {
@@ -343,7 +343,9 @@ async fn sigkill_the_processor_at_random_moments(target: Target) {
             done_kills < max_kills,
             "{max_kills} kills and none cut a transaction off after it wrote records"
         );
-        tokio::time::sleep(Duration::from_millis(300 + rng.below(1200))).await;
+        // While the run's events are still coming (about 300 ms of them):
+        // a transaction is open, its records written, much of that time.
+        tokio::time::sleep(Duration::from_millis(100 + rng.below(600))).await;
         let mut child = child;
         Command::new("kill").args(["-KILL", &pid]).status().unwrap();
         child.0.wait().unwrap();

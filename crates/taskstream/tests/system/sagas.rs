@@ -151,7 +151,8 @@ async fn an_accepted_assignment_completes_its_saga_and_an_answer_after_the_end_i
         refused["detail"].as_str().unwrap().contains("completed"),
         "{refused}"
     );
-    // A task that never had a saga has nothing to answer.
+    // A task that never had a saga has nothing to answer: the task exists,
+    // so not 404 but a conflict with its state.
     let unassigned = client
         .post(format!("{base}/tasks"))
         .json(&json!({ "title": "nobody's" }))
@@ -162,9 +163,16 @@ async fn an_accepted_assignment_completes_its_saga_and_an_answer_after_the_end_i
         .await
         .unwrap();
     let id = unassigned["id"].as_str().unwrap();
-    problem_of(answer(&client, &base, id, "accept").await, 404).await;
+    let refused = problem_of(answer(&client, &base, id, "accept").await, 409).await;
+    assert!(
+        refused["detail"].as_str().unwrap().contains("has no saga"),
+        "{refused}"
+    );
     let task_view = get(&client, format!("{base}/tasks/{id}")).await.unwrap();
     assert!(task_view.get("saga").is_none(), "no link without a saga");
+    // No such task at all: 404.
+    let missing = uuid::Uuid::now_v7().to_string();
+    problem_of(answer(&client, &base, &missing, "decline").await, 404).await;
     problem_of(
         client
             .get(format!("{base}/sagas/{}", uuid::Uuid::now_v7()))
@@ -639,5 +647,92 @@ async fn lag_by_default_shows_every_group_up_runs_the_saga_and_the_agent_include
             "{g}"
         );
     }
+    terminate(&mut up);
+}
+
+fn group_names(report: &Value) -> Vec<String> {
+    report["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|g| g["group"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// A consumer in group `saga` that joins and never commits, as a saga
+/// failing on its first event would: confluent-kafka-python, until killed.
+const MEMBER_THAT_NEVER_COMMITS: &str = r#"
+import sys, time
+from confluent_kafka import Consumer
+c = Consumer({"bootstrap.servers": sys.argv[1], "group.id": "saga",
+              "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+c.subscribe(["task-events"])
+while True:
+    c.poll(0.5)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_by_default_leaves_out_a_group_the_deployment_does_not_run_but_shows_one_that_never_committed(
+) {
+    let Some(python) = crate::interop::python() else {
+        crate::interop::skip_or_fail("a member that never commits, for taskstream lag");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (mut up, base) = start_up(dir.path(), &["--no-saga", "--no-agent"]);
+    let client = client();
+    create(&client, &base, "nobody runs the saga", "bo").await;
+    // The auditor and the notifier always; no saga: this deployment runs none.
+    let report = eventually(
+        "lag to show the auditor and the notifier",
+        Duration::from_secs(30),
+        || async {
+            let report = default_lag(dir.path()).await;
+            let names = group_names(&report);
+            (names.contains(&"auditor".to_owned()) && names.contains(&"notifier".to_owned()))
+                .then_some(report)
+        },
+    )
+    .await;
+    assert!(
+        !group_names(&report).contains(&"saga".to_owned()),
+        "{report}"
+    );
+    // A saga member that is up but never commits is shown, with its lag.
+    let endpoints: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("endpoints.json")).unwrap())
+            .unwrap();
+    let member = ChildGuard(
+        Command::new(python)
+            .args(["-c", MEMBER_THAT_NEVER_COMMITS])
+            .arg(endpoints["kafka"].as_str().unwrap())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let report = eventually(
+        "lag to show the saga group",
+        Duration::from_secs(60),
+        || async {
+            let report = default_lag(dir.path()).await;
+            group_names(&report)
+                .contains(&"saga".to_owned())
+                .then_some(report)
+        },
+    )
+    .await;
+    let saga = report["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["group"] == "saga")
+        .unwrap();
+    assert!(
+        saga["partitions"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["lag"].as_i64() > Some(0))),
+        "{saga}"
+    );
+    drop(member);
     terminate(&mut up);
 }
