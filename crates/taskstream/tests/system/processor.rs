@@ -276,6 +276,29 @@ async fn assert_exactly_once(config: &KafkaConfig, events: &[EventEnvelope]) -> 
     (state.len(), workloads.len())
 }
 
+/// The processor's committed transactions, from its /metrics (0 while it
+/// does not answer).
+async fn committed_transactions(http: &str) -> f64 {
+    let Ok(response) = crate::helpers::client()
+        .get(format!("{http}/metrics"))
+        .send()
+        .await
+    else {
+        return 0.0;
+    };
+    let metrics = response.text().await.unwrap_or_default();
+    metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("taskstream_kafka_transactions_total{")
+                && l.contains(r#"component="processor""#)
+                && l.contains(r#"outcome="committed""#)
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
 /// Publishes `events` a few at a time, as a live system would.
 async fn publish_paced(config: KafkaConfig, events: Vec<EventEnvelope>) {
     for chunk in events.chunks(3) {
@@ -313,14 +336,14 @@ async fn sigkill_the_processor_at_random_moments(target: Target) {
     // at a random moment. Kills go on (a bounded number of times) until at
     // least one cut a transaction off after it wrote records: what the
     // read_uncommitted reader below must be shown to see.
-    let max_kills = kills * 10;
+    let max_kills = kills * 6;
     let mut done_kills = 0;
     let mut cut_off = false;
     loop {
-        let child = tokio::task::spawn_blocking({
+        let (child, http) = tokio::task::spawn_blocking({
             let bootstrap = bootstrap.clone();
             let id = id.clone();
-            move || start_processor(&bootstrap, &id, &[])
+            move || start_processor_http(&bootstrap, &id, &[])
         })
         .await
         .unwrap();
@@ -343,9 +366,17 @@ async fn sigkill_the_processor_at_random_moments(target: Target) {
             done_kills < max_kills,
             "{max_kills} kills and none cut a transaction off after it wrote records"
         );
-        // While the run's events are still coming (about 300 ms of them):
-        // a transaction is open, its records written, much of that time.
-        tokio::time::sleep(Duration::from_millis(100 + rng.below(600))).await;
+        // Once this run has committed a transaction (it owns its
+        // partitions and works through its events, a few per
+        // transaction), a moment later: most such moments fall inside an
+        // open transaction whose records are written.
+        let _ = tokio::time::timeout(Duration::from_secs(30), async {
+            while committed_transactions(&http).await < 1.0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(rng.below(60))).await;
         let mut child = child;
         Command::new("kill").args(["-KILL", &pid]).status().unwrap();
         child.0.wait().unwrap();
@@ -429,16 +460,7 @@ async fn a_second_processor_fences_the_first(target: Target) {
         .text()
         .await
         .unwrap();
-    let committed = metrics
-        .lines()
-        .find(|l| {
-            l.starts_with("taskstream_kafka_transactions_total{")
-                && l.contains(r#"component="processor""#)
-                && l.contains(r#"outcome="committed""#)
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0);
+    let committed = committed_transactions(&newer_http).await;
     assert!(
         committed >= 1.0,
         "committed transactions are counted:\n{metrics}"
