@@ -18,7 +18,7 @@ mod wire;
 pub use codec::{AvroDecoder, AvroEncoder, AvroError, AVRO_CONTENT_TYPE};
 pub use compat::{check_compatibility, CompatibilityLevel, Incompatibility};
 pub use convert::{from_avro, to_avro};
-pub use registry_client::{RegistryClient, RegistryError};
+pub use registry_client::{Checked, RegistryClient, RegistryError};
 pub use schemas::{subject, EventSchema, EventSchemas, SchemaFileError};
 pub use wire::{frame, unframe, WireError, MAGIC_BYTE};
 

@@ -73,6 +73,17 @@ fn encode_segment(raw: &str) -> String {
         .collect()
 }
 
+/// How a schema the registry may take was judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checked {
+    /// Compatible with the versions the subject's level covers.
+    Compatible,
+    /// The registry has no version under the subject: nothing to compare
+    /// with. A new event type, or a renamed one (a new name is a new
+    /// subject to the registry and a new type to readers).
+    NewSubject,
+}
+
 impl RegistryClient {
     /// A client for the registry at `base_url` (e.g. `http://127.0.0.1:8081`).
     pub fn new(base_url: &str) -> Self {
@@ -189,12 +200,12 @@ impl RegistryClient {
     /// Whether `schema` may be registered under `subject` next, as the
     /// registry's configured compatibility level judges it (against all the
     /// versions the level covers); the reasons when it may not. A subject
-    /// that does not exist yet accepts anything.
+    /// that does not exist yet accepts anything: [`Checked::NewSubject`].
     pub async fn check(
         &self,
         subject: &str,
         schema: &str,
-    ) -> Result<Result<(), Vec<String>>, RegistryError> {
+    ) -> Result<Result<Checked, Vec<String>>, RegistryError> {
         #[derive(Deserialize)]
         struct Answer {
             is_compatible: bool,
@@ -214,9 +225,9 @@ impl RegistryClient {
             .header("content-type", CONTENT_TYPE)
             .body(body.to_string());
         match self.call::<Answer>(request).await {
-            Ok(a) if a.is_compatible => Ok(Ok(())),
+            Ok(a) if a.is_compatible => Ok(Ok(Checked::Compatible)),
             Ok(a) => Ok(Err(a.messages)),
-            Err(RegistryError::Refused { code: 40401, .. }) => Ok(Ok(())),
+            Err(RegistryError::Refused { code: 40401, .. }) => Ok(Ok(Checked::NewSubject)),
             Err(e) => Err(e),
         }
     }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::Subcommand;
 use taskstream_avro::{
-    check_compatibility, subject, CompatibilityLevel, EventSchemas, RegistryClient, Schema,
+    check_compatibility, subject, Checked, CompatibilityLevel, EventSchemas, RegistryClient, Schema,
 };
 use taskstream_services::topics::TASK_EVENTS;
 
@@ -108,7 +108,13 @@ pub async fn run(command: SchemaCommand) -> anyhow::Result<()> {
                     .await
                     .with_context(|| format!("cannot check {subject}"))?
                 {
-                    Ok(()) => println!("ok    {} ({subject})", s.record_name),
+                    Ok(Checked::Compatible) => println!("ok    {} ({subject})", s.record_name),
+                    Ok(Checked::NewSubject) => println!(
+                        "new   {} ({subject}): the registry has no version of it, nothing to \
+                         compare with (a new event type; if it is a renamed one, its readers \
+                         will not find it)",
+                        s.record_name
+                    ),
                     Err(reasons) => {
                         println!(
                             "FAIL  {} ({subject}): {}",

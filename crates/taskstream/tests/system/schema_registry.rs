@@ -314,6 +314,31 @@ async fn schema_check_asks_the_registry_when_given_one() {
     .await
     .unwrap();
     assert!(ok, "{text}");
+    assert!(
+        text.contains(
+            "ok    taskstream.events.TaskCompleted (task-events-taskstream.events.TaskCompleted)"
+        ),
+        "{text}"
+    );
+    // Moved to another namespace: a subject the registry does not have,
+    // said as such rather than "ok".
+    let completed = schemas.join("task_completed.avsc");
+    let original = std::fs::read_to_string(&completed).unwrap();
+    let mut moved: Value = serde_json::from_str(&original).unwrap();
+    moved["namespace"] = json!("acme.events");
+    std::fs::write(&completed, serde_json::to_string_pretty(&moved).unwrap()).unwrap();
+    let (ok, text) = tokio::task::spawn_blocking({
+        let (schemas, registry) = (schemas.clone(), registry.clone());
+        move || schema_check(&schemas, &["--schema-registry", &registry])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("new   acme.events.TaskCompleted (task-events-acme.events.TaskCompleted): the registry has no version of it"),
+        "{text}"
+    );
+    std::fs::write(&completed, original).unwrap();
     add_field(
         &schemas,
         json!({ "name": "priority_reason", "type": "string" }),
