@@ -60,7 +60,9 @@ async fn consumers_restart_mid_stream(broker: &Broker) {
                 .await
                 .unwrap();
             assert_eq!(response.status(), 201);
-            tokio::time::sleep(Duration::from_millis(3)).await;
+            // About three seconds of creations: the consumers are stopped
+            // (after the first ten) while more keep coming, on any broker.
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
     });
 
