@@ -10,7 +10,7 @@
 //! `TASKSTREAM_AGENT_CRASH_KILLS` (default 3).
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -18,7 +18,7 @@ use taskstream_kafka::{read_topic, KafkaConfig};
 use taskstream_services::topics::TASK_SUGGESTIONS;
 
 use crate::binary::{launch, ChildGuard};
-use crate::crash::{env_or, seed, Load, Rng};
+use crate::crash::{env_or, kill_at, seed, Load, Rng};
 use crate::helpers::{client, eventually, try_items};
 
 /// `taskstream up` on `dir` with the agent (and without the saga, whose
@@ -63,13 +63,7 @@ async fn sigkill_at_random_moments_leaves_one_suggestion_per_created_task_publis
         .unwrap();
         let deadline =
             (round < kills).then(|| Instant::now() + Duration::from_millis(300 + rng.below(1200)));
-        let killer = deadline.map(|d| {
-            let pid = child.0.id().to_string();
-            tokio::spawn(async move {
-                tokio::time::sleep_until(d.into()).await;
-                Command::new("kill").args(["-KILL", &pid]).status().unwrap();
-            })
-        });
+        let killer = deadline.map(|d| kill_at(&child, d));
         let mut pace = tokio::time::interval(Duration::from_millis(20));
         while deadline.is_none_or(|d| Instant::now() < d) && !load.done() {
             pace.tick().await;

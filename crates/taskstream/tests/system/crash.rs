@@ -195,6 +195,15 @@ impl Rng {
     }
 }
 
+/// Sends SIGKILL to `child` at `deadline`, whatever it is doing then.
+pub fn kill_at(child: &ChildGuard, deadline: Instant) -> tokio::task::JoinHandle<()> {
+    let pid = child.0.id().to_string();
+    tokio::spawn(async move {
+        tokio::time::sleep_until(deadline.into()).await;
+        Command::new("kill").args(["-KILL", &pid]).status().unwrap();
+    })
+}
+
 /// Starts `taskstream up` on `dir`, with `broker_args` naming the broker.
 fn start(dir: &std::path::Path, broker_args: &[String]) -> (ChildGuard, String) {
     let mut args = vec![
@@ -274,13 +283,7 @@ async fn sigkill_at_random_moments(broker: &Broker) {
         // task exists and is completed in the last run.
         // The kill lands at its moment whatever is in flight: requests cut
         // off by it are simply not acknowledged.
-        let killer = deadline.map(|d| {
-            let pid = child.0.id().to_string();
-            tokio::spawn(async move {
-                tokio::time::sleep_until(d.into()).await;
-                Command::new("kill").args(["-KILL", &pid]).status().unwrap();
-            })
-        });
+        let killer = deadline.map(|d| kill_at(&child, d));
         let mut pace = tokio::time::interval(pace);
         while deadline.is_none_or(|d| Instant::now() < d) && !load.done() {
             pace.tick().await;
@@ -709,13 +712,7 @@ async fn sigkill_at_random_moments_ends_each_saga_once_and_applies_no_step_twice
         .unwrap();
         let deadline =
             (round < kills).then(|| Instant::now() + Duration::from_millis(300 + rng.below(1200)));
-        let killer = deadline.map(|d| {
-            let pid = child.0.id().to_string();
-            tokio::spawn(async move {
-                tokio::time::sleep_until(d.into()).await;
-                Command::new("kill").args(["-KILL", &pid]).status().unwrap();
-            })
-        });
+        let killer = deadline.map(|d| kill_at(&child, d));
         let mut pace = tokio::time::interval(Duration::from_millis(30));
         while deadline.is_none_or(|d| Instant::now() < d)
             && (created < tasks || !pending.is_empty())
