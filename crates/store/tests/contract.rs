@@ -805,6 +805,62 @@ mod sagas {
         }
     }
 
+    /// Many sagas for one assignee started at once, each in its own
+    /// transaction on its own connection where the backend has several
+    /// (PostgreSQL), reserve exactly the assignee's capacity.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_starts_for_one_assignee_never_hold_more_than_its_capacity() {
+        const STARTS: usize = 20;
+        const MAX_OPEN: i64 = 3;
+        for backend in backends().await {
+            let super::Backend {
+                store,
+                _dir,
+                scratch,
+            } = backend;
+            let store = std::sync::Arc::new(store);
+            let starts: Vec<SagaStart> = (0..STARTS)
+                .map(|i| start(&format!("task-{i}"), "dee", MAX_OPEN))
+                .collect();
+            let gate = std::sync::Arc::new(tokio::sync::Barrier::new(STARTS));
+            let running: Vec<_> = starts
+                .iter()
+                .cloned()
+                .map(|s| {
+                    let (store, gate) = (store.clone(), gate.clone());
+                    tokio::spawn(async move {
+                        gate.wait().await;
+                        store.start_saga(&s).await.unwrap()
+                    })
+                })
+                .collect();
+            let mut reserved = 0;
+            for r in running {
+                match r.await.unwrap() {
+                    SagaStarted::Reserved => reserved += 1,
+                    SagaStarted::AtCapacity => {}
+                    SagaStarted::Duplicate => panic!("each start has a trigger of its own"),
+                }
+            }
+            assert_eq!(reserved, MAX_OPEN);
+            assert_eq!(store.held_capacity("dee").await.unwrap(), MAX_OPEN);
+            let mut holding = 0;
+            for s in &starts {
+                let saga = store.saga(s.id).await.unwrap().unwrap();
+                holding += i64::from(saga.holds_capacity);
+            }
+            assert_eq!(holding, MAX_OPEN);
+            let store = std::sync::Arc::into_inner(store).expect("the starts are done");
+            super::Backend {
+                store,
+                _dir,
+                scratch,
+            }
+            .finish()
+            .await;
+        }
+    }
+
     #[tokio::test]
     async fn a_start_beyond_the_assignees_capacity_takes_the_full_branch() {
         for backend in backends().await {
