@@ -696,8 +696,28 @@ fn parse_model_url(raw: &str) -> Result<String, String> {
 }
 
 impl AgentModelArgs {
-    /// The model these flags ask for.
+    /// The model these flags ask for, as the running agent asks it: a
+    /// remote model past its requests per minute fails at once (the agent
+    /// holds the event's partition and asks again later).
     pub fn model(&self) -> anyhow::Result<std::sync::Arc<dyn TriageModel>> {
+        self.build_model(None)
+    }
+
+    /// The model these flags ask for, as a replay asks it: a remote model
+    /// waits for room in its requests per minute, and makes at most
+    /// `max_requests` requests in all (then it answers
+    /// `ModelError::RequestLimitReached`).
+    pub fn replay_model(
+        &self,
+        max_requests: u64,
+    ) -> anyhow::Result<std::sync::Arc<dyn TriageModel>> {
+        self.build_model(Some(max_requests))
+    }
+
+    fn build_model(
+        &self,
+        max_requests: Option<u64>,
+    ) -> anyhow::Result<std::sync::Arc<dyn TriageModel>> {
         let Some(url) = &self.agent_model_url else {
             return Ok(std::sync::Arc::new(LocalModel::new(
                 self.agent_assignees.clone(),
@@ -725,6 +745,8 @@ impl AgentModelArgs {
             timeout: self.agent_model_timeout,
             retries: self.agent_model_retries,
             max_requests_per_minute: self.agent_max_requests_per_minute,
+            wait_for_rate: max_requests.is_some(),
+            max_requests,
             initial_backoff: MODEL_INITIAL_BACKOFF,
         })
         .map_err(anyhow::Error::msg)?;

@@ -108,10 +108,14 @@ impl EventHandler for TriageHandler {
 /// spent budget (the consumer holds the partition and asks again with
 /// backoff, dead-lettering only after `--give-up-after`); an answer that is
 /// not a suggestion would be the same next time, so it is dead-lettered.
+/// (A total request limit is a replay's; should a model have one, the
+/// event is not at fault either.)
 fn model_failure(model: &str, e: ModelError) -> HandleError {
     let message = format!("model {model}: {e}");
     match e {
-        ModelError::Unavailable(_) | ModelError::BudgetExhausted(_) => HandleError::Transient {
+        ModelError::Unavailable(_)
+        | ModelError::BudgetExhausted(_)
+        | ModelError::RequestLimitReached(_) => HandleError::Transient {
             message,
             source: Some(Box::new(e)),
         },

@@ -55,6 +55,9 @@ pub enum ModelError {
     /// The configured request budget is spent for now.
     #[error("the model's request budget is exhausted ({0})")]
     BudgetExhausted(String),
+    /// The configured total of requests is spent: the model asks no more.
+    #[error("the model's request limit is reached ({0})")]
+    RequestLimitReached(String),
 }
 
 // ANCHOR: model

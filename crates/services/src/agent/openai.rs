@@ -14,7 +14,12 @@
 //! model is [`ModelError::Unavailable`]. Every attempt counts against a
 //! budget of requests per minute (a sliding window); with none left the
 //! model answers [`ModelError::BudgetExhausted`] at once instead of
-//! waiting, so the budget bounds spending even while events pile up.
+//! waiting, so the budget bounds spending even while events pile up (the
+//! agent), or, with [`OpenAiSettings::wait_for_rate`], waits until the
+//! window has room (a replay, which has nothing else to do). A total of
+//! requests ([`OpenAiSettings::max_requests`]) may bound them all: once it
+//! is spent, the model answers [`ModelError::RequestLimitReached`] without
+//! asking.
 //!
 //! The API key is sent as `Authorization: Bearer ...` and appears in no
 //! log, error or `Debug` output.
@@ -54,6 +59,11 @@ pub struct OpenAiSettings {
     pub retries: u32,
     /// The most attempts in any 60 seconds.
     pub max_requests_per_minute: u32,
+    /// With the minute's attempts spent: wait for the window to have room
+    /// (true), or answer [`ModelError::BudgetExhausted`] at once (false).
+    pub wait_for_rate: bool,
+    /// The most attempts in all, over the model's life; `None`: no limit.
+    pub max_requests: Option<u64>,
     /// The first pause between attempts (it doubles, with jitter).
     pub initial_backoff: Duration,
 }
@@ -67,6 +77,8 @@ impl std::fmt::Debug for OpenAiSettings {
             .field("timeout", &self.timeout)
             .field("retries", &self.retries)
             .field("max_requests_per_minute", &self.max_requests_per_minute)
+            .field("wait_for_rate", &self.wait_for_rate)
+            .field("max_requests", &self.max_requests)
             .finish()
     }
 }
@@ -76,8 +88,15 @@ pub struct OpenAiModel {
     client: reqwest::Client,
     settings: OpenAiSettings,
     endpoint: String,
-    /// When each attempt of the last minute was made.
-    spent: Mutex<VecDeque<Instant>>,
+    /// When each attempt of the last minute was made, and how many were
+    /// made in all.
+    spent: Mutex<Spent>,
+}
+
+#[derive(Default)]
+struct Spent {
+    last_minute: VecDeque<Instant>,
+    total: u64,
 }
 
 /// One failed attempt: whether another may help.
@@ -98,28 +117,60 @@ impl OpenAiModel {
             client,
             settings,
             endpoint,
-            spent: Mutex::new(VecDeque::new()),
+            spent: Mutex::default(),
         })
     }
 
-    /// Takes one request from the budget, or says it is spent.
-    fn spend(&self) -> Result<(), ModelError> {
-        let now = Instant::now();
-        let mut spent = self.spent.lock().expect("never poisoned");
-        while spent
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
-        {
-            spent.pop_front();
+    /// How many requests the model has made.
+    pub fn requests_made(&self) -> u64 {
+        self.spent.lock().expect("never poisoned").total
+    }
+
+    /// Takes one request from the budgets (waiting for the minute's window
+    /// to have room when the settings say so), or says which is spent.
+    async fn spend(&self) -> Result<(), ModelError> {
+        const WINDOW: Duration = Duration::from_secs(60);
+        loop {
+            let wait = {
+                let now = Instant::now();
+                let mut spent = self.spent.lock().expect("never poisoned");
+                if let Some(max) = self.settings.max_requests {
+                    if spent.total >= max {
+                        return Err(ModelError::RequestLimitReached(format!(
+                            "{max} requests in all"
+                        )));
+                    }
+                }
+                while spent
+                    .last_minute
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) >= WINDOW)
+                {
+                    spent.last_minute.pop_front();
+                }
+                match spent.last_minute.front() {
+                    Some(oldest)
+                        if spent.last_minute.len()
+                            >= self.settings.max_requests_per_minute as usize =>
+                    {
+                        if !self.settings.wait_for_rate {
+                            return Err(ModelError::BudgetExhausted(format!(
+                                "{} requests per minute",
+                                self.settings.max_requests_per_minute
+                            )));
+                        }
+                        WINDOW - now.duration_since(*oldest)
+                    }
+                    _ => {
+                        spent.last_minute.push_back(now);
+                        spent.total += 1;
+                        return Ok(());
+                    }
+                }
+            };
+            tracing::debug!(target: "agent", wait = ?wait, "the model's requests per minute are spent; waiting");
+            tokio::time::sleep(wait).await;
         }
-        if spent.len() >= self.settings.max_requests_per_minute as usize {
-            return Err(ModelError::BudgetExhausted(format!(
-                "{} requests per minute",
-                self.settings.max_requests_per_minute
-            )));
-        }
-        spent.push_back(now);
-        Ok(())
     }
 
     async fn attempt(&self, body: &serde_json::Value) -> Result<Triage, Attempt> {
@@ -177,7 +228,7 @@ impl TriageModel for OpenAiModel {
             if attempt > 0 {
                 tokio::time::sleep(backoff.next_delay()).await;
             }
-            self.spend()?;
+            self.spend().await?;
             match self.attempt(&body).await {
                 Ok(triage) => return Ok(triage),
                 Err(Attempt::Fail(error)) => return Err(error),
@@ -386,6 +437,8 @@ mod tests {
             timeout: Duration::from_millis(500),
             retries: 2,
             max_requests_per_minute: 100,
+            wait_for_rate: false,
+            max_requests: None,
             initial_backoff: Duration::from_millis(10),
         })
         .unwrap()
@@ -472,6 +525,60 @@ mod tests {
         let error = m.triage(&input()).await.unwrap_err();
         assert!(matches!(error, ModelError::BudgetExhausted(_)), "{error}");
         assert_eq!(endpoint.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_total_of_requests_is_never_exceeded_even_by_retries() {
+        let (url, endpoint) = serve(Behaviour::FailTwiceThenAnswer).await;
+        let m = OpenAiModel::new(OpenAiSettings {
+            max_requests: Some(2),
+            ..model(&url).settings
+        })
+        .unwrap();
+        // Two failed attempts spend the total before the third would answer.
+        let error = m.triage(&input()).await.unwrap_err();
+        assert!(
+            matches!(error, ModelError::RequestLimitReached(_)),
+            "{error}"
+        );
+        assert!(error.to_string().contains("2 requests in all"), "{error}");
+        let error = m.triage(&input()).await.unwrap_err();
+        assert!(
+            matches!(error, ModelError::RequestLimitReached(_)),
+            "{error}"
+        );
+        assert_eq!(endpoint.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(m.requests_made(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_model_that_waits_for_its_rate_spaces_requests_a_minute_apart() {
+        let m = OpenAiModel::new(OpenAiSettings {
+            max_requests_per_minute: 2,
+            wait_for_rate: true,
+            ..model("http://127.0.0.1:9/v1").settings
+        })
+        .unwrap();
+        let start = Instant::now();
+        m.spend().await.unwrap();
+        m.spend().await.unwrap();
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        // The third waits (on the paused clock) until the first is a minute old.
+        m.spend().await.unwrap();
+        assert!(start.elapsed() >= Duration::from_secs(60));
+        assert_eq!(m.requests_made(), 3);
+        // Without waiting, the same budget answers at once.
+        let hasty = OpenAiModel::new(OpenAiSettings {
+            wait_for_rate: false,
+            ..m.settings.clone()
+        })
+        .unwrap();
+        hasty.spend().await.unwrap();
+        hasty.spend().await.unwrap();
+        assert!(matches!(
+            hasty.spend().await,
+            Err(ModelError::BudgetExhausted(_))
+        ));
     }
 
     #[test]

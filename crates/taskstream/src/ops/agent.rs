@@ -14,7 +14,7 @@ use serde::Serialize;
 use taskstream_avro::RegistryClient;
 use taskstream_domain::{EventEnvelope, EventType, Task};
 use taskstream_services::agent::{
-    ask as ask_agent, Triage, TriageInput, TriageModel, TriageRequest,
+    ask as ask_agent, ModelError, Triage, TriageInput, TriageModel, TriageRequest,
 };
 use taskstream_services::topics::{TASK_EVENTS, TASK_TRIAGE_REPLIES};
 use taskstream_services::EventDecoder;
@@ -73,6 +73,13 @@ pub struct ReplayArgs {
     pub model: String,
     #[command(flatten)]
     pub agent: AgentModelArgs,
+    /// The most requests sent to a remote model (--model URL) in all,
+    /// retries included. When they are spent, replay asks about no more
+    /// tasks and reports how many it skipped. (Requests are also spaced to
+    /// stay within --agent-max-requests-per-minute: replay waits for room
+    /// rather than counting a task unanswered.)
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_model_requests: u64,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -118,10 +125,15 @@ pub struct ReplayReport {
     pub model: String,
     /// Task events read.
     pub events: u64,
-    /// Tasks whose `task.created` was read: each got a suggestion.
+    /// Tasks whose `task.created` was read and the model was asked about
+    /// (evaluated).
     pub tasks: u64,
-    /// Tasks the model could not answer for.
+    /// Of those, tasks the model could not answer for.
     pub unanswered: u64,
+    /// Tasks whose `task.created` was read but the model was not asked
+    /// about, or not answered for, because its request budget
+    /// (--max-model-requests) was spent; they count in no agreement.
+    pub skipped: u64,
     pub priority: FieldAgreement,
     pub assignee: FieldAgreement,
     pub due_at: FieldAgreement,
@@ -135,11 +147,12 @@ impl ReplayReport {
                 .map_or_else(|| "-".to_owned(), |p| format!("{p:.1}%"))
         };
         let mut out = format!(
-            "model {}: {} events, {} tasks, {} unanswered\n{:<10} {:>9} {:>7} {:>9}\n",
+            "model {}: {} events, {} tasks evaluated, {} unanswered, {} skipped (request budget spent)\n{:<10} {:>9} {:>7} {:>9}\n",
             self.model,
             self.events,
             self.tasks,
             self.unanswered,
+            self.skipped,
             "FIELD",
             "SUGGESTED",
             "AGREED",
@@ -162,7 +175,9 @@ impl ReplayReport {
 }
 
 /// Re-runs `model` over `history` (task events in log order) and compares
-/// each task's suggestion with its final state (its latest event).
+/// each task's suggestion with its final state (its latest event). Once the
+/// model says its request limit is reached, the tasks still to come are
+/// skipped, not asked about.
 pub async fn evaluate(model: &dyn TriageModel, history: &[EventEnvelope]) -> ReplayReport {
     let mut report = ReplayReport {
         model: model.name().to_owned(),
@@ -171,12 +186,27 @@ pub async fn evaluate(model: &dyn TriageModel, history: &[EventEnvelope]) -> Rep
     };
     // Per task: the suggestion (if answered) and the final state.
     let mut suggested: BTreeMap<String, Option<Triage>> = BTreeMap::new();
+    let mut skipped: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     let mut last: BTreeMap<String, Task> = BTreeMap::new();
+    let mut spent = false;
     for event in history {
         let task = &event.data.task;
-        if event.event_type == EventType::TaskCreated && !suggested.contains_key(&event.subject) {
-            let answer = model.triage(&TriageInput::of(task)).await.ok();
-            suggested.insert(event.subject.clone(), answer);
+        let first = !suggested.contains_key(&event.subject) && !skipped.contains(&event.subject);
+        if event.event_type == EventType::TaskCreated && first {
+            if spent {
+                skipped.insert(event.subject.clone());
+            } else {
+                match model.triage(&TriageInput::of(task)).await {
+                    Err(ModelError::RequestLimitReached(why)) => {
+                        tracing::warn!(%why, "the model's request budget is spent: the tasks still to come are skipped");
+                        spent = true;
+                        skipped.insert(event.subject.clone());
+                    }
+                    answer => {
+                        suggested.insert(event.subject.clone(), answer.ok());
+                    }
+                }
+            }
         }
         let newer = last
             .get(&event.subject)
@@ -205,6 +235,7 @@ pub async fn evaluate(model: &dyn TriageModel, history: &[EventEnvelope]) -> Rep
             triage.due_at.as_ref().map(day) == fin.due_at.as_ref().map(day),
         );
     }
+    report.skipped = skipped.len() as u64;
     report
 }
 
@@ -243,7 +274,7 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         "local" => None,
         url => Some(url.to_owned()),
     };
-    let model: Arc<dyn TriageModel> = agent.model()?;
+    let model: Arc<dyn TriageModel> = agent.replay_model(args.max_model_requests)?;
     let report = evaluate(&*model, &history).await;
     if args.json {
         super::emit(&format!("{}\n", serde_json::to_string(&report)?))
@@ -270,6 +301,79 @@ mod tests {
     }
 
     use taskstream_services::agent::{AssigneeMap, LocalModel};
+
+    /// Answers `budget` times (the local model's answer), then says its
+    /// request limit is reached; counts the questions.
+    struct Budgeted {
+        inner: LocalModel,
+        budget: u64,
+        asked: std::sync::atomic::AtomicU64,
+    }
+
+    #[async_trait::async_trait]
+    impl TriageModel for Budgeted {
+        fn name(&self) -> &str {
+            "budgeted"
+        }
+
+        async fn triage(&self, input: &TriageInput) -> Result<Triage, ModelError> {
+            let n = self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if n >= self.budget {
+                return Err(ModelError::RequestLimitReached(format!(
+                    "{} requests in all",
+                    self.budget
+                )));
+            }
+            self.inner.triage(input).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_spent_request_budget_skips_the_remaining_tasks_and_says_how_many() {
+        let model = Budgeted {
+            inner: LocalModel::new(AssigneeMap::parse("database=ana").unwrap()),
+            budget: 2,
+            asked: Default::default(),
+        };
+        let a = created("urgent: database down");
+        let b = created("minor typo");
+        let c = created("write the report");
+        let d = created("urgent: disk full");
+        let c2 = c
+            .task
+            .update(
+                TaskPatch {
+                    priority: Some(Priority::Low),
+                    ..TaskPatch::default()
+                },
+                taskstream_domain::now(),
+                Cause::default(),
+            )
+            .unwrap()
+            .unwrap();
+        let history = [a.event, b.event, c.event, d.event, c2.event];
+        let report = evaluate(&model, &history).await;
+        assert_eq!(
+            (
+                report.events,
+                report.tasks,
+                report.unanswered,
+                report.skipped
+            ),
+            (5, 2, 0, 2)
+        );
+        // Asked for a, b and c (refused); never for d.
+        assert_eq!(model.asked.load(std::sync::atomic::Ordering::SeqCst), 3);
+        // Only the evaluated tasks count in the agreement: a (high) and b (low).
+        assert_eq!(report.priority.suggested, 2);
+        assert!(
+            report.table().starts_with(
+                "model budgeted: 5 events, 2 tasks evaluated, 0 unanswered, 2 skipped"
+            ),
+            "{}",
+            report.table()
+        );
+    }
 
     #[tokio::test]
     async fn replay_compares_each_suggestion_with_the_final_state_of_its_task() {

@@ -314,6 +314,8 @@ async fn garbage_is_dead_lettered(broker: &Broker) {
         timeout: Duration::from_secs(5),
         retries: 1,
         max_requests_per_minute: 100,
+        wait_for_rate: false,
+        max_requests: None,
         initial_backoff: Duration::from_millis(10),
     })
     .unwrap();
@@ -526,6 +528,67 @@ async fn replay_measures_agreement(broker: &Broker) {
     app.system.shutdown().await;
 }
 
+/// An OpenAI-compatible endpoint on 127.0.0.1:0 that suggests high
+/// priority for anything, counting the requests it is sent.
+async fn counting_model() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use axum::routing::post;
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        post(move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async {
+                axum::Json(json!({ "choices": [{ "message": { "role": "assistant",
+                    "content": r#"{"priority":"high","assignee":null,"due_at":null,"confidence":60,"rationale":"r"}"# } }] }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/v1"), calls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_replay_against_a_remote_model_stops_at_its_request_budget_and_says_what_it_skipped()
+{
+    let app = spawn_app_with(|c| {
+        Broker::Dev.configure(c);
+        c.agent = None;
+    })
+    .await;
+    for title in ["one", "two", "three", "four", "five"] {
+        app.created(title, None).await;
+    }
+    app.audit_when(5).await;
+    let (url, calls) = counting_model().await;
+    let (ok, stdout, stderr) = run(vec![
+        "agent".into(),
+        "replay".into(),
+        "--from-beginning".into(),
+        "--model".into(),
+        url,
+        "--max-model-requests".into(),
+        "2".into(),
+        "--json".into(),
+        "--kafka-bootstrap".into(),
+        app.system.kafka_bootstrap().to_owned(),
+        "--schema-registry".into(),
+        app.system.registry_url().unwrap().to_owned(),
+    ])
+    .await;
+    assert!(ok, "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["events"], 5);
+    assert_eq!(report["tasks"], 2, "{report}");
+    assert_eq!(report["unanswered"], 0, "{report}");
+    assert_eq!(report["skipped"], 3, "{report}");
+    assert_eq!(report["priority"], json!({ "suggested": 2, "agreed": 0 }));
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    app.system.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_replay_reports_how_often_the_suggestions_matched_what_people_did() {
     replay_measures_agreement(&Broker::Dev).await;
@@ -625,6 +688,16 @@ async fn bad_agent_settings_stop_the_binary_at_start_with_one_line() {
         (
             vec!["agent", "--agent-max-requests-per-minute", "0"],
             "agent-max-requests-per-minute",
+        ),
+        (
+            vec![
+                "agent",
+                "replay",
+                "--from-beginning",
+                "--max-model-requests",
+                "0",
+            ],
+            "--max-model-requests",
         ),
         (
             vec![
