@@ -44,9 +44,9 @@ values-production.yaml, topics-prod.yaml), with the chart rendered by
       confirmed (`--publisher debezium`, the connector's slot), and the
       chart's PostgreSQL runs with wal_level=logical;
   (i) every taskstream container that stores or publishes Avro (`api`,
-      `relay` and `saga` with `--event-format avro`, the default) or reads it
-      from task-events (the consumers, the processor and the triage agent,
-      whose auto-accept rule also stores task events, with `eventFormat:
+      `relay`, `saga` and the triage agent, whose auto-accept rule stores
+      task events, with `--event-format avro`, the default) or reads it from
+      task-events (the consumers and the processor, with `eventFormat:
       avro`) is told where the schema registry is;
   (j) secrets reach the containers only from Secrets: the database URL, the
       Kafka password and the triage agent's model API key are never literal
@@ -664,6 +664,10 @@ def check_environment(report, env, components, users, args, values, topics, docs
     check_secrets(report, env, workloads)
 
 
+# The components that store or publish task events, with --event-format (Avro by default).
+WRITERS_OF_TASK_EVENTS = ("api", "relay", "saga", "agent")
+
+
 def check_registry(report, env, workloads, values):
     """(i) the API (and the saga, for its compensations' task events) encodes Avro with schema ids
     from the registry, so it needs one; so does every reader of Avro task events (and the triage
@@ -671,12 +675,12 @@ def check_registry(report, env, workloads, values):
     problems, checked = [], 0
     chart_format = values.get("eventFormat", "avro")
     for w in workloads:
-        if w.component not in ("api", "relay", "saga") + EVENT_READERS:
+        if w.component not in WRITERS_OF_TASK_EVENTS + EVENT_READERS:
             continue
         for container in w.containers():
             args_ = [str(a) for a in container.get("args") or []]
             fmt = args_[args_.index("--event-format") + 1] if "--event-format" in args_[:-1] else (
-                "avro" if w.component in ("api", "relay", "saga") else chart_format)
+                "avro" if w.component in WRITERS_OF_TASK_EVENTS else chart_format)
             if fmt != "avro":
                 continue
             checked += 1

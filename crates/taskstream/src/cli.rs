@@ -838,6 +838,11 @@ pub enum AgentCommand {
 pub struct AgentRunArgs {
     #[command(flatten)]
     pub consumer: ConsumerArgs,
+    /// How the task events the auto-accept rule writes are stored, as they
+    /// go on the topic: the API's --event-format (Avro needs a schema
+    /// registry). Reading accepts either.
+    #[arg(long, value_enum, default_value = "avro")]
+    pub event_format: EventFormat,
     #[command(flatten)]
     pub model: AgentModelArgs,
 }

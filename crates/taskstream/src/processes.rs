@@ -225,19 +225,23 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         args.run.consumer.kafka.max_poll_interval()?,
         &RetryPolicy::default(),
     )?;
+    let event_format = args.run.event_format;
     let args = args.run.consumer;
+    let registry = args
+        .registry
+        .resolve(&args.store.data_dir)?
+        .map(|url| Arc::new(RegistryClient::new(&url)));
+    // Accepted suggestions write task events, in the deployment's format.
+    let encoding = EventEncoding::for_registry(
+        agent_encoding_registry(event_format, settings.auto_accept.is_some(), &registry)?.as_ref(),
+        TASK_EVENTS,
+    );
     let metrics = Metrics::new();
     let (kafka, dev_broker) = args.kafka.resolve(&args.store.data_dir, "agent")?;
     let kafka = kafka.with_stats(metrics.stats_listener(), STATS_INTERVAL);
     args.kafka_start.wait(&kafka).await?;
     let store = open_store(&args.store).await?;
-    let registry = args
-        .registry
-        .resolve(&args.store.data_dir)?
-        .map(|url| Arc::new(RegistryClient::new(&url)));
     let options = consumer_options(&args, dev_broker, registry.clone());
-    // Accepted suggestions write task events, in the deployment's format.
-    let encoding = EventEncoding::for_registry(registry.as_ref(), TASK_EVENTS);
     let mut running: Vec<Component> = match settings.auto_accept {
         Some(_) => components::register_schemas(&encoding)
             .await?
@@ -471,6 +475,25 @@ pub async fn registry(args: RegistryServerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The schema registry the agent encodes the task events of its
+/// auto-accept rule with: none with `--event-format json` (even when a
+/// registry is known, for reading); with Avro, the one known, which an
+/// auto-accept rule needs (a one-line error says how to give one).
+fn agent_encoding_registry(
+    format: EventFormat,
+    auto_accept: bool,
+    registry: &Option<Arc<RegistryClient>>,
+) -> anyhow::Result<Option<Arc<RegistryClient>>> {
+    match format {
+        EventFormat::Json => Ok(None),
+        EventFormat::Avro if auto_accept && registry.is_none() => anyhow::bail!(
+            "the auto-accept rule stores Avro task events, which need a schema registry: \
+             pass --schema-registry URL or set SCHEMA_REGISTRY_URL (or --event-format json)"
+        ),
+        EventFormat::Avro => Ok(registry.clone()),
+    }
+}
+
 /// The schema registry an `api` or `relay` process encodes with: none with
 /// `--event-format json`; with Avro, the one given (or found in
 /// `endpoints.json`), or a one-line error saying how to give one.
@@ -488,4 +511,31 @@ fn avro_registry(
             )?,
         ))),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_writes_task_events_in_the_format_it_is_given_not_the_one_its_registry_allows() {
+        let registry = Some(Arc::new(RegistryClient::new("http://127.0.0.1:9")));
+        // JSON, though a registry is known (to read Avro history with).
+        for auto_accept in [true, false] {
+            assert!(
+                agent_encoding_registry(EventFormat::Json, auto_accept, &registry)
+                    .unwrap()
+                    .is_none()
+            );
+        }
+        assert!(agent_encoding_registry(EventFormat::Avro, true, &registry)
+            .unwrap()
+            .is_some());
+        // Avro without a registry: refused only where task events are written.
+        let error = agent_encoding_registry(EventFormat::Avro, true, &None).unwrap_err();
+        assert!(error.to_string().contains("--event-format json"), "{error}");
+        assert!(agent_encoding_registry(EventFormat::Avro, false, &None)
+            .unwrap()
+            .is_none());
+    }
 }

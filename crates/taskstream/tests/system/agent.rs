@@ -692,6 +692,20 @@ async fn bad_agent_settings_stop_the_binary_at_start_with_one_line() {
         (
             vec![
                 "agent",
+                "--agent-auto-accept",
+                "min-confidence=70",
+                "--data-dir",
+                "/nonexistent/taskstream",
+            ],
+            "or --event-format json",
+        ),
+        (
+            vec!["agent", "--event-format", "protobuf"],
+            "invalid value 'protobuf' for '--event-format",
+        ),
+        (
+            vec![
+                "agent",
                 "replay",
                 "--from-beginning",
                 "--max-model-requests",

@@ -644,6 +644,45 @@ fn yaml_documents(python: &Path, yaml: &[u8]) -> Vec<Value> {
     serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap()
 }
 
+/// Every writer of task events gets the chart's `eventFormat`: the agent's
+/// auto-accept rule too, which would otherwise write Avro wherever it knows
+/// a registry.
+#[test]
+fn every_writer_of_task_events_is_given_the_charts_event_format() {
+    let Some((helm, python)) = helm_and_python("rendering the chart") else {
+        return;
+    };
+    for format in ["json", "avro"] {
+        let out = render(
+            &helm,
+            &["values.yaml"],
+            &[
+                "--set",
+                &format!("eventFormat={format}"),
+                "--set",
+                "agent.autoAccept.enabled=true",
+            ],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        let docs = yaml_documents(&python, &out.stdout);
+        for component in ["api", "relay", "saga", "agent"] {
+            let deployment = docs
+                .iter()
+                .find(|d| {
+                    d["kind"] == "Deployment"
+                        && d["metadata"]["name"] == format!("taskstream-{component}").as_str()
+                })
+                .unwrap_or_else(|| panic!("the {component} Deployment is rendered"));
+            let args = &deployment["spec"]["template"]["spec"]["containers"][0]["args"];
+            assert_eq!(
+                args,
+                &serde_json::json!([component, "--event-format", format]),
+                "{component}"
+            );
+        }
+    }
+}
+
 #[test]
 fn the_agents_model_key_is_mounted_from_its_secret_and_never_in_the_environment() {
     let Some((helm, python)) = helm_and_python("rendering the chart") else {
