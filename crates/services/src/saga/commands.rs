@@ -190,13 +190,62 @@ fn describe(current: Option<&SagaTask>, saga: &Saga) -> String {
             "the task was unassigned (version {})",
             current.assigned_version.unwrap_or(task.version)
         ),
+        // A new assignment, whose own saga starts when the orchestrator
+        // reads it (it may not have yet): no claim either way.
         (TaskStatus::Open, Some(a)) if a.as_str() == saga.assignee => format!(
-            "the task was assigned to {a} again at version {}, which a saga of its own asks about",
+            "the task was assigned to {a} again at version {}",
             current.assigned_version.unwrap_or(task.version)
         ),
         (TaskStatus::Open, Some(a)) => format!(
             "the task was reassigned to {a} (version {})",
             current.assigned_version.unwrap_or(task.version)
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use taskstream_domain::{Assignee, Cause, NewTask, Priority, Task, TaskTitle};
+
+    use super::*;
+
+    #[test]
+    fn an_assignment_made_again_is_described_without_claiming_a_saga_asks_about_it() {
+        let now = taskstream_domain::now();
+        let task = Task::create(
+            NewTask {
+                title: TaskTitle::parse("ship it").unwrap(),
+                description: None,
+                priority: Priority::Medium,
+                due_at: None,
+                assignee: Some(Assignee::parse("bo").unwrap()),
+            },
+            now,
+            Cause::default(),
+        )
+        .task;
+        let saga = Saga {
+            id: uuid::Uuid::now_v7(),
+            task_id: task.id.to_string(),
+            assignee: "bo".into(),
+            state: SagaState::AwaitingAcceptance,
+            outcome: None,
+            holds_capacity: true,
+            deadline_at: None,
+            task_version: 1,
+            trigger_event_id: uuid::Uuid::now_v7(),
+            correlation_id: None,
+            version: 1,
+            created_at: now,
+            updated_at: now,
+        };
+        let current = SagaTask {
+            task: Task { version: 3, ..task },
+            assigned_version: Some(3),
+        };
+        assert_eq!(
+            describe(Some(&current), &saga),
+            "the task was assigned to bo again at version 3"
+        );
     }
 }
