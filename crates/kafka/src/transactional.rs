@@ -116,6 +116,10 @@ fn is_fencing(code: Option<RDKafkaErrorCode>) -> bool {
     )
 }
 
+/// The longest a failed `init_transactions` waits for the cluster to say
+/// why (its metadata and a broker's configuration).
+const DIAGNOSIS_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Transactional producer settings.
 #[derive(Debug, Clone)]
 pub struct TransactionSettings {
@@ -184,12 +188,31 @@ impl TransactionalProducer {
             operation_timeout: settings.operation_timeout,
             client: client.to_owned(),
         };
-        producer
+        let started = producer
             .blocking("init_transactions", |p, timeout| {
                 p.init_transactions(timeout)
             })
-            .await?;
-        Ok(producer)
+            .await;
+        match started {
+            Ok(()) => Ok(producer),
+            Err(mut error) if !error.fenced => {
+                // Most often no coordinator answered in time: a cluster
+                // whose transaction log cannot exist (more replicas asked
+                // for than it has brokers) never gets one, however often
+                // this is tried. Say so, and how to fix it.
+                let patience = settings.operation_timeout.min(DIAGNOSIS_TIMEOUT);
+                match crate::admin::diagnose_transaction_log(config, patience).await {
+                    // The caller logs the error (and may try again).
+                    Ok(Some(why)) => error.message = format!("{}; {why}", error.message),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::debug!(client, error = %e, "cannot tell why init_transactions failed")
+                    }
+                }
+                Err(error)
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// The producer's `transactional.id`.
