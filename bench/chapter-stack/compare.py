@@ -290,7 +290,7 @@ def kill(args) -> None:
             for name in ("taskstream", "chapter"):
                 if name == "taskstream":
                     base, topic, names = stacks.start_up(), "task-events", ("up",)
-                    audit_db = os.path.join(workdir, "up", "taskstream.db")
+                    audit_db = os.path.join(workdir, "up", "audit.db")
                     restart = stacks.start_up
                 else:
                     base, topic, names = stacks.start_chapter(), CHAPTER_TOPIC, ("chapter-api", "chapter-audit")

@@ -46,6 +46,12 @@ impl ProducerIds {
             fs::write(&tmp, end.to_string())?;
             fs::File::open(&tmp)?.sync_all()?;
             fs::rename(&tmp, &self.file)?;
+            // The rename itself is durable only once the directory is: a
+            // crash before that could bring the previous block end back,
+            // and with it ids already handed out.
+            if let Some(dir) = self.file.parent() {
+                fs::File::open(dir)?.sync_all()?;
+            }
             *state = (next, end);
         }
         state.0 += 1;
@@ -56,6 +62,17 @@ impl ProducerIds {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_block_that_cannot_be_recorded_hands_out_no_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = ProducerIds::open(dir.path()).unwrap();
+        // The temporary file cannot be written: a directory is in its way.
+        fs::create_dir(dir.path().join("producer-ids.tmp")).unwrap();
+        assert!(ids.next().is_err());
+        fs::remove_dir(dir.path().join("producer-ids.tmp")).unwrap();
+        assert_eq!(ids.next().unwrap(), 0);
+    }
 
     #[test]
     fn ids_are_never_reused_after_a_restart() {

@@ -127,31 +127,37 @@ pub trait GapRepair: Send + Sync + 'static {
     async fn repair(&self, resets: &[OffsetReset]) -> Result<u64, String>;
 }
 
-/// Repairs from the outbox of the store the group writes its effects to:
-/// where the relay publishes from the same store (`taskstream up`, or
-/// components sharing one PostgreSQL database), every published event the
-/// group has not handled is marked unpublished, and the relay publishes it
-/// again.
+/// Repairs from the outbox the group's events come from: every published
+/// event the group has not handled, as its own database shows, is marked
+/// unpublished, and the relay publishes it again. The outbox and the
+/// group's database are one store where the components share a database
+/// (PostgreSQL), two SQLite files under `taskstream up`, which gives every
+/// service a database of its own.
 pub struct OutboxRepair {
-    store: Arc<Store>,
+    outbox: Arc<Store>,
+    /// The group's own database.
+    handled_in: Arc<Store>,
     /// The group whose processed events count; `None`: the audit log.
     processed_by: Option<String>,
 }
 
 impl OutboxRepair {
-    /// For the audit-log service: an event is handled once it is audited.
-    pub fn for_auditor(store: Arc<Store>) -> Self {
+    /// For the audit-log service, keeping its log in `audit`: an event is
+    /// handled once it is audited.
+    pub fn for_auditor(outbox: Arc<Store>, audit: Arc<Store>) -> Self {
         Self {
-            store,
+            outbox,
+            handled_in: audit,
             processed_by: None,
         }
     }
 
-    /// For the notification service in `group`: an event is handled once
-    /// that group processed it.
-    pub fn for_notifier(store: Arc<Store>, group: &str) -> Self {
+    /// For the notification service in `group`, keeping its records in
+    /// `notifications`: an event is handled once that group processed it.
+    pub fn for_notifier(outbox: Arc<Store>, notifications: Arc<Store>, group: &str) -> Self {
         Self {
-            store,
+            outbox,
+            handled_in: notifications,
             processed_by: Some(group.to_owned()),
         }
     }
@@ -164,8 +170,8 @@ impl GapRepair for OutboxRepair {
             Some(group) => HandledBy::Processed(group),
             None => HandledBy::AuditLog,
         };
-        self.store
-            .requeue_events_unhandled_by(handled_by)
+        self.outbox
+            .requeue_events_unhandled_by(handled_by, &self.handled_in)
             .await
             .map_err(|e| e.to_string())
     }

@@ -125,14 +125,40 @@ impl Store {
         each!(self, s => s.probe_write().await)
     }
 
-    pub async fn requeue_unhandled_events(&self, notifier: &str) -> Result<u64, StoreError> {
-        each!(self, s => s.requeue_unhandled_events(notifier).await)
+    /// Marks published events unpublished again when a consumer has not
+    /// handled them: no entry in `audit`'s audit log, or not processed by
+    /// `notifier` in `notifications` (see
+    /// [`SqliteStore::requeue_unhandled_events`]). With SQLite each may be a
+    /// file of its own (`taskstream up` gives every service one); with
+    /// PostgreSQL the components share this one database.
+    pub async fn requeue_unhandled_events(
+        &self,
+        notifier: &str,
+        audit: &Store,
+        notifications: &Store,
+    ) -> Result<u64, StoreError> {
+        match (self, audit, notifications) {
+            (Self::Sqlite(s), Self::Sqlite(a), Self::Sqlite(n)) => {
+                s.requeue_unhandled_events_in(notifier, a.path(), n.path())
+                    .await
+            }
+            _ => each!(self, s => s.requeue_unhandled_events(notifier).await),
+        }
     }
 
     /// Marks published events unpublished again when `by` has not handled
     /// them (see [`SqliteStore::requeue_events_unhandled_by`]).
-    pub async fn requeue_events_unhandled_by(&self, by: HandledBy<'_>) -> Result<u64, StoreError> {
-        each!(self, s => s.requeue_events_unhandled_by(by).await)
+    /// `handled_in` is the consumer's own database: with SQLite possibly
+    /// another file than this outbox's; with PostgreSQL the same database.
+    pub async fn requeue_events_unhandled_by(
+        &self,
+        by: HandledBy<'_>,
+        handled_in: &Store,
+    ) -> Result<u64, StoreError> {
+        match (self, handled_in) {
+            (Self::Sqlite(s), Self::Sqlite(h)) => s.requeue_events_unhandled_in(by, h.path()).await,
+            _ => each!(self, s => s.requeue_events_unhandled_by(by).await),
+        }
     }
 
     pub async fn processed_times(

@@ -68,6 +68,50 @@ pub(crate) const REQUEUE_UNHANDLED: &str = "UPDATE outbox SET published_at = NUL
             OR NOT EXISTS (SELECT 1 FROM processed_events p
                            WHERE p.consumer = $1 AND p.event_id = outbox.id))";
 
+/// [`REQUEUE_UNHANDLED`] with the audit log in schema `audit` and the
+/// processed events in schema `notifier` (`main`, or attached files).
+pub(crate) fn requeue_unhandled(audit: &str, notifier: &str) -> String {
+    format!(
+        "UPDATE outbox SET published_at = NULL
+     WHERE published_at IS NOT NULL AND aggregatetype = 'task'
+       AND (NOT EXISTS (SELECT 1 FROM {audit}.audit_log a WHERE a.event_id = outbox.id)
+            OR NOT EXISTS (SELECT 1 FROM {notifier}.processed_events p
+                           WHERE p.consumer = $1 AND p.event_id = outbox.id))"
+    )
+}
+
+/// [`REQUEUE_UNAUDITED`] with the audit log in schema `audit`.
+pub(crate) fn requeue_unaudited(audit: &str) -> String {
+    format!(
+        "UPDATE outbox SET published_at = NULL
+     WHERE published_at IS NOT NULL AND aggregatetype = 'task'
+       AND NOT EXISTS (SELECT 1 FROM {audit}.audit_log a WHERE a.event_id = outbox.id)"
+    )
+}
+
+/// [`REQUEUE_UNPROCESSED`] with the processed events in schema `handled`.
+pub(crate) fn requeue_unprocessed(handled: &str) -> String {
+    format!(
+        "UPDATE outbox SET published_at = NULL
+     WHERE published_at IS NOT NULL AND aggregatetype = 'task'
+       AND NOT EXISTS (SELECT 1 FROM {handled}.processed_events p
+                       WHERE p.consumer = $1 AND p.event_id = outbox.id)"
+    )
+}
+
+/// Which files a SQLite database took its rows from, once each
+/// ([`crate::SqliteStore::adopt_rows_once`]). Created on first use: it is
+/// the bookkeeping of that one-time move, not part of any service's data.
+pub(crate) const CREATE_ADOPTED_ROWS: &str = "CREATE TABLE IF NOT EXISTS adopted_rows (
+       source TEXT PRIMARY KEY,
+       tables TEXT NOT NULL,
+       adopted_at TEXT NOT NULL)";
+
+pub(crate) const ADOPTED_FROM: &str = "SELECT adopted_at FROM adopted_rows WHERE source = $1";
+
+pub(crate) const RECORD_ADOPTION: &str =
+    "INSERT INTO adopted_rows (source, tables, adopted_at) VALUES ($1, $2, $3)";
+
 /// Unpublishes events without an audit-log entry.
 pub(crate) const REQUEUE_UNAUDITED: &str = "UPDATE outbox SET published_at = NULL
      WHERE published_at IS NOT NULL AND aggregatetype = 'task'

@@ -295,6 +295,140 @@ impl SqliteStore {
         Ok(done.rows_affected())
     }
 
+    /// [`SqliteStore::requeue_unhandled_events`] where each consumer keeps
+    /// its state in a database of its own (`taskstream up`: one file per
+    /// service): the audit log in the SQLite file `audit`, the notifier's
+    /// processed events in `notifications`. Either may be this store's own
+    /// file.
+    pub async fn requeue_unhandled_events_in(
+        &self,
+        notifier: &str,
+        audit: &Path,
+        notifications: &Path,
+    ) -> Result<u64, StoreError> {
+        let attached = Attached::new(
+            &self.path,
+            [("audit_db", audit), ("notifier_db", notifications)],
+        );
+        let statement = sql::requeue_unhandled(attached.schema(0), attached.schema(1));
+        self.run_attached(&attached, &[(statement, vec![notifier])])
+            .await
+    }
+
+    /// [`SqliteStore::requeue_events_unhandled_by`] where the consumer keeps
+    /// its state in the SQLite file `handled_in` (its own database), which
+    /// may be this store's own file.
+    pub async fn requeue_events_unhandled_in(
+        &self,
+        by: HandledBy<'_>,
+        handled_in: &Path,
+    ) -> Result<u64, StoreError> {
+        let attached = Attached::new(&self.path, [("handled_db", handled_in)]);
+        let schema = attached.schema(0);
+        let statement = match by {
+            HandledBy::AuditLog => (sql::requeue_unaudited(schema), vec![]),
+            HandledBy::Processed(consumer) => (sql::requeue_unprocessed(schema), vec![consumer]),
+        };
+        self.run_attached(&attached, &[statement]).await
+    }
+
+    /// Copies, once, the rows of `tables` from the database `from` into
+    /// this one, and remembers in the same transaction that it did (table
+    /// `adopted_rows`): a data directory written when every service shared
+    /// one file gives each service's database its own history when the
+    /// service moves to a file of its own. Rows already here are kept; the
+    /// rows in `from` are left as they are. `from` is an open store, so its
+    /// schema is the same as this one's. Returns how many rows were copied
+    /// (0 when done before, or when `from` is this very file).
+    pub async fn adopt_rows_once(
+        &self,
+        from: &SqliteStore,
+        tables: &[&str],
+    ) -> Result<u64, StoreError> {
+        if same_file(&from.path, &self.path) {
+            return Ok(0);
+        }
+        let source = from
+            .path
+            .canonicalize()
+            .unwrap_or_else(|_| from.path.clone());
+        let source = source.display().to_string();
+        sqlx::query(sql::CREATE_ADOPTED_ROWS)
+            .execute(&self.writer)
+            .await?;
+        let done: Option<String> = sqlx::query_scalar(sql::ADOPTED_FROM)
+            .bind(&source)
+            .fetch_optional(&self.writer)
+            .await?;
+        if done.is_some() {
+            return Ok(0);
+        }
+        let attached = Attached::new(&self.path, [("legacy_db", from.path.as_path())]);
+        let tables_list = tables.join(",");
+        let now = at(&taskstream_domain::now());
+        let mut statements: Vec<(String, Vec<&str>)> = tables
+            .iter()
+            .map(|table| {
+                (
+                    format!("INSERT OR IGNORE INTO main.{table} SELECT * FROM legacy_db.{table}"),
+                    Vec::new(),
+                )
+            })
+            .collect();
+        statements.push((
+            sql::RECORD_ADOPTION.to_owned(),
+            vec![source.as_str(), tables_list.as_str(), now.as_str()],
+        ));
+        // The bookkeeping row is one of the changes; it is not a copied row.
+        Ok(self.run_attached(&attached, &statements).await? - 1)
+    }
+
+    /// Runs `statements` (each with its text parameters) in one
+    /// transaction on the writer connection, with the other files of
+    /// `attached` attached for their duration; returns the rows they
+    /// changed. A connection left in doubt (a failed DETACH) is closed, not
+    /// returned to the pool.
+    async fn run_attached(
+        &self,
+        attached: &Attached<'_>,
+        statements: &[(String, Vec<&str>)],
+    ) -> Result<u64, StoreError> {
+        let mut conn = self.writer.acquire().await?;
+        let mut names = Vec::new();
+        let outcome = async {
+            for (alias, path) in attached.others() {
+                sqlx::query(&format!("ATTACH DATABASE ? AS {alias}"))
+                    .bind(path.to_string_lossy().into_owned())
+                    .execute(&mut *conn)
+                    .await?;
+                names.push(alias);
+            }
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            let mut changed = 0;
+            for (statement, parameters) in statements {
+                let mut query = sqlx::query(statement);
+                for p in parameters {
+                    query = query.bind(*p);
+                }
+                changed += query.execute(&mut *tx).await?.rows_affected();
+            }
+            tx.commit().await?;
+            Ok::<u64, StoreError>(changed)
+        }
+        .await;
+        for alias in names {
+            if let Err(error) = sqlx::query(&format!("DETACH DATABASE {alias}"))
+                .execute(&mut *conn)
+                .await
+            {
+                tracing::warn!(%error, "could not detach {alias}; closing the connection");
+                conn.close_on_drop();
+                break;
+            }
+        }
+        outcome
+    }
+
     /// When `consumer` finished each event it processed.
     pub async fn processed_times(
         &self,
@@ -323,6 +457,47 @@ impl SqliteStore {
         self.reader.close().await;
         // A closed store publishes nothing: let a standby relay have the lease.
         self.relay_lock.lock().expect("never poisoned").0 = None;
+    }
+}
+
+/// Other SQLite files a statement reads, each under an alias, or as `main`
+/// when it is the store's own file.
+struct Attached<'p> {
+    files: Vec<(&'static str, &'p Path, bool)>,
+}
+
+impl<'p> Attached<'p> {
+    fn new<const N: usize>(own: &Path, files: [(&'static str, &'p Path); N]) -> Self {
+        Self {
+            files: files
+                .into_iter()
+                .map(|(alias, path)| (alias, path, same_file(path, own)))
+                .collect(),
+        }
+    }
+
+    /// The schema name the statement uses for the `i`th file.
+    fn schema(&self, i: usize) -> &'static str {
+        match self.files[i] {
+            (_, _, true) => "main",
+            (alias, _, false) => alias,
+        }
+    }
+
+    /// The files to attach (the ones that are not the store's own).
+    fn others(&self) -> impl Iterator<Item = (&'static str, &'p Path)> + '_ {
+        self.files
+            .iter()
+            .filter(|(_, _, own)| !own)
+            .map(|&(alias, path, _)| (alias, path))
+    }
+}
+
+/// Whether two paths name the same file (compared canonically when both exist).
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
     }
 }
 
@@ -1236,6 +1411,168 @@ mod tests {
                 .unwrap(),
             2
         );
+    }
+
+    /// `taskstream up` keeps the outbox, the audit log and the notifier's
+    /// processed events in three files: a requeue reads the other two.
+    #[tokio::test]
+    async fn a_requeue_reads_the_consumers_own_files() {
+        let (dir, outbox) = store().await;
+        let options = SqliteOptions::default();
+        let (audit_path, notifier_path) = (dir.path().join("audit.db"), dir.path().join("n.db"));
+        let audit = SqliteStore::open(&audit_path, &options).await.unwrap();
+        let notifier = SqliteStore::open(&notifier_path, &options).await.unwrap();
+        let mut changes = Vec::new();
+        for i in 0..3 {
+            let change = created(&format!("t{i}"));
+            outbox
+                .insert_task(&change.task, &message(&change))
+                .await
+                .unwrap();
+            changes.push(change);
+        }
+        let seqs: Vec<i64> = outbox
+            .pending(&lease(&outbox).await, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|p| p.seq)
+            .collect();
+        let publish = || outbox.mark_published(&seqs, taskstream_domain::now());
+        publish().await.unwrap();
+        // Event 0: handled by both. Event 1: only audited. Event 2: by neither.
+        for change in &changes[..2] {
+            let entry = audit_entry(change.event.id.as_uuid(), &change.task.id.to_string());
+            audit.append("auditor", &entry).await.unwrap();
+        }
+        notifier
+            .record_notifications("notifier", changes[0].event.id.as_uuid(), &[])
+            .await
+            .unwrap();
+        let pending = || async {
+            let rows = outbox.pending(&lease(&outbox).await, 10).await.unwrap();
+            rows.iter().map(|p| p.message.id).collect::<Vec<_>>()
+        };
+        let id = |i: usize| changes[i].event.id.as_uuid();
+
+        // The outbox's own file knows nothing of either consumer: all three.
+        assert_eq!(
+            outbox.requeue_unhandled_events("notifier").await.unwrap(),
+            3
+        );
+        publish().await.unwrap();
+        assert_eq!(
+            outbox
+                .requeue_unhandled_events_in("notifier", audit.path(), notifier.path())
+                .await
+                .unwrap(),
+            2
+        );
+        assert_eq!(pending().await, [id(1), id(2)]);
+        publish().await.unwrap();
+        assert_eq!(
+            outbox
+                .requeue_events_unhandled_in(HandledBy::AuditLog, audit.path())
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(pending().await, [id(2)]);
+        publish().await.unwrap();
+        assert_eq!(
+            outbox
+                .requeue_events_unhandled_in(HandledBy::Processed("notifier"), notifier.path())
+                .await
+                .unwrap(),
+            2
+        );
+        publish().await.unwrap();
+        // The outbox's own file, named as the consumer's, reads it as `main`.
+        assert_eq!(
+            outbox
+                .requeue_events_unhandled_in(HandledBy::AuditLog, outbox.path())
+                .await
+                .unwrap(),
+            3
+        );
+        // Nothing stays attached to the writer: the next statements run as before.
+        publish().await.unwrap();
+        assert_eq!(
+            outbox
+                .requeue_events_unhandled_in(HandledBy::AuditLog, audit.path())
+                .await
+                .unwrap(),
+            1
+        );
+    }
+
+    /// A data directory from when every service shared one file: each
+    /// service's new file takes its rows once, and the shared file keeps them.
+    #[tokio::test]
+    async fn a_service_file_adopts_its_rows_from_the_shared_file_once() {
+        let (dir, shared) = store().await;
+        let change = created("old");
+        let entry = audit_entry(change.event.id.as_uuid(), &change.task.id.to_string());
+        shared.append("auditor", &entry).await.unwrap();
+        shared
+            .record_notifications("notifier", change.event.id.as_uuid(), &[])
+            .await
+            .unwrap();
+        let audit = SqliteStore::open(&dir.path().join("audit.db"), &SqliteOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            audit
+                .adopt_rows_once(&shared, &["audit_log"])
+                .await
+                .unwrap(),
+            1
+        );
+        let entries = audit.audit_entries(None, 10).await.unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].event_id, change.event.id.as_uuid());
+        // Once: a row the shared file gains later is not copied again, nor
+        // is anything copied twice.
+        let later = created("later");
+        let entry = audit_entry(later.event.id.as_uuid(), &later.task.id.to_string());
+        shared.append("auditor", &entry).await.unwrap();
+        assert_eq!(
+            audit
+                .adopt_rows_once(&shared, &["audit_log"])
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(audit.audit_entries(None, 10).await.unwrap().len(), 1);
+        assert_eq!(shared.audit_entries(None, 10).await.unwrap().len(), 2);
+        // A store never adopts from its own file.
+        assert_eq!(
+            shared
+                .adopt_rows_once(&shared, &["audit_log"])
+                .await
+                .unwrap(),
+            0
+        );
+        // The notifier's inbox comes along (every group's marks: the two
+        // audited events' and the notified one's): an event it handled
+        // stays handled.
+        let notifier =
+            SqliteStore::open(&dir.path().join("notifier.db"), &SqliteOptions::default())
+                .await
+                .unwrap();
+        assert_eq!(
+            notifier
+                .adopt_rows_once(&shared, &["notifications", "processed_events"])
+                .await
+                .unwrap(),
+            3
+        );
+        assert!(notifier
+            .processed_times("notifier")
+            .await
+            .unwrap()
+            .iter()
+            .any(|(id, _)| *id == change.event.id.as_uuid()));
     }
 
     /// A `task.created` audit entry for `event_id` about `task_id`.

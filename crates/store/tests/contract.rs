@@ -584,7 +584,7 @@ async fn a_groups_repair_requeues_only_the_published_events_it_has_not_handled()
         };
 
         let requeued = store
-            .requeue_events_unhandled_by(HandledBy::AuditLog)
+            .requeue_events_unhandled_by(HandledBy::AuditLog, store)
             .await
             .unwrap();
         assert_eq!(requeued, 2);
@@ -595,14 +595,14 @@ async fn a_groups_repair_requeues_only_the_published_events_it_has_not_handled()
             .unwrap();
 
         let requeued = store
-            .requeue_events_unhandled_by(HandledBy::Processed("notifier"))
+            .requeue_events_unhandled_by(HandledBy::Processed("notifier"), store)
             .await
             .unwrap();
         assert_eq!(requeued, 2);
         assert_eq!(pending_ids().await, ids(&[0, 2]));
         assert_eq!(
             store
-                .requeue_events_unhandled_by(HandledBy::Processed("notifier"))
+                .requeue_events_unhandled_by(HandledBy::Processed("notifier"), store)
                 .await
                 .unwrap(),
             0,
@@ -786,7 +786,10 @@ mod sagas {
             // Neither the notifier nor the audit log handles saga events:
             // only the task event is theirs to have republished.
             for by in [HandledBy::Processed("notifier"), HandledBy::AuditLog] {
-                assert_eq!(store.requeue_events_unhandled_by(by).await.unwrap(), 1);
+                assert_eq!(
+                    store.requeue_events_unhandled_by(by, store).await.unwrap(),
+                    1
+                );
                 let pending = pending_rows(store, 10).await;
                 assert_eq!(
                     pending
@@ -800,7 +803,13 @@ mod sagas {
                     .await
                     .unwrap();
             }
-            assert_eq!(store.requeue_unhandled_events("notifier").await.unwrap(), 1);
+            assert_eq!(
+                store
+                    .requeue_unhandled_events("notifier", store, store)
+                    .await
+                    .unwrap(),
+                1
+            );
             backend.finish().await;
         }
     }
@@ -1402,11 +1411,14 @@ async fn a_repair_requeues_task_events_only_never_the_agents_suggestion_events()
             .unwrap();
         // Neither row is in the audit log: only the task event is the auditor's business.
         let requeued = store
-            .requeue_events_unhandled_by(HandledBy::AuditLog)
+            .requeue_events_unhandled_by(HandledBy::AuditLog, store)
             .await
             .unwrap();
         assert_eq!(requeued, 1);
-        let again = store.requeue_unhandled_events("notifier").await.unwrap();
+        let again = store
+            .requeue_unhandled_events("notifier", store, store)
+            .await
+            .unwrap();
         assert_eq!(again, 0);
         let pending = pending_rows(store, 10).await;
         assert_eq!(pending.len(), 1);

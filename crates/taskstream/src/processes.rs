@@ -23,7 +23,7 @@ use crate::cli::{
 };
 use crate::components::{
     self, readiness, CaptureSettings, Checks, Component, ConsumerOptions, DevBrokerKind,
-    EmbeddedBroker, EmbeddedBrokerSettings, NotifierSink, RelayReadiness, BROKER_DIR,
+    EmbeddedBroker, EmbeddedBrokerSettings, NotifierSink, RelayReadiness, ServiceData, BROKER_DIR,
 };
 use crate::shutdown_guard::shutdown_signal;
 use crate::system::{RegistrySetting, RunningSystem, SystemConfig, STATS_INTERVAL};
@@ -298,7 +298,7 @@ async fn consumer(
     let (kafka, dev_broker) = args.kafka.resolve(&args.store.data_dir, which)?;
     let kafka = kafka.with_stats(metrics.stats_listener(), STATS_INTERVAL);
     args.kafka_start.wait(&kafka).await?;
-    let store = open_store(&args.store).await?;
+    let (store, outbox) = consumer_stores(which, &args.store).await?;
     let registry = args.registry.resolve(&args.store.data_dir)?;
     if registry.is_none() {
         tracing::warn!("no schema registry configured: Avro records will be dead-lettered (pass --schema-registry URL)");
@@ -308,22 +308,76 @@ async fn consumer(
     let group = args.group.as_deref();
     let (consumer, api) = match which {
         "auditor" => (
-            components::auditor(Arc::clone(&store), &kafka, group, &options, &metrics)?,
+            components::auditor(
+                Arc::clone(&store),
+                outbox.clone(),
+                &kafka,
+                group,
+                &options,
+                &metrics,
+            )?,
             ApiBuilder::new().audit(store.clone()),
         ),
         _ => (
-            components::notifier(Arc::clone(&store), &kafka, group, &options, &sink, &metrics)?,
+            components::notifier(
+                Arc::clone(&store),
+                outbox.clone(),
+                &kafka,
+                group,
+                &options,
+                &sink,
+                &metrics,
+            )?,
             ApiBuilder::new().notifications(store.clone()),
         ),
     };
     let mut running = Vec::new();
     if let Some(addr) = args.http {
         let checks = readiness::assemble([consumer.readiness_checks()]);
-        running.push(serve(addr, &args.http_limits, api, &metrics, &store, checks).await?);
+        // /metrics reports the outbox the events come from, where there is one.
+        let outbox_stats = outbox.as_ref().unwrap_or(&store);
+        running.push(serve(addr, &args.http_limits, api, &metrics, outbox_stats, checks).await?);
     }
     running.push(consumer);
     run_until_signal(running, &store).await;
+    if let Some(outbox) = outbox.filter(|o| !Arc::ptr_eq(o, &store)) {
+        outbox.close().await;
+    }
     Ok(())
+}
+
+/// The auditor's or the notifier's own store, and the Task API's outbox
+/// it repairs gaps from: with `--database-url`, both are that one shared
+/// database; else the service's SQLite file in the data directory, and the
+/// Task API's file there if there is one (whose rows of this service a new
+/// file takes once, see [`components::open_service_store`]).
+async fn consumer_stores(
+    which: &str,
+    args: &StoreArgs,
+) -> anyhow::Result<(Arc<Store>, Option<Arc<Store>>)> {
+    let service = match which {
+        "auditor" => ServiceData::Audit,
+        _ => ServiceData::Notifications,
+    };
+    let database = args.database()?;
+    let (sqlite, postgres) = (args.options(), args.postgres_options());
+    let tasks =
+        components::existing_tasks_store(&args.data_dir, database.as_ref(), &sqlite, &postgres)
+            .await?;
+    let store = components::open_service_store(
+        service,
+        &args.data_dir,
+        database.as_ref(),
+        &sqlite,
+        &postgres,
+        tasks.as_ref(),
+    )
+    .await?;
+    let outbox = match database {
+        Some(_) => Some(Arc::clone(&store)),
+        None => tasks,
+    };
+    Ok((store, outbox))
 }
 
 /// `taskstream saga`: the assignment saga alone (its orchestrator's

@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 
 use crate::components::{
     self, readiness, AgentSettings, Component, ConsumerOptions, DevBrokerKind, EmbeddedBroker,
-    EmbeddedBrokerSettings, RelayReadiness, BROKER_DIR,
+    EmbeddedBrokerSettings, RelayReadiness, ServiceData, BROKER_DIR,
 };
 use crate::config::Endpoints;
 use crate::data_dir_lock::{DataDirLock, INSTANCE_LOCK_FILE};
@@ -130,6 +130,8 @@ pub struct RunningSystem {
     kafka_bootstrap: String,
     registry_url: Option<String>,
     store: Arc<Store>,
+    audit_store: Arc<Store>,
+    notifier_store: Arc<Store>,
     metrics: Arc<Metrics>,
     /// In shutdown order: HTTP, relay, consumers.
     components: Vec<Component>,
@@ -234,10 +236,27 @@ impl RunningSystem {
             &config.postgres,
         )
         .await?;
+        // Each service owns its data: with SQLite the auditor and the
+        // notifier write files of their own, so that no service's commits
+        // wait for another's.
+        let open = |service| {
+            components::open_service_store(
+                service,
+                &config.data_dir,
+                config.database.as_ref(),
+                &config.sqlite,
+                &config.postgres,
+                Some(&store),
+            )
+        };
+        let audit_store = open(ServiceData::Audit).await?;
+        let notifier_store = open(ServiceData::Notifications).await?;
         // Only the mock starts empty: taskstream's broker keeps topics,
         // records and group offsets on disk.
         if mock {
-            let requeued = store.requeue_unhandled_events(NOTIFIER_GROUP).await?;
+            let requeued = store
+                .requeue_unhandled_events(NOTIFIER_GROUP, &audit_store, &notifier_store)
+                .await?;
             if requeued > 0 {
                 tracing::info!(requeued, "the dev broker starts empty; republishing events the consumers had not handled");
             }
@@ -259,14 +278,16 @@ impl RunningSystem {
         running.extend(components::register_schemas(&encoding).await?);
         running.extend([
             components::auditor(
-                Arc::clone(&store),
+                Arc::clone(&audit_store),
+                Some(Arc::clone(&store)),
                 &kafka,
                 None,
                 &consumer_options,
                 &metrics,
             )?,
             components::notifier(
-                Arc::clone(&store),
+                Arc::clone(&notifier_store),
+                Some(Arc::clone(&store)),
                 &kafka,
                 None,
                 &consumer_options,
@@ -350,8 +371,8 @@ impl RunningSystem {
             encoding,
             Arc::clone(&saga_wakes.timer),
         )
-        .audit(store.clone())
-        .notifications(store.clone())
+        .audit(audit_store.clone())
+        .notifications(notifier_store.clone())
         .observability(Arc::clone(&metrics), Some(store.clone()), checks);
         let (http_addr, http) = components::http(config.http, api, &config.http_limits).await?;
         let http = http.with_checks(api_checks);
@@ -360,6 +381,8 @@ impl RunningSystem {
             kafka_bootstrap: kafka.bootstrap_servers.clone(),
             registry_url,
             store,
+            audit_store,
+            notifier_store,
             metrics,
             // The registry stops last: the relay and consumers may need it to the end.
             components: std::iter::once(http)
@@ -390,9 +413,19 @@ impl RunningSystem {
         self.registry_url.as_deref()
     }
 
-    /// The store all components share.
+    /// The Task API's store: tasks, the outbox, sagas, suggestions.
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    /// The audit-log service's store (with SQLite a file of its own).
+    pub fn audit_store(&self) -> &Arc<Store> {
+        &self.audit_store
+    }
+
+    /// The notification service's store (with SQLite a file of its own).
+    pub fn notifier_store(&self) -> &Arc<Store> {
+        &self.notifier_store
     }
 
     /// The process's metrics.
@@ -433,6 +466,8 @@ impl RunningSystem {
         let broker = self.dev_broker.take();
         components::stop_all(std::mem::take(&mut self.components)).await;
         self.store.close().await;
+        self.audit_store.close().await;
+        self.notifier_store.close().await;
         if let Some(broker) = broker {
             broker.shutdown(Duration::from_secs(1));
         }

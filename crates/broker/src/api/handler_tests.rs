@@ -576,3 +576,28 @@ fn under_flush_before_acknowledge_an_acks_0_produce_is_fsynced_and_so_fetched() 
         assert!(bytes > 0);
     });
 }
+
+/// An idempotent producer's InitProducerId while no producer id can be
+/// recorded is answered with a retriable error, and succeeds once it can.
+#[test]
+fn init_producer_id_answers_a_retriable_error_while_ids_cannot_be_recorded() {
+    use kafka_protocol::messages::InitProducerIdRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let shared = broker_with_topic(&dir);
+    let blocker = dir.path().join("producer-ids.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let request = InitProducerIdRequest::default()
+        .with_transaction_timeout_ms(60_000)
+        .with_producer_id(kafka_protocol::messages::ProducerId(-1))
+        .with_producer_epoch(-1);
+    let answer = super::producer_id::handle(&shared, request.clone(), 4);
+    assert_eq!(
+        answer.error_code,
+        ResponseError::CoordinatorLoadInProgress.code()
+    );
+    assert!(ResponseError::CoordinatorLoadInProgress.is_retriable());
+    std::fs::remove_dir(&blocker).unwrap();
+    let answer = super::producer_id::handle(&shared, request, 4);
+    assert_eq!(answer.error_code, 0);
+    assert!(answer.producer_id.0 >= 0);
+}

@@ -54,9 +54,13 @@ pub(crate) fn handle(
         Ok(id) => InitProducerIdResponse::default()
             .with_producer_id(ProducerId(id))
             .with_producer_epoch(0),
+        // Retriable for every client, as Kafka answers while its broker
+        // waits for a new block of ids: UNKNOWN_SERVER_ERROR would be fatal
+        // to a Java producer, and the failure (a full or failing disk)
+        // usually passes.
         Err(e) => {
             tracing::error!(error = %e, "allocating a producer id failed");
-            failed(ResponseError::UnknownServerError.code())
+            failed(ResponseError::CoordinatorLoadInProgress.code())
         }
     }
 }

@@ -88,8 +88,13 @@ pub(super) fn consumer<H: EventHandler>(
 /// consumer runtime ([`ConsumerService`]: decode, retry and hold, dead
 /// letters, metrics) around the group's inbox ([`ProcessedEvents`]) around
 /// [`AuditHandler`], whose effect is the audit entry.
+///
+/// `store` is the auditor's own database; `outbox`, the Task API's, which
+/// a gap in the group's records is repaired from (`None`: no outbox is
+/// reachable, and such a gap is reported as lost).
 pub fn auditor(
     store: Arc<Store>,
+    outbox: Option<Arc<Store>>,
     kafka: &KafkaConfig,
     group: Option<&str>,
     options: &ConsumerOptions,
@@ -97,31 +102,27 @@ pub fn auditor(
 ) -> anyhow::Result<Component> {
     let group = group.unwrap_or(AUDITOR_GROUP);
     // Records deleted before the auditor read them are republished from
-    // the outbox, where this store has them.
-    let repair = Arc::new(OutboxRepair::for_auditor(Arc::clone(&store)));
+    // the outbox, which tells them by the audit log in this store.
+    let repair = outbox.map(|outbox| {
+        Arc::new(OutboxRepair::for_auditor(outbox, Arc::clone(&store))) as Arc<dyn GapRepair>
+    });
     let checks = checks(&store, kafka, options);
     let handler = Deduplicated::new(
         ProcessedEvents::new(store.clone()),
         AuditHandler::new(store),
     );
-    Ok(consumer(
-        "auditor",
-        kafka,
-        group,
-        options,
-        handler,
-        Some(repair),
-        metrics,
-    )?
-    .with_checks(checks))
+    Ok(consumer("auditor", kafka, group, options, handler, repair, metrics)?.with_checks(checks))
 }
 
 /// Starts the notification service in `group` (default `notifier`), shaped
 /// like [`auditor`] around [`NotificationHandler`], with the
 /// log sink, waiting `delay` before each notification (zero in normal use;
 /// a slow notifier on purpose shows consumer lag building up).
+///
+/// `store` is the notifier's own database, `outbox` as for [`auditor`].
 pub fn notifier(
     store: Arc<Store>,
+    outbox: Option<Arc<Store>>,
     kafka: &KafkaConfig,
     group: Option<&str>,
     options: &ConsumerOptions,
@@ -143,22 +144,19 @@ pub fn notifier(
         ),
         None => slowed(LogSink, sink.delay),
     };
-    let repair = Arc::new(OutboxRepair::for_notifier(Arc::clone(&store), group));
+    let repair = outbox.map(|outbox| {
+        Arc::new(OutboxRepair::for_notifier(
+            outbox,
+            Arc::clone(&store),
+            group,
+        )) as Arc<dyn GapRepair>
+    });
     let checks = checks(&store, kafka, options);
     let handler = Deduplicated::new(
         ProcessedEvents::new(store.clone()),
         NotificationHandler::new(store, sink),
     );
-    Ok(consumer(
-        "notifier",
-        kafka,
-        group,
-        options,
-        handler,
-        Some(repair),
-        metrics,
-    )?
-    .with_checks(checks))
+    Ok(consumer("notifier", kafka, group, options, handler, repair, metrics)?.with_checks(checks))
 }
 
 /// How long the notifier waits for a webhook to answer (a slower one is

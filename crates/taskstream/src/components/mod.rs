@@ -47,7 +47,10 @@ pub use readiness::{
 pub use registry::{registry, REGISTRY_FILE};
 pub use relay::{relay, relay_with_readiness, RelayReadiness};
 pub use saga::{saga, SagaRun, SagaWakes};
-pub use store::{open_store, outbox_listener, DATABASE_FILE};
+pub use store::{
+    existing_tasks_store, open_service_store, open_store, outbox_listener, ServiceData,
+    DATABASE_FILE,
+};
 
 /// How long a component may take to stop before it is abandoned.
 pub const STOP_DEADLINE: Duration = Duration::from_secs(15);

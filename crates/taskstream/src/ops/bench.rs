@@ -745,7 +745,11 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     )
     .await;
     wait_for_audit(&system, warm.acks.len(), Duration::from_secs(60)).await?;
-    let before = system.store().audit_entries(None, u32::MAX).await?.len();
+    let before = system
+        .audit_store()
+        .audit_entries(None, u32::MAX)
+        .await?
+        .len();
 
     say(&format!(
         "measuring: {} requests from {} clients",
@@ -772,7 +776,7 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         .iter()
         .map(|a| ((a.task_id.clone(), a.version), a.at))
         .collect();
-    let audit = system.store().audit_entries(None, u32::MAX).await?;
+    let audit = system.audit_store().audit_entries(None, u32::MAX).await?;
     let mut audit_latency = new_histogram();
     let mut audit_ms = Vec::new();
     let mut by_event = HashMap::new();
@@ -792,7 +796,10 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     let mut notifier_times = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let processed = system.store().processed_times(NOTIFIER_GROUP).await?;
+        let processed = system
+            .notifier_store()
+            .processed_times(NOTIFIER_GROUP)
+            .await?;
         let ours: Vec<_> = processed
             .iter()
             .filter(|(id, _)| by_event.contains_key(id))
@@ -906,7 +913,11 @@ async fn wait_for_audit(
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
-        let have = system.store().audit_entries(None, u32::MAX).await?.len();
+        let have = system
+            .audit_store()
+            .audit_entries(None, u32::MAX)
+            .await?
+            .len();
         if have >= count {
             return Ok(());
         }
@@ -921,7 +932,7 @@ async fn wait_for_audit(
 /// envelopes, encoded as the relay encodes them (Avro with its 5-byte
 /// header when a registry is in use, JSON otherwise).
 async fn average_event_bytes(system: &RunningSystem) -> Option<usize> {
-    let entries = system.store().audit_entries(None, 200).await.ok()?;
+    let entries = system.audit_store().audit_entries(None, 200).await.ok()?;
     let schemas = taskstream_avro::EventSchemas::embedded();
     let sizes: Vec<usize> = entries
         .iter()

@@ -343,7 +343,11 @@ async fn event_way(args: &CouplingArgs) -> anyhow::Result<Way> {
     let mut settled_after_s = None;
     let mut audited;
     loop {
-        audited = system.store().audit_entries(None, u32::MAX).await?.len() as u64;
+        audited = system
+            .audit_store()
+            .audit_entries(None, u32::MAX)
+            .await?
+            .len() as u64;
         if audited >= stored && notifications.accepted() >= stored {
             settled_after_s = Some(finished.elapsed().as_secs_f64());
             break;

@@ -65,10 +65,18 @@ async fn components_started_from_the_library_on_random_ports_carry_a_task_change
         registry: Some(Arc::clone(&registry_client)),
         ..ConsumerOptions::for_dev_broker()
     };
-    let auditor =
-        components::auditor(Arc::clone(&store), &kafka, None, &options, &metrics).unwrap();
+    let auditor = components::auditor(
+        Arc::clone(&store),
+        Some(Arc::clone(&store)),
+        &kafka,
+        None,
+        &options,
+        &metrics,
+    )
+    .unwrap();
     let notifier = components::notifier(
         Arc::clone(&store),
+        Some(Arc::clone(&store)),
         &kafka,
         None,
         &options,

@@ -765,6 +765,8 @@ async fn sigkill_at_random_moments_ends_each_saga_once_and_applies_no_step_twice
 
         // The last run: wait until every saga of every task has ended.
         let url = format!("sqlite://{}", dir.path().join("taskstream.db").display());
+        // `up` keeps the audit log in the auditor's own file.
+        let audit_url = format!("sqlite://{}", dir.path().join("audit.db").display());
         type SagaRow = (String, String, String, Option<String>, i64);
         let sagas: Vec<SagaRow> =
             eventually("every saga to end", Duration::from_secs(90), || async {
@@ -869,7 +871,7 @@ async fn sigkill_at_random_moments_ends_each_saga_once_and_applies_no_step_twice
             "the compensations audited",
             Duration::from_secs(60),
             || async {
-                let mut db = sqlx::SqliteConnection::connect(&url).await.ok()?;
+                let mut db = sqlx::SqliteConnection::connect(&audit_url).await.ok()?;
                 let rows: Vec<(String,)> = sqlx::query_as("SELECT envelope FROM audit_log")
                     .fetch_all(&mut db)
                     .await

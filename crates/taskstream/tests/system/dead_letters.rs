@@ -123,7 +123,12 @@ async fn poison_records_are_dead_lettered(broker: &Broker) {
             .items(&format!("/audit?task_id={}", task["id"].as_str().unwrap()))
             .await;
         let envelope: Value = serde_json::from_str(
-            &app.system.store().audit_entries(None, 10).await.unwrap()[0].envelope,
+            &app.system
+                .audit_store()
+                .audit_entries(None, 10)
+                .await
+                .unwrap()[0]
+                .envelope,
         )
         .unwrap();
         assert_eq!(audit.len(), 1);
@@ -254,9 +259,18 @@ async fn retries_exhausted_then_replayed(broker: &Broker) {
         ..broker.consumer_options()
     };
     let consumers = [
-        components::auditor(store.clone(), &kafka, None, &consumer_options, &metrics).unwrap(),
+        components::auditor(
+            store.clone(),
+            Some(store.clone()),
+            &kafka,
+            None,
+            &consumer_options,
+            &metrics,
+        )
+        .unwrap(),
         components::notifier(
             store.clone(),
+            Some(store.clone()),
             &kafka,
             None,
             &consumer_options,
@@ -383,9 +397,18 @@ async fn a_store_outage_longer_than_the_retries_holds_partitions_and_loses_no_or
     let mut locker = lock_writes(&store).await;
     let consumer_options = holding_through_outages();
     let consumers = [
-        components::auditor(store.clone(), &kafka, None, &consumer_options, &metrics).unwrap(),
+        components::auditor(
+            store.clone(),
+            Some(store.clone()),
+            &kafka,
+            None,
+            &consumer_options,
+            &metrics,
+        )
+        .unwrap(),
         components::notifier(
             store.clone(),
+            Some(store.clone()),
             &kafka,
             None,
             &consumer_options,
@@ -418,7 +441,7 @@ async fn a_store_outage_longer_than_the_retries_holds_partitions_and_loses_no_or
 
     // The outage ends: every event is applied once, each task's in order.
     sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
-    crate::faults::assert_exactly_once(&store, 18, 12).await;
+    crate::faults::assert_exactly_once(&store, &store, 18, 12).await;
     assert!(dead_letters(&p.kafka.bootstrap_servers).await.is_empty());
     for c in consumers {
         c.stop().await;
@@ -457,8 +480,15 @@ async fn moved_partitions_resume() {
 
     let mut locker = lock_writes(&store).await;
     let consumer_options = holding_through_outages();
-    let first =
-        components::auditor(store.clone(), &kafka, None, &consumer_options, &metrics).unwrap();
+    let first = components::auditor(
+        store.clone(),
+        Some(store.clone()),
+        &kafka,
+        None,
+        &consumer_options,
+        &metrics,
+    )
+    .unwrap();
     let held = |n: usize| {
         let metrics = metrics.clone();
         async move {
@@ -480,8 +510,15 @@ async fn moved_partitions_resume() {
 
     // A second member joins: some held partitions move to it (and are held
     // there), then it leaves and they come back to the first member.
-    let second =
-        components::auditor(store.clone(), &kafka, None, &consumer_options, &metrics).unwrap();
+    let second = components::auditor(
+        store.clone(),
+        Some(store.clone()),
+        &kafka,
+        None,
+        &consumer_options,
+        &metrics,
+    )
+    .unwrap();
     tokio::time::sleep(Duration::from_secs(4)).await;
     second.stop().await;
     tokio::time::sleep(Duration::from_secs(4)).await;

@@ -110,10 +110,18 @@ async fn with_debezium_in_place_of_the_relay_every_change_is_audited_and_its_rec
         registry: Some(registry_client),
         ..broker.consumer_options()
     };
-    let auditor =
-        components::auditor(Arc::clone(&store), &kafka, None, &options, &metrics).unwrap();
+    let auditor = components::auditor(
+        Arc::clone(&store),
+        Some(Arc::clone(&store)),
+        &kafka,
+        None,
+        &options,
+        &metrics,
+    )
+    .unwrap();
     let notifier = components::notifier(
         Arc::clone(&store),
+        Some(Arc::clone(&store)),
         &kafka,
         None,
         &options,
@@ -554,10 +562,18 @@ async fn with_debezium_a_poison_row_is_dead_lettered_and_lag_shows_the_groups_an
     .unwrap();
     let metrics = Metrics::new();
     let options = broker.consumer_options();
-    let auditor =
-        components::auditor(Arc::clone(&store), &kafka, None, &options, &metrics).unwrap();
+    let auditor = components::auditor(
+        Arc::clone(&store),
+        Some(Arc::clone(&store)),
+        &kafka,
+        None,
+        &options,
+        &metrics,
+    )
+    .unwrap();
     let notifier = components::notifier(
         Arc::clone(&store),
+        Some(Arc::clone(&store)),
         &kafka,
         None,
         &options,

@@ -14,19 +14,26 @@ use crate::helpers::{client, eventually, spawn_app_on_mock};
 /// Waits for `events` audit entries and `notifications` notifications, then
 /// checks there are no more, no duplicates, and each task's events are in
 /// version order.
-pub async fn assert_exactly_once(store: &Store, events: usize, notifications: usize) {
+/// `audit` and `notifier` are the two services' stores (one and the same
+/// where the components share a database).
+pub async fn assert_exactly_once(
+    audit: &Store,
+    notifier: &Store,
+    events: usize,
+    notifications: usize,
+) {
     eventually(
         &format!("{events} audited, {notifications} notified"),
         Duration::from_secs(60),
         || async {
-            let audited = store.audit_entries(None, 100_000).await.ok()?.len();
-            let notified = store.notifications(None, 100_000).await.ok()?.len();
+            let audited = audit.audit_entries(None, 100_000).await.ok()?.len();
+            let notified = notifier.notifications(None, 100_000).await.ok()?.len();
             (audited >= events && notified >= notifications).then_some(())
         },
     )
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let audit = store.audit_entries(None, 100_000).await.unwrap();
+    let audit = audit.audit_entries(None, 100_000).await.unwrap();
     assert_eq!(audit.len(), events, "no event lost or recorded twice");
     let ids: HashSet<_> = audit.iter().map(|e| e.event_id).collect();
     assert_eq!(ids.len(), events);
@@ -43,7 +50,7 @@ pub async fn assert_exactly_once(store: &Store, events: usize, notifications: us
             "task {task} events out of order: {v:?}"
         );
     }
-    let notes = store.notifications(None, 100_000).await.unwrap();
+    let notes = notifier.notifications(None, 100_000).await.unwrap();
     assert_eq!(notes.len(), notifications, "each notification sent once");
     let keys: HashSet<_> = notes.iter().map(|n| (n.event_id, n.kind.clone())).collect();
     assert_eq!(keys.len(), notifications);
@@ -98,7 +105,13 @@ async fn a_broker_outage_during_production_and_consumption_loses_and_doubles_not
     tokio::time::sleep(Duration::from_millis(1000)).await;
     broker.broker_up(1).unwrap();
     writer.await.unwrap();
-    assert_exactly_once(app.system.store(), 60 + 20, 60 + 20).await;
+    assert_exactly_once(
+        app.system.audit_store(),
+        app.system.notifier_store(),
+        60 + 20,
+        60 + 20,
+    )
+    .await;
     app.system.shutdown().await;
 }
 
@@ -136,7 +149,13 @@ async fn retriable_produce_fetch_and_commit_errors_are_absorbed() {
     for id in &ids[..20] {
         assert_eq!(app.complete(id).await.status(), 200);
     }
-    assert_exactly_once(app.system.store(), 1 + 40 + 20, 40 + 20).await;
+    assert_exactly_once(
+        app.system.audit_store(),
+        app.system.notifier_store(),
+        1 + 40 + 20,
+        40 + 20,
+    )
+    .await;
     app.system.shutdown().await;
 }
 

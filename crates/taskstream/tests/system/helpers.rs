@@ -14,8 +14,9 @@ pub struct TestApp {
     pub system: RunningSystem,
     pub base: String,
     pub client: reqwest::Client,
-    /// Kept so the data directory lives as long as the app.
-    _dir: TempDir,
+    /// Kept so the data directory lives as long as the app (`None`: the
+    /// caller's directory).
+    _dir: Option<TempDir>,
 }
 
 pub fn client() -> reqwest::Client {
@@ -62,9 +63,19 @@ pub async fn spawn_app_on(broker: &Broker) -> TestApp {
 /// [`spawn_app`], with the configuration adjusted by `configure` first
 /// (the triage agent off unless `configure` turns it on).
 pub async fn spawn_app_with(configure: impl FnOnce(&mut SystemConfig)) -> TestApp {
-    init_logs();
     let dir = tempfile::tempdir().unwrap();
-    let mut config = SystemConfig::new("127.0.0.1:0".parse().unwrap(), dir.path());
+    let mut app = spawn_app_in(dir.path(), configure).await;
+    app._dir = Some(dir);
+    app
+}
+
+/// [`spawn_app_with`] on the data directory `dir`, which outlives the app.
+pub async fn spawn_app_in(
+    dir: &std::path::Path,
+    configure: impl FnOnce(&mut SystemConfig),
+) -> TestApp {
+    init_logs();
+    let mut config = SystemConfig::new("127.0.0.1:0".parse().unwrap(), dir);
     // The triage agent is off unless a test turns it on (see agent.rs):
     // outbox rows, dead letters and consumer metrics are then the task
     // events' and the three groups' alone, as the other tests count them.
@@ -76,7 +87,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut SystemConfig)) -> TestAp
         system,
         base,
         client: client(),
-        _dir: dir,
+        _dir: None,
     }
 }
 

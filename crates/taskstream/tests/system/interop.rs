@@ -224,7 +224,7 @@ async fn confluent_kafka_python_avro_serializer_registers_and_produces_what_our_
     assert_eq!(entry["correlation_id"], "from-python");
     let stored = app
         .system
-        .store()
+        .audit_store()
         .audit_entries(produced["task_id"].as_str(), 10)
         .await
         .unwrap();

@@ -176,9 +176,18 @@ async fn lag_of_all_groups_shows_the_offsets_and_lag_kafka_consumer_groups_print
     let (config, store, metrics, addr) =
         (p.kafka.clone(), p.store.clone(), p.metrics.clone(), p.addr);
     let options = kafka.consumer_options();
-    let auditor = components::auditor(store.clone(), &config, None, &options, &metrics).unwrap();
+    let auditor = components::auditor(
+        store.clone(),
+        Some(store.clone()),
+        &config,
+        None,
+        &options,
+        &metrics,
+    )
+    .unwrap();
     let notifier = components::notifier(
         store.clone(),
+        Some(store.clone()),
         &config,
         None,
         &options,
@@ -189,6 +198,7 @@ async fn lag_of_all_groups_shows_the_offsets_and_lag_kafka_consumer_groups_print
     // A group beyond the two defaults: only --all-groups finds it.
     let archive = components::auditor(
         store.clone(),
+        Some(store.clone()),
         &config,
         Some("audit-archive"),
         &options,

@@ -41,6 +41,7 @@ mod restart;
 mod sagas;
 mod schema_registry;
 mod schemathesis;
+mod service_data;
 mod shutdown;
 mod static_membership;
 mod unreachable_kafka;

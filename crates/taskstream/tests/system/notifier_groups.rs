@@ -39,6 +39,7 @@ async fn a_notifier_in_another_group_notifies_events_the_default_group_already_h
 
     let first = components::notifier(
         store.clone(),
+        Some(store.clone()),
         &kafka,
         None,
         &options,
@@ -71,6 +72,7 @@ async fn a_notifier_in_another_group_notifies_events_the_default_group_already_h
     };
     let second = components::notifier(
         store.clone(),
+        Some(store.clone()),
         &kafka,
         Some("notifier-second"),
         &options,

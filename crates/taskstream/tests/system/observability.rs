@@ -23,7 +23,15 @@ async fn lag_agrees_with_confluent_kafka_python_and_flags_a_stopped_group() {
         (p.kafka.clone(), p.store.clone(), p.metrics.clone(), p.addr);
     let broker = p.broker.as_ref().unwrap();
     let settings = ConsumerOptions::for_dev_broker();
-    let auditor = components::auditor(store.clone(), &kafka, None, &settings, &metrics).unwrap();
+    let auditor = components::auditor(
+        store.clone(),
+        Some(store.clone()),
+        &kafka,
+        None,
+        &settings,
+        &metrics,
+    )
+    .unwrap();
     let client = client();
     let create = |i: usize| {
         let client = client.clone();

@@ -85,8 +85,15 @@ async fn records_deleted_before_the_auditor_read_them_are_reported_and_republish
 
     // The auditor handles a first event, commits, and stops.
     let options = ConsumerOptions::for_dev_broker();
-    let auditor =
-        components::auditor(p.store.clone(), &p.kafka, None, &options, &p.metrics).unwrap();
+    let auditor = components::auditor(
+        p.store.clone(),
+        Some(p.store.clone()),
+        &p.kafka,
+        None,
+        &options,
+        &p.metrics,
+    )
+    .unwrap();
     let task: Value = http
         .post(format!("{base}/tasks"))
         .json(&json!({ "title": "a long story" }))

@@ -33,9 +33,18 @@ async fn members_join_and_leave_under_load(broker: &Broker) {
     let options = broker.consumer_options();
     let pair = || {
         [
-            components::auditor(store.clone(), &kafka, None, &options, &metrics).unwrap(),
+            components::auditor(
+                store.clone(),
+                Some(store.clone()),
+                &kafka,
+                None,
+                &options,
+                &metrics,
+            )
+            .unwrap(),
             components::notifier(
                 store.clone(),
+                Some(store.clone()),
                 &kafka,
                 None,
                 &options,
@@ -72,7 +81,7 @@ async fn members_join_and_leave_under_load(broker: &Broker) {
     let third = pair();
     writer.await.unwrap();
 
-    assert_exactly_once(&store, 150, 150).await;
+    assert_exactly_once(&store, &store, 150, 150).await;
     for c in second.into_iter().chain(third) {
         c.stop().await;
     }

@@ -33,9 +33,18 @@ async fn consumers_restart_mid_stream(broker: &Broker) {
     let settings = broker.consumer_options();
     let start_consumers = || {
         vec![
-            components::auditor(store.clone(), &kafka, None, &settings, &metrics).unwrap(),
+            components::auditor(
+                store.clone(),
+                Some(store.clone()),
+                &kafka,
+                None,
+                &settings,
+                &metrics,
+            )
+            .unwrap(),
             components::notifier(
                 store.clone(),
+                Some(store.clone()),
                 &kafka,
                 None,
                 &settings,
@@ -104,6 +113,7 @@ async fn consumers_restart_mid_stream(broker: &Broker) {
     let replays = vec![
         components::auditor(
             store.clone(),
+            Some(store.clone()),
             &kafka,
             Some("auditor-replay"),
             &settings,
@@ -112,6 +122,7 @@ async fn consumers_restart_mid_stream(broker: &Broker) {
         .unwrap(),
         components::notifier(
             store.clone(),
+            Some(store.clone()),
             &kafka,
             Some("notifier-replay"),
             &settings,

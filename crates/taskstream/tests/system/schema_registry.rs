@@ -65,7 +65,15 @@ async fn with_the_registry_down_at_start_writes_are_refused_then_events_flow_wit
         registry: Some(Arc::clone(&registry_client)),
         ..ConsumerOptions::default()
     };
-    let auditor = components::auditor(store.clone(), &kafka, None, &options, &metrics).unwrap();
+    let auditor = components::auditor(
+        store.clone(),
+        Some(store.clone()),
+        &kafka,
+        None,
+        &options,
+        &metrics,
+    )
+    .unwrap();
     let (addr, http) = components::http(
         "127.0.0.1:0".parse().unwrap(),
         components::task_api(store.clone(), wake, encoding),
