@@ -2,21 +2,46 @@
 //! classified (a registry outage may pass; bytes that are not an event
 //! never will).
 
+use async_trait::async_trait;
 use taskstream_domain::{headers, EventEnvelope};
 use taskstream_kafka::InboundRecord;
 
-use super::HandleError;
+use super::{ConsumedEvent, HandleError};
 use crate::EventDecoder;
 
-/// The event in `record`'s value.
-pub(crate) async fn decode(
-    decoder: &EventDecoder,
-    record: &InboundRecord,
-) -> Result<EventEnvelope, HandleError> {
-    match record.payload.as_deref() {
-        Some(bytes) => Ok(decoder.decode(bytes).await?),
-        None => Err(HandleError::permanent("record has no value")),
+/// Reads a record into the event a group's handler takes: task events
+/// ([`EventDecoder`]), or whatever a group reads besides them. A
+/// permanent failure dead-letters the record; a retriable one holds its
+/// partition.
+#[async_trait]
+pub trait RecordDecoder: Send + Sync + 'static {
+    type Event: ConsumedEvent;
+    async fn decode(&self, record: &InboundRecord) -> Result<Self::Event, HandleError>;
+}
+
+#[async_trait]
+impl RecordDecoder for EventDecoder {
+    type Event = EventEnvelope;
+
+    async fn decode(&self, record: &InboundRecord) -> Result<EventEnvelope, HandleError> {
+        Ok(EventDecoder::decode(self, value(record)?).await?)
     }
+}
+
+/// `record`'s value; a record without one is no event.
+pub fn value(record: &InboundRecord) -> Result<&[u8], HandleError> {
+    record
+        .payload
+        .as_deref()
+        .ok_or_else(|| HandleError::permanent("record has no value"))
+}
+
+/// The event in `record`'s value.
+pub(crate) async fn decode<D: RecordDecoder>(
+    decoder: &D,
+    record: &InboundRecord,
+) -> Result<D::Event, HandleError> {
+    decoder.decode(record).await
 }
 
 /// The event type a record's `type` header names, for metrics and dead
