@@ -257,9 +257,11 @@ pub fn components() -> Vec<ComponentAccess> {
             acls: vec![
                 // lag reads the oldest unconsumed record's timestamp; replay re-publishes.
                 Acl::literal("topic", TASK_EVENTS, &["Read", "Write"]),
-                Acl::literal("topic", TASK_SAGAS, &["Read"]),
+                Acl::literal("topic", TASK_SAGAS, &["Read", "Write"]),
                 Acl::literal("topic", TASK_TRIAGE_REQUESTS, &["Read"]),
                 Acl::literal("topic", dlq, &["Read"]),
+                // The notifier's dead letters of saga events (`dlq --topic task-sagas`).
+                Acl::literal("topic", dead_letter_topic(TASK_SAGAS), &["Read"]),
                 // Committed offsets of the groups it watches by default, the
                 // ones `up` runs (OffsetFetch).
                 Acl::literal("group", NOTIFIER_GROUP, &["Describe"]),
