@@ -242,6 +242,48 @@ async fn saga_requests_and_escalations_reach_the_webhook_exactly_once() {
     flags.extend(["--notifier-webhook-url", &url]);
     let (mut up, base) = crate::sagas::start_up(dir.path(), &flags);
     let tasks = decline_one_and_leave_one_unanswered(&base, &seen).await;
+    // A record on task-sagas that is no saga event is dead-lettered by the
+    // notifier, on task-sagas.dlq.
+    let endpoints: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("endpoints.json")).unwrap())
+            .unwrap();
+    let kafka = KafkaConfig::new(endpoints["kafka"].as_str().unwrap()).quiet();
+    let producer = taskstream_kafka::EventProducer::new(
+        &kafka,
+        "test-poison",
+        &taskstream_kafka::ProducerSettings::default(),
+    )
+    .unwrap();
+    let headers: [(&str, &[u8]); 1] = [("type", b"saga.escalated")];
+    producer
+        .enqueue(taskstream_kafka::OutboundRecord {
+            topic: "task-sagas",
+            key: b"poison",
+            payload: b"{not a saga event",
+            headers: &headers,
+        })
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let dead = eventually(
+        "the poison saga record dead-lettered",
+        Duration::from_secs(30),
+        || async {
+            let records = read_topic(&kafka, "task-sagas.dlq", Duration::from_secs(5))
+                .await
+                .ok()?;
+            (!records.is_empty()).then_some(records)
+        },
+    )
+    .await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].header_str("dlq.consumer.group"), Some("notifier"));
+    assert_eq!(dead[0].header_str("dlq.error.class"), Some("undecodable"));
+    assert_eq!(
+        dead[0].payload.as_deref(),
+        Some(b"{not a saga event".as_slice())
+    );
     // `lag` sees the notifier's group on task-sagas, caught up.
     let lag = crate::sagas::lag(dir.path(), &["--topic", "task-sagas"]).await;
     let groups = lag["groups"].as_array().unwrap();
