@@ -620,8 +620,8 @@ mod sagas {
     use chrono::{DateTime, Utc};
     use taskstream_domain::{Assignee, Cause, TaskPatch};
     use taskstream_store::{
-        InboxStore, NewSagaStep, NotificationStore, OutboxMessage, SagaEffects, SagaStart,
-        SagaStarted, SagaState, SagaStore, SagaTaskWrite, SagaTransition, StoreError, TaskStore,
+        InboxStore, NewSagaStep, OutboxMessage, SagaEffects, SagaStart, SagaStarted, SagaState,
+        SagaStore, SagaTaskWrite, SagaTransition, StoreError, TaskStore,
     };
     use uuid::Uuid;
 
