@@ -36,14 +36,6 @@ pub fn value(record: &InboundRecord) -> Result<&[u8], HandleError> {
         .ok_or_else(|| HandleError::permanent("record has no value"))
 }
 
-/// The event in `record`'s value.
-pub(crate) async fn decode<D: RecordDecoder>(
-    decoder: &D,
-    record: &InboundRecord,
-) -> Result<D::Event, HandleError> {
-    decoder.decode(record).await
-}
-
 /// The event type a record's `type` header names, for metrics and dead
 /// letters of records that do not decode.
 pub(crate) fn declared_type(record: &InboundRecord) -> &str {
@@ -79,21 +71,22 @@ mod tests {
         };
         let event = Task::create(new, taskstream_domain::now(), Cause::default()).event;
         let bytes = JsonCodec.encode(&event).unwrap();
-        let decoded = decode(&EventDecoder::new(None), &record(Some(bytes), Vec::new()))
-            .await
-            .unwrap();
+        let decoded =
+            RecordDecoder::decode(&EventDecoder::new(None), &record(Some(bytes), Vec::new()))
+                .await
+                .unwrap();
         assert_eq!(decoded.id, event.id);
     }
 
     #[tokio::test]
     async fn a_record_without_a_value_or_with_garbage_is_permanently_undecodable() {
         let decoder = EventDecoder::new(None);
-        let empty = decode(&decoder, &record(None, Vec::new()))
+        let empty = RecordDecoder::decode(&decoder, &record(None, Vec::new()))
             .await
             .unwrap_err();
         assert!(!empty.is_retriable());
         assert_eq!(empty.to_string(), "record has no value");
-        let garbage = decode(&decoder, &record(Some(b"{oops".to_vec()), Vec::new()))
+        let garbage = RecordDecoder::decode(&decoder, &record(Some(b"{oops".to_vec()), Vec::new()))
             .await
             .unwrap_err();
         assert!(!garbage.is_retriable());
@@ -102,9 +95,10 @@ mod tests {
     #[tokio::test]
     async fn an_avro_record_without_a_registry_says_so() {
         let bytes = vec![taskstream_avro::MAGIC_BYTE, 0, 0, 0, 1, 2];
-        let error = decode(&EventDecoder::new(None), &record(Some(bytes), Vec::new()))
-            .await
-            .unwrap_err();
+        let error =
+            RecordDecoder::decode(&EventDecoder::new(None), &record(Some(bytes), Vec::new()))
+                .await
+                .unwrap_err();
         assert!(!error.is_retriable());
         assert!(error.to_string().contains("--schema-registry"), "{error}");
     }

@@ -211,7 +211,7 @@ impl<D: RecordDecoder, H: EventHandler<D::Event>> ConsumerService<H, D> {
         let mut events = Vec::with_capacity(batch.len());
         if batch.len() > 1 {
             for record in batch {
-                match decode::decode(&*self.decoder, record).await {
+                match self.decoder.decode(record).await {
                     Ok(event) => events.push(event),
                     Err(_) => break,
                 }
@@ -305,7 +305,7 @@ impl<D: RecordDecoder, H: EventHandler<D::Event>> ConsumerService<H, D> {
             }
         };
         let outcome = attempt_in_a_row(&policy, allowed, shutdown, on_transient, || {
-            decode::decode(&*self.decoder, record)
+            self.decoder.decode(record)
         })
         .await;
         let (error, mut attempts) = match outcome {
