@@ -28,11 +28,15 @@ pub(crate) struct NotificationItem {
     event_id: uuid::Uuid,
     event_type: String,
     task_id: String,
-    /// `task_assigned` or `task_completed`.
+    /// `task_assigned`, `task_completed` (from task events),
+    /// `saga_acceptance_requested` or `saga_escalated` (from the
+    /// assignment saga's events).
     kind: String,
     recipient: String,
     message: String,
-    /// The sink that delivered it.
+    /// The sink that delivered it: `log` or `webhook` (`saga` on the saga
+    /// notifications recorded by earlier versions, which wrote them
+    /// without a sink).
     channel: String,
     sent_at: DateTime<Utc>,
 }

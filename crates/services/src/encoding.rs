@@ -49,6 +49,9 @@ pub enum EncodingError {
     /// A record value is neither Avro nor a JSON task event.
     #[error("the record value is not a task event")]
     Json(#[source] CodecError),
+    /// A record value on the saga topic is not a saga event.
+    #[error("the record value is not a saga event")]
+    Saga(#[source] serde_json::Error),
     /// An event could not be written as JSON.
     #[error("cannot write the event as JSON")]
     JsonEncode(#[source] CodecError),

@@ -20,12 +20,15 @@ mod webhook;
 pub use auditor::{AuditHandler, AUDITOR_GROUP};
 pub use backoff::Backoff;
 pub use consumer::{
-    BoxError, ConsumerService, Deduplicated, Delivery, EventHandler, HandleError, Handled, Inbox,
-    ProcessedEvents, RetryPolicy,
+    record_value, BoxError, ConsumedEvent, ConsumerService, Deduplicated, Delivery, EventHandler,
+    HandleError, Handled, Inbox, ProcessedEvents, RecordDecoder, RetryPolicy,
 };
 pub use dead_letter::{dead_letter_topic, DeadLetterPublisher, ErrorClass};
 pub use encoding::{EncodingError, EventDecoder, EventEncoding, EventRecord};
-pub use notifier::{DelayedSink, LogSink, NotificationHandler, NotificationSink, NOTIFIER_GROUP};
+pub use notifier::{
+    DelayedSink, LogSink, NotificationHandler, NotificationSink, NotifierDecoder, NotifierEvent,
+    NOTIFIER_GROUP,
+};
 pub use offset_resets::{GapRepair, OffsetResets, OutboxRepair, Repair, ReportedReset};
 pub use processor::{ProcessorError, ProcessorSettings, WorkloadProcessor};
 pub use relay::{

@@ -84,20 +84,7 @@ pub fn declared_topics(replication_factor: i32) -> Vec<TopicSpec> {
                 ),
             ]),
         },
-        TopicSpec {
-            name: crate::dead_letter_topic(TASK_EVENTS),
-            partitions: 1,
-            replication_factor,
-            configs: BTreeMap::from([
-                ("cleanup.policy".to_owned(), "delete".to_owned()),
-                ("min.insync.replicas".to_owned(), min_insync.to_string()),
-                // A month: dead letters wait for a person.
-                (
-                    "retention.ms".to_owned(),
-                    (30 * 24 * 3600 * 1000_i64).to_string(),
-                ),
-            ]),
-        },
+        dead_letters(TASK_EVENTS, replication_factor),
         compacted(ASSIGNEE_WORKLOAD, 3, replication_factor),
         TopicSpec {
             name: WORKLOAD_ALERTS.to_owned(),
@@ -122,10 +109,34 @@ pub fn declared_topics(replication_factor: i32) -> Vec<TopicSpec> {
                 ),
             ]),
         },
+        // The notifier reads the saga's events too, and parks those it
+        // cannot read.
+        dead_letters(TASK_SAGAS, replication_factor),
         plain(TASK_SUGGESTIONS, TASK_EVENTS_PARTITIONS, replication_factor),
         plain(TASK_TRIAGE_REQUESTS, 3, replication_factor),
         plain(TASK_TRIAGE_REPLIES, 3, replication_factor),
     ]
+}
+
+/// The dead-letter topic of `topic`.
+fn dead_letters(topic: &str, replication_factor: i32) -> TopicSpec {
+    TopicSpec {
+        name: crate::dead_letter_topic(topic),
+        partitions: 1,
+        replication_factor,
+        configs: BTreeMap::from([
+            ("cleanup.policy".to_owned(), "delete".to_owned()),
+            (
+                "min.insync.replicas".to_owned(),
+                replication_factor.clamp(1, 2).to_string(),
+            ),
+            // A month: dead letters wait for a person.
+            (
+                "retention.ms".to_owned(),
+                (30 * 24 * 3600 * 1000_i64).to_string(),
+            ),
+        ]),
+    }
 }
 
 /// A topic that deletes old records (the broker's retention).

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use taskstream_domain::Task;
 use uuid::Uuid;
 
-use crate::{NotificationRecord, OutboxMessage, StoreError};
+use crate::{OutboxMessage, StoreError};
 
 /// Where a saga is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -125,8 +125,9 @@ pub struct NewSagaStep {
     pub at: DateTime<Utc>,
 }
 
-/// What a step leaves behind: the saga's new state, and the outbox rows and
-/// notifications written with it.
+/// What a step leaves behind: the saga's new state, and the outbox rows
+/// written with it (the saga's events: whoever must hear of a step, the
+/// notification service tells them).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SagaEffects {
     pub state: SagaState,
@@ -136,7 +137,6 @@ pub struct SagaEffects {
     pub steps: Vec<NewSagaStep>,
     /// Saga events (and commands) for the relay.
     pub outbox: Vec<OutboxMessage>,
-    pub notifications: Vec<NotificationRecord>,
 }
 
 /// A saga about to start, triggered by event `saga.trigger_event_id`,
@@ -185,7 +185,9 @@ pub struct SagaTaskWrite {
 pub struct SagaTask {
     pub task: Task,
     /// The version at which the assignee was last set or cleared; `None`
-    /// when it has not changed since the task was created.
+    /// only for a task that was never assigned (tasks assigned before the
+    /// column existed got a version by migration: their latest saga's for
+    /// the current assignee, else their version then).
     pub assigned_version: Option<i64>,
 }
 
@@ -251,7 +253,7 @@ pub struct SagaTransition {
 #[async_trait]
 pub trait SagaStore: Send + Sync + 'static {
     /// Starts a saga (see [`SagaStart`]) atomically with its first steps,
-    /// outbox rows, notifications and the trigger's processed mark.
+    /// outbox rows and the trigger's processed mark.
     async fn start_saga(&self, start: &SagaStart) -> Result<SagaStarted, StoreError>;
 
     /// Applies a step atomically. `Ok(None)` (writing nothing, not even the
@@ -373,20 +375,6 @@ macro_rules! saga_stores {
             }
             for m in &effects.outbox {
                 enqueue(tx, m).await?;
-            }
-            for n in &effects.notifications {
-                sqlx::query($crate::sql::INSERT_NOTIFICATION)
-                    .bind(id(n.id))
-                    .bind(id(n.event_id))
-                    .bind(&n.event_type)
-                    .bind(&n.task_id)
-                    .bind(&n.kind)
-                    .bind(&n.recipient)
-                    .bind(&n.message)
-                    .bind(&n.channel)
-                    .bind(at(&n.sent_at))
-                    .execute(&mut **tx)
-                    .await?;
             }
             Ok(())
         }

@@ -620,8 +620,8 @@ mod sagas {
     use chrono::{DateTime, Utc};
     use taskstream_domain::{Assignee, Cause, TaskPatch};
     use taskstream_store::{
-        InboxStore, NewSagaStep, NotificationStore, OutboxMessage, SagaEffects, SagaStart,
-        SagaStarted, SagaState, SagaStore, SagaTaskWrite, SagaTransition, StoreError, TaskStore,
+        InboxStore, NewSagaStep, OutboxMessage, SagaEffects, SagaStart, SagaStarted, SagaState,
+        SagaStore, SagaTaskWrite, SagaTransition, StoreError, TaskStore,
     };
     use uuid::Uuid;
 
@@ -676,7 +676,6 @@ mod sagas {
             deadline_at: deadline,
             steps,
             outbox,
-            notifications: Vec::new(),
         }
     }
 
@@ -1151,20 +1150,6 @@ mod sagas {
                 ],
                 processed: None,
             };
-            compensate
-                .effects
-                .notifications
-                .push(taskstream_store::NotificationRecord {
-                    id: Uuid::now_v7(),
-                    event_id: compensate.effects.outbox[1].id,
-                    event_type: "saga.escalated".into(),
-                    task_id: task_id.clone(),
-                    kind: "saga_escalated".into(),
-                    recipient: "team-queue".into(),
-                    message: "needs an owner".into(),
-                    channel: "saga".into(),
-                    sent_at: now,
-                });
             let err = store.transition_saga(&compensate).await.unwrap_err();
             assert!(matches!(err, StoreError::VersionConflict { .. }), "{err:?}");
             assert_eq!(
@@ -1176,11 +1161,6 @@ mod sagas {
                 change.task
             );
             assert_eq!(store.saga_history(s.id).await.unwrap().len(), 2);
-            assert!(store
-                .notifications(Some(&task_id), 10)
-                .await
-                .unwrap()
-                .is_empty());
 
             compensate.task_writes[1].expected_version = 2;
             let done = store.transition_saga(&compensate).await.unwrap().unwrap();
@@ -1207,9 +1187,6 @@ mod sagas {
                     "saga.escalated"
                 ]
             );
-            let sent = store.notifications(Some(&task_id), 10).await.unwrap();
-            assert_eq!(sent.len(), 1);
-            assert_eq!(sent[0].recipient, "team-queue");
             assert!(store
                 .due_sagas(now + chrono::Duration::days(2), 10)
                 .await

@@ -2,21 +2,38 @@
 //! classified (a registry outage may pass; bytes that are not an event
 //! never will).
 
+use async_trait::async_trait;
 use taskstream_domain::{headers, EventEnvelope};
 use taskstream_kafka::InboundRecord;
 
-use super::HandleError;
+use super::{ConsumedEvent, HandleError};
 use crate::EventDecoder;
 
-/// The event in `record`'s value.
-pub(crate) async fn decode(
-    decoder: &EventDecoder,
-    record: &InboundRecord,
-) -> Result<EventEnvelope, HandleError> {
-    match record.payload.as_deref() {
-        Some(bytes) => Ok(decoder.decode(bytes).await?),
-        None => Err(HandleError::permanent("record has no value")),
+/// Reads a record into the event a group's handler takes: task events
+/// ([`EventDecoder`]), or whatever a group reads besides them. A
+/// permanent failure dead-letters the record; a retriable one holds its
+/// partition.
+#[async_trait]
+pub trait RecordDecoder: Send + Sync + 'static {
+    type Event: ConsumedEvent;
+    async fn decode(&self, record: &InboundRecord) -> Result<Self::Event, HandleError>;
+}
+
+#[async_trait]
+impl RecordDecoder for EventDecoder {
+    type Event = EventEnvelope;
+
+    async fn decode(&self, record: &InboundRecord) -> Result<EventEnvelope, HandleError> {
+        Ok(EventDecoder::decode(self, value(record)?).await?)
     }
+}
+
+/// `record`'s value; a record without one is no event.
+pub fn value(record: &InboundRecord) -> Result<&[u8], HandleError> {
+    record
+        .payload
+        .as_deref()
+        .ok_or_else(|| HandleError::permanent("record has no value"))
 }
 
 /// The event type a record's `type` header names, for metrics and dead
@@ -54,21 +71,22 @@ mod tests {
         };
         let event = Task::create(new, taskstream_domain::now(), Cause::default()).event;
         let bytes = JsonCodec.encode(&event).unwrap();
-        let decoded = decode(&EventDecoder::new(None), &record(Some(bytes), Vec::new()))
-            .await
-            .unwrap();
+        let decoded =
+            RecordDecoder::decode(&EventDecoder::new(None), &record(Some(bytes), Vec::new()))
+                .await
+                .unwrap();
         assert_eq!(decoded.id, event.id);
     }
 
     #[tokio::test]
     async fn a_record_without_a_value_or_with_garbage_is_permanently_undecodable() {
         let decoder = EventDecoder::new(None);
-        let empty = decode(&decoder, &record(None, Vec::new()))
+        let empty = RecordDecoder::decode(&decoder, &record(None, Vec::new()))
             .await
             .unwrap_err();
         assert!(!empty.is_retriable());
         assert_eq!(empty.to_string(), "record has no value");
-        let garbage = decode(&decoder, &record(Some(b"{oops".to_vec()), Vec::new()))
+        let garbage = RecordDecoder::decode(&decoder, &record(Some(b"{oops".to_vec()), Vec::new()))
             .await
             .unwrap_err();
         assert!(!garbage.is_retriable());
@@ -77,9 +95,10 @@ mod tests {
     #[tokio::test]
     async fn an_avro_record_without_a_registry_says_so() {
         let bytes = vec![taskstream_avro::MAGIC_BYTE, 0, 0, 0, 1, 2];
-        let error = decode(&EventDecoder::new(None), &record(Some(bytes), Vec::new()))
-            .await
-            .unwrap_err();
+        let error =
+            RecordDecoder::decode(&EventDecoder::new(None), &record(Some(bytes), Vec::new()))
+                .await
+                .unwrap_err();
         assert!(!error.is_retriable());
         assert!(error.to_string().contains("--schema-registry"), "{error}");
     }

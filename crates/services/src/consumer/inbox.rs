@@ -14,7 +14,7 @@ use taskstream_store::InboxStore;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::{Delivery, EventHandler, HandleError, Handled};
+use super::{ConsumedEvent, Delivery, EventHandler, HandleError, Handled};
 
 /// Remembers which events each group has handled.
 #[async_trait]
@@ -75,23 +75,23 @@ pub struct Deduplicated<I, H> {
     inner: H,
 }
 
-impl<I: Inbox, H: EventHandler> Deduplicated<I, H> {
+impl<I: Inbox, H> Deduplicated<I, H> {
     pub fn new(inbox: I, inner: H) -> Self {
         Self { inbox, inner }
     }
 }
 
 /// Logs, in the event's span, that its delivery was a duplicate.
-fn ignored(d: &Delivery<'_>) {
+fn ignored<E>(d: &Delivery<'_, E>) {
     d.span
         .in_scope(|| tracing::debug!(target: "inbox", "duplicate delivery ignored"));
 }
 
 // ANCHOR: deduplicated
 #[async_trait]
-impl<I: Inbox, H: EventHandler> EventHandler for Deduplicated<I, H> {
-    async fn handle(&self, delivery: &Delivery<'_>) -> Result<Handled, HandleError> {
-        let id = delivery.event.id.as_uuid();
+impl<I: Inbox, E: ConsumedEvent, H: EventHandler<E>> EventHandler<E> for Deduplicated<I, H> {
+    async fn handle(&self, delivery: &Delivery<'_, E>) -> Result<Handled, HandleError> {
+        let id = delivery.event.event_id();
         if self.inbox.handled(delivery.group, id).await? {
             ignored(delivery);
             return Ok(Handled::Duplicate);
@@ -100,17 +100,17 @@ impl<I: Inbox, H: EventHandler> EventHandler for Deduplicated<I, H> {
     }
     // ANCHOR_END: deduplicated
 
-    async fn handle_batch(&self, batch: &[Delivery<'_>]) -> Result<Vec<Handled>, HandleError> {
+    async fn handle_batch(&self, batch: &[Delivery<'_, E>]) -> Result<Vec<Handled>, HandleError> {
         let Some(group) = batch.first().map(|d| d.group) else {
             return Ok(Vec::new());
         };
-        let ids: Vec<Uuid> = batch.iter().map(|d| d.event.id.as_uuid()).collect();
+        let ids: Vec<Uuid> = batch.iter().map(|d| d.event.event_id()).collect();
         let handled = self.inbox.handled_among(group, &ids).await?;
         let mut fresh = Vec::with_capacity(batch.len());
         let mut seen = HashSet::with_capacity(batch.len());
         let mut slots = Vec::with_capacity(batch.len());
         for d in batch {
-            let id = d.event.id.as_uuid();
+            let id = d.event.event_id();
             if !seen.insert(id) || handled.contains(&id) {
                 ignored(d);
                 slots.push(None);

@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use taskstream_domain::{headers, EventEnvelope};
+use taskstream_domain::headers;
 use taskstream_kafka::{InboundRecord, OffsetReset};
 use taskstream_telemetry::{GroupLabels, Metrics, TraceParent};
 
-use super::Handled;
+use super::{ConsumedEvent, Handled};
 
 /// One group's view of the process's metrics.
 pub(crate) struct GroupMetrics {
@@ -24,13 +24,13 @@ impl GroupMetrics {
     }
 
     /// An event handled (applied or found a duplicate) in `seconds`.
-    pub(crate) fn handled(&self, event: &EventEnvelope, handled: Handled, seconds: f64) {
+    pub(crate) fn handled(&self, event: &impl ConsumedEvent, handled: Handled, seconds: f64) {
         let outcome = match handled {
             Handled::Applied => "ok",
             Handled::Duplicate => "duplicate",
         };
         self.metrics
-            .handled(&self.group, event.event_type.as_str(), outcome);
+            .handled(&self.group, event.event_type(), outcome);
         self.metrics
             .handler_duration
             .get_or_create(&self.labels())
@@ -77,7 +77,7 @@ impl GroupMetrics {
 pub(crate) fn event_span(
     group: &str,
     record: &InboundRecord,
-    event: &EventEnvelope,
+    event: &impl ConsumedEvent,
 ) -> tracing::Span {
     let trace_id = record
         .header_str(headers::TRACEPARENT)
@@ -87,11 +87,11 @@ pub(crate) fn event_span(
     tracing::info_span!(
         "event",
         group,
-        event_id = %event.id,
-        event_type = %event.event_type,
-        task_id = event.subject,
+        event_id = %event.event_id(),
+        event_type = event.event_type(),
+        task_id = event.subject(),
         trace_id,
-        correlation_id = event.correlation_id.as_deref().unwrap_or(""),
+        correlation_id = event.correlation_id().unwrap_or(""),
     )
 }
 

@@ -36,7 +36,6 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use taskstream_domain::EventEnvelope;
 use taskstream_kafka::{EventConsumer, InboundRecord};
 use taskstream_telemetry::Metrics;
 use tokio::time::Instant;
@@ -48,18 +47,20 @@ use self::retry::{attempt_in_a_row, Attempts, Hold, Holds};
 use crate::offset_resets::{GapRepair, OffsetResets};
 use crate::{Backoff, DeadLetterPublisher, EventDecoder, Shutdown};
 
+pub use decode::{value as record_value, RecordDecoder};
 pub use error::{BoxError, HandleError};
-pub use handler::{Delivery, EventHandler, Handled};
+pub use handler::{ConsumedEvent, Delivery, EventHandler, Handled};
 pub use inbox::{Deduplicated, Inbox, ProcessedEvents};
 pub use retry::RetryPolicy;
 
 /// The most records handled together.
 const MAX_BATCH: usize = 256;
 
-/// A consumer-group member driving one handler.
-pub struct ConsumerService<H> {
+/// A consumer-group member driving one handler, with the records read by
+/// `D` (task events by default).
+pub struct ConsumerService<H, D = EventDecoder> {
     consumer: Arc<EventConsumer>,
-    decoder: Arc<EventDecoder>,
+    decoder: Arc<D>,
     handler: H,
     metrics: GroupMetrics,
     dead_letters: DeadLetterPublisher,
@@ -81,10 +82,10 @@ enum Step {
     Interrupted,
 }
 
-impl<H: EventHandler> ConsumerService<H> {
+impl<D: RecordDecoder, H: EventHandler<D::Event>> ConsumerService<H, D> {
     pub fn new(
         consumer: EventConsumer,
-        decoder: Arc<EventDecoder>,
+        decoder: Arc<D>,
         handler: H,
         metrics: Arc<Metrics>,
         dead_letters: DeadLetterPublisher,
@@ -210,14 +211,14 @@ impl<H: EventHandler> ConsumerService<H> {
         let mut events = Vec::with_capacity(batch.len());
         if batch.len() > 1 {
             for record in batch {
-                match decode::decode(&self.decoder, record).await {
+                match self.decoder.decode(record).await {
                     Ok(event) => events.push(event),
                     Err(_) => break,
                 }
             }
         }
         if events.len() == batch.len() {
-            let deliveries: Vec<Delivery<'_>> = batch
+            let deliveries: Vec<Delivery<'_, D::Event>> = batch
                 .iter()
                 .zip(&events)
                 .map(|(record, event)| Delivery {
@@ -292,7 +293,7 @@ impl<H: EventHandler> ConsumerService<H> {
         &self,
         record: &InboundRecord,
         shutdown: &mut Shutdown,
-    ) -> Result<EventEnvelope, Step> {
+    ) -> Result<D::Event, Step> {
         let group = self.consumer.group();
         let event_type = decode::declared_type(record);
         let allowed = self.holds().attempts_in_a_row(record);
@@ -304,7 +305,7 @@ impl<H: EventHandler> ConsumerService<H> {
             }
         };
         let outcome = attempt_in_a_row(&policy, allowed, shutdown, on_transient, || {
-            decode::decode(&self.decoder, record)
+            self.decoder.decode(record)
         })
         .await;
         let (error, mut attempts) = match outcome {
@@ -333,14 +334,14 @@ impl<H: EventHandler> ConsumerService<H> {
 
     /// Hands an event to the handler, retrying transient failures, then
     /// holding the partition; a permanent failure is dead-lettered.
-    async fn handle(&self, delivery: &Delivery<'_>, shutdown: &mut Shutdown) -> Step {
+    async fn handle(&self, delivery: &Delivery<'_, D::Event>, shutdown: &mut Shutdown) -> Step {
         let Delivery {
             group,
             record,
             event,
             ..
         } = *delivery;
-        let event_type = event.event_type.as_str();
+        let event_type = event.event_type();
         let started = Instant::now();
         let allowed = self.holds().attempts_in_a_row(record);
         let policy = self.holds().policy().clone();

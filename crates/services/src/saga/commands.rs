@@ -157,7 +157,6 @@ impl SagaCommands {
                     deadline_at: deadline,
                     steps: steps.steps,
                     outbox: steps.outbox,
-                    notifications: Vec::new(),
                 },
                 task_writes: Vec::new(),
                 processed: None,

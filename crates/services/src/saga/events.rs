@@ -3,6 +3,12 @@
 //!
 //! They are not task events (the `task-events` schema does not change):
 //! their own topic, their own content type, their own shape.
+//!
+//! The steps someone must hear about carry what the notification service
+//! needs to tell them ([`SagaEvent::recipient`] and the fields beside it):
+//! `saga.acceptance_requested` is announced to the assignee,
+//! `saga.escalated` to the team queue. The saga writes no notification
+//! itself.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -10,6 +16,7 @@ use taskstream_store::{NewSagaStep, OutboxMessage, SagaState};
 use uuid::Uuid;
 
 use crate::topics::TASK_SAGAS;
+use crate::EncodingError;
 
 /// The `content-type` of saga events.
 pub const SAGA_CONTENT_TYPE: &str = "application/vnd.taskstream.saga+json";
@@ -37,6 +44,39 @@ pub struct SagaEvent {
     pub time: DateTime<Utc>,
     pub correlation_id: Option<String>,
     pub causation_id: Option<String>,
+    /// Who the step is announced to: the assignee on
+    /// `saga.acceptance_requested`, the team queue on `saga.escalated`;
+    /// absent on other steps. Events written before saga events carried it
+    /// were announced by the saga itself, and have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
+    /// The task's title, on an announced step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Until when the assignee may answer, on `saga.acceptance_requested`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_at: Option<DateTime<Utc>>,
+    /// Why the task is escalated (the saga's outcome: `declined`,
+    /// `timed_out`, `capacity_exceeded`), on `saga.escalated`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+}
+
+impl SagaEvent {
+    /// The saga event in a record value (JSON; unknown fields are ignored,
+    /// missing optional ones are `None`).
+    pub fn decode(bytes: &[u8]) -> Result<Self, EncodingError> {
+        serde_json::from_slice(bytes).map_err(EncodingError::Saga)
+    }
+}
+
+/// What an announced step tells its recipient (see [`SagaEvent::recipient`]).
+#[derive(Debug, Clone)]
+pub struct Announcement {
+    pub recipient: String,
+    pub title: String,
+    pub deadline_at: Option<DateTime<Utc>>,
+    pub outcome: Option<String>,
 }
 
 /// What every step of one saga shares.
@@ -82,7 +122,33 @@ impl<'a> Steps<'a> {
 
     /// Records step `step` leaving the saga in `state`; returns its event id.
     pub fn push(&mut self, step: &str, state: SagaState, detail: Option<String>) -> Uuid {
+        self.push_event(step, state, detail, None)
+    }
+
+    /// Records step `step` like [`Steps::push`], with what announcing it
+    /// takes.
+    pub fn announce(
+        &mut self,
+        step: &str,
+        state: SagaState,
+        detail: Option<String>,
+        announcement: Announcement,
+    ) -> Uuid {
+        self.push_event(step, state, detail, Some(announcement))
+    }
+
+    fn push_event(
+        &mut self,
+        step: &str,
+        state: SagaState,
+        detail: Option<String>,
+        announcement: Option<Announcement>,
+    ) -> Uuid {
         let id = Uuid::now_v7();
+        let (recipient, title, deadline_at, outcome) = match announcement {
+            Some(a) => (Some(a.recipient), Some(a.title), a.deadline_at, a.outcome),
+            None => (None, None, None, None),
+        };
         let event = SagaEvent {
             id,
             event_type: format!("saga.{step}"),
@@ -94,6 +160,10 @@ impl<'a> Steps<'a> {
             time: self.at,
             correlation_id: self.saga.correlation_id.clone(),
             causation_id: self.causation.clone(),
+            recipient,
+            title,
+            deadline_at,
+            outcome,
         };
         self.outbox.push(OutboxMessage {
             id,

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use taskstream_domain::{Cause, EventEnvelope, EventType, Task, TaskPatch, TaskStatus};
 use taskstream_store::{
-    NotificationRecord, Saga, SagaEffects, SagaStart, SagaStarted, SagaState, SagaStore,
-    SagaTaskWrite, SagaTransition, StoreError, TaskStore,
+    Saga, SagaEffects, SagaStart, SagaStarted, SagaState, SagaStore, SagaTaskWrite, SagaTransition,
+    StoreError, TaskStore,
 };
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use super::events::{SagaRef, Steps};
+use super::events::{Announcement, SagaRef, Steps};
 use super::SagaSettings;
 use crate::topics::TASK_EVENTS;
 use crate::{Delivery, EncodingError, EventEncoding, EventHandler, HandleError, Handled};
@@ -41,9 +41,6 @@ impl From<SagaStepError> for HandleError {
         }
     }
 }
-
-/// The notification channel of the saga's own notifications.
-pub const SAGA_CHANNEL: &str = "saga";
 
 /// Runs the steps that are not answers of the assignee: time-outs and
 /// compensations. Shared by the orchestrator and the timer.
@@ -114,7 +111,6 @@ impl Compensator {
                     deadline_at: Some(now),
                     steps: steps.steps,
                     outbox: steps.outbox,
-                    notifications: Vec::new(),
                 },
                 task_writes: Vec::new(),
                 processed: None,
@@ -131,8 +127,8 @@ impl Compensator {
 
     /// Compensates a saga in state `compensating`, in one transaction: the
     /// task is unassigned (`task.updated`), the capacity released, and the
-    /// task escalated to the team queue (`task.updated` again, which the
-    /// notifier announces to the queue) with the saga's own notification.
+    /// task escalated to the team queue (`task.updated` again, and
+    /// `saga.escalated`, both of which the notifier announces to the queue).
     /// Returns `false` when the saga is not (or no longer) compensating: a
     /// compensation runs once.
     pub async fn compensate(&self, saga_id: Uuid) -> Result<bool, SagaStepError> {
@@ -173,14 +169,7 @@ impl Compensator {
         let mut steps = Steps::new(&r, now, self.last_step(saga).await?);
         let current = self.store.saga_task(&saga.task_id).await?;
         let team = &self.settings.team_queue;
-        let why = match saga.outcome.as_deref() {
-            Some("declined") => "declined it",
-            Some("timed_out") => "did not answer in time",
-            Some("capacity_exceeded") => "has too many open assignments",
-            _ => "could not take it",
-        };
         let mut task_writes = Vec::new();
-        let mut notifications = Vec::new();
         match current {
             // Only the assignment this saga started from is undone: not one
             // made after it, even to the same person (that one has its own
@@ -206,32 +195,23 @@ impl Compensator {
                         Some(format!("{} holds one assignment less", saga.assignee)),
                     );
                 }
-                let escalated = steps.push(
+                let escalated = steps.announce(
                     "escalated",
                     SagaState::Compensated,
                     Some(format!(
                         "escalated to {team} at version {}",
                         task.version + 2
                     )),
+                    Announcement {
+                        recipient: team.to_string(),
+                        title: task.title.as_str().to_owned(),
+                        deadline_at: None,
+                        outcome: saga.outcome.clone(),
+                    },
                 );
                 let second =
                     self.task_write(&first.task, Some(team.clone()), saga, escalated, now)?;
                 task_writes.extend([first, second]);
-                notifications.push(NotificationRecord {
-                    id: Uuid::new_v5(&escalated, b"saga_escalated"),
-                    event_id: escalated,
-                    event_type: "saga.escalated".to_owned(),
-                    task_id: saga.task_id.clone(),
-                    kind: "saga_escalated".to_owned(),
-                    recipient: team.to_string(),
-                    message: format!(
-                        "\"{}\" needs an owner: {} {why}",
-                        task.title.as_str(),
-                        saga.assignee
-                    ),
-                    channel: SAGA_CHANNEL.to_owned(),
-                    sent_at: now,
-                });
             }
             _ => {
                 // Someone else reassigned, completed or deleted the task
@@ -260,7 +240,6 @@ impl Compensator {
                 deadline_at: None,
                 steps: steps.steps,
                 outbox: steps.outbox,
-                notifications,
             },
             task_writes,
             processed: None,
@@ -311,8 +290,8 @@ impl Compensator {
 ///
 /// - A task that gets an assignee (`task.created` with one, `task.updated`
 ///   changing it to someone other than the team queue) starts a saga:
-///   `started`, then `acceptance_requested` (with a notification to the
-///   assignee) when the assignee has capacity, or `capacity_exceeded` and
+///   `started`, then `acceptance_requested` (which the notifier announces
+///   to the assignee) when the assignee has capacity, or `capacity_exceeded` and
 ///   the compensation when not.
 /// - A task that changes hands, is completed or deleted ends its sagas
 ///   from before that change: one still waiting is `superseded`; an
@@ -378,32 +357,22 @@ impl SagaOrchestrator {
                 SagaState::AwaitingAcceptance,
                 Some(format!("{} holds capacity", r.assignee)),
             );
-            let asked = steps.push(
+            steps.announce(
                 "acceptance_requested",
                 SagaState::AwaitingAcceptance,
                 Some(format!("answer by {}", deadline.to_rfc3339())),
+                Announcement {
+                    recipient: r.assignee.clone(),
+                    title: task.title.as_str().to_owned(),
+                    deadline_at: Some(deadline),
+                    outcome: None,
+                },
             );
             SagaEffects {
                 state: SagaState::AwaitingAcceptance,
                 outcome: None,
                 holds_capacity: true,
                 deadline_at: Some(deadline),
-                notifications: vec![NotificationRecord {
-                    id: Uuid::new_v5(&asked, b"saga_acceptance_requested"),
-                    event_id: asked,
-                    event_type: "saga.acceptance_requested".to_owned(),
-                    task_id: r.task_id.clone(),
-                    kind: "saga_acceptance_requested".to_owned(),
-                    recipient: r.assignee.clone(),
-                    message: format!(
-                        "Please accept or decline \"{}\" by {} (POST /tasks/{}/accept or /decline)",
-                        task.title.as_str(),
-                        deadline.to_rfc3339(),
-                        r.task_id
-                    ),
-                    channel: SAGA_CHANNEL.to_owned(),
-                    sent_at: now,
-                }],
                 steps: steps.steps,
                 outbox: steps.outbox,
             }
@@ -424,7 +393,6 @@ impl SagaOrchestrator {
                 outcome: Some("capacity_exceeded".to_owned()),
                 holds_capacity: false,
                 deadline_at: Some(now),
-                notifications: Vec::new(),
                 steps: steps.steps,
                 outbox: steps.outbox,
             }
@@ -539,7 +507,6 @@ fn release_step(saga: &Saga, event: &EventEnvelope, why: &str) -> Option<SagaTra
             deadline_at: None,
             steps: steps.steps,
             outbox: steps.outbox,
-            notifications: Vec::new(),
         },
         task_writes: Vec::new(),
         processed: None,

@@ -8,14 +8,16 @@ use taskstream_domain::{
     Assignee, Cause, NewTask, Priority, Task, TaskChange, TaskPatch, TaskTitle,
 };
 use taskstream_store::{
-    NotificationStore, SagaState, SagaStore, SqliteOptions, SqliteStore, TaskStore,
+    NotificationStore, OutboxStore, SagaState, SagaStore, SqliteOptions, SqliteStore, TaskStore,
 };
 use tokio::sync::Notify;
 
+use super::events::SagaEvent;
 use super::orchestrator::SagaBackend;
 use super::*;
 use crate::consumer::fixtures::{delivery, record};
 use crate::topics::TASK_EVENTS;
+use crate::NotificationHandler;
 use crate::{EventEncoding, EventHandler};
 
 struct Fixture {
@@ -132,6 +134,19 @@ impl Fixture {
         self.store.task(task.id).await.unwrap().unwrap()
     }
 
+    /// The saga events waiting in the outbox, in order.
+    async fn saga_events(&self) -> Vec<SagaEvent> {
+        let lease = self.store.acquire_lease("test").await.unwrap().unwrap();
+        self.store
+            .pending(&lease, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|p| p.message.topic == crate::topics::TASK_SAGAS)
+            .map(|p| SagaEvent::decode(&p.message.payload).unwrap())
+            .collect()
+    }
+
     async fn steps(&self, saga: &taskstream_store::Saga) -> Vec<String> {
         self.store
             .saga_history(saga.id)
@@ -235,13 +250,91 @@ async fn a_late_compensation_leaves_a_new_assignment_to_the_same_person_alone() 
     let steps = f.steps(&done).await;
     assert_eq!(steps.last().map(String::as_str), Some("capacity_released"));
     assert!(!steps.iter().any(|s| s == "unassigned" || s == "escalated"));
+    // Only the request to accept is announced: no escalation.
+    let announced: Vec<_> = f
+        .saga_events()
+        .await
+        .into_iter()
+        .filter_map(|e| Some((e.event_type, e.recipient?)))
+        .collect();
+    assert_eq!(
+        announced,
+        [("saga.acceptance_requested".to_owned(), "bo".to_owned())]
+    );
+}
+
+#[tokio::test]
+async fn the_steps_to_announce_carry_what_the_notifier_needs_and_the_saga_notifies_no_one_itself() {
+    let f = Fixture::new().await;
+    let task = f.assigned("bo").await;
+    let tid = task.id.to_string();
+    let (declined, _) = f
+        .commands
+        .decide(&tid, SagaDecision::Decline, None)
+        .await
+        .unwrap();
+    assert!(f.compensator.compensate(declined.id).await.unwrap());
+
+    let events = f.saga_events().await;
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "saga.started",
+            "saga.acceptance_requested",
+            "saga.declined",
+            "saga.unassigned",
+            "saga.capacity_released",
+            "saga.escalated"
+        ]
+    );
+    let asked = &events[1];
+    assert_eq!(asked.recipient.as_deref(), Some("bo"));
+    assert_eq!(asked.title.as_deref(), Some("rotate the keys"));
+    // The default accept timeout is a day.
+    assert_eq!(
+        asked.deadline_at,
+        Some(asked.time + chrono::Duration::days(1))
+    );
+    let escalated = &events[5];
+    assert_eq!(escalated.recipient.as_deref(), Some("team-queue"));
+    assert_eq!(escalated.title.as_deref(), Some("rotate the keys"));
+    assert_eq!(escalated.outcome.as_deref(), Some("declined"));
+    for other in [&events[0], &events[2], &events[3], &events[4]] {
+        assert_eq!(other.recipient, None, "{}", other.event_type);
+    }
+
+    // The notifier tells the assignee and the team queue; the saga's own
+    // transactions recorded no notification.
+    let told: Vec<_> = events
+        .iter()
+        .flat_map(NotificationHandler::saga_notifications_for)
+        .collect();
+    assert_eq!(told.len(), 2);
+    assert_eq!(
+        (told[0].0, told[0].1.as_str()),
+        ("saga_acceptance_requested", "bo")
+    );
+    assert!(
+        told[0].2.contains("\"rotate the keys\" by ")
+            && told[0].2.contains(&format!("/tasks/{tid}/accept")),
+        "{}",
+        told[0].2
+    );
+    assert_eq!(
+        told[1],
+        (
+            "saga_escalated",
+            "team-queue".to_owned(),
+            "\"rotate the keys\" needs an owner: bo declined it".to_owned()
+        )
+    );
     assert!(f
         .store
         .notifications(Some(&tid), 10)
         .await
         .unwrap()
-        .iter()
-        .all(|n| n.kind != "saga_escalated"));
+        .is_empty());
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! The consumers of `task-events`: the audit-log service and the
-//! notification service, each in its own consumer group.
+//! notification service (which reads `task-sagas` too), each in its own
+//! consumer group.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,11 +10,12 @@ use taskstream_avro::RegistryClient;
 use taskstream_kafka::{
     ConsumerSettings, EventConsumer, EventProducer, KafkaConfig, ProducerSettings,
 };
-use taskstream_services::topics::TASK_EVENTS;
+use taskstream_services::topics::{TASK_EVENTS, TASK_SAGAS};
 use taskstream_services::{
     AuditHandler, ConsumerService, DeadLetterPublisher, Deduplicated, DelayedSink, EventDecoder,
-    EventHandler, GapRepair, LogSink, NotificationHandler, NotificationSink, OffsetResets,
-    OutboxRepair, ProcessedEvents, RetryPolicy, WebhookSink, AUDITOR_GROUP, NOTIFIER_GROUP,
+    EventHandler, GapRepair, LogSink, NotificationHandler, NotificationSink, NotifierDecoder,
+    OffsetResets, OutboxRepair, ProcessedEvents, RecordDecoder, RetryPolicy, WebhookSink,
+    AUDITOR_GROUP, NOTIFIER_GROUP,
 };
 use taskstream_store::Store;
 use taskstream_telemetry::Metrics;
@@ -57,6 +59,7 @@ pub(super) fn checks(store: &Arc<Store>, kafka: &KafkaConfig, options: &Consumer
     checks
 }
 
+/// A consumer of `task-events` in `group`.
 pub(super) fn consumer<H: EventHandler>(
     name: &'static str,
     kafka: &KafkaConfig,
@@ -66,13 +69,38 @@ pub(super) fn consumer<H: EventHandler>(
     repair: Option<Arc<dyn GapRepair>>,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Component> {
-    let consumer = EventConsumer::subscribe(kafka, group, &[TASK_EVENTS], &options.kafka)
+    let decoder = EventDecoder::new(options.registry.clone());
+    let reads = Reads {
+        topics: &[TASK_EVENTS],
+        decoder,
+    };
+    consumer_of(name, kafka, group, reads, options, handler, repair, metrics)
+}
+
+/// The topics a consumer subscribes to, and how it reads their records.
+struct Reads<'a, D> {
+    topics: &'a [&'a str],
+    decoder: D,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn consumer_of<D: RecordDecoder, H: EventHandler<D::Event>>(
+    name: &'static str,
+    kafka: &KafkaConfig,
+    group: &str,
+    reads: Reads<'_, D>,
+    options: &ConsumerOptions,
+    handler: H,
+    repair: Option<Arc<dyn GapRepair>>,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Component> {
+    let consumer = EventConsumer::subscribe(kafka, group, reads.topics, &options.kafka)
         .with_context(|| format!("cannot join consumer group {group}"))?;
     let producer = EventProducer::new(kafka, &format!("{group}-dlq"), &ProducerSettings::default())
         .context("cannot create the dead-letter producer")?;
     let service = ConsumerService::new(
         consumer,
-        Arc::new(EventDecoder::new(options.registry.clone())),
+        Arc::new(reads.decoder),
         handler,
         Arc::clone(metrics),
         DeadLetterPublisher::new(producer),
@@ -115,7 +143,8 @@ pub fn auditor(
 }
 
 /// Starts the notification service in `group` (default `notifier`), shaped
-/// like [`auditor`] around [`NotificationHandler`], with the
+/// like [`auditor`] around [`NotificationHandler`], reading `task-events`
+/// and the saga's `task-sagas` ([`NotifierDecoder`]), with the
 /// log sink, waiting `delay` before each notification (zero in normal use;
 /// a slow notifier on purpose shows consumer lag building up).
 ///
@@ -156,7 +185,14 @@ pub fn notifier(
         ProcessedEvents::new(store.clone()),
         NotificationHandler::new(store, sink),
     );
-    Ok(consumer("notifier", kafka, group, options, handler, repair, metrics)?.with_checks(checks))
+    let reads = Reads {
+        topics: &[TASK_EVENTS, TASK_SAGAS],
+        decoder: NotifierDecoder::new(EventDecoder::new(options.registry.clone())),
+    };
+    Ok(consumer_of(
+        "notifier", kafka, group, reads, options, handler, repair, metrics,
+    )?
+    .with_checks(checks))
 }
 
 /// How long the notifier waits for a webhook to answer (a slower one is

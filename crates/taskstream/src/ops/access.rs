@@ -166,14 +166,24 @@ pub fn components() -> Vec<ComponentAccess> {
             max_replicas: Some(1),
             outbox_topics: vec![],
         },
-        consumer(
-            "notifier",
-            "taskstream-notifier",
-            "the notification service (consumer group notifier)",
-            NOTIFIER_GROUP,
-            "/notifications",
-            &[],
-        ),
+        {
+            let mut notifier = consumer(
+                "notifier",
+                "taskstream-notifier",
+                "the notification service (consumer group notifier), on task-events and the \
+                 saga's task-sagas",
+                NOTIFIER_GROUP,
+                "/notifications",
+                &[],
+            );
+            // It announces saga steps too, and parks the saga events it
+            // cannot read on their own dead-letter topic.
+            notifier.acls.extend([
+                Acl::literal("topic", TASK_SAGAS, &["Read"]),
+                Acl::literal("topic", dead_letter_topic(TASK_SAGAS), &["Write"]),
+            ]);
+            notifier
+        },
         consumer(
             "auditor",
             "taskstream-auditor",
@@ -247,8 +257,11 @@ pub fn components() -> Vec<ComponentAccess> {
             acls: vec![
                 // lag reads the oldest unconsumed record's timestamp; replay re-publishes.
                 Acl::literal("topic", TASK_EVENTS, &["Read", "Write"]),
+                Acl::literal("topic", TASK_SAGAS, &["Read", "Write"]),
                 Acl::literal("topic", TASK_TRIAGE_REQUESTS, &["Read"]),
                 Acl::literal("topic", dlq, &["Read"]),
+                // The notifier's dead letters of saga events (`dlq --topic task-sagas`).
+                Acl::literal("topic", dead_letter_topic(TASK_SAGAS), &["Read"]),
                 // Committed offsets of the groups it watches by default, the
                 // ones `up` runs (OffsetFetch).
                 Acl::literal("group", NOTIFIER_GROUP, &["Describe"]),
@@ -402,6 +415,17 @@ mod tests {
         assert_eq!(transactional.len(), 1);
         assert_eq!(transactional[0].resource.name, RELAY_TRANSACTIONAL_ID);
         assert_eq!(transactional[0].operations, ["Write"]);
+    }
+
+    #[test]
+    fn the_notifier_reads_the_saga_events_and_parks_the_unreadable_ones() {
+        let notifier = component("notifier");
+        for topic in [TASK_EVENTS, TASK_SAGAS] {
+            assert!(allows(&notifier, "topic", topic, "Read"), "{topic}");
+            let dlq = dead_letter_topic(topic);
+            assert!(allows(&notifier, "topic", &dlq, "Write"), "{dlq}");
+            assert!(!allows(&notifier, "topic", topic, "Write"), "{topic}");
+        }
     }
 
     #[test]

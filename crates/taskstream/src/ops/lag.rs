@@ -14,7 +14,7 @@ use taskstream_kafka::{group_offsets, list_groups, record_timestamps, KafkaConfi
 use taskstream_services::agent::{AGENT_GROUP, REQUESTS_GROUP};
 use taskstream_services::processor::PROCESSOR_GROUP;
 use taskstream_services::saga::SAGA_GROUP;
-use taskstream_services::topics::{TASK_EVENTS, TASK_TRIAGE_REQUESTS};
+use taskstream_services::topics::{TASK_EVENTS, TASK_SAGAS, TASK_TRIAGE_REQUESTS};
 use taskstream_services::{AUDITOR_GROUP, NOTIFIER_GROUP};
 use taskstream_store::ReplicationSlot;
 
@@ -25,8 +25,8 @@ use crate::config::{KafkaArgs, KafkaTimeoutArgs};
 pub struct LagArgs {
     /// A consumer group to show (repeatable); default: the groups `up` runs
     /// on --topic that have committed offsets on it (on task-events: auditor,
-    /// notifier, saga, triage-agent, workload-processor; on
-    /// task-triage-requests: triage-agent-requests).
+    /// notifier, saga, triage-agent, workload-processor; on task-sagas:
+    /// notifier; on task-triage-requests: triage-agent-requests).
     #[arg(long = "group", value_name = "GROUP")]
     pub groups: Vec<String>,
     /// Every consumer group on the cluster (needs ListGroups; the dev broker lacks it).
@@ -154,11 +154,11 @@ pub async fn run(args: LagArgs) -> anyhow::Result<()> {
     }
 }
 
-/// The consumer groups `taskstream up` runs on `topic`: what `lag` shows
-/// when no group is named.
 /// Default groups shown even before they commit anything.
 const ALWAYS_SHOWN: [&str; 2] = [AUDITOR_GROUP, NOTIFIER_GROUP];
 
+/// The consumer groups `taskstream up` runs on `topic`: what `lag` shows
+/// when no group is named.
 fn default_groups(topic: &str) -> &'static [&'static str] {
     match topic {
         TASK_EVENTS => &[
@@ -168,6 +168,7 @@ fn default_groups(topic: &str) -> &'static [&'static str] {
             AGENT_GROUP,
             PROCESSOR_GROUP,
         ],
+        TASK_SAGAS => &[NOTIFIER_GROUP],
         TASK_TRIAGE_REQUESTS => &[REQUESTS_GROUP],
         _ => &[],
     }
@@ -411,6 +412,7 @@ mod tests {
                 "workload-processor"
             ]
         );
+        assert_eq!(default_groups(TASK_SAGAS), ["notifier"]);
         assert_eq!(
             default_groups(TASK_TRIAGE_REQUESTS),
             ["triage-agent-requests"]
@@ -423,6 +425,7 @@ mod tests {
             .unwrap();
         for group in default_groups(TASK_EVENTS)
             .iter()
+            .chain(default_groups(TASK_SAGAS))
             .chain(default_groups(TASK_TRIAGE_REQUESTS))
         {
             assert!(
@@ -430,6 +433,15 @@ mod tests {
                     .iter()
                     .any(|a| a.resource.kind == "group" && a.resource.name == *group),
                 "{group}"
+            );
+        }
+        // And read the topics they are on (the oldest unconsumed record's time).
+        for topic in [TASK_EVENTS, TASK_SAGAS, TASK_TRIAGE_REQUESTS] {
+            assert!(
+                ops.acls.iter().any(|a| a.resource.kind == "topic"
+                    && a.resource.name == topic
+                    && a.operations.contains(&"Read")),
+                "{topic}"
             );
         }
     }

@@ -407,12 +407,12 @@ async fn a_requests_traceparent_reaches_every_consumers_log_records() {
                 .json()
                 .await
                 .ok()?;
-            // The notifier's one notification (the assignment saga's own
-            // request for acceptance is recorded there too).
+            // The notifier's one notification of the task event (it
+            // announces the assignment saga's request for acceptance too).
             let notified = notes["items"]
                 .as_array()?
                 .iter()
-                .filter(|n| n["channel"] != "saga")
+                .filter(|n| n["event_type"] == "task.created")
                 .count();
             (audit["items"].as_array()?.len() == 1 && notified == 1).then_some(())
         },
