@@ -118,12 +118,21 @@ pub(crate) fn explain_transaction_log(facts: &TransactionLogFacts) -> Option<Str
             }
             let min_isr = usize::try_from(facts.min_isr?).unwrap_or(0);
             let short = partitions.iter().filter(|(_, isr)| *isr < min_isr).count();
+            let smallest = partitions.iter().map(|(_, isr)| *isr).min().unwrap_or(0);
             (short > 0).then(|| {
+                // More brokers than min.isr: the replicas are down or behind,
+                // and lowering the setting is the last resort, not the fix.
+                let what_to_do = match min_isr > brokers {
+                    true => fix("transaction.state.log.min.isr"),
+                    false => format!(
+                        "bring their replicas' brokers back in sync, or lower \
+                         transaction.state.log.min.isr to at most {smallest}"
+                    ),
+                };
                 format!(
                     "{short} of the {} partitions of {TRANSACTION_LOG} have fewer in-sync replicas than \
-                     transaction.state.log.min.isr ({min_isr}), so their coordinators cannot write: {}",
+                     transaction.state.log.min.isr ({min_isr}), so their coordinators cannot write: {what_to_do}",
                     partitions.len(),
-                    fix("transaction.state.log.min.isr")
                 )
             })
         }
@@ -257,5 +266,7 @@ mod tests {
             why.starts_with("2 of the 3 partitions of __transaction_state have fewer in-sync replicas than transaction.state.log.min.isr (2)"),
             "{why}"
         );
+        // Three brokers, min.isr 2: the replicas are behind, not the setting too high.
+        assert!(why.ends_with("bring their replicas' brokers back in sync, or lower transaction.state.log.min.isr to at most 1"), "{why}");
     }
 }

@@ -128,8 +128,10 @@ pub trait GapRepair: Send + Sync + 'static {
 }
 
 /// Repairs from the outbox the group's events come from: every published
-/// event the group has not handled, as its own database shows, is marked
-/// unpublished, and the relay publishes it again. The outbox and the
+/// event on a topic it skipped records of that the group has not handled,
+/// as its own database shows, is marked unpublished, and the relay
+/// publishes it again (task events on `task-events`, saga events on
+/// `task-sagas`). The outbox and the
 /// group's database are one store where the components share a database
 /// (PostgreSQL), two SQLite files under `taskstream up`, which gives every
 /// service a database of its own.
@@ -165,15 +167,24 @@ impl OutboxRepair {
 
 #[async_trait]
 impl GapRepair for OutboxRepair {
-    async fn repair(&self, _resets: &[OffsetReset]) -> Result<u64, String> {
+    /// Requeues, topic by topic, what the group has not handled on each
+    /// topic it skipped records of.
+    async fn repair(&self, resets: &[OffsetReset]) -> Result<u64, String> {
         let handled_by = match &self.processed_by {
             Some(group) => HandledBy::Processed(group),
             None => HandledBy::AuditLog,
         };
-        self.outbox
-            .requeue_events_unhandled_by(handled_by, &self.handled_in)
-            .await
-            .map_err(|e| e.to_string())
+        let topics: std::collections::BTreeSet<&str> =
+            resets.iter().map(|r| r.topic.as_str()).collect();
+        let mut requeued = 0;
+        for topic in topics {
+            requeued += self
+                .outbox
+                .requeue_events_unhandled_by(handled_by, &self.handled_in, topic)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(requeued)
     }
 }
 

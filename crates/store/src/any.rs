@@ -126,11 +126,11 @@ impl Store {
     }
 
     /// Marks published events unpublished again when a consumer has not
-    /// handled them: no entry in `audit`'s audit log, or not processed by
-    /// `notifier` in `notifications` (see
-    /// [`SqliteStore::requeue_unhandled_events`]). With SQLite each may be a
-    /// file of its own (`taskstream up` gives every service one); with
-    /// PostgreSQL the components share this one database.
+    /// handled them: task events with no entry in `audit`'s audit log or
+    /// not processed by `notifier` in `notifications`, saga events not
+    /// processed by `notifier` (see [`SqliteStore::requeue_unhandled_events`]).
+    /// With SQLite each may be a file of its own (`taskstream up` gives every
+    /// service one); with PostgreSQL the components share one database.
     pub async fn requeue_unhandled_events(
         &self,
         notifier: &str,
@@ -142,22 +142,31 @@ impl Store {
                 s.requeue_unhandled_events_in(notifier, a.path(), n.path())
                     .await
             }
-            _ => each!(self, s => s.requeue_unhandled_events(notifier).await),
+            (Self::Postgres(s), Self::Postgres(_), Self::Postgres(_)) => {
+                s.requeue_unhandled_events(notifier).await
+            }
+            _ => Err(mixed_backends()),
         }
     }
 
-    /// Marks published events unpublished again when `by` has not handled
-    /// them (see [`SqliteStore::requeue_events_unhandled_by`]).
+    /// Marks the published events on `topic` unpublished again when `by`
+    /// has not handled them (see [`SqliteStore::requeue_events_unhandled_by`]).
     /// `handled_in` is the consumer's own database: with SQLite possibly
     /// another file than this outbox's; with PostgreSQL the same database.
     pub async fn requeue_events_unhandled_by(
         &self,
         by: HandledBy<'_>,
         handled_in: &Store,
+        topic: &str,
     ) -> Result<u64, StoreError> {
         match (self, handled_in) {
-            (Self::Sqlite(s), Self::Sqlite(h)) => s.requeue_events_unhandled_in(by, h.path()).await,
-            _ => each!(self, s => s.requeue_events_unhandled_by(by).await),
+            (Self::Sqlite(s), Self::Sqlite(h)) => {
+                s.requeue_events_unhandled_in(by, h.path(), topic).await
+            }
+            (Self::Postgres(s), Self::Postgres(_)) => {
+                s.requeue_events_unhandled_by(by, topic).await
+            }
+            _ => Err(mixed_backends()),
         }
     }
 
@@ -422,4 +431,11 @@ mod tests {
             "postgres://app@db/tasks?sslmode=require&password=<redacted>"
         );
     }
+}
+
+/// An outbox and a consumer's store of different kinds cannot be compared.
+fn mixed_backends() -> StoreError {
+    StoreError::Unavailable(
+        "the outbox and the consumer's own database are of different kinds (SQLite and PostgreSQL); give every component the same --database-url".to_owned(),
+    )
 }

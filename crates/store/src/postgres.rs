@@ -186,7 +186,7 @@ impl PgStore {
 
     /// See [`crate::SqliteStore::requeue_unhandled_events`].
     pub async fn requeue_unhandled_events(&self, notifier: &str) -> Result<u64, StoreError> {
-        let done = sqlx::query(sql::REQUEUE_UNHANDLED)
+        let done = sqlx::query(&sql::requeue_unhandled("", ""))
             .bind(notifier)
             .execute(&self.pool)
             .await?;
@@ -194,16 +194,22 @@ impl PgStore {
     }
 
     /// See [`crate::SqliteStore::requeue_events_unhandled_by`].
-    pub async fn requeue_events_unhandled_by(&self, by: HandledBy<'_>) -> Result<u64, StoreError> {
+    pub async fn requeue_events_unhandled_by(
+        &self,
+        by: HandledBy<'_>,
+        topic: &str,
+    ) -> Result<u64, StoreError> {
         let done = match by {
             HandledBy::AuditLog => {
-                sqlx::query(sql::REQUEUE_UNAUDITED)
+                sqlx::query(&sql::requeue_unaudited(""))
+                    .bind(topic)
                     .execute(&self.pool)
                     .await?
             }
             HandledBy::Processed(consumer) => {
-                sqlx::query(sql::REQUEUE_UNPROCESSED)
+                sqlx::query(&sql::requeue_unprocessed(""))
                     .bind(consumer)
+                    .bind(topic)
                     .execute(&self.pool)
                     .await?
             }

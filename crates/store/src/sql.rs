@@ -58,44 +58,46 @@ pub(crate) const OUTBOX_STATS: &str = "SELECT (SELECT COUNT(*) FROM outbox) AS t
             COUNT(*) AS pending, MIN(created_at) AS oldest
      FROM outbox WHERE published_at IS NULL";
 
-/// Unpublishes task events (`aggregatetype = 'task'`) that the audit log
-/// or consumer `$1` has not handled. Other rows (saga events on
-/// `task-sagas`, the triage agent's suggestions) go to topics these
-/// consumers do not read, so their absence from the audit log says nothing.
-pub(crate) const REQUEUE_UNHANDLED: &str = "UPDATE outbox SET published_at = NULL
-     WHERE published_at IS NOT NULL AND aggregatetype = 'task'
-       AND (NOT EXISTS (SELECT 1 FROM audit_log a WHERE a.event_id = outbox.id)
-            OR NOT EXISTS (SELECT 1 FROM processed_events p
-                           WHERE p.consumer = $1 AND p.event_id = outbox.id))";
-
-/// [`REQUEUE_UNHANDLED`] with the audit log in schema `audit` and the
-/// processed events in schema `notifier` (`main`, or attached files).
+/// Unpublishes the published events a consumer has not handled, as their
+/// own tables show: task events (`aggregatetype = 'task'`, on
+/// `task-events`) without an audit-log entry or not processed by the
+/// notifier group `$1`, and saga events (on `task-sagas`, which only the
+/// notifier reads) not processed by `$1`. The triage agent's suggestions
+/// go to a topic neither reads. `audit` and `notifier` prefix the tables
+/// (`""`, or an attached SQLite file's `"alias."`).
 pub(crate) fn requeue_unhandled(audit: &str, notifier: &str) -> String {
     format!(
         "UPDATE outbox SET published_at = NULL
-     WHERE published_at IS NOT NULL AND aggregatetype = 'task'
-       AND (NOT EXISTS (SELECT 1 FROM {audit}.audit_log a WHERE a.event_id = outbox.id)
-            OR NOT EXISTS (SELECT 1 FROM {notifier}.processed_events p
-                           WHERE p.consumer = $1 AND p.event_id = outbox.id))"
+     WHERE published_at IS NOT NULL
+       AND ((aggregatetype = 'task'
+             AND (NOT EXISTS (SELECT 1 FROM {audit}audit_log a WHERE a.event_id = outbox.id)
+                  OR NOT EXISTS (SELECT 1 FROM {notifier}processed_events p
+                                 WHERE p.consumer = $1 AND p.event_id = outbox.id)))
+            OR (aggregatetype = 'saga'
+                AND NOT EXISTS (SELECT 1 FROM {notifier}processed_events p
+                                WHERE p.consumer = $1 AND p.event_id = outbox.id)))"
     )
 }
 
-/// [`REQUEUE_UNAUDITED`] with the audit log in schema `audit`.
+/// Unpublishes the task events on topic `$1` without an audit-log entry
+/// (the auditor reads task events only); `audit` prefixes the table.
 pub(crate) fn requeue_unaudited(audit: &str) -> String {
     format!(
         "UPDATE outbox SET published_at = NULL
-     WHERE published_at IS NOT NULL AND aggregatetype = 'task'
-       AND NOT EXISTS (SELECT 1 FROM {audit}.audit_log a WHERE a.event_id = outbox.id)"
+     WHERE published_at IS NOT NULL AND aggregatetype = 'task' AND topic = $1
+       AND NOT EXISTS (SELECT 1 FROM {audit}audit_log a WHERE a.event_id = outbox.id)"
     )
 }
 
-/// [`REQUEUE_UNPROCESSED`] with the processed events in schema `handled`.
+/// Unpublishes the task and saga events on topic `$2` that consumer `$1`
+/// has not processed; `handled` prefixes the table.
 pub(crate) fn requeue_unprocessed(handled: &str) -> String {
     format!(
         "UPDATE outbox SET published_at = NULL
-     WHERE published_at IS NOT NULL AND aggregatetype = 'task'
-       AND NOT EXISTS (SELECT 1 FROM {handled}.processed_events p
-                       WHERE p.consumer = $1 AND p.event_id = outbox.id)"
+     WHERE published_at IS NOT NULL AND aggregatetype IN ('task', 'saga')
+       AND NOT EXISTS (SELECT 1 FROM {handled}processed_events p
+                       WHERE p.consumer = $1 AND p.event_id = outbox.id)
+       AND topic = $2"
     )
 }
 
@@ -110,18 +112,7 @@ pub(crate) const CREATE_ADOPTED_ROWS: &str = "CREATE TABLE IF NOT EXISTS adopted
 pub(crate) const ADOPTED_FROM: &str = "SELECT adopted_at FROM adopted_rows WHERE source = $1";
 
 pub(crate) const RECORD_ADOPTION: &str =
-    "INSERT INTO adopted_rows (source, tables, adopted_at) VALUES ($1, $2, $3)";
-
-/// Unpublishes events without an audit-log entry.
-pub(crate) const REQUEUE_UNAUDITED: &str = "UPDATE outbox SET published_at = NULL
-     WHERE published_at IS NOT NULL AND aggregatetype = 'task'
-       AND NOT EXISTS (SELECT 1 FROM audit_log a WHERE a.event_id = outbox.id)";
-
-/// Unpublishes events that consumer `$1` has not processed.
-pub(crate) const REQUEUE_UNPROCESSED: &str = "UPDATE outbox SET published_at = NULL
-     WHERE published_at IS NOT NULL AND aggregatetype = 'task'
-       AND NOT EXISTS (SELECT 1 FROM processed_events p
-                       WHERE p.consumer = $1 AND p.event_id = outbox.id)";
+    "INSERT OR IGNORE INTO adopted_rows (source, tables, adopted_at) VALUES ($1, $2, $3)";
 
 /// Read by [`crate::rows::processed_time`].
 pub(crate) const PROCESSED_TIMES: &str =

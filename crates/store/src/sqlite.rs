@@ -266,28 +266,34 @@ impl SqliteStore {
     /// again, in their original order, and the consumers' de-duplication by
     /// event id absorbs any that were in fact handled.
     pub async fn requeue_unhandled_events(&self, notifier: &str) -> Result<u64, StoreError> {
-        let done = sqlx::query(sql::REQUEUE_UNHANDLED)
+        let done = sqlx::query(&sql::requeue_unhandled("", ""))
             .bind(notifier)
             .execute(&self.writer)
             .await?;
         Ok(done.rows_affected())
     }
 
-    /// Marks published events unpublished again when `by` has not handled
-    /// them; returns how many. Repairs a consumer group that skipped events
-    /// deleted from the topic before it read them: the relay publishes them
-    /// again, in their original order, and the group's de-duplication by
-    /// event id absorbs any it did handle.
-    pub async fn requeue_events_unhandled_by(&self, by: HandledBy<'_>) -> Result<u64, StoreError> {
+    /// Marks the published events on `topic` unpublished again when `by`
+    /// has not handled them; returns how many. Repairs a consumer group
+    /// that skipped events deleted from the topic before it read them: the
+    /// relay publishes them again, in their original order, and the group's
+    /// de-duplication by event id absorbs any it did handle.
+    pub async fn requeue_events_unhandled_by(
+        &self,
+        by: HandledBy<'_>,
+        topic: &str,
+    ) -> Result<u64, StoreError> {
         let done = match by {
             HandledBy::AuditLog => {
-                sqlx::query(sql::REQUEUE_UNAUDITED)
+                sqlx::query(&sql::requeue_unaudited(""))
+                    .bind(topic)
                     .execute(&self.writer)
                     .await?
             }
             HandledBy::Processed(consumer) => {
-                sqlx::query(sql::REQUEUE_UNPROCESSED)
+                sqlx::query(&sql::requeue_unprocessed(""))
                     .bind(consumer)
+                    .bind(topic)
                     .execute(&self.writer)
                     .await?
             }
@@ -310,9 +316,10 @@ impl SqliteStore {
             &self.path,
             [("audit_db", audit), ("notifier_db", notifications)],
         );
-        let statement = sql::requeue_unhandled(attached.schema(0), attached.schema(1));
-        self.run_attached(&attached, &[(statement, vec![notifier])])
-            .await
+        let statement = sql::requeue_unhandled(&attached.prefix(0), &attached.prefix(1));
+        Ok(self
+            .run_attached(&attached, &[(statement, vec![notifier])])
+            .await?[0])
     }
 
     /// [`SqliteStore::requeue_events_unhandled_by`] where the consumer keeps
@@ -322,14 +329,17 @@ impl SqliteStore {
         &self,
         by: HandledBy<'_>,
         handled_in: &Path,
+        topic: &str,
     ) -> Result<u64, StoreError> {
         let attached = Attached::new(&self.path, [("handled_db", handled_in)]);
-        let schema = attached.schema(0);
+        let prefix = attached.prefix(0);
         let statement = match by {
-            HandledBy::AuditLog => (sql::requeue_unaudited(schema), vec![]),
-            HandledBy::Processed(consumer) => (sql::requeue_unprocessed(schema), vec![consumer]),
+            HandledBy::AuditLog => (sql::requeue_unaudited(&prefix), vec![topic]),
+            HandledBy::Processed(consumer) => {
+                (sql::requeue_unprocessed(&prefix), vec![consumer, topic])
+            }
         };
-        self.run_attached(&attached, &[statement]).await
+        Ok(self.run_attached(&attached, &[statement]).await?[0])
     }
 
     /// Copies, once, the rows of `tables` from the database `from` into
@@ -366,34 +376,67 @@ impl SqliteStore {
         let attached = Attached::new(&self.path, [("legacy_db", from.path.as_path())]);
         let tables_list = tables.join(",");
         let now = at(&taskstream_domain::now());
-        let mut statements: Vec<(String, Vec<&str>)> = tables
-            .iter()
-            .map(|table| {
-                (
-                    format!("INSERT OR IGNORE INTO main.{table} SELECT * FROM legacy_db.{table}"),
-                    Vec::new(),
-                )
-            })
-            .collect();
+        let mut statements: Vec<(String, Vec<&str>)> = Vec::new();
+        for table in tables {
+            // Every column but the local sequence number, which this file
+            // hands out itself (in the old rows' order): a row already here
+            // keeps its number, and an old one never collides with it. The
+            // tables' unique keys (event id, notification id) drop a row
+            // that is already here.
+            let columns: Vec<String> =
+                sqlx::query_scalar("SELECT name FROM pragma_table_info(?) ORDER BY cid")
+                    .bind(*table)
+                    .fetch_all(&self.writer)
+                    .await?;
+            let order = match columns.iter().any(|c| c == "seq") {
+                true => " ORDER BY seq",
+                false => "",
+            };
+            let columns = columns
+                .iter()
+                .filter(|c| *c != "seq")
+                .map(|c| format!("\"{c}\""))
+                .collect::<Vec<_>>()
+                .join(", ");
+            statements.push((
+                format!(
+                    "INSERT OR IGNORE INTO main.{table} ({columns}) SELECT {columns} FROM legacy_db.{table}{order}"
+                ),
+                Vec::new(),
+            ));
+        }
+        // Another process may have copied meanwhile: its rows are ignored
+        // above, and so is its record here.
         statements.push((
             sql::RECORD_ADOPTION.to_owned(),
             vec![source.as_str(), tables_list.as_str(), now.as_str()],
         ));
-        // The bookkeeping row is one of the changes; it is not a copied row.
-        Ok(self.run_attached(&attached, &statements).await? - 1)
+        let changed = self.run_attached(&attached, &statements).await?;
+        Ok(changed[..tables.len()].iter().sum())
     }
 
     /// Runs `statements` (each with its text parameters) in one
     /// transaction on the writer connection, with the other files of
-    /// `attached` attached for their duration; returns the rows they
+    /// `attached` attached for their duration; returns the rows each
     /// changed. A connection left in doubt (a failed DETACH) is closed, not
-    /// returned to the pool.
+    /// returned to the pool; a file left attached by a call that was
+    /// cancelled midway is detached first.
     async fn run_attached(
         &self,
         attached: &Attached<'_>,
         statements: &[(String, Vec<&str>)],
-    ) -> Result<u64, StoreError> {
+    ) -> Result<Vec<u64>, StoreError> {
         let mut conn = self.writer.acquire().await?;
+        let left: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM pragma_database_list WHERE name NOT IN ('main', 'temp')",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        for alias in left {
+            sqlx::query(&format!("DETACH DATABASE \"{alias}\""))
+                .execute(&mut *conn)
+                .await?;
+        }
         let mut names = Vec::new();
         let outcome = async {
             for (alias, path) in attached.others() {
@@ -404,16 +447,16 @@ impl SqliteStore {
                 names.push(alias);
             }
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-            let mut changed = 0;
+            let mut changed = Vec::with_capacity(statements.len());
             for (statement, parameters) in statements {
                 let mut query = sqlx::query(statement);
                 for p in parameters {
                     query = query.bind(*p);
                 }
-                changed += query.execute(&mut *tx).await?.rows_affected();
+                changed.push(query.execute(&mut *tx).await?.rows_affected());
             }
             tx.commit().await?;
-            Ok::<u64, StoreError>(changed)
+            Ok::<Vec<u64>, StoreError>(changed)
         }
         .await;
         for alias in names {
@@ -476,11 +519,12 @@ impl<'p> Attached<'p> {
         }
     }
 
-    /// The schema name the statement uses for the `i`th file.
-    fn schema(&self, i: usize) -> &'static str {
+    /// How the statement names the tables of the `i`th file: `main.`, or
+    /// its alias.
+    fn prefix(&self, i: usize) -> String {
         match self.files[i] {
-            (_, _, true) => "main",
-            (alias, _, false) => alias,
+            (_, _, true) => "main.".to_owned(),
+            (alias, _, false) => format!("{alias}."),
         }
     }
 
@@ -1392,7 +1436,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             store
-                .requeue_events_unhandled_by(HandledBy::AuditLog)
+                .requeue_events_unhandled_by(HandledBy::AuditLog, "task-events")
                 .await
                 .unwrap(),
             1
@@ -1406,7 +1450,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             store
-                .requeue_events_unhandled_by(HandledBy::Processed("notifier"))
+                .requeue_events_unhandled_by(HandledBy::Processed("notifier"), "task-events")
                 .await
                 .unwrap(),
             2
@@ -1472,7 +1516,7 @@ mod tests {
         publish().await.unwrap();
         assert_eq!(
             outbox
-                .requeue_events_unhandled_in(HandledBy::AuditLog, audit.path())
+                .requeue_events_unhandled_in(HandledBy::AuditLog, audit.path(), "task-events")
                 .await
                 .unwrap(),
             1
@@ -1481,7 +1525,11 @@ mod tests {
         publish().await.unwrap();
         assert_eq!(
             outbox
-                .requeue_events_unhandled_in(HandledBy::Processed("notifier"), notifier.path())
+                .requeue_events_unhandled_in(
+                    HandledBy::Processed("notifier"),
+                    notifier.path(),
+                    "task-events"
+                )
                 .await
                 .unwrap(),
             2
@@ -1490,7 +1538,7 @@ mod tests {
         // The outbox's own file, named as the consumer's, reads it as `main`.
         assert_eq!(
             outbox
-                .requeue_events_unhandled_in(HandledBy::AuditLog, outbox.path())
+                .requeue_events_unhandled_in(HandledBy::AuditLog, outbox.path(), "task-events")
                 .await
                 .unwrap(),
             3
@@ -1499,7 +1547,7 @@ mod tests {
         publish().await.unwrap();
         assert_eq!(
             outbox
-                .requeue_events_unhandled_in(HandledBy::AuditLog, audit.path())
+                .requeue_events_unhandled_in(HandledBy::AuditLog, audit.path(), "task-events")
                 .await
                 .unwrap(),
             1

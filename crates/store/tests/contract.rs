@@ -584,7 +584,7 @@ async fn a_groups_repair_requeues_only_the_published_events_it_has_not_handled()
         };
 
         let requeued = store
-            .requeue_events_unhandled_by(HandledBy::AuditLog, store)
+            .requeue_events_unhandled_by(HandledBy::AuditLog, store, "task-events")
             .await
             .unwrap();
         assert_eq!(requeued, 2);
@@ -595,14 +595,14 @@ async fn a_groups_repair_requeues_only_the_published_events_it_has_not_handled()
             .unwrap();
 
         let requeued = store
-            .requeue_events_unhandled_by(HandledBy::Processed("notifier"), store)
+            .requeue_events_unhandled_by(HandledBy::Processed("notifier"), store, "task-events")
             .await
             .unwrap();
         assert_eq!(requeued, 2);
         assert_eq!(pending_ids().await, ids(&[0, 2]));
         assert_eq!(
             store
-                .requeue_events_unhandled_by(HandledBy::Processed("notifier"), store)
+                .requeue_events_unhandled_by(HandledBy::Processed("notifier"), store, "task-events")
                 .await
                 .unwrap(),
             0,
@@ -763,7 +763,8 @@ mod sagas {
     }
 
     #[tokio::test]
-    async fn a_consumer_groups_repair_never_republishes_saga_events() {
+    async fn a_groups_repair_republishes_what_it_skipped_on_that_topic_only() {
+        use taskstream_store::NotificationStore;
         for backend in backends().await {
             let store = &backend.store;
             let change = created("assigned");
@@ -772,42 +773,57 @@ mod sagas {
                 .await
                 .unwrap();
             store.start_saga(&start("t", "ana", 5)).await.unwrap();
-            let seqs: Vec<i64> = pending_rows(store, 10)
-                .await
-                .iter()
-                .map(|p| p.seq)
-                .collect();
+            let rows = pending_rows(store, 10).await;
+            let seqs: Vec<i64> = rows.iter().map(|p| p.seq).collect();
             assert_eq!(seqs.len(), 3);
+            let saga_events: Vec<Uuid> = rows
+                .iter()
+                .filter(|p| p.message.topic == "task-sagas")
+                .map(|p| p.message.id)
+                .collect();
+            assert_eq!(saga_events.len(), 2);
+            let publish = || store.mark_published(&seqs, taskstream_domain::now());
+            publish().await.unwrap();
+            let requeued = |by, topic| store.requeue_events_unhandled_by(by, store, topic);
+            let types = || async {
+                pending_rows(store, 10)
+                    .await
+                    .iter()
+                    .map(|p| p.message.event_type.clone())
+                    .collect::<Vec<_>>()
+            };
+            // A gap on task-events: the task event, for either group.
+            for by in [HandledBy::Processed("notifier"), HandledBy::AuditLog] {
+                assert_eq!(requeued(by, "task-events").await.unwrap(), 1);
+                assert_eq!(types().await, ["task.created"]);
+                publish().await.unwrap();
+            }
+            // A gap on task-sagas: the saga events the notifier has not
+            // handled; the auditor never reads them.
+            assert_eq!(
+                requeued(HandledBy::AuditLog, "task-sagas").await.unwrap(),
+                0
+            );
             store
-                .mark_published(&seqs, taskstream_domain::now())
+                .record_notifications("notifier", saga_events[0], &[])
                 .await
                 .unwrap();
-            // Neither the notifier nor the audit log handles saga events:
-            // only the task event is theirs to have republished.
-            for by in [HandledBy::Processed("notifier"), HandledBy::AuditLog] {
-                assert_eq!(
-                    store.requeue_events_unhandled_by(by, store).await.unwrap(),
-                    1
-                );
-                let pending = pending_rows(store, 10).await;
-                assert_eq!(
-                    pending
-                        .iter()
-                        .map(|p| p.message.event_type.as_str())
-                        .collect::<Vec<_>>(),
-                    vec!["task.created"]
-                );
-                store
-                    .mark_published(&seqs, taskstream_domain::now())
+            assert_eq!(
+                requeued(HandledBy::Processed("notifier"), "task-sagas")
                     .await
-                    .unwrap();
-            }
+                    .unwrap(),
+                1
+            );
+            assert_eq!(types().await, ["saga.acceptance_requested"]);
+            publish().await.unwrap();
+            // A restart on the mock: the unaudited task event and the saga
+            // event the notifier has not handled.
             assert_eq!(
                 store
                     .requeue_unhandled_events("notifier", store, store)
                     .await
                     .unwrap(),
-                1
+                2
             );
             backend.finish().await;
         }
@@ -1388,7 +1404,7 @@ async fn a_repair_requeues_task_events_only_never_the_agents_suggestion_events()
             .unwrap();
         // Neither row is in the audit log: only the task event is the auditor's business.
         let requeued = store
-            .requeue_events_unhandled_by(HandledBy::AuditLog, store)
+            .requeue_events_unhandled_by(HandledBy::AuditLog, store, "task-events")
             .await
             .unwrap();
         assert_eq!(requeued, 1);

@@ -61,14 +61,25 @@ const CASES: &[Case] = &[
         sagas: &[("ana", 1), ("ana", 4)],
         expected: Some(4),
     },
-    // Handed from bo to ana: ana's saga, never bo's.
+    // Handed from ana to bo, then back to ana: bo's saga proves ana's
+    // assignment came after version 6, so her saga from 3 no longer speaks
+    // for the task (its saga for the new assignment is not started yet).
     Case {
         n: 3,
         assignee: Some("ana"),
         version: 7,
         assigned_version: None,
         sagas: &[("bo", 6), ("ana", 3)],
-        expected: Some(3),
+        expected: Some(7),
+    },
+    // Handed from bo to ana, whose saga started: ana's, never bo's.
+    Case {
+        n: 9,
+        assignee: Some("ana"),
+        version: 8,
+        assigned_version: None,
+        sagas: &[("ana", 3), ("bo", 5), ("ana", 6)],
+        expected: Some(6),
     },
     // No saga of the current assignee: the current version.
     Case {

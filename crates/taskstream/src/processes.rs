@@ -121,6 +121,8 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
 pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
     let registry = avro_registry(args.event_format, &args.registry, &args.store.data_dir)?;
     let store = open_store(&args.store).await?;
+    let database = args.store.database()?;
+    let (sqlite, postgres) = (args.store.options(), args.store.postgres_options());
     let metrics = Metrics::new();
     // Refused before anything is served: Debezium needs PostgreSQL.
     let capture = (args.publisher.publisher == Publisher::Debezium)
@@ -140,9 +142,25 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
     // No registry check: once the schemas are registered, writes never
     // call the registry, so its outage must not take the API out of service.
     let checks = components::api_checks(&store, &encoding);
+    // The read-only views of the audit log and the notifications: in the
+    // shared database, or in the services' own files of the data directory.
+    let view = |service| {
+        components::open_service_store(
+            service,
+            &args.store.data_dir,
+            database.as_ref(),
+            &sqlite,
+            &postgres,
+            Some(&store),
+        )
+    };
+    let (audit, notifications) = (
+        view(ServiceData::Audit).await?,
+        view(ServiceData::Notifications).await?,
+    );
     let api = components::task_api(Arc::clone(&store), Arc::new(Notify::new()), encoding)
-        .audit(store.clone())
-        .notifications(store.clone());
+        .audit(audit.clone())
+        .notifications(notifications.clone());
     let http = serve(
         args.http,
         &args.http_limits,
@@ -156,6 +174,11 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
     running.insert(0, http);
     running.extend(capture);
     run_until_signal(running, &store).await;
+    for view in [audit, notifications] {
+        if !Arc::ptr_eq(&view, &store) {
+            view.close().await;
+        }
+    }
     Ok(())
 }
 

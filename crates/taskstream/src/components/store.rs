@@ -48,7 +48,10 @@ impl ServiceData {
     fn adopted_tables(self) -> &'static [&'static str] {
         match self {
             Self::Tasks => &[],
-            Self::Audit => &["audit_log"],
+            // Each takes every group's inbox marks: it cannot tell which
+            // group names are its own (`--group`), and a mark of another
+            // group's is never read.
+            Self::Audit => &["audit_log", "processed_events"],
             Self::Notifications => &["notifications", "processed_events"],
         }
     }
@@ -104,7 +107,7 @@ pub async fn open_service_store(
             .await
             .with_context(|| {
                 format!(
-                    "cannot move {}'s rows from {} to {}",
+                    "cannot copy {}'s rows from {} to {}",
                     service.file(),
                     shared.path().display(),
                     path.display()
@@ -115,7 +118,7 @@ pub async fn open_service_store(
                 adopted,
                 from = %shared.path().display(),
                 to = %path.display(),
-                "moved this service's rows to its own database"
+                "copied this service's rows to its own database (the shared file keeps its copies)"
             );
         }
     }

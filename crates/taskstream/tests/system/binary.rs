@@ -297,6 +297,9 @@ async fn each_component_runs_alone_and_stops_cleanly_on_sigterm() {
     // The relay polls the shared database; the auditor reads the topic.
     let audited = items_when(&client, &audit_url, &format!("/audit?task_id={id}"), 1).await;
     assert_eq!(audited.len(), 1, "{audited:?}");
+    // The API's view of the audit log reads the auditor's own file.
+    let seen_by_api = items_when(&client, &api_url, &format!("/audit?task_id={id}"), 1).await;
+    assert_eq!(seen_by_api, audited);
     // The agent, in its own process, suggested through the shared database.
     let suggested = items_when(&client, &api_url, &format!("/tasks/{id}/suggestions"), 1).await;
     assert_eq!(suggested[0]["model"], "local");

@@ -67,15 +67,27 @@ async fn a_data_dir_whose_services_shared_one_file_keeps_its_history_once() {
     assigned_and_handled(&app, "after the move", 2, 2).await;
     app.system.shutdown().await;
 
-    // Once: a restart copies nothing again, and the shared file's copies
-    // are left as they were.
+    // Once: a restart copies nothing again — not even a row the shared file
+    // gained since — and the shared file's copies are left as they were.
+    {
+        let url = format!("sqlite://{}", d.join("taskstream.db").display());
+        let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query(
+            "INSERT INTO audit_log (event_id, event_type, task_id, task_version, event_time, topic, partition, \"offset\", recorded_at, envelope)
+             SELECT 'late-' || event_id, event_type, task_id, task_version, event_time, topic, partition, \"offset\", recorded_at, envelope FROM audit_log",
+        )
+        .execute(&mut db)
+        .await
+        .unwrap();
+        db.close().await.unwrap();
+    }
     let app = spawn_app_in(d, |_| {}).await;
     assert_eq!(app.items("/audit").await.len(), 2);
     assert_eq!(app.items("/notifications").await.len(), 2);
     app.system.shutdown().await;
     assert_eq!(rows(d, "audit.db", "audit_log").await, 2);
     assert_eq!(rows(d, "notifications.db", "notifications").await, 2);
-    assert_eq!(rows(d, "taskstream.db", "audit_log").await, 1);
+    assert_eq!(rows(d, "taskstream.db", "audit_log").await, 2);
 }
 
 /// librdkafka's mock forgets everything when `up` stops, so `up` on it
