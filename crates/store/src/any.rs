@@ -402,6 +402,13 @@ impl SuggestionStore for Store {
     }
 }
 
+/// An outbox and a consumer's store of different kinds cannot be compared.
+fn mixed_backends() -> StoreError {
+    StoreError::Unavailable(
+        "the outbox and the consumer's own database are of different kinds (SQLite and PostgreSQL); give every component the same --database-url".to_owned(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::Database;
@@ -431,11 +438,4 @@ mod tests {
             "postgres://app@db/tasks?sslmode=require&password=<redacted>"
         );
     }
-}
-
-/// An outbox and a consumer's store of different kinds cannot be compared.
-fn mixed_backends() -> StoreError {
-    StoreError::Unavailable(
-        "the outbox and the consumer's own database are of different kinds (SQLite and PostgreSQL); give every component the same --database-url".to_owned(),
-    )
 }
