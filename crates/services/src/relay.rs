@@ -833,9 +833,8 @@ impl OutboxRelay {
             let previous = unmarked.take();
             // The previous batch is marked, then (if this one was full) the
             // next one claimed, while this one's transaction runs.
-            let (transaction, (mark, claimed)) = tokio::join!(
-                self.transact(state, &batch),
-                async {
+            let (transaction, (mark, claimed)) =
+                tokio::join!(self.transact(state, &batch), async {
                     let mark = match &previous {
                         Some(committed) => self.mark_committed(committed).await,
                         None => Ok(()),
@@ -846,8 +845,7 @@ impl OutboxRelay {
                     let started = Instant::now();
                     let claimed = self.claim_batch(lease, &[range]).await;
                     (mark, Some((claimed, started.elapsed())))
-                }
-            );
+                });
             if let Some(committed) = &previous {
                 if mark.is_ok() {
                     published += committed.rows.len();

@@ -98,7 +98,9 @@ impl OutboxStore for Recording {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok();
         if fail {
-            return Err(StoreError::Unavailable("the disk is gone (injected)".into()));
+            return Err(StoreError::Unavailable(
+                "the disk is gone (injected)".into(),
+            ));
         }
         self.inner.mark_published(seqs, at).await
     }
@@ -311,7 +313,11 @@ async fn an_at_least_once_relay_claims_the_next_batches_before_marking_the_first
         "each batch marked once, in order"
     );
     assert_eq!(store.outbox_stats().await.unwrap().pending, 0);
-    assert_eq!(on_topic(&kafka, &topic).await, ids, "each row once, in order");
+    assert_eq!(
+        on_topic(&kafka, &topic).await,
+        ids,
+        "each row once, in order"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,7 +361,10 @@ async fn a_row_failing_behind_batches_in_flight_leaves_exactly_it_and_the_rows_a
     let outbox = Recording::new(Arc::clone(&store));
     let relay = idempotent_relay(Arc::clone(&outbox), &kafka, 2, 3);
 
-    let error = relay.publish_pending().await.expect_err("a row cannot be encoded");
+    let error = relay
+        .publish_pending()
+        .await
+        .expect_err("a row cannot be encoded");
     assert!(matches!(error, RelayError::Encoding(_)), "{error:?}");
 
     let calls = outbox.calls();
@@ -381,12 +390,20 @@ async fn a_row_failing_behind_batches_in_flight_leaves_exactly_it_and_the_rows_a
         outbox.marks(),
         vec![all[0..2].to_vec(), all[2..4].to_vec(), all[4..5].to_vec()]
     );
-    assert_eq!(seqs(&store).await, all[5..].to_vec(), "pending from the failed row");
+    assert_eq!(
+        seqs(&store).await,
+        all[5..].to_vec(),
+        "pending from the failed row"
+    );
     let lease = store.acquire_lease("check").await.unwrap().unwrap();
     let pending = store.pending(&lease, 10).await.unwrap();
     store.release_lease(lease).await.unwrap();
     let attempts: Vec<i64> = pending.iter().map(|row| row.attempts).collect();
-    assert_eq!(attempts, vec![1, 0, 0, 0, 0], "the failure is the failed row's");
+    assert_eq!(
+        attempts,
+        vec![1, 0, 0, 0, 0],
+        "the failure is the failed row's"
+    );
     assert_eq!(on_topic(&kafka, &topic).await, ids[..5].to_vec());
 }
 
@@ -418,13 +435,20 @@ async fn a_refused_record_behind_batches_in_flight_leaves_it_and_every_later_row
     let pending = seqs(&store).await;
     let marked = all.len() - pending.len();
     assert!(marked <= 7, "the refused row is not marked: {pending:?}");
-    assert_eq!(pending, all[marked..].to_vec(), "the marked rows are a prefix");
+    assert_eq!(
+        pending,
+        all[marked..].to_vec(),
+        "the marked rows are a prefix"
+    );
     let published: std::collections::HashSet<Uuid> =
         on_topic(&kafka, &topic).await.into_iter().collect();
     for id in &ids[..marked] {
         assert!(published.contains(id), "a marked row was acknowledged");
     }
-    assert!(!published.contains(&ids[7]), "the refused record is not on the topic");
+    assert!(
+        !published.contains(&ids[7]),
+        "the refused record is not on the topic"
+    );
 }
 
 /// An exactly-once relay whose mark of batch 1 fails while batch 2's
@@ -432,8 +456,8 @@ async fn a_refused_record_behind_batches_in_flight_leaves_it_and_every_later_row
 /// never before batch 1). The next round reads both back from the topic
 /// and marks them, then publishes the rest: every row is on the topic once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_mark_with_the_next_transaction_committed_leaves_two_batches_the_next_round_finds(
-) {
+async fn a_failed_mark_with_the_next_transaction_committed_leaves_two_batches_the_next_round_finds()
+{
     let (_data, _broker, kafka, topic) = broker_with_topic("two-unmarked", BTreeMap::new()).await;
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path()).await;
