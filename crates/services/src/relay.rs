@@ -222,6 +222,10 @@ const COMPONENT: &str = "relay";
 /// The least time given to aborting a transaction the drain cut short.
 const ABORT_PATIENCE: Duration = Duration::from_secs(2);
 
+/// The most batches one round claims: a long backlog is drained in rounds,
+/// so that pruning (between rounds) still runs while it lasts.
+const ROUND_BATCHES: usize = 100;
+
 /// What the relay publishes with.
 pub enum RelayPublisher {
     /// An idempotent producer, made by the factory (at least once).
@@ -417,8 +421,13 @@ impl OutboxRelay {
                     tracing::warn!(%error, "cannot prune the outbox; trying again later");
                 }
             }
-            // A round publishes until the outbox is caught up.
+            // A round publishes until the outbox is caught up, or for
+            // `ROUND_BATCHES` full batches.
             let pause = match self.publish_pending().await {
+                Ok(n) if n == ROUND_BATCHES * self.settings.batch_size as usize => {
+                    backoff.reset();
+                    continue;
+                }
                 Ok(_) => {
                     backoff.reset();
                     None
@@ -535,8 +544,8 @@ impl OutboxRelay {
     }
 
     /// Publishes pending rows until a claim finds fewer than a batch (the
-    /// outbox is caught up) or something fails; returns how many rows were
-    /// published (and marked).
+    /// outbox is caught up), a hundred full batches were claimed, or
+    /// something fails; returns how many rows were published (and marked).
     ///
     /// Batches are pipelined (see the module docs): the next batch is
     /// claimed while earlier ones are with the broker, and batches are
@@ -589,6 +598,7 @@ impl OutboxRelay {
         // Set once a claim came back short or failed, or a row could not
         // be enqueued: nothing more is claimed this round.
         let mut claiming = true;
+        let mut claimed = 0;
         // The first failure, in seq order: nothing after it is marked.
         let mut failure: Option<(Option<i64>, RelayError)> = None;
         let mut claim_error = None;
@@ -600,7 +610,9 @@ impl OutboxRelay {
                 let started = Instant::now();
                 match self.claim_batch(lease, &ranges).await {
                     Ok(batch) => {
-                        claiming = batch.len() == self.settings.batch_size as usize;
+                        claimed += 1;
+                        claiming = batch.len() == self.settings.batch_size as usize
+                            && claimed < ROUND_BATCHES;
                         if !batch.is_empty() {
                             let claim = started.elapsed();
                             let batch = self.enqueue_batch(&producer, batch, claim).await;
@@ -826,9 +838,11 @@ impl OutboxRelay {
         // The batch committed last, until it is marked.
         let mut unmarked: Option<Committed> = None;
         let mut published = 0;
+        let mut claimed = 1;
         while !next.is_empty() {
             let batch = std::mem::take(&mut next);
-            let more = batch.len() == self.settings.batch_size as usize;
+            let more = batch.len() == self.settings.batch_size as usize && claimed < ROUND_BATCHES;
+            claimed += 1;
             let range = batch_range(&batch);
             let previous = unmarked.take();
             // The previous batch is marked, then (if this one was full) the

@@ -550,3 +550,21 @@ async fn an_exactly_once_relay_claims_the_next_batch_before_marking_the_last_and
     );
     assert_eq!(on_topic(&kafka, &topic).await, ids);
 }
+
+/// A round stops claiming after a hundred full batches (the run loop then
+/// starts the next one at once, pruning in between): a long backlog is
+/// drained in rounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_claims_at_most_a_hundred_full_batches() {
+    let (_data, _broker, kafka, topic) = broker_with_topic("rounds", BTreeMap::new()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
+    insert(&store, &topic, &[Row::Avro(10); 203]).await;
+    let outbox = Recording::new(Arc::clone(&store));
+    let relay = idempotent_relay(Arc::clone(&outbox), &kafka, 2, 3);
+
+    assert_eq!(relay.publish_pending().await.unwrap(), 200);
+    assert_eq!(store.outbox_stats().await.unwrap().pending, 3);
+    assert_eq!(relay.publish_pending().await.unwrap(), 3);
+    assert_eq!(store.outbox_stats().await.unwrap().pending, 0);
+}
