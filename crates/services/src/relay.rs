@@ -17,6 +17,43 @@
 //! a fatal error can never publish again, so the relay replaces it with a
 //! new one and carries on from the first unmarked row.
 //!
+//! # Pipelining
+//!
+//! A round publishes until a claim finds fewer rows than a batch, and it
+//! keeps the producer busy while the outbox is read and written: the
+//! store's claim leaves out the seq ranges of the batches in flight
+//! ([`OutboxStore::claim`]; a range, not a cursor, so that a row with a
+//! lower seq that commits late on PostgreSQL is claimed once the range
+//! is released, never passed over).
+//!
+//! At least once: up to [`RelaySettings::batches_in_flight`] batches are
+//! with the producer at a time; the oldest one's delivery reports are
+//! awaited and its rows marked, then the next batch is claimed and
+//! enqueued. Batches are settled and marked strictly in claim order, so
+//! the marked rows are always a prefix of what was handed to the producer,
+//! as with one batch at a time. A failure keeps the one-batch rules across
+//! batches: the rows acknowledged before the first failed row are marked,
+//! the failed row gets [`OutboxStore::record_failure`], and every later
+//! row — of its batch and of the batches behind it, acknowledged or not —
+//! stays pending (their reports are still awaited: nothing is left
+//! unsettled); no new batch is claimed, and the retry republishes from the
+//! failed row, in seq order. Order per key: the records of one task go to
+//! one partition, in seq order, through one idempotent producer, which
+//! keeps them in that order on the partition (its retries keep sequence
+//! numbers, and it never lets a record time out). A record of a later
+//! batch can only be acknowledged after an earlier one of the same
+//! partition failed when the producer gave that one up for good (a fatal
+//! error, or a refused record); it is then not marked, and the retry
+//! publishes the failed record and it again, in order: the topic holds a
+//! duplicate, as a failure inside one batch always left, and never an
+//! event whose predecessor is missing from what follows it. A mark that
+//! fails leaves its batch and every later one pending (published again).
+//!
+//! Exactly once: transactions stay one after the other on the one
+//! producer; while batch N's transaction runs (begin, enqueue, commit),
+//! batch N-1 is marked and then batch N+1 claimed. Batch N is marked only
+//! once batch N-1's mark succeeded.
+//!
 //! # Exactly once ([`RelayDelivery::ExactlyOnce`])
 //!
 //! With a broker that has transactions, each batch is published in one
@@ -47,13 +84,15 @@
 //!   (after `init_transactions` nothing of ours is open any more, so the
 //!   last stable offset is the end), so every unmarked row found was
 //!   published by a committed transaction: marking it is right.
-//! - Batches are published one transaction after the other, and a batch
-//!   is marked (one statement, all or nothing) before the next one begins;
-//!   after a failed mark, recovery runs again before anything more is
-//!   published. So at most the last transaction is committed but
-//!   unmarked, and on every partition its records come after every record
-//!   of a marked batch: the first marked record met going backwards ends
-//!   the unmarked tail of that partition.
+//! - Batches are published one transaction after the other, and marked
+//!   (one statement each, all or nothing) in the same order: batch N-1's
+//!   mark runs while batch N's transaction does, and batch N's mark waits
+//!   for it and is never made after it failed; after a failed mark,
+//!   recovery runs again before anything more is published. So at most the
+//!   last two transactions are committed but unmarked, no marked batch
+//!   follows an unmarked one, and on every partition the unmarked batches'
+//!   records come after every record of a marked batch: the first marked
+//!   record met going backwards ends the unmarked tail of that partition.
 //! - Exactly the rows found are marked, never "every seq up to the largest
 //!   seen": on PostgreSQL a lower seq can commit after a higher one, so a
 //!   row with a lower seq may still be unpublished and absent from the
@@ -68,9 +107,11 @@
 //! whose lease ended (its database session failed) stops publishing until
 //! it wins the lease again.
 
+use std::collections::VecDeque;
+use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use taskstream_domain::headers;
 use taskstream_kafka::{
@@ -86,8 +127,14 @@ use crate::{Backoff, EncodingError, EventEncoding, Shutdown};
 /// Relay tuning.
 #[derive(Debug, Clone)]
 pub struct RelaySettings {
-    /// Rows claimed and published per round.
+    /// Rows claimed and published per batch (one transaction each, exactly
+    /// once).
     pub batch_size: u32,
+    /// At least once: how many batches may be with the producer at once
+    /// (claimed and enqueued, their delivery reports outstanding); 1 is
+    /// one batch at a time. Exactly once pipelines one transaction with the
+    /// previous batch's mark and the next batch's claim, whatever this is.
+    pub batches_in_flight: usize,
     /// How often to look for rows even when not woken.
     pub poll_interval: Duration,
     /// Longest wait between retries while the broker is failing.
@@ -127,6 +174,7 @@ impl Default for RelaySettings {
     fn default() -> Self {
         Self {
             batch_size: 500,
+            batches_in_flight: 3,
             poll_interval: Duration::from_millis(500),
             max_backoff: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(5),
@@ -174,6 +222,10 @@ const COMPONENT: &str = "relay";
 /// The least time given to aborting a transaction the drain cut short.
 const ABORT_PATIENCE: Duration = Duration::from_secs(2);
 
+/// The most batches one round claims: a long backlog is drained in rounds,
+/// so that pruning (between rounds) still runs while it lasts.
+const ROUND_BATCHES: usize = 100;
+
 /// What the relay publishes with.
 pub enum RelayPublisher {
     /// An idempotent producer, made by the factory (at least once).
@@ -212,6 +264,47 @@ struct Transactional {
     /// a round cut short (the drain timing out) leaves it open, and it is
     /// aborted then.
     open: bool,
+}
+
+/// An at-least-once batch with the producer.
+struct InFlight {
+    /// The rows enqueued, in seq order (the claimed batch up to a row that
+    /// could not be enqueued).
+    rows: Vec<PendingMessage>,
+    /// One per row of `rows`.
+    deliveries: Vec<taskstream_kafka::DeliveryFuture>,
+    /// The seqs claimed, left out of later claims while in flight.
+    range: RangeInclusive<i64>,
+    /// The row that could not be enqueued, ending the batch.
+    enqueue_error: Option<(i64, RelayError)>,
+    claim: Duration,
+    enqueue: Duration,
+    enqueued_at: Instant,
+}
+
+/// What an exactly-once batch's transaction did.
+struct Transacted {
+    /// Rows enqueued and committed: the batch's first ones.
+    enqueued: usize,
+    /// The row that could not be encoded, ending the batch.
+    failure: Option<(i64, RelayError)>,
+    enqueue: Duration,
+    commit: Duration,
+}
+
+/// An exactly-once batch committed, to be marked.
+struct Committed {
+    rows: Vec<PendingMessage>,
+    claim: Duration,
+    enqueue: Duration,
+    commit: Duration,
+}
+
+/// The seqs of a claimed (non-empty) batch, first to last.
+fn batch_range(batch: &[PendingMessage]) -> RangeInclusive<i64> {
+    let first = batch.iter().map(|row| row.seq).min().unwrap_or_default();
+    let last = batch.iter().map(|row| row.seq).max().unwrap_or_default();
+    first..=last
 }
 
 /// Publishes the outbox. See the module docs.
@@ -328,8 +421,10 @@ impl OutboxRelay {
                     tracing::warn!(%error, "cannot prune the outbox; trying again later");
                 }
             }
+            // A round publishes until the outbox is caught up, or for
+            // `ROUND_BATCHES` full batches.
             let pause = match self.publish_pending().await {
-                Ok(n) if n == self.settings.batch_size as usize => {
+                Ok(n) if n == ROUND_BATCHES * self.settings.batch_size as usize => {
                     backoff.reset();
                     continue;
                 }
@@ -448,13 +543,17 @@ impl OutboxRelay {
         Ok(pruned)
     }
 
-    /// Publishes one batch of pending rows; returns how many were published.
+    /// Publishes pending rows until a claim finds fewer than a batch (the
+    /// outbox is caught up), a hundred full batches were claimed, or
+    /// something fails; returns how many rows were published (and marked).
     ///
-    /// Rows are handed to the producer in commit order, then their delivery
-    /// reports are awaited. Every acknowledged row is marked; after the first
-    /// failure, later rows stay pending even if acknowledged, so that the
-    /// retry starts at the failed row and republishes in order (duplicates
-    /// are harmless, reordering is not).
+    /// Batches are pipelined (see the module docs): the next batch is
+    /// claimed while earlier ones are with the broker, and batches are
+    /// marked one after the other, in claim order. Every acknowledged row
+    /// is marked; after the first failure, later rows (of that batch and of
+    /// every batch behind it) stay pending even if acknowledged, so that
+    /// the retry starts at the failed row and republishes in order
+    /// (duplicates are harmless, reordering is not).
     ///
     /// Without the outbox lease (another relay holds it) nothing is
     /// published and the answer is `Ok(0)`.
@@ -486,15 +585,149 @@ impl OutboxRelay {
             let mut state = state.lock().await;
             return self.publish_transactionally(&mut lease, &mut state).await;
         }
-        let batch = self.claim_batch(&mut lease).await?;
-        if batch.is_empty() {
-            return Ok(0);
-        }
+        self.publish_idempotently(&mut lease).await
+    }
+
+    /// The at-least-once pipeline: keeps up to
+    /// [`RelaySettings::batches_in_flight`] batches with the producer,
+    /// settling (awaiting, then marking) the oldest before claiming more.
+    async fn publish_idempotently(&self, lease: &mut Option<Lease>) -> Result<usize, RelayError> {
         let producer = self.producer().expect("an idempotent relay");
+        let depth = self.settings.batches_in_flight.max(1);
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+        // Set once a claim came back short or failed, or a row could not
+        // be enqueued: nothing more is claimed this round.
+        let mut claiming = true;
+        let mut claimed = 0;
+        // The first failure, in seq order: nothing after it is marked.
+        let mut failure: Option<(Option<i64>, RelayError)> = None;
+        let mut claim_error = None;
+        let mut published = 0;
+        loop {
+            if claiming && failure.is_none() && in_flight.len() < depth {
+                let ranges: Vec<RangeInclusive<i64>> =
+                    in_flight.iter().map(|b| b.range.clone()).collect();
+                let started = Instant::now();
+                match self.claim_batch(lease, &ranges).await {
+                    Ok(batch) => {
+                        claimed += 1;
+                        claiming = batch.len() == self.settings.batch_size as usize
+                            && claimed < ROUND_BATCHES;
+                        if !batch.is_empty() {
+                            let claim = started.elapsed();
+                            let batch = self.enqueue_batch(&producer, batch, claim).await;
+                            if batch.enqueue_error.is_some() {
+                                claiming = false;
+                            }
+                            in_flight.push_back(batch);
+                        }
+                    }
+                    Err(error) => {
+                        // What is in flight precedes the rows not claimed:
+                        // it is still marked as it is acknowledged.
+                        claiming = false;
+                        claim_error = Some(error);
+                    }
+                }
+                continue;
+            }
+            let Some(batch) = in_flight.pop_front() else {
+                break;
+            };
+            let in_flight_behind = in_flight.len();
+            let InFlight {
+                rows,
+                deliveries,
+                enqueue_error,
+                claim,
+                enqueue,
+                enqueued_at,
+                ..
+            } = batch;
+            let mut acknowledged = Vec::with_capacity(rows.len());
+            for (row, delivery) in rows.iter().zip(deliveries) {
+                match delivery.await {
+                    Ok(_) => {
+                        if failure.is_none() {
+                            acknowledged.push(row);
+                        }
+                    }
+                    Err(error) => {
+                        self.metrics.relay_errors.inc();
+                        if failure.is_none() {
+                            failure = Some((Some(row.seq), error.into()));
+                        }
+                    }
+                }
+            }
+            let delivered = enqueued_at.elapsed();
+            let marking = Instant::now();
+            if !acknowledged.is_empty() {
+                // Rows of this batch before a failure were acknowledged; a
+                // failure in an earlier batch left `acknowledged` empty.
+                self.crash_if_asked();
+                let seqs: Vec<i64> = acknowledged.iter().map(|row| row.seq).collect();
+                match self
+                    .store
+                    .mark_published(&seqs, taskstream_domain::now())
+                    .await
+                {
+                    Ok(()) => {
+                        self.count_published(&acknowledged);
+                        published += acknowledged.len();
+                    }
+                    Err(error) => {
+                        // Acknowledged but unmarked: published again, and
+                        // so is every later batch (not marked either).
+                        if failure.is_none() {
+                            failure = Some((None, error.into()));
+                        }
+                    }
+                }
+            }
+            tracing::debug!(
+                rows = rows.len(),
+                marked = acknowledged.len(),
+                in_flight_behind,
+                claim_us = claim.as_micros() as u64,
+                enqueue_us = enqueue.as_micros() as u64,
+                deliver_us = delivered.as_micros() as u64,
+                mark_us = marking.elapsed().as_micros() as u64,
+                "relay batch"
+            );
+            if let Some((seq, error)) = enqueue_error {
+                // The rows before it were enqueued (and settled above).
+                if failure.is_none() {
+                    failure = Some((Some(seq), error));
+                }
+            }
+        }
+        match (failure, claim_error) {
+            (None, None) => Ok(published),
+            (None, Some(error)) => Err(error),
+            (Some((seq, error)), _) => {
+                if let Some(seq) = seq {
+                    self.store.record_failure(seq, &error.to_string()).await?;
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Hands `batch` to the producer in seq order, up to the first row that
+    /// cannot be enqueued.
+    async fn enqueue_batch(
+        &self,
+        producer: &EventProducer,
+        batch: Vec<PendingMessage>,
+        claim: Duration,
+    ) -> InFlight {
+        let started = Instant::now();
+        let range = batch_range(&batch);
         let mut deliveries = Vec::with_capacity(batch.len());
         let mut enqueue_error = None;
         for row in &batch {
-            match self.enqueue(&producer, row).await {
+            match self.enqueue(producer, row).await {
                 Ok(delivery) => deliveries.push(delivery),
                 Err(error) => {
                     self.metrics.relay_errors.inc();
@@ -503,60 +736,45 @@ impl OutboxRelay {
                 }
             }
         }
-        let mut published = Vec::with_capacity(deliveries.len());
-        // Rows enqueued before a failed enqueue still count: they precede it.
-        let mut failure = None;
-        for (row, delivery) in batch.iter().zip(deliveries) {
-            let result = delivery.await;
-            match &result {
-                Ok(_) => {
-                    self.metrics.relay_published.inc();
-                    let waited = taskstream_domain::now() - row.message.created_at;
-                    self.metrics
-                        .relay_latency
-                        .observe(waited.num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
-                }
-                Err(_) => {
-                    self.metrics.relay_errors.inc();
-                }
-            }
-            match result {
-                Ok(_) if failure.is_none() => published.push(row.seq),
-                Ok(_) => {}
-                Err(error) if failure.is_none() => {
-                    failure = Some((row.seq, RelayError::from(error)))
-                }
-                Err(_) => {}
-            }
-        }
-        let failure = failure.or(enqueue_error);
-        if !published.is_empty() {
-            self.crash_if_asked();
-        }
-        self.store
-            .mark_published(&published, taskstream_domain::now())
-            .await?;
-        if !published.is_empty() {
-            tracing::debug!(count = published.len(), "events published");
-        }
-        match failure {
-            None => Ok(published.len()),
-            Some((seq, error)) => {
-                self.store.record_failure(seq, &error.to_string()).await?;
-                Err(error)
-            }
+        let mut rows = batch;
+        rows.truncate(deliveries.len());
+        InFlight {
+            rows,
+            deliveries,
+            range,
+            enqueue_error,
+            claim,
+            enqueue: started.elapsed(),
+            enqueued_at: Instant::now(),
         }
     }
 
-    /// The next batch of pending rows, under the held lease. A failure
-    /// may have ended the lease: it is dropped, to be won again (or to
-    /// stand by) before anything more is published.
+    /// Counts rows published (after their mark).
+    fn count_published(&self, rows: &[&PendingMessage]) {
+        for row in rows {
+            self.metrics.relay_published.inc();
+            let waited = taskstream_domain::now() - row.message.created_at;
+            self.metrics
+                .relay_latency
+                .observe(waited.num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
+        }
+    }
+
+    /// The next batch of pending rows, leaving out the `in_flight` ranges,
+    /// under the held lease. A failure may have ended the lease: it is
+    /// dropped, to be won again (or to stand by) before anything more is
+    /// published.
     async fn claim_batch(
         &self,
         lease: &mut Option<Lease>,
+        in_flight: &[RangeInclusive<i64>],
     ) -> Result<Vec<PendingMessage>, RelayError> {
         let held = lease.as_ref().expect("held by the caller");
-        match self.store.pending(held, self.settings.batch_size).await {
+        match self
+            .store
+            .claim(held, self.settings.batch_size, in_flight)
+            .await
+        {
             Ok(batch) => Ok(batch),
             Err(error) => {
                 *lease = None;
@@ -581,9 +799,11 @@ impl OutboxRelay {
         }
     }
 
-    /// One round of the exactly-once relay, holding the lease: start the
-    /// producer if there is none, mark what committed transactions left
-    /// unmarked, then publish one batch in one transaction and mark it.
+    /// The exactly-once relay, holding the lease: start the producer if
+    /// there is none, mark what committed transactions left unmarked, then
+    /// publish batch after batch, one transaction each, until a claim finds
+    /// fewer than a batch. While a batch's transaction runs, the batch
+    /// before it is marked and then the batch after it claimed.
     async fn publish_transactionally(
         &self,
         lease: &mut Option<Lease>,
@@ -612,25 +832,133 @@ impl OutboxRelay {
             }
             state.recovered = true;
         }
-        let claimed = std::time::Instant::now();
-        let batch = self.claim_batch(lease).await?;
-        if batch.is_empty() {
-            return Ok(0);
+        let started = Instant::now();
+        let mut next = self.claim_batch(lease, &[]).await?;
+        let mut claim = started.elapsed();
+        // The batch committed last, until it is marked.
+        let mut unmarked: Option<Committed> = None;
+        let mut published = 0;
+        let mut claimed = 1;
+        while !next.is_empty() {
+            let batch = std::mem::take(&mut next);
+            let more = batch.len() == self.settings.batch_size as usize && claimed < ROUND_BATCHES;
+            claimed += 1;
+            let range = batch_range(&batch);
+            let previous = unmarked.take();
+            // The previous batch is marked, then (if this one was full) the
+            // next one claimed, while this one's transaction runs.
+            let (transaction, (mark, claimed)) =
+                tokio::join!(self.transact(state, &batch), async {
+                    let mark = match &previous {
+                        Some(committed) => self.mark_committed(committed).await,
+                        None => Ok(()),
+                    };
+                    if mark.is_err() || !more {
+                        return (mark, None);
+                    }
+                    let started = Instant::now();
+                    let claimed = self.claim_batch(lease, &[range]).await;
+                    (mark, Some((claimed, started.elapsed())))
+                });
+            if let Some(committed) = &previous {
+                if mark.is_ok() {
+                    published += committed.rows.len();
+                }
+            }
+            let transaction = match transaction {
+                Ok(transaction) => transaction,
+                Err(error) => {
+                    if mark.is_err() {
+                        state.recovered = false;
+                    }
+                    return Err(self.transaction_failed(lease, state, error).await);
+                }
+            };
+            let Transacted {
+                enqueued,
+                failure,
+                enqueue,
+                commit,
+            } = transaction;
+            if let Err(error) = mark {
+                // The previous batch is committed but unmarked, and so may
+                // be this one: both are read back from the topic before
+                // anything more is published (this one is never marked
+                // before the previous one is).
+                state.recovered = false;
+                return Err(error.into());
+            }
+            let mut rows = batch;
+            rows.truncate(enqueued);
+            if !rows.is_empty() {
+                self.crash_if_asked();
+                unmarked = Some(Committed {
+                    rows,
+                    claim,
+                    enqueue,
+                    commit,
+                });
+            }
+            if let Some((seq, error)) = failure {
+                // A row that cannot be encoded ends the batch: the rows
+                // before it were committed; the next batch, claimed past
+                // it, is dropped (claimed again after the failed row).
+                if let Some(committed) = unmarked.take() {
+                    if let Err(error) = self.mark_committed(&committed).await {
+                        state.recovered = false;
+                        return Err(error.into());
+                    }
+                }
+                self.store.record_failure(seq, &error.to_string()).await?;
+                return Err(error);
+            }
+            match claimed {
+                Some((Ok(batch), took)) => {
+                    next = batch;
+                    claim = took;
+                }
+                Some((Err(error), _)) => {
+                    if let Some(committed) = unmarked.take() {
+                        if let Err(error) = self.mark_committed(&committed).await {
+                            state.recovered = false;
+                            return Err(error.into());
+                        }
+                    }
+                    return Err(error);
+                }
+                None => {}
+            }
         }
-        let began = std::time::Instant::now();
-        let producer = state.producer.as_ref().expect("started above");
-        if let Err(error) = producer.begin() {
-            return Err(self.transaction_failed(lease, state, error).await);
+        if let Some(committed) = unmarked.take() {
+            if let Err(error) = self.mark_committed(&committed).await {
+                // Committed but unmarked: read the tail back before the next batch.
+                state.recovered = false;
+                return Err(error.into());
+            }
+            published += committed.rows.len();
         }
+        Ok(published)
+    }
+
+    /// One batch in one transaction: begin, enqueue (up to a row that
+    /// cannot be encoded), commit — or abort, if not even the first row
+    /// could be enqueued.
+    async fn transact(
+        &self,
+        state: &mut Transactional,
+        batch: &[PendingMessage],
+    ) -> Result<Transacted, TransactionError> {
+        let began = Instant::now();
+        let producer = state.producer.as_ref().expect("started before");
+        producer.begin()?;
         state.open = true;
-        let producer = state.producer.as_ref().expect("started above");
         // Rows before one that cannot be encoded are published; it stays
         // pending with its error recorded.
-        let mut enqueued = Vec::with_capacity(batch.len());
+        let mut enqueued = 0;
         let mut failure = None;
-        for row in &batch {
+        for row in batch {
             match self.enqueue_transactional(producer, row).await {
-                Ok(()) => enqueued.push(row),
+                Ok(()) => enqueued += 1,
                 Err(error) => {
                     self.metrics.relay_errors.inc();
                     failure = Some((row.seq, error));
@@ -638,14 +966,13 @@ impl OutboxRelay {
                 }
             }
         }
-        let enqueued_at = began.elapsed();
-        let committed = if enqueued.is_empty() {
+        let enqueue = began.elapsed();
+        let committed = if enqueued == 0 {
             Err(producer.abort().await.err())
         } else {
             self.commit(producer).await.map_err(Some)
         };
         state.open = false;
-        let committed_at = began.elapsed();
         match committed {
             Ok(()) => {
                 self.metrics
@@ -656,51 +983,36 @@ impl OutboxRelay {
                     .transaction(COMPONENT, "aborted", began.elapsed().as_secs_f64());
                 if let Some(error) = error {
                     self.metrics.relay_errors.inc();
-                    return Err(self.transaction_failed(lease, state, error).await);
+                    return Err(error);
                 }
             }
         }
-        if !enqueued.is_empty() {
-            self.crash_if_asked();
-        }
-        let published: Vec<i64> = enqueued.iter().map(|row| row.seq).collect();
-        if let Err(error) = self
-            .store
-            .mark_published(&published, taskstream_domain::now())
-            .await
-        {
-            // Committed but unmarked: read the tail back before the next batch.
-            state.recovered = false;
-            return Err(error.into());
-        }
+        Ok(Transacted {
+            enqueued,
+            failure,
+            enqueue,
+            commit: began.elapsed() - enqueue,
+        })
+    }
+
+    /// Marks a committed batch, then counts it and logs its timing.
+    async fn mark_committed(&self, committed: &Committed) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let seqs: Vec<i64> = committed.rows.iter().map(|row| row.seq).collect();
+        self.store
+            .mark_published(&seqs, taskstream_domain::now())
+            .await?;
         tracing::debug!(
-            rows = enqueued.len(),
-            claim_us = (began - claimed).as_micros() as u64,
-            enqueue_us = enqueued_at.as_micros() as u64,
-            commit_us = (committed_at - enqueued_at).as_micros() as u64,
-            mark_us = (began.elapsed() - committed_at).as_micros() as u64,
+            rows = committed.rows.len(),
+            claim_us = committed.claim.as_micros() as u64,
+            enqueue_us = committed.enqueue.as_micros() as u64,
+            commit_us = committed.commit.as_micros() as u64,
+            mark_us = started.elapsed().as_micros() as u64,
             "relay transaction"
         );
-        for row in &enqueued {
-            self.metrics.relay_published.inc();
-            let waited = taskstream_domain::now() - row.message.created_at;
-            self.metrics
-                .relay_latency
-                .observe(waited.num_microseconds().unwrap_or(0).max(0) as f64 / 1e6);
-        }
-        if !published.is_empty() {
-            tracing::debug!(
-                count = published.len(),
-                "events published in one transaction"
-            );
-        }
-        match failure {
-            None => Ok(published.len()),
-            Some((seq, error)) => {
-                self.store.record_failure(seq, &error.to_string()).await?;
-                Err(error)
-            }
-        }
+        let rows: Vec<&PendingMessage> = committed.rows.iter().collect();
+        self.count_published(&rows);
+        Ok(())
     }
 
     /// Commits, making the call again while it fails retriably; aborts

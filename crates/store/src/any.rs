@@ -220,8 +220,13 @@ impl OutboxStore for Store {
         each!(self, s => s.release_lease(lease).await)
     }
 
-    async fn pending(&self, lease: &Lease, limit: u32) -> Result<Vec<PendingMessage>, StoreError> {
-        each!(self, s => s.pending(lease, limit).await)
+    async fn claim(
+        &self,
+        lease: &Lease,
+        limit: u32,
+        in_flight: &[std::ops::RangeInclusive<i64>],
+    ) -> Result<Vec<PendingMessage>, StoreError> {
+        each!(self, s => s.claim(lease, limit, in_flight).await)
     }
 
     async fn mark_published(&self, seqs: &[i64], at: DateTime<Utc>) -> Result<(), StoreError> {

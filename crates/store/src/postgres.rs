@@ -13,6 +13,7 @@
 //! through. A second replica finds the lock taken and stands by, and takes
 //! over when the first one releases the lease or its session ends.
 
+use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -525,16 +526,30 @@ impl OutboxStore for PgStore {
         Ok(())
     }
 
-    async fn pending(&self, lease: &Lease, limit: u32) -> Result<Vec<PendingMessage>, StoreError> {
+    async fn claim(
+        &self,
+        lease: &Lease,
+        limit: u32,
+        in_flight: &[RangeInclusive<i64>],
+    ) -> Result<Vec<PendingMessage>, StoreError> {
         let mut slot = self.relay.lock().await;
         let Some(session) = slot.as_mut().filter(|s| s.grant == lease.grant()) else {
             return Err(StoreError::LeaseLost);
         };
+        let mut query = QueryBuilder::<Postgres>::new(sql::SELECT_PENDING);
+        for range in in_flight {
+            query
+                .push(" AND seq NOT BETWEEN ")
+                .push_bind(*range.start())
+                .push(" AND ")
+                .push_bind(*range.end());
+        }
+        query
+            .push(" ORDER BY seq LIMIT ")
+            .push_bind(i64::from(limit));
         let rows = tokio::time::timeout(
             RELAY_QUERY_TIMEOUT,
-            sqlx::query(sql::SELECT_PENDING)
-                .bind(i64::from(limit))
-                .fetch_all(&mut session.conn),
+            query.build().fetch_all(&mut session.conn),
         )
         .await;
         match rows {

@@ -37,10 +37,12 @@ pub(crate) const INSERT_OUTBOX: &str =
     "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload, topic, content_type, traceparent, created_at)
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 
-/// Read by [`crate::rows::pending`].
+/// Unpublished rows, read by [`crate::rows::pending`]; the claim adds
+/// `AND seq NOT BETWEEN .. AND ..` per range in flight, then
+/// `ORDER BY seq LIMIT ..`.
 pub(crate) const SELECT_PENDING: &str =
     "SELECT seq, attempts, id, aggregatetype, aggregateid, type, payload, topic, content_type, traceparent, created_at
-     FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1";
+     FROM outbox WHERE published_at IS NULL";
 
 pub(crate) const UNPUBLISHED_TOPICS: &str =
     "SELECT DISTINCT topic FROM outbox WHERE published_at IS NULL";

@@ -5,6 +5,7 @@
 //! process) and reads through a small pool, in WAL mode so reads never wait
 //! for the writer.
 
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -1031,7 +1032,12 @@ impl OutboxStore for SqliteStore {
         Ok(())
     }
 
-    async fn pending(&self, lease: &Lease, limit: u32) -> Result<Vec<PendingMessage>, StoreError> {
+    async fn claim(
+        &self,
+        lease: &Lease,
+        limit: u32,
+        in_flight: &[RangeInclusive<i64>],
+    ) -> Result<Vec<PendingMessage>, StoreError> {
         {
             let lock = self.relay_lock.lock().expect("never poisoned");
             if lock.0.is_none() || lease.grant() != lock.1 {
@@ -1040,10 +1046,18 @@ impl OutboxStore for SqliteStore {
         }
         // Read through the writer: the relay must never see an older snapshot
         // than the commit that woke it.
-        let rows = sqlx::query(sql::SELECT_PENDING)
-            .bind(i64::from(limit))
-            .fetch_all(&self.writer)
-            .await?;
+        let mut query = QueryBuilder::<Sqlite>::new(sql::SELECT_PENDING);
+        for range in in_flight {
+            query
+                .push(" AND seq NOT BETWEEN ")
+                .push_bind(*range.start())
+                .push(" AND ")
+                .push_bind(*range.end());
+        }
+        query
+            .push(" ORDER BY seq LIMIT ")
+            .push_bind(i64::from(limit));
+        let rows = query.build().fetch_all(&self.writer).await?;
         rows.iter().map(rows::pending).collect()
     }
 

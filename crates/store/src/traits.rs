@@ -1,5 +1,7 @@
 //! The seams between components and their storage.
 
+use std::ops::RangeInclusive;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use taskstream_domain::{Task, TaskId};
@@ -60,7 +62,23 @@ pub trait OutboxStore: Send + Sync + 'static {
     /// Up to `limit` unpublished messages, oldest first, read under `lease`.
     /// Fails with [`StoreError::LeaseLost`] once the lease is no longer
     /// held; the caller then acquires it again before publishing more.
-    async fn pending(&self, lease: &Lease, limit: u32) -> Result<Vec<PendingMessage>, StoreError>;
+    async fn pending(&self, lease: &Lease, limit: u32) -> Result<Vec<PendingMessage>, StoreError> {
+        self.claim(lease, limit, &[]).await
+    }
+
+    /// As [`OutboxStore::pending`], leaving out every message whose seq
+    /// lies in one of the `in_flight` ranges (inclusive): the rows a relay
+    /// has handed to the producer and not yet marked. Unlike a cursor
+    /// ("seq after the last one claimed"), this never passes over a row
+    /// with a lower seq that became visible late (on PostgreSQL a lower seq
+    /// can commit after a higher one): once a range is no longer in
+    /// flight, such a row is claimed again like any other.
+    async fn claim(
+        &self,
+        lease: &Lease,
+        limit: u32,
+        in_flight: &[RangeInclusive<i64>],
+    ) -> Result<Vec<PendingMessage>, StoreError>;
 
     /// Marks messages published; call only after the broker acknowledged them.
     async fn mark_published(&self, seqs: &[i64], at: DateTime<Utc>) -> Result<(), StoreError>;

@@ -474,6 +474,58 @@ async fn pruning_deletes_only_published_messages_older_than_the_cutoff() {
     }
 }
 
+/// The relay's claim leaves out the rows it has in flight, by seq range,
+/// oldest first as ever; a row in a range is claimed again once the range
+/// is no longer given (the batch failed, or a late row sat in its gap),
+/// and a marked row never is.
+#[tokio::test]
+async fn a_claim_leaves_out_the_rows_in_flight_and_only_those() {
+    for backend in backends().await {
+        let store = &backend.store;
+        for i in 0..7 {
+            let c = created(&format!("task {i}"));
+            store.insert_task(&c.task, &message(&c)).await.unwrap();
+        }
+        let lease = store.acquire_lease("test").await.unwrap().unwrap();
+        let seqs: Vec<i64> = store
+            .pending(&lease, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|p| p.seq)
+            .collect();
+        let claimed = |rows: Vec<taskstream_store::PendingMessage>| -> Vec<i64> {
+            rows.iter().map(|p| p.seq).collect()
+        };
+
+        let first = store.claim(&lease, 2, &[]).await.unwrap();
+        assert_eq!(claimed(first), seqs[..2]);
+        let second = store.claim(&lease, 2, &[seqs[0]..=seqs[1]]).await.unwrap();
+        assert_eq!(claimed(second), seqs[2..4], "the next rows, none in flight");
+        let third = store
+            .claim(&lease, 10, &[seqs[0]..=seqs[1], seqs[2]..=seqs[3]])
+            .await
+            .unwrap();
+        assert_eq!(claimed(third), seqs[4..], "to the end");
+
+        // The first batch is marked, the second failed (its range is
+        // dropped): its rows come back, first.
+        store
+            .mark_published(&seqs[..2], taskstream_domain::now())
+            .await
+            .unwrap();
+        let again = store.claim(&lease, 3, &[seqs[4]..=seqs[6]]).await.unwrap();
+        assert_eq!(claimed(again), seqs[2..4]);
+        // A gap in the middle of what is in flight.
+        let gap = store
+            .claim(&lease, 10, &[seqs[2]..=seqs[2], seqs[4]..=seqs[5]])
+            .await
+            .unwrap();
+        assert_eq!(claimed(gap), vec![seqs[3], seqs[6]]);
+        backend.finish().await;
+    }
+}
+
 #[tokio::test]
 async fn unpublished_among_names_exactly_the_unmarked_rows_of_the_ids_asked_about_for_their_topic()
 {

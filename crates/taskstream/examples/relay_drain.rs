@@ -3,10 +3,12 @@
 //! (the JSON envelope, which an Avro relay decodes and encodes as Avro per
 //! row, as every row was before the outbox stored records).
 //!
-//! `cargo run --release -p taskstream --example relay_drain [EVENTS] [ROUNDS]`
-//! (defaults 20,000 and 3). One process: the dev broker (librdkafka's mock
-//! cluster), the embedded schema registry and a fresh SQLite outbox per
-//! round; the rounds alternate the two row formats. Prints events per second.
+//! `cargo run --release -p taskstream --example relay_drain [EVENTS] [ROUNDS] [IN_FLIGHT]`
+//! (defaults 20,000, 3 and the relay's default batches in flight; 1 is one
+//! batch at a time: claim, publish, await, mark, then the next). One
+//! process: the dev broker (librdkafka's mock cluster), the embedded schema
+//! registry and a fresh SQLite outbox per round; the rounds alternate the
+//! two row formats. Prints events per second.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +29,7 @@ async fn drain(
     avro: &EventEncoding,
     stored: &EventEncoding,
     count: usize,
+    settings: &RelaySettings,
 ) -> anyhow::Result<f64> {
     let dir = tempfile::tempdir()?;
     let store = components::open_store(
@@ -59,7 +62,7 @@ async fn drain(
         Arc::clone(&store),
         kafka,
         Arc::new(tokio::sync::Notify::new()),
-        RelaySettings::default(),
+        settings.clone(),
         avro.clone(),
         &Metrics::new(),
     )?;
@@ -81,6 +84,14 @@ async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let count: usize = args.next().map_or(Ok(20_000), |a| a.parse())?;
     let rounds: usize = args.next().map_or(Ok(3), |a| a.parse())?;
+    let mut settings = RelaySettings::default();
+    if let Some(in_flight) = args.next() {
+        settings.batches_in_flight = in_flight.parse()?;
+    }
+    println!(
+        "batches of {}, up to {} in flight",
+        settings.batch_size, settings.batches_in_flight
+    );
     let broker = DevBroker::start(&declared_topics(1))?;
     let kafka = KafkaConfig::new(broker.bootstrap_servers());
     let dir = tempfile::tempdir()?;
@@ -97,8 +108,8 @@ async fn main() -> anyhow::Result<()> {
     );
     avro.register_schemas().await?;
     for round in 1..=rounds {
-        let json_rows = drain(&kafka, &avro, &EventEncoding::Json, count).await?;
-        let avro_rows = drain(&kafka, &avro, &avro, count).await?;
+        let json_rows = drain(&kafka, &avro, &EventEncoding::Json, count, &settings).await?;
+        let avro_rows = drain(&kafka, &avro, &avro, count, &settings).await?;
         println!(
             "round {round}: {count} events; JSON rows converted by the relay {json_rows:.0}/s, \
              Avro rows published as stored {avro_rows:.0}/s ({:+.0}%)",

@@ -37,6 +37,7 @@ mod processor;
 mod rebalance;
 mod relay_exactly_once;
 mod relay_lease;
+mod relay_pipeline;
 mod restart;
 mod sagas;
 mod schema_registry;
