@@ -1,17 +1,33 @@
-//! The assignment saga through the real `taskstream up` on its embedded
-//! broker: accepted, declined, timed out, over capacity, and across a
-//! SIGKILL, as a user sees it over HTTP and on `task-sagas`.
+//! The assignment saga through the real `taskstream up`: accepted,
+//! declined, timed out, over capacity, and across a SIGKILL, as a user sees
+//! it over HTTP and on `task-sagas` — on the broker `up` embeds, and for
+//! the accepted and the over-capacity paths on Apache Kafka too
+//! (`up --kafka-bootstrap`).
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use taskstream_testkit::Shape;
+
 use crate::binary::{launch, ChildGuard};
+use crate::brokers::Broker;
 use crate::helpers::{client, eventually};
 
-/// `taskstream up` on `dir` with the saga's flags `saga_args`.
+/// `taskstream up` on `dir`, on the broker it embeds, with the saga's flags
+/// `saga_args`.
 pub fn start_up(dir: &std::path::Path, saga_args: &[&str]) -> (ChildGuard, String) {
+    start_up_on(&Broker::Dev, dir, saga_args)
+}
+
+/// `taskstream up` on `dir` and `broker` with the saga's flags `saga_args`.
+pub fn start_up_on(
+    broker: &Broker,
+    dir: &std::path::Path,
+    saga_args: &[&str],
+) -> (ChildGuard, String) {
+    let broker_args = broker.up_args();
     let mut args = vec![
         "up",
         "--http",
@@ -25,6 +41,7 @@ pub fn start_up(dir: &std::path::Path, saga_args: &[&str]) -> (ChildGuard, Strin
         args.extend(["--saga-poll-interval", "200ms"]);
     }
     args.extend_from_slice(saga_args);
+    args.extend(broker_args.iter().map(String::as_str));
     let (child, line) = launch(&args, "warn,librdkafka=off", Stdio::null());
     (child, line.strip_prefix("http: ").unwrap().to_owned())
 }
@@ -114,8 +131,24 @@ pub fn terminate(child: &mut ChildGuard) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_accepted_assignment_completes_its_saga_and_an_answer_after_the_end_is_refused_with_409()
 {
+    an_accepted_assignment_completes_its_saga(&Broker::Dev).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accepted_assignment_completes_its_saga_and_an_answer_after_the_end_is_refused_with_409_on_apache_kafka(
+) {
+    let Some(kafka) = Broker::apache_kafka(Shape::SingleNode, "the accepted saga").await else {
+        return;
+    };
+    an_accepted_assignment_completes_its_saga(&kafka).await;
+}
+
+/// An accepted assignment on `broker`: the saga completes, the same answer
+/// again changes nothing, any other answer is a 409, and so is an answer
+/// for a task without a saga; the notifier announced the request.
+async fn an_accepted_assignment_completes_its_saga(broker: &Broker) {
     let dir = tempfile::tempdir().unwrap();
-    let (mut up, base) = start_up(dir.path(), &[]);
+    let (mut up, base) = start_up_on(broker, dir.path(), &[]);
     let client = client();
     let task = create(&client, &base, "write the runbook", "ana").await;
     let waiting = saga_when(&client, &base, &task, "awaiting_acceptance").await;
@@ -348,8 +381,24 @@ async fn an_unanswered_assignment_times_out_and_is_compensated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_assignment_beyond_the_assignees_capacity_is_compensated_and_completing_a_task_frees_a_slot(
 ) {
+    beyond_capacity_is_compensated_until_a_completion_frees_a_slot(&Broker::Dev).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assignment_beyond_the_assignees_capacity_is_compensated_and_completing_a_task_frees_a_slot_on_apache_kafka(
+) {
+    let Some(kafka) = Broker::apache_kafka(Shape::SingleNode, "the saga's capacity").await else {
+        return;
+    };
+    beyond_capacity_is_compensated_until_a_completion_frees_a_slot(&kafka).await;
+}
+
+/// One open assignment per assignee on `broker`: a second is compensated
+/// (it held no slot, so it gives none back), accepted work still holds the
+/// slot, and completing that task frees it for the next assignment.
+async fn beyond_capacity_is_compensated_until_a_completion_frees_a_slot(broker: &Broker) {
     let dir = tempfile::tempdir().unwrap();
-    let (mut up, base) = start_up(dir.path(), &["--saga-max-open-per-assignee", "1"]);
+    let (mut up, base) = start_up_on(broker, dir.path(), &["--saga-max-open-per-assignee", "1"]);
     let client = client();
     let first = create(&client, &base, "first", "dee").await;
     saga_when(&client, &base, &first, "awaiting_acceptance").await;
@@ -514,12 +563,7 @@ async fn the_saga_runs_as_its_own_process_on_postgres_and_the_dev_broker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_saga_runs_as_its_own_process_on_postgres_and_apache_kafka() {
-    let Some(kafka) = crate::brokers::Broker::apache_kafka(
-        taskstream_testkit::Shape::SingleNode,
-        "the standalone saga",
-    )
-    .await
-    else {
+    let Some(kafka) = Broker::apache_kafka(Shape::SingleNode, "the standalone saga").await else {
         return;
     };
     let Some((admin, database)) = crate::at_scale::scratch_database().await else {
