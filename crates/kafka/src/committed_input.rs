@@ -51,6 +51,11 @@ impl CommittedInput {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("fetch.wait.max.ms", fetch_wait.as_millis().to_string());
+        for (key, value) in crate::consumer::PREFETCH_BOUNDS {
+            if !config.properties.contains_key(key) {
+                rd.set(key, value);
+            }
+        }
         let inner = rd
             .create_with_context(TracingContext::of(group, config))
             .map_err(|e| KafkaError::Config(e.to_string()))?;

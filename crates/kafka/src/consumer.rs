@@ -149,6 +149,13 @@ pub struct EventConsumer {
     past_markers: Mutex<HashMap<(String, i32), i64>>,
 }
 
+/// librdkafka's pre-fetch limits for every consumer: 10,000 records (a
+/// dozen seconds of a busy task stream, far more than a batch) or 16 MiB.
+pub const PREFETCH_BOUNDS: [(&str, &str); 2] = [
+    ("queued.min.messages", "10000"),
+    ("queued.max.messages.kbytes", "16384"),
+];
+
 impl EventConsumer {
     /// Joins `group` and subscribes to `topics` (cooperative-sticky assignment).
     pub fn subscribe(
@@ -190,6 +197,16 @@ impl EventConsumer {
                 settings.fetch_wait.as_millis().to_string(),
             );
         // ANCHOR_END: consumer_settings
+        // A bound on what librdkafka fetches ahead of the handler (its
+        // defaults: 100,000 records or 64 MiB per consumer): a group that
+        // falls behind holds at most this much in memory, however far
+        // behind it is, which keeps a process of six consumers flat under a
+        // long load. `--kafka-property` overrides either.
+        for (key, value) in PREFETCH_BOUNDS {
+            if !config.properties.contains_key(key) {
+                rd.set(key, value);
+            }
+        }
         if let Some(id) = &settings.group_instance_id {
             rd.set("group.instance.id", id);
         }

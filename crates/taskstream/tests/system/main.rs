@@ -34,6 +34,7 @@ mod observability;
 mod offset_resets;
 mod outbox_format;
 mod processor;
+mod readme;
 mod rebalance;
 mod relay_exactly_once;
 mod relay_lease;

@@ -284,13 +284,26 @@ async fn saga_requests_and_escalations_reach_the_webhook_exactly_once() {
         dead[0].payload.as_deref(),
         Some(b"{not a saga event".as_slice())
     );
-    // `lag` sees the notifier's group on task-sagas, caught up.
-    let lag = crate::sagas::lag(dir.path(), &["--topic", "task-sagas"]).await;
+    // `lag` sees the notifier's group on task-sagas, and it catches up
+    // (its last commit may trail the dead letter by a moment).
+    let lag = eventually(
+        "the notifier caught up on task-sagas",
+        Duration::from_secs(30),
+        || async {
+            let lag = crate::sagas::lag(dir.path(), &["--topic", "task-sagas"]).await;
+            (lag["groups"][0]["total_lag"] == 0).then_some(lag)
+        },
+    )
+    .await;
     let groups = lag["groups"].as_array().unwrap();
     assert_eq!(groups.len(), 1, "{lag}");
     assert_eq!(groups[0]["group"], "notifier");
     let partitions = groups[0]["partitions"].as_array().unwrap();
     assert!(!partitions.is_empty(), "{lag}");
+    assert!(
+        partitions.iter().all(|p| p["lag"] == 0),
+        "every partition caught up: {lag}"
+    );
     crate::sagas::terminate(&mut up);
     assert_announced_once(&seen, &tasks);
 }
