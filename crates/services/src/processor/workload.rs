@@ -318,8 +318,8 @@ mod tests {
         assert_eq!((ada.open_tasks, ada.overdue_tasks), (0, 0));
         let grace = workload.workload_of("grace", now + Duration::hours(3));
         assert_eq!((grace.open_tasks, grace.overdue_tasks), (1, 1));
-        assert!(workload.due_by_assignee.get("ada").is_none());
-        assert!(workload.open_by_assignee.get("ada").is_none());
+        assert!(!workload.due_by_assignee.contains_key("ada"));
+        assert!(!workload.open_by_assignee.contains_key("ada"));
     }
 
     #[test]

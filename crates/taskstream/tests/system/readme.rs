@@ -161,8 +161,22 @@ async fn the_readmes_saga_and_agent_walkthroughs_run_as_written() {
     }
 
     let out = run_bash(&agent.replace("localhost:8080", host), work.path());
-    // The suggestion, accepted once; the second accept is refused.
-    assert!(out.contains("\"assignee\":\"ana\""), "{out}");
-    assert!(out.contains("\"status\":\"accepted\""), "{out}");
-    assert!(out.contains("already") || out.contains("409"), "{out}");
+    // The suggestion (high, ana, Friday), accepted once: the task takes
+    // it at version 2; the second accept is refused; `agent ask` answers
+    // and `agent replay` reports.
+    assert!(
+        out.contains("\"priority\":\"high\",\"assignee\":\"ana\""),
+        "{out}"
+    );
+    assert!(out.contains("\"assignee\":\"ana\",\"version\":2"), "{out}");
+    assert!(
+        out.contains("\"status\":409,\"detail\":\"suggestion"),
+        "{out}"
+    );
+    assert!(out.contains("is already accepted"), "{out}");
+    assert!(
+        out.contains("\"rationale\": \"priority high for \\\"blocker\\\"\""),
+        "{out}"
+    );
+    assert!(out.contains("tasks evaluated"), "{out}");
 }
