@@ -21,10 +21,11 @@
 //!
 //! A round publishes until a claim finds fewer rows than a batch, and it
 //! keeps the producer busy while the outbox is read and written: the
-//! store's claim leaves out the seq ranges of the batches in flight
-//! ([`OutboxStore::claim`]; a range, not a cursor, so that a row with a
-//! lower seq that commits late on PostgreSQL is claimed once the range
-//! is released, never passed over).
+//! store's claim leaves out the seqs of the batches in flight
+//! ([`OutboxStore::claim`]; the exact seqs, neither a cursor nor their
+//! span, so that a row with a lower seq that commits late on PostgreSQL is
+//! claimed in the very next batch, before the rows with higher seqs — the
+//! same task's next event among them — never passed over or held back).
 //!
 //! At least once: up to [`RelaySettings::batches_in_flight`] batches are
 //! with the producer at a time; the oldest one's delivery reports are
@@ -108,7 +109,6 @@
 //! it wins the lease again.
 
 use std::collections::VecDeque;
-use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -274,7 +274,7 @@ struct InFlight {
     /// One per row of `rows`.
     deliveries: Vec<taskstream_kafka::DeliveryFuture>,
     /// The seqs claimed, left out of later claims while in flight.
-    range: RangeInclusive<i64>,
+    seqs: Vec<i64>,
     /// The row that could not be enqueued, ending the batch.
     enqueue_error: Option<(i64, RelayError)>,
     claim: Duration,
@@ -300,11 +300,9 @@ struct Committed {
     commit: Duration,
 }
 
-/// The seqs of a claimed (non-empty) batch, first to last.
-fn batch_range(batch: &[PendingMessage]) -> RangeInclusive<i64> {
-    let first = batch.iter().map(|row| row.seq).min().unwrap_or_default();
-    let last = batch.iter().map(|row| row.seq).max().unwrap_or_default();
-    first..=last
+/// The seqs of a claimed batch.
+fn batch_seqs(batch: &[PendingMessage]) -> Vec<i64> {
+    batch.iter().map(|row| row.seq).collect()
 }
 
 /// Publishes the outbox. See the module docs.
@@ -426,6 +424,11 @@ impl OutboxRelay {
             let pause = match self.publish_pending().await {
                 Ok(n) if n == ROUND_BATCHES * self.settings.batch_size as usize => {
                     backoff.reset();
+                    // A long backlog runs round after round: a stop is
+                    // noticed between them, not only once it is drained.
+                    if shutdown.is_triggered() {
+                        break;
+                    }
                     continue;
                 }
                 Ok(_) => {
@@ -605,10 +608,12 @@ impl OutboxRelay {
         let mut published = 0;
         loop {
             if claiming && failure.is_none() && in_flight.len() < depth {
-                let ranges: Vec<RangeInclusive<i64>> =
-                    in_flight.iter().map(|b| b.range.clone()).collect();
+                let seqs: Vec<i64> = in_flight
+                    .iter()
+                    .flat_map(|b| b.seqs.iter().copied())
+                    .collect();
                 let started = Instant::now();
-                match self.claim_batch(lease, &ranges).await {
+                match self.claim_batch(lease, &seqs).await {
                     Ok(batch) => {
                         claimed += 1;
                         claiming = batch.len() == self.settings.batch_size as usize
@@ -723,7 +728,7 @@ impl OutboxRelay {
         claim: Duration,
     ) -> InFlight {
         let started = Instant::now();
-        let range = batch_range(&batch);
+        let seqs = batch_seqs(&batch);
         let mut deliveries = Vec::with_capacity(batch.len());
         let mut enqueue_error = None;
         for row in &batch {
@@ -741,7 +746,7 @@ impl OutboxRelay {
         InFlight {
             rows,
             deliveries,
-            range,
+            seqs,
             enqueue_error,
             claim,
             enqueue: started.elapsed(),
@@ -760,14 +765,14 @@ impl OutboxRelay {
         }
     }
 
-    /// The next batch of pending rows, leaving out the `in_flight` ranges,
+    /// The next batch of pending rows, leaving out the seqs `in_flight`,
     /// under the held lease. A failure may have ended the lease: it is
     /// dropped, to be won again (or to stand by) before anything more is
     /// published.
     async fn claim_batch(
         &self,
         lease: &mut Option<Lease>,
-        in_flight: &[RangeInclusive<i64>],
+        in_flight: &[i64],
     ) -> Result<Vec<PendingMessage>, RelayError> {
         let held = lease.as_ref().expect("held by the caller");
         match self
@@ -843,7 +848,7 @@ impl OutboxRelay {
             let batch = std::mem::take(&mut next);
             let more = batch.len() == self.settings.batch_size as usize && claimed < ROUND_BATCHES;
             claimed += 1;
-            let range = batch_range(&batch);
+            let seqs = batch_seqs(&batch);
             let previous = unmarked.take();
             // The previous batch is marked, then (if this one was full) the
             // next one claimed, while this one's transaction runs.
@@ -857,7 +862,7 @@ impl OutboxRelay {
                         return (mark, None);
                     }
                     let started = Instant::now();
-                    let claimed = self.claim_batch(lease, &[range]).await;
+                    let claimed = self.claim_batch(lease, &seqs).await;
                     (mark, Some((claimed, started.elapsed())))
                 });
             if let Some(committed) = &previous {

@@ -224,7 +224,7 @@ impl OutboxStore for Store {
         &self,
         lease: &Lease,
         limit: u32,
-        in_flight: &[std::ops::RangeInclusive<i64>],
+        in_flight: &[i64],
     ) -> Result<Vec<PendingMessage>, StoreError> {
         each!(self, s => s.claim(lease, limit, in_flight).await)
     }

@@ -13,7 +13,6 @@
 //! through. A second replica finds the lock taken and stands by, and takes
 //! over when the first one releases the lease or its session ends.
 
-use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -530,19 +529,18 @@ impl OutboxStore for PgStore {
         &self,
         lease: &Lease,
         limit: u32,
-        in_flight: &[RangeInclusive<i64>],
+        in_flight: &[i64],
     ) -> Result<Vec<PendingMessage>, StoreError> {
         let mut slot = self.relay.lock().await;
         let Some(session) = slot.as_mut().filter(|s| s.grant == lease.grant()) else {
             return Err(StoreError::LeaseLost);
         };
         let mut query = QueryBuilder::<Postgres>::new(sql::SELECT_PENDING);
-        for range in in_flight {
+        if !in_flight.is_empty() {
             query
-                .push(" AND seq NOT BETWEEN ")
-                .push_bind(*range.start())
-                .push(" AND ")
-                .push_bind(*range.end());
+                .push(" AND seq <> ALL(")
+                .push_bind(in_flight.to_vec())
+                .push(")");
         }
         query
             .push(" ORDER BY seq LIMIT ")
@@ -574,11 +572,15 @@ impl OutboxStore for PgStore {
         let seqs = seqs.to_vec();
         // Marked through the pool, not the lock's session: a relay that lost
         // the lock after publishing must still record what the broker took.
-        sqlx::query("UPDATE outbox SET published_at = $1 WHERE seq = ANY($2)")
-            .bind(at)
-            .bind(&seqs)
-            .execute(&self.pool)
-            .await?;
+        // Only rows not marked yet: a relay that lost the lease may mark
+        // rows a standby marked already, and must not move their time.
+        sqlx::query(
+            "UPDATE outbox SET published_at = $1 WHERE seq = ANY($2) AND published_at IS NULL",
+        )
+        .bind(at)
+        .bind(&seqs)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

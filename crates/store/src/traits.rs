@@ -1,7 +1,5 @@
 //! The seams between components and their storage.
 
-use std::ops::RangeInclusive;
-
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use taskstream_domain::{Task, TaskId};
@@ -66,18 +64,18 @@ pub trait OutboxStore: Send + Sync + 'static {
         self.claim(lease, limit, &[]).await
     }
 
-    /// As [`OutboxStore::pending`], leaving out every message whose seq
-    /// lies in one of the `in_flight` ranges (inclusive): the rows a relay
-    /// has handed to the producer and not yet marked. Unlike a cursor
-    /// ("seq after the last one claimed"), this never passes over a row
-    /// with a lower seq that became visible late (on PostgreSQL a lower seq
-    /// can commit after a higher one): once a range is no longer in
-    /// flight, such a row is claimed again like any other.
+    /// As [`OutboxStore::pending`], leaving out the messages whose seqs
+    /// are `in_flight`: the rows a relay has handed to the producer and not
+    /// yet marked. The exact seqs, not a cursor ("after the last one
+    /// claimed") nor their span: on PostgreSQL a row with a lower seq can
+    /// commit after higher ones, and it must be claimed in the very next
+    /// batch, before any row with a higher seq (the same task's next event
+    /// among them), so that a task's events keep their order on the topic.
     async fn claim(
         &self,
         lease: &Lease,
         limit: u32,
-        in_flight: &[RangeInclusive<i64>],
+        in_flight: &[i64],
     ) -> Result<Vec<PendingMessage>, StoreError>;
 
     /// Marks messages published; call only after the broker acknowledged them.

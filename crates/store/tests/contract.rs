@@ -500,30 +500,88 @@ async fn a_claim_leaves_out_the_rows_in_flight_and_only_those() {
 
         let first = store.claim(&lease, 2, &[]).await.unwrap();
         assert_eq!(claimed(first), seqs[..2]);
-        let second = store.claim(&lease, 2, &[seqs[0]..=seqs[1]]).await.unwrap();
+        let second = store.claim(&lease, 2, &seqs[..2]).await.unwrap();
         assert_eq!(claimed(second), seqs[2..4], "the next rows, none in flight");
-        let third = store
-            .claim(&lease, 10, &[seqs[0]..=seqs[1], seqs[2]..=seqs[3]])
-            .await
-            .unwrap();
+        let third = store.claim(&lease, 10, &seqs[..4]).await.unwrap();
         assert_eq!(claimed(third), seqs[4..], "to the end");
 
-        // The first batch is marked, the second failed (its range is
-        // dropped): its rows come back, first.
+        // The first batch is marked, the second failed (its seqs are no
+        // longer in flight): its rows come back, first.
         store
             .mark_published(&seqs[..2], taskstream_domain::now())
             .await
             .unwrap();
-        let again = store.claim(&lease, 3, &[seqs[4]..=seqs[6]]).await.unwrap();
+        let again = store.claim(&lease, 3, &seqs[4..]).await.unwrap();
         assert_eq!(claimed(again), seqs[2..4]);
         // A gap in the middle of what is in flight.
         let gap = store
-            .claim(&lease, 10, &[seqs[2]..=seqs[2], seqs[4]..=seqs[5]])
+            .claim(&lease, 10, &[seqs[2], seqs[4], seqs[5]])
             .await
             .unwrap();
         assert_eq!(claimed(gap), vec![seqs[3], seqs[6]]);
         backend.finish().await;
     }
+}
+
+/// On PostgreSQL a row with a lower seq can commit after rows with higher
+/// ones, while those are in flight: the next claim must take it first,
+/// before any row written after it (its task's next event among them).
+#[tokio::test]
+async fn on_postgres_a_row_committed_late_below_the_rows_in_flight_is_claimed_next_first() {
+    let Some(db) = Scratch::new().await else {
+        return;
+    };
+    let store = db.store().await;
+    let row = |title: &str| {
+        let c = created(title);
+        (c.clone(), message(&c))
+    };
+    let (first, first_row) = row("first");
+    store.insert_task(&first.task, &first_row).await.unwrap();
+    // A writer holds the next seq in an open transaction.
+    let mut late = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut late).await.unwrap();
+    let late_id = uuid::Uuid::now_v7();
+    let late_seq: i64 = sqlx::query_scalar(
+        "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload, topic, content_type, created_at)
+         VALUES ($1, 'task', 'late', 'task.created', '\\x00', 'task-events', 'application/json', now())
+         RETURNING seq",
+    )
+    .bind(late_id)
+    .fetch_one(&mut late)
+    .await
+    .unwrap();
+    let (third, third_row) = row("third");
+    store.insert_task(&third.task, &third_row).await.unwrap();
+    let lease = store.acquire_lease("test").await.unwrap().unwrap();
+    let in_flight: Vec<i64> = store
+        .claim(&lease, 10, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.seq)
+        .collect();
+    assert_eq!(
+        in_flight.len(),
+        2,
+        "the open transaction's row is not visible yet"
+    );
+    assert!(in_flight[0] < late_seq && late_seq < in_flight[1]);
+    // It commits, and a later row follows it.
+    sqlx::query("COMMIT").execute(&mut late).await.unwrap();
+    let (fourth, fourth_row) = row("fourth");
+    store.insert_task(&fourth.task, &fourth_row).await.unwrap();
+    let next: Vec<uuid::Uuid> = store
+        .claim(&lease, 10, &in_flight)
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.message.id)
+        .collect();
+    assert_eq!(next, [late_id, fourth_row.id], "the late row first");
+    late.close().await.unwrap();
+    store.close().await;
+    db.drop_database().await;
 }
 
 #[tokio::test]

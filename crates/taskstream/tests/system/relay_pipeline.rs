@@ -7,7 +7,6 @@
 //! batches on the topic after a restart instead of publishing them again.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -80,7 +79,7 @@ impl OutboxStore for Recording {
         &self,
         lease: &Lease,
         limit: u32,
-        in_flight: &[RangeInclusive<i64>],
+        in_flight: &[i64],
     ) -> Result<Vec<PendingMessage>, StoreError> {
         let rows = self.inner.claim(lease, limit, in_flight).await?;
         let seqs = rows.iter().map(|row| row.seq).collect();
