@@ -51,11 +51,7 @@ impl CommittedInput {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("fetch.wait.max.ms", fetch_wait.as_millis().to_string());
-        for (key, value) in crate::consumer::PREFETCH_BOUNDS {
-            if !config.properties.contains_key(key) {
-                rd.set(key, value);
-            }
-        }
+        crate::consumer::bound_prefetch(&mut rd, config);
         let inner = rd
             .create_with_context(TracingContext::of(group, config))
             .map_err(|e| KafkaError::Config(e.to_string()))?;

@@ -151,10 +151,20 @@ pub struct EventConsumer {
 
 /// librdkafka's pre-fetch limits for every consumer: 10,000 records (a
 /// dozen seconds of a busy task stream, far more than a batch) or 16 MiB.
-pub const PREFETCH_BOUNDS: [(&str, &str); 2] = [
+const PREFETCH_BOUNDS: [(&str, &str); 2] = [
     ("queued.min.messages", "10000"),
     ("queued.max.messages.kbytes", "16384"),
 ];
+
+/// Sets [`PREFETCH_BOUNDS`] on a consumer's `rd`, except where `config`'s
+/// properties (`--kafka-property`) say otherwise.
+pub(crate) fn bound_prefetch(rd: &mut rdkafka::ClientConfig, config: &KafkaConfig) {
+    for (key, value) in PREFETCH_BOUNDS {
+        if !config.properties.contains_key(key) {
+            rd.set(key, value);
+        }
+    }
+}
 
 impl EventConsumer {
     /// Joins `group` and subscribes to `topics` (cooperative-sticky assignment).
@@ -202,11 +212,7 @@ impl EventConsumer {
         // falls behind holds at most this much in memory, however far
         // behind it is, which keeps a process of six consumers flat under a
         // long load. `--kafka-property` overrides either.
-        for (key, value) in PREFETCH_BOUNDS {
-            if !config.properties.contains_key(key) {
-                rd.set(key, value);
-            }
-        }
+        bound_prefetch(&mut rd, config);
         if let Some(id) = &settings.group_instance_id {
             rd.set("group.instance.id", id);
         }

@@ -266,11 +266,8 @@ impl SqliteStore {
     /// again, in their original order, and the consumers' de-duplication by
     /// event id absorbs any that were in fact handled.
     pub async fn requeue_unhandled_events(&self, notifier: &str) -> Result<u64, StoreError> {
-        let done = sqlx::query(&sql::requeue_unhandled("", ""))
-            .bind(notifier)
-            .execute(&self.writer)
-            .await?;
-        Ok(done.rows_affected())
+        self.requeue_unhandled_events_in(notifier, &self.path, &self.path)
+            .await
     }
 
     /// Marks the published events on `topic` unpublished again when `by`
@@ -283,22 +280,8 @@ impl SqliteStore {
         by: HandledBy<'_>,
         topic: &str,
     ) -> Result<u64, StoreError> {
-        let done = match by {
-            HandledBy::AuditLog => {
-                sqlx::query(&sql::requeue_unaudited(""))
-                    .bind(topic)
-                    .execute(&self.writer)
-                    .await?
-            }
-            HandledBy::Processed(consumer) => {
-                sqlx::query(&sql::requeue_unprocessed(""))
-                    .bind(consumer)
-                    .bind(topic)
-                    .execute(&self.writer)
-                    .await?
-            }
-        };
-        Ok(done.rows_affected())
+        self.requeue_events_unhandled_in(by, &self.path, topic)
+            .await
     }
 
     /// [`SqliteStore::requeue_unhandled_events`] where each consumer keeps

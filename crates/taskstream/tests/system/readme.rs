@@ -7,10 +7,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use serde_json::Value;
-
 use crate::binary::launch;
 use crate::helpers::{client, eventually};
+use crate::sagas::get;
 
 const BIN: &str = env!("CARGO_BIN_EXE_taskstream");
 
@@ -96,27 +95,13 @@ async fn the_readmes_saga_and_agent_walkthroughs_run_as_written() {
     // And the saga compensated as the block's comments say: unassigned,
     // escalated, both people told.
     let client = client();
-    let tasks: Value = client
-        .get(format!("{base}/tasks"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tasks = get(&client, format!("{base}/tasks")).await.unwrap();
     let id = tasks["items"][0]["id"].as_str().unwrap().to_owned();
     let task = eventually(
         "the task escalated to the team queue",
         Duration::from_secs(30),
         || async {
-            let task: Value = client
-                .get(format!("{base}/tasks/{id}"))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let task = get(&client, format!("{base}/tasks/{id}")).await?;
             (task["assignee"] == "team-queue").then_some(task)
         },
     )
@@ -126,14 +111,7 @@ async fn the_readmes_saga_and_agent_walkthroughs_run_as_written() {
         "both saga notifications",
         Duration::from_secs(30),
         || async {
-            let notes: Value = client
-                .get(format!("{base}/notifications?task_id={id}"))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let notes = get(&client, format!("{base}/notifications?task_id={id}")).await?;
             let kinds: Vec<String> = notes["items"]
                 .as_array()?
                 .iter()
