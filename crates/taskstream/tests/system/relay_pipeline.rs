@@ -34,11 +34,17 @@ enum Call {
     Mark(Vec<i64>),
 }
 
-/// An outbox that records claims and marks and can fail the next marks.
+/// An outbox that records claims and marks, can fail the next marks, and
+/// can have rows written right after the first claim (while the relay
+/// publishes what it claimed).
 struct Recording {
     inner: Arc<Store>,
     calls: Mutex<Vec<Call>>,
     failing_marks: AtomicUsize,
+    /// Written (topic, rows) once the first claim returned.
+    after_first_claim: Mutex<Option<(String, Vec<Row>)>>,
+    /// The ids of the rows written after the first claim.
+    written_later: Mutex<Vec<Uuid>>,
 }
 
 impl Recording {
@@ -47,6 +53,8 @@ impl Recording {
             inner,
             calls: Mutex::new(Vec::new()),
             failing_marks: AtomicUsize::new(0),
+            after_first_claim: Mutex::new(None),
+            written_later: Mutex::new(Vec::new()),
         })
     }
 
@@ -84,6 +92,11 @@ impl OutboxStore for Recording {
         let rows = self.inner.claim(lease, limit, in_flight).await?;
         let seqs = rows.iter().map(|row| row.seq).collect();
         self.calls.lock().unwrap().push(Call::Claim(seqs));
+        let later = self.after_first_claim.lock().unwrap().take();
+        if let Some((topic, later)) = later {
+            let ids = insert(&self.inner, &topic, &later).await;
+            self.written_later.lock().unwrap().extend(ids);
+        }
         Ok(rows)
     }
 
@@ -544,10 +557,62 @@ async fn an_exactly_once_relay_claims_the_next_batch_before_marking_the_last_and
             Call::Mark(all[0..2].to_vec()),
             Call::Claim(all[4..5].to_vec()),
             Call::Mark(all[2..4].to_vec()),
+            // After a short batch, the claim once its commit is answered.
+            Call::Claim(vec![]),
             Call::Mark(all[4..5].to_vec()),
         ]
     );
     assert_eq!(on_topic(&kafka, &topic).await, ids);
+}
+
+/// Exactly once under a steady trickle: rows written while a short batch's
+/// transaction runs are claimed as soon as its commit is answered and go
+/// out in the next transaction of the same round, the short batch's mark
+/// running meanwhile, instead of waiting for that mark and a new round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exactly_once_relay_publishes_rows_written_during_a_transaction_before_marking_it() {
+    let (_data, _broker, kafka, topic) = broker_with_topic("eos-trickle", BTreeMap::new()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
+    let first = insert(&store, &topic, &[Row::Avro(100); 2]).await;
+    let first_seqs = seqs(&store).await;
+    let outbox = Recording::new(Arc::clone(&store));
+    *outbox.after_first_claim.lock().unwrap() = Some((topic.clone(), vec![Row::Avro(100); 3]));
+    let relay = OutboxRelay::new(
+        Arc::clone(&outbox) as Arc<dyn OutboxStore>,
+        RelayPublisher::Transactional {
+            kafka: kafka.clone(),
+            settings: TransactionSettings::new(format!("relay-{}", Uuid::new_v4())),
+        },
+        Arc::new(tokio::sync::Notify::new()),
+        RelaySettings {
+            batch_size: 10,
+            ..RelaySettings::default()
+        },
+        taskstream_telemetry::Metrics::new(),
+        EventEncoding::Json,
+    )
+    .unwrap();
+
+    assert_eq!(relay.publish_pending().await.unwrap(), 5, "one round");
+    let calls = outbox.calls();
+    let Some(Call::Claim(later_seqs)) = calls.get(1).cloned() else {
+        panic!("the second call is not a claim: {calls:?}");
+    };
+    assert_eq!(later_seqs.len(), 3, "{calls:?}");
+    assert_eq!(
+        calls,
+        vec![
+            Call::Claim(first_seqs.clone()),
+            Call::Claim(later_seqs.clone()),
+            Call::Mark(first_seqs),
+            Call::Claim(vec![]),
+            Call::Mark(later_seqs),
+        ]
+    );
+    assert_eq!(store.outbox_stats().await.unwrap().pending, 0);
+    let later = outbox.written_later.lock().unwrap().clone();
+    assert_eq!(on_topic(&kafka, &topic).await, [first, later].concat());
 }
 
 /// A round stops claiming after a hundred full batches (the run loop then
