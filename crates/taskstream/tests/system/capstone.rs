@@ -333,10 +333,17 @@ async fn the_capstone_inbox_killed_during_200_creations_notifies_each_person_exa
     let system = System::start(python);
     let mut inbox = system.inbox();
 
+    // The first 40 go out before the kill, the rest once it happened (the
+    // inbox is down for the first of them): a slow poll of the inbox's
+    // stats cannot let every task be stored before the kill.
+    let (killed, mut kill_seen) = tokio::sync::oneshot::channel::<()>();
     let http = system.http.clone();
     let creations = tokio::spawn(async move {
         let client = client();
         for i in 0..200 {
+            if i == 40 {
+                (&mut kill_seen).await.unwrap();
+            }
             let response = client
                 .post(format!("{http}/tasks"))
                 .json(&json!({ "title": format!("task {i}"), "assignee": format!("person-{i}") }))
@@ -359,6 +366,7 @@ async fn the_capstone_inbox_killed_during_200_creations_notifies_each_person_exa
     .await;
     inbox.0.kill().unwrap();
     inbox.0.wait().unwrap();
+    killed.send(()).unwrap();
     // US2 / 2: tasks created while it is down are notified after its restart.
     let stored_when_killed = system.stats()["notifications"].as_u64().unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
