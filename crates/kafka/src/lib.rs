@@ -45,7 +45,8 @@ pub use offsets::{
 };
 pub use producer::{Delivery, DeliveryFuture, EventProducer, OutboundRecord, ProducerSettings};
 pub use reader::{
-    await_record, end_offsets, read_published, read_topic, Published, TOPIC_READER_GROUP,
+    await_record, end_offsets, read_published, read_topic, Arrival, ArrivalReader, Published,
+    TOPIC_READER_GROUP,
 };
 pub use stats::{BrokerStats, ClientStats, PartitionLag, StatsListener};
 pub use topic::TopicSpec;

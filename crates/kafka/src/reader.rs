@@ -118,6 +118,94 @@ pub async fn read_published(
     .map_err(|e| KafkaError::Consume(e.to_string()))?
 }
 
+/// A record seen by an [`ArrivalReader`]: its partition, its value, and
+/// when the reader received it.
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    pub partition: i32,
+    pub value: Vec<u8>,
+    pub at: Instant,
+}
+
+/// Records of a topic as they arrive, each with the instant this process
+/// received it, read by a `read_committed` consumer outside any group from
+/// the end every partition had when it started, with `fetch.wait.max.ms`
+/// set to `fetch_wait` (as a group member's): for measuring how long a
+/// record takes from a producer to a consumer through the broker. It reads
+/// on a thread of its own until dropped.
+pub struct ArrivalReader {
+    arrivals: tokio::sync::mpsc::UnboundedReceiver<Result<Arrival, KafkaError>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ArrivalReader {
+    /// Assigns every partition of `topic` at its end and starts fetching.
+    pub async fn start(
+        config: &KafkaConfig,
+        topic: &str,
+        fetch_wait: Duration,
+        timeout: Duration,
+    ) -> Result<Self, KafkaError> {
+        // No end-of-partition events: a reader at the end with a short
+        // fetch wait would get one per partition every few milliseconds.
+        let consumer: BaseConsumer<TracingContext> =
+            reader_config(config, Isolation::ReadCommitted, Some(fetch_wait))
+                .set("enable.partition.eof", "false")
+                .create_with_context(TracingContext::of("arrival-reader", config))
+                .map_err(|e| KafkaError::Config(e.to_string()))?;
+        let topic = topic.to_owned();
+        let consumer = tokio::task::spawn_blocking(move || {
+            let mut tpl = TopicPartitionList::new();
+            for p in partitions(consumer.client(), &topic, timeout)? {
+                tpl.add_partition_offset(&topic, p, Offset::End)
+                    .map_err(err("Assign"))?;
+            }
+            consumer.assign(&tpl).map_err(err("Assign"))?;
+            Ok::<_, KafkaError>(consumer)
+        })
+        .await
+        .map_err(|e| KafkaError::Consume(e.to_string()))??;
+        let (tx, arrivals) = tokio::sync::mpsc::unbounded_channel();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = std::sync::Arc::clone(&stop);
+        std::thread::Builder::new()
+            .name("arrival-reader".into())
+            .spawn(move || {
+                while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                    let arrival = match consumer.poll(Duration::from_millis(100)) {
+                        Some(Ok(m)) => Ok(Arrival {
+                            at: Instant::now(),
+                            partition: m.partition(),
+                            value: m.payload().unwrap_or_default().to_vec(),
+                        }),
+                        Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) | None => continue,
+                        Some(Err(e)) => Err(err("Fetch")(e)),
+                    };
+                    if tx.send(arrival).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| KafkaError::Consume(e.to_string()))?;
+        Ok(Self { arrivals, stop })
+    }
+
+    /// The next record to arrive, or `None` if none did within `wait`.
+    pub async fn next(&mut self, wait: Duration) -> Result<Option<Arrival>, KafkaError> {
+        match tokio::time::timeout(wait, self.arrivals.recv()).await {
+            Ok(Some(arrival)) => arrival.map(Some),
+            Ok(None) => Err(KafkaError::Consume("the arrival reader stopped".into())),
+            Err(_) => Ok(None),
+        }
+    }
+}
+
+impl Drop for ArrivalReader {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Which records of transactions a reader sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Isolation {
@@ -137,6 +225,17 @@ pub(crate) fn outside_group_reader(
     isolation: Isolation,
     fetch_wait: Option<Duration>,
 ) -> Result<BaseConsumer<TracingContext>, KafkaError> {
+    reader_config(config, isolation, fetch_wait)
+        .create_with_context(TracingContext::of(client, config))
+        .map_err(|e| KafkaError::Config(e.to_string()))
+}
+
+/// The settings of an [`outside_group_reader`].
+fn reader_config(
+    config: &KafkaConfig,
+    isolation: Isolation,
+    fetch_wait: Option<Duration>,
+) -> rdkafka::ClientConfig {
     let mut rd = config.client_config();
     rd.set("group.id", TOPIC_READER_GROUP)
         .set("enable.auto.commit", "false")
@@ -151,8 +250,7 @@ pub(crate) fn outside_group_reader(
     if let Some(wait) = fetch_wait {
         rd.set("fetch.wait.max.ms", wait.as_millis().to_string());
     }
-    rd.create_with_context(TracingContext::of(client, config))
-        .map_err(|e| KafkaError::Config(e.to_string()))
+    rd
 }
 
 /// Waits for the first record of `topic` after `from` (partition to offset;

@@ -6,9 +6,17 @@
 //! (or drives one given with `--url`, API figures only), sends a mix of task
 //! creations, updates and completions from `--concurrency` keep-alive
 //! clients, and then measures, on the same broker, store and HTTP stack:
-//! a raw producer sending as many records of the same size, a raw store
+//! a raw producer sending as many records of the same size, a record's trip
+//! from a producer to a consumer through the broker alone (at a steady
+//! rate, with the fetch wait the system's consumers use), a raw store
 //! commit loop with the same durability, and a no-op route under the same
 //! load generator. Each of our figures is reported as a ratio of its ceiling.
+//!
+//! `--brokers` measures the brokers alone instead, side by side in one run:
+//! taskstream's broker and librdkafka's mock, each started here on its own
+//! (and the cluster given with `--kafka-bootstrap`): produce throughput,
+//! consume throughput, and a record's trip from a producer to a consumer,
+//! each broker with the consumer settings `up` gives it.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -23,14 +31,14 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde_json::{json, Value};
 use taskstream_kafka::{
-    apply_topics, end_offsets, EventProducer, KafkaConfig, OutboundRecord, ProducerSettings,
-    TopicSpec,
+    apply_topics, end_offsets, ArrivalReader, ConsumerSettings, EventProducer, KafkaConfig,
+    OutboundRecord, ProducerSettings, TopicSpec,
 };
 use taskstream_services::topics::declared_topics;
 use taskstream_services::NOTIFIER_GROUP;
 use taskstream_store::{AuditStore, SqliteOptions, SqliteStore, Store, Synchronous, TaskStore};
 
-use crate::components::DevBrokerKind;
+use crate::components::{DevBrokerKind, EmbeddedBroker, EmbeddedBrokerSettings};
 use crate::ops::catch_up::{self, CatchUp, Sample};
 use crate::system::{RunningSystem, SystemConfig};
 
@@ -92,6 +100,13 @@ pub struct BenchArgs {
     /// Replication factor of the topics created on `--kafka-bootstrap`.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=5))]
     pub replication_factor: i32,
+    /// Compare the brokers alone instead of loading the system: taskstream's
+    /// broker and librdkafka's mock, started here, and with
+    /// `--kafka-bootstrap` that cluster too, side by side in one run:
+    /// produce and consume throughput, and a record's trip from producer
+    /// to consumer with each one's consumer settings.
+    #[arg(long, conflicts_with_all = ["url", "rate", "dev_broker", "relay_delivery"])]
+    pub brokers: bool,
     /// How the system's relay publishes during the load: `exactly-once`
     /// (one transaction per batch; not on `--dev-broker mock`) or
     /// `at-least-once`. Default: as `taskstream up` publishes.
@@ -175,6 +190,12 @@ pub struct Report {
     /// The same backlog drained with the idempotent producer alone.
     pub relay_drain_at_least_once_per_s: Option<f64>,
     pub consumer_per_s: HashMap<String, f64>,
+    /// A record's trip from a producer's send to a consumer's receipt on
+    /// the broker alone (`read_committed`, the system consumers' fetch
+    /// wait), at a steady 1,000 records/s, after the load.
+    pub broker_latency: Option<Percentiles>,
+    /// The fetch wait the broker latency was measured with, in ms.
+    pub broker_latency_fetch_wait_ms: Option<u64>,
     pub noop_http_latency: Option<Percentiles>,
     /// Ours vs the machine's ceilings, measured in the same run.
     pub api_vs_noop_http: Option<Versus>,
@@ -339,13 +360,23 @@ async fn drive(
 
 /// The raw producer ceiling: `count` records of `size` bytes, same settings as the relay.
 async fn raw_producer(kafka: &KafkaConfig, count: usize, size: usize) -> anyhow::Result<f64> {
+    raw_producer_to(kafka, CEILING_TOPIC, count, size).await
+}
+
+/// [`raw_producer`] to `topic`.
+async fn raw_producer_to(
+    kafka: &KafkaConfig,
+    topic: &str,
+    count: usize,
+    size: usize,
+) -> anyhow::Result<f64> {
     let producer = EventProducer::new(kafka, "bench-ceiling", &ProducerSettings::default())?;
     let payload = vec![b'x'; size];
     // Connect and initialise the idempotent producer before timing.
     let warm: [(&str, &[u8]); 0] = [];
     producer
         .enqueue(OutboundRecord {
-            topic: CEILING_TOPIC,
+            topic,
             key: b"warm-up",
             payload: &payload,
             headers: &warm,
@@ -359,7 +390,7 @@ async fn raw_producer(kafka: &KafkaConfig, count: usize, size: usize) -> anyhow:
         deliveries.push(
             producer
                 .enqueue(OutboundRecord {
-                    topic: CEILING_TOPIC,
+                    topic,
                     key: key.as_bytes(),
                     payload: &payload,
                     headers: &[],
@@ -373,7 +404,122 @@ async fn raw_producer(kafka: &KafkaConfig, count: usize, size: usize) -> anyhow:
     Ok(count as f64 / started.elapsed().as_secs_f64())
 }
 
+/// A record's trip through the broker alone: `count` records of `size`
+/// bytes sent at a steady 1,000/s by the relay's producer settings, each
+/// timed from its send to its receipt by a `read_committed` consumer
+/// fetching with `fetch_wait`. Records are sent until the consumer has
+/// received one from every partition first (its fetches are running on
+/// all of them), and those are not counted.
+async fn broker_latency(
+    kafka: &KafkaConfig,
+    topic: &str,
+    fetch_wait: Duration,
+    count: usize,
+    size: usize,
+) -> anyhow::Result<Percentiles> {
+    const RATE: f64 = 1_000.0;
+    let timeout = Duration::from_secs(30);
+    let mut reader = ArrivalReader::start(kafka, topic, fetch_wait, timeout).await?;
+    let producer = EventProducer::new(kafka, "bench-latency", &ProducerSettings::default())?;
+    let base = Instant::now();
+    // A record's value: the microseconds since `base` when it was sent,
+    // then padding up to `size`.
+    let record = |warm: bool| {
+        let mut value = (base.elapsed().as_micros() as u64).to_be_bytes().to_vec();
+        value.push(u8::from(warm));
+        value.resize(size.max(value.len()), b'x');
+        value
+    };
+    let partitions = taskstream_services::topics::TASK_EVENTS_PARTITIONS as usize;
+    let mut warmed = std::collections::HashSet::new();
+    let warm_until = Instant::now() + timeout;
+    let mut i = 0usize;
+    while warmed.len() < partitions {
+        if Instant::now() > warm_until {
+            bail!(
+                "the consumer received nothing from some partitions of {topic} within {timeout:?}"
+            );
+        }
+        let key = format!("warm-{i}");
+        i += 1;
+        drop(
+            producer
+                .enqueue(OutboundRecord {
+                    topic,
+                    key: key.as_bytes(),
+                    payload: &record(true),
+                    headers: &[],
+                })
+                .await?,
+        );
+        while let Some(arrival) = reader.next(Duration::from_millis(5)).await? {
+            warmed.insert(arrival.partition);
+        }
+    }
+    // Drain the warm-up records still on their way.
+    while reader.next(Duration::from_millis(300)).await?.is_some() {}
+
+    let mut latency = new_histogram();
+    let started = Instant::now();
+    let mut sent = 0usize;
+    let mut received = 0usize;
+    let deadline = started + Duration::from_secs_f64(count as f64 / RATE) + timeout;
+    while received < count {
+        if Instant::now() > deadline {
+            bail!("{received} of {count} records reached the consumer within {timeout:?} of the last send");
+        }
+        // Send what is due by now; otherwise take what arrived until the next is due.
+        let due = started + Duration::from_secs_f64(sent as f64 / RATE);
+        if sent < count && Instant::now() >= due {
+            let key = format!("key-{}", sent % 1000);
+            drop(
+                producer
+                    .enqueue(OutboundRecord {
+                        topic,
+                        key: key.as_bytes(),
+                        payload: &record(false),
+                        headers: &[],
+                    })
+                    .await?,
+            );
+            sent += 1;
+            continue;
+        }
+        let wait = if sent < count {
+            due.saturating_duration_since(Instant::now())
+        } else {
+            Duration::from_millis(100)
+        };
+        while let Some(arrival) = reader.next(wait).await? {
+            let Some((stamp, warm)) = arrival.value.split_first_chunk::<8>() else {
+                continue;
+            };
+            if warm.first() == Some(&1) {
+                continue;
+            }
+            let sent_us = u64::from_be_bytes(*stamp);
+            let at_us = arrival.at.saturating_duration_since(base).as_micros() as u64;
+            let _ = latency.record(at_us.saturating_sub(sent_us));
+            received += 1;
+            if sent < count {
+                break;
+            }
+        }
+    }
+    Ok(Percentiles::of(&latency))
+}
+
 const CEILING_TOPIC: &str = "bench-ceiling";
+const LATENCY_TOPIC: &str = "bench-latency";
+
+/// The topic the broker's latency is measured on: as many partitions as
+/// `task-events`.
+fn latency_topic(replication_factor: i32) -> TopicSpec {
+    TopicSpec {
+        name: LATENCY_TOPIC.into(),
+        ..ceiling_topic(replication_factor)
+    }
+}
 
 /// The topic the ceilings and the relay drain write to: as many partitions
 /// as `task-events`.
@@ -589,8 +735,218 @@ fn micros_between(from: DateTime<Utc>, to: DateTime<Utc>) -> u64 {
     (to - from).num_microseconds().unwrap_or(0).max(1) as u64
 }
 
+/// One broker's figures in `bench --brokers`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BrokerFigures {
+    pub broker: String,
+    /// Records of `record_bytes` a second from the relay's producer settings
+    /// (idempotent, `acks=all`), sent as fast as it takes them.
+    pub produce_per_s: f64,
+    pub produce_mib_per_s: f64,
+    /// The same records read back from the start by a `read_committed`
+    /// consumer outside any group.
+    pub consume_per_s: f64,
+    /// A record's trip from its send to its receipt, at 1,000 records/s.
+    pub latency: Percentiles,
+    /// The consumer's `fetch.wait.max.ms` in the latency run.
+    pub fetch_wait_ms: u64,
+}
+
+/// Everything `bench --brokers` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct BrokersReport {
+    pub records: usize,
+    pub record_bytes: usize,
+    pub latency_records: usize,
+    pub brokers: Vec<BrokerFigures>,
+}
+
+/// The size of a record in `bench --brokers`: about a task event's.
+const BROKERS_RECORD_BYTES: usize = 400;
+
+/// `bench --brokers`: each broker alone, one after the other, the same
+/// measurements on each.
+async fn compare_brokers(args: &BenchArgs) -> anyhow::Result<()> {
+    // Within what the mock keeps (about 5 MiB a partition, 20 MB here
+    // over six), so that every record can be read back from each broker.
+    let records = if args.quick { 10_000 } else { 50_000 };
+    let latency_records = if args.quick { 500 } else { 5_000 };
+    let quiet = args.json;
+    let mut report = BrokersReport {
+        records,
+        record_bytes: BROKERS_RECORD_BYTES,
+        latency_records,
+        brokers: Vec::new(),
+    };
+    for kind in [DevBrokerKind::Taskstream, DevBrokerKind::Mock] {
+        let name = match kind {
+            DevBrokerKind::Taskstream => "taskstream",
+            DevBrokerKind::Mock => "mock",
+        };
+        if !quiet {
+            eprintln!("measuring {name}'s broker");
+        }
+        let broker = EmbeddedBroker::start(&EmbeddedBrokerSettings {
+            kind,
+            ..EmbeddedBrokerSettings::new(None)
+        })
+        .await?;
+        let kafka = KafkaConfig::new(broker.bootstrap_servers());
+        let topics = [ceiling_topic(1), latency_topic(1)];
+        match broker.mock() {
+            Some(mock) => {
+                for topic in &topics {
+                    mock.create_topic(topic)?;
+                }
+            }
+            None => {
+                apply_topics(&kafka, &topics, Duration::from_secs(30)).await?;
+            }
+        }
+        // Each with the consumer settings `up` gives it.
+        let fetch_wait = match kind {
+            DevBrokerKind::Taskstream => ConsumerSettings::default().fetch_wait,
+            DevBrokerKind::Mock => ConsumerSettings::for_dev_broker().fetch_wait,
+        };
+        let figures = measure_broker(
+            name,
+            &kafka,
+            (CEILING_TOPIC, LATENCY_TOPIC),
+            fetch_wait,
+            records,
+            latency_records,
+        )
+        .await;
+        broker.shutdown(Duration::from_secs(1));
+        report.brokers.push(figures?);
+    }
+    if let Some(bootstrap) = &args.kafka_bootstrap {
+        if !quiet {
+            eprintln!("measuring the cluster at {bootstrap}");
+        }
+        let kafka = KafkaConfig::new(bootstrap);
+        // Topics of their own: the cluster may keep an earlier run's.
+        let run = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        let (throughput, latency) = (
+            format!("{CEILING_TOPIC}-{run}"),
+            format!("{LATENCY_TOPIC}-{run}"),
+        );
+        let spec = |name: &str| TopicSpec {
+            name: name.to_owned(),
+            ..ceiling_topic(args.replication_factor)
+        };
+        apply_topics(
+            &kafka,
+            &[spec(&throughput), spec(&latency)],
+            Duration::from_secs(30),
+        )
+        .await
+        .with_context(|| format!("cannot create the topics on {bootstrap}"))?;
+        report.brokers.push(
+            measure_broker(
+                &format!("kafka {bootstrap}"),
+                &kafka,
+                (&throughput, &latency),
+                ConsumerSettings::default().fetch_wait,
+                records,
+                latency_records,
+            )
+            .await?,
+        );
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "taskstream bench --brokers: {} records of {} bytes; latency: {} records at 1,000/s",
+        report.records, report.record_bytes, report.latency_records
+    );
+    println!(
+        "  {:<28} {:>14} {:>10} {:>14} {:>9} {:>9} {:>9} {:>9} {:>11}",
+        "broker",
+        "produce/s",
+        "MiB/s",
+        "consume/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "max ms",
+        "fetch wait"
+    );
+    for b in &report.brokers {
+        println!(
+            "  {:<28} {:>14.0} {:>10.1} {:>14.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>8} ms",
+            b.broker,
+            b.produce_per_s,
+            b.produce_mib_per_s,
+            b.consume_per_s,
+            b.latency.p50_ms,
+            b.latency.p90_ms,
+            b.latency.p99_ms,
+            b.latency.max_ms,
+            b.fetch_wait_ms
+        );
+    }
+    Ok(())
+}
+
+/// One broker's figures: produce throughput to `topics.0`, consume
+/// throughput reading it back, then the latency on `topics.1`.
+async fn measure_broker(
+    name: &str,
+    kafka: &KafkaConfig,
+    topics: (&str, &str),
+    fetch_wait: Duration,
+    records: usize,
+    latency_records: usize,
+) -> anyhow::Result<BrokerFigures> {
+    let produce_per_s = raw_producer_to(kafka, topics.0, records, BROKERS_RECORD_BYTES)
+        .await
+        .with_context(|| format!("producing to {name}"))?;
+    let started = Instant::now();
+    // The records and the producer's warm-up record, from the start.
+    let read = taskstream_kafka::read_published(
+        kafka,
+        topics.0,
+        &HashMap::new(),
+        records + 1,
+        Duration::from_secs(30),
+    )
+    .await
+    .with_context(|| format!("consuming from {name}"))?;
+    let consumed = started.elapsed();
+    if read.records < records + 1 {
+        bail!(
+            "{name}: {} of {} records could be read back",
+            read.records,
+            records + 1
+        );
+    }
+    let latency = broker_latency(
+        kafka,
+        topics.1,
+        fetch_wait,
+        latency_records,
+        BROKERS_RECORD_BYTES,
+    )
+    .await
+    .with_context(|| format!("timing records through {name}"))?;
+    Ok(BrokerFigures {
+        broker: name.to_owned(),
+        produce_per_s,
+        produce_mib_per_s: produce_per_s * BROKERS_RECORD_BYTES as f64 / (1024.0 * 1024.0),
+        consume_per_s: read.records as f64 / consumed.as_secs_f64(),
+        latency,
+        fetch_wait_ms: fetch_wait.as_millis() as u64,
+    })
+}
+
 /// Runs the benchmark and prints its report.
 pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
+    if args.brokers {
+        return compare_brokers(&args).await;
+    }
     if args.quick {
         args.requests = args.requests.min(1_000);
         args.concurrency = args.concurrency.min(8);
@@ -624,6 +980,8 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         relay_drain_exactly_once_per_s: None,
         relay_drain_at_least_once_per_s: None,
         consumer_per_s: HashMap::new(),
+        broker_latency: None,
+        broker_latency_fetch_wait_ms: None,
         noop_http_latency: None,
         api_vs_noop_http: None,
         api_vs_store_commits: None,
@@ -724,6 +1082,7 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         let kafka = KafkaConfig::new(bootstrap);
         let mut topics = declared_topics(args.replication_factor);
         topics.push(ceiling_topic(args.replication_factor));
+        topics.push(latency_topic(args.replication_factor));
         apply_topics(&kafka, &topics, Duration::from_secs(30))
             .await
             .with_context(|| format!("cannot create the topics on {bootstrap}"))?;
@@ -844,13 +1203,34 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     say("measuring the ceilings: raw producer, store commits, no-op HTTP");
     report.event_bytes = average_event_bytes(&system).await.unwrap_or(400);
     let kafka = KafkaConfig::new(system.kafka_bootstrap());
+    let ceiling_topics = [ceiling_topic(1), latency_topic(1)];
     if let Some(broker) = system.dev_broker() {
-        broker.create_topic(&ceiling_topic(1))?;
+        for topic in &ceiling_topics {
+            broker.create_topic(topic)?;
+        }
     } else if system.embedded_broker().is_some() {
-        apply_topics(&kafka, &[ceiling_topic(1)], Duration::from_secs(30)).await?;
+        apply_topics(&kafka, &ceiling_topics, Duration::from_secs(30)).await?;
     }
     let ceiling_records = load.acks.len().max(10_000);
     let producer_rate = raw_producer(&kafka, ceiling_records, report.event_bytes).await?;
+    // The mock gets the system consumers' dev-only fetch wait, as in `up`.
+    let fetch_wait = match system.dev_broker() {
+        Some(_) => ConsumerSettings::for_dev_broker().fetch_wait,
+        None => ConsumerSettings::default().fetch_wait,
+    };
+    let latency_records = if args.quick { 500 } else { 5_000 };
+    report.broker_latency = Some(
+        broker_latency(
+            &kafka,
+            LATENCY_TOPIC,
+            fetch_wait,
+            latency_records,
+            report.event_bytes,
+        )
+        .await
+        .context("measuring the broker's produce-to-consume latency")?,
+    );
+    report.broker_latency_fetch_wait_ms = Some(fetch_wait.as_millis() as u64);
     // Idempotent-only publishing, then (where the broker has them) one
     // transaction per batch: the same backlog, broker and encoding.
     let at_least_once = relay_drain(
@@ -1002,6 +1382,13 @@ fn print(report: &Report, json: bool) -> anyhow::Result<()> {
         if let Some(l) = report.end_to_end.get(group) {
             println!("  end-to-end {group:<8}  {:>6} events   {}", l.count, p(l));
         }
+    }
+    if let (Some(l), Some(wait)) = (&report.broker_latency, report.broker_latency_fetch_wait_ms) {
+        println!(
+            "  broker alone       {:>6} records  {}   (1,000/s, fetch wait {wait} ms)",
+            l.count,
+            p(l)
+        );
     }
     if let Some(r) = report.relay_per_s {
         println!("  relay under load   {r:>9.0} events/s");
