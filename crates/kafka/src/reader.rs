@@ -136,6 +136,9 @@ pub struct Arrival {
 pub struct ArrivalReader {
     arrivals: tokio::sync::mpsc::UnboundedReceiver<Result<Arrival, KafkaError>>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Joined on drop, so that the consumer is closed before the caller
+    /// goes on (and perhaps stops the broker under it).
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ArrivalReader {
@@ -168,7 +171,7 @@ impl ArrivalReader {
         let (tx, arrivals) = tokio::sync::mpsc::unbounded_channel();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopped = std::sync::Arc::clone(&stop);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("arrival-reader".into())
             .spawn(move || {
                 while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
@@ -187,7 +190,11 @@ impl ArrivalReader {
                 }
             })
             .map_err(|e| KafkaError::Consume(e.to_string()))?;
-        Ok(Self { arrivals, stop })
+        Ok(Self {
+            arrivals,
+            stop,
+            thread: Some(thread),
+        })
     }
 
     /// The next record to arrive, or `None` if none did within `wait`.
@@ -203,6 +210,10 @@ impl ArrivalReader {
 impl Drop for ArrivalReader {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        // At most one poll (100 ms) away.
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 

@@ -105,7 +105,10 @@ pub struct BenchArgs {
     /// `--kafka-bootstrap` that cluster too, side by side in one run:
     /// produce and consume throughput, and a record's trip from producer
     /// to consumer with each one's consumer settings.
-    #[arg(long, conflicts_with_all = ["url", "rate", "dev_broker", "relay_delivery"])]
+    #[arg(long, conflicts_with_all = [
+        "url", "rate", "dev_broker", "relay_delivery", "requests", "concurrency",
+        "updates", "completions", "sqlite_synchronous", "plot",
+    ])]
     pub brokers: bool,
     /// How the system's relay publishes during the load: `exactly-once`
     /// (one transaction per batch; not on `--dev-broker mock`) or
