@@ -935,12 +935,11 @@ impl OutboxRelay {
                 // Rows written while the transaction ran go out in the
                 // next one, its commit overlapping this batch's mark,
                 // instead of waiting for the mark and a new round.
+                // This batch (all of it committed: a failed row returned
+                // above) is left out until marked.
                 None if more => {
                     let started = Instant::now();
-                    let in_flight = unmarked.as_ref().map(|c| batch_seqs(&c.rows));
-                    let claimed = self
-                        .claim_batch(lease, in_flight.as_deref().unwrap_or(&[]))
-                        .await;
+                    let claimed = self.claim_batch(lease, &seqs).await;
                     Some((claimed, started.elapsed()))
                 }
                 None => None,

@@ -443,18 +443,8 @@ async fn broker_latency(
                 "the consumer received nothing from some partitions of {topic} within {timeout:?}"
             );
         }
-        let key = format!("warm-{i}");
+        send(&producer, topic, &format!("warm-{i}"), &record(true)).await?;
         i += 1;
-        drop(
-            producer
-                .enqueue(OutboundRecord {
-                    topic,
-                    key: key.as_bytes(),
-                    payload: &record(true),
-                    headers: &[],
-                })
-                .await?,
-        );
         while let Some(arrival) = reader.next(Duration::from_millis(5)).await? {
             warmed.insert(arrival.partition);
         }
@@ -474,17 +464,13 @@ async fn broker_latency(
         // Send what is due by now; otherwise take what arrived until the next is due.
         let due = started + Duration::from_secs_f64(sent as f64 / RATE);
         if sent < count && Instant::now() >= due {
-            let key = format!("key-{}", sent % 1000);
-            drop(
-                producer
-                    .enqueue(OutboundRecord {
-                        topic,
-                        key: key.as_bytes(),
-                        payload: &record(false),
-                        headers: &[],
-                    })
-                    .await?,
-            );
+            send(
+                &producer,
+                topic,
+                &format!("key-{}", sent % 1000),
+                &record(false),
+            )
+            .await?;
             sent += 1;
             continue;
         }
@@ -512,23 +498,46 @@ async fn broker_latency(
     Ok(Percentiles::of(&latency))
 }
 
+/// Hands one record to `producer` without awaiting its delivery: the
+/// consumer's receipt is what [`broker_latency`] times.
+async fn send(
+    producer: &EventProducer,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+) -> anyhow::Result<()> {
+    drop(
+        producer
+            .enqueue(OutboundRecord {
+                topic,
+                key: key.as_bytes(),
+                payload,
+                headers: &[],
+            })
+            .await?,
+    );
+    Ok(())
+}
+
 const CEILING_TOPIC: &str = "bench-ceiling";
 const LATENCY_TOPIC: &str = "bench-latency";
 
 /// The topic the broker's latency is measured on: as many partitions as
 /// `task-events`.
 fn latency_topic(replication_factor: i32) -> TopicSpec {
-    TopicSpec {
-        name: LATENCY_TOPIC.into(),
-        ..ceiling_topic(replication_factor)
-    }
+    bench_topic(LATENCY_TOPIC, replication_factor)
 }
 
 /// The topic the ceilings and the relay drain write to: as many partitions
 /// as `task-events`.
 fn ceiling_topic(replication_factor: i32) -> TopicSpec {
+    bench_topic(CEILING_TOPIC, replication_factor)
+}
+
+/// A topic the bench writes to outside the system: `task-events`' partitions.
+fn bench_topic(name: &str, replication_factor: i32) -> TopicSpec {
     TopicSpec {
-        name: CEILING_TOPIC.into(),
+        name: name.into(),
         partitions: taskstream_services::topics::TASK_EVENTS_PARTITIONS,
         replication_factor,
         configs: Default::default(),
@@ -834,13 +843,12 @@ async fn compare_brokers(args: &BenchArgs) -> anyhow::Result<()> {
             format!("{CEILING_TOPIC}-{run}"),
             format!("{LATENCY_TOPIC}-{run}"),
         );
-        let spec = |name: &str| TopicSpec {
-            name: name.to_owned(),
-            ..ceiling_topic(args.replication_factor)
-        };
         apply_topics(
             &kafka,
-            &[spec(&throughput), spec(&latency)],
+            &[
+                bench_topic(&throughput, args.replication_factor),
+                bench_topic(&latency, args.replication_factor),
+            ],
             Duration::from_secs(30),
         )
         .await

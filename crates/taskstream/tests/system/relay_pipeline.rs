@@ -268,6 +268,30 @@ fn idempotent_relay(
     .unwrap()
 }
 
+/// An exactly-once relay on `outbox`, `batch_size` rows a batch, under a
+/// transactional id of its own, publishing rows as stored.
+fn transactional_relay(
+    outbox: Arc<Recording>,
+    kafka: &KafkaConfig,
+    batch_size: u32,
+) -> OutboxRelay {
+    OutboxRelay::new(
+        outbox,
+        RelayPublisher::Transactional {
+            kafka: kafka.clone(),
+            settings: TransactionSettings::new(format!("relay-{}", Uuid::new_v4())),
+        },
+        Arc::new(tokio::sync::Notify::new()),
+        RelaySettings {
+            batch_size,
+            ..RelaySettings::default()
+        },
+        taskstream_telemetry::Metrics::new(),
+        EventEncoding::Json,
+    )
+    .unwrap()
+}
+
 /// The ids on `topic`, in offset order.
 async fn on_topic(kafka: &KafkaConfig, topic: &str) -> Vec<Uuid> {
     read_committed(kafka, topic, Duration::from_secs(30))
@@ -477,21 +501,7 @@ async fn a_failed_mark_with_the_next_transaction_committed_leaves_two_batches_th
     let all = seqs(&store).await;
     let outbox = Recording::new(Arc::clone(&store));
     outbox.failing_marks.store(1, Ordering::SeqCst);
-    let relay = OutboxRelay::new(
-        Arc::clone(&outbox) as Arc<dyn OutboxStore>,
-        RelayPublisher::Transactional {
-            kafka: kafka.clone(),
-            settings: TransactionSettings::new(format!("relay-{}", Uuid::new_v4())),
-        },
-        Arc::new(tokio::sync::Notify::new()),
-        RelaySettings {
-            batch_size: 2,
-            ..RelaySettings::default()
-        },
-        taskstream_telemetry::Metrics::new(),
-        EventEncoding::Json,
-    )
-    .unwrap();
+    let relay = transactional_relay(Arc::clone(&outbox), &kafka, 2);
 
     let error = relay.publish_pending().await.expect_err("the mark fails");
     assert!(matches!(error, RelayError::Store(_)), "{error:?}");
@@ -532,21 +542,7 @@ async fn an_exactly_once_relay_claims_the_next_batch_before_marking_the_last_and
     let ids = insert(&store, &topic, &[Row::Avro(100); 5]).await;
     let all = seqs(&store).await;
     let outbox = Recording::new(Arc::clone(&store));
-    let relay = OutboxRelay::new(
-        Arc::clone(&outbox) as Arc<dyn OutboxStore>,
-        RelayPublisher::Transactional {
-            kafka: kafka.clone(),
-            settings: TransactionSettings::new(format!("relay-{}", Uuid::new_v4())),
-        },
-        Arc::new(tokio::sync::Notify::new()),
-        RelaySettings {
-            batch_size: 2,
-            ..RelaySettings::default()
-        },
-        taskstream_telemetry::Metrics::new(),
-        EventEncoding::Json,
-    )
-    .unwrap();
+    let relay = transactional_relay(Arc::clone(&outbox), &kafka, 2);
 
     assert_eq!(relay.publish_pending().await.unwrap(), 5);
     assert_eq!(
@@ -578,21 +574,7 @@ async fn an_exactly_once_relay_publishes_rows_written_during_a_transaction_befor
     let first_seqs = seqs(&store).await;
     let outbox = Recording::new(Arc::clone(&store));
     *outbox.after_first_claim.lock().unwrap() = Some((topic.clone(), vec![Row::Avro(100); 3]));
-    let relay = OutboxRelay::new(
-        Arc::clone(&outbox) as Arc<dyn OutboxStore>,
-        RelayPublisher::Transactional {
-            kafka: kafka.clone(),
-            settings: TransactionSettings::new(format!("relay-{}", Uuid::new_v4())),
-        },
-        Arc::new(tokio::sync::Notify::new()),
-        RelaySettings {
-            batch_size: 10,
-            ..RelaySettings::default()
-        },
-        taskstream_telemetry::Metrics::new(),
-        EventEncoding::Json,
-    )
-    .unwrap();
+    let relay = transactional_relay(Arc::clone(&outbox), &kafka, 10);
 
     assert_eq!(relay.publish_pending().await.unwrap(), 5, "one round");
     let calls = outbox.calls();
